@@ -1,0 +1,274 @@
+"""Base classes of every energy: hand-written (`BaseEnergyFunction`) and compiled.
+
+An energy maps a batch of samples ``x: [..., n]`` to energies ``[...]``
+(lower is more likely). ``gradient`` is ``dE/dx: [..., n]`` and ``score`` is
+``-gradient``. A 1-D ``x`` of shape ``[n]`` is a batch of one and gives
+energy ``[1]`` and gradient ``[1, n]`` (TorchEBM's convention).
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+
+import torch
+from torch import nn
+
+from ..errors import EnergySyntaxError
+
+
+def _as_batch(x) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape [..., n], not {type(x).__name__}; "
+                        f"convert it with torch.as_tensor(x, dtype=torch.float64)")
+    if not (x.is_floating_point()):
+        raise TypeError(f"x must be a floating-point tensor, not {x.dtype}; convert it with "
+                        f"x.to(torch.get_default_dtype())")
+    if x.dim() == 0:
+        raise EnergySyntaxError("x is a 0-d tensor; give a sample of shape [n] or a batch "
+                                "of shape [..., n]")
+    return x.unsqueeze(0) if x.dim() == 1 else x
+
+
+class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
+    """An energy function ``E(x)``; subclasses implement :meth:`forward`.
+
+    ``gradient`` and ``energy_and_gradient`` default to autograd through
+    ``forward``, so a hand-written or neural-network energy works as is;
+    compiled energies override them with closed forms.
+
+    Example:
+        >>> class MyCustomEnergy(BaseEnergyFunction):
+        ...     def forward(self, x):
+        ...         return 0.5 * (x**2).sum(-1)
+        >>> MyCustomEnergy().gradient(torch.ones(2, 3))
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
+    """
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Energy of ``x: [..., n]`` -> ``[...]``."""
+
+    def gradient(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """``dE/dx`` of ``x: [..., n]`` -> ``[..., n]`` by autograd.
+
+        With ``create_graph=False`` (the default) the result is detached, as in
+        TorchEBM; ``create_graph=True`` keeps the graph for second derivatives.
+        """
+        return self.energy_and_gradient(x, create_graph=create_graph)[1]
+
+    def energy_and_gradient(self, x: torch.Tensor, create_graph: bool = False):
+        """``(E(x) [...], dE/dx [..., n])`` from one forward and one backward pass."""
+        x = _as_batch(x)
+        with torch.enable_grad():
+            xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
+            energy = self(xg)
+            (grad,) = torch.autograd.grad(energy.sum(), xg, create_graph=create_graph)
+        if not create_graph:
+            return energy.detach(), grad.detach()
+        return energy, grad
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """The score ``-dE/dx`` of ``x: [..., n]`` -> ``[..., n]``."""
+        return -self.gradient(x)
+
+
+class CompiledEnergy(BaseEnergyFunction):
+    """Base of generated energies: closed-form ``gradient``, caches, parameters.
+
+    A generated subclass defines ``formula``, ``parameters`` and the methods
+    ``_layout``, ``_energy``, ``_gradient`` and ``_energy_and_gradient`` (and
+    ``_derive`` for parameter-only linear algebra). This class validates the
+    input, turns a 1-D ``x`` into a batch of one, and caches what depends
+    only on ``n`` (index tensors) or only on the parameters (``inverse(cov)``).
+    """
+
+    formula: str = ""
+    parameters: tuple = ()     # (user name, attribute name, rank)
+    constants: tuple = ()
+    origin: str = ""
+
+    def __init__(self):
+        super().__init__()
+        self._layout_cache: dict = {}
+        self._derived_cache: dict = {}
+        self._cache_lock = threading.Lock()
+
+    # -- parameters -------------------------------------------------------------------
+    def _set_param(self, name, attr, value, rank, constraint="real", trainable=False):
+        cls = type(self).__name__
+        if isinstance(value, nn.Parameter):
+            tensor = value
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor, list,
+                                                                   tuple)) and not hasattr(
+                    value, "__array__"):
+                raise TypeError(f"parameter {name} of {cls} must be a number or a tensor, "
+                                f"not {type(value).__name__}")
+            try:
+                tensor = torch.as_tensor(value, dtype=torch.float64) if not isinstance(
+                    value, torch.Tensor) else value.detach().clone()
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise EnergySyntaxError(f"parameter {name} of {cls} cannot be made a tensor: "
+                                        f"{exc}") from None
+            if not tensor.is_floating_point():
+                tensor = tensor.to(torch.float64)
+        if tensor.dim() != rank:
+            kind = {0: "a scalar", 1: "a vector [K]", 2: "a matrix [K, M]"}[rank]
+            raise EnergySyntaxError(
+                f"Expected parameter {name} (Tensor of shape {tuple(tensor.shape)}) of {cls} to "
+                f"be {kind}")
+        _check_constraint(cls, name, tensor, constraint)
+        wanted = trainable is True or (not isinstance(trainable, bool) and name in trainable)
+        if wanted:
+            self.register_parameter(attr, tensor if isinstance(tensor, nn.Parameter)
+                                    else nn.Parameter(tensor))
+        else:
+            self.register_buffer(attr, tensor.detach() if isinstance(tensor, nn.Parameter)
+                                 else tensor)
+
+    def _set_constant(self, attr, values):
+        self.register_buffer(attr, torch.tensor(values, dtype=torch.float64), persistent=False)
+
+    # -- caches ------------------------------------------------------------------------------
+    def _arrays(self):
+        return [getattr(self, attr) for _, attr, rank in self.parameters if rank > 0]
+
+    def _get_layout(self, x):
+        n = x.shape[-1]
+        key = (n, x.device, x.dtype, tuple(tuple(a.shape) for a in self._arrays()))
+        lay = self._layout_cache.get(key)
+        if lay is None:
+            with self._cache_lock:
+                lay = self._layout_cache.get(key)
+                if lay is None:
+                    lay = self._layout(n, x.device, x.dtype)
+                    if len(self._layout_cache) > 64:
+                        self._layout_cache.clear()
+                    self._layout_cache[key] = lay
+        return lay
+
+    def _get_derived(self, x):
+        sources = [getattr(self, attr) for _, attr, _ in self.parameters]
+        grad_mode = torch.is_grad_enabled() and any(s.requires_grad for s in sources)
+        key = (x.dtype, x.device, tuple((id(s), s._version) for s in sources))
+        if not grad_mode:
+            hit = self._derived_cache.get("value")
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        values = {k: v.to(device=x.device, dtype=x.dtype) for k, v in self._derive().items()}
+        if not grad_mode:
+            self._derived_cache["value"] = (key, values)
+        return values
+
+    def _check_device(self, x):
+        for _, attr, _ in self.parameters:
+            t = getattr(self, attr)
+            if t.device != x.device:
+                raise EnergySyntaxError(
+                    f"x is on {x.device} but parameter {attr} of {type(self).__name__} is on "
+                    f"{t.device}; move one of them, e.g. energy.to(x.device)")
+            break
+
+    # -- public API -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Energy of ``x: [..., n]`` -> ``[...]`` (``[n]`` -> ``[1]``)."""
+        x = _as_batch(x)
+        self._check_device(x)
+        return self._energy(x)
+
+    def gradient(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """Closed-form ``dE/dx`` of ``x: [..., n]`` -> ``[..., n]``.
+
+        Detached unless ``create_graph=True``, which keeps the graph through
+        ``x`` and the parameters (for score matching or training).
+        """
+        x = _as_batch(x)
+        self._check_device(x)
+        if create_graph:
+            return self._gradient(x)
+        with torch.no_grad():
+            return self._gradient(x)
+
+    def energy_and_gradient(self, x: torch.Tensor, create_graph: bool = False):
+        """``(E(x) [...], dE/dx [..., n])`` from one pass sharing subexpressions."""
+        x = _as_batch(x)
+        self._check_device(x)
+        if create_graph:
+            return self._energy_and_gradient(x)
+        with torch.no_grad():
+            return self._energy_and_gradient(x)
+
+    @property
+    def source(self) -> str:
+        """The generated Python source of this energy's class."""
+        src = getattr(type(self), "_source", None)
+        if src is None:
+            import inspect
+            import sys
+            src = inspect.getsource(sys.modules[type(self).__module__])
+        return src
+
+    @property
+    def expression(self):
+        """The energy as a SymPy expression (imports SymPy on first use)."""
+        expr = getattr(type(self), "_expression", None)
+        if expr is None:
+            from ..symbolic.parse import parse_formula
+            ranks = {name: rank for name, _, rank in self.parameters}
+            expr = parse_formula(self.formula, ranks).expression
+            type(self)._expression = expr
+        return expr
+
+    def latex(self) -> str:
+        """The energy in LaTeX, from SymPy's printer."""
+        import sympy
+        return sympy.latex(self.expression)
+
+    def extra_repr(self) -> str:
+        parts = [repr(self.formula)]
+        for name, attr, rank in self.parameters:
+            t = getattr(self, attr)
+            parts.append(f"{name}={t.item():g}" if rank == 0 else
+                         f"{name}=<{'x'.join(map(str, t.shape))}>")
+        return ", ".join(parts)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._cache_lock = threading.Lock()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_cache_lock", None)
+        state["_layout_cache"] = {}
+        state["_derived_cache"] = {}
+        return state
+
+
+def _check_constraint(cls, name, t, constraint):
+    if constraint == "real":
+        return
+    if constraint == "positive":
+        if bool((t <= 0).any()):
+            raise EnergySyntaxError(f"Expected parameter {name} of {cls} to be positive, "
+                                    f"but found {t.detach().flatten()[:4].tolist()}")
+        return
+    if constraint in ("square", "positive_definite"):
+        if t.dim() != 2 or t.shape[0] != t.shape[1]:
+            raise EnergySyntaxError(
+                f"Expected parameter {name} (Tensor of shape {tuple(t.shape)}) of {cls} to be a "
+                f"square [n, n] matrix")
+        if constraint == "positive_definite":
+            td = t.detach().to(torch.float64)
+            if not torch.allclose(td, td.mT, rtol=1e-10, atol=1e-12):
+                raise EnergySyntaxError(f"Expected parameter {name} of {cls} to be symmetric "
+                                        f"positive definite, but it is not symmetric")
+            _, info = torch.linalg.cholesky_ex(td)
+            if int(info) != 0:
+                raise EnergySyntaxError(
+                    f"Expected parameter {name} of {cls} to be symmetric positive definite, but "
+                    f"it is singular or not positive definite (Cholesky failed at column "
+                    f"{int(info)})")
+        return
+    raise EnergySyntaxError(f"unknown constraint {constraint!r} for parameter {name} of {cls}")

@@ -1,0 +1,22 @@
+"""torchebm.symbolic: compile energy formulas into torch modules with closed-form gradients.
+
+Pipeline, one module per stage::
+
+    parse.py        formula text -> SymPy (ast whitelist, never eval)
+    rewrite.py      numerically stable rewrites (log1p, logsumexp, safe sqrt)
+    lower.py        SymPy -> vectorised levels (slices, gathers, matvec)
+    derivatives.py  closed-form gradient by the chain rule over levels
+    optimise.py     common subexpressions, dead code per entry point
+    emit.py         torch source of an nn.Module   (printer.py: one expression)
+    load.py         source -> class, kept for tracebacks and .source
+
+Public: :func:`from_expression`, :class:`EnergySyntaxError`, and the SymPy
+vocabulary ``x``, ``n`` to declare an energy in SymPy directly.
+"""
+
+from ..errors import EnergySyntaxError
+from .api import from_expression
+from .symbols import N as n
+from .symbols import X as x
+
+__all__ = ["from_expression", "EnergySyntaxError", "x", "n"]

@@ -1,0 +1,127 @@
+"""``from_expression``: a formula in, a verified-by-construction energy module out."""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from collections import OrderedDict
+
+import sympy as sp
+import torch
+
+from ..errors import EnergySyntaxError
+from .compiler import compile_parsed
+from .emit import python_name
+from .ir import EnergySpec, ParamDecl
+from .load import load_class
+from .parse import parse_formula
+
+CACHE_SIZE = 256
+_cache: "OrderedDict[tuple, type]" = OrderedDict()
+_lock = threading.Lock()
+
+
+def _rank(name, value) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"parameter {name} must be a number or a tensor, not bool")
+    if isinstance(value, (int, float)):
+        return 0
+    if isinstance(value, torch.Tensor):
+        return value.dim()
+    if isinstance(value, (list, tuple)) or hasattr(value, "__array__"):
+        try:
+            return torch.as_tensor(value, dtype=torch.float64).dim()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise EnergySyntaxError(f"parameter {name} cannot be made a tensor: {exc}") from None
+    raise TypeError(f"parameter {name} must be a number or a tensor, not "
+                    f"{type(value).__name__}")
+
+
+def compile_class(formula: str, ranks: dict, name: str | None = None):
+    """The energy class for a formula and parameter ranks (cached, thread-safe)."""
+    key = (formula, tuple(sorted(ranks.items())), name)
+    with _lock:
+        cls = _cache.get(key)
+        if cls is not None:
+            _cache.move_to_end(key)
+            return cls
+        cls = _compile(formula, ranks, name)
+        _cache[key] = cls
+        if len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+        return cls
+
+
+def _compile(formula, ranks, name):
+    class_name = name or "ExpressionEnergy"
+    if not class_name.isidentifier():
+        raise EnergySyntaxError(f"name={name!r} is not a valid Python class name")
+    parsed = parse_formula(formula, ranks)
+    decls = tuple(ParamDecl(p.name, p.rank, 1.0 if p.rank == 0 else None)
+                  for p in parsed.params.values())
+    spec = EnergySpec(class_name, formula, decls, summary=f"Energy ``{formula}``.")
+    compiled = compile_parsed(spec, parsed)
+    cls = load_class(compiled.generated)
+    cls._expression = parsed.expression
+    cls._ranks = dict(ranks)
+    return cls
+
+
+def from_expression(formula, *, name: str | None = None, trainable=False, params=None,
+                    **kwargs):
+    """Compile a formula into an energy module with a closed-form gradient.
+
+    Args:
+        formula: the energy of one sample ``x`` (a vector of length ``n``), in
+            the expression language (see docs/language.md), e.g.
+            ``"sum(a*x**2 + b*sin(x))"``; or a SymPy expression built from
+            ``torchebm.symbolic.x``, ``n`` and its functions.
+        name: class name of the generated module (default ``ExpressionEnergy``).
+        trainable: True, or the names of the parameters to register as
+            ``nn.Parameter`` (the others are buffers).
+        params: parameter values as a dict (for names such as ``lambda`` that
+            are not valid keywords).
+        **kwargs: parameter values. Scalars default to 1.0; vectors ``[K]``
+            and matrices ``[K, M]`` must be given.
+
+    Returns:
+        A ``CompiledEnergy`` instance: ``E(x)`` maps ``[..., n] -> [...]``,
+        ``E.gradient(x)`` ``[..., n] -> [..., n]`` in closed form.
+
+    Raises:
+        EnergySyntaxError (a ValueError): the formula is outside the language,
+            not one scalar per sample, does not depend on x, or a parameter is
+            unknown, missing or of the wrong shape.
+    """
+    values = dict(params or {})
+    for k, v in kwargs.items():
+        if k in values:
+            raise EnergySyntaxError(f"parameter {k} is given twice (as a keyword and in params)")
+        values[k] = v
+    if isinstance(formula, sp.Basic):
+        from .sympy_input import formula_from_sympy
+        formula = formula_from_sympy(formula)
+    if not isinstance(formula, str):
+        raise TypeError(f"formula must be a string or a SymPy expression, not "
+                        f"{type(formula).__name__}")
+    ranks = {k: _rank(k, v) for k, v in values.items()}
+    cls = compile_class(formula, ranks, name)
+    declared = {p[0]: p for p in cls.parameters}
+    unknown = [k for k in values if k not in declared]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, list(declared), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        known = ", ".join(declared) or "none"
+        raise EnergySyntaxError(f"unknown parameter {k!r} for formula {formula!r}{hint} "
+                                f"(its parameters: {known})")
+    args = {}
+    for pname, attr, rank in cls.parameters:
+        if pname in values:
+            args[attr] = values[pname]
+        elif rank > 0:
+            raise EnergySyntaxError(f"parameter {pname} is used as a "
+                                    f"{'vector' if rank == 1 else 'matrix'}; give its value")
+    if trainable is not True and trainable is not False:
+        trainable = set(trainable)
+    return cls(**args, trainable=trainable)

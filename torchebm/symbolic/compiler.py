@@ -1,0 +1,57 @@
+"""The pipeline, stage by stage: parse -> rewrite -> lower -> derivatives -> optimise -> emit.
+
+:func:`compile_spec` is the one place where the stages are chained; each
+stage is a module of its own with one entry function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from .derivatives import Statements, build
+from .emit import emit_module
+from .ir import EnergySpec, GeneratedSource
+from .lower import lower
+from .optimise import cse
+from .parse import Parsed, parse_formula
+from .rewrite import stabilize
+from .symbols import size_symbol
+
+
+@dataclass
+class Compiled:
+    generated: GeneratedSource
+    parsed: Parsed
+    statements: Statements
+
+
+def array_ranks(parsed: Parsed) -> dict:
+    ranks = {name: p.rank for name, p in parsed.params.items()}
+    ranks.update({key: 1 for key in parsed.constants})
+    ranks.update({key: (2 if d.op == "inverse" else 0) for key, d in parsed.derived.items()})
+    return ranks
+
+
+def array_sizes(parsed: Parsed) -> dict:
+    sizes = {}
+    for name in list(parsed.params) + list(parsed.constants):
+        sizes[name] = (size_symbol(name, 0), size_symbol(name, 1))
+    for key, d in parsed.derived.items():
+        sizes[key] = (size_symbol(d.param, 0), size_symbol(d.param, 1))
+    return sizes
+
+
+def compile_parsed(spec: EnergySpec, parsed: Parsed) -> Compiled:
+    expr = stabilize(parsed.expression)
+    program = lower(expr, array_ranks(parsed), array_sizes(parsed))
+    statements = cse(build(program))
+    return Compiled(emit_module(spec, parsed, statements), parsed, statements)
+
+
+def compile_spec(spec: EnergySpec) -> Compiled:
+    """Compile a declared energy (a definition file or a from_expression call)."""
+    ranks = {p.name: p.rank for p in spec.params}
+    parsed = parse_formula(spec.formula, ranks, spec.origin)
+    return compile_parsed(spec, parsed)

@@ -1,0 +1,339 @@
+"""Stage 3b, derivatives: levels -> straight-line statements for energy and gradient.
+
+Forward, each level evaluates its bodies and, next to them, the partial
+derivative of each body with respect to each of its symbols (``sympy.diff``
+on plain symbols: one symbol per load, per nested result). Backward applies
+the chain rule level by level in reverse (reverse-mode accumulation): the
+adjoint of a reduction result is broadcast back to the level's points,
+multiplied by the partials, and either accumulated into the gradient of
+``x`` (a slice add or an ``index_add_``), reduced into the adjoint of an
+outer result, or handed to a nested level. The result is a list of
+statements, each tagged with the level whose shape it has, that the
+optimise stage shares (CSE) and the emit stage prints.
+
+Shape classes of a value: ``scalar`` (a number or a parameter), ``batch``
+(``[...]``, per sample), ``point`` (``[P]``, per point of a level, the same
+for every sample) and ``both`` (``[..., P]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .lower import Level, Load, MatVec, Program
+
+
+# -- statements ------------------------------------------------------------------
+@dataclass(eq=False)
+class Stmt:
+    level: Level | None
+
+    def defines(self):
+        return ()
+
+    def uses(self):
+        return ()
+
+
+@dataclass(eq=False)
+class Assign(Stmt):
+    target: sp.Symbol
+    expr: sp.Expr
+
+    def defines(self):
+        return (self.target,)
+
+    def uses(self):
+        return tuple(self.expr.free_symbols)
+
+
+@dataclass(eq=False)
+class LoadStmt(Stmt):
+    load: Load
+
+    def defines(self):
+        return (self.load.symbol,)
+
+    def uses(self):
+        return (self.load.base,) if self.load.kind == "vector" else ()
+
+
+@dataclass(eq=False)
+class IndexValue(Stmt):
+    target: sp.Symbol
+    var: sp.Symbol
+
+    def defines(self):
+        return (self.target,)
+
+
+@dataclass(eq=False)
+class Broadcast(Stmt):
+    """A value of the enclosing level (or the root) repeated over this level's points."""
+    target: sp.Symbol
+    source: sp.Symbol
+
+    def defines(self):
+        return (self.target,)
+
+    def uses(self):
+        return (self.source,)
+
+
+@dataclass(eq=False)
+class Reduce(Stmt):
+    """Reduce ``source`` over this level's own points into the enclosing level."""
+    target: sp.Symbol
+    op: str                    # 'sum' | 'prod' | 'lse'
+    source: sp.Symbol
+
+    def defines(self):
+        return (self.target,)
+
+    def uses(self):
+        return (self.source,)
+
+
+@dataclass(eq=False)
+class OthersProduct(Stmt):
+    """Product of all other terms of each segment (prod's gradient, exact with zeros)."""
+    target: sp.Symbol
+    source: sp.Symbol
+
+    def defines(self):
+        return (self.target,)
+
+    def uses(self):
+        return (self.source,)
+
+
+@dataclass(eq=False)
+class MatVecStmt(Stmt):
+    matvec: MatVec
+    adjoint: bool = False      # False: y = h @ A ; True: hbar = ybar @ A^T
+    target: sp.Symbol | None = None
+
+    def defines(self):
+        return (self.target,) if self.adjoint else (self.matvec.vector,)
+
+    def uses(self):
+        return (("adj:" + self.matvec.vector,) if self.adjoint else (self.matvec.value,))
+
+
+@dataclass(eq=False)
+class InitAdjoint(Stmt):
+    vector: str                # 'x' or a matvec vector name
+
+    def defines(self):
+        return ("adj:" + self.vector,)
+
+
+@dataclass(eq=False)
+class Accumulate(Stmt):
+    vector: str
+    load: Load
+    source: sp.Symbol
+
+    def defines(self):
+        return ("adj:" + self.vector,)
+
+    def uses(self):
+        return ("adj:" + self.vector, self.source)
+
+
+@dataclass
+class Statements:
+    body: list
+    energy: sp.Symbol
+    shapes: dict = field(default_factory=dict)      # symbol -> shape class
+    program: Program | None = None
+
+
+def join(*classes):
+    batch = any(c in ("batch", "both") for c in classes)
+    point = any(c in ("point", "both") for c in classes)
+    return {(False, False): "scalar", (True, False): "batch",
+            (False, True): "point", (True, True): "both"}[(batch, point)]
+
+
+class _Builder:
+    def __init__(self, program: Program):
+        self.p = program
+        self.out: list = []
+        self.shapes: dict = {}
+        self.xdep: set = set()
+        self.counter = 0
+        self.partials: dict = {}      # (owner, symbol) -> partial symbol
+
+    def sym(self, stem):
+        self.counter += 1
+        return sp.Symbol(f"_{stem}_{self.counter}", real=True)
+
+    def emit(self, stmt, shape=None):
+        self.out.append(stmt)
+        for d in stmt.defines():
+            if isinstance(d, sp.Symbol) and shape is not None:
+                self.shapes[d] = shape
+
+    def shape_of(self, expr):
+        return join(*[self.shapes.get(s, "scalar") for s in expr.free_symbols])
+
+    def assign(self, stem, expr, level, target=None):
+        """Emit ``target = expr``; a number or a bare symbol is returned as is (no copy)."""
+        if target is None and (expr.is_Number or expr.is_Symbol):
+            return expr
+        target = target or self.sym(stem)
+        self.emit(Assign(level, target, expr), self.shape_of(expr))
+        if expr.free_symbols & self.xdep:
+            self.xdep.add(target)
+        return target
+
+    # -- forward ------------------------------------------------------------------
+    def forward_level(self, lv: Level):
+        for ld in lv.loads.values():
+            if ld.kind == "x":
+                shape = "both"
+                self.xdep.add(ld.symbol)
+            elif ld.kind == "vector":
+                vec = self.p.vectors[ld.base]
+                dep = vec.vector in self.xdep
+                shape = "both" if dep else "point"
+                if dep:
+                    self.xdep.add(ld.symbol)
+            else:
+                shape = "point"
+            self.emit(LoadStmt(lv, ld), shape)
+        for var, s in lv.index_values.items():
+            self.emit(IndexValue(lv, s, var), "point")
+        for root_sym, s in lv.outer.items():
+            self.emit(Broadcast(lv, s, root_sym), self.shapes.get(root_sym, "scalar"))
+            if root_sym in self.xdep:
+                self.xdep.add(s)
+        bodies = [(r.value, r.body, r) for r in lv.reductions]
+        if lv.matvec is not None:
+            bodies.append((lv.matvec.value, lv.matvec.body, lv.matvec))
+        for value, body, owner in bodies:
+            if body.is_Symbol:      # the body is a load itself: reduce it directly
+                owner.value = body
+            else:
+                self.assign("v", body, lv, target=value)
+            for s in sorted(body.free_symbols & self.xdep, key=str):
+                d = sp.diff(body, s)
+                if d != 0:
+                    self.partials[(owner, s)] = self.assign("d", d, lv)
+        for r in lv.reductions:
+            src_shape = self.shape_of(r.value)
+            has_batch = src_shape in ("batch", "both")
+            shape = ("batch" if has_batch else "scalar") if lv.parent is None else (
+                "both" if has_batch else "point")
+            self.emit(Reduce(lv, r.result, r.op, r.value), shape)
+            if r.value in self.xdep:
+                self.xdep.add(r.result)
+        if lv.matvec is not None:
+            mv = lv.matvec
+            self.emit(MatVecStmt(lv, mv), "both" if mv.value in self.xdep else "point")
+            if mv.value in self.xdep:
+                self.xdep.add(mv.vector)
+
+    def forward_root(self):
+        for ld in self.p.root_loads.values():
+            if ld.kind == "x":
+                self.xdep.add(ld.symbol)
+            self.emit(LoadStmt(None, ld), "batch" if ld.kind == "x" else "scalar")
+        energy = self.assign("energy", self.p.energy, None)
+        root_partials = {}
+        for s in sorted(self.p.energy.free_symbols & self.xdep, key=str):
+            d = sp.diff(self.p.energy, s)
+            if d != 0:
+                root_partials[s] = self.assign("d", d, None)
+        return energy, root_partials
+
+    # -- backward -------------------------------------------------------------------
+    def backward(self, root_partials):
+        contrib: dict = {}
+        for s, d in root_partials.items():
+            contrib.setdefault(s, []).append(d)
+        self.emit(InitAdjoint(None, "x"))
+        for name, mv in self.p.vectors.items():
+            if mv.vector in self.xdep:
+                self.emit(InitAdjoint(None, name))
+        for ld in self.p.root_loads.values():
+            if ld.kind == "x" and ld.symbol in contrib:
+                self.emit(Accumulate(None, "x", ld, self.sum_contrib(contrib.pop(ld.symbol),
+                                                                      None)))
+        for lv in reversed(self.p.levels):
+            self.backward_level(lv, contrib)
+
+    def sum_contrib(self, parts, level):
+        if len(parts) == 1:
+            return parts[0]
+        return self.assign("a", sp.Add(*parts), level)
+
+    def broadcast(self, value, lv):
+        shape = self.shape_of(value)
+        if shape == "scalar" or (lv.parent is None and not value.is_Symbol):
+            return value          # numbers and parameters broadcast by themselves
+        target = self.sym("bc")
+        self.emit(Broadcast(lv, target, value),
+                  self.shapes.get(value, "scalar") if lv.parent is None else
+                  join(self.shapes.get(value, "scalar"), "point"))
+        return target
+
+    def backward_level(self, lv: Level, contrib):
+        weights = []   # (owner, adjoint of the body at the level's points)
+        for r in lv.reductions:
+            parts = contrib.pop(r.result, None)
+            if not parts or r.value not in self.xdep:
+                continue
+            abar = self.sum_contrib(parts, lv.parent)
+            bbar = self.broadcast(abar, lv)
+            if r.op == "prod":
+                others = self.sym("others")
+                self.emit(OthersProduct(lv, others, r.value), self.shape_of(r.value))
+                bbar = self.assign("w", bbar * others, lv)
+            elif r.op == "lse":
+                res = self.broadcast(r.result, lv)
+                bbar = self.assign("w", bbar * sp.exp(r.value - res), lv)
+            weights.append((r, bbar))
+        mv = lv.matvec
+        if mv is not None and mv.vector in self.xdep:
+            hbar = self.sym("hbar")
+            self.emit(MatVecStmt(lv, mv, adjoint=True, target=hbar), "both")
+            self.xdep.add(hbar)
+            weights.append((mv, hbar))
+        if not weights:
+            return
+        symbols = set()
+        for owner, _ in weights:
+            symbols |= {s for (o, s) in self.partials if o is owner}
+        for s in sorted(symbols, key=str):
+            terms = [w * self.partials[(o, s)] for o, w in weights if (o, s) in self.partials]
+            total = self.assign("g", sp.Add(*terms), lv)
+            self.route(s, total, lv, contrib)
+
+    def route(self, s, total, lv, contrib):
+        for ld in lv.loads.values():
+            if ld.symbol == s:
+                self.emit(Accumulate(lv, "x" if ld.kind == "x" else ld.base, ld, total))
+                return
+        for root_sym, b in lv.outer.items():
+            if b == s:
+                target = self.sym("rs")
+                shape = self.shapes.get(total, "scalar")
+                self.emit(Reduce(lv, target, "sum_all", total),
+                          "batch" if shape in ("batch", "both") else "scalar")
+                contrib.setdefault(root_sym, []).append(target)
+                return
+        contrib.setdefault(s, []).append(total)   # a nested level's result
+
+
+def build(program: Program) -> Statements:
+    """Forward statements, then the reverse sweep, for one lowered program."""
+    b = _Builder(program)
+    for lv in program.levels:
+        b.forward_level(lv)
+    energy, root_partials = b.forward_root()
+    b.backward(root_partials)
+    return Statements(b.out, energy, b.shapes, program)

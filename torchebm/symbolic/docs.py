@@ -1,0 +1,57 @@
+"""Docstrings and constructors of generated classes, made from the definition."""
+
+from __future__ import annotations
+
+import textwrap
+
+import sympy as sp
+
+_SHAPES = {0: "scalar", 1: "[K] vector", 2: "[K, M] matrix"}
+
+
+def class_docstring(spec, latex: str | None = None) -> str:
+    lines = [spec.summary or f"Energy ``{spec.formula}``.", ""]
+    if spec.doc:
+        lines += [spec.doc.strip(), ""]
+    lines += ["Energy::", "", textwrap.indent(spec.formula.strip(), "    "), ""]
+    if spec.params:
+        lines.append("Args:")
+        for p in spec.params:
+            shape = p.shape or _SHAPES.get(p.rank, "")
+            default = "" if p.default is None else f" Default: {p.default!r}."
+            doc = p.doc or "parameter of the formula."
+            constraint = "" if p.constraint == "real" else f" Must be {p.constraint.replace('_', ' ')}."
+            lines.append(f"    {p.name} (float or Tensor, {shape}): {doc}{constraint}{default}")
+        lines.append("    trainable (bool or collection of str): register these parameters (or")
+        lines.append("        all, if True) as ``nn.Parameter`` instead of buffers.")
+        lines.append("")
+    lines += ["Shapes:",
+              "    x: ``[..., n]`` -> energy ``[...]``, gradient ``[..., n]``; a 1-D ``x`` of",
+              "    shape ``[n]`` is a batch of one (energy ``[1]``).", ""]
+    lines += ["Raises:",
+              "    EnergySyntaxError (a ValueError): a parameter of the wrong shape or value, or x",
+              "        whose dimension does not fit the formula or the parameters.",
+              "    TypeError: x that is not a floating-point tensor.", ""]
+    if spec.references:
+        lines.append("References:")
+        lines += [f"    {r}" for r in spec.references]
+        lines.append("")
+    body = "\n".join(lines).rstrip()
+    return '"""' + body.replace('"""', "'''").replace("\\", "\\\\") + '\n"""\n'
+
+
+def init_method(spec, em) -> str:
+    required = [p for p in spec.params if p.default is None]
+    optional = [p for p in spec.params if p.default is not None]
+    args = ["self"] + [em.params[p.name] for p in required]
+    args += [f"{em.params[p.name]}={p.default!r}" for p in optional]
+    args += ["*", "trainable=False"]
+    body = ["super().__init__()"]
+    for p in spec.params:
+        local = em.params[p.name]
+        body.append(f"self._set_param({p.name!r}, {local!r}, {local}, rank={p.rank}, "
+                    f"constraint={p.constraint!r}, trainable=trainable)")
+    for key, value in em.parsed.constants.items():
+        body.append(f"self._set_constant({em.params[key]!r}, {tuple(value)!r})")
+    return (f"    def __init__({', '.join(args)}):\n"
+            + textwrap.indent("\n".join(body), " " * 8) + "\n")

@@ -1,0 +1,662 @@
+"""Stage 1, parse: formula text -> SymPy expression, through an ``ast`` whitelist.
+
+The text is parsed with ``ast.parse`` and walked node by node; every node
+type that is not in this module's table is refused before anything is
+built. Nothing is ever evaluated: no ``eval``, ``exec``, ``sympify`` or
+``parse_expr`` touches the text, so a formula is safe to take from anyone.
+
+The walk builds plain SymPy objects (see ``symbols.py`` for the
+conventions). Vector and matrix values exist only during the walk, as
+functions from an index to a SymPy element; every vector is consumed by a
+reduction, which becomes a ``Sum``/``Product``/``LogSumExp`` over a fresh
+index. The result is one scalar SymPy expression per sample.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import sympy as sp
+
+from . import functions as F
+from ..errors import EnergySyntaxError
+from .symbols import (CONSTANTS, N, X, Derived, ParamSpec, index_symbol, param_base,
+                      param_symbol, size_symbol)
+
+#: Reductions of the language (a vector or a generator in, a scalar out).
+REDUCTIONS = ("sum", "mean", "prod", "logsumexp", "norm")
+#: Functions on matrix parameters, computed once per parameter value.
+MATRIX_FUNCTIONS = ("inverse", "logdet", "det", "trace", "transpose")
+OTHER_FUNCTIONS = ("dot", "len", "where", "clamp", "range")
+ALLOWED_FUNCTIONS = tuple(sorted(set(F.ELEMENTWISE) | set(REDUCTIONS)
+                                 | set(MATRIX_FUNCTIONS) | set(OTHER_FUNCTIONS) - {"range"}))
+
+MAX_FORMULA_CHARS = 1_000_000
+_LAMBDA = re.compile(r"\blambda\b")
+_LAMBDA_PLACEHOLDER = "_ambda"
+MAX_EXPONENT_BITS = 1 << 14   # exact integer powers up to this size, else float
+
+
+@dataclass
+class Vector:
+    """A vector value during parsing: its length and its element at an index."""
+    length: sp.Expr
+    element: Callable[[sp.Expr], sp.Expr]
+    what: str
+
+    def at(self, k):
+        return self.element(k)
+
+
+@dataclass
+class Matrix:
+    """A matrix value during parsing: shape and element at (row, column)."""
+    rows: sp.Expr
+    cols: sp.Expr
+    element: Callable[[sp.Expr, sp.Expr], sp.Expr]
+    what: str
+    param: str | None = None          # the parameter it is (for inverse/logdet)
+    transposed: bool = False
+
+
+@dataclass
+class Parsed:
+    """What the parse stage hands on: the energy and what it refers to."""
+    expression: sp.Expr
+    params: dict[str, ParamSpec]
+    derived: dict[str, Derived]
+    constants: dict[str, tuple]
+    size_checks: list[tuple[sp.Expr, sp.Expr, str]] = field(default_factory=list)
+    source: str = ""
+
+
+def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
+                  origin: str = "<formula>") -> Parsed:
+    """Parse a formula into a scalar SymPy energy.
+
+    Args:
+        text: the formula, Python syntax; optional ``name = expr`` lines first.
+        param_ranks: rank (0 scalar, 1 vector, 2 matrix) of each parameter
+            whose value is known; other names are scalars.
+        origin: file name shown in errors.
+
+    Raises:
+        EnergySyntaxError: for anything outside the language, with the
+            line and column of the fault.
+    """
+    if not isinstance(text, str):
+        raise EnergySyntaxError(f"a formula must be a string, not {type(text).__name__}")
+    if len(text) > MAX_FORMULA_CHARS:
+        raise EnergySyntaxError(
+            f"the formula is {len(text)} characters long; the limit is {MAX_FORMULA_CHARS}")
+    if "\x00" in text:
+        col = text.index("\x00")
+        raise EnergySyntaxError("the formula contains a NUL byte", text, 1 + text[:col].count("\n"),
+                                col - (text[:col].rfind("\n") + 1), origin)
+    text = text.strip("\n")
+    try:
+        # 'lambda' is a Python keyword but a common parameter name (phi^4's coupling);
+        # it becomes a same-length placeholder so that columns in errors stay right.
+        tree = ast.parse(_LAMBDA.sub(_LAMBDA_PLACEHOLDER, text), mode="exec")
+    except SyntaxError as exc:
+        hint = exc.msg
+        if "^" in text:
+            hint += "; for a power write '**', not '^'"
+        raise EnergySyntaxError(f"syntax error: {hint}", text, exc.lineno,
+                                (exc.offset or 1) - 1, origin) from None
+    except (RecursionError, MemoryError, ValueError, OverflowError) as exc:
+        raise EnergySyntaxError(f"the formula is too deeply nested or too large to parse ({exc})")
+    return _Parser(text, param_ranks or {}, origin).run(tree)
+
+
+class _Parser:
+    def __init__(self, text, param_ranks, origin):
+        self.text = text
+        self.ranks = dict(param_ranks)
+        self.origin = origin
+        self.locals: dict[str, object] = {}
+        self.indices: dict[str, sp.Symbol] = {}
+        self.params: dict[str, ParamSpec] = {}
+        self.derived: dict[str, Derived] = {}
+        self.constants: dict[str, tuple] = {}
+        self.size_checks: list = []
+        self._fresh = 0
+        self.used_names: set[str] = set()
+        self.node = None
+
+    # -- errors ---------------------------------------------------------------
+    def error(self, message, node=None):
+        node = node or self.node
+        if node is not None and hasattr(node, "lineno"):
+            raise EnergySyntaxError(message, self.text, node.lineno, node.col_offset, self.origin)
+        raise EnergySyntaxError(message)
+
+    # -- driver ---------------------------------------------------------------
+    def run(self, tree: ast.Module) -> Parsed:
+        self.used_names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {"lambda"}
+        if not tree.body:
+            self.error("the formula is empty; write an energy such as 'sum(x**2)'")
+        *defs, last = tree.body
+        try:
+            for stmt in defs:
+                self.node = stmt
+                if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                        and isinstance(stmt.targets[0], ast.Name)):
+                    self.error("only 'name = expression' lines may come before the energy")
+                name = stmt.targets[0].id
+                if name in ("x", "n", "pi", "e") or name in F.ELEMENTWISE or name in REDUCTIONS:
+                    self.error(f"'{name}' is a reserved name and cannot be redefined")
+                self.locals[name] = self.visit(stmt.value)
+            self.node = last
+            if not isinstance(last, ast.Expr):
+                self.error("the last line must be the energy expression (not an assignment "
+                           "or statement)")
+            energy = self.visit(last.value)
+        except RecursionError:
+            raise EnergySyntaxError("the formula is nested too deeply") from None
+        if isinstance(energy, Vector):
+            self.error(f"the energy is a vector of length {energy.length} per sample, but it "
+                       f"must be one scalar per sample; wrap it in a reduction such as "
+                       f"sum(...)", last.value)
+        if isinstance(energy, Matrix):
+            self.error("the energy is a matrix; it must be one scalar per sample", last.value)
+        if isinstance(energy, sp.logic.boolalg.Boolean) or isinstance(energy, sp.Rel):
+            self.error("the energy is a condition; conditions belong inside where(...)", last.value)
+        if not _depends_on_x(energy):
+            self.error("the energy does not depend on x; an energy must be a function of the "
+                       "sample x", last.value)
+        return Parsed(energy, self.params, self.derived, self.constants, self.size_checks, self.text)
+
+    def visit(self, node):
+        method = getattr(self, "visit_" + type(node).__name__, None)
+        if method is None:
+            self.error(f"{_describe(node)} is not allowed in a formula", node)
+        saved, self.node = self.node, node
+        try:
+            return method(node)
+        finally:
+            self.node = saved
+
+    # -- leaves ---------------------------------------------------------------
+    def visit_Constant(self, node):
+        v = node.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.error(f"the literal {v!r:.40} is not a number; formulas take numbers only", node)
+        if isinstance(v, int):
+            if v.bit_length() > 1024:
+                self.error("this integer literal exceeds the float64 range", node)
+            return sp.Integer(v)
+        if not math.isfinite(v):
+            self.error("this literal is not a finite float64 number", node)
+        return sp.Float(v)  # 53-bit: the literal's exact float64 value
+
+    def visit_Name(self, node):
+        name = "lambda" if node.id == _LAMBDA_PLACEHOLDER else node.id
+        if name.startswith("_") and name != "lambda":
+            self.error(f"names starting with '_' are reserved; rename '{name}'", node)
+        if name in self.indices:
+            return self.indices[name]
+        if name in self.locals:
+            return self.locals[name]
+        if name == "x":
+            return Vector(N, lambda k: X[k], "x")
+        if name == "n":
+            return N
+        if name in CONSTANTS:
+            return CONSTANTS[name]
+        if not name.isidentifier() or not name.isascii():
+            self.error(f"the name {name!r} is not an ASCII identifier", node)
+        return self.param(name, node)
+
+    def param(self, name, node):
+        rank = self.ranks.get(name, 0)
+        self.params.setdefault(name, ParamSpec(name, rank))
+        if rank == 0:
+            return param_symbol(name)
+        base = param_base(name)
+        if rank == 1:
+            return Vector(size_symbol(name, 0), lambda k: base[k], name)
+        if rank == 2:
+            return Matrix(size_symbol(name, 0), size_symbol(name, 1),
+                          lambda r, c: base[r, c], name, param=name)
+        self.error(f"parameter '{name}' has {rank} dimensions; parameters are scalars, "
+                   f"vectors or matrices", node)
+
+    def visit_List(self, node):
+        values = [self.visit(elt) for elt in node.elts]
+        if not values:
+            self.error("an empty list is not a vector; give at least one number", node)
+        if not all(isinstance(v, sp.Number) for v in values):
+            self.error("a list literal must hold numbers only, e.g. [1.0, -0.5, 2.0]", node)
+        name = f"_const{len(self.constants)}"
+        self.constants[name] = tuple(float(v) for v in values)
+        base = param_base(name)
+        return Vector(sp.Integer(len(values)), lambda k: base[k], "list literal")
+
+    # -- arithmetic -----------------------------------------------------------
+    def visit_BinOp(self, node):
+        op = type(node.op)
+        if op is ast.BitXor:
+            self.error("'^' is not a power in Python syntax; write '**' (e.g. x**2)", node)
+        if op is ast.MatMult:
+            return self.matmul(self.visit(node.left), self.visit(node.right), node)
+        table = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+                 ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b,
+                 ast.Pow: self.power, ast.Mod: self.modulo, ast.FloorDiv: self.floordiv}
+        if op not in table:
+            self.error(f"the operator {_describe(node.op)} is not allowed; use + - * / ** @", node)
+        left, right = self.visit(node.left), self.visit(node.right)
+        return self.elementwise(table[op], [left, right], _OPNAMES.get(op, "operator"))
+
+    def power(self, base, exp):
+        if isinstance(base, sp.Number) and isinstance(exp, sp.Number):
+            return _constant_power(base, exp, self)
+        return sp.Pow(base, exp)
+
+    def modulo(self, a, b):
+        if not (_is_integer_expr(a) and _is_integer_expr(b)):
+            self.error("'%' is only for index arithmetic such as x[(i+1) % n]")
+        return sp.Mod(a, b)
+
+    def floordiv(self, a, b):
+        if not (_is_integer_expr(a) and _is_integer_expr(b)):
+            self.error("'//' is only for index arithmetic such as x[i // 2]")
+        return sp.floor(a / b)
+
+    def visit_UnaryOp(self, node):
+        value = self.visit(node.operand)
+        if isinstance(node.op, ast.USub):
+            return self.elementwise(lambda a: -a, [value], "-")
+        if isinstance(node.op, ast.UAdd):
+            return value
+        if isinstance(node.op, ast.Not):
+            return self.elementwise(lambda a: sp.Not(self.condition(a)), [value], "not")
+        self.error(f"the operator {_describe(node.op)} is not allowed", node)
+
+    def visit_Compare(self, node):
+        ops = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
+        values = [self.visit(node.left)] + [self.visit(c) for c in node.comparators]
+        parts = []
+        for op, (a, b) in zip(node.ops, zip(values, values[1:])):
+            if type(op) not in ops:
+                self.error(f"the comparison {_describe(op)} is not allowed; use < <= > >=", node)
+            parts.append(self.elementwise(lambda u, v, o=ops[type(op)]: sp.Rel(u, v, o),
+                                          [a, b], "comparison"))
+        if len(parts) == 1:
+            return parts[0]
+        return self.elementwise(lambda *c: sp.And(*c), parts, "and")
+
+    def visit_BoolOp(self, node):
+        values = [self.visit(v) for v in node.values]
+        combine = sp.And if isinstance(node.op, ast.And) else sp.Or
+        return self.elementwise(lambda *c: combine(*[self.condition(u) for u in c]),
+                                values, "and/or")
+
+    def condition(self, value):
+        if isinstance(value, (sp.logic.boolalg.Boolean, sp.Rel)):
+            return value
+        self.error("'and', 'or' and 'not' combine comparisons, e.g. where(0 < x and x < 1, ...)")
+
+    def visit_IfExp(self, node):
+        self.error("'a if c else b' is not supported; write where(c, a, b)", node)
+
+    # -- subscripts -----------------------------------------------------------
+    def visit_Subscript(self, node):
+        value = self.visit(node.value)
+        sl = node.slice
+        if isinstance(value, Vector):
+            if isinstance(sl, ast.Tuple):
+                self.error(f"{value.what} is a vector; index it with one index, e.g. x[0]", node)
+            return self.index_vector(value, sl, node)
+        if isinstance(value, Matrix):
+            if not (isinstance(sl, ast.Tuple) and len(sl.elts) == 2):
+                self.error(f"{value.what} is a matrix; index it as {value.what}[i, j], "
+                           f"{value.what}[i, :] or {value.what}[:, j]", node)
+            r, c = sl.elts
+            if isinstance(r, ast.Slice) and isinstance(c, ast.Slice):
+                self.error("take a row or column of a matrix, not a sub-matrix", node)
+            if isinstance(c, ast.Slice):
+                row = self.index_expr(r, value.rows)
+                vec = Vector(value.cols, lambda k: value.element(row, k), f"{value.what}[row]")
+                return self.slice_vector(vec, c, node)
+            if isinstance(r, ast.Slice):
+                col = self.index_expr(c, value.cols)
+                vec = Vector(value.rows, lambda k: value.element(k, col), f"{value.what}[:, col]")
+                return self.slice_vector(vec, r, node)
+            return value.element(self.index_expr(r, value.rows), self.index_expr(c, value.cols))
+        self.error("only x, vector and matrix parameters can be indexed", node)
+
+    def index_vector(self, vec, sl, node):
+        if isinstance(sl, ast.Slice):
+            return self.slice_vector(vec, sl, node)
+        return vec.at(self.index_expr(sl, vec.length))
+
+    def slice_vector(self, vec, sl, node):
+        if sl.step is not None:
+            self.error("slice steps are not supported; use an indexed sum, e.g. "
+                       "sum(x[2*i] for i in range(n // 2))", node)
+        lo = self.index_expr(sl.lower, vec.length) if sl.lower is not None else sp.Integer(0)
+        hi = self.index_expr(sl.upper, vec.length) if sl.upper is not None else vec.length
+        length = hi - lo
+        if length.is_number and length < 0:
+            length = sp.Integer(0)
+        return Vector(length, lambda k: vec.at(k + lo), f"{vec.what}[{ast.unparse(sl)}]")
+
+    def index_expr(self, node, length):
+        """An integer index; a negative literal counts from the end, as in Python."""
+        value = self.visit(node)
+        if not isinstance(value, sp.Expr) or not _is_integer_expr(value):
+            self.error("an index must be an integer expression of loop indices, n, len(...) "
+                       "and integers", node)
+        if value.is_Integer and value < 0:
+            return length + value
+        for sym in value.free_symbols:
+            if sym in self.indices.values():
+                _check_affine(value, set(self.indices.values()), self, node)
+                break
+        return value
+
+    def visit_Attribute(self, node):
+        if node.attr == "T":
+            value = self.visit(node.value)
+            if isinstance(value, Matrix):
+                return _transpose(value)
+            self.error(".T transposes a matrix parameter only", node)
+        self.error(f"attribute access ('.{node.attr}') is not allowed in a formula", node)
+
+    # -- calls ----------------------------------------------------------------
+    def visit_Call(self, node):
+        if not isinstance(node.func, ast.Name):
+            self.error("only the language's functions can be called, by name, e.g. sin(x)", node)
+        name = node.func.id
+        if node.keywords:
+            self.error(f"{name}() takes no keyword arguments", node)
+        if any(isinstance(a, ast.Starred) for a in node.args):
+            self.error("'*' unpacking is not allowed in a formula", node)
+        if name in REDUCTIONS:
+            return self.reduction(name, node)
+        args = node.args
+        if name in F.ELEMENTWISE:
+            values = [self.visit(a) for a in args]
+            arity = F.ARITY[name]
+            if name == "logaddexp" and len(values) >= 2:
+                pass
+            elif len(values) != arity:
+                self.error(f"{name}() takes {arity} argument{'s' if arity > 1 else ''}, "
+                           f"got {len(values)}", node)
+            return self.elementwise(F.ELEMENTWISE[name], values, name)
+        if name == "where":
+            if len(args) != 3:
+                self.error("where(cond, a, b) takes 3 arguments", node)
+            cond, a, b = (self.visit(a) for a in args)
+            return self.elementwise(
+                lambda c, u, v: sp.Piecewise((u, self.condition(c)), (v, True)),
+                [cond, a, b], "where")
+        if name == "clamp":
+            if len(args) != 3:
+                self.error("clamp(v, lo, hi) takes 3 arguments", node)
+            return self.elementwise(lambda v, lo, hi: F.Minimum(F.Maximum(v, lo), hi),
+                                    [self.visit(a) for a in args], "clamp")
+        if name == "dot":
+            if len(args) != 2:
+                self.error("dot(u, v) takes 2 arguments", node)
+            u, v = (self.visit(a) for a in args)
+            if not (isinstance(u, Vector) and isinstance(v, Vector)):
+                self.error("dot(u, v) takes two vectors", node)
+            return self.sum_over(self.elementwise(lambda a, b: a * b, [u, v], "dot"))
+        if name == "len":
+            if len(args) != 1:
+                self.error("len(v) takes 1 argument", node)
+            v = self.visit(args[0])
+            if isinstance(v, Vector):
+                return v.length
+            if isinstance(v, Matrix):
+                return v.rows
+            self.error("len() takes a vector or a matrix", node)
+        if name in MATRIX_FUNCTIONS:
+            return self.matrix_function(name, node)
+        if name == "range":
+            self.error("range(...) is only allowed in a generator: sum(... for i in range(n))",
+                       node)
+        close = difflib.get_close_matches(name, ALLOWED_FUNCTIONS, n=1)
+        hint = f"; did you mean {close[0]}()?" if close else ""
+        self.error(f"unknown function '{name}'{hint} Allowed functions: "
+                   f"{', '.join(ALLOWED_FUNCTIONS)}", node)
+
+    def matrix_function(self, name, node):
+        if len(node.args) != 1:
+            self.error(f"{name}(M) takes 1 argument", node)
+        m = self.visit(node.args[0])
+        if not isinstance(m, Matrix):
+            self.error(f"{name}() takes a matrix parameter", node)
+        if name == "transpose":
+            return _transpose(m)
+        if m.param is None:
+            self.error(f"{name}() takes a matrix parameter by name, e.g. {name}(cov)", node)
+        self.check_size(m.rows, m.cols, f"{name}({m.param}) needs a square matrix: {m.param} "
+                                        f"has {{a}} rows and {{b}} columns")
+        key = f"{name}({m.param})"
+        self.derived.setdefault(key, Derived(key, name, m.param))
+        if name == "inverse":
+            base = param_base(key)
+            inv = Matrix(m.rows, m.cols, lambda r, c: base[r, c], key)
+            return _transpose(inv) if m.transposed else inv
+        return param_symbol(key)
+
+    def matmul(self, a, b, node):
+        if isinstance(a, Vector) and isinstance(b, Vector):
+            return self.sum_over(self.elementwise(lambda u, v: u * v, [a, b], "@"))
+        if isinstance(a, Matrix) and isinstance(b, Vector):
+            self.check_size(a.cols, b.length, f"{a.what} @ {b.what}: the matrix has {{a}} "
+                                              f"columns but the vector has length {{b}}")
+            j = self.fresh_index()
+            return Vector(a.rows, lambda r: sp.Sum(a.element(r, j) * b.at(j),
+                                                   (j, 0, a.cols - 1)), f"{a.what} @ {b.what}")
+        if isinstance(a, Vector) and isinstance(b, Matrix):
+            self.check_size(a.length, b.rows, f"{a.what} @ {b.what}: the vector has length {{a}} "
+                                              f"but the matrix has {{b}} rows")
+            i = self.fresh_index()
+            return Vector(b.cols, lambda c: sp.Sum(a.at(i) * b.element(i, c),
+                                                   (i, 0, b.rows - 1)), f"{a.what} @ {b.what}")
+        if isinstance(a, Matrix) and isinstance(b, Matrix):
+            self.error("a matrix @ matrix product is not supported; multiply by vectors, "
+                       "e.g. u @ M @ v", node)
+        self.error("'@' multiplies vectors and matrices; use '*' for scalars", node)
+
+    # -- reductions -----------------------------------------------------------
+    def reduction(self, name, node):
+        args = node.args
+        if name == "logsumexp" and len(args) >= 2:
+            values = [self.visit(a) for a in args]
+            return self.elementwise(lambda *v: F.LogAddExp(*v), values, "logsumexp")
+        if len(args) != 1:
+            self.error(f"{name}() takes one vector or one generator, e.g. {name}(x**2) or "
+                       f"{name}(x[i] for i in range(n))", node)
+        arg = args[0]
+        if isinstance(arg, ast.GeneratorExp):
+            body, limits = self.generator(arg)
+            count = None
+        else:
+            vec = self.visit(arg)
+            if not isinstance(vec, Vector):
+                self.error(f"{name}() reduces a vector, but its argument is a "
+                           f"{'matrix' if isinstance(vec, Matrix) else 'scalar'}; "
+                           f"for scalars use the function itself", node)
+            i = self.fresh_index()
+            body = vec.at(i)
+            if isinstance(body, (sp.logic.boolalg.Boolean, sp.Rel)):
+                self.error(f"{name}() of a condition is not allowed", node)
+            limits = [(i, sp.Integer(0), vec.length - 1)]
+            count = vec.length
+        if name == "norm":
+            return F.SafeSqrt(sp.Sum(body**2, *limits))
+        if name == "sum":
+            return sp.Sum(body, *limits)
+        if name == "prod":
+            return sp.Product(body, *limits)
+        if name == "logsumexp":
+            return F.LogSumExp(body, *limits)
+        # mean: the count of a single range is its length; otherwise count the points.
+        if count is None:
+            count = (limits[0][2] - limits[0][1] + 1 if len(limits) == 1
+                     else sp.Sum(sp.Integer(1), *limits))
+        return sp.Sum(body, *limits) / count
+
+    def generator(self, gen):
+        bound = []
+        saved = dict(self.indices)
+        try:
+            for comp in gen.generators:
+                self.node = comp
+                if comp.ifs:
+                    self.error("'if' inside a generator is not supported; use where(cond, a, 0)",
+                               comp)
+                if comp.is_async or not isinstance(comp.target, ast.Name):
+                    self.error("a generator must read 'for i in range(...)'", comp)
+                it = comp.iter
+                if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name)
+                        and it.func.id == "range" and 1 <= len(it.args) <= 2 and not it.keywords):
+                    self.error("a generator can only run over range(stop) or range(start, stop)",
+                               it)
+                bounds = [self.visit(a) for a in it.args]
+                for b in bounds:
+                    if not isinstance(b, sp.Expr) or not _is_integer_expr(b):
+                        self.error("range() bounds must be integer expressions of n, len(...) "
+                                   "and outer indices", it)
+                lo, hi = (sp.Integer(0), bounds[0]) if len(bounds) == 1 else bounds
+                name = comp.target.id
+                if name in ("x", "n", "pi", "e") or name in self.ranks or name in self.locals:
+                    self.error(f"the index name '{name}' is already taken (by x, n, a constant, "
+                               f"a parameter or a definition); choose another", comp.target)
+                sym = index_symbol(name) if name not in self.indices else index_symbol(
+                    self.fresh_name(name))
+                self.indices[name] = sym
+                bound.append((sym, lo, hi - 1))
+            body = self.visit(gen.elt)
+        finally:
+            self.indices = saved
+        if isinstance(body, (Vector, Matrix)):
+            self.error("the body of a generator must be one scalar per index; index the vector, "
+                       "e.g. x[i], or reduce it", gen.elt)
+        if isinstance(body, (sp.logic.boolalg.Boolean, sp.Rel)):
+            self.error("the body of a generator cannot be a condition", gen.elt)
+        return body, list(reversed(bound))  # SymPy lists the innermost limit first
+
+    def sum_over(self, vec):
+        i = self.fresh_index()
+        return sp.Sum(vec.at(i), (i, 0, vec.length - 1))
+
+    def fresh_name(self, stem="i"):
+        while True:
+            self._fresh += 1
+            name = f"{stem}{self._fresh}" if stem != "i" or self._fresh > 4 else "ijkl"[self._fresh - 1]
+            if name not in self.used_names and name not in self.indices:
+                return name
+
+    def fresh_index(self):
+        return index_symbol(self.fresh_name())
+
+    # -- broadcasting -----------------------------------------------------------
+    def elementwise(self, fn, values, what):
+        """Apply a scalar function per component; scalars broadcast over vectors."""
+        if any(isinstance(v, Matrix) for v in values):
+            self.error(f"{what} does not apply to a matrix; index it or use @")
+        vectors = [v for v in values if isinstance(v, Vector)]
+        if not vectors:
+            return fn(*values)
+        length = vectors[0].length
+        for v in vectors[1:]:
+            self.check_size(length, v.length,
+                            f"{what}: {vectors[0].what} has length {{a}} but {v.what} has "
+                            f"length {{b}}")
+        return Vector(length, lambda k: fn(*[v.at(k) if isinstance(v, Vector) else v
+                                             for v in values]), what)
+
+    def check_size(self, a, b, message):
+        diff = sp.simplify(a - b)
+        if diff == 0:
+            return
+        if diff.is_number:
+            self.error(message.format(a=a, b=b))
+        self.size_checks.append((a, b, message))
+
+
+_OPNAMES = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
+
+
+def _transpose(m: Matrix) -> Matrix:
+    return Matrix(m.cols, m.rows, lambda r, c: m.element(c, r), f"{m.what}.T", m.param,
+                  not m.transposed)
+
+
+def _describe(node) -> str:
+    names = {"Lambda": "a lambda", "Attribute": "attribute access", "Import": "an import",
+             "ImportFrom": "an import", "JoinedStr": "an f-string", "Dict": "a dict",
+             "Set": "a set", "ListComp": "a list comprehension", "Starred": "'*' unpacking",
+             "NamedExpr": "':='", "Await": "await", "Yield": "yield", "Tuple": "a tuple",
+             "Eq": "'=='", "NotEq": "'!='", "Is": "'is'", "In": "'in'", "IsNot": "'is not'",
+             "NotIn": "'not in'", "Invert": "'~'", "BitAnd": "'&'", "BitOr": "'|'",
+             "LShift": "'<<'", "RShift": "'>>'", "FunctionDef": "a function definition",
+             "Subscript": "indexing", "DictComp": "a dict comprehension",
+             "SetComp": "a set comprehension", "GeneratorExp": "a bare generator"}
+    kind = type(node).__name__
+    return names.get(kind, f"'{kind}'")
+
+
+def _constant_power(base: sp.Number, exp: sp.Number, parser) -> sp.Expr:
+    """Fold a power of two numbers without ever building a huge integer."""
+    if base.is_Integer and exp.is_Integer and exp >= 0:
+        bits = max(int(abs(base)).bit_length(), 1) * int(exp)
+        if abs(base) <= 1 or bits <= MAX_EXPONENT_BITS:
+            return sp.Pow(base, exp)
+    fb, fe = float(base), float(exp)
+    try:
+        value = math.pow(fb, fe)
+    except OverflowError:
+        parser.error(f"the constant {base}**{exp} exceeds the float64 range")
+    except (ValueError, ZeroDivisionError):
+        value = math.nan  # negative base, fractional exponent: NaN, like torch
+    if math.isinf(value) and math.isfinite(fb) and math.isfinite(fe):
+        parser.error(f"the constant {base}**{exp} exceeds the float64 range")
+    return sp.Float(value) if math.isfinite(value) else sp.nan
+
+
+def _is_integer_expr(e) -> bool:
+    """Built from integers and integer symbols with + - * // % only."""
+    if not isinstance(e, sp.Expr):
+        return False
+    if e.is_Integer or (e.is_Symbol and e.is_integer):
+        return True
+    if isinstance(e, (sp.Add, sp.Mul, sp.Mod)):
+        return all(_is_integer_expr(a) for a in e.args)
+    if isinstance(e, sp.floor):
+        return all(s.is_integer for s in e.free_symbols)
+    if isinstance(e, sp.Pow):
+        return _is_integer_expr(e.base) and e.exp.is_Integer and e.exp >= 0
+    return False
+
+
+def _check_affine(value, index_vars, parser, node):
+    """Indices must be affine in the loop indices, optionally taken modulo m."""
+    core = value
+    if isinstance(value, sp.Mod):
+        core = value.args[0]
+        if value.args[1].free_symbols & index_vars:
+            parser.error("the modulus of an index cannot depend on a loop index", node)
+    try:
+        poly = sp.Poly(core, *sorted(index_vars & core.free_symbols, key=str))
+    except sp.PolynomialError:
+        poly = None
+    if poly is None or poly.total_degree() > 1 or any(
+            c.free_symbols & index_vars for c in poly.coeffs()):
+        parser.error(f"the index {value} is not affine in the loop indices; indices may be "
+                     f"a*i + b, or (a*i + b) % m for periodic neighbours", node)
+
+
+def _depends_on_x(expr: sp.Expr) -> bool:
+    return any(getattr(a, "base", None) == X for a in expr.atoms(sp.Indexed))

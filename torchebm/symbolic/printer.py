@@ -1,0 +1,229 @@
+"""Stage 5a, printer: one SymPy expression -> one line of torch code.
+
+``TorchEnergyPrinter`` subclasses SymPy's own ``TorchPrinter`` and changes
+what an energy compiler needs:
+
+* numbers keep float64 precision: a Float or Rational prints as the
+  shortest ``repr`` that round-trips its float64 value (17 significant
+  digits at most), never a float32 constant;
+* sub-expressions of Python integers only (``n``, ``len(w)``) print with
+  ``math`` so that they stay Python numbers;
+* small integer powers print as multiplications or ``torch.square``;
+* ``Piecewise`` prints as ``torch.where``; the language's own functions map
+  to stable torch calls (see the table);
+* anything the table does not know raises instead of printing something
+  that would fail later (``strict``): a ``Derivative`` reaching the printer
+  means differentiation failed, which is a bug.
+"""
+
+from __future__ import annotations
+
+import math
+
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
+from sympy.printing.pytorch import TorchPrinter
+from sympy.printing.precedence import precedence
+
+from ..errors import EnergySyntaxError
+from . import functions as F
+
+# SymPy class -> (torch call, math call or None). Caveats beside the rows.
+MAPPING = {
+    sp.sin: ("torch.sin", "math.sin"), sp.cos: ("torch.cos", "math.cos"),
+    sp.tan: ("torch.tan", "math.tan"), sp.asin: ("torch.asin", "math.asin"),
+    sp.acos: ("torch.acos", "math.acos"), sp.atan: ("torch.atan", "math.atan"),
+    sp.atan2: ("torch.atan2", "math.atan2"),   # tensors only: constants are folded first
+    sp.sinh: ("torch.sinh", "math.sinh"), sp.cosh: ("torch.cosh", "math.cosh"),
+    sp.tanh: ("torch.tanh", "math.tanh"), sp.asinh: ("torch.asinh", "math.asinh"),
+    sp.acosh: ("torch.acosh", "math.acosh"), sp.atanh: ("torch.atanh", "math.atanh"),
+    sp.exp: ("torch.exp", "math.exp"), sp.log: ("torch.log", "math.log"),
+    sp.Abs: ("torch.abs", "abs"), sp.sign: ("torch.sign", None), F.Sign: ("torch.sign", None),
+    sp.erf: ("torch.erf", "math.erf"), sp.erfc: ("torch.erfc", "math.erfc"),
+    sp.loggamma: ("torch.lgamma", "math.lgamma"),
+    log1p: ("torch.log1p", "math.log1p"), expm1: ("torch.expm1", "math.expm1"),
+    F.Sigmoid: ("torch.sigmoid", None),
+    F.Softplus: ("_rt.softplus", None),        # max(u, 0) + log1p(exp(-|u|)): no threshold
+    F.LogNdtr: ("torch.special.log_ndtr", None),
+    F.SafeSqrt: ("torch.sqrt", "math.sqrt"),   # only its derivative differs from sqrt
+    F.LogAddExp: ("_rt.logaddexp", None),      # max-shifted, any number of arguments
+    F.Maximum: ("_rt.maximum", None),          # tensors or numbers on either side
+    F.Minimum: ("_rt.minimum", None),
+}
+
+
+class TorchEnergyPrinter(TorchPrinter):
+    """Print energy expressions as torch code over named locals.
+
+    Args (settings):
+        names: SymPy symbol -> Python expression to print for it.
+        python_scalars: symbols whose value is a Python number, not a tensor.
+    """
+
+    printmethod = "_torchenergycode"
+    _default_settings = dict(TorchPrinter._default_settings, names=None,
+                             python_scalars=frozenset(), strict=True)
+
+    def __init__(self, settings=None):
+        super().__init__(settings)
+        self.names = self._settings["names"] or {}
+        self.python_scalars = self._settings["python_scalars"]
+
+    def is_python(self, expr) -> bool:
+        return all(s in self.python_scalars for s in expr.free_symbols)
+
+    # -- leaves ---------------------------------------------------------------
+    def _print_Symbol(self, expr):
+        if expr in self.names:
+            return self.names[expr]
+        raise RuntimeError(f"torchebm: no name for symbol {expr!r} while printing; "
+                           f"please report a bug")
+
+    _print_Dummy = _print_Symbol
+
+    def _print_Indexed(self, expr):
+        raise RuntimeError(f"torchebm: an unlowered access {expr} reached the printer; "
+                           f"please report a bug")
+
+    def _print_Float(self, expr):
+        return _float_literal(float(expr))
+
+    def _print_Rational(self, expr):
+        return _float_literal(expr.p / expr.q) if expr.q != 1 else str(expr.p)
+
+    def _print_Integer(self, expr):
+        if abs(int(expr)) > 2**53:
+            return _float_literal(float(expr))
+        return str(int(expr))
+
+    _print_Zero = _print_One = _print_NegativeOne = _print_Integer
+    _print_Half = _print_Rational
+
+    def _print_Exp1(self, expr):
+        return repr(math.e)
+
+    def _print_Pi(self, expr):
+        return repr(math.pi)
+
+    def _print_NaN(self, expr):
+        return "math.nan"
+
+    def _print_Infinity(self, expr):
+        return "math.inf"
+
+    def _print_NegativeInfinity(self, expr):
+        return "-math.inf"
+
+    def _print_ComplexInfinity(self, expr):
+        return "math.nan"
+
+    def _print_BooleanTrue(self, expr):
+        return "True"
+
+    def _print_BooleanFalse(self, expr):
+        return "False"
+
+    # -- arithmetic -------------------------------------------------------------
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.args
+        b = self.parenthesize(base, precedence(expr), strict=False)
+        if self.is_python(expr):
+            if exp == sp.S.Half:
+                return f"math.sqrt({self._print(base)})"
+            return f"{b}**{self.parenthesize(exp, precedence(expr), strict=False)}"
+        if exp == sp.S.Half:
+            return f"torch.sqrt({self._print(base)})"
+        if exp == -sp.S.Half:
+            return f"torch.rsqrt({self._print(base)})"
+        if exp.is_Integer:
+            k = int(exp)
+            if k == 2:
+                return f"torch.square({self._print(base)})"
+            if k == 3 and base.is_Symbol:
+                return f"({b}*{b}*{b})"
+            if k == -1:
+                return f"1/{b}"
+            if k < 0:
+                return f"1/{self._print(sp.Pow(base, -exp, evaluate=False))}"
+            return f"torch.pow({self._print(base)}, {k})"
+        if self.is_python(base):
+            return f"torch.pow({self._print(base)}, {self._print(exp)})"
+        return f"torch.pow({self._print(base)}, {self._print(exp)})"
+
+    # -- functions ------------------------------------------------------------------
+    def _print_Function(self, expr):
+        entry = MAPPING.get(type(expr))
+        if entry is None:
+            return self._print_not_supported(expr)
+        torch_fn, math_fn = entry
+        args = [self._print(a) for a in expr.args]
+        if self.is_python(expr) and math_fn is not None:
+            return f"{math_fn}({', '.join(args)})"
+        return f"{torch_fn}({', '.join(args)})"
+
+    _print_Expr = _print_Function
+    _print_Application = _print_Function
+
+    def _print_polygamma(self, expr):
+        order, arg = expr.args
+        if order == 0:
+            return f"torch.digamma({self._print(arg)})"
+        return f"torch.polygamma({self._print(order)}, {self._print(arg)})"
+
+    def _print_Piecewise(self, expr):
+        # torch.where picks per element; the unselected value is never used.
+        *pairs, (last, cond) = expr.args
+        if cond != sp.true:
+            last_code = "math.nan"
+            pairs = list(expr.args)
+        else:
+            last_code = self._print(last)
+        code = last_code
+        for e, c in reversed(pairs):
+            code = f"torch.where({self._print(c)}, {self._print(e)}, {code})"
+        return code
+
+    def _print_Relational(self, expr):
+        lhs = self.parenthesize(expr.lhs, precedence(expr), strict=True)
+        rhs = self.parenthesize(expr.rhs, precedence(expr), strict=True)
+        return f"({lhs} {expr.rel_op} {rhs})"
+
+    def _print_And(self, expr):
+        return "(" + " & ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr):
+        return "(" + " | ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr):
+        return f"(~{self._print(expr.args[0])})"
+
+    def _print_Mod(self, expr):
+        a, m = expr.args
+        return f"({self._print(a)}) % ({self._print(m)})"
+
+    def _print_floor(self, expr):
+        arg = expr.args[0]
+        num, den = arg.as_numer_denom()
+        if self.is_python(arg) or True:
+            return f"(({self._print(num)}) // ({self._print(den)}))"
+
+    def _print_Derivative(self, expr):
+        raise RuntimeError("torchebm: an unevaluated Derivative reached the printer; "
+                           "differentiation failed, please report a bug")
+
+    def _print_not_supported(self, expr):
+        raise EnergySyntaxError(f"torchebm cannot print {type(expr).__name__} ({expr}) as torch "
+                                f"code; this function is not supported in compiled energies")
+
+    def _print_ImaginaryUnit(self, expr):
+        raise EnergySyntaxError("the formula has a complex value (a negative number to a "
+                                "fractional power?); energies are real")
+
+
+def _float_literal(value: float) -> str:
+    """The shortest literal that is exactly this float64 (``repr`` round-trips)."""
+    if math.isnan(value):
+        return "math.nan"
+    if math.isinf(value):
+        raise EnergySyntaxError(f"a constant of the formula exceeds the float64 range")
+    return repr(value)
