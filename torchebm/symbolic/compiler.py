@@ -17,7 +17,7 @@ from .lower import lower
 from .optimise import cse
 from .parse import Parsed, parse_formula
 from .rewrite import stabilize
-from .symbols import size_symbol
+from .symbols import N, size_symbol
 
 
 @dataclass
@@ -43,9 +43,29 @@ def array_sizes(parsed: Parsed) -> dict:
     return sizes
 
 
+def unify_sizes(parsed: Parsed) -> dict:
+    """Replace each size that is checked equal to ``n`` (or another size) by it.
+
+    ``x - mu`` makes the layout check ``len(mu) == n`` at call time, so the
+    code may then use ``n`` for ``len(mu)``: ranges line up and unit-stride
+    slices become whole tensors.
+    """
+    subs = {}
+    for a, b, _ in parsed.size_checks:
+        a, b = a.subs(subs), b.subs(subs)
+        for big, small in ((a, b), (b, a)):
+            if big.is_Symbol and big != N and big not in subs and big not in small.free_symbols:
+                subs[big] = small
+                break
+    return subs
+
+
 def compile_parsed(spec: EnergySpec, parsed: Parsed) -> Compiled:
-    expr = stabilize(parsed.expression)
-    program = lower(expr, array_ranks(parsed), array_sizes(parsed))
+    subs = unify_sizes(parsed)
+    expr = stabilize(parsed.expression.subs(subs) if subs else parsed.expression)
+    sizes = {k: tuple(s.subs(subs) for s in v) for k, v in array_sizes(parsed).items()}
+    program = lower(expr, array_ranks(parsed), sizes)
+    program.size_subs = subs
     statements = cse(build(program))
     return Compiled(emit_module(spec, parsed, statements), parsed, statements)
 

@@ -120,6 +120,10 @@ class ModuleEmitter:
                 self.names[st.load.symbol] = self.ns.create(stems.get(st.load.symbol, "ld"))
             if isinstance(st, IndexValue) and st.target not in self.names:
                 self.names[st.target] = self.ns.create(f"{st.var.name}_value")
+        # a copy 'a = b' left by CSE is printed as nothing: a is b
+        for st in self.stmts.body:
+            if isinstance(st, Assign) and st.expr.is_Symbol and st.expr in self.names:
+                self.names[st.target] = self.names[st.expr]
         # Python-number temporaries (CSE of n-only expressions)
         for st in self.stmts.body:
             if isinstance(st, Assign) and st.expr.free_symbols <= self.pyscalars:
@@ -222,8 +226,11 @@ class ModuleEmitter:
             return N
         if ld.kind == "vector":
             return self.program.vectors[ld.base].length
-        return size_symbol(ld.base if ld.base not in self.parsed.derived
-                           else self.parsed.derived[ld.base].param, 0)
+        return self.canon(size_symbol(ld.base if ld.base not in self.parsed.derived
+                                      else self.parsed.derived[ld.base].param, 0))
+
+    def canon(self, e):
+        return e.subs(self.program.size_subs) if self.program.size_subs else e
 
     def index_key(self, ld, k):
         return f"idx_{self.names[ld.symbol]}_{k}"
@@ -231,6 +238,8 @@ class ModuleEmitter:
     def statement(self, st) -> list[str]:
         lv = st.level
         if isinstance(st, Assign):
+            if st.expr.is_Symbol and self.names[st.target] == self.names.get(st.expr):
+                return []
             return [f"{self.names[st.target]} = {self.code(st.expr)}"]
         if isinstance(st, LoadStmt):
             return [f"{self.names[st.load.symbol]} = {self.load_code(st.load)}"]
@@ -281,7 +290,7 @@ class ModuleEmitter:
         a, b = lo + mv.offset, hi + mv.offset
         d = self.parsed.derived.get(mv.matrix)
         base_name = d.param if d else mv.matrix
-        full = size_symbol(base_name, 1 if mv.row_major else 0)
+        full = self.canon(size_symbol(base_name, 1 if mv.row_major else 0))
         if sp.simplify(a) == 0 and sp.simplify(b - full) == 0:
             sl = ""
         else:
@@ -321,12 +330,15 @@ class ModuleEmitter:
             a, b = lo + off, hi + off
             if sp.simplify(a) == 0 and sp.simplify(b - self.size_expr(ld)) == 0:
                 if first:
-                    fresh = shape == "both" and not self._is_alias(st.source)
-                    return [f"{adj} = {src}" if fresh else
-                            f"{adj} = _rt_points({src}, x, {size}).clone()"]
+                    # later accumulations are out of place, so only an alias of an input
+                    # (or a broadcast view) needs a copy here
+                    if shape == "both" and not self._is_load(st.source):
+                        return [f"{adj} = {src}"]
+                    return [f"{adj} = _rt_points({src}, x, {size}).clone()"]
                 return [f"{adj} = {adj} + {src}"]
+            right = sp.simplify(self.size_expr(ld) - b)
             pad = f"torch.nn.functional.pad({self.materialize(st.source, lv)}, " \
-                  f"({self.code(a)}, {size} - ({self.code(b)})))"
+                  f"({self.code(a)}, {self.code(right)}))"
             return [f"{adj} = {pad}" if first else f"{adj} = {adj} + {pad}"]
         src_full = self.materialize(st.source, lv)
         lines = [f"{adj} = {zeros}"] if first else []
@@ -334,13 +346,19 @@ class ModuleEmitter:
         lines.append(f"{adj} = {adj}.index_add(-1, {k}, {src_full})")
         return lines
 
-    def _is_alias(self, sym):
-        if not sym.is_Symbol or sym not in self.names:
-            return True
-        for st in self.stmts.body:
-            if isinstance(st, Assign) and st.target == sym:
-                return st.expr.is_Symbol or st.expr.is_Number
-        return True
+    def _is_load(self, sym):
+        """True if ``sym`` may be a view of an input (a load, or a copy of one)."""
+        while True:
+            if not sym.is_Symbol:
+                return True
+            for st in self.stmts.body:
+                if isinstance(st, Assign) and st.target == sym:
+                    if not st.expr.is_Symbol:
+                        return False
+                    sym = st.expr
+                    break
+            else:
+                return True
 
     # -- functions ------------------------------------------------------------------------
     def function(self, name, outputs, returns, doc):

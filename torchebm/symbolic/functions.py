@@ -180,6 +180,9 @@ class LogSumExp(ExprWithLimits):
     its derivative is the softmax weight of each term.
     """
 
+    def doit(self, **hints):
+        return sp.log(sp.Sum(sp.exp(self.function), *self.limits)).doit(**hints)
+
     def _latex(self, printer):
         (i, lo, hi), *rest = self.limits
         body = printer._print(self.function)

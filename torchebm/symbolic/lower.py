@@ -97,6 +97,7 @@ class Program:
     root_loads: dict                     # (base, indices) -> Load at the root
     vectors: dict                        # vector name -> MatVec
     symbol_names: dict = field(default_factory=dict)   # symbol -> readable stem
+    size_subs: dict = field(default_factory=dict)      # sizes known equal to n (checked)
 
 
 class _Lowering:
@@ -161,14 +162,19 @@ class _Lowering:
         new = None
         simple = not any(isinstance(a, tuple(_REDUCERS)) for a in
                          sp.preorder_traversal(expr.function))
+        body_expr = expr.function
         if parent is None and simple:
             for lv in self.levels:  # share the points (and CSE) of an identical range
-                if lv.parent is None and lv.mergeable and lv.clauses == clauses:
-                    new = lv
-                    break
+                if lv.parent is None and lv.mergeable and len(lv.clauses) == len(clauses):
+                    rename = {new_v: old_v for (new_v, _, _), (old_v, _, _)
+                              in zip(clauses, lv.clauses)}
+                    if all(lo.subs(rename) == olo and hi.subs(rename) == ohi
+                           for (_, lo, hi), (_, olo, ohi) in zip(clauses, lv.clauses)):
+                        new, body_expr = lv, body_expr.xreplace(rename)
+                        break
         if new is None:
             new = Level(len(self.levels), parent, clauses, mergeable=simple)
-        body = self.lower(expr.function, new)
+        body = self.lower(body_expr, new)
         if new not in self.levels:
             self.levels.append(new)
         red = Reduction(op, body, self.sym("r" if op == "sum" else op), self.sym("v"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
-from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
 
 from . import functions as F
 
@@ -42,9 +41,34 @@ def sqrt_of_squares(expr: sp.Expr) -> sp.Expr:
     return expr.replace(query, lambda e: F.SafeSqrt(e.base))
 
 
-def log1p_expm1(expr: sp.Expr) -> sp.Expr:
-    """``log(1 + u)`` -> ``log1p(u)`` and ``exp(u) - 1`` -> ``expm1(u)`` (SymPy's own rules)."""
-    return optimize(expr, [log1p_opt, expm1_opt])
+def log_one_plus(expr: sp.Expr) -> sp.Expr:
+    """``log(1 + u)`` -> ``log1p(u)``: accurate when u is tiny."""
+    return expr.replace(
+        lambda e: isinstance(e, sp.log) and isinstance(e.args[0], sp.Add)
+        and sp.S.One in e.args[0].args,
+        lambda e: log1p(e.args[0] - 1))
+
+
+def exp_minus_one(expr: sp.Expr) -> sp.Expr:
+    """``c*exp(u) - c`` (inside a sum) -> ``c*expm1(u)``: accurate when u is tiny."""
+    def query(e):
+        return isinstance(e, sp.Add) and _expm1_pair(e) is not None
+
+    def value(e):
+        term, coeff, u = _expm1_pair(e)
+        others = [a for a in e.args if a is not term]
+        others.remove(-coeff)
+        return sp.Add(*others) + coeff * expm1(u)
+    return expr.replace(query, value)
+
+
+def _expm1_pair(add: sp.Add):
+    numbers = [a for a in add.args if a.is_Number]
+    for term in add.args:
+        coeff, rest = term.as_coeff_Mul()
+        if isinstance(rest, sp.exp) and -coeff in numbers:
+            return term, coeff, rest.args[0]
+    return None
 
 
 def log1p_exp(expr: sp.Expr) -> sp.Expr:
@@ -69,7 +93,7 @@ def log_of_exps(expr: sp.Expr) -> sp.Expr:
         lambda e: F.LogAddExp(*[a.args[0] for a in e.args[0].args]))
 
 
-PHASES = (sqrt_of_squares, log_sum_exp, log_of_exps, log1p_expm1, log1p_exp)
+PHASES = (sqrt_of_squares, log_sum_exp, log_of_exps, log_one_plus, exp_minus_one, log1p_exp)
 
 
 def stabilize(expr: sp.Expr, debug: bool = False) -> sp.Expr:
