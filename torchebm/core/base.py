@@ -107,8 +107,9 @@ class CompiledEnergy(BaseEnergyFunction):
                 raise TypeError(f"parameter {name} of {cls} must be a number or a tensor, "
                                 f"not {type(value).__name__}")
             try:
+                # parameters are kept in float64 and cast to x.dtype per call
                 tensor = torch.as_tensor(value, dtype=torch.float64) if not isinstance(
-                    value, torch.Tensor) else value.detach().clone()
+                    value, torch.Tensor) else value.detach().clone().to(torch.float64)
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise EnergySyntaxError(f"parameter {name} of {cls} cannot be made a tensor: "
                                         f"{exc}") from None
@@ -127,6 +128,26 @@ class CompiledEnergy(BaseEnergyFunction):
         else:
             self.register_buffer(attr, tensor.detach() if isinstance(tensor, nn.Parameter)
                                  else tensor)
+
+    def _check_shapes(self, declared: dict):
+        """Parameters declared with the same size letter (``[n]``, ``[n, n]``) must agree."""
+        seen = {}
+        attrs = {name: attr for name, attr, _ in self.parameters}
+        for name, dims in declared.items():
+            shape = tuple(getattr(self, attrs[name]).shape)
+            for axis, letter in enumerate(dims):
+                if letter.isdigit():
+                    if shape[axis] != int(letter):
+                        raise EnergySyntaxError(
+                            f"Expected parameter {name} of {type(self).__name__} to have size "
+                            f"{letter} along axis {axis}, but its shape is {shape}")
+                    continue
+                if letter in seen and seen[letter][1] != shape[axis]:
+                    other, size = seen[letter]
+                    raise EnergySyntaxError(
+                        f"parameters {other} and {name} of {type(self).__name__} disagree on "
+                        f"{letter}: {other} has {letter} = {size} but {name} has shape {shape}")
+                seen.setdefault(letter, (name, shape[axis]))
 
     def _set_constant(self, attr, values):
         self.register_buffer(attr, torch.tensor(values, dtype=torch.float64), persistent=False)

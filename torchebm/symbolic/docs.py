@@ -51,6 +51,10 @@ def init_method(spec, em) -> str:
         local = em.params[p.name]
         body.append(f"self._set_param({p.name!r}, {local!r}, {local}, rank={p.rank}, "
                     f"constraint={p.constraint!r}, trainable=trainable)")
+    shapes = {p.name: tuple(d.strip() for d in p.shape.strip("[]").split(","))
+              for p in spec.params if p.rank > 0 and p.shape}
+    if len(shapes) > 1:
+        body.append(f"self._check_shapes({shapes!r})")
     for key, value in em.parsed.constants.items():
         body.append(f"self._set_constant({em.params[key]!r}, {tuple(value)!r})")
     return (f"    def __init__({', '.join(args)}):\n"

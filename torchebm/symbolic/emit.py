@@ -372,7 +372,7 @@ class ModuleEmitter:
             last_level = st.level
             lines.extend(self.statement(st))
         text = "\n".join(lines)
-        uses_lay = 'lay["' in text
+        uses_lay = 'lay["' in text or self._layout_checks
         uses_der = any(self.params[k] in _words(text) for k in self.parsed.derived)
         head = ["n = x.shape[-1]"]
         if uses_lay:
@@ -481,6 +481,8 @@ class ModuleEmitter:
             if lv.matvec is not None:
                 lines.extend(self.matvec_check(lv))
         body = "\n".join(lines)
+        self._layout_checks = any(not ln.startswith(("#", "count", "lay[", "s, j", "seg", "c"))
+                                  for ln in lines)
         arrays = [f"{local} = self.{local}" for name, local in self.params.items()
                   if name not in self.program.vectors and name not in self.parsed.derived
                   and (name in self.parsed.constants or self.parsed.params[name].rank > 0)]
@@ -523,6 +525,7 @@ def _words(text: str) -> set:
 def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
     """The complete module text for one energy class."""
     em = ModuleEmitter(spec, parsed, stmts)
+    layout = em.layout()          # first: the functions fetch it only if it checks something
     energy = stmts.energy
     fwd = em.function("_energy", [energy], em.names[energy],
                       "Energy of x [..., n] -> [...].")
@@ -551,7 +554,7 @@ def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
            f"    constants = {tuple(const_meta)!r}\n",
            f"    origin = {spec.origin!r}\n\n",
            init_method(spec, em), "\n",
-           em.layout(), "\n"]
+           layout, "\n"]
     d = em.derive()
     if d:
         src += [d, "\n"]

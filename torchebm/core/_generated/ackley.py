@@ -62,6 +62,7 @@ class AckleyEnergy(CompiledEnergy):
     def _energy(self, x):
         """Energy of x [..., n] -> [...]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         a = self.a.to(x.dtype)
         b = self.b.to(x.dtype)
         c = self.c.to(x.dtype)
@@ -82,6 +83,7 @@ class AckleyEnergy(CompiledEnergy):
     def _gradient(self, x):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         a = self.a.to(x.dtype)
         b = self.b.to(x.dtype)
         c = self.c.to(x.dtype)
@@ -110,6 +112,7 @@ class AckleyEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         a = self.a.to(x.dtype)
         b = self.b.to(x.dtype)
         c = self.c.to(x.dtype)

@@ -54,6 +54,7 @@ class BoothEnergy(CompiledEnergy):
     def _energy(self, x):
         """Energy of x [..., n] -> [...]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         x_1 = x[..., 1]
         x_2 = x[..., 0]
         energy_1 = torch.square(x_1 + 2*x_2 - 5) + torch.square(2*x_1 + x_2 - 7)
@@ -62,6 +63,7 @@ class BoothEnergy(CompiledEnergy):
     def _gradient(self, x):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         x_1 = x[..., 1]
         x_2 = x[..., 0]
         d = 10*x_1 + 8*x_2 - 38
@@ -74,6 +76,7 @@ class BoothEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         x_1 = x[..., 1]
         x_2 = x[..., 0]
         energy_1 = torch.square(x_1 + 2*x_2 - 5) + torch.square(2*x_1 + x_2 - 7)

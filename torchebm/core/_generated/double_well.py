@@ -58,6 +58,7 @@ class DoubleWellEnergy(CompiledEnergy):
     def _energy(self, x):
         """Energy of x [..., n] -> [...]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         barrier_height = self.barrier_height.to(x.dtype)
         b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
@@ -71,6 +72,7 @@ class DoubleWellEnergy(CompiledEnergy):
     def _gradient(self, x):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         barrier_height = self.barrier_height.to(x.dtype)
         b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
@@ -85,6 +87,7 @@ class DoubleWellEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         barrier_height = self.barrier_height.to(x.dtype)
         b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample)

@@ -50,6 +50,7 @@ class GaussianEnergy(CompiledEnergy):
         super().__init__()
         self._set_param('mean', 'mean', mean, rank=1, constraint='real', trainable=trainable)
         self._set_param('cov', 'cov', cov, rank=2, constraint='positive_definite', trainable=trainable)
+        self._check_shapes({'mean': ('n',), 'cov': ('n', 'n')})
 
     def _layout(self, n, device, dtype):
         """Index tensors and size checks for dimension n (cached per n)."""
@@ -80,6 +81,7 @@ class GaussianEnergy(CompiledEnergy):
     def _energy(self, x):
         """Energy of x [..., n] -> [...]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         mean = self.mean.to(x.dtype)
         der = self._get_derived(x)
         inverse_cov = der["inverse(cov)"]
@@ -100,6 +102,7 @@ class GaussianEnergy(CompiledEnergy):
     def _gradient(self, x):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         mean = self.mean.to(x.dtype)
         der = self._get_derived(x)
         inverse_cov = der["inverse(cov)"]
@@ -125,6 +128,7 @@ class GaussianEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         mean = self.mean.to(x.dtype)
         der = self._get_derived(x)
         inverse_cov = der["inverse(cov)"]

@@ -54,6 +54,7 @@ class HimmelblauEnergy(CompiledEnergy):
     def _energy(self, x):
         """Energy of x [..., n] -> [...]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         x_1 = x[..., 0]
         x_2 = x[..., 1]
         t0 = torch.square(x_2)
@@ -66,6 +67,7 @@ class HimmelblauEnergy(CompiledEnergy):
     def _gradient(self, x):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         x_1 = x[..., 0]
         x_2 = x[..., 1]
         t0 = torch.square(x_2)
@@ -82,6 +84,7 @@ class HimmelblauEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         x_1 = x[..., 0]
         x_2 = x[..., 1]
         t0 = torch.square(x_2)

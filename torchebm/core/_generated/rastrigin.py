@@ -56,6 +56,7 @@ class RastriginEnergy(CompiledEnergy):
     def _energy(self, x):
         """Energy of x [..., n] -> [...]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
@@ -69,6 +70,7 @@ class RastriginEnergy(CompiledEnergy):
     def _gradient(self, x):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
@@ -82,6 +84,7 @@ class RastriginEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x

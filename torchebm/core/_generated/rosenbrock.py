@@ -61,6 +61,7 @@ class RosenbrockEnergy(CompiledEnergy):
     def _energy(self, x):
         """Energy of x [..., n] -> [...]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         b = self.b.to(x.dtype)
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n - 1) (per sample)
@@ -75,6 +76,7 @@ class RosenbrockEnergy(CompiledEnergy):
     def _gradient(self, x):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         b = self.b.to(x.dtype)
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n - 1) (per sample)
@@ -92,6 +94,7 @@ class RosenbrockEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         b = self.b.to(x.dtype)
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n - 1) (per sample)

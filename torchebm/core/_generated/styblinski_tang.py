@@ -50,6 +50,7 @@ class StyblinskiTangEnergy(CompiledEnergy):
     def _energy(self, x):
         """Energy of x [..., n] -> [...]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         v = torch.pow(x_1, 4) - 16*torch.square(x_1) + 5*x_1
@@ -60,6 +61,7 @@ class StyblinskiTangEnergy(CompiledEnergy):
     def _gradient(self, x):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         d = 4*(x_1*x_1*x_1) - 32*x_1 + 5
@@ -71,6 +73,7 @@ class StyblinskiTangEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
+        lay = self._get_layout(x)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         v = torch.pow(x_1, 4) - 16*torch.square(x_1) + 5*x_1
