@@ -143,6 +143,9 @@ class _Parser:
             self.error("the formula is empty; write an energy such as 'sum(x**2)'")
         *defs, last = tree.body
         try:
+            for stmt in tree.body:
+                if not isinstance(stmt, (ast.Assign, ast.Expr)):
+                    self.error(f"{_describe(stmt)} is not allowed in a formula", stmt)
             for stmt in defs:
                 self.node = stmt
                 if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
