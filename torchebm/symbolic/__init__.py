@@ -16,7 +16,13 @@ vocabulary ``x``, ``n`` to declare an energy in SymPy directly.
 
 from ..errors import EnergySyntaxError
 from .api import from_expression
+from .functions import LogSumExp, Sigmoid, Softplus
 from .symbols import N as n
 from .symbols import X as x
+from .symbols import index_symbol
 
-__all__ = ["from_expression", "EnergySyntaxError", "x", "n"]
+#: Integer index symbols for ``sympy.Sum(x[i]**2, (i, 0, n - 1))``.
+i, j, k = (index_symbol(s) for s in "ijk")
+
+__all__ = ["from_expression", "EnergySyntaxError", "x", "n", "i", "j", "k",
+           "Sigmoid", "Softplus", "LogSumExp"]
