@@ -255,6 +255,16 @@ class CompiledEnergy(BaseEnergyFunction):
                          f"{name}=<{'x'.join(map(str, t.shape))}>")
         return ", ".join(parts)
 
+    def __reduce_ex__(self, protocol):
+        rebuild = getattr(type(self), "_rebuild", None)
+        if rebuild is None:        # a committed (importable) class pickles by reference
+            return super().__reduce_ex__(protocol)
+        from ..symbolic.api import _rebuild_instance
+        trainable = {name for name, attr, _ in self.parameters
+                     if isinstance(getattr(self, attr), nn.Parameter)}
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        return _rebuild_instance, (*rebuild, state, trainable)
+
     def __setstate__(self, state):
         super().__setstate__(state)
         self._cache_lock = threading.Lock()

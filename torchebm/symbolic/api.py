@@ -13,7 +13,7 @@ from ..errors import EnergySyntaxError
 from .compiler import compile_parsed
 from .emit import python_name
 from .ir import EnergySpec, ParamDecl
-from .load import load_class
+from .load import load_class, unload_class
 from .parse import parse_formula
 
 CACHE_SIZE = 256
@@ -48,7 +48,7 @@ def compile_class(formula: str, ranks: dict, name: str | None = None):
         cls = _compile(formula, ranks, name)
         _cache[key] = cls
         if len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
+            unload_class(_cache.popitem(last=False)[1])
         return cls
 
 
@@ -63,8 +63,17 @@ def _compile(formula, ranks, name):
     compiled = compile_parsed(spec, parsed)
     cls = load_class(compiled.generated)
     cls._expression = parsed.expression
-    cls._ranks = dict(ranks)
+    cls._rebuild = (formula, tuple(sorted(ranks.items())), name)
     return cls
+
+
+def _rebuild_instance(formula, ranks, name, state, trainable):
+    """Unpickle a from_expression energy: compile its class again, then load its state."""
+    cls = compile_class(formula, dict(ranks), name)
+    params = {attr: state[attr] for _, attr, _ in cls.parameters}
+    energy = cls(**params, trainable=trainable)
+    energy.load_state_dict(state)
+    return energy
 
 
 def from_expression(formula, *, name: str | None = None, trainable=False, params=None,
