@@ -214,6 +214,7 @@ class _Builder:
         bodies = [(r.value, r.body, r) for r in lv.reductions]
         if lv.matvec is not None:
             bodies.append((lv.matvec.value, lv.matvec.body, lv.matvec))
+        varying = {s for s, shape in self.shapes.items() if shape in ("point", "both")}
         for value, body, owner in bodies:
             if body.is_Symbol:      # the body is a load itself: reduce it directly
                 owner.value = body
@@ -222,7 +223,11 @@ class _Builder:
             for s in sorted(body.free_symbols & self.xdep, key=str):
                 d = sp.diff(body, s)
                 if d != 0:
-                    self.partials[(owner, s)] = self.assign("d", d, lv)
+                    # split off the factor that is the same at every point (parameters,
+                    # per-sample values): the backward pass folds it into the adjoint,
+                    # which is [..., 1], instead of multiplying a [..., P] tensor by it
+                    const, per_point = d.as_independent(*varying, as_Add=False)
+                    self.partials[(owner, s)] = (const, self.assign("d", per_point, lv))
         for r in lv.reductions:
             src_shape = self.shape_of(r.value)
             has_batch = src_shape in ("batch", "both")
@@ -309,7 +314,11 @@ class _Builder:
         for owner, _ in weights:
             symbols |= {s for (o, s) in self.partials if o is owner}
         for s in sorted(symbols, key=str):
-            terms = [w * self.partials[(o, s)] for o, w in weights if (o, s) in self.partials]
+            terms = []
+            for o, w in weights:
+                if (o, s) in self.partials:
+                    const, per_point = self.partials[(o, s)]
+                    terms.append(self.assign("w", w * const, lv) * per_point)
             total = self.assign("g", sp.Add(*terms), lv)
             self.route(s, total, lv, contrib)
 

@@ -91,21 +91,22 @@ class AckleyEnergy(CompiledEnergy):
         x_1 = x
         t0 = x_1*c
         v = torch.cos(t0)
-        d = -c*torch.sin(t0)
+        d = torch.sin(t0)
         v_1 = torch.square(x_1)
-        d_1 = 2*x_1
         r = v.sum(-1)
         r_1 = v_1.sum(-1)
         t1 = n**(-1)
         t2 = torch.exp(r*t1)
         t3 = r_1*t1
         t4 = a*torch.exp(-b*torch.sqrt(t3))
-        d_2 = -t1*t2
-        d_3 = t1*t4*b*torch.where((t3 > 0), (0.5)/torch.sqrt(t3), 0)
+        d_1 = -t1*t2
+        d_2 = t1*t4*b*torch.where((t3 > 0), (0.5)/torch.sqrt(t3), 0)
         # level 0: j in range(0, n) (per sample)
-        bc = d_2.unsqueeze(-1)
-        bc_1 = d_3.unsqueeze(-1)
-        g = bc*d + bc_1*d_1
+        bc = d_1.unsqueeze(-1)
+        bc_1 = d_2.unsqueeze(-1)
+        w = -bc*c
+        w_1 = 2*bc_1
+        g = d*w + w_1*x_1
         grad = g
         return grad
 
@@ -120,9 +121,8 @@ class AckleyEnergy(CompiledEnergy):
         x_1 = x
         t0 = x_1*c
         v = torch.cos(t0)
-        d = -c*torch.sin(t0)
+        d = torch.sin(t0)
         v_1 = torch.square(x_1)
-        d_1 = 2*x_1
         r = v.sum(-1)
         r_1 = v_1.sum(-1)
         t1 = n**(-1)
@@ -130,11 +130,13 @@ class AckleyEnergy(CompiledEnergy):
         t3 = r_1*t1
         t4 = a*torch.exp(-b*torch.sqrt(t3))
         energy_1 = -t2 - t4 + a + 2.718281828459045
-        d_2 = -t1*t2
-        d_3 = t1*t4*b*torch.where((t3 > 0), (0.5)/torch.sqrt(t3), 0)
+        d_1 = -t1*t2
+        d_2 = t1*t4*b*torch.where((t3 > 0), (0.5)/torch.sqrt(t3), 0)
         # level 0: j in range(0, n) (per sample)
-        bc = d_2.unsqueeze(-1)
-        bc_1 = d_3.unsqueeze(-1)
-        g = bc*d + bc_1*d_1
+        bc = d_1.unsqueeze(-1)
+        bc_1 = d_2.unsqueeze(-1)
+        w = -bc*c
+        w_1 = 2*bc_1
+        g = d*w + w_1*x_1
         grad = g
         return energy_1, grad

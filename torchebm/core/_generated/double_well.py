@@ -78,9 +78,10 @@ class DoubleWellEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         t0 = torch.square(x_1) - torch.square(b)
-        d = 4*t0*x_1
+        d = t0*x_1
         # level 0: i in range(0, n) (per sample)
-        g = d*barrier_height
+        w = 4*barrier_height
+        g = d*w
         grad = g
         return grad
 
@@ -94,10 +95,11 @@ class DoubleWellEnergy(CompiledEnergy):
         x_1 = x
         t0 = torch.square(x_1) - torch.square(b)
         v = torch.square(t0)
-        d = 4*t0*x_1
+        d = t0*x_1
         r = v.sum(-1)
         energy_1 = r*barrier_height
         # level 0: i in range(0, n) (per sample)
-        g = d*barrier_height
+        w = 4*barrier_height
+        g = d*w
         grad = g
         return energy_1, grad

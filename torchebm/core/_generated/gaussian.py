@@ -121,8 +121,8 @@ class GaussianEnergy(CompiledEnergy):
         grad = _rt_points(p_2, x, n).clone()
         # level 0: i in range(0, n) (per sample)
         hbar = adj_mv0 @ inverse_cov.mT
-        g = 0.5*hbar
-        grad = grad + g
+        w = 0.5*hbar
+        grad = grad + w
         return grad
 
     def _energy_and_gradient(self, x):
@@ -149,6 +149,6 @@ class GaussianEnergy(CompiledEnergy):
         grad = _rt_points(p_2, x, n).clone()
         # level 0: i in range(0, n) (per sample)
         hbar = adj_mv0 @ inverse_cov.mT
-        g = 0.5*hbar
-        grad = grad + g
+        w = 0.5*hbar
+        grad = grad + w
         return r, grad

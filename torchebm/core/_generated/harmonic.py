@@ -73,10 +73,10 @@ class HarmonicEnergy(CompiledEnergy):
         k = self.k.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        d = 2*x_1
         t0 = 0.5*k
         # level 0: i in range(0, n) (per sample)
-        g = d*t0
+        w = 2*t0
+        g = w*x_1
         grad = g
         return grad
 
@@ -88,11 +88,11 @@ class HarmonicEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         v = torch.square(x_1)
-        d = 2*x_1
         r = v.sum(-1)
         t0 = 0.5*k
         energy_1 = r*t0
         # level 0: i in range(0, n) (per sample)
-        g = d*t0
+        w = 2*t0
+        g = w*x_1
         grad = g
         return energy_1, grad

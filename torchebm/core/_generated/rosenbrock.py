@@ -85,10 +85,11 @@ class RosenbrockEnergy(CompiledEnergy):
         t0 = torch.square(x_1)
         t1 = -t0 + x_2
         d = -4*t1*x_1*b + 2*x_1 - 2*a
-        d_1 = b*(-2*t0 + 2*x_2)
+        d_1 = -2*t0 + 2*x_2
         # level 0: i in range(0, n - 1) (per sample)
         grad = torch.nn.functional.pad(d, (0, 1))
-        grad = grad + torch.nn.functional.pad(d_1, (1, 0))
+        g = d_1*b
+        grad = grad + torch.nn.functional.pad(g, (1, 0))
         return grad
 
     def _energy_and_gradient(self, x):
@@ -104,9 +105,10 @@ class RosenbrockEnergy(CompiledEnergy):
         t1 = -t0 + x_2
         v = torch.square(t1)*b + torch.square(-x_1 + a)
         d = -4*t1*x_1*b + 2*x_1 - 2*a
-        d_1 = b*(-2*t0 + 2*x_2)
+        d_1 = -2*t0 + 2*x_2
         r = v.sum(-1)
         # level 0: i in range(0, n - 1) (per sample)
         grad = torch.nn.functional.pad(d, (0, 1))
-        grad = grad + torch.nn.functional.pad(d_1, (1, 0))
+        g = d_1*b
+        grad = grad + torch.nn.functional.pad(g, (1, 0))
         return r, grad

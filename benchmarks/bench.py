@@ -1,0 +1,133 @@
+"""Speed of generated energies against autograd and the memory floor, in one run.
+
+usage: python benchmarks/bench.py [--quick] [--threads 1] [--fused] [--filter NAME]
+
+For each energy and (B, n) and dtype it times, interleaved and repeated
+(median of rounds): the closed-form ``gradient``, autograd of the generated
+``forward`` (what a hand-written TorchEBM energy costs), ``energy_and_gradient``,
+``forward``, the fused ``compile()`` mode (with ``--fused``) and its one-off
+compile time, and a floor: one elementwise memory pass over x
+(``torch.mul(x, 2.0, out=buf)``); for the Gaussian also one ``x @ P`` matmul.
+It prints times and the ratios autograd/gradient, gradient/floor and
+energy_and_gradient/gradient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from torchebm.core import (AckleyEnergy, DoubleWellEnergy, GaussianEnergy, HarmonicEnergy,
+                           RastriginEnergy, RosenbrockEnergy)
+from torchebm.symbolic import from_expression
+
+
+def energies(n, dtype):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, dtype=torch.float64, generator=g)
+    cov = a @ a.T / n + torch.eye(n, dtype=torch.float64)
+    out = {
+        "DoubleWell": DoubleWellEnergy(),
+        "Rosenbrock": RosenbrockEnergy() if n >= 2 else None,
+        "Rastrigin": RastriginEnergy(),
+        "Ackley": AckleyEnergy(),
+        "Harmonic": HarmonicEnergy(),
+        "Gaussian": GaussianEnergy(torch.zeros(n, dtype=torch.float64), cov),
+        "pairs(LJ-like)": from_expression(
+            "sum(eps*(1/(1 + (x[j] - x[i])**2)) for i in range(n) for j in range(i+1, n))",
+            eps=1.0) if n <= 256 else None,
+        "gmm(K=8)": from_expression(
+            "-logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2) for k in range(len(w)))",
+            w=torch.full((8,), 1 / 8), M=torch.randn(8, n, generator=g)),
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def timer(fn, rounds, inner):
+    def run():
+        t = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - t) / inner
+    return run
+
+
+def bench(name, energy, x, rounds, inner, fused):
+    def autograd():
+        xg = x.detach().requires_grad_(True)
+        torch.autograd.grad(energy(xg).sum(), xg)
+
+    buf = torch.empty_like(x)
+    fns = {
+        "gradient": lambda: energy.gradient(x),
+        "autograd": autograd,
+        "e&g": lambda: energy.energy_and_gradient(x),
+        "forward": lambda: energy(x),
+        "floor": lambda: torch.mul(x, 2.0, out=buf),
+    }
+    if name == "Gaussian":
+        p = torch.randn(x.shape[-1], x.shape[-1], dtype=x.dtype)
+        fns["matmul"] = lambda: x @ p
+    compile_time = None
+    if fused:
+        t = time.perf_counter()
+        fast = energy.compile()
+        fast.gradient(x)
+        compile_time = time.perf_counter() - t
+        fns["fused"] = lambda: fast.gradient(x)
+    runners = {k: timer(f, rounds, inner) for k, f in fns.items()}
+    for r in runners.values():
+        r()                                   # warm-up (layouts, caches)
+    samples = {k: [] for k in runners}
+    for _ in range(rounds):                   # interleaved rounds
+        for k, r in runners.items():
+            samples[k].append(r())
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    return med, compile_time
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one shape, float32 only (< 60 s)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fused", action="store_true", help="also time energy.compile()")
+    ap.add_argument("--filter", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    shapes = [(4096, 64)] if args.quick else [(4096, 2), (4096, 64), (65536, 16), (512, 1024)]
+    dtypes = [torch.float32] if args.quick else [torch.float32, torch.float64]
+    rounds = 7 if args.quick else 11
+    print(f"torch {torch.__version__}, threads = {torch.get_num_threads()}, "
+          f"median of {rounds} interleaved rounds; times in microseconds")
+    header = (f"{'energy':16s} {'B x n':>11s} {'dtype':>7s} {'gradient':>9s} {'autograd':>9s} "
+              f"{'e&g':>9s} {'forward':>9s} {'floor':>8s} {'auto/grad':>9s} {'grad/floor':>10s} "
+              f"{'e&g/grad':>8s}")
+    if args.fused:
+        header += f" {'fused':>8s} {'fused/floor':>11s} {'compile s':>9s}"
+    print(header)
+    for (B, n) in shapes:
+        for dtype in dtypes:
+            x = torch.randn(B, n, dtype=dtype, generator=torch.Generator().manual_seed(1))
+            for name, energy in energies(n, dtype).items():
+                if args.filter and args.filter.lower() not in name.lower():
+                    continue
+                inner = max(1, int(2e6 // (B * n)))
+                med, ct = bench(name, energy, x, rounds, inner, args.fused)
+                us = {k: v * 1e6 for k, v in med.items()}
+                line = (f"{name:16s} {f'{B}x{n}':>11s} {str(dtype)[6:]:>7s} {us['gradient']:9.1f} "
+                        f"{us['autograd']:9.1f} {us['e&g']:9.1f} {us['forward']:9.1f} "
+                        f"{us['floor']:8.1f} {med['autograd'] / med['gradient']:9.2f} "
+                        f"{med['gradient'] / med['floor']:10.1f} {med['e&g'] / med['gradient']:8.2f}")
+                if args.fused:
+                    line += (f" {us['fused']:8.1f} {med['fused'] / med['floor']:11.1f} "
+                             f"{ct:9.2f}")
+                if "matmul" in us:
+                    line += f"   (one x@P matmul: {us['matmul']:.1f})"
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
