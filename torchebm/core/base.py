@@ -30,6 +30,12 @@ def _as_batch(x) -> torch.Tensor:
     return x.unsqueeze(0) if x.dim() == 1 else x
 
 
+def _one_sample_is_a_batch(module, args):
+    if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 1:
+        return (args[0].unsqueeze(0),) + tuple(args[1:])
+    return None
+
+
 class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
     """An energy function ``E(x)``; subclasses implement :meth:`forward`.
 
@@ -45,6 +51,12 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
         tensor([[1., 1., 1.],
                 [1., 1., 1.]])
     """
+
+    def __init__(self):
+        super().__init__()
+        if type(self).forward is not CompiledEnergy.forward:
+            # a hand-written forward sees a 1-D sample as a batch of one, like compiled ones
+            self.register_forward_pre_hook(_one_sample_is_a_batch)
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +97,8 @@ class CompiledEnergy(BaseEnergyFunction):
     """
 
     formula: str = ""
-    parameters: tuple = ()     # (user name, attribute name, rank)
+    param_specs: tuple = ()    # (user name, attribute name, rank) per parameter
+    param_constraints: dict = {}   # user name -> 'positive' | 'positive_definite' (others real)
     constants: tuple = ()
     origin: str = ""
 
@@ -94,6 +107,16 @@ class CompiledEnergy(BaseEnergyFunction):
         self._layout_cache: dict = {}
         self._derived_cache: dict = {}
         self._cache_lock = threading.Lock()
+        self.register_load_state_dict_post_hook(CompiledEnergy._validate_after_load)
+
+    @staticmethod
+    def _validate_after_load(module, incompatible_keys):
+        """A loaded state must satisfy the same constraints as the constructor's arguments."""
+        for name, attr, _ in module.param_specs:
+            constraint = module.param_constraints.get(name, "real")
+            _check_constraint(type(module).__name__, name, getattr(module, attr), constraint)
+        module._layout_cache.clear()
+        module._derived_cache.clear()
 
     # -- parameters -------------------------------------------------------------------
     def _set_param(self, name, attr, value, rank, constraint="real", trainable=False):
@@ -121,6 +144,12 @@ class CompiledEnergy(BaseEnergyFunction):
                 f"Expected parameter {name} (Tensor of shape {tuple(tensor.shape)}) of {cls} to "
                 f"be {kind}")
         _check_constraint(cls, name, tensor, constraint)
+        if not isinstance(trainable, bool):
+            unknown = set(trainable) - {p[0] for p in self.param_specs}
+            if unknown:
+                raise EnergySyntaxError(
+                    f"trainable names {sorted(unknown)} are not parameters of {cls}; its "
+                    f"parameters are {[p[0] for p in self.param_specs]}")
         wanted = trainable is True or (not isinstance(trainable, bool) and name in trainable)
         if wanted:
             self.register_parameter(attr, tensor if isinstance(tensor, nn.Parameter)
@@ -132,7 +161,7 @@ class CompiledEnergy(BaseEnergyFunction):
     def _check_shapes(self, declared: dict):
         """Parameters declared with the same size letter (``[n]``, ``[n, n]``) must agree."""
         seen = {}
-        attrs = {name: attr for name, attr, _ in self.parameters}
+        attrs = {name: attr for name, attr, _ in self.param_specs}
         for name, dims in declared.items():
             shape = tuple(getattr(self, attrs[name]).shape)
             for axis, letter in enumerate(dims):
@@ -154,7 +183,7 @@ class CompiledEnergy(BaseEnergyFunction):
 
     # -- caches ------------------------------------------------------------------------------
     def _arrays(self):
-        return [getattr(self, attr) for _, attr, rank in self.parameters if rank > 0]
+        return [getattr(self, attr) for _, attr, rank in self.param_specs if rank > 0]
 
     def _get_layout(self, x):
         n = x.shape[-1]
@@ -171,7 +200,7 @@ class CompiledEnergy(BaseEnergyFunction):
         return lay
 
     def _get_derived(self, x):
-        sources = [getattr(self, attr) for _, attr, _ in self.parameters]
+        sources = [getattr(self, attr) for _, attr, _ in self.param_specs]
         grad_mode = torch.is_grad_enabled() and any(s.requires_grad for s in sources)
         key = (x.dtype, x.device, tuple((id(s), s._version) for s in sources))
         if not grad_mode:
@@ -184,7 +213,10 @@ class CompiledEnergy(BaseEnergyFunction):
         return values
 
     def _check_device(self, x):
-        for _, attr, _ in self.parameters:
+        if x.shape[-1] == 0:
+            raise EnergySyntaxError(f"x has dimension n = 0 (shape {tuple(x.shape)}); an energy "
+                                    f"needs samples with at least one component")
+        for _, attr, _ in self.param_specs:
             t = getattr(self, attr)
             if t.device != x.device:
                 raise EnergySyntaxError(
@@ -237,7 +269,7 @@ class CompiledEnergy(BaseEnergyFunction):
         expr = getattr(type(self), "_expression", None)
         if expr is None:
             from ..symbolic.parse import parse_formula
-            ranks = {name: rank for name, _, rank in self.parameters}
+            ranks = {name: rank for name, _, rank in self.param_specs}
             expr = parse_formula(self.formula, ranks).expression
             type(self)._expression = expr
         return expr
@@ -249,7 +281,7 @@ class CompiledEnergy(BaseEnergyFunction):
 
     def extra_repr(self) -> str:
         parts = [repr(self.formula)]
-        for name, attr, rank in self.parameters:
+        for name, attr, rank in self.param_specs:
             t = getattr(self, attr)
             parts.append(f"{name}={t.item():g}" if rank == 0 else
                          f"{name}=<{'x'.join(map(str, t.shape))}>")
@@ -260,7 +292,7 @@ class CompiledEnergy(BaseEnergyFunction):
         if rebuild is None:        # a committed (importable) class pickles by reference
             return super().__reduce_ex__(protocol)
         from ..symbolic.api import _rebuild_instance
-        trainable = {name for name, attr, _ in self.parameters
+        trainable = {name for name, attr, _ in self.param_specs
                      if isinstance(getattr(self, attr), nn.Parameter)}
         state = {k: v.detach().clone() for k, v in self.state_dict().items()}
         return _rebuild_instance, (*rebuild, state, trainable)

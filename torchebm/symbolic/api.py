@@ -70,7 +70,7 @@ def _compile(formula, ranks, name):
 def _rebuild_instance(formula, ranks, name, state, trainable):
     """Unpickle a from_expression energy: compile its class again, then load its state."""
     cls = compile_class(formula, dict(ranks), name)
-    params = {attr: state[attr] for _, attr, _ in cls.parameters}
+    params = {attr: state[attr] for _, attr, _ in cls.param_specs}
     energy = cls(**params, trainable=trainable)
     energy.load_state_dict(state)
     return energy
@@ -115,7 +115,7 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
                         f"{type(formula).__name__}")
     ranks = {k: _rank(k, v) for k, v in values.items()}
     cls = compile_class(formula, ranks, name)
-    declared = {p[0]: p for p in cls.parameters}
+    declared = {p[0]: p for p in cls.param_specs}
     unknown = [k for k in values if k not in declared]
     if unknown:
         k = unknown[0]
@@ -125,7 +125,7 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
         raise EnergySyntaxError(f"unknown parameter {k!r} for formula {formula!r}{hint} "
                                 f"(its parameters: {known})")
     args = {}
-    for pname, attr, rank in cls.parameters:
+    for pname, attr, rank in cls.param_specs:
         if pname in values:
             args[attr] = values[pname]
         elif rank > 0:

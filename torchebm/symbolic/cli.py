@@ -93,8 +93,13 @@ def _formula_spec(formula, params, name="ExpressionEnergy"):
     if unknown:
         raise EnergySyntaxError(f"unknown parameter(s) {sorted(unknown)} for {formula!r}; "
                                 f"its parameters: {sorted(parsed.params) or 'none'}")
-    decls = tuple(ParamDecl(p.name, p.rank, 1.0 if p.rank == 0 else None)
-                  for p in parsed.params.values())
+    def default(p):
+        if p.name in params:       # given values become the class's defaults
+            v = params[p.name]
+            return tuple(tuple(r) if isinstance(r, (list, tuple)) else r for r in v) \
+                if isinstance(v, (list, tuple)) else float(v)
+        return 1.0 if p.rank == 0 else None
+    decls = tuple(ParamDecl(p.name, p.rank, default(p)) for p in parsed.params.values())
     return EnergySpec(name, formula, decls, summary=f"Energy ``{formula}``.")
 
 
@@ -103,7 +108,11 @@ def _show(args):
     spec = _formula_spec(args.formula, params, args.name)
     source = compile_spec(spec).generated.source
     if args.output:
-        args.output.write_text(source, encoding="utf-8")
+        try:
+            args.output.write_text(source, encoding="utf-8")
+        except OSError as exc:
+            print(f"error: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+            return 2
         print(f"wrote {args.output}")
     else:
         print(source)
@@ -158,7 +167,7 @@ def _verify(args):
         for n in dims:
             params = dict(fixed) if fixed is not None else {
                 d.name: _synthesize(d, n, gen) for d in spec.params}
-            kwargs = {attr: params[name] for name, attr, _ in cls.parameters if name in params}
+            kwargs = {attr: params[name] for name, attr, _ in cls.param_specs if name in params}
             energy = cls(**kwargs)
             checks += verify_energy(label, energy, compiled.parsed, params, n,
                                     points=args.points, seed=args.seed)

@@ -371,6 +371,8 @@ class ModuleEmitter:
                 lines.append(f"# {self.describe(st.level)}")
             last_level = st.level
             lines.extend(self.statement(st))
+        if "adj:x" in outputs and "grad" not in self._initialised:
+            lines.append("grad = torch.zeros_like(x)  # the energy is flat in x almost everywhere")
         text = "\n".join(lines)
         uses_lay = 'lay["' in text or self._layout_checks
         uses_der = any(self.params[k] in _words(text) for k in self.parsed.derived)
@@ -540,6 +542,7 @@ def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
         local = em.params.get(decl.name, python_name(decl.name))
         params_meta.append((decl.name, local, decl.rank))
     const_meta = [(k, em.params[k], v) for k, v in parsed.constants.items()]
+    constraints = {d.name: d.constraint for d in spec.params if d.constraint != "real"}
     src = [HEADER.format(origin=spec.origin),
            f'"""Generated energy: {spec.class_name}."""\n',
            "import math\n", "import torch\n\n",
@@ -550,7 +553,8 @@ def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
            f"class {spec.class_name}(CompiledEnergy):\n",
            textwrap.indent(class_docstring(spec), "    "), "\n",
            f"    formula = {spec.formula!r}\n",
-           f"    parameters = {tuple(params_meta)!r}\n",
+           f"    param_specs = {tuple(params_meta)!r}\n",
+           f"    param_constraints = {constraints!r}\n",
            f"    constants = {tuple(const_meta)!r}\n",
            f"    origin = {spec.origin!r}\n\n",
            init_method(spec, em), "\n",

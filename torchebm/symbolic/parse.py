@@ -107,6 +107,8 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
         hint = exc.msg
         if "^" in text:
             hint += "; for a power write '**', not '^'"
+        if re.search(r"\blambda\s+\w+\s*:", text):
+            hint = "lambda functions are not allowed in a formula ('lambda' alone is a parameter)"
         raise EnergySyntaxError(f"syntax error: {hint}", text, exc.lineno,
                                 (exc.offset or 1) - 1, origin) from None
     except (RecursionError, MemoryError, ValueError, OverflowError) as exc:
@@ -254,7 +256,7 @@ class _Parser:
         if op not in table:
             self.error(f"the operator {_describe(node.op)} is not allowed; use + - * / ** @", node)
         left, right = self.visit(node.left), self.visit(node.right)
-        return self.elementwise(table[op], [left, right], _OPNAMES.get(op, "operator"))
+        return self.elementwise(table[op], [left, right], f"'{_source(node)}'")
 
     def power(self, base, exp):
         if isinstance(base, sp.Number) and isinstance(exp, sp.Number):
@@ -428,7 +430,7 @@ class _Parser:
                        node)
         close = difflib.get_close_matches(name, ALLOWED_FUNCTIONS, n=1)
         hint = f"; did you mean {close[0]}()?" if close else ""
-        self.error(f"unknown function '{name}'{hint} Allowed functions: "
+        self.error(f"unknown function '{name}'{hint}. Allowed functions: "
                    f"{', '.join(ALLOWED_FUNCTIONS)}", node)
 
     def matrix_function(self, name, node):
@@ -518,9 +520,9 @@ class _Parser:
                 self.node = comp
                 if comp.ifs:
                     self.error("'if' inside a generator is not supported; use where(cond, a, 0)",
-                               comp)
+                               comp.ifs[0])
                 if comp.is_async or not isinstance(comp.target, ast.Name):
-                    self.error("a generator must read 'for i in range(...)'", comp)
+                    self.error("a generator must read 'for i in range(...)'", comp.target)
                 it = comp.iter
                 if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name)
                         and it.func.id == "range" and 1 <= len(it.args) <= 2 and not it.keywords):
@@ -575,10 +577,11 @@ class _Parser:
         length = vectors[0].length
         for v in vectors[1:]:
             self.check_size(length, v.length,
-                            f"{what}: {vectors[0].what} has length {{a}} but {v.what} has "
-                            f"length {{b}}")
+                            f"in {what}, {vectors[0].what} has length {{a}} but {v.what} has "
+                            f"length {{b}}; vectors combined elementwise must have equal lengths")
+        text = _source(self.node) if self.node is not None else what
         return Vector(length, lambda k: fn(*[v.at(k) if isinstance(v, Vector) else v
-                                             for v in values]), what)
+                                             for v in values]), text)
 
     def check_size(self, a, b, message):
         diff = sp.simplify(a - b)
@@ -590,6 +593,11 @@ class _Parser:
 
 
 _OPNAMES = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
+
+
+def _source(node) -> str:
+    text = ast.unparse(node).replace("_ambda", "lambda")
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _transpose(m: Matrix) -> Matrix:

@@ -178,10 +178,17 @@ class TorchEnergyPrinter(TorchPrinter):
             pairs = list(expr.args)
         else:
             last_code = self._print(last)
-        code = last_code
+        code = self._branch(last) if cond == sp.true else last_code
         for e, c in reversed(pairs):
-            code = f"torch.where({self._print(c)}, {self._print(e)}, {code})"
+            code = f"torch.where({self._print(c)}, {self._branch(e)}, {code})"
         return code
+
+    def _branch(self, e):
+        # a number in torch.where would set the result's dtype (int64, or float32 for a
+        # Python float); as a 0-d tensor of x's dtype it follows the input instead
+        if e.is_Number or self.is_python(e):
+            return f"x.new_tensor({self._print(e)})"
+        return self._print(e)
 
     def _print_Relational(self, expr):
         lhs = self.parenthesize(expr.lhs, precedence(expr), strict=True)

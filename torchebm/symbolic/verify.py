@@ -25,7 +25,7 @@ import torch
 from .oracle import Oracle, OracleError
 
 TOLERANCES = {"energy~mpmath": 1e-10, "grad~autograd": 1e-10, "grad~fd": 1e-7,
-              "e&g==fwd,grad": 0.0}
+              "e&g==fwd,grad": 0.0, "dtype": 0.0}
 
 
 @dataclass
@@ -62,12 +62,21 @@ def verify_energy(label, energy, parsed, params, n, points=4, seed=0, fd=True):
     x = sample_points(n, points, g)
     oracle = Oracle(parsed, params)
     checks = {name: Check(label, n, name) for name in TOLERANCES if fd or name != "grad~fd"}
+    checks["dtype"].note = "outputs follow x's dtype (float32, float64)"
     with torch.no_grad():
         e = energy(x)
         grad = energy.gradient(x)
         e2, g2 = energy.energy_and_gradient(x)
     xg = x.clone().requires_grad_(True)
     ag = torch.autograd.grad(energy(xg).sum(), xg)[0]
+    dtype_check = checks["dtype"]
+    for dt in (torch.float32, torch.float64):
+        xd = x.to(dt)
+        outs = [energy(xd), energy.gradient(xd), *energy.energy_and_gradient(xd)]
+        dtype_check.points += 1
+        if any(o.dtype != dt for o in outs):
+            dtype_check.max_abs = dtype_check.max_rel = 1.0
+            dtype_check.failed_at.append(f"{dt} in -> {[str(o.dtype) for o in outs]} out")
     for k in range(points):
         row = x[k].tolist()
         try:
@@ -88,6 +97,8 @@ def verify_energy(label, energy, parsed, params, n, points=4, seed=0, fd=True):
             except (OracleError, ZeroDivisionError, OverflowError, TypeError):
                 pass
         for name, (abs_err, rel_err) in results.items():
+            if name == "dtype":
+                continue
             c = checks[name]
             c.points += 1
             c.max_abs, c.max_rel = max(c.max_abs, abs_err), max(c.max_rel, rel_err)

@@ -42,7 +42,8 @@ class AckleyEnergy(CompiledEnergy):
     """
 
     formula = '-a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e'
-    parameters = (('a', 'a', 0), ('b', 'b', 0), ('c', 'c', 0))
+    param_specs = (('a', 'a', 0), ('b', 'b', 0), ('c', 'c', 0))
+    param_constraints = {}
     constants = ()
     origin = 'definitions/ackley.toml'
 
@@ -100,7 +101,7 @@ class AckleyEnergy(CompiledEnergy):
         t3 = r_1*t1
         t4 = a*torch.exp(-b*torch.sqrt(t3))
         d_1 = -t1*t2
-        d_2 = t1*t4*b*torch.where((t3 > 0), (0.5)/torch.sqrt(t3), 0)
+        d_2 = t1*t4*b*torch.where((t3 > 0), (0.5)/torch.sqrt(t3), x.new_tensor(0))
         # level 0: j in range(0, n) (per sample)
         bc = d_1.unsqueeze(-1)
         bc_1 = d_2.unsqueeze(-1)
@@ -131,7 +132,7 @@ class AckleyEnergy(CompiledEnergy):
         t4 = a*torch.exp(-b*torch.sqrt(t3))
         energy_1 = -t2 - t4 + a + 2.718281828459045
         d_1 = -t1*t2
-        d_2 = t1*t4*b*torch.where((t3 > 0), (0.5)/torch.sqrt(t3), 0)
+        d_2 = t1*t4*b*torch.where((t3 > 0), (0.5)/torch.sqrt(t3), x.new_tensor(0))
         # level 0: j in range(0, n) (per sample)
         bc = d_1.unsqueeze(-1)
         bc_1 = d_2.unsqueeze(-1)

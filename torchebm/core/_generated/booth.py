@@ -33,7 +33,8 @@ class BoothEnergy(CompiledEnergy):
     """
 
     formula = '(x[0] + 2*x[1] - 7)**2 + (2*x[0] + x[1] - 5)**2'
-    parameters = ()
+    param_specs = ()
+    param_constraints = {}
     constants = ()
     origin = 'definitions/booth.toml'
 

@@ -39,7 +39,8 @@ class DoubleWellEnergy(CompiledEnergy):
     """
 
     formula = 'barrier_height*sum((x**2 - b**2)**2)'
-    parameters = (('barrier_height', 'barrier_height', 0), ('b', 'b', 0))
+    param_specs = (('barrier_height', 'barrier_height', 0), ('b', 'b', 0))
+    param_constraints = {}
     constants = ()
     origin = 'definitions/double_well.toml'
 

@@ -38,7 +38,8 @@ class HarmonicEnergy(CompiledEnergy):
     """
 
     formula = '0.5*k*sum(x**2)'
-    parameters = (('k', 'k', 0),)
+    param_specs = (('k', 'k', 0),)
+    param_constraints = {}
     constants = ()
     origin = 'definitions/harmonic.toml'
 

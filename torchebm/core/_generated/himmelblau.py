@@ -33,7 +33,8 @@ class HimmelblauEnergy(CompiledEnergy):
     """
 
     formula = '(x[0]**2 + x[1] - 11)**2 + (x[0] + x[1]**2 - 7)**2'
-    parameters = ()
+    param_specs = ()
+    param_constraints = {}
     constants = ()
     origin = 'definitions/himmelblau.toml'
 

@@ -38,7 +38,8 @@ class RastriginEnergy(CompiledEnergy):
     """
 
     formula = 'a*n + sum(x**2 - a*cos(2*pi*x))'
-    parameters = (('a', 'a', 0),)
+    param_specs = (('a', 'a', 0),)
+    param_constraints = {}
     constants = ()
     origin = 'definitions/rastrigin.toml'
 

@@ -39,7 +39,8 @@ class RosenbrockEnergy(CompiledEnergy):
     """
 
     formula = 'sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 for i in range(n - 1))'
-    parameters = (('a', 'a', 0), ('b', 'b', 0))
+    param_specs = (('a', 'a', 0), ('b', 'b', 0))
+    param_constraints = {}
     constants = ()
     origin = 'definitions/rosenbrock.toml'
 

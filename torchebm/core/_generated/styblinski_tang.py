@@ -33,7 +33,8 @@ class StyblinskiTangEnergy(CompiledEnergy):
     """
 
     formula = '0.5*sum(x**4 - 16*x**2 + 5*x)'
-    parameters = ()
+    param_specs = ()
+    param_constraints = {}
     constants = ()
     origin = 'definitions/styblinski_tang.toml'
 

@@ -1,0 +1,79 @@
+"""Compiled energies behave like torch modules: dtypes, parameters, state, errors."""
+
+import pytest
+import torch
+
+from torchebm.core import BaseEnergyFunction, GaussianEnergy, HarmonicEnergy
+from torchebm.symbolic import EnergySyntaxError, from_expression
+
+
+@pytest.mark.parametrize("formula", ["sum(maximum(x, 0))", "sum(where(x > 0, 0.1*x, 0.3*x))",
+                                     "sum(where(x > 0, 1, 0))", "sum(clamp(x, 0, 1))",
+                                     "sum(sign(x))"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_piecewise_outputs_follow_input_dtype(formula, dtype):
+    x = torch.randn(4, 3, dtype=torch.float64)
+    energy = from_expression(formula)
+    e, g = energy.energy_and_gradient(x.to(dtype))
+    assert e.dtype == dtype and g.dtype == dtype and energy(x.to(dtype)).dtype == dtype
+    if dtype == torch.float64 and formula.startswith("sum(where(x > 0, 0.1"):
+        want = torch.where(x > 0, torch.tensor(0.1, dtype=torch.float64),
+                           torch.tensor(0.3, dtype=torch.float64))
+        assert torch.equal(g, want)                  # exactly 0.1 in float64, not float32's
+
+
+def test_flat_energy_has_zero_gradient():
+    x = torch.randn(4, 3)
+    assert torch.equal(from_expression("sum(sign(x))").gradient(x), torch.zeros_like(x))
+
+
+def test_parameters_and_optimiser():
+    energy = from_expression("sum(a*(x - m)**2)", a=1.0, m=torch.zeros(2), trainable=True)
+    names = {name for name, _ in energy.named_parameters()}
+    assert names == {"a", "m"} and len(list(energy.parameters())) == 2
+    opt = torch.optim.SGD(energy.parameters(), lr=0.1)
+    x = torch.ones(8, 2, dtype=torch.float64)
+    loss = energy(x).mean()
+    loss.backward()
+    opt.step()
+    assert energy.m.grad is not None
+    with pytest.raises(EnergySyntaxError, match="nope"):
+        from_expression("sum(a*x**2)", trainable=["nope"])
+    assert HarmonicEnergy(k=2.0, trainable=True).k.requires_grad
+
+
+def test_load_state_dict_checks_constraints():
+    energy = GaussianEnergy(torch.zeros(2), torch.eye(2))
+    with pytest.raises(ValueError, match="positive definite"):
+        energy.load_state_dict({"mean": torch.zeros(2), "cov": -torch.eye(2)})
+
+
+def test_hand_written_energy_batches_a_single_sample():
+    class Quadratic(BaseEnergyFunction):
+        def forward(self, x):
+            return 0.5 * (x**2).sum(-1)
+
+    energy = Quadratic()
+    assert energy(torch.ones(3)).shape == (1,)
+    assert energy.gradient(torch.ones(3)).shape == (1, 3)
+
+
+def test_zero_dimension_is_a_clear_error():
+    with pytest.raises(EnergySyntaxError, match="n = 0"):
+        from_expression("sum(x**2)")(torch.zeros(3, 0))
+
+
+def test_tensor_parameters_are_stored_in_float64():
+    energy = from_expression("sum((x - m)**2)", m=torch.tensor([0.1, 0.2], dtype=torch.float32))
+    assert energy.m.dtype == torch.float64
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    want = (torch.tensor([0.1, 0.2], dtype=torch.float32).double() ** 2).sum()
+    assert float(energy(x)) == float(want)
+
+
+def test_non_tensor_and_integer_inputs_are_refused_clearly():
+    energy = from_expression("sum(x**2)")
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        energy([[1.0, 2.0]])
+    with pytest.raises(TypeError, match="floating-point"):
+        energy(torch.ones(2, 2, dtype=torch.int64))
