@@ -66,6 +66,10 @@ def compile_parsed(spec: EnergySpec, parsed: Parsed) -> Compiled:
     sizes = {k: tuple(s.subs(subs) for s in v) for k, v in array_sizes(parsed).items()}
     program = lower(expr, array_ranks(parsed), sizes)
     program.size_subs = subs
+    # a declared positive-definite matrix, and its inverse, are symmetric
+    spd = {p.name for p in spec.params if p.constraint == "positive_definite"}
+    program.symmetric = frozenset(spd | {k for k, d in parsed.derived.items()
+                                         if d.op == "inverse" and d.param in spd})
     statements = cse(build(program))
     return Compiled(emit_module(spec, parsed, statements), parsed, statements)
 

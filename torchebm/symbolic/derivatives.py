@@ -116,7 +116,7 @@ class MatVecStmt(Stmt):
     target: sp.Symbol | None = None
 
     def defines(self):
-        return (self.target,) if self.adjoint else (self.matvec.vector,)
+        return (self.target,) if self.adjoint else (self.matvec.vector, self.matvec.symbol)
 
     def uses(self):
         return (("adj:" + self.matvec.vector,) if self.adjoint else (self.matvec.value,))
@@ -165,7 +165,8 @@ class _Builder:
         self.shapes: dict = {}
         self.xdep: set = set()
         self.counter = 0
-        self.partials: dict = {}      # (owner, symbol) -> partial symbol
+        self.partials: dict = {}      # (owner, symbol) -> (constant factor, per-point symbol)
+        self.defs: dict = {}          # symbol -> expression, for every Assign
 
     def sym(self, stem):
         self.counter += 1
@@ -173,6 +174,8 @@ class _Builder:
 
     def emit(self, stmt, shape=None):
         self.out.append(stmt)
+        if isinstance(stmt, Assign):
+            self.defs[stmt.target] = stmt.expr
         for d in stmt.defines():
             if isinstance(d, sp.Symbol) and shape is not None:
                 self.shapes[d] = shape
@@ -304,8 +307,13 @@ class _Builder:
             weights.append((r, bbar))
         mv = lv.matvec
         if mv is not None and mv.vector in self.xdep:
-            hbar = self.sym("hbar")
-            self.emit(MatVecStmt(lv, mv, adjoint=True, target=hbar), "both")
+            ratio = self.symmetric_quadratic_form(lv, mv)
+            if ratio is not None:
+                self.shapes[mv.symbol] = "both"
+                hbar = self.assign("hbar", ratio * mv.symbol, lv)
+            else:
+                hbar = self.sym("hbar")
+                self.emit(MatVecStmt(lv, mv, adjoint=True, target=hbar), "both")
             self.xdep.add(hbar)
             weights.append((mv, hbar))
         if not weights:
@@ -321,6 +329,52 @@ class _Builder:
                     terms.append(self.assign("w", w * const, lv) * per_point)
             total = self.assign("g", sp.Add(*terms), lv)
             self.route(s, total, lv, contrib)
+
+    def symmetric_quadratic_form(self, lv, mv):
+        """``c`` when the adjoint of ``y = A h`` is ``c * h`` and ``A`` is symmetric.
+
+        Then ``A^T (c h) = c y``: the gradient of ``h^T A h`` reuses the forward
+        product instead of a second matrix product (the Gaussian's case).
+        """
+        if mv.matrix not in self.p.symmetric:
+            return None
+        acc = [st for st in self.out if isinstance(st, Accumulate) and st.vector == mv.vector]
+        if len(acc) != 1 or acc[0].level is None or acc[0].level.parent is not None:
+            return None
+        ld, other = acc[0].load, acc[0].level
+        (var, lo, hi), = lv.clauses
+        if len(other.clauses) != 1:
+            return None
+        (ovar, olo, ohi), = other.clauses
+        if (lo + mv.offset, hi + mv.offset) != (0, mv.length) or (olo, ohi) != (0, mv.length):
+            return None
+        if ld.indices != (ovar,):
+            return None
+        rename = {ovar: var}
+        adj = self.canonical(acc[0].source, other, rename)
+        h = self.canonical(mv.value if mv.value in self.defs else mv.body, lv, {})
+        if adj is None or h is None or h == 0:
+            return None
+        ratio = sp.simplify(adj / h)
+        if any(self.shapes.get(s) in ("point", "both") for s in ratio.free_symbols) \
+                or any(isinstance(s, tuple) for s in ratio.free_symbols):
+            return None
+        return ratio
+
+    def canonical(self, expr, level, rename):
+        """``expr`` with level temporaries expanded and loads named by what they read."""
+        loads = {ld.symbol: sp.Symbol(f"{ld.base}[{ld.indices[0].xreplace(rename)}]", real=True)
+                 for ld in level.loads.values() if len(ld.indices) == 1}
+        for _ in range(50):
+            expanded = expr.xreplace({s: self.defs[s] for s in expr.free_symbols
+                                      if s in self.defs})
+            if expanded == expr:
+                break
+            expr = expanded
+        out = expr.xreplace(loads)
+        if any(self.shapes.get(s) in ("point", "both") for s in out.free_symbols):
+            return None
+        return out
 
     def route(self, s, total, lv, contrib):
         for ld in lv.loads.values():

@@ -110,6 +110,7 @@ class ModuleEmitter:
                 self.pyscalars.add(s)
         for name, mv in self.program.vectors.items():
             self.params[name] = self.ns.create(name.lstrip("_"))
+            self.names[mv.symbol] = self.params[name]
         stems = self.program.symbol_names
         for st in self.stmts.body:
             for d in st.defines():
@@ -348,9 +349,13 @@ class ModuleEmitter:
 
     def _is_load(self, sym):
         """True if ``sym`` may be a view of an input (a load, or a copy of one)."""
+        fresh_vectors = {st.load.symbol for st in self.stmts.body
+                         if isinstance(st, LoadStmt) and st.load.kind == "vector"}
         while True:
             if not sym.is_Symbol:
                 return True
+            if sym in fresh_vectors:        # a slice of our own matrix-vector product
+                return False
             for st in self.stmts.body:
                 if isinstance(st, Assign) and st.target == sym:
                     if not st.expr.is_Symbol:

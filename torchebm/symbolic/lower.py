@@ -89,6 +89,11 @@ class MatVec:
     vector: str                # name of the result vector
     length: sp.Expr            # its length (rows or columns of A)
 
+    @property
+    def symbol(self) -> sp.Symbol:
+        """The whole result vector ``[..., length]`` as one symbol."""
+        return sp.Symbol(self.vector, real=True)
+
 
 @dataclass
 class Program:
@@ -98,6 +103,7 @@ class Program:
     vectors: dict                        # vector name -> MatVec
     symbol_names: dict = field(default_factory=dict)   # symbol -> readable stem
     size_subs: dict = field(default_factory=dict)      # sizes known equal to n (checked)
+    symmetric: frozenset = frozenset()                 # matrices known to be symmetric
 
 
 class _Lowering:

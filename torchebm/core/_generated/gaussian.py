@@ -113,15 +113,11 @@ class GaussianEnergy(CompiledEnergy):
         v = -0.5*p + 0.5*x_1
         mv0 = v @ inverse_cov
         # level 0: j in range(0, n) (per sample)
-        p_1 = mean
-        x_2 = x
         p_2 = mv0
-        t0 = -p_1 + x_2
         # level 0: j in range(0, n) (per sample)
-        adj_mv0 = t0
-        grad = _rt_points(p_2, x, n).clone()
+        grad = p_2
         # level 0: i in range(0, n) (per sample)
-        hbar = adj_mv0 @ inverse_cov.mT
+        hbar = 2.0*mv0
         w = 0.5*hbar
         grad = grad + w
         return grad
@@ -146,10 +142,9 @@ class GaussianEnergy(CompiledEnergy):
         v_1 = p_2*t0
         r = v_1.sum(-1)
         # level 0: j in range(0, n) (per sample)
-        adj_mv0 = t0
-        grad = _rt_points(p_2, x, n).clone()
+        grad = p_2
         # level 0: i in range(0, n) (per sample)
-        hbar = adj_mv0 @ inverse_cov.mT
+        hbar = 2.0*mv0
         w = 0.5*hbar
         grad = grad + w
         return r, grad
