@@ -106,6 +106,7 @@ class CompiledEnergy(BaseEnergyFunction):
         super().__init__()
         self._layout_cache: dict = {}
         self._derived_cache: dict = {}
+        self._fused: dict | None = None
         self._cache_lock = threading.Lock()
         self.register_load_state_dict_post_hook(CompiledEnergy._validate_after_load)
 
@@ -225,11 +226,22 @@ class CompiledEnergy(BaseEnergyFunction):
             break
 
     # -- public API -----------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Energy of ``x: [..., n]`` -> ``[...]`` (``[n]`` -> ``[1]``)."""
+    _derive = None             # generated when the formula has parameter-only linear algebra
+
+    def _inputs(self, x):
+        """Validated batch, layout (index tensors, checks) and parameter-only values."""
         x = _as_batch(x)
         self._check_device(x)
-        return self._energy(x)
+        der = self._get_derived(x) if self._derive is not None else None
+        return x, self._get_layout(x), der
+
+    def _run(self, name, x):
+        fn = self._fused.get(name) if self._fused else None
+        return (fn or getattr(self, name))(*self._inputs(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Energy of ``x: [..., n]`` -> ``[...]`` (``[n]`` -> ``[1]``)."""
+        return self._run("_energy", x)
 
     def gradient(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """Closed-form ``dE/dx`` of ``x: [..., n]`` -> ``[..., n]``.
@@ -237,21 +249,32 @@ class CompiledEnergy(BaseEnergyFunction):
         Detached unless ``create_graph=True``, which keeps the graph through
         ``x`` and the parameters (for score matching or training).
         """
-        x = _as_batch(x)
-        self._check_device(x)
         if create_graph:
-            return self._gradient(x)
+            return self._run("_gradient", x)
         with torch.no_grad():
-            return self._gradient(x)
+            return self._run("_gradient", x)
 
     def energy_and_gradient(self, x: torch.Tensor, create_graph: bool = False):
         """``(E(x) [...], dE/dx [..., n])`` from one pass sharing subexpressions."""
-        x = _as_batch(x)
-        self._check_device(x)
         if create_graph:
-            return self._energy_and_gradient(x)
+            return self._run("_energy_and_gradient", x)
         with torch.no_grad():
-            return self._energy_and_gradient(x)
+            return self._run("_energy_and_gradient", x)
+
+    def compile(self, **options):
+        """Fused mode: run the generated code through ``torch.compile(fullgraph=True)``.
+
+        The generated functions are pure tensor code (layouts and parameter-only
+        values are computed outside and passed in), so they compile without
+        graph breaks. Each new shape or dtype compiles once (seconds); after
+        that, large batches run close to the memory floor. For small batches
+        the per-call overhead of the compiled function can make it slower than
+        eager mode. ``options`` go to ``torch.compile``. Returns ``self``.
+        """
+        options.setdefault("fullgraph", True)
+        self._fused = {name: torch.compile(getattr(self, name), **options)
+                       for name in ("_energy", "_gradient", "_energy_and_gradient")}
+        return self
 
     @property
     def source(self) -> str:
@@ -306,6 +329,7 @@ class CompiledEnergy(BaseEnergyFunction):
         state.pop("_cache_lock", None)
         state["_layout_cache"] = {}
         state["_derived_cache"] = {}
+        state["_fused"] = None
         return state
 
 

@@ -77,7 +77,7 @@ def _rebuild_instance(formula, ranks, name, state, trainable):
 
 
 def from_expression(formula, *, name: str | None = None, trainable=False, params=None,
-                    **kwargs):
+                    compile: bool = False, **kwargs):
     """Compile a formula into an energy module with a closed-form gradient.
 
     Args:
@@ -90,6 +90,8 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
             ``nn.Parameter`` (the others are buffers).
         params: parameter values as a dict (for names such as ``lambda`` that
             are not valid keywords).
+        compile: run the generated code through ``torch.compile`` (fused mode,
+            see ``CompiledEnergy.compile``).
         **kwargs: parameter values. Scalars default to 1.0; vectors ``[K]``
             and matrices ``[K, M]`` must be given.
 
@@ -133,4 +135,5 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
                                     f"{'vector' if rank == 1 else 'matrix'}; give its value")
     if trainable is not True and trainable is not False:
         trainable = set(trainable)
-    return cls(**args, trainable=trainable)
+    energy = cls(**args, trainable=trainable)
+    return energy.compile() if compile else energy

@@ -379,23 +379,18 @@ class ModuleEmitter:
         if "adj:x" in outputs and "grad" not in self._initialised:
             lines.append("grad = torch.zeros_like(x)  # the energy is flat in x almost everywhere")
         text = "\n".join(lines)
-        uses_lay = 'lay["' in text or self._layout_checks
-        uses_der = any(self.params[k] in _words(text) for k in self.parsed.derived)
+        words = _words(text)
         head = ["n = x.shape[-1]"]
-        if uses_lay:
-            head.append("lay = self._get_layout(x)")
         for pname, local in self.params.items():
             if pname in self.program.vectors or pname in self.parsed.derived:
                 continue
-            if local in _words(text) or any(f"{local}.shape" in text for _ in [0]):
+            if local in words:
                 head.append(f"{local} = self.{local}.to(x.dtype)")
-        if uses_der:
-            head.append("der = self._get_derived(x)")
-            for k, d in self.parsed.derived.items():
-                if self.params[k] in _words(text):
-                    head.append(f'{self.params[k]} = der["{k}"]')
+        for k, d in self.parsed.derived.items():
+            if self.params[k] in words:
+                head.append(f'{self.params[k]} = der["{k}"]')
         out = head + lines + [f"return {returns}"]
-        return (f"    def {name}(self, x):\n        \"\"\"{doc}\"\"\"\n"
+        return (f"    def {name}(self, x, lay, der):\n        \"\"\"{doc}\"\"\"\n"
                 + textwrap.indent("\n".join(out), " " * 8) + "\n")
 
     def describe(self, lv: Level) -> str:
@@ -488,8 +483,6 @@ class ModuleEmitter:
             if lv.matvec is not None:
                 lines.extend(self.matvec_check(lv))
         body = "\n".join(lines)
-        self._layout_checks = any(not ln.startswith(("#", "count", "lay[", "s, j", "seg", "c"))
-                                  for ln in lines)
         arrays = [f"{local} = self.{local}" for name, local in self.params.items()
                   if name not in self.program.vectors and name not in self.parsed.derived
                   and (name in self.parsed.constants or self.parsed.params[name].rank > 0)]
@@ -532,10 +525,10 @@ def _words(text: str) -> set:
 def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
     """The complete module text for one energy class."""
     em = ModuleEmitter(spec, parsed, stmts)
-    layout = em.layout()          # first: the functions fetch it only if it checks something
+    layout = em.layout()
     energy = stmts.energy
     fwd = em.function("_energy", [energy], em.names[energy],
-                      "Energy of x [..., n] -> [...].")
+                      "Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive().")
     grad = em.function("_gradient", ["adj:x"], "grad",
                        "Closed-form gradient dE/dx of x [..., n] -> [..., n].")
     both = em.function("_energy_and_gradient", [energy, "adj:x"],

@@ -60,10 +60,9 @@ class AckleyEnergy(CompiledEnergy):
         _rt.check_range(0, n, n, 'x[j]', n)
         return lay
 
-    def _energy(self, x):
-        """Energy of x [..., n] -> [...]."""
+    def _energy(self, x, lay, der):
+        """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         a = self.a.to(x.dtype)
         b = self.b.to(x.dtype)
         c = self.c.to(x.dtype)
@@ -81,10 +80,9 @@ class AckleyEnergy(CompiledEnergy):
         energy_1 = -t2 - t4 + a + 2.718281828459045
         return energy_1
 
-    def _gradient(self, x):
+    def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         a = self.a.to(x.dtype)
         b = self.b.to(x.dtype)
         c = self.c.to(x.dtype)
@@ -111,10 +109,9 @@ class AckleyEnergy(CompiledEnergy):
         grad = g
         return grad
 
-    def _energy_and_gradient(self, x):
+    def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         a = self.a.to(x.dtype)
         b = self.b.to(x.dtype)
         c = self.c.to(x.dtype)

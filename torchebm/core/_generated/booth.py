@@ -52,19 +52,17 @@ class BoothEnergy(CompiledEnergy):
         _rt.check_range(0, 0 + 1, n, 'x[0]', n)
         return lay
 
-    def _energy(self, x):
-        """Energy of x [..., n] -> [...]."""
+    def _energy(self, x, lay, der):
+        """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         x_1 = x[..., 1]
         x_2 = x[..., 0]
         energy_1 = torch.square(x_1 + 2*x_2 - 5) + torch.square(2*x_1 + x_2 - 7)
         return energy_1
 
-    def _gradient(self, x):
+    def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         x_1 = x[..., 1]
         x_2 = x[..., 0]
         d = 10*x_1 + 8*x_2 - 38
@@ -74,10 +72,9 @@ class BoothEnergy(CompiledEnergy):
         grad[..., 0] += d_1
         return grad
 
-    def _energy_and_gradient(self, x):
+    def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         x_1 = x[..., 1]
         x_2 = x[..., 0]
         energy_1 = torch.square(x_1 + 2*x_2 - 5) + torch.square(2*x_1 + x_2 - 7)

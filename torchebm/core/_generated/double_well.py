@@ -56,10 +56,9 @@ class DoubleWellEnergy(CompiledEnergy):
         _rt.check_range(0, n, n, 'x[i]', n)
         return lay
 
-    def _energy(self, x):
-        """Energy of x [..., n] -> [...]."""
+    def _energy(self, x, lay, der):
+        """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         barrier_height = self.barrier_height.to(x.dtype)
         b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
@@ -70,10 +69,9 @@ class DoubleWellEnergy(CompiledEnergy):
         energy_1 = r*barrier_height
         return energy_1
 
-    def _gradient(self, x):
+    def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         barrier_height = self.barrier_height.to(x.dtype)
         b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
@@ -86,10 +84,9 @@ class DoubleWellEnergy(CompiledEnergy):
         grad = g
         return grad
 
-    def _energy_and_gradient(self, x):
+    def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         barrier_height = self.barrier_height.to(x.dtype)
         b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample)

@@ -52,10 +52,9 @@ class HimmelblauEnergy(CompiledEnergy):
         _rt.check_range(1, 1 + 1, n, 'x[1]', n)
         return lay
 
-    def _energy(self, x):
-        """Energy of x [..., n] -> [...]."""
+    def _energy(self, x, lay, der):
+        """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         x_1 = x[..., 0]
         x_2 = x[..., 1]
         t0 = torch.square(x_2)
@@ -65,10 +64,9 @@ class HimmelblauEnergy(CompiledEnergy):
         energy_1 = torch.square(t1) + torch.square(t3)
         return energy_1
 
-    def _gradient(self, x):
+    def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         x_1 = x[..., 0]
         x_2 = x[..., 1]
         t0 = torch.square(x_2)
@@ -82,10 +80,9 @@ class HimmelblauEnergy(CompiledEnergy):
         grad[..., 1] += d_1
         return grad
 
-    def _energy_and_gradient(self, x):
+    def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         x_1 = x[..., 0]
         x_2 = x[..., 1]
         t0 = torch.square(x_2)

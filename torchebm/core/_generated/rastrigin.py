@@ -54,10 +54,9 @@ class RastriginEnergy(CompiledEnergy):
         _rt.check_range(0, n, n, 'x[i]', n)
         return lay
 
-    def _energy(self, x):
-        """Energy of x [..., n] -> [...]."""
+    def _energy(self, x, lay, der):
+        """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
@@ -68,10 +67,9 @@ class RastriginEnergy(CompiledEnergy):
         energy_1 = r + a*n
         return energy_1
 
-    def _gradient(self, x):
+    def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
@@ -82,10 +80,9 @@ class RastriginEnergy(CompiledEnergy):
         grad = d
         return grad
 
-    def _energy_and_gradient(self, x):
+    def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x

@@ -59,10 +59,9 @@ class RosenbrockEnergy(CompiledEnergy):
         _rt.check_range(1, n, n, 'x[i + 1]', n)
         return lay
 
-    def _energy(self, x):
-        """Energy of x [..., n] -> [...]."""
+    def _energy(self, x, lay, der):
+        """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         b = self.b.to(x.dtype)
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n - 1) (per sample)
@@ -74,10 +73,9 @@ class RosenbrockEnergy(CompiledEnergy):
         r = v.sum(-1)
         return r
 
-    def _gradient(self, x):
+    def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         b = self.b.to(x.dtype)
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n - 1) (per sample)
@@ -93,10 +91,9 @@ class RosenbrockEnergy(CompiledEnergy):
         grad = grad + torch.nn.functional.pad(g, (1, 0))
         return grad
 
-    def _energy_and_gradient(self, x):
+    def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         b = self.b.to(x.dtype)
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n - 1) (per sample)

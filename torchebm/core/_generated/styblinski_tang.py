@@ -48,10 +48,9 @@ class StyblinskiTangEnergy(CompiledEnergy):
         _rt.check_range(0, n, n, 'x[i]', n)
         return lay
 
-    def _energy(self, x):
-        """Energy of x [..., n] -> [...]."""
+    def _energy(self, x, lay, der):
+        """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         v = torch.pow(x_1, 4) - 16*torch.square(x_1) + 5*x_1
@@ -59,10 +58,9 @@ class StyblinskiTangEnergy(CompiledEnergy):
         energy_1 = 0.5*r
         return energy_1
 
-    def _gradient(self, x):
+    def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         d = 4*(x_1*x_1*x_1) - 32*x_1 + 5
@@ -71,10 +69,9 @@ class StyblinskiTangEnergy(CompiledEnergy):
         grad = g
         return grad
 
-    def _energy_and_gradient(self, x):
+    def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        lay = self._get_layout(x)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         v = torch.pow(x_1, 4) - 16*torch.square(x_1) + 5*x_1
