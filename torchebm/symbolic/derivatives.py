@@ -224,7 +224,7 @@ class _Builder:
             else:
                 self.assign("v", body, lv, target=value)
             for s in sorted(body.free_symbols & self.xdep, key=str):
-                d = sp.diff(body, s)
+                d = sp.factor_terms(sp.diff(body, s))
                 if d != 0:
                     # split off the factor that is the same at every point (parameters,
                     # per-sample values): the backward pass folds it into the adjoint,

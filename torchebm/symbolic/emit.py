@@ -129,7 +129,12 @@ class ModuleEmitter:
         for st in self.stmts.body:
             if isinstance(st, Assign) and st.expr.free_symbols <= self.pyscalars:
                 self.pyscalars.add(st.target)
-        self.printer = TorchEnergyPrinter({"names": self.names,
+        rank = {"scalar": 1, "batch": 2, "point": 3, "both": 3}
+        sizes = {sym: rank[shape] for sym, shape in self.stmts.shapes.items()}
+        for p in self.parsed.params.values():
+            if p.rank == 0:
+                sizes[sp.Symbol(p.name, real=True)] = 1
+        self.printer = TorchEnergyPrinter({"names": self.names, "sizes": sizes,
                                            "python_scalars": frozenset(self.pyscalars)})
         # layout: one column name per (level, index variable)
         self.colnames = {}
@@ -378,6 +383,7 @@ class ModuleEmitter:
             lines.extend(self.statement(st))
         if "adj:x" in outputs and "grad" not in self._initialised:
             lines.append("grad = torch.zeros_like(x)  # the energy is flat in x almost everywhere")
+        lines = _free_after_last_use(lines, returns)
         text = "\n".join(lines)
         words = _words(text)
         head = ["n = x.shape[-1]"]
@@ -515,6 +521,37 @@ def _what(ld, em) -> str:
     base = "x" if ld.kind == "x" else ld.base
     idx = ", ".join(str(i) for i in ld.indices)
     return f"{base}[{idx}]"
+
+
+def _free_after_last_use(lines, returns):
+    """Add ``del`` after the last use of each temporary, so peak memory stays low.
+
+    Straight-line code keeps every local alive until ``return``; freeing a
+    ``[..., n]`` temporary as soon as it is dead (as torch.fx does) bounds the
+    peak to the tensors alive at once.
+    """
+    import re
+    assign = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*) = ")
+    keep = _words(returns) | {"x", "n", "lay", "der", "torch", "math", "_rt", "_rt_points",
+                              "self", "math"}
+    defined, last = set(), {}
+    for k, ln in enumerate(lines):
+        if ln.startswith("#"):
+            continue
+        m = assign.match(ln)
+        rhs = ln[m.end():] if m else ln
+        for w in _words(rhs.split("#")[0]):
+            last[w] = k
+        if m:
+            defined.add(m.group(1))
+            last.setdefault(m.group(1), k)
+    out = []
+    for k, ln in enumerate(lines):
+        out.append(ln)
+        dead = sorted(w for w in defined if last.get(w) == k and w not in keep)
+        if dead and not ln.startswith("#"):
+            out.append(f"del {', '.join(dead)}")
+    return out
 
 
 def _words(text: str) -> set:

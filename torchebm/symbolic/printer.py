@@ -62,12 +62,60 @@ class TorchEnergyPrinter(TorchPrinter):
 
     printmethod = "_torchenergycode"
     _default_settings = dict(TorchPrinter._default_settings, names=None,
-                             python_scalars=frozenset(), strict=True)
+                             python_scalars=frozenset(), sizes=None, strict=True)
 
     def __init__(self, settings=None):
         super().__init__(settings)
         self.names = self._settings["names"] or {}
         self.python_scalars = self._settings["python_scalars"]
+        self.sizes = self._settings["sizes"] or {}
+
+    def size(self, expr) -> int:
+        """How big a value is: 0 number, 1 parameter, 2 per sample, 3 per point."""
+        if expr.is_Number or self.is_python(expr):
+            return 0
+        return max((self.sizes.get(s, 3) for s in expr.free_symbols), default=0)
+
+    def _print_Mul(self, expr):
+        # Small factors first: Python multiplies left to right, so (-4*b)*t*x costs two
+        # full-size products where -4*t*x*b costs three. Rationals stay exact divisions.
+        coeff, rest = expr.as_coeff_Mul()
+        num, den = [], []
+        for f in sp.Mul.make_args(rest):
+            if f.is_Pow and f.exp.is_Rational and f.exp.is_negative and f.exp != -sp.S.Half:
+                den.append(sp.Pow(f.base, -f.exp) if f.exp != -1 else f.base)
+            else:
+                num.append(f)
+        if coeff.is_Rational and coeff.q != 1:
+            den.insert(0, sp.Integer(coeff.q))
+            coeff = sp.Integer(coeff.p)
+        num.sort(key=self.size)
+        den.sort(key=self.size)
+        prec = precedence(sp.Mul(2, sp.Symbol("a"), evaluate=False))
+        parts = [self.parenthesize(f, prec, strict=False) for f in num]
+        if coeff == -1 and parts:
+            parts[0] = "-" + parts[0]
+        elif coeff != 1 or not parts:
+            parts.insert(0, self._print(coeff))
+        code = "*".join(parts)
+        if den:
+            d = "*".join(self.parenthesize(f, prec, strict=False) for f in den)
+            code = f"{code}/({d})" if len(den) > 1 else f"{code}/{d}"
+        return code
+
+    def _print_Add(self, expr, order=None):
+        # a + b - c: subtraction instead of adding a negated temporary
+        pos, neg = [], []
+        for t in expr.args:
+            c, _ = t.as_coeff_Mul()
+            (neg if c.is_negative else pos).append(t)
+        pos.sort(key=lambda t: -self.size(t))
+        code = " + ".join(self._print(t) for t in pos) if pos else ""
+        prec = precedence(expr)
+        for t in neg:
+            term = self.parenthesize(-t, prec, strict=True) if (-t).is_Add else self._print(-t)
+            code = f"{code} - {term}" if code else f"-{term}"
+        return code
 
     def is_python(self, expr) -> bool:
         return all(s in self.python_scalars for s in expr.free_symbols)

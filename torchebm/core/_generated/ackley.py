@@ -68,16 +68,24 @@ class AckleyEnergy(CompiledEnergy):
         c = self.c.to(x.dtype)
         # level 0: j in range(0, n) (per sample)
         x_1 = x
-        t0 = x_1*c
+        t0 = c*x_1
         v = torch.cos(t0)
+        del t0
         v_1 = torch.square(x_1)
+        del x_1
         r = v.sum(-1)
+        del v
         r_1 = v_1.sum(-1)
+        del v_1
         t1 = n**(-1)
-        t2 = torch.exp(r*t1)
-        t3 = r_1*t1
+        t2 = torch.exp(t1*r)
+        del r
+        t3 = t1*r_1
+        del r_1, t1
         t4 = a*torch.exp(-b*torch.sqrt(t3))
-        energy_1 = -t2 - t4 + a + 2.718281828459045
+        del t3
+        energy_1 = a + 2.718281828459045 - t2 - t4
+        del t2, t4
         return energy_1
 
     def _gradient(self, x, lay, der):
@@ -88,25 +96,38 @@ class AckleyEnergy(CompiledEnergy):
         c = self.c.to(x.dtype)
         # level 0: j in range(0, n) (per sample)
         x_1 = x
-        t0 = x_1*c
+        t0 = c*x_1
         v = torch.cos(t0)
         d = torch.sin(t0)
+        del t0
         v_1 = torch.square(x_1)
         r = v.sum(-1)
+        del v
         r_1 = v_1.sum(-1)
+        del v_1
         t1 = n**(-1)
-        t2 = torch.exp(r*t1)
-        t3 = r_1*t1
+        t2 = torch.exp(t1*r)
+        del r
+        t3 = t1*r_1
+        del r_1
         t4 = a*torch.exp(-b*torch.sqrt(t3))
         d_1 = -t1*t2
-        d_2 = t1*t4*b*torch.where((t3 > 0), (0.5)/torch.sqrt(t3), x.new_tensor(0))
+        del t2
+        d_2 = t1*b*t4*torch.where((t3 > 0), torch.rsqrt(t3)/2, x.new_tensor(0))
+        del t1, t3, t4
         # level 0: j in range(0, n) (per sample)
         bc = d_1.unsqueeze(-1)
+        del d_1
         bc_1 = d_2.unsqueeze(-1)
-        w = -bc*c
+        del d_2
+        w = -c*bc
+        del bc
         w_1 = 2*bc_1
-        g = d*w + w_1*x_1
+        del bc_1
+        g = w*d + w_1*x_1
+        del d, w, w_1, x_1
         grad = g
+        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -117,24 +138,37 @@ class AckleyEnergy(CompiledEnergy):
         c = self.c.to(x.dtype)
         # level 0: j in range(0, n) (per sample)
         x_1 = x
-        t0 = x_1*c
+        t0 = c*x_1
         v = torch.cos(t0)
         d = torch.sin(t0)
+        del t0
         v_1 = torch.square(x_1)
         r = v.sum(-1)
+        del v
         r_1 = v_1.sum(-1)
+        del v_1
         t1 = n**(-1)
-        t2 = torch.exp(r*t1)
-        t3 = r_1*t1
+        t2 = torch.exp(t1*r)
+        del r
+        t3 = t1*r_1
+        del r_1
         t4 = a*torch.exp(-b*torch.sqrt(t3))
-        energy_1 = -t2 - t4 + a + 2.718281828459045
+        energy_1 = a + 2.718281828459045 - t2 - t4
         d_1 = -t1*t2
-        d_2 = t1*t4*b*torch.where((t3 > 0), (0.5)/torch.sqrt(t3), x.new_tensor(0))
+        del t2
+        d_2 = t1*b*t4*torch.where((t3 > 0), torch.rsqrt(t3)/2, x.new_tensor(0))
+        del t1, t3, t4
         # level 0: j in range(0, n) (per sample)
         bc = d_1.unsqueeze(-1)
+        del d_1
         bc_1 = d_2.unsqueeze(-1)
-        w = -bc*c
+        del d_2
+        w = -c*bc
+        del bc
         w_1 = 2*bc_1
-        g = d*w + w_1*x_1
+        del bc_1
+        g = w*d + w_1*x_1
+        del d, w, w_1, x_1
         grad = g
+        del g
         return energy_1, grad

@@ -57,7 +57,8 @@ class BoothEnergy(CompiledEnergy):
         n = x.shape[-1]
         x_1 = x[..., 1]
         x_2 = x[..., 0]
-        energy_1 = torch.square(x_1 + 2*x_2 - 5) + torch.square(2*x_1 + x_2 - 7)
+        energy_1 = torch.square(x_2 + 2*x_1 - 7) + torch.square(x_1 + 2*x_2 - 5)
+        del x_1, x_2
         return energy_1
 
     def _gradient(self, x, lay, der):
@@ -65,11 +66,14 @@ class BoothEnergy(CompiledEnergy):
         n = x.shape[-1]
         x_1 = x[..., 1]
         x_2 = x[..., 0]
-        d = 10*x_1 + 8*x_2 - 38
+        d = 8*x_2 + 10*x_1 - 38
         d_1 = 8*x_1 + 10*x_2 - 34
+        del x_1, x_2
         grad = torch.zeros_like(x)
         grad[..., 1] += d
+        del d
         grad[..., 0] += d_1
+        del d_1
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -77,10 +81,13 @@ class BoothEnergy(CompiledEnergy):
         n = x.shape[-1]
         x_1 = x[..., 1]
         x_2 = x[..., 0]
-        energy_1 = torch.square(x_1 + 2*x_2 - 5) + torch.square(2*x_1 + x_2 - 7)
-        d = 10*x_1 + 8*x_2 - 38
+        energy_1 = torch.square(x_2 + 2*x_1 - 7) + torch.square(x_1 + 2*x_2 - 5)
+        d = 8*x_2 + 10*x_1 - 38
         d_1 = 8*x_1 + 10*x_2 - 34
+        del x_1, x_2
         grad = torch.zeros_like(x)
         grad[..., 1] += d
+        del d
         grad[..., 0] += d_1
+        del d_1
         return energy_1, grad

@@ -64,9 +64,13 @@ class DoubleWellEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         t0 = torch.square(x_1) - torch.square(b)
+        del x_1
         v = torch.square(t0)
+        del t0
         r = v.sum(-1)
-        energy_1 = r*barrier_height
+        del v
+        energy_1 = barrier_height*r
+        del r
         return energy_1
 
     def _gradient(self, x, lay, der):
@@ -78,10 +82,13 @@ class DoubleWellEnergy(CompiledEnergy):
         x_1 = x
         t0 = torch.square(x_1) - torch.square(b)
         d = t0*x_1
+        del t0, x_1
         # level 0: i in range(0, n) (per sample)
         w = 4*barrier_height
-        g = d*w
+        g = w*d
+        del d, w
         grad = g
+        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -94,10 +101,15 @@ class DoubleWellEnergy(CompiledEnergy):
         t0 = torch.square(x_1) - torch.square(b)
         v = torch.square(t0)
         d = t0*x_1
+        del t0, x_1
         r = v.sum(-1)
-        energy_1 = r*barrier_height
+        del v
+        energy_1 = barrier_height*r
+        del r
         # level 0: i in range(0, n) (per sample)
         w = 4*barrier_height
-        g = d*w
+        g = w*d
+        del d, w
         grad = g
+        del g
         return energy_1, grad

@@ -87,15 +87,21 @@ class GaussianEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         p = mean
-        v = -0.5*p + 0.5*x_1
+        v = 0.5*x_1 - 0.5*p
+        del p, x_1
         mv0 = v @ inverse_cov
+        del v
         # level 0: j in range(0, n) (per sample)
         p_1 = mean
         x_2 = x
         p_2 = mv0
-        t0 = -p_1 + x_2
+        del mv0
+        t0 = x_2 - p_1
+        del p_1, x_2
         v_1 = p_2*t0
+        del p_2, t0
         r = v_1.sum(-1)
+        del v_1
         return r
 
     def _gradient(self, x, lay, der):
@@ -106,16 +112,22 @@ class GaussianEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         p = mean
-        v = -0.5*p + 0.5*x_1
+        v = 0.5*x_1 - 0.5*p
+        del p, x_1
         mv0 = v @ inverse_cov
+        del v
         # level 0: j in range(0, n) (per sample)
         p_2 = mv0
         # level 0: j in range(0, n) (per sample)
         grad = p_2
+        del p_2
         # level 0: i in range(0, n) (per sample)
         hbar = 2.0*mv0
+        del mv0
         w = 0.5*hbar
+        del hbar
         grad = grad + w
+        del w
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -126,19 +138,28 @@ class GaussianEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         p = mean
-        v = -0.5*p + 0.5*x_1
+        v = 0.5*x_1 - 0.5*p
+        del p, x_1
         mv0 = v @ inverse_cov
+        del v
         # level 0: j in range(0, n) (per sample)
         p_1 = mean
         x_2 = x
         p_2 = mv0
-        t0 = -p_1 + x_2
+        t0 = x_2 - p_1
+        del p_1, x_2
         v_1 = p_2*t0
+        del t0
         r = v_1.sum(-1)
+        del v_1
         # level 0: j in range(0, n) (per sample)
         grad = p_2
+        del p_2
         # level 0: i in range(0, n) (per sample)
         hbar = 2.0*mv0
+        del mv0
         w = 0.5*hbar
+        del hbar
         grad = grad + w
+        del w
         return r, grad

@@ -61,9 +61,12 @@ class HarmonicEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         v = torch.square(x_1)
+        del x_1
         r = v.sum(-1)
+        del v
         t0 = 0.5*k
-        energy_1 = r*t0
+        energy_1 = t0*r
+        del r, t0
         return energy_1
 
     def _gradient(self, x, lay, der):
@@ -75,8 +78,11 @@ class HarmonicEnergy(CompiledEnergy):
         t0 = 0.5*k
         # level 0: i in range(0, n) (per sample)
         w = 2*t0
+        del t0
         g = w*x_1
+        del w, x_1
         grad = g
+        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -87,10 +93,15 @@ class HarmonicEnergy(CompiledEnergy):
         x_1 = x
         v = torch.square(x_1)
         r = v.sum(-1)
+        del v
         t0 = 0.5*k
-        energy_1 = r*t0
+        energy_1 = t0*r
+        del r
         # level 0: i in range(0, n) (per sample)
         w = 2*t0
+        del t0
         g = w*x_1
+        del w, x_1
         grad = g
+        del g
         return energy_1, grad

@@ -59,9 +59,13 @@ class HimmelblauEnergy(CompiledEnergy):
         x_2 = x[..., 1]
         t0 = torch.square(x_2)
         t1 = t0 + x_1 - 7
+        del t0
         t2 = torch.square(x_1)
+        del x_1
         t3 = t2 + x_2 - 11
+        del t2, x_2
         energy_1 = torch.square(t1) + torch.square(t3)
+        del t1, t3
         return energy_1
 
     def _gradient(self, x, lay, der):
@@ -73,11 +77,15 @@ class HimmelblauEnergy(CompiledEnergy):
         t1 = t0 + x_1 - 7
         t2 = torch.square(x_1)
         t3 = t2 + x_2 - 11
-        d = 2*t0 + 4*t3*x_1 + 2*x_1 - 14
-        d_1 = 4*t1*x_2 + 2*t2 + 2*x_2 - 22
+        d = 2*t0 + 2*x_1 + 4*t3*x_1 - 14
+        del t0, t3, x_1
+        d_1 = 2*t2 + 2*x_2 + 4*t1*x_2 - 22
+        del t1, t2, x_2
         grad = torch.zeros_like(x)
         grad[..., 0] += d
+        del d
         grad[..., 1] += d_1
+        del d_1
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -90,9 +98,13 @@ class HimmelblauEnergy(CompiledEnergy):
         t2 = torch.square(x_1)
         t3 = t2 + x_2 - 11
         energy_1 = torch.square(t1) + torch.square(t3)
-        d = 2*t0 + 4*t3*x_1 + 2*x_1 - 14
-        d_1 = 4*t1*x_2 + 2*t2 + 2*x_2 - 22
+        d = 2*t0 + 2*x_1 + 4*t3*x_1 - 14
+        del t0, t3, x_1
+        d_1 = 2*t2 + 2*x_2 + 4*t1*x_2 - 22
+        del t1, t2, x_2
         grad = torch.zeros_like(x)
         grad[..., 0] += d
+        del d
         grad[..., 1] += d_1
+        del d_1
         return energy_1, grad

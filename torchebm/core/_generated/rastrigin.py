@@ -60,11 +60,13 @@ class RastriginEnergy(CompiledEnergy):
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        t0 = 2*x_1
-        t1 = 3.141592653589793*t0
-        v = torch.square(x_1) - a*torch.cos(t1)
+        t0 = 2*3.141592653589793*x_1
+        v = torch.square(x_1) - a*torch.cos(t0)
+        del t0, x_1
         r = v.sum(-1)
-        energy_1 = r + a*n
+        del v
+        energy_1 = n*a + r
+        del r
         return energy_1
 
     def _gradient(self, x, lay, der):
@@ -73,11 +75,14 @@ class RastriginEnergy(CompiledEnergy):
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        t0 = 2*x_1
-        t1 = 3.141592653589793*t0
-        d = t0 + 2*3.141592653589793*a*torch.sin(t1)
+        t0 = 2*3.141592653589793*x_1
+        d = x_1 + 3.141592653589793*a*torch.sin(t0)
+        del t0, x_1
         # level 0: i in range(0, n) (per sample)
-        grad = d
+        g = 2*d
+        del d
+        grad = g
+        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -86,12 +91,17 @@ class RastriginEnergy(CompiledEnergy):
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        t0 = 2*x_1
-        t1 = 3.141592653589793*t0
-        v = torch.square(x_1) - a*torch.cos(t1)
-        d = t0 + 2*3.141592653589793*a*torch.sin(t1)
+        t0 = 2*3.141592653589793*x_1
+        v = torch.square(x_1) - a*torch.cos(t0)
+        d = x_1 + 3.141592653589793*a*torch.sin(t0)
+        del t0, x_1
         r = v.sum(-1)
-        energy_1 = r + a*n
+        del v
+        energy_1 = n*a + r
+        del r
         # level 0: i in range(0, n) (per sample)
-        grad = d
+        g = 2*d
+        del d
+        grad = g
+        del g
         return energy_1, grad

@@ -67,10 +67,12 @@ class RosenbrockEnergy(CompiledEnergy):
         # level 0: i in range(0, n - 1) (per sample)
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
-        t0 = torch.square(x_1)
-        t1 = -t0 + x_2
-        v = torch.square(t1)*b + torch.square(-x_1 + a)
+        t0 = x_2 - torch.square(x_1)
+        del x_2
+        v = torch.square(a - x_1) + b*torch.square(t0)
+        del t0, x_1
         r = v.sum(-1)
+        del v
         return r
 
     def _gradient(self, x, lay, der):
@@ -81,14 +83,20 @@ class RosenbrockEnergy(CompiledEnergy):
         # level 0: i in range(0, n - 1) (per sample)
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
-        t0 = torch.square(x_1)
-        t1 = -t0 + x_2
-        d = -4*t1*x_1*b + 2*x_1 - 2*a
-        d_1 = -2*t0 + 2*x_2
+        t0 = x_2 - torch.square(x_1)
+        del x_2
+        d = x_1 - a - 2*b*t0*x_1
+        del x_1
         # level 0: i in range(0, n - 1) (per sample)
-        grad = torch.nn.functional.pad(d, (0, 1))
-        g = d_1*b
-        grad = grad + torch.nn.functional.pad(g, (1, 0))
+        g = 2*d
+        del d
+        grad = torch.nn.functional.pad(g, (0, 1))
+        del g
+        w = 2*b
+        g_1 = w*t0
+        del t0, w
+        grad = grad + torch.nn.functional.pad(g_1, (1, 0))
+        del g_1
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -99,14 +107,21 @@ class RosenbrockEnergy(CompiledEnergy):
         # level 0: i in range(0, n - 1) (per sample)
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
-        t0 = torch.square(x_1)
-        t1 = -t0 + x_2
-        v = torch.square(t1)*b + torch.square(-x_1 + a)
-        d = -4*t1*x_1*b + 2*x_1 - 2*a
-        d_1 = -2*t0 + 2*x_2
+        t0 = x_2 - torch.square(x_1)
+        del x_2
+        v = torch.square(a - x_1) + b*torch.square(t0)
+        d = x_1 - a - 2*b*t0*x_1
+        del x_1
         r = v.sum(-1)
+        del v
         # level 0: i in range(0, n - 1) (per sample)
-        grad = torch.nn.functional.pad(d, (0, 1))
-        g = d_1*b
-        grad = grad + torch.nn.functional.pad(g, (1, 0))
+        g = 2*d
+        del d
+        grad = torch.nn.functional.pad(g, (0, 1))
+        del g
+        w = 2*b
+        g_1 = w*t0
+        del t0, w
+        grad = grad + torch.nn.functional.pad(g_1, (1, 0))
+        del g_1
         return r, grad

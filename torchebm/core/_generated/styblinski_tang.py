@@ -53,9 +53,12 @@ class StyblinskiTangEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v = torch.pow(x_1, 4) - 16*torch.square(x_1) + 5*x_1
+        v = torch.pow(x_1, 4) + 5*x_1 - 16*torch.square(x_1)
+        del x_1
         r = v.sum(-1)
+        del v
         energy_1 = 0.5*r
+        del r
         return energy_1
 
     def _gradient(self, x, lay, der):
@@ -63,10 +66,13 @@ class StyblinskiTangEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        d = 4*(x_1*x_1*x_1) - 32*x_1 + 5
+        d = 4*(x_1*x_1*x_1) + 5 - 32*x_1
+        del x_1
         # level 0: i in range(0, n) (per sample)
         g = 0.5*d
+        del d
         grad = g
+        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -74,11 +80,16 @@ class StyblinskiTangEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v = torch.pow(x_1, 4) - 16*torch.square(x_1) + 5*x_1
-        d = 4*(x_1*x_1*x_1) - 32*x_1 + 5
+        v = torch.pow(x_1, 4) + 5*x_1 - 16*torch.square(x_1)
+        d = 4*(x_1*x_1*x_1) + 5 - 32*x_1
+        del x_1
         r = v.sum(-1)
+        del v
         energy_1 = 0.5*r
+        del r
         # level 0: i in range(0, n) (per sample)
         g = 0.5*d
+        del d
         grad = g
+        del g
         return energy_1, grad
