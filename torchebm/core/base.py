@@ -190,6 +190,8 @@ class CompiledEnergy(BaseEnergyFunction):
         n = x.shape[-1]
         key = (n, x.device, x.dtype, tuple(tuple(a.shape) for a in self._arrays()))
         lay = self._layout_cache.get(key)
+        if lay is None and torch.compiler.is_compiling():
+            return self._layout(n, x.device, x.dtype)   # traced; no lock inside a graph
         if lay is None:
             with self._cache_lock:
                 lay = self._layout_cache.get(key)

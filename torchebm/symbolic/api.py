@@ -47,7 +47,7 @@ def compile_class(formula: str, ranks: dict, name: str | None = None):
             return cls
         cls = _compile(formula, ranks, name)
         _cache[key] = cls
-        if len(_cache) > CACHE_SIZE:
+        while len(_cache) > CACHE_SIZE:
             unload_class(_cache.popitem(last=False)[1])
         return cls
 

@@ -1,0 +1,101 @@
+"""The torch toolbox on generated modules: compile, torch.func, create_graph, devices, threads."""
+
+import threading
+
+import pytest
+import torch
+from torch.func import grad, hessian, vmap
+
+from torchebm.core import AckleyEnergy, GaussianEnergy, RosenbrockEnergy
+from torchebm.symbolic import EnergySyntaxError, from_expression
+from torchebm.symbolic import api
+
+FORMULAS = [
+    ("sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 for i in range(n-1))", {}),
+    ("sum((x[i] - x[j])**2 for i in range(n) for j in range(i+1, n))", {}),
+    ("0.5*(x - m) @ inverse(S) @ (x - m)", {"m": torch.zeros(4), "S": 2 * torch.eye(4)}),
+    ("-logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2) for k in range(len(w)))",
+     {"w": torch.full((3,), 1 / 3), "M": torch.randn(3, 4)}),
+    ("prod(cos(x)) + sum(where(x > 0, sqrt(x), -x))", {}),
+]
+
+
+@pytest.mark.parametrize("formula,params", FORMULAS, ids=[f[:20] for f, _ in FORMULAS])
+def test_fused_mode_compiles_without_graph_breaks(formula, params):
+    x = torch.randn(16, 4, dtype=torch.float64)
+    eager = from_expression(formula, params=params)
+    fused = from_expression(formula, params=params, compile=True)   # fullgraph=True
+    torch.testing.assert_close(fused(x), eager(x))
+    torch.testing.assert_close(fused.gradient(x), eager.gradient(x))
+    e, g = fused.energy_and_gradient(x)
+    torch.testing.assert_close(e, eager(x))
+    torch.testing.assert_close(g, eager.gradient(x))
+
+
+def test_torch_compile_of_the_module():
+    energy = RosenbrockEnergy()
+    x = torch.randn(8, 5)
+    torch.testing.assert_close(torch.compile(energy, fullgraph=True)(x), energy(x))
+
+
+def test_torch_func_over_forward():
+    energy = RosenbrockEnergy()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    per_sample = vmap(grad(lambda t: energy(t).squeeze(0)))(x)
+    torch.testing.assert_close(per_sample, energy.gradient(x))
+    h = hessian(lambda t: energy(t).squeeze(0))(x[0])
+    assert h.shape == (3, 3)
+    torch.testing.assert_close(h, h.T)
+
+
+def test_create_graph_gives_second_derivatives_and_parameter_gradients():
+    energy = from_expression("sum(a*x**2 + sin(b*x))", a=1.5, b=0.7, trainable=True)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    g = energy.gradient(x, create_graph=True)
+    assert g.requires_grad
+    (gx,) = torch.autograd.grad(g.sum(), x, retain_graph=True)
+    a, b = 1.5, 0.7
+    torch.testing.assert_close(gx, 2 * a - b**2 * torch.sin(b * x).detach())   # d2E/dx2
+    (ga,) = torch.autograd.grad(g.sum(), energy.a)
+    torch.testing.assert_close(ga, (2 * x).sum().detach())
+    assert not energy.gradient(x).requires_grad                  # detached by default
+
+
+def test_parameter_on_another_device_is_a_clear_error():
+    energy = AckleyEnergy()
+    x = torch.randn(2, 3, device="meta")
+    with pytest.raises(EnergySyntaxError, match="energy.to"):
+        energy(x)
+
+
+def test_to_and_double_move_buffers():
+    energy = GaussianEnergy(torch.zeros(2), torch.eye(2)).to(torch.float32)
+    assert energy.cov.dtype == torch.float32
+    assert energy.double().cov.dtype == torch.float64
+
+
+def test_compile_cache_is_thread_safe_and_bounded(monkeypatch):
+    classes = []
+
+    def work():
+        classes.append(type(from_expression("sum(x**3 - 2*x)")))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(classes)) == 1
+    monkeypatch.setattr(api, "CACHE_SIZE", 4)
+    for k in range(10):
+        from_expression(f"sum(x**2) + {k}*sum(x)")
+    assert len(api._cache) <= 4
+
+
+def test_parameter_only_values_recomputed_when_a_parameter_changes():
+    energy = GaussianEnergy(torch.zeros(2), torch.eye(2))
+    x = torch.ones(1, 2, dtype=torch.float64)
+    assert float(energy(x)) == pytest.approx(1.0)
+    with torch.no_grad():
+        energy.cov.mul_(2.0)                        # in place: the cached inverse is stale
+    assert float(energy(x)) == pytest.approx(0.5)
