@@ -114,6 +114,7 @@ class _Lowering:
         self.root_loads: dict = {}
         self.vectors: dict = {}
         self.counter = itertools.count()
+        self.level_ids = itertools.count()
         self.names: dict = {}
 
     def sym(self, stem):
@@ -179,7 +180,7 @@ class _Lowering:
                         new, body_expr = lv, body_expr.xreplace(rename)
                         break
         if new is None:
-            new = Level(len(self.levels), parent, clauses, mergeable=simple)
+            new = Level(next(self.level_ids), parent, clauses, mergeable=simple)
         body = self.lower(body_expr, new)
         if new not in self.levels:
             self.levels.append(new)
@@ -228,7 +229,7 @@ class _Lowering:
 
     def matvec(self, match, clause, level):
         matrix, row_major, offset, outer_ix, h = match
-        hl = Level(len(self.levels), None, [clause], mergeable=False)
+        hl = Level(next(self.level_ids), None, [clause], mergeable=False)
         body = self.lower(h, hl)
         self.levels.append(hl)
         name = f"_mv{len(self.vectors)}"

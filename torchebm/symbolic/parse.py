@@ -18,6 +18,7 @@ import ast
 import difflib
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -102,7 +103,9 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
     try:
         # 'lambda' is a Python keyword but a common parameter name (phi^4's coupling);
         # it becomes a same-length placeholder so that columns in errors stay right.
-        tree = ast.parse(_LAMBDA.sub(_LAMBDA_PLACEHOLDER, text), mode="exec")
+        with warnings.catch_warnings():     # e.g. "invalid decimal literal": an error below
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(_LAMBDA.sub(_LAMBDA_PLACEHOLDER, text), mode="exec")
     except SyntaxError as exc:
         hint = exc.msg
         if "^" in text:

@@ -63,7 +63,7 @@ class GaussianEnergy(CompiledEnergy):
         _rt.check_size(n, cov.shape[0], '0.5 * (x - mean) @ inverse(cov): the vector has length {a} but the matrix has {b} rows'.format(a=n, b=cov.shape[0]))
         _rt.check_size(n, mean.shape[0], "in 'x - mean', x has length {a} but mean has length {b}; vectors combined elementwise must have equal lengths".format(a=n, b=mean.shape[0]))
         _rt.check_size(cov.shape[1], n, 'in @, 0.5 * (x - mean) @ inverse(cov) has length {a} but x - mean has length {b}; vectors combined elementwise must have equal lengths'.format(a=cov.shape[1], b=n))
-        # level 0: i in range(0, n) (per sample)
+        # level 1: i in range(0, n) (per sample)
         _rt.check_range(0, n, n, 'x[i]', n)
         _rt.check_range(0, n, mean.shape[0], 'mean[i]', n)
         _rt.check_range(0, n, cov.shape[0], 'the matrix-vector product with inverse(cov)', n)
@@ -84,7 +84,7 @@ class GaussianEnergy(CompiledEnergy):
         n = x.shape[-1]
         mean = self.mean.to(x.dtype)
         inverse_cov = der["inverse(cov)"]
-        # level 0: i in range(0, n) (per sample)
+        # level 1: i in range(0, n) (per sample)
         x_1 = x
         p = mean
         v = 0.5*x_1 - 0.5*p
@@ -109,7 +109,7 @@ class GaussianEnergy(CompiledEnergy):
         n = x.shape[-1]
         mean = self.mean.to(x.dtype)
         inverse_cov = der["inverse(cov)"]
-        # level 0: i in range(0, n) (per sample)
+        # level 1: i in range(0, n) (per sample)
         x_1 = x
         p = mean
         v = 0.5*x_1 - 0.5*p
@@ -121,7 +121,7 @@ class GaussianEnergy(CompiledEnergy):
         # level 0: j in range(0, n) (per sample)
         grad = p_2
         del p_2
-        # level 0: i in range(0, n) (per sample)
+        # level 1: i in range(0, n) (per sample)
         hbar = 2.0*mv0
         del mv0
         w = 0.5*hbar
@@ -135,7 +135,7 @@ class GaussianEnergy(CompiledEnergy):
         n = x.shape[-1]
         mean = self.mean.to(x.dtype)
         inverse_cov = der["inverse(cov)"]
-        # level 0: i in range(0, n) (per sample)
+        # level 1: i in range(0, n) (per sample)
         x_1 = x
         p = mean
         v = 0.5*x_1 - 0.5*p
@@ -155,7 +155,7 @@ class GaussianEnergy(CompiledEnergy):
         # level 0: j in range(0, n) (per sample)
         grad = p_2
         del p_2
-        # level 0: i in range(0, n) (per sample)
+        # level 1: i in range(0, n) (per sample)
         hbar = 2.0*mv0
         del mv0
         w = 0.5*hbar
