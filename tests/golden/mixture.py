@@ -53,25 +53,26 @@ class GoldenEnergy(CompiledEnergy):
         M = self.M
         _rt.check_size(n, M.shape[1], "in 'x - M[k, :]', x has length {a} but M[row][:] has length {b}; vectors combined elementwise must have equal lengths".format(a=n, b=M.shape[1]))
         # level 0: k in range(0, w.shape[0]) (per sample)
-        count = 1
-        s, j = _rt.expand(count, 0, w.shape[0], device)
-        c0_k = j
-        seg = s
-        count = j.numel()
-        lay["P0"] = count
+        _count = 1
+        _s, _j = _rt.expand(_count, 0, w.shape[0], device)
+        _c0_k = _j
+        _seg = _s
+        _count = _j.numel()
+        lay["P0"] = _count
         _rt.check_range(0, w.shape[0], w.shape[0], 'w[k]', n)
         # level 1: i in range(0, n) (inside level 0)
-        count = lay["P0"]
-        s, j = _rt.expand(count, 0, n, device)
-        c1_k = c0_k[s]
-        c1_i = j
-        seg = s
-        count = j.numel()
-        lay["P1"] = count
-        lay["seg1"] = seg
-        lay["idx_p_0"] = _rt.check_index(_rt.as_index(c1_k, count, device), M.shape[0], 'M[k, i]', n)
-        lay["idx_p_1"] = _rt.check_index(_rt.as_index(c1_i, count, device), M.shape[1], 'M[k, i]', n)
-        lay["idx_x_1_0"] = _rt.check_index(_rt.as_index(c1_i, count, device), n, 'x[i]', n)
+        _count = lay["P0"]
+        _s, _j = _rt.expand(_count, 0, n, device)
+        _c1_k = _c0_k[_s]
+        _c1_i = _j
+        _seg = _s
+        _count = _j.numel()
+        lay["P1"] = _count
+        lay["seg1"] = _seg
+        lay["Q1"] = n
+        lay["idx_p_0"] = _rt.check_index(_rt.as_index(_c1_k, _count, device), M.shape[0], 'M[k, i]', n)
+        lay["idx_p_1"] = _rt.check_index(_rt.as_index(_c1_i, _count, device), M.shape[1], 'M[k, i]', n)
+        lay["idx_x_1_0"] = _rt.check_index(_rt.as_index(_c1_i, _count, device), n, 'x[i]', n)
         return lay
 
     def _energy(self, x, lay, der):
@@ -87,7 +88,7 @@ class GoldenEnergy(CompiledEnergy):
         del p, x_1
         v = torch.square(t0)
         del t0
-        r = _rt.reduce_points(v, "sum", max(w.shape[0], 0))
+        r = _rt.reduce_points(v, "sum", max(w.shape[0], 0), lay["Q1"])
         del v
         # level 0: k in range(0, w.shape[0]) (per sample)
         p_1 = w
@@ -111,7 +112,7 @@ class GoldenEnergy(CompiledEnergy):
         t0 = x_1 - p
         del p, x_1
         v = torch.square(t0)
-        r = _rt.reduce_points(v, "sum", max(w.shape[0], 0))
+        r = _rt.reduce_points(v, "sum", max(w.shape[0], 0), lay["Q1"])
         del v
         # level 0: k in range(0, w.shape[0]) (per sample)
         p_1 = w
@@ -149,7 +150,7 @@ class GoldenEnergy(CompiledEnergy):
         t0 = x_1 - p
         del p, x_1
         v = torch.square(t0)
-        r = _rt.reduce_points(v, "sum", max(w.shape[0], 0))
+        r = _rt.reduce_points(v, "sum", max(w.shape[0], 0), lay["Q1"])
         del v
         # level 0: k in range(0, w.shape[0]) (per sample)
         p_1 = w

@@ -48,19 +48,19 @@ class GoldenEnergy(CompiledEnergy):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
-        count = 1
-        s, j = _rt.expand(count, 0, n, device)
-        c0_i = j
-        seg = s
-        count = j.numel()
-        s, j = _rt.expand(count, c0_i + 1, n, device)
-        c0_i = c0_i[s]
-        c0_j = j
-        seg = seg[s]
-        count = j.numel()
-        lay["P0"] = count
-        lay["idx_x_1_0"] = _rt.check_index(_rt.as_index(c0_i, count, device), n, 'x[i]', n)
-        lay["idx_x_2_0"] = _rt.check_index(_rt.as_index(c0_j, count, device), n, 'x[j]', n)
+        _count = 1
+        _s, _j = _rt.expand(_count, 0, n, device)
+        _c0_i = _j
+        _seg = _s
+        _count = _j.numel()
+        _s, _j = _rt.expand(_count, _c0_i + 1, n, device)
+        _c0_i = _c0_i[_s]
+        _c0_j = _j
+        _seg = _seg[_s]
+        _count = _j.numel()
+        lay["P0"] = _count
+        lay["idx_x_1_0"] = _rt.check_index(_rt.as_index(_c0_i, _count, device), n, 'x[i]', n)
+        lay["idx_x_2_0"] = _rt.check_index(_rt.as_index(_c0_j, _count, device), n, 'x[j]', n)
         return lay
 
     def _energy(self, x, lay, der):

@@ -46,14 +46,14 @@ class GoldenEnergy(CompiledEnergy):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
         # level 0: i in range(0, n) (per sample)
-        count = 1
-        s, j = _rt.expand(count, 0, n, device)
-        c0_i = j
-        seg = s
-        count = j.numel()
-        lay["P0"] = count
+        _count = 1
+        _s, _j = _rt.expand(_count, 0, n, device)
+        _c0_i = _j
+        _seg = _s
+        _count = _j.numel()
+        lay["P0"] = _count
         _rt.check_range(0, n, n, 'x[i]', n)
-        lay["idx_x_2_0"] = _rt.check_index(_rt.as_index((c0_i + 1) % (n), count, device), n, 'x[Mod(i + 1, n)]', n)
+        lay["idx_x_2_0"] = _rt.check_index(_rt.as_index((_c0_i + 1) % (n), _count, device), n, 'x[Mod(i + 1, n)]', n)
         return lay
 
     def _energy(self, x, lay, der):

@@ -74,7 +74,7 @@ class GoldenEnergy(CompiledEnergy):
         d_1 = torch.where(t1, 1/(2*t0), x.new_tensor(-1))
         del t0, t1
         # level 0: j in range(0, n) (per sample)
-        others = _rt.others_product(v, 1)
+        others = _rt.others_product(v, 1, -1)
         del v
         w = -others
         del others
@@ -103,7 +103,7 @@ class GoldenEnergy(CompiledEnergy):
         energy_1 = prod + r
         del prod, r
         # level 0: j in range(0, n) (per sample)
-        others = _rt.others_product(v, 1)
+        others = _rt.others_product(v, 1, -1)
         del v
         w = -others
         del others

@@ -12,6 +12,9 @@ import torch
 
 from ..errors import EnergySyntaxError
 
+#: Largest number of index points of one level (each costs a tensor column per sample).
+MAX_POINTS = 50_000_000
+
 
 # -- numerics ------------------------------------------------------------------------
 def softplus(u: torch.Tensor) -> torch.Tensor:
@@ -50,23 +53,25 @@ def minimum(a, b):
     return torch.minimum(a, b)
 
 
-def others_product(v: torch.Tensor, groups: int) -> torch.Tensor:
+def others_product(v: torch.Tensor, groups: int, per_group: int = -1) -> torch.Tensor:
     """For each term, the product of the other terms of its group (last axis).
 
     ``v`` is ``[..., groups * m]``; the result has its shape. Computed from
     exclusive cumulative products from both ends, so a zero factor gives the
     right value instead of the ``0/0`` of ``prod / v``.
     """
-    w = v.unflatten(-1, (groups, -1))
+    if per_group < 0:
+        per_group = v.shape[-1] // max(groups, 1)
+    w = v.reshape(v.shape[:-1] + (groups, per_group))
     ones = torch.ones_like(w[..., :1])
     left = torch.cumprod(torch.cat([ones, w[..., :-1]], dim=-1), dim=-1)
     right = torch.cumprod(torch.cat([ones, w.flip(-1)[..., :-1]], dim=-1), dim=-1).flip(-1)
     return (left * right).flatten(-2)
 
 
-def reduce_points(v: torch.Tensor, op: str, groups: int) -> torch.Tensor:
-    """Reduce ``[..., groups * m]`` over each group of ``m`` consecutive points."""
-    w = v.unflatten(-1, (groups, -1))
+def reduce_points(v: torch.Tensor, op: str, groups: int, per_group: int) -> torch.Tensor:
+    """Reduce ``[..., groups * per_group]`` over each group of consecutive points."""
+    w = v.reshape(v.shape[:-1] + (groups, per_group))
     if op == "sum":
         return w.sum(-1)
     if op == "prod":
@@ -124,6 +129,11 @@ def expand(count: int, lo, hi, device):
     lo = torch.as_tensor(lo, dtype=torch.long, device=device).expand(count)
     hi = torch.as_tensor(hi, dtype=torch.long, device=device).expand(count)
     counts = torch.clamp(hi - lo, min=0)
+    total = int(counts.sum()) if count else 0
+    if total > MAX_POINTS:
+        raise EnergySyntaxError(
+            f"a reduction would run over {total} index points (more than {MAX_POINTS}); "
+            f"check its range(...) bounds")
     seg = torch.repeat_interleave(torch.arange(count, device=device), counts)
     starts = torch.cumsum(counts, 0) - counts
     offset = torch.arange(seg.numel(), device=device) - starts[seg]

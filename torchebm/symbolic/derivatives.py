@@ -232,8 +232,9 @@ class _Builder:
                     const, per_point = d.as_independent(*varying, as_Add=False)
                     self.partials[(owner, s)] = (const, self.assign("d", per_point, lv))
         for r in lv.reductions:
-            src_shape = self.shape_of(r.value)
-            has_batch = src_shape in ("batch", "both")
+            # a source that is not per point is first broadcast to [..., P] (emit's
+            # materialize), so only a parameter-only [P] source reduces to a scalar
+            has_batch = self.shape_of(r.value) != "point"
             shape = ("batch" if has_batch else "scalar") if lv.parent is None else (
                 "both" if has_batch else "point")
             self.emit(Reduce(lv, r.result, r.op, r.value), shape)
@@ -384,9 +385,9 @@ class _Builder:
         for root_sym, b in lv.outer.items():
             if b == s:
                 target = self.sym("rs")
-                shape = self.shapes.get(total, "scalar")
+                shape = self.shape_of(total)
                 self.emit(Reduce(lv, target, "sum_all", total),
-                          "batch" if shape in ("batch", "both") else "scalar")
+                          "scalar" if shape == "point" else "batch")
                 contrib.setdefault(root_sym, []).append(target)
                 return
         contrib.setdefault(s, []).append(total)   # a nested level's result

@@ -125,25 +125,42 @@ class ModuleEmitter:
         for st in self.stmts.body:
             if isinstance(st, Assign) and st.expr.is_Symbol and st.expr in self.names:
                 self.names[st.target] = self.names[st.expr]
-        # Python-number temporaries (CSE of n-only expressions)
-        for st in self.stmts.body:
-            if isinstance(st, Assign) and st.expr.free_symbols <= self.pyscalars:
-                self.pyscalars.add(st.target)
         rank = {"scalar": 1, "batch": 2, "point": 3, "both": 3}
         sizes = {sym: rank[shape] for sym, shape in self.stmts.shapes.items()}
         for p in self.parsed.params.values():
             if p.rank == 0:
                 sizes[sp.Symbol(p.name, real=True)] = 1
+        # Integer context (slice bounds, layouts): n and sizes are Python ints.
         self.printer = TorchEnergyPrinter({"names": self.names, "sizes": sizes,
                                            "python_scalars": frozenset(self.pyscalars)})
+        # Value context: n and sizes are float64 0-d tensors, so that 1/(n - 1) at
+        # n = 1 is inf and log(n - 3) is nan, as torch computes, instead of a Python
+        # exception; a 0-d tensor never changes the dtype of x's computation.
+        self.as_float = {}
+        vnames = dict(self.names)
+        for sym in self.pyscalars:
+            local = self.ns.create("n_float" if sym == N else
+                                   self.names[sym].replace(".shape[", "_size").rstrip("]"))
+            self.as_float[local] = self.names[sym]
+            vnames[sym] = local
+        for s_, r in list(sizes.items()):
+            if s_ in self.pyscalars:
+                sizes[s_] = 1
+        self.vprinter = TorchEnergyPrinter({"names": vnames, "sizes": sizes,
+                                            "python_scalars": frozenset()})
         # layout: one column name per (level, index variable)
         self.colnames = {}
         for lv in self.levels:
             for var in lv.all_vars:
-                self.colnames[(lv.id, var)] = f"c{lv.id}_{var.name}"
+                self.colnames[(lv.id, var)] = f"_c{lv.id}_{var.name}"
 
     def code(self, expr) -> str:
+        """An integer-context expression (bounds, sizes) as Python."""
         return self.printer.doprint(expr)
+
+    def value(self, expr) -> str:
+        """A value expression as torch code."""
+        return self.vprinter.doprint(expr)
 
     # -- per level facts ------------------------------------------------------------
     @staticmethod
@@ -198,15 +215,16 @@ class ModuleEmitter:
 
     # -- statements -------------------------------------------------------------------
     def ref(self, e) -> str:
-        return self.names[e] if e in self.names else self.code(e)
+        return self.names[e] if e in self.names else self.value(e)
 
     def shape(self, e) -> str:
         from .derivatives import join
         return join(*[self.stmts.shapes.get(s, "scalar") for s in e.free_symbols])
 
-    def materialize(self, sym, lv):
+    def materialize(self, sym, lv, allow_point=False):
+        """``sym`` as a ``[..., P]`` tensor (a ``[P]`` one too with ``allow_point``)."""
         code = self.ref(sym)
-        if self.shape(sym) == "both":
+        if self.shape(sym) == "both" or (allow_point and self.shape(sym) == "point"):
             return code
         return f"_rt_points({code}, x, {self.points(lv)})"
 
@@ -246,7 +264,7 @@ class ModuleEmitter:
         if isinstance(st, Assign):
             if st.expr.is_Symbol and self.names[st.target] == self.names.get(st.expr):
                 return []
-            return [f"{self.names[st.target]} = {self.code(st.expr)}"]
+            return [f"{self.names[st.target]} = {self.value(st.expr)}"]
         if isinstance(st, LoadStmt):
             return [f"{self.names[st.load.symbol]} = {self.load_code(st.load)}"]
         if isinstance(st, IndexValue):
@@ -260,7 +278,7 @@ class ModuleEmitter:
                 code = f'{src}[..., lay["seg{lv.id}"]]' if shape != "scalar" else src
             return [f"{self.names[st.target]} = {code}"]
         if isinstance(st, Reduce):
-            src = self.materialize(st.source, lv)
+            src = self.materialize(st.source, lv, allow_point=True)
             t = self.names[st.target]
             if st.op == "sum_all" or (lv.parent is None and st.op == "sum"):
                 return [f"{t} = {src}.sum(-1)"]
@@ -269,7 +287,8 @@ class ModuleEmitter:
                 return [f"{t} = {fn}"]
             groups = self.points(lv.parent)
             if lv.rectangular:
-                return [f'{t} = _rt.reduce_points({src}, "{st.op}", {groups})']
+                return [f'{t} = _rt.reduce_points({src}, "{st.op}", {groups}, '
+                        f'lay["Q{lv.id}"])']
             if st.op == "sum":
                 return [f'{t} = _rt.segment_sum({src}, lay["seg{lv.id}"], {groups})']
             raise EnergySyntaxError(
@@ -279,9 +298,10 @@ class ModuleEmitter:
             if lv.parent is not None and not lv.rectangular:
                 raise EnergySyntaxError("prod over a range that depends on an outer index "
                                         "cannot be vectorised")
-            src = self.materialize(st.source, lv)
+            src = self.materialize(st.source, lv, allow_point=True)
+            per = "-1" if lv.parent is None else f'lay["Q{lv.id}"]'
             return [f"{self.names[st.target]} = _rt.others_product({src}, "
-                    f"{self.parent_points(lv)})"]
+                    f"{self.parent_points(lv)}, {per})"]
         if isinstance(st, MatVecStmt):
             return self.matvec(st)
         if isinstance(st, InitAdjoint):
@@ -395,6 +415,9 @@ class ModuleEmitter:
         for k, d in self.parsed.derived.items():
             if self.params[k] in words:
                 head.append(f'{self.params[k]} = der["{k}"]')
+        for local, integer in self.as_float.items():
+            if local in words:
+                head.append(f"{local} = x.new_tensor({integer}, dtype=torch.float64)")
         out = head + lines + [f"return {returns}"]
         return (f"    def {name}(self, x, lay, der):\n        \"\"\"{doc}\"\"\"\n"
                 + textwrap.indent("\n".join(out), " " * 8) + "\n")
@@ -444,31 +467,35 @@ class ModuleEmitter:
                 if lv.matvec is not None:
                     lines.extend(self.matvec_check(lv))
                 continue
+            # layout locals start with '_': parameter names never do
             if lv.parent is None:
-                lines.append(f"count = 1")
+                lines.append("_count = 1")
                 cols = {}
             else:
-                lines.append(f'count = lay["P{lv.parent.id}"]')
+                lines.append(f'_count = lay["P{lv.parent.id}"]')
                 cols = {v: self.colnames[(lv.parent.id, v)] for v in lv.parent.all_vars}
             seg = None
             colprinter = TorchEnergyPrinter({"names": {**self.names, **cols},
                                              "python_scalars": frozenset(self.pyscalars)})
             for var, lo, hi in lv.clauses:
                 colprinter.names = {**self.names, **cols}
-                lines.append(f"s, j = _rt.expand(count, {colprinter.doprint(lo)}, "
+                lines.append(f"_s, _j = _rt.expand(_count, {colprinter.doprint(lo)}, "
                              f"{colprinter.doprint(hi)}, device)")
                 for v, c in cols.items():
                     newc = self.colnames[(lv.id, v)]
-                    lines.append(f"{newc} = {c}[s]")
+                    lines.append(f"{newc} = {c}[_s]")
                     cols[v] = newc
                 cols[var] = self.colnames[(lv.id, var)]
-                lines.append(f"{cols[var]} = j")
-                lines.append("seg = s" if seg is None else "seg = seg[s]")
+                lines.append(f"{cols[var]} = _j")
+                lines.append("_seg = _s" if seg is None else "_seg = _seg[_s]")
                 seg = True
-                lines.append("count = j.numel()")
-            lines.append(f'lay["P{lv.id}"] = count')
+                lines.append("_count = _j.numel()")
+            lines.append(f'lay["P{lv.id}"] = _count')
             if lv.parent is not None:
-                lines.append(f'lay["seg{lv.id}"] = seg')
+                lines.append(f'lay["seg{lv.id}"] = _seg')
+                if lv.rectangular:   # points per parent point, also when there are none
+                    per = sp.Mul(*[sp.Max(hi - lo, 0) for _, lo, hi in lv.clauses])
+                    lines.append(f'lay["Q{lv.id}"] = {self.code(per)}')
             colprinter.names = {**self.names, **cols}
             for var in lv.index_values:
                 lines.append(f'lay["iv{lv.id}_{var.name}"] = {cols[var]}.to(dtype)')
@@ -484,7 +511,7 @@ class ModuleEmitter:
                     size = self.base_size(ld) if ld.kind != "param" else \
                         f"{self.array_local[ld.base]}.shape[{k}]"
                     lines.append(f'lay["{self.index_key(ld, k)}"] = _rt.check_index('
-                                 f'_rt.as_index({colprinter.doprint(i)}, count, device), '
+                                 f'_rt.as_index({colprinter.doprint(i)}, _count, device), '
                                  f'{size}, {what!r}, n)')
             if lv.matvec is not None:
                 lines.extend(self.matvec_check(lv))

@@ -627,7 +627,10 @@ def _constant_power(base: sp.Number, exp: sp.Number, parser) -> sp.Expr:
     if base.is_Integer and exp.is_Integer and exp >= 0:
         bits = max(int(abs(base)).bit_length(), 1) * int(exp)
         if abs(base) <= 1 or bits <= MAX_EXPONENT_BITS:
-            return sp.Pow(base, exp)
+            value = sp.Pow(base, exp)
+            if value.is_Integer and int(abs(value)).bit_length() > 1024:
+                parser.error(f"the constant {base}**{exp} exceeds the float64 range")
+            return value
     fb, fe = float(base), float(exp)
     try:
         value = math.pow(fb, fe)

@@ -117,6 +117,12 @@ class TorchEnergyPrinter(TorchPrinter):
             code = f"{code} - {term}" if code else f"-{term}"
         return code
 
+    def _print(self, expr, **kwargs):
+        if (isinstance(expr, sp.Expr) and expr.is_number and not expr.is_Number
+                and not expr.is_Relational):
+            return _constant_literal(expr)   # exp(1000), log(2*pi), sqrt(2): one float64
+        return super()._print(expr, **kwargs)
+
     def is_python(self, expr) -> bool:
         return all(s in self.python_scalars for s in expr.free_symbols)
 
@@ -280,5 +286,16 @@ def _float_literal(value: float) -> str:
     if math.isnan(value):
         return "math.nan"
     if math.isinf(value):
-        raise EnergySyntaxError(f"a constant of the formula exceeds the float64 range")
+        return "math.inf" if value > 0 else "-math.inf"
     return repr(value)
+
+
+def _constant_literal(expr) -> str:
+    """A constant expression evaluated in 30 digits, then rounded once to float64."""
+    try:
+        value = complex(expr.evalf(30))
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+        return "math.nan"
+    if value.imag != 0:
+        return "math.nan"          # e.g. log(-1): no real value, as torch gives nan
+    return _float_literal(value.real)

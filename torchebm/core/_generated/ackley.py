@@ -66,6 +66,7 @@ class AckleyEnergy(CompiledEnergy):
         a = self.a.to(x.dtype)
         b = self.b.to(x.dtype)
         c = self.c.to(x.dtype)
+        n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: j in range(0, n) (per sample)
         x_1 = x
         t0 = c*x_1
@@ -77,7 +78,7 @@ class AckleyEnergy(CompiledEnergy):
         del v
         r_1 = v_1.sum(-1)
         del v_1
-        t1 = n**(-1)
+        t1 = 1/n_float
         t2 = torch.exp(t1*r)
         del r
         t3 = t1*r_1
@@ -94,6 +95,7 @@ class AckleyEnergy(CompiledEnergy):
         a = self.a.to(x.dtype)
         b = self.b.to(x.dtype)
         c = self.c.to(x.dtype)
+        n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: j in range(0, n) (per sample)
         x_1 = x
         t0 = c*x_1
@@ -105,7 +107,7 @@ class AckleyEnergy(CompiledEnergy):
         del v
         r_1 = v_1.sum(-1)
         del v_1
-        t1 = n**(-1)
+        t1 = 1/n_float
         t2 = torch.exp(t1*r)
         del r
         t3 = t1*r_1
@@ -136,6 +138,7 @@ class AckleyEnergy(CompiledEnergy):
         a = self.a.to(x.dtype)
         b = self.b.to(x.dtype)
         c = self.c.to(x.dtype)
+        n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: j in range(0, n) (per sample)
         x_1 = x
         t0 = c*x_1
@@ -147,7 +150,7 @@ class AckleyEnergy(CompiledEnergy):
         del v
         r_1 = v_1.sum(-1)
         del v_1
-        t1 = n**(-1)
+        t1 = 1/n_float
         t2 = torch.exp(t1*r)
         del r
         t3 = t1*r_1

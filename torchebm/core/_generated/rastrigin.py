@@ -58,6 +58,7 @@ class RastriginEnergy(CompiledEnergy):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
         a = self.a.to(x.dtype)
+        n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         t0 = 2*3.141592653589793*x_1
@@ -65,7 +66,7 @@ class RastriginEnergy(CompiledEnergy):
         del t0, x_1
         r = v.sum(-1)
         del v
-        energy_1 = n*a + r
+        energy_1 = a*n_float + r
         del r
         return energy_1
 
@@ -89,6 +90,7 @@ class RastriginEnergy(CompiledEnergy):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
         a = self.a.to(x.dtype)
+        n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         t0 = 2*3.141592653589793*x_1
@@ -97,7 +99,7 @@ class RastriginEnergy(CompiledEnergy):
         del t0, x_1
         r = v.sum(-1)
         del v
-        energy_1 = n*a + r
+        energy_1 = a*n_float + r
         del r
         # level 0: i in range(0, n) (per sample)
         g = 2*d
