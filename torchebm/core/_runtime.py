@@ -95,18 +95,34 @@ def logsumexp(v: torch.Tensor) -> torch.Tensor:
 
 
 # -- linear algebra on parameters -------------------------------------------------------
+def _spd_cholesky(m: torch.Tensor):
+    """The Cholesky factor of ``m`` if it is symmetric positive definite, else None.
+
+    ``cholesky_ex`` reads only the lower triangle, so symmetry is checked first:
+    a non-symmetric matrix with a positive definite lower triangle is not SPD.
+    """
+    if not torch.equal(m, m.mT):
+        return None
+    chol, info = torch.linalg.cholesky_ex(m)
+    return chol if int(info) == 0 else None
+
+
 def inverse(m: torch.Tensor) -> torch.Tensor:
     """Inverse through a Cholesky factor when ``m`` is SPD, LU otherwise."""
-    chol, info = torch.linalg.cholesky_ex(m)
-    if int(info) == 0:
+    chol = _spd_cholesky(m)
+    if chol is not None:
         return torch.cholesky_inverse(chol)
-    return torch.linalg.inv(m)
+    inv, info = torch.linalg.inv_ex(m)
+    if int(info) != 0:
+        raise EnergySyntaxError(f"inverse() of a singular matrix (shape {tuple(m.shape)}); "
+                                f"give an invertible matrix parameter")
+    return inv
 
 
 def logdet(m: torch.Tensor) -> torch.Tensor:
     """log-determinant: ``2 sum(log(diag(L)))`` for SPD ``m``, ``torch.logdet`` otherwise."""
-    chol, info = torch.linalg.cholesky_ex(m)
-    if int(info) == 0:
+    chol = _spd_cholesky(m)
+    if chol is not None:
         return 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
     return torch.logdet(m)
 

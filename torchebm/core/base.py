@@ -21,6 +21,8 @@ def _as_batch(x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape [..., n], not {type(x).__name__}; "
                         f"convert it with torch.as_tensor(x, dtype=torch.float64)")
+    if x.layout != torch.strided:
+        raise TypeError(f"x must be a dense (strided) tensor, not {x.layout}; use x.to_dense()")
     if not (x.is_floating_point()):
         raise TypeError(f"x must be a floating-point tensor, not {x.dtype}; convert it with "
                         f"x.to(torch.get_default_dtype())")
@@ -130,11 +132,14 @@ class CompiledEnergy(BaseEnergyFunction):
                     value, "__array__"):
                 raise TypeError(f"parameter {name} of {cls} must be a number or a tensor, "
                                 f"not {type(value).__name__}")
+            if isinstance(value, torch.Tensor) and value.is_complex():
+                raise EnergySyntaxError(f"parameter {name} of {cls} is complex; energies are "
+                                        f"real, give a real tensor")
             try:
                 # parameters are kept in float64 and cast to x.dtype per call
                 tensor = torch.as_tensor(value, dtype=torch.float64) if not isinstance(
                     value, torch.Tensor) else value.detach().clone().to(torch.float64)
-            except (TypeError, ValueError, RuntimeError) as exc:
+            except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
                 raise EnergySyntaxError(f"parameter {name} of {cls} cannot be made a tensor: "
                                         f"{exc}") from None
             if not tensor.is_floating_point():

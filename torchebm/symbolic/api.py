@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import keyword
 import threading
 from collections import OrderedDict
 
@@ -11,7 +12,7 @@ import torch
 
 from ..errors import EnergySyntaxError
 from .compiler import compile_parsed
-from .emit import python_name
+from .emit import RESERVED, python_name
 from .ir import EnergySpec, ParamDecl
 from .load import load_class, unload_class
 from .parse import parse_formula
@@ -54,8 +55,11 @@ def compile_class(formula: str, ranks: dict, name: str | None = None):
 
 def _compile(formula, ranks, name):
     class_name = name or "ExpressionEnergy"
-    if not class_name.isidentifier():
-        raise EnergySyntaxError(f"name={name!r} is not a valid Python class name")
+    if (not isinstance(class_name, str) or not class_name.isidentifier()
+            or keyword.iskeyword(class_name) or class_name in RESERVED
+            or class_name.startswith("_")):
+        raise EnergySyntaxError(f"name={name!r} is not usable as a class name; give an "
+                                f"identifier such as 'MyEnergy'")
     parsed = parse_formula(formula, ranks)
     decls = tuple(ParamDecl(p.name, p.rank, 1.0 if p.rank == 0 else None)
                   for p in parsed.params.values())
@@ -104,7 +108,12 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
             not one scalar per sample, does not depend on x, or a parameter is
             unknown, missing or of the wrong shape.
     """
+    if params is not None and not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of name -> value, not {type(params).__name__}")
     values = dict(params or {})
+    for k in values:
+        if not isinstance(k, str):
+            raise TypeError(f"parameter names must be strings, not {k!r}")
     for k, v in kwargs.items():
         if k in values:
             raise EnergySyntaxError(f"parameter {k} is given twice (as a keyword and in params)")
@@ -123,6 +132,8 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
         k = unknown[0]
         close = difflib.get_close_matches(k, list(declared), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
+        if k in ("x", "n", "pi", "e"):
+            hint = f"; {k!r} is built into the language and takes no value"
         known = ", ".join(declared) or "none"
         raise EnergySyntaxError(f"unknown parameter {k!r} for formula {formula!r}{hint} "
                                 f"(its parameters: {known})")

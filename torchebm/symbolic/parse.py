@@ -49,6 +49,7 @@ class Vector:
     length: sp.Expr
     element: Callable[[sp.Expr], sp.Expr]
     what: str
+    condition: bool = False     # elements are comparisons (only where() takes them)
 
     def at(self, k):
         return self.element(k)
@@ -100,6 +101,9 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
         raise EnergySyntaxError("the formula contains a NUL byte", text, 1 + text[:col].count("\n"),
                                 col - (text[:col].rfind("\n") + 1), origin)
     text = text.strip("\n")
+    if re.search(rf"\b{_LAMBDA_PLACEHOLDER}\b", text):
+        raise EnergySyntaxError(f"names starting with '_' are reserved; rename "
+                                f"'{_LAMBDA_PLACEHOLDER}'")
     try:
         # 'lambda' is a Python keyword but a common parameter name (phi^4's coupling);
         # it becomes a same-length placeholder so that columns in errors stay right.
@@ -173,7 +177,7 @@ class _Parser:
                        f"sum(...)", last.value)
         if isinstance(energy, Matrix):
             self.error("the energy is a matrix; it must be one scalar per sample", last.value)
-        if isinstance(energy, sp.logic.boolalg.Boolean) or isinstance(energy, sp.Rel):
+        if _is_condition(energy) or (isinstance(energy, Vector) and energy.condition):
             self.error("the energy is a condition; conditions belong inside where(...)", last.value)
         if not _depends_on_x(energy):
             self.error("the energy does not depend on x; an energy must be a function of the "
@@ -241,6 +245,8 @@ class _Parser:
             self.error("an empty list is not a vector; give at least one number", node)
         if not all(isinstance(v, sp.Number) for v in values):
             self.error("a list literal must hold numbers only, e.g. [1.0, -0.5, 2.0]", node)
+        if not all(math.isfinite(float(v)) for v in values):
+            self.error("a list literal must hold finite float64 numbers", node)
         name = f"_const{len(self.constants)}"
         self.constants[name] = tuple(float(v) for v in values)
         base = param_base(name)
@@ -283,7 +289,8 @@ class _Parser:
         if isinstance(node.op, ast.UAdd):
             return value
         if isinstance(node.op, ast.Not):
-            return self.elementwise(lambda a: sp.Not(self.condition(a)), [value], "not")
+            return self.elementwise(lambda a: sp.Not(self.condition(a)), [value], "not",
+                                    logic=True)
         self.error(f"the operator {_describe(node.op)} is not allowed", node)
 
     def visit_Compare(self, node):
@@ -294,19 +301,21 @@ class _Parser:
             if type(op) not in ops:
                 self.error(f"the comparison {_describe(op)} is not allowed; use < <= > >=", node)
             parts.append(self.elementwise(lambda u, v, o=ops[type(op)]: sp.Rel(u, v, o),
-                                          [a, b], "comparison"))
+                                          [a, b], "a comparison"))
+            if isinstance(parts[-1], Vector):
+                parts[-1].condition = True
         if len(parts) == 1:
             return parts[0]
-        return self.elementwise(lambda *c: sp.And(*c), parts, "and")
+        return self.elementwise(lambda *c: sp.And(*c), parts, "and", logic=True)
 
     def visit_BoolOp(self, node):
         values = [self.visit(v) for v in node.values]
         combine = sp.And if isinstance(node.op, ast.And) else sp.Or
         return self.elementwise(lambda *c: combine(*[self.condition(u) for u in c]),
-                                values, "and/or")
+                                values, "and/or", logic=True)
 
     def condition(self, value):
-        if isinstance(value, (sp.logic.boolalg.Boolean, sp.Rel)):
+        if _is_condition(value):
             return value
         self.error("'and', 'or' and 'not' combine comparisons, e.g. where(0 < x and x < 1, ...)")
 
@@ -361,6 +370,8 @@ class _Parser:
         if not isinstance(value, sp.Expr) or not _is_integer_expr(value):
             self.error("an index must be an integer expression of loop indices, n, len(...) "
                        "and integers", node)
+        if any(abs(int(a)) > 2**31 for a in value.atoms(sp.Integer)):
+            self.error("an index must be smaller than 2**31", node)
         if value.is_Integer and value < 0:
             return length + value
         for sym in value.free_symbols:
@@ -402,9 +413,16 @@ class _Parser:
             if len(args) != 3:
                 self.error("where(cond, a, b) takes 3 arguments", node)
             cond, a, b = (self.visit(a) for a in args)
+            if not (_is_condition(cond) or (isinstance(cond, Vector) and cond.condition)):
+                self.error("the first argument of where() must be a condition such as x > 0",
+                           args[0])
+            for v in (a, b):
+                if _is_condition(v) or (isinstance(v, Vector) and v.condition):
+                    self.error("where(cond, a, b) takes numbers for a and b, not conditions",
+                               node)
             return self.elementwise(
-                lambda c, u, v: sp.Piecewise((u, self.condition(c)), (v, True)),
-                [cond, a, b], "where")
+                lambda c, u, v: sp.Piecewise((u, c), (v, True)), [cond, a, b], "where",
+                checked=True)
         if name == "clamp":
             if len(args) != 3:
                 self.error("clamp(v, lo, hi) takes 3 arguments", node)
@@ -497,8 +515,8 @@ class _Parser:
                            f"for scalars use the function itself", node)
             i = self.fresh_index()
             body = vec.at(i)
-            if isinstance(body, (sp.logic.boolalg.Boolean, sp.Rel)):
-                self.error(f"{name}() of a condition is not allowed", node)
+            if _is_condition(body):
+                self.error(f"{name}() of a condition is not allowed; use where(cond, 1, 0)", node)
             limits = [(i, sp.Integer(0), vec.length - 1)]
             count = vec.length
         if name == "norm":
@@ -536,6 +554,8 @@ class _Parser:
                     if not isinstance(b, sp.Expr) or not _is_integer_expr(b):
                         self.error("range() bounds must be integer expressions of n, len(...) "
                                    "and outer indices", it)
+                    if any(abs(int(a)) > 2**31 for a in b.atoms(sp.Integer)):
+                        self.error("range() bounds must be smaller than 2**31", it)
                 lo, hi = (sp.Integer(0), bounds[0]) if len(bounds) == 1 else bounds
                 name = comp.target.id
                 if name in ("x", "n", "pi", "e") or name in self.ranks or name in self.locals:
@@ -551,8 +571,9 @@ class _Parser:
         if isinstance(body, (Vector, Matrix)):
             self.error("the body of a generator must be one scalar per index; index the vector, "
                        "e.g. x[i], or reduce it", gen.elt)
-        if isinstance(body, (sp.logic.boolalg.Boolean, sp.Rel)):
-            self.error("the body of a generator cannot be a condition", gen.elt)
+        if _is_condition(body):
+            self.error("the body of a generator cannot be a condition; use where(cond, 1, 0)",
+                       gen.elt)
         return body, list(reversed(bound))  # SymPy lists the innermost limit first
 
     def sum_over(self, vec):
@@ -570,10 +591,18 @@ class _Parser:
         return index_symbol(self.fresh_name())
 
     # -- broadcasting -----------------------------------------------------------
-    def elementwise(self, fn, values, what):
-        """Apply a scalar function per component; scalars broadcast over vectors."""
+    def elementwise(self, fn, values, what, logic=False, checked=False):
+        """Apply a scalar function per component; scalars broadcast over vectors.
+
+        ``logic``: the operation takes conditions (and/or/not, where's first
+        argument handled by the caller) and gives conditions.
+        """
         if any(isinstance(v, Matrix) for v in values):
             self.error(f"{what} does not apply to a matrix; index it or use @")
+        if not logic and not checked and any(_is_condition(v) or (isinstance(v, Vector) and v.condition)
+                             for v in values):
+            self.error(f"{what} takes numbers, not a condition; conditions belong inside "
+                       f"where(cond, a, b)")
         vectors = [v for v in values if isinstance(v, Vector)]
         if not vectors:
             return fn(*values)
@@ -584,7 +613,7 @@ class _Parser:
                             f"length {{b}}; vectors combined elementwise must have equal lengths")
         text = _source(self.node) if self.node is not None else what
         return Vector(length, lambda k: fn(*[v.at(k) if isinstance(v, Vector) else v
-                                             for v in values]), text)
+                                             for v in values]), text, condition=logic)
 
     def check_size(self, a, b, message):
         diff = sp.simplify(a - b)
@@ -601,6 +630,11 @@ _OPNAMES = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "*
 def _source(node) -> str:
     text = ast.unparse(node).replace("_ambda", "lambda")
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_condition(v) -> bool:
+    """A comparison or a combination of them (a SymPy Symbol is a Boolean too: not here)."""
+    return isinstance(v, (sp.Rel, sp.logic.boolalg.BooleanFunction, sp.logic.boolalg.BooleanAtom))
 
 
 def _transpose(m: Matrix) -> Matrix:

@@ -189,7 +189,7 @@ class TorchEnergyPrinter(TorchPrinter):
             return f"torch.sqrt({self._print(base)})"
         if exp == -sp.S.Half:
             return f"torch.rsqrt({self._print(base)})"
-        if exp.is_Integer:
+        if exp.is_Integer and abs(int(exp)) <= 2**53:
             k = int(exp)
             if k == 2:
                 return f"torch.square({self._print(base)})"
