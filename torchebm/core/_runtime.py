@@ -189,6 +189,13 @@ def points(v, x: torch.Tensor, count: int) -> torch.Tensor:
     return v.expand(x.shape[:-1] + (count,))
 
 
+def pad_slice(v: torch.Tensor, lo: int, hi: int, size: int) -> torch.Tensor:
+    """``v`` (the values of ``[lo, hi)``) placed in zeros of length ``size``, last axis."""
+    if hi <= lo:                               # an empty range contributes nothing
+        return v.new_zeros(v.shape[:-1] + (size,))
+    return torch.nn.functional.pad(v, (lo, size - hi))
+
+
 def as_index(i, count: int, device) -> torch.Tensor:
     """An index expression (an int or a LongTensor over the points) as a LongTensor [P]."""
     return torch.as_tensor(i, dtype=torch.long, device=device).expand(count)

@@ -61,7 +61,7 @@ class Namespace:
 
     def create(self, stem: str) -> str:
         stem = "".join(c if (c.isalnum() or c == "_") and c.isascii() else "_" for c in stem)
-        stem = stem.strip("_") or "v"
+        stem = stem.lstrip("_") or "v"
         if stem[0].isdigit():
             stem = "v" + stem
         name, k = stem, 1
@@ -376,9 +376,8 @@ class ModuleEmitter:
                         return [f"{adj} = {src}"]
                     return [f"{adj} = _rt_points({src}, x, {size}).clone()"]
                 return [f"{adj} = {adj} + {src}"]
-            right = sp.simplify(self.size_expr(ld) - b)
-            pad = f"torch.nn.functional.pad({self.materialize(st.source, lv)}, " \
-                  f"({self.code(a)}, {self.code(right)}))"
+            pad = (f"_rt.pad_slice({self.materialize(st.source, lv)}, {self.code(a)}, "
+                   f"{self.code(b)}, {self.code(self.size_expr(ld))})")
             return [f"{adj} = {pad}" if first else f"{adj} = {adj} + {pad}"]
         src_full = self.materialize(st.source, lv)
         lines = [f"{adj} = {zeros}"] if first else []

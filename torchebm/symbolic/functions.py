@@ -172,6 +172,34 @@ class SafeSqrt(sp.Function):
         return None
 
 
+def _new_with_limits(cls, function, *limits, **kwargs):
+    """Build a reduction exactly as given: no Piecewise folding, no merging of nests.
+
+    SymPy's constructor of Sum/Product runs ``piecewise_fold`` over the body,
+    which moves a ``Piecewise`` out of an *inner* Sum even when its condition
+    uses that Sum's index (``sum(mean(where(x[j] > 0, x[j], x[i]) for j ...) for i
+    ...)`` would lose the binding of j). The language's reductions keep their
+    body as written.
+    """
+    function = sp.sympify(function)
+    limits = [sp.Tuple(*lim) for lim in limits]
+    obj = sp.Expr.__new__(cls, function, *limits)
+    obj.is_commutative = function.is_commutative
+    return obj
+
+
+class Sum(sp.Sum):
+    """``sympy.Sum`` whose constructor keeps the body as written (see ``_new_with_limits``)."""
+
+    __new__ = _new_with_limits
+
+
+class Product(sp.Product):
+    """``sympy.Product`` whose constructor keeps the body as written."""
+
+    __new__ = _new_with_limits
+
+
 class LogSumExp(ExprWithLimits):
     """Indexed log-sum-exp: ``log(sum(exp(body) for i in range(...)))``.
 
@@ -179,6 +207,8 @@ class LogSumExp(ExprWithLimits):
     empty range its value is ``-inf``. Printed max-shifted (``torch.logsumexp``);
     its derivative is the softmax weight of each term.
     """
+
+    __new__ = _new_with_limits
 
     def doit(self, **hints):
         return sp.log(sp.Sum(sp.exp(self.function), *self.limits)).doit(**hints)

@@ -31,7 +31,7 @@ from . import functions as F
 from ..errors import EnergySyntaxError
 from .symbols import N, X
 
-_REDUCERS = {sp.Sum: "sum", sp.Product: "prod", F.LogSumExp: "lse"}
+_REDUCERS = {F.Sum: "sum", F.Product: "prod", F.LogSumExp: "lse"}
 
 
 @dataclass(eq=False)
@@ -128,6 +128,8 @@ class _Lowering:
         return Program(energy, self.levels, self.root_loads, self.vectors, self.names)
 
     def lower(self, expr, level):
+        if isinstance(expr, (sp.Sum, sp.Product)) and type(expr) not in _REDUCERS:
+            expr = {sp.Sum: F.Sum, sp.Product: F.Product}[type(expr)](expr.function, *expr.limits)
         if isinstance(expr, tuple(_REDUCERS)):
             return self.reduction(expr, level)
         if isinstance(expr, sp.Indexed):
@@ -161,7 +163,8 @@ class _Lowering:
         free = expr.free_symbols & enclosing
         parent = level if free else None
 
-        if parent is not None and op == "sum" and len(clauses) == 1:
+        if (parent is not None and op == "sum" and len(clauses) == 1
+                and not (clauses[0][1].free_symbols | clauses[0][2].free_symbols) & enclosing):
             mv = self.match_matvec(expr.function, clauses[0], enclosing)
             if mv is not None:
                 return self.matvec(mv, clauses[0], level)

@@ -481,13 +481,13 @@ class _Parser:
             self.check_size(a.cols, b.length, f"{a.what} @ {b.what}: the matrix has {{a}} "
                                               f"columns but the vector has length {{b}}")
             j = self.fresh_index()
-            return Vector(a.rows, lambda r: sp.Sum(a.element(r, j) * b.at(j),
+            return Vector(a.rows, lambda r: F.Sum(a.element(r, j) * b.at(j),
                                                    (j, 0, a.cols - 1)), f"{a.what} @ {b.what}")
         if isinstance(a, Vector) and isinstance(b, Matrix):
             self.check_size(a.length, b.rows, f"{a.what} @ {b.what}: the vector has length {{a}} "
                                               f"but the matrix has {{b}} rows")
             i = self.fresh_index()
-            return Vector(b.cols, lambda c: sp.Sum(a.at(i) * b.element(i, c),
+            return Vector(b.cols, lambda c: F.Sum(a.at(i) * b.element(i, c),
                                                    (i, 0, b.rows - 1)), f"{a.what} @ {b.what}")
         if isinstance(a, Matrix) and isinstance(b, Matrix):
             self.error("a matrix @ matrix product is not supported; multiply by vectors, "
@@ -520,18 +520,18 @@ class _Parser:
             limits = [(i, sp.Integer(0), vec.length - 1)]
             count = vec.length
         if name == "norm":
-            return F.SafeSqrt(sp.Sum(body**2, *limits))
+            return F.SafeSqrt(F.Sum(body**2, *limits))
         if name == "sum":
-            return sp.Sum(body, *limits)
+            return F.Sum(body, *limits)
         if name == "prod":
-            return sp.Product(body, *limits)
+            return F.Product(body, *limits)
         if name == "logsumexp":
             return F.LogSumExp(body, *limits)
         # mean: the count of a single range is its length; otherwise count the points.
         if count is None:
             count = (limits[0][2] - limits[0][1] + 1 if len(limits) == 1
-                     else sp.Sum(sp.Integer(1), *limits))
-        return sp.Sum(body, *limits) / count
+                     else F.Sum(sp.Integer(1), *limits))
+        return F.Sum(body, *limits) / count
 
     def generator(self, gen):
         bound = []
@@ -578,7 +578,7 @@ class _Parser:
 
     def sum_over(self, vec):
         i = self.fresh_index()
-        return sp.Sum(vec.at(i), (i, 0, vec.length - 1))
+        return F.Sum(vec.at(i), (i, 0, vec.length - 1))
 
     def fresh_name(self, stem="i"):
         while True:

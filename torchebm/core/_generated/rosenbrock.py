@@ -90,12 +90,12 @@ class RosenbrockEnergy(CompiledEnergy):
         # level 0: i in range(0, n - 1) (per sample)
         g = 2*d
         del d
-        grad = torch.nn.functional.pad(g, (0, 1))
+        grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
         w = 2*b
         g_1 = w*t0
         del t0, w
-        grad = grad + torch.nn.functional.pad(g_1, (1, 0))
+        grad = grad + _rt.pad_slice(g_1, 1, n, n)
         del g_1
         return grad
 
@@ -117,11 +117,11 @@ class RosenbrockEnergy(CompiledEnergy):
         # level 0: i in range(0, n - 1) (per sample)
         g = 2*d
         del d
-        grad = torch.nn.functional.pad(g, (0, 1))
+        grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
         w = 2*b
         g_1 = w*t0
         del t0, w
-        grad = grad + torch.nn.functional.pad(g_1, (1, 0))
+        grad = grad + _rt.pad_slice(g_1, 1, n, n)
         del g_1
         return r, grad
