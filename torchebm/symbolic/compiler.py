@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import sympy as sp
 
+from ..errors import EnergySyntaxError
 from .derivatives import Statements, build
 from .emit import emit_module
 from .ir import EnergySpec, GeneratedSource
 from .lower import lower
 from .optimise import cse
-from .parse import Parsed, parse_formula
+from .parse import MAX_TREE, Parsed, _tree_size, parse_formula
 from .rewrite import stabilize
 from .symbols import N, size_symbol
 
@@ -61,6 +62,11 @@ def unify_sizes(parsed: Parsed) -> dict:
 
 
 def compile_parsed(spec: EnergySpec, parsed: Parsed) -> Compiled:
+    size = _tree_size(parsed.expression)
+    if size > MAX_TREE:
+        raise EnergySyntaxError(
+            f"{spec.origin}: the formula expands to {size} terms (local definitions are "
+            f"inlined); the limit is {MAX_TREE}. Simplify it, or use fewer nested definitions")
     subs = unify_sizes(parsed)
     expr = stabilize(parsed.expression.subs(subs) if subs else parsed.expression)
     sizes = {k: tuple(s.subs(subs) for s in v) for k, v in array_sizes(parsed).items()}

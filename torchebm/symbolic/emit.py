@@ -301,9 +301,11 @@ class ModuleEmitter:
                         f'lay["Q{lv.id}"])']
             if st.op == "sum":
                 return [f'{t} = _rt.segment_sum({src}, lay["seg{lv.id}"], {groups})']
+            name = {"prod": "prod", "lse": "logsumexp"}.get(st.op, st.op)
             raise EnergySyntaxError(
-                f"a nested {st.op} whose range depends on an outer index cannot be vectorised; "
-                f"make its range independent of the outer index (use where(...) to mask)")
+                f"a nested {name}(...) whose range depends on an outer index cannot be "
+                f"vectorised; make its range independent of the outer index (mask terms with "
+                f"where(...))")
         if isinstance(st, OthersProduct):
             if lv.parent is not None and not lv.rectangular:
                 raise EnergySyntaxError("prod over a range that depends on an outer index "
@@ -558,9 +560,22 @@ class ModuleEmitter:
 
 
 def _what(ld, em) -> str:
+    """The load as the user wrote it: ``x[(i + 1) % n]``."""
+    if ld.kind == "vector":
+        mv = em.program.vectors[ld.base]
+        return f"row {ld.indices[0]} of the matrix-vector product with {mv.matrix}"
     base = "x" if ld.kind == "x" else ld.base
-    idx = ", ".join(str(i) for i in ld.indices)
+    idx = ", ".join(_index_text(i) for i in ld.indices)
     return f"{base}[{idx}]"
+
+
+def _index_text(e) -> str:
+    if isinstance(e, sp.Mod):
+        return f"({_index_text(e.args[0])}) % {_index_text(e.args[1])}"
+    if isinstance(e, sp.floor):
+        num, den = e.args[0].as_numer_denom()
+        return f"({num}) // {den}"
+    return str(e)
 
 
 def _free_after_last_use(lines, returns):

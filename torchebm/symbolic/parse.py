@@ -18,6 +18,7 @@ import ast
 import difflib
 import math
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -38,6 +39,8 @@ ALLOWED_FUNCTIONS = tuple(sorted(set(F.ELEMENTWISE) | set(REDUCTIONS)
                                  | set(MATRIX_FUNCTIONS) | set(OTHER_FUNCTIONS) - {"range"}))
 
 MAX_FORMULA_CHARS = 1_000_000
+AST_DEPTH = 12_000            # deepest ast accepted (a flat sum of about 10^4 terms)
+MAX_TREE = 20_000             # largest expression tree after inlining local definitions
 _LAMBDA = re.compile(r"\blambda\b")
 _LAMBDA_PLACEHOLDER = "_ambda"
 MAX_EXPONENT_BITS = 1 << 14   # exact integer powers up to this size, else float
@@ -107,9 +110,15 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
     try:
         # 'lambda' is a Python keyword but a common parameter name (phi^4's coupling);
         # it becomes a same-length placeholder so that columns in errors stay right.
+        limit = sys.getrecursionlimit()
         with warnings.catch_warnings():     # e.g. "invalid decimal literal": an error below
             warnings.simplefilter("ignore", SyntaxWarning)
-            tree = ast.parse(_LAMBDA.sub(_LAMBDA_PLACEHOLDER, text), mode="exec")
+            # a flat sum of n terms is an ast n deep: allow ~10^4 terms (C frames are small)
+            sys.setrecursionlimit(max(limit, AST_DEPTH))
+            try:
+                tree = ast.parse(_LAMBDA.sub(_LAMBDA_PLACEHOLDER, text), mode="exec")
+            finally:
+                sys.setrecursionlimit(limit)
     except SyntaxError as exc:
         hint = exc.msg
         if "^" in text:
@@ -126,6 +135,8 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
 class _Parser:
     def __init__(self, text, param_ranks, origin):
         self.text = text
+        self.lines = [ln.encode("utf-8") for ln in
+                      _LAMBDA.sub(_LAMBDA_PLACEHOLDER, text).split("\n")]   # ast columns
         self.ranks = dict(param_ranks)
         self.origin = origin
         self.locals: dict[str, object] = {}
@@ -163,7 +174,12 @@ class _Parser:
                 name = stmt.targets[0].id
                 if name in ("x", "n", "pi", "e") or name in F.ELEMENTWISE or name in REDUCTIONS:
                     self.error(f"'{name}' is a reserved name and cannot be redefined")
-                self.locals[name] = self.visit(stmt.value)
+                value = self.visit(stmt.value)
+                probe = value.at(index_symbol("_probe")) if isinstance(value, Vector) else value
+                if isinstance(probe, sp.Basic) and _tree_size(probe) > MAX_TREE:
+                    self.error(f"the definition of '{name}' expands to more than {MAX_TREE} "
+                               f"terms (definitions are inlined); simplify it", stmt)
+                self.locals[name] = value
             self.node = last
             if not isinstance(last, ast.Expr):
                 self.error("the last line must be the energy expression (not an assignment "
@@ -179,6 +195,11 @@ class _Parser:
             self.error("the energy is a matrix; it must be one scalar per sample", last.value)
         if _is_condition(energy) or (isinstance(energy, Vector) and energy.condition):
             self.error("the energy is a condition; conditions belong inside where(...)", last.value)
+        if energy.has(sp.zoo) or energy.has(sp.oo) and not energy.free_symbols:
+            self.error("the formula divides a constant by zero", last.value)
+        if energy.has(sp.nan):
+            self.error("the formula is NaN for every x: a constant in it is not a real number "
+                       "(a negative number to a fractional power, or 0/0)", last.value)
         if not _depends_on_x(energy):
             self.error("the energy does not depend on x; an energy must be a function of the "
                        "sample x", last.value)
@@ -254,6 +275,9 @@ class _Parser:
 
     # -- arithmetic -----------------------------------------------------------
     def visit_BinOp(self, node):
+        chain = self._flat_chain(node)
+        if chain is not None:
+            return chain
         op = type(node.op)
         if op is ast.BitXor:
             self.error("'^' is not a power in Python syntax; write '**' (e.g. x**2)", node)
@@ -265,7 +289,39 @@ class _Parser:
         if op not in table:
             self.error(f"the operator {_describe(node.op)} is not allowed; use + - * / ** @", node)
         left, right = self.visit(node.left), self.visit(node.right)
-        return self.elementwise(table[op], [left, right], f"'{_source(node)}'")
+        return self.elementwise(table[op], [left, right], f"'{_source(node, self.lines)}'")
+
+    def _flat_chain(self, node):
+        """``a + b - c + ...`` (left-nested in the ast) folded by a loop, not recursion,
+        so a flat sum of thousands of terms parses like a short one."""
+        ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+               ast.Mult: lambda a, b: a * b}
+        spine = []
+        cur = node
+        while isinstance(cur, ast.BinOp) and type(cur.op) in ops:
+            spine.append(cur)
+            cur = cur.left
+        if len(spine) < 8:
+            return None
+        if all(type(b.op) in (ast.Add, ast.Sub) for b in spine):
+            # one n-ary sum: building it pairwise would cost O(n^2) in SymPy
+            terms = [self.visit(cur)]
+            for binop in reversed(spine):
+                right = self.visit(binop.right)
+                if type(binop.op) is ast.Sub:
+                    right = self.elementwise(lambda a: -a, [right], "-")
+                terms.append(right)
+            return self.elementwise(lambda *t: sp.Add(*t), terms, f"'{_source(node, self.lines)}'")
+        value = self.visit(cur)
+        for binop in reversed(spine):
+            right = self.visit(binop.right)
+            saved, self.node = self.node, binop
+            try:
+                value = self.elementwise(ops[type(binop.op)], [value, right],
+                                         f"'{_source(binop, self.lines)}'")
+            finally:
+                self.node = saved
+        return value
 
     def power(self, base, exp):
         if isinstance(base, sp.Number) and isinstance(exp, sp.Number):
@@ -611,7 +667,7 @@ class _Parser:
             self.check_size(length, v.length,
                             f"in {what}, {vectors[0].what} has length {{a}} but {v.what} has "
                             f"length {{b}}; vectors combined elementwise must have equal lengths")
-        text = _source(self.node) if self.node is not None else what
+        text = _source(self.node, self.lines) if self.node is not None else what
         return Vector(length, lambda k: fn(*[v.at(k) if isinstance(v, Vector) else v
                                              for v in values]), text, condition=logic)
 
@@ -627,9 +683,25 @@ class _Parser:
 _OPNAMES = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 
 
-def _source(node) -> str:
-    text = ast.unparse(node).replace("_ambda", "lambda")
-    return text if len(text) <= 60 else text[:57] + "..."
+def _source(node, lines=None) -> str:
+    """The formula text of ``node``, cut from the source lines (no unparse: deep trees are
+    fine, and each call costs the length of the node, not of the formula)."""
+    try:
+        if lines is None or node.lineno != node.end_lineno:
+            raise AttributeError
+        seg = lines[node.lineno - 1][node.col_offset:node.end_col_offset].decode("utf-8")
+    except (AttributeError, IndexError, UnicodeDecodeError, TypeError):
+        return "an expression"
+    seg = " ".join(seg.split()).replace(_LAMBDA_PLACEHOLDER, "lambda")
+    return seg if len(seg) <= 60 else seg[:57] + "..."
+
+
+def _tree_size(expr, memo=None) -> int:
+    """Nodes of ``expr`` as a tree (shared subexpressions counted each time), in linear time."""
+    memo = {} if memo is None else memo
+    if id(expr) not in memo:
+        memo[id(expr)] = 1 + sum(_tree_size(a, memo) for a in expr.args)
+    return memo[id(expr)]
 
 
 def _is_condition(v) -> bool:

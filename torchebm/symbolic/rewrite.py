@@ -13,8 +13,18 @@ from sympy.codegen.cfunctions import expm1, log1p
 from . import functions as F
 
 
+def _free_of_x(e) -> bool:
+    return not any(getattr(a, "base", None) is not None and str(a.base) == "x"
+                   for a in e.atoms(sp.Indexed))
+
+
 def is_sum_of_squares(e: sp.Expr) -> bool:
-    """True when ``e`` is a nonnegative combination of even powers (zero only where they are)."""
+    """True when ``e`` is a sum of even powers times factors free of x.
+
+    Such a sum vanishes only where its squared terms (and their gradients) do;
+    a factor free of x (a parameter, 1/n) of the wrong sign makes the sqrt NaN
+    anyway, so it does not matter for the gradient rule.
+    """
     if e.is_Number:
         return bool(e >= 0)
     if isinstance(e, sp.Pow):
@@ -26,9 +36,7 @@ def is_sum_of_squares(e: sp.Expr) -> bool:
     if isinstance(e, sp.Add):
         return all(is_sum_of_squares(a) for a in e.args)
     if isinstance(e, sp.Mul):
-        squares = [a for a in e.args if not (a.is_number and a > 0)
-                   and not (a.is_nonnegative and not a.is_Pow and a.is_Symbol)
-                   and not (isinstance(a, sp.Pow) and a.base.is_nonnegative and a.base.is_Symbol)]
+        squares = [a for a in e.args if not _free_of_x(a)]
         return bool(squares) and all(is_sum_of_squares(a) for a in squares)
     return False
 
@@ -85,15 +93,52 @@ def log_sum_exp(expr: sp.Expr) -> sp.Expr:
         lambda e: F.LogSumExp(e.args[0].function.args[0], *e.args[0].limits))
 
 
+def _exp_terms(e):
+    """``e`` as a list of exponents ``[u_k]`` with ``e = sum_k exp(u_k)``, or None."""
+    if isinstance(e, sp.exp):
+        return [e.args[0]]
+    if isinstance(e, sp.Add):
+        parts = [_exp_terms(a) for a in e.args]
+        if any(p is None for p in parts):
+            return None
+        return [u for p in parts for u in p]
+    if isinstance(e, sp.Mul):
+        free = [a for a in e.args if _free_of_x(a)]
+        rest = [a for a in e.args if not _free_of_x(a)]
+        inner = _exp_terms(sp.Mul(*rest)) if rest and free else None
+        if inner is None:
+            return None
+        c = sp.log(sp.Mul(*free))
+        return [u + c for u in inner]
+    if isinstance(e, F.Sum):
+        inner = _exp_terms(e.function)
+        if inner is None:
+            return None
+        return [F.LogSumExp(u, *e.limits) for u in inner]
+    if e.is_number and e.is_positive:
+        return [sp.log(e)]
+    return None
+
+
 def log_of_exps(expr: sp.Expr) -> sp.Expr:
-    """``log(exp(a) + exp(b) + ...)`` -> ``LogAddExp(a, b, ...)``."""
-    return expr.replace(
-        lambda e: isinstance(e, sp.log) and isinstance(e.args[0], sp.Add)
-        and len(e.args[0].args) >= 2 and all(isinstance(a, sp.exp) for a in e.args[0].args),
-        lambda e: F.LogAddExp(*[a.args[0] for a in e.args[0].args]))
+    """``log(c exp(a) + exp(b) + sum(exp(...)) + ...)`` -> ``LogAddExp(a + log c, b, LSE(...))``.
+
+    Any positive combination of exponentials becomes a max-shifted log-sum-exp,
+    so ``log(sum(exp(x) + exp(-x)))`` or ``log(mean(exp(x)))`` cannot overflow.
+    """
+    def query(e):
+        return (isinstance(e, sp.log) and e.args[0].has(sp.exp)
+                and not isinstance(e.args[0], sp.exp) and _exp_terms(e.args[0]) is not None)
+
+    def value(e):
+        terms = _exp_terms(e.args[0])
+        if len(terms) == 2 and sp.S.Zero in terms:      # log(1 + exp(u)) is softplus(u)
+            return F.Softplus(terms[1] if terms[0] == 0 else terms[0])
+        return F.LogAddExp(*terms) if len(terms) > 1 else terms[0]
+    return expr.replace(query, value)
 
 
-PHASES = (sqrt_of_squares, log_sum_exp, log_of_exps, log_one_plus, exp_minus_one, log1p_exp)
+PHASES = (sqrt_of_squares, log_of_exps, log_sum_exp, log_one_plus, exp_minus_one, log1p_exp)
 
 
 def stabilize(expr: sp.Expr, debug: bool = False) -> sp.Expr:

@@ -60,9 +60,9 @@ class GaussianEnergy(CompiledEnergy):
         cov = self.cov
         _rt.check_size(n, mean.shape[0], "in 'x - mean', x has length {a} but mean has length {b}; vectors combined elementwise must have equal lengths".format(a=n, b=mean.shape[0]))
         _rt.check_size(cov.shape[0], cov.shape[1], 'inverse(cov) needs a square matrix: cov has {a} rows and {b} columns'.format(a=cov.shape[0], b=cov.shape[1]))
-        _rt.check_size(n, cov.shape[0], '0.5 * (x - mean) @ inverse(cov): the vector has length {a} but the matrix has {b} rows'.format(a=n, b=cov.shape[0]))
+        _rt.check_size(n, cov.shape[0], '0.5*(x - mean) @ inverse(cov): the vector has length {a} but the matrix has {b} rows'.format(a=n, b=cov.shape[0]))
         _rt.check_size(n, mean.shape[0], "in 'x - mean', x has length {a} but mean has length {b}; vectors combined elementwise must have equal lengths".format(a=n, b=mean.shape[0]))
-        _rt.check_size(cov.shape[1], n, 'in @, 0.5 * (x - mean) @ inverse(cov) has length {a} but x - mean has length {b}; vectors combined elementwise must have equal lengths'.format(a=cov.shape[1], b=n))
+        _rt.check_size(cov.shape[1], n, 'in @, 0.5*(x - mean) @ inverse(cov) has length {a} but x - mean has length {b}; vectors combined elementwise must have equal lengths'.format(a=cov.shape[1], b=n))
         # level 1: i in range(0, n) (per sample)
         _rt.check_range(0, n, n, 'x[i]', n)
         _rt.check_range(0, n, mean.shape[0], 'mean[i]', n)
@@ -70,7 +70,7 @@ class GaussianEnergy(CompiledEnergy):
         # level 0: j in range(0, n) (per sample)
         _rt.check_range(0, n, mean.shape[0], 'mean[j]', n)
         _rt.check_range(0, n, n, 'x[j]', n)
-        _rt.check_range(0, n, n, '_mv0[j]', n)
+        _rt.check_range(0, n, n, 'row j of the matrix-vector product with inverse(cov)', n)
         return lay
 
     def _derive(self):
