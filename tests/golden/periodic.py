@@ -53,7 +53,7 @@ class GoldenEnergy(CompiledEnergy):
         _count = _j.numel()
         lay["P0"] = _count
         _rt.check_range(0, n, n, 'x[i]', n)
-        lay["idx_x_2_0"] = _rt.check_index(_rt.as_index((_c0_i + 1) % (n), _count, device), n, 'x[Mod(i + 1, n)]', n)
+        lay["idx_x_2_0"] = _rt.check_index(_rt.as_index((_c0_i + 1) % (n), _count, device), n, 'x[(i + 1) % n]', n)
         return lay
 
     def _energy(self, x, lay, der):

@@ -51,9 +51,9 @@ class GoldenEnergy(CompiledEnergy):
         S = self.S
         _rt.check_size(n, mu.shape[0], "in 'x - mu', x has length {a} but mu has length {b}; vectors combined elementwise must have equal lengths".format(a=n, b=mu.shape[0]))
         _rt.check_size(S.shape[0], S.shape[1], 'inverse(S) needs a square matrix: S has {a} rows and {b} columns'.format(a=S.shape[0], b=S.shape[1]))
-        _rt.check_size(n, S.shape[0], '0.5 * (x - mu) @ inverse(S): the vector has length {a} but the matrix has {b} rows'.format(a=n, b=S.shape[0]))
+        _rt.check_size(n, S.shape[0], '0.5*(x - mu) @ inverse(S): the vector has length {a} but the matrix has {b} rows'.format(a=n, b=S.shape[0]))
         _rt.check_size(n, mu.shape[0], "in 'x - mu', x has length {a} but mu has length {b}; vectors combined elementwise must have equal lengths".format(a=n, b=mu.shape[0]))
-        _rt.check_size(S.shape[1], n, 'in @, 0.5 * (x - mu) @ inverse(S) has length {a} but x - mu has length {b}; vectors combined elementwise must have equal lengths'.format(a=S.shape[1], b=n))
+        _rt.check_size(S.shape[1], n, 'in @, 0.5*(x - mu) @ inverse(S) has length {a} but x - mu has length {b}; vectors combined elementwise must have equal lengths'.format(a=S.shape[1], b=n))
         _rt.check_size(S.shape[0], S.shape[1], 'logdet(S) needs a square matrix: S has {a} rows and {b} columns'.format(a=S.shape[0], b=S.shape[1]))
         # level 1: i in range(0, n) (per sample)
         _rt.check_range(0, n, n, 'x[i]', n)
@@ -62,7 +62,7 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: j in range(0, n) (per sample)
         _rt.check_range(0, n, mu.shape[0], 'mu[j]', n)
         _rt.check_range(0, n, n, 'x[j]', n)
-        _rt.check_range(0, n, n, '_mv0[j]', n)
+        _rt.check_range(0, n, n, 'row j of the matrix-vector product with inverse(S)', n)
         return lay
 
     def _derive(self):
