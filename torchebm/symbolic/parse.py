@@ -742,7 +742,9 @@ def _constant_power(base: sp.Number, exp: sp.Number, parser) -> sp.Expr:
         value = math.pow(fb, fe)
     except OverflowError:
         parser.error(f"the constant {base}**{exp} exceeds the float64 range")
-    except (ValueError, ZeroDivisionError):
+    except ZeroDivisionError:
+        parser.error(f"the constant {base}**{exp} divides by zero")
+    except ValueError:
         value = math.nan  # negative base, fractional exponent: NaN, like torch
     if math.isinf(value) and math.isfinite(fb) and math.isfinite(fe):
         parser.error(f"the constant {base}**{exp} exceeds the float64 range")
