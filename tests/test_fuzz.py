@@ -130,7 +130,10 @@ def test_random_formulas_agree_with_oracles(formula, n, seed, a, b):
     out = energy(xr).sum()
     # piecewise-constant in x (x only in a condition): autograd's gradient is 0
     ag = torch.autograd.grad(out, xr)[0] if out.requires_grad else torch.zeros_like(x)
-    assert _rel(g, ag) <= 1e-9, (formula, g, ag)
+    # at a removable singularity (norm(0*x)) autograd gives NaN where the closed form gives
+    # the minimum-norm subgradient: compare where autograd is finite
+    ok = torch.isfinite(ag).all(-1)
+    assert _rel(g[ok], ag[ok]) <= 1e-9, (formula, g, ag)
     parsed = parse_formula(formula, {"mu": 1})
     oracle = Oracle(parsed, {k: v for k, v in params.items() if k in parsed.params})
     try:

@@ -738,6 +738,8 @@ def _constant_power(base: sp.Number, exp: sp.Number, parser) -> sp.Expr:
                 parser.error(f"the constant {base}**{exp} exceeds the float64 range")
             return value
     fb, fe = float(base), float(exp)
+    if fb == 0 and fe < 0:
+        parser.error(f"the constant {base}**{exp} divides by zero")
     try:
         value = math.pow(fb, fe)
     except OverflowError:
