@@ -74,12 +74,26 @@ def main(argv=None) -> int:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--no-speed", action="store_true", help="skip the speed-up column")
 
+    m = sub.add_parser("sample", help="sample a formula with Langevin, MALA or HMC")
+    m.add_argument("formula")
+    m.add_argument("-p", "--param", type=_param, action="append", default=[])
+    m.add_argument("--dim", type=int, default=2)
+    m.add_argument("--chains", type=int, default=1000)
+    m.add_argument("--steps", type=int, default=1000)
+    m.add_argument("--sampler", choices=["langevin", "mala", "hmc"], default="mala")
+    m.add_argument("--step-size", type=float, default=0.05)
+    m.add_argument("--leapfrog", type=int, default=10, help="HMC leapfrog steps")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--plot", type=Path, help="write a picture of landscape and samples (2-D)")
+
     args = ap.parse_args(argv)
     try:
         if args.command == "build":
             return build(check=args.check, definitions=args.definitions, output=args.output)
         if args.command == "show":
             return _show(args)
+        if args.command == "sample":
+            return _sample(args)
         return _verify(args)
     except EnergySyntaxError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -177,6 +191,32 @@ def _verify(args):
     failed = [c for c in checks if not c.ok]
     print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
+
+
+def _sample(args):
+    from ..samplers import MALA, HamiltonianMonteCarlo, LangevinDynamics
+    from .api import from_expression
+    energy = from_expression(args.formula, params=dict(args.param))
+    cls = {"langevin": LangevinDynamics, "mala": MALA, "hmc": HamiltonianMonteCarlo}[args.sampler]
+    kw = {"n_leapfrog_steps": args.leapfrog} if args.sampler == "hmc" else {}
+    sampler = cls(energy, step_size=args.step_size, seed=args.seed, **kw)
+    final, traj, diag = sampler.sample(dim=args.dim, n_samples=args.chains, n_steps=args.steps,
+                                       thin=max(1, args.steps // 200), return_trajectory=True,
+                                       return_diagnostics=True)
+    print(f"{args.sampler}: {args.chains} chains x {args.steps} steps in {args.dim}-D")
+    print(diag.summary())
+    print(f"sample mean: {[round(v, 4) for v in final.mean(0).tolist()]}")
+    if args.plot:
+        if args.dim != 2:
+            print("error: --plot draws 2-D energies; use --dim 2", file=sys.stderr)
+            return 2
+        from .. import plotting
+        ax = plotting.plot_landscape(energy, samples=final, density=False,
+                                     title=f"{args.formula}  ({args.sampler})")
+        ax.figure.tight_layout()
+        ax.figure.savefig(args.plot, dpi=110)
+        print(f"wrote {args.plot}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""Pictures of 2-D energies and of samples (matplotlib, an optional extra: ``pip install
+torchebm[plot]``).
+
+Every function draws into a given ``matplotlib.axes.Axes`` (or a new figure)
+and returns the axes, so pictures compose.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _plt():
+    try:
+        import matplotlib
+        if matplotlib.get_backend().lower() not in ("agg",) and not _interactive():
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:   # pragma: no cover - depends on the installation
+        raise ImportError("torchebm.plotting needs matplotlib: pip install 'torchebm[plot]'") \
+            from None
+    return plt
+
+
+def _interactive():
+    import sys
+    return hasattr(sys, "ps1")
+
+
+def energy_grid(energy, xlim=(-3, 3), ylim=(-3, 3), resolution=200):
+    """The energy on a grid: ``(X [r, r], Y [r, r], E [r, r])`` as float64 tensors."""
+    xs = torch.linspace(*xlim, resolution, dtype=torch.float64)
+    ys = torch.linspace(*ylim, resolution, dtype=torch.float64)
+    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
+    pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+    with torch.no_grad():
+        e = energy(pts).reshape(resolution, resolution)
+    return gx, gy, e
+
+
+def plot_landscape(energy, xlim=(-3, 3), ylim=(-3, 3), *, density=False, samples=None,
+                   ax=None, resolution=200, levels=30, title=None):
+    """Contours of ``log(1 + E - min E)`` (or of ``exp(-E)``, ``density=True``) of a 2-D energy.
+
+    Args:
+        energy: an energy of 2-D samples ``[..., 2] -> [...]``.
+        samples: optional points ``[m, 2]`` drawn over the contours.
+        density: contour the unnormalised density ``exp(-(E - min E))``.
+
+    Raises:
+        ValueError: the energy is not defined for n = 2.
+    """
+    plt = _plt()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.5))
+    gx, gy, e = energy_grid(energy, xlim, ylim, resolution)
+    shifted = e - e[torch.isfinite(e)].min()
+    # log(1 + E - min E): wells stay visible next to steep walls
+    z = torch.exp(-shifted) if density else torch.log1p(shifted)
+    cs = ax.contourf(gx.numpy(), gy.numpy(), z.numpy(), levels=levels,
+                     cmap="viridis" if density else "viridis_r")
+    ax.figure.colorbar(cs, ax=ax, label="exp(-(E - min E))" if density else "log(1 + E - min E)")
+    if samples is not None:
+        s = samples.detach().cpu().to(torch.float64)
+        ax.scatter(s[:, 0].numpy(), s[:, 1].numpy(), s=2, c="crimson", alpha=0.6, linewidths=0)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel("x[0]")
+    ax.set_ylabel("x[1]")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_trace(trajectory, chains=(0,), dims=(0,), ax=None):
+    """Trace plot of ``trajectory [chains, steps, dim]`` for some chains and dimensions."""
+    plt = _plt()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3))
+    t = trajectory.detach().cpu().to(torch.float64)
+    for c in chains:
+        for d in dims:
+            ax.plot(t[c, :, d].numpy(), lw=0.8, label=f"chain {c}, x[{d}]")
+    ax.set_xlabel("kept step")
+    ax.legend(loc="upper right", fontsize="small")
+    return ax

@@ -1,0 +1,75 @@
+"""MCMC diagnostics over many chains: split R-hat and effective sample size.
+
+Own implementation, in torch, of the standard estimators (ArviZ computes the
+same quantities but pulls in xarray and pandas; these few lines avoid that
+dependency for samplers whose chains already live in one tensor):
+
+* split R-hat: Gelman et al., Bayesian Data Analysis (3rd ed., 2013), eq. 11.4,
+  each chain split in halves;
+* effective sample size: autocorrelations from all chains (FFT), summed over
+  Geyer's initial monotone sequence of paired lags (Geyer 1992; the estimator
+  of Stan's reference manual, "Effective sample size").
+
+Shapes: ``samples`` is ``[chains, draws, dim]``; results are ``[dim]``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def split_rhat(samples: torch.Tensor) -> torch.Tensor:
+    """Split R-hat per dimension of ``samples [chains, draws, dim]`` -> ``[dim]``.
+
+    Values near 1 (below about 1.01) mean the chains agree.
+
+    Raises:
+        ValueError: fewer than 4 draws per chain.
+    """
+    s = _as_float64(samples)
+    draws = s.shape[1]
+    if draws < 4:
+        raise ValueError(f"split R-hat needs at least 4 draws per chain, got {draws}")
+    half = draws // 2
+    s = torch.cat([s[:, :half], s[:, draws - half:]], dim=0)        # [2 chains, half, dim]
+    m, n = s.shape[0], s.shape[1]
+    chain_mean = s.mean(1)
+    chain_var = s.var(1, unbiased=True)
+    between = n * chain_mean.var(0, unbiased=True)
+    within = chain_var.mean(0)
+    var_plus = (n - 1) / n * within + between / n
+    return torch.sqrt(var_plus / within)
+
+
+def effective_sample_size(samples: torch.Tensor) -> torch.Tensor:
+    """Effective sample size per dimension of ``samples [chains, draws, dim]`` -> ``[dim]``."""
+    s = _as_float64(samples)
+    m, n, _ = s.shape
+    if n < 4:
+        raise ValueError(f"the effective sample size needs at least 4 draws per chain, got {n}")
+    centred = s - s.mean(1, keepdim=True)
+    size = 1 << (2 * n - 1).bit_length()
+    f = torch.fft.rfft(centred, n=size, dim=1)
+    acov = torch.fft.irfft(f * f.conj(), n=size, dim=1)[:, :n] / n   # [chains, lag, dim]
+    chain_var = acov[:, 0] * n / (n - 1)
+    within = chain_var.mean(0)
+    var_plus = within * (n - 1) / n
+    if m > 1:
+        var_plus = var_plus + s.mean(1).var(0, unbiased=True)
+    rho = 1 - (within - acov.mean(0)) / var_plus                      # [lag, dim]
+    rho[0] = 1.0
+    # Geyer: sums of adjacent pairs, kept while positive, made monotone
+    pairs = rho[: n - n % 2].reshape(-1, 2, rho.shape[-1]).sum(1)      # [lag/2, dim]
+    positive = torch.cumprod((pairs > 0).to(pairs.dtype), dim=0)
+    pairs = pairs * positive
+    pairs = torch.cummin(torch.where(positive > 0, pairs, torch.full_like(pairs, torch.inf)),
+                         dim=0).values
+    pairs = torch.where(positive > 0, pairs, torch.zeros_like(pairs))
+    tau = -1 + 2 * pairs.sum(0)
+    return m * n / torch.clamp(tau, min=1.0 / torch.log10(torch.tensor(float(m * n))))
+
+
+def _as_float64(samples):
+    if samples.dim() != 3:
+        raise ValueError(f"samples must be [chains, draws, dim], got shape {tuple(samples.shape)}")
+    return samples.detach().to(torch.float64)
