@@ -159,3 +159,24 @@ def test_stable_rewrites_of_log_of_exponentials():
 def test_safe_sqrt_with_a_parameter_factor():
     e = from_expression("sqrt(sum(a*x**2))", a=2.0)
     assert torch.equal(e.gradient(torch.zeros(1, 3)), torch.zeros(1, 3))
+
+
+def test_non_ascii_identifiers_and_100kb_formula():
+    with pytest.raises(EnergySyntaxError):
+        from_expression("sum(α*x)")
+    formula = "sum(x) + " + " + ".join(f"{k % 7}*x[{k % 3}]" for k in range(11200))
+    assert len(formula) > 100_000
+    energy = from_expression(formula)
+    assert energy(X).shape == (5,)
+
+
+def test_from_expression_energy_pickles_and_saves(tmp_path):
+    import copy
+    import pickle
+    energy = from_expression("sum((x - m)**2*lambda)", params={"lambda": 0.5, "m": torch.ones(3)},
+                             trainable=["m"])
+    for other in (pickle.loads(pickle.dumps(energy)), copy.deepcopy(energy)):
+        torch.testing.assert_close(other(X), energy(X))
+        assert isinstance(other.m, torch.nn.Parameter)
+    torch.save(energy, tmp_path / "e.pt")
+    torch.testing.assert_close(torch.load(tmp_path / "e.pt", weights_only=False)(X), energy(X))
