@@ -119,6 +119,43 @@ def _stable_allocator():
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
 
+def compile_times(rounds=5):
+    """Cold compile (our cache and SymPy's emptied) per built-in formula, a cache hit, and
+    the import cost of torchebm.core over torch (in a fresh interpreter)."""
+    import subprocess
+
+    import sympy
+
+    from torchebm.symbolic import api
+    from torchebm.symbolic.build import DEFINITIONS
+    from torchebm.symbolic.definitions import load_definition
+    print("compile times (median of %d, caches emptied before each):" % rounds)
+    for path in sorted(DEFINITIONS.glob("*.toml")):
+        spec = load_definition(path)
+        ranks = {p.name: p.rank for p in spec.params}
+        times = []
+        for _ in range(rounds):
+            api._cache.clear()
+            sympy.core.cache.clear_cache()
+            t = time.perf_counter()
+            api.compile_class(spec.formula, ranks, None)
+            times.append(time.perf_counter() - t)
+        print(f"  {spec.class_name:22s} {statistics.median(times) * 1e3:7.1f} ms")
+    api.compile_class("sum(x**2)", {}, None)
+    t = time.perf_counter()
+    for _ in range(10000):
+        from_expression("sum(a*x**2)", a=1.0)
+    print(f"  from_expression cache hit (class + new instance): "
+          f"{(time.perf_counter() - t) / 10000 * 1e6:.1f} us")
+    code = ("import time; t = time.perf_counter(); import torch; t1 = time.perf_counter(); "
+            "import torchebm.core, sys; t2 = time.perf_counter(); "
+            "print(f'{t1 - t:.3f} {t2 - t1:.3f} {\"sympy\" in sys.modules}')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    torch_s, extra_s, sympy_loaded = out.split()
+    print(f"  import torch {torch_s} s; import torchebm.core adds {extra_s} s "
+          f"(SymPy imported: {sympy_loaded})")
+
+
 def main():
     _stable_allocator()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -126,10 +163,15 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fused", action="store_true", help="also time energy.compile()")
     ap.add_argument("--filter", default="")
+    ap.add_argument("--compile-time", action="store_true",
+                    help="only measure compile, cache-hit and import times")
     ap.add_argument("--memory", action="store_true",
                     help="also report peak extra memory of gradient / size of x")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compile_time:
+        compile_times()
+        return
     shapes = [(4096, 64)] if args.quick else [(4096, 2), (4096, 64), (65536, 16), (512, 1024)]
     dtypes = [torch.float32] if args.quick else [torch.float32, torch.float64]
     rounds = 7 if args.quick else 11
