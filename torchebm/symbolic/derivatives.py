@@ -70,43 +70,36 @@ class IndexValue(Stmt):
 
 
 @dataclass(eq=False)
-class Broadcast(Stmt):
+class Unary(Stmt):
+    """``target = f(source)`` for a non-elementwise f (the subclass says which)."""
+    target: sp.Symbol
+    source: sp.Symbol
+
+    def defines(self):
+        return (self.target,)
+
+    def uses(self):
+        return (self.source,)
+
+
+@dataclass(eq=False)
+class Broadcast(Unary):
     """A value of the enclosing level (or the root) repeated over this level's points."""
-    target: sp.Symbol
-    source: sp.Symbol
-
-    def defines(self):
-        return (self.target,)
-
-    def uses(self):
-        return (self.source,)
 
 
 @dataclass(eq=False)
-class Reduce(Stmt):
-    """Reduce ``source`` over this level's own points into the enclosing level."""
-    target: sp.Symbol
-    op: str                    # 'sum' | 'prod' | 'lse'
-    source: sp.Symbol
+class Reduce(Unary):
+    """Reduce ``source`` over this level's own points into the enclosing level.
 
-    def defines(self):
-        return (self.target,)
-
-    def uses(self):
-        return (self.source,)
+    ``op``: 'sum' | 'prod' | 'lse', or 'sum_all' over every point of the level
+    (an adjoint contribution to a per-sample value).
+    """
+    op: str = "sum"
 
 
 @dataclass(eq=False)
-class OthersProduct(Stmt):
+class OthersProduct(Unary):
     """Product of all other terms of each segment (prod's gradient, exact with zeros)."""
-    target: sp.Symbol
-    source: sp.Symbol
-
-    def defines(self):
-        return (self.target,)
-
-    def uses(self):
-        return (self.source,)
 
 
 @dataclass(eq=False)
@@ -237,7 +230,7 @@ class _Builder:
             has_batch = self.shape_of(r.value) != "point"
             shape = ("batch" if has_batch else "scalar") if lv.parent is None else (
                 "both" if has_batch else "point")
-            self.emit(Reduce(lv, r.result, r.op, r.value), shape)
+            self.emit(Reduce(lv, r.result, r.value, r.op), shape)
             if r.value in self.xdep:
                 self.xdep.add(r.result)
         if lv.matvec is not None:
@@ -386,7 +379,7 @@ class _Builder:
             if b == s:
                 target = self.sym("rs")
                 shape = self.shape_of(total)
-                self.emit(Reduce(lv, target, "sum_all", total),
+                self.emit(Reduce(lv, target, total, "sum_all"),
                           "scalar" if shape == "point" else "batch")
                 contrib.setdefault(root_sym, []).append(target)
                 return
