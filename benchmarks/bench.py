@@ -174,7 +174,7 @@ def main():
         return
     shapes = [(4096, 64)] if args.quick else [(4096, 2), (4096, 64), (65536, 16), (512, 1024)]
     dtypes = [torch.float32] if args.quick else [torch.float32, torch.float64]
-    rounds = 7 if args.quick else 11
+    rounds = 7
     print(f"torch {torch.__version__}, threads = {torch.get_num_threads()}, "
           f"median of {rounds} interleaved rounds; times in microseconds")
     header = (f"{'energy':16s} {'B x n':>11s} {'dtype':>7s} {'gradient':>9s} {'autograd':>9s} "
@@ -189,7 +189,11 @@ def main():
             for name, energy in energies(n, dtype).items():
                 if args.filter and args.filter.lower() not in name.lower():
                     continue
-                inner = max(1, int(2e6 // (B * n)))
+                t = time.perf_counter()
+                energy.gradient(x)
+                energy.gradient(x)
+                once = (time.perf_counter() - t) / 2
+                inner = min(200, max(1, int(2e-3 / max(once, 1e-7))))   # ~2 ms per timing
                 med, ct = bench(name, energy, x, rounds, inner, args.fused)
                 us = {k: v * 1e6 for k, v in med.items()}
                 line = (f"{name:16s} {f'{B}x{n}':>11s} {str(dtype)[6:]:>7s} {us['gradient']:9.1f} "
