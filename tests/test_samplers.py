@@ -124,3 +124,31 @@ def test_plotting_functions_return_axes():
     assert plotting.plot_trace(traj, chains=(0, 1)).get_xlabel() == "kept step"
     gx, gy, e = plotting.energy_grid(energy, resolution=11)
     assert e.shape == (11, 11) and float(e[5, 5]) == pytest.approx(2 * 2 * 1.0)  # E(0,0) = 2*(1+1)
+
+
+def test_energy_of_the_wrong_shape_is_a_clear_error():
+    class KeepsDim(BaseEnergyFunction):
+        def forward(self, x):
+            return 0.5 * (x**2).sum(-1, keepdim=True)
+
+    with pytest.raises(ValueError, match="squeeze"):
+        MALA(KeepsDim(), seed=0).sample(dim=2, n_samples=10, n_steps=5)
+
+
+def test_chains_follow_a_hand_written_energy_dtype_and_report_stuck_chains():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+
+    class Net(BaseEnergyFunction):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x).squeeze(-1) + 0.5 * (x**2).sum(-1)
+
+    final = MALA(Net(), step_size=0.1, seed=0).sample(dim=2, n_samples=8, n_steps=5)
+    assert final.dtype == torch.float64
+    start = torch.tensor([[1.0, 1.0], [40.0, 1.0]], dtype=T)   # far out the steep walls
+    _, diag = MALA(DoubleWellEnergy(), step_size=0.02, seed=0).sample(
+        x=start, n_steps=20, return_diagnostics=True)
+    assert float(diag.chain_acceptance[1]) == 0.0 and "never accepted" in diag.summary()

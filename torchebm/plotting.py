@@ -38,7 +38,17 @@ def energy_grid(energy, xlim=(-3, 3), ylim=(-3, 3), resolution=200):
     return gx, gy, e
 
 
-def plot_landscape(energy, xlim=(-3, 3), ylim=(-3, 3), *, density=False, samples=None,
+def _limits(samples, axis):
+    """A window holding 99% of the samples, padded; (-3, 3) without samples."""
+    if samples is None or len(samples) == 0:
+        return (-3.0, 3.0)
+    v = samples[:, axis].detach().cpu().to(torch.float64)
+    lo, hi = float(torch.quantile(v, 0.005)), float(torch.quantile(v, 0.995))
+    pad = 0.25 * max(hi - lo, 1e-3)
+    return (lo - pad, hi + pad)
+
+
+def plot_landscape(energy, xlim=None, ylim=None, *, density=False, samples=None,
                    ax=None, resolution=200, levels=30, title=None):
     """Contours of ``log(1 + E - min E)`` (or of ``exp(-E)``, ``density=True``) of a 2-D energy.
 
@@ -46,6 +56,7 @@ def plot_landscape(energy, xlim=(-3, 3), ylim=(-3, 3), *, density=False, samples
         energy: an energy of 2-D samples ``[..., 2] -> [...]``.
         samples: optional points ``[m, 2]`` drawn over the contours.
         density: contour the unnormalised density ``exp(-(E - min E))``.
+        xlim, ylim: the window; default: 99% of the samples, padded (or [-3, 3]).
 
     Raises:
         ValueError: the energy is not defined for n = 2.
@@ -53,6 +64,8 @@ def plot_landscape(energy, xlim=(-3, 3), ylim=(-3, 3), *, density=False, samples
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4.5))
+    xlim = tuple(xlim) if xlim is not None else _limits(samples, 0)
+    ylim = tuple(ylim) if ylim is not None else _limits(samples, 1)
     gx, gy, e = energy_grid(energy, xlim, ylim, resolution)
     shifted = e - e[torch.isfinite(e)].min()
     # log(1 + E - min E): wells stay visible next to steep walls

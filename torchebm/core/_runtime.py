@@ -184,8 +184,8 @@ def check_size(actual: int, expected: int, message: str) -> None:
 
 def points(v, x: torch.Tensor, count: int) -> torch.Tensor:
     """``v`` (a number, ``[P]``, ``[..., 1]`` or ``[..., P]``) broadcast to ``[..., P]``."""
-    if not isinstance(v, torch.Tensor):
-        v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+    if not isinstance(v, torch.Tensor) or v.dtype != x.dtype:
+        v = torch.as_tensor(v, dtype=x.dtype, device=x.device)   # n-only values are float64
     return v.expand(x.shape[:-1] + (count,))
 
 

@@ -239,8 +239,9 @@ class CompiledEnergy(BaseEnergyFunction):
         """Validated batch, layout (index tensors, checks) and parameter-only values."""
         x = _as_batch(x)
         self._check_device(x)
+        lay = self._get_layout(x)            # first: it checks sizes (square matrices, ...)
         der = self._get_derived(x) if self._derive is not None else None
-        return x, self._get_layout(x), der
+        return x, lay, der
 
     def _run(self, name, x):
         fn = self._fused.get(name) if self._fused else None

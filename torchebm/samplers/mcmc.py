@@ -27,18 +27,26 @@ from .diagnostics import effective_sample_size, split_rhat
 class Diagnostics:
     """What a run measured. Shapes: per step ``[steps]``, per dimension ``[dim]``."""
     mean_energy: torch.Tensor                       # mean energy over chains, per step
-    acceptance_rate: torch.Tensor | None = None     # fraction accepted per step (MALA, HMC)
+    acceptance_rate: torch.Tensor | None = None     # fraction of chains accepted, per step
     ess: torch.Tensor | None = None                 # effective sample size per dimension
     rhat: torch.Tensor | None = None                # split R-hat per dimension
+    chain_acceptance: torch.Tensor | None = None    # fraction of steps accepted, per chain
     extra: dict = field(default_factory=dict)
 
     def summary(self) -> str:
+        if len(self.mean_energy) == 0:
+            return "no steps were run"
         lines = [f"mean energy: first {self.mean_energy[0]:.4g}, last {self.mean_energy[-1]:.4g}"]
         if self.acceptance_rate is not None:
             lines.append(f"acceptance rate: {float(self.acceptance_rate.mean()):.3f}")
+        if self.chain_acceptance is not None:
+            stuck = int((self.chain_acceptance == 0).sum())
+            if stuck:
+                lines.append(f"warning: {stuck} chains never accepted a move (step size too "
+                             f"large where they started?); their states are their start")
         if self.ess is not None:
             lines.append(f"effective sample size per dimension: min {float(self.ess.min()):.0f},"
-                         f" median {float(self.ess.median()):.0f}")
+                         f" median {float(self.ess.quantile(0.5)):.0f}")
         if self.rhat is not None:
             lines.append(f"split R-hat: max {float(self.rhat.max()):.4f}")
         return "\n".join(lines)
@@ -62,11 +70,32 @@ class BaseSampler:
 
     # -- driver ----------------------------------------------------------------------------
     def _device_dtype(self, x):
+        """Where new chains live: x's device and dtype; else the energy's device, and its
+        dtype for a hand-written energy (a network's weights), or torch's default dtype
+        for a compiled one (which computes in the dtype of x)."""
         if x is not None:
             return x.device, x.dtype
-        tensors = list(self.energy.parameters()) + list(self.energy.buffers())
+        from ..core.base import CompiledEnergy
+        tensors = [t for t in list(self.energy.parameters()) + list(self.energy.buffers())
+                   if t.is_floating_point()]
         device = tensors[0].device if tensors else torch.device("cpu")
+        if tensors and not isinstance(self.energy, CompiledEnergy):
+            return device, tensors[0].dtype
         return device, torch.get_default_dtype()
+
+    def _first(self, x):
+        """Energy and gradient of the initial states, with their shapes checked once."""
+        e, g = self.energy.energy_and_gradient(x)
+        if tuple(e.shape) != (x.shape[0],):
+            raise ValueError(
+                f"{type(self.energy).__name__} returned energies of shape {tuple(e.shape)} for "
+                f"{x.shape[0]} chains; an energy maps x [chains, n] to [chains] (did forward "
+                f"keep a trailing dimension, e.g. nn.Linear(h, 1) without .squeeze(-1), or "
+                f"sum over the batch?)")
+        if tuple(g.shape) != tuple(x.shape):
+            raise ValueError(f"the gradient has shape {tuple(g.shape)}, expected "
+                             f"{tuple(x.shape)}")
+        return e, g
 
     def sample(self, x: torch.Tensor | None = None, dim: int | None = None,
                n_samples: int = 1, n_steps: int = 100, thin: int = 1,
@@ -83,7 +112,8 @@ class BaseSampler:
             return_trajectory: also return the kept states ``[chains, kept, dim]``.
             return_diagnostics: also return :class:`Diagnostics`; R-hat and ESS
                 are computed from the second half of the kept trajectory (the
-                first half counts as warm-up).
+                first half counts as warm-up), which is kept in memory for it
+                ([chains, n_steps / thin, dim]).
             progress: show a tqdm progress bar; default: only when stderr is a
                 terminal.
 
@@ -112,7 +142,7 @@ class BaseSampler:
             x = x.detach().clone()
             if x.dim() == 1:
                 x = x.unsqueeze(0)
-        e, g = self.energy.energy_and_gradient(x)
+        e, g = self._first(x)
         state = (x, e, g)
         keep = return_trajectory or return_diagnostics
         traj, mean_e, acc = [], [], []
@@ -127,7 +157,7 @@ class BaseSampler:
                 state, accepted = self.step(state, gen)
                 mean_e.append(state[1].mean())
                 if accepted is not None:
-                    acc.append(accepted.to(torch.float64).mean())
+                    acc.append(accepted)
                 if keep and (k + 1) % thin == 0:
                     traj.append(state[0].clone())
         final = state[0]
@@ -137,8 +167,11 @@ class BaseSampler:
         if return_trajectory:
             out.append(trajectory)
         if return_diagnostics:
+            accepted = torch.stack(acc).to(torch.float64) if acc else None   # [steps, chains]
             diag = Diagnostics(torch.stack(mean_e) if mean_e else torch.zeros(0),
-                               torch.stack(acc) if acc else None)
+                               accepted.mean(1) if accepted is not None else None,
+                               chain_acceptance=accepted.mean(0) if accepted is not None
+                               else None)
             kept = trajectory[:, trajectory.shape[1] // 2:]      # the first half is warm-up
             if kept.shape[1] >= 4:
                 diag.ess = effective_sample_size(kept)
@@ -218,6 +251,8 @@ class HamiltonianMonteCarlo(BaseSampler):
         super().__init__(energy, **kw)
         if not step_size > 0 or n_leapfrog_steps < 1:
             raise ValueError("step_size must be positive and n_leapfrog_steps >= 1")
+        if mass is not None and not bool((torch.as_tensor(mass) > 0).all()):
+            raise ValueError("the diagonal mass must be positive")
         self.step_size, self.n_leapfrog = float(step_size), int(n_leapfrog_steps)
         self.mass = mass
 

@@ -74,17 +74,24 @@ def main(argv=None) -> int:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--no-speed", action="store_true", help="skip the speed-up column")
 
-    m = sub.add_parser("sample", help="sample a formula with Langevin, MALA or HMC")
-    m.add_argument("formula")
-    m.add_argument("-p", "--param", type=_param, action="append", default=[])
-    m.add_argument("--dim", type=int, default=2)
-    m.add_argument("--chains", type=int, default=1000)
-    m.add_argument("--steps", type=int, default=1000)
+    m = sub.add_parser("sample", help="sample a formula with Langevin, MALA or HMC",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m.add_argument("formula", help="the energy, e.g. 'sum((x**2 - 1)**2)'")
+    m.add_argument("-p", "--param", type=_param, action="append", default=[],
+                   help="parameter value, name=value (a number or a list)")
+    m.add_argument("--dim", type=int, help="dimension n (default: the length of a vector "
+                                           "parameter, else 2)")
+    m.add_argument("--chains", type=int, default=1000, help="number of chains")
+    m.add_argument("--steps", type=int, default=1000, help="steps per chain")
     m.add_argument("--sampler", choices=["langevin", "mala", "hmc"], default="mala")
-    m.add_argument("--step-size", type=float, default=0.05)
+    m.add_argument("--step-size", type=float, default=0.05, help="step size (leapfrog epsilon)")
     m.add_argument("--leapfrog", type=int, default=10, help="HMC leapfrog steps")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--init-scale", type=float, default=1.0,
+                   help="chains start at init-scale * standard normal draws")
+    m.add_argument("--seed", type=int, default=0, help="random seed")
     m.add_argument("--plot", type=Path, help="write a picture of landscape and samples (2-D)")
+    m.add_argument("--xlim", type=float, nargs=2, help="plot window along x[0]")
+    m.add_argument("--ylim", type=float, nargs=2, help="plot window along x[1]")
 
     args = ap.parse_args(argv)
     try:
@@ -174,20 +181,36 @@ def _targets(args):
 def _verify(args):
     from .verify import format_table, speedup, verify_energy
     gen = torch.Generator().manual_seed(args.seed)
-    checks, speeds = [], []
+    checks, speeds, skipped = [], [], []
     for label, spec, fixed, dims in _targets(args):
         compiled = compile_spec(spec)
         cls = load_class(compiled.generated)
+        tested = {}
         for n in dims:
             params = dict(fixed) if fixed is not None else {
                 d.name: _synthesize(d, n, gen) for d in spec.params}
             kwargs = {attr: params[name] for name, attr, _ in cls.param_specs if name in params}
             energy = cls(**kwargs)
+            try:
+                energy(torch.zeros(1, n, dtype=torch.float64))
+            except EnergySyntaxError as exc:     # this n is outside the energy's domain
+                skipped.append(f"{label} n={n}: not checked ({str(exc).splitlines()[0]})")
+                continue
             checks += verify_energy(label, energy, compiled.parsed, params, n,
                                     points=args.points, seed=args.seed)
-            if not args.no_speed and n == max(dims):
-                speeds.append((label, n, speedup(energy, n)))
+            tested[n] = energy
+        if not tested:
+            continue
+        if not args.no_speed:
+            n = max(tested)
+            speeds.append((label, n, speedup(tested[n], n)))
+    if not checks:
+        print("error: no dimension could be checked:\n  " + "\n  ".join(skipped),
+              file=sys.stderr)
+        return 2
     print(format_table(checks, speeds))
+    for line in skipped:
+        print(line)
     failed = [c for c in checks if not c.ok]
     print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
@@ -196,23 +219,35 @@ def _verify(args):
 def _sample(args):
     from ..samplers import MALA, HamiltonianMonteCarlo, LangevinDynamics
     from .api import from_expression
-    energy = from_expression(args.formula, params=dict(args.param))
+    params = dict(args.param)
+    sizes = {len(v) for v in params.values() if isinstance(v, (list, tuple))}
+    dim = args.dim if args.dim is not None else (max(sizes) if sizes else 2)
+    if args.plot and dim != 2:
+        print("error: --plot draws 2-D energies; use --dim 2", file=sys.stderr)
+        return 2
+    energy = from_expression(args.formula, params=params)
     cls = {"langevin": LangevinDynamics, "mala": MALA, "hmc": HamiltonianMonteCarlo}[args.sampler]
     kw = {"n_leapfrog_steps": args.leapfrog} if args.sampler == "hmc" else {}
-    sampler = cls(energy, step_size=args.step_size, seed=args.seed, **kw)
-    final, traj, diag = sampler.sample(dim=args.dim, n_samples=args.chains, n_steps=args.steps,
-                                       thin=max(1, args.steps // 200), return_trajectory=True,
-                                       return_diagnostics=True)
+    try:
+        sampler = cls(energy, step_size=args.step_size, seed=args.seed, **kw)
+        x0 = args.init_scale * torch.randn(max(args.chains, 1), dim,
+                                           generator=torch.Generator().manual_seed(args.seed))
+        if args.chains < 1:
+            raise ValueError("--chains must be at least 1")
+        final, traj, diag = sampler.sample(x=x0, n_steps=args.steps,
+                                           thin=max(1, args.steps // 200),
+                                           return_trajectory=True, return_diagnostics=True)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.dim = dim
     print(f"{args.sampler}: {args.chains} chains x {args.steps} steps in {args.dim}-D")
     print(diag.summary())
     print(f"sample mean: {[round(v, 4) for v in final.mean(0).tolist()]}")
     if args.plot:
-        if args.dim != 2:
-            print("error: --plot draws 2-D energies; use --dim 2", file=sys.stderr)
-            return 2
         from .. import plotting
-        ax = plotting.plot_landscape(energy, samples=final, density=False,
-                                     title=f"{args.formula}  ({args.sampler})")
+        ax = plotting.plot_landscape(energy, samples=final, density=False, xlim=args.xlim,
+                                     ylim=args.ylim, title=f"{args.formula}  ({args.sampler})")
         ax.figure.tight_layout()
         ax.figure.savefig(args.plot, dpi=110)
         print(f"wrote {args.plot}")

@@ -123,6 +123,8 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
         hint = exc.msg
         if "^" in text:
             hint += "; for a power write '**', not '^'"
+        if re.search(r"\d[A-Za-z_(]", text) and "decimal literal" in exc.msg:
+            hint += "; write a product with '*', e.g. 2*x"
         if re.search(r"\blambda\s+\w+\s*:", text):
             hint = "lambda functions are not allowed in a formula ('lambda' alone is a parameter)"
         raise EnergySyntaxError(f"syntax error: {hint}", text, exc.lineno,
@@ -402,6 +404,9 @@ class _Parser:
                 vec = Vector(value.rows, lambda k: value.element(k, col), f"{value.what}[:, col]")
                 return self.slice_vector(vec, r, node)
             return value.element(self.index_expr(r, value.rows), self.index_expr(c, value.cols))
+        if isinstance(value, sp.Symbol) and value.name in self.params:
+            self.error(f"parameter '{value.name}' is indexed, but no vector or matrix value was "
+                       f"given for it; pass it, e.g. {value.name}=torch.tensor([...])", node)
         self.error("only x, vector and matrix parameters can be indexed", node)
 
     def index_vector(self, vec, sl, node):
@@ -499,14 +504,18 @@ class _Parser:
                 return v.length
             if isinstance(v, Matrix):
                 return v.rows
+            if isinstance(v, sp.Symbol) and v.name in self.params:
+                self.error(f"len({v.name}): parameter '{v.name}' has no vector value; pass it, "
+                           f"e.g. {v.name}=torch.tensor([...])", node)
             self.error("len() takes a vector or a matrix", node)
         if name in MATRIX_FUNCTIONS:
             return self.matrix_function(name, node)
         if name == "range":
             self.error("range(...) is only allowed in a generator: sum(... for i in range(n))",
                        node)
-        close = difflib.get_close_matches(name, ALLOWED_FUNCTIONS, n=1)
-        hint = f"; did you mean {close[0]}()?" if close else ""
+        close = [_ALIASES[name]] if name in _ALIASES else difflib.get_close_matches(
+            name, ALLOWED_FUNCTIONS, n=1)
+        hint = f" (did you mean {close[0]}()?)" if close else ""
         self.error(f"unknown function '{name}'{hint}. Allowed functions: "
                    f"{', '.join(ALLOWED_FUNCTIONS)}", node)
 
@@ -679,6 +688,12 @@ class _Parser:
             self.error(message.format(a=a, b=b))
         self.size_checks.append((a, b, message))
 
+
+# Names users reach for that the language spells otherwise.
+_ALIASES = {"min": "minimum", "max": "maximum", "pow": "** (x**2)", "ln": "log",
+            "logsumexp_": "logsumexp", "fabs": "abs", "square": "** (x**2)", "tanh_": "tanh",
+            "sigm": "sigmoid", "relu": "maximum", "arctan": "atan", "arcsin": "asin",
+            "arccos": "acos", "arctan2": "atan2"}
 
 _OPNAMES = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 
