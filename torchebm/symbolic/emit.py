@@ -323,7 +323,7 @@ class ModuleEmitter:
         raise RuntimeError(f"torchebm: unknown statement {st!r}; please report a bug")
 
     def matrix_slice(self, mv):
-        A = self.params[mv.matrix] if mv.matrix in self.params else self.params[mv.matrix]
+        A = self.params[mv.matrix]
         _, lo, hi = mv.level.clauses[0]
         a, b = lo + mv.offset, hi + mv.offset
         d = self.parsed.derived.get(mv.matrix)
@@ -463,8 +463,6 @@ class ModuleEmitter:
                 size = "n" if ld.kind == "x" else f"{self.array_local[ld.base]}.shape[{k}]"
                 lines.append(f"_rt.check_range({self.code(i)}, {self.code(i)} + 1, {size}, "
                              f"{_what(ld, self)!r}, n)")
-        order = sorted(self.levels, key=lambda lv: len(lv.all_vars) - len(lv.clauses))
-        depth = {}
         def level_depth(lv):
             return 0 if lv.parent is None else 1 + level_depth(lv.parent)
         for lv in sorted(self.levels, key=level_depth):

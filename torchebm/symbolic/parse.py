@@ -464,9 +464,8 @@ class _Parser:
         if name in F.ELEMENTWISE:
             values = [self.visit(a) for a in args]
             arity = F.ARITY[name]
-            if name == "logaddexp" and len(values) >= 2:
-                pass
-            elif len(values) != arity:
+            variadic = name == "logaddexp" and len(values) >= 2
+            if not variadic and len(values) != arity:
                 self.error(f"{name}() takes {arity} argument{'s' if arity > 1 else ''}, "
                            f"got {len(values)}", node)
             return self.elementwise(F.ELEMENTWISE[name], values, name)

@@ -200,8 +200,6 @@ class TorchEnergyPrinter(TorchPrinter):
             if k < 0:
                 return f"1/{self._print(sp.Pow(base, -exp, evaluate=False))}"
             return f"torch.pow({self._print(base)}, {k})"
-        if self.is_python(base):
-            return f"torch.pow({self._print(base)}, {self._print(exp)})"
         return f"torch.pow({self._print(base)}, {self._print(exp)})"
 
     # -- functions ------------------------------------------------------------------
@@ -263,10 +261,9 @@ class TorchEnergyPrinter(TorchPrinter):
         return f"({self._print(a)}) % ({self._print(m)})"
 
     def _print_floor(self, expr):
-        arg = expr.args[0]
-        num, den = arg.as_numer_denom()
-        if self.is_python(arg) or True:
-            return f"(({self._print(num)}) // ({self._print(den)}))"
+        # floor only comes from the language's integer '//' (indices and bounds)
+        num, den = expr.args[0].as_numer_denom()
+        return f"(({self._print(num)}) // ({self._print(den)}))"
 
     def _print_Derivative(self, expr):
         raise RuntimeError("torchebm: an unevaluated Derivative reached the printer; "
