@@ -22,7 +22,8 @@ _cache: "OrderedDict[tuple, type]" = OrderedDict()
 _lock = threading.Lock()
 
 
-def _rank(name, value) -> int:
+def rank_of(name, value) -> int:
+    """0 for a scalar value, 1 for a vector, 2 for a matrix."""
     if isinstance(value, bool):
         raise TypeError(f"parameter {name} must be a number or a tensor, not bool")
     if isinstance(value, (int, float)):
@@ -53,6 +54,24 @@ def compile_class(formula: str, ranks: dict, name: str | None = None):
         return cls
 
 
+def formula_spec(formula: str, parsed, class_name: str = "ExpressionEnergy",
+                 defaults: dict | None = None) -> EnergySpec:
+    """The EnergySpec of a formula: its parameters in order of appearance, scalars
+    defaulting to ``defaults[name]`` or 1.0, vectors and matrices to ``defaults`` or
+    required."""
+    defaults = defaults or {}
+
+    def default(p):
+        v = defaults.get(p.name)
+        if isinstance(v, (list, tuple)):
+            return tuple(tuple(r) if isinstance(r, (list, tuple)) else r for r in v)
+        if v is not None:
+            return float(v)
+        return 1.0 if p.rank == 0 else None
+    decls = tuple(ParamDecl(p.name, p.rank, default(p)) for p in parsed.params.values())
+    return EnergySpec(class_name, formula, decls, summary=f"Energy ``{formula}``.")
+
+
 def _compile(formula, ranks, name):
     class_name = name or "ExpressionEnergy"
     if (not isinstance(class_name, str) or not class_name.isidentifier()
@@ -61,9 +80,7 @@ def _compile(formula, ranks, name):
         raise EnergySyntaxError(f"name={name!r} is not usable as a class name; give an "
                                 f"identifier such as 'MyEnergy'")
     parsed = parse_formula(formula, ranks)
-    decls = tuple(ParamDecl(p.name, p.rank, 1.0 if p.rank == 0 else None)
-                  for p in parsed.params.values())
-    spec = EnergySpec(class_name, formula, decls, summary=f"Energy ``{formula}``.")
+    spec = formula_spec(formula, parsed, class_name)
     compiled = compile_parsed(spec, parsed)
     cls = load_class(compiled.generated)
     cls._expression = parsed.expression
@@ -124,7 +141,7 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
     if not isinstance(formula, str):
         raise TypeError(f"formula must be a string or a SymPy expression, not "
                         f"{type(formula).__name__}")
-    ranks = {k: _rank(k, v) for k, v in values.items()}
+    ranks = {k: rank_of(k, v) for k, v in values.items()}
     cls = compile_class(formula, ranks, name)
     declared = {p[0]: p for p in cls.param_specs}
     unknown = [k for k in values if k not in declared]

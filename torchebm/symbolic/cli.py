@@ -13,7 +13,6 @@ from ..errors import EnergySyntaxError
 from .build import DEFINITIONS, OUTPUT, build
 from .compiler import compile_spec
 from .definitions import load_definition
-from .ir import EnergySpec, ParamDecl
 from .load import load_class
 from .parse import parse_formula
 
@@ -108,20 +107,14 @@ def main(argv=None) -> int:
 
 
 def _formula_spec(formula, params, name="ExpressionEnergy"):
-    ranks = {k: torch.as_tensor(v).dim() for k, v in params.items()}
-    parsed = parse_formula(formula, ranks)
+    """The spec of a command-line formula: values given with -p become its defaults."""
+    from .api import formula_spec, rank_of
+    parsed = parse_formula(formula, {k: rank_of(k, v) for k, v in params.items()})
     unknown = set(params) - set(parsed.params)
     if unknown:
         raise EnergySyntaxError(f"unknown parameter(s) {sorted(unknown)} for {formula!r}; "
                                 f"its parameters: {sorted(parsed.params) or 'none'}")
-    def default(p):
-        if p.name in params:       # given values become the class's defaults
-            v = params[p.name]
-            return tuple(tuple(r) if isinstance(r, (list, tuple)) else r for r in v) \
-                if isinstance(v, (list, tuple)) else float(v)
-        return 1.0 if p.rank == 0 else None
-    decls = tuple(ParamDecl(p.name, p.rank, default(p)) for p in parsed.params.values())
-    return EnergySpec(name, formula, decls, summary=f"Energy ``{formula}``.")
+    return formula_spec(formula, parsed, name, defaults=params)
 
 
 def _show(args):

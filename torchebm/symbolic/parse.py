@@ -27,8 +27,8 @@ import sympy as sp
 
 from . import functions as F
 from ..errors import EnergySyntaxError
-from .symbols import (CONSTANTS, N, X, Derived, ParamSpec, index_symbol, param_base,
-                      param_symbol, size_symbol)
+from .symbols import (CONSTANTS, N, X, Derived, ParamSpec, depends_on_x, index_symbol,
+                      param_base, param_symbol, size_symbol)
 
 #: Reductions of the language (a vector or a generator in, a scalar out).
 REDUCTIONS = ("sum", "mean", "prod", "logsumexp", "norm")
@@ -202,7 +202,7 @@ class _Parser:
         if energy.has(sp.nan):
             self.error("the formula is NaN for every x: a constant in it is not a real number "
                        "(a negative number to a fractional power, or 0/0)", last.value)
-        if not _depends_on_x(energy):
+        if not depends_on_x(energy):
             self.error("the energy does not depend on x; an energy must be a function of the "
                        "sample x", last.value)
         return Parsed(energy, self.params, self.derived, self.constants, self.size_checks, self.text)
@@ -798,6 +798,3 @@ def _check_affine(value, index_vars, parser, node):
         parser.error(f"the index {value} is not affine in the loop indices; indices may be "
                      f"a*i + b, or (a*i + b) % m for periodic neighbours", node)
 
-
-def _depends_on_x(expr: sp.Expr) -> bool:
-    return any(getattr(a, "base", None) == X for a in expr.atoms(sp.Indexed))

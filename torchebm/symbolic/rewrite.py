@@ -11,11 +11,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
 from . import functions as F
-
-
-def _free_of_x(e) -> bool:
-    return not any(getattr(a, "base", None) is not None and str(a.base) == "x"
-                   for a in e.atoms(sp.Indexed))
+from .symbols import depends_on_x
 
 
 def is_sum_of_squares(e: sp.Expr) -> bool:
@@ -36,7 +32,7 @@ def is_sum_of_squares(e: sp.Expr) -> bool:
     if isinstance(e, sp.Add):
         return all(is_sum_of_squares(a) for a in e.args)
     if isinstance(e, sp.Mul):
-        squares = [a for a in e.args if not _free_of_x(a)]
+        squares = [a for a in e.args if depends_on_x(a)]
         return bool(squares) and all(is_sum_of_squares(a) for a in squares)
     return False
 
@@ -85,14 +81,6 @@ def log1p_exp(expr: sp.Expr) -> sp.Expr:
                         lambda e: F.Softplus(e.args[0].args[0]))
 
 
-def log_sum_exp(expr: sp.Expr) -> sp.Expr:
-    """``log(Sum(exp(b), ...))`` -> ``LogSumExp(b, ...)``: max-shifted, no overflow."""
-    return expr.replace(
-        lambda e: isinstance(e, sp.log) and isinstance(e.args[0], sp.Sum)
-        and isinstance(e.args[0].function, sp.exp),
-        lambda e: F.LogSumExp(e.args[0].function.args[0], *e.args[0].limits))
-
-
 def _exp_terms(e):
     """``e`` as a list of exponents ``[u_k]`` with ``e = sum_k exp(u_k)``, or None."""
     if isinstance(e, sp.exp):
@@ -103,8 +91,8 @@ def _exp_terms(e):
             return None
         return [u for p in parts for u in p]
     if isinstance(e, sp.Mul):
-        free = [a for a in e.args if _free_of_x(a)]
-        rest = [a for a in e.args if not _free_of_x(a)]
+        free = [a for a in e.args if not depends_on_x(a)]
+        rest = [a for a in e.args if depends_on_x(a)]
         inner = _exp_terms(sp.Mul(*rest)) if rest and free else None
         if inner is None:
             return None
@@ -138,7 +126,7 @@ def log_of_exps(expr: sp.Expr) -> sp.Expr:
     return expr.replace(query, value)
 
 
-PHASES = (sqrt_of_squares, log_of_exps, log_sum_exp, log_one_plus, exp_minus_one, log1p_exp)
+PHASES = (sqrt_of_squares, log_of_exps, log_one_plus, exp_minus_one, log1p_exp)
 
 
 def stabilize(expr: sp.Expr, debug: bool = False) -> sp.Expr:

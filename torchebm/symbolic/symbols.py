@@ -67,3 +67,8 @@ def split_size_symbol(sym: sp.Symbol):
         base, axis = name[:-1].rsplit(".shape[", 1)
         return base, int(axis)
     return None
+
+
+def depends_on_x(expr: sp.Basic) -> bool:
+    """True if ``expr`` reads a component of the sample x."""
+    return any(a.base == X for a in expr.atoms(sp.Indexed))
