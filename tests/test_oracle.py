@@ -21,6 +21,8 @@ from .examples import EXAMPLES, example_id
 from .test_formulas import CASES as FORMULA_CASES
 
 LIMITS = {"energy~mpmath": 1e-12, "grad~autograd": 1e-9, "grad~fd": 1e-7, "e&g==fwd,grad": 0.0,
+          "hessian~autograd": 1e-9, "hvp~autograd": 1e-9, "hdiag~autograd": 1e-9,
+          "laplacian~autograd": 1e-9,
           "dtype": 0.0}
 
 

@@ -58,10 +58,10 @@ class GoldenEnergy(CompiledEnergy):
         b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v = a*torch.square(x_1) + b*torch.sin(x_1)
+        v_1 = a*torch.square(x_1) + b*torch.sin(x_1)
         del x_1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         return r
 
     def _gradient(self, x, lay, der):
@@ -85,12 +85,30 @@ class GoldenEnergy(CompiledEnergy):
         b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v = a*torch.square(x_1) + b*torch.sin(x_1)
+        v_1 = a*torch.square(x_1) + b*torch.sin(x_1)
         d = b*torch.cos(x_1) + 2*a*x_1
         del x_1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         # level 0: i in range(0, n) (per sample)
         grad = d
         del d
         return r, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        a = self.a.to(x.dtype)
+        b = self.b.to(x.dtype)
+        # level 0: i in range(0, n) (per sample)
+        x_1 = x
+        xdot = v
+        u0 = b*torch.sin(x_1)
+        del x_1
+        u1 = 2*a
+        dot_1 = xdot*(u1 - u0)
+        del u0, u1, xdot
+        # level 0: i in range(0, n) (per sample)
+        hvp = dot_1
+        del dot_1
+        return hvp

@@ -86,16 +86,16 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x[..., lay["idx_x_1_0"]]
         t0 = x_1 - p
         del p, x_1
-        v = torch.square(t0)
+        v_1 = torch.square(t0)
         del t0
-        r = _rt.reduce_points(v, "sum", max(w.shape[0], 0), lay["Q1"])
-        del v
+        r = _rt.reduce_points(v_1, "sum", max(w.shape[0], 0), lay["Q1"])
+        del v_1
         # level 0: k in range(0, w.shape[0]) (per sample)
         p_1 = w
-        v_1 = torch.log(p_1) - 0.5*r/torch.square(s)
+        v_2 = torch.log(p_1) - 0.5*r/torch.square(s)
         del p_1, r
-        lse = _rt.logsumexp(v_1)
-        del v_1
+        lse = _rt.logsumexp(v_2)
+        del v_2
         energy_1 = -lse
         del lse
         return energy_1
@@ -111,19 +111,19 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x[..., lay["idx_x_1_0"]]
         t0 = x_1 - p
         del p, x_1
-        v = torch.square(t0)
-        r = _rt.reduce_points(v, "sum", max(w.shape[0], 0), lay["Q1"])
-        del v
+        v_1 = torch.square(t0)
+        r = _rt.reduce_points(v_1, "sum", max(w.shape[0], 0), lay["Q1"])
+        del v_1
         # level 0: k in range(0, w.shape[0]) (per sample)
         p_1 = w
-        v_1 = torch.log(p_1) - 0.5*r/torch.square(s)
+        v_2 = torch.log(p_1) - 0.5*r/torch.square(s)
         del p_1, r
-        lse = _rt.logsumexp(v_1)
+        lse = _rt.logsumexp(v_2)
         # level 0: k in range(0, w.shape[0]) (per sample)
         bc = lse.unsqueeze(-1)
         del lse
-        w_1 = -torch.exp(v_1 - bc)
-        del bc, v_1
+        w_1 = -torch.exp(v_2 - bc)
+        del bc, v_2
         w_2 = -0.5*w_1/torch.square(s)
         del w_1
         # level 1: i in range(0, n) (inside level 0)
@@ -149,20 +149,20 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x[..., lay["idx_x_1_0"]]
         t0 = x_1 - p
         del p, x_1
-        v = torch.square(t0)
-        r = _rt.reduce_points(v, "sum", max(w.shape[0], 0), lay["Q1"])
-        del v
+        v_1 = torch.square(t0)
+        r = _rt.reduce_points(v_1, "sum", max(w.shape[0], 0), lay["Q1"])
+        del v_1
         # level 0: k in range(0, w.shape[0]) (per sample)
         p_1 = w
-        v_1 = torch.log(p_1) - 0.5*r/torch.square(s)
+        v_2 = torch.log(p_1) - 0.5*r/torch.square(s)
         del p_1, r
-        lse = _rt.logsumexp(v_1)
+        lse = _rt.logsumexp(v_2)
         energy_1 = -lse
         # level 0: k in range(0, w.shape[0]) (per sample)
         bc = lse.unsqueeze(-1)
         del lse
-        w_1 = -torch.exp(v_1 - bc)
-        del bc, v_1
+        w_1 = -torch.exp(v_2 - bc)
+        del bc, v_2
         w_2 = -0.5*w_1/torch.square(s)
         del w_1
         # level 1: i in range(0, n) (inside level 0)
@@ -176,3 +176,67 @@ class GoldenEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
         return energy_1, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        w = self.w.to(x.dtype)
+        M = self.M.to(x.dtype)
+        s = self.s.to(x.dtype)
+        # level 1: i in range(0, n) (inside level 0)
+        p = M[lay["idx_p_0"], lay["idx_p_1"]]
+        x_1 = x[..., lay["idx_x_1_0"]]
+        xdot = v[..., lay["idx_x_1_0"]]
+        u0 = x_1 - p
+        v_1 = torch.square(u0)
+        dot = xdot*(2*x_1 - 2*p)
+        del p, x_1
+        t0 = u0
+        del u0
+        r = _rt.reduce_points(v_1, "sum", max(w.shape[0], 0), lay["Q1"])
+        del v_1
+        dot_1 = _rt.reduce_points(dot, "sum", max(w.shape[0], 0), lay["Q1"])
+        del dot
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        p_1 = w
+        u1 = 0.5/torch.square(s)
+        v_2 = torch.log(p_1) - u1*r
+        del p_1, r
+        dot_2 = -u1*dot_1
+        del dot_1, u1
+        lse = _rt.logsumexp(v_2)
+        res = lse.unsqueeze(-1)
+        w_4 = dot_2*torch.exp(v_2 - res)
+        del res
+        dot_3 = w_4.sum(-1)
+        del w_4
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        bc = lse.unsqueeze(-1)
+        del lse
+        dot_5 = dot_3.unsqueeze(-1)
+        del dot_3
+        u2 = torch.exp(v_2 - bc)
+        del bc, v_2
+        u3 = 0.5/torch.square(s)
+        w_1 = -u2
+        dot_6 = dot_5*u2 - dot_2*u2
+        del dot_2, dot_5, u2
+        w_2 = -u3*w_1
+        del w_1
+        dot_7 = -u3*dot_6
+        del dot_6, u3
+        # level 1: i in range(0, n) (inside level 0)
+        bc_1 = w_2[..., lay["seg1"]]
+        del w_2
+        dot_8 = dot_7[..., lay["seg1"]]
+        del dot_7
+        w_3 = 2*bc_1
+        del bc_1
+        dot_9 = 2*dot_8
+        del dot_8
+        dot_10 = t0*dot_9 + w_3*xdot
+        del dot_9, t0, w_3, xdot
+        hvp = torch.zeros_like(v)
+        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_10)
+        del dot_10
+        return hvp

@@ -50,10 +50,10 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v = torch.square(x_1)
+        v_1 = torch.square(x_1)
         del x_1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         x_2 = x[..., 0]
         x_3 = x[..., n - 1]
         energy_1 = x_2*x_3 + torch.sqrt(r)
@@ -65,9 +65,9 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v = torch.square(x_1)
-        r = v.sum(-1)
-        del v
+        v_1 = torch.square(x_1)
+        r = v_1.sum(-1)
+        del v_1
         x_2 = x[..., 0]
         x_3 = x[..., n - 1]
         d = torch.where((r > 0), torch.rsqrt(r)/2, x.new_tensor(0))
@@ -93,9 +93,9 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v = torch.square(x_1)
-        r = v.sum(-1)
-        del v
+        v_1 = torch.square(x_1)
+        r = v_1.sum(-1)
+        del v_1
         x_2 = x[..., 0]
         x_3 = x[..., n - 1]
         energy_1 = x_2*x_3 + torch.sqrt(r)
@@ -116,3 +116,43 @@ class GoldenEnergy(CompiledEnergy):
         grad = grad + g
         del g
         return energy_1, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        # level 0: i in range(0, n) (per sample)
+        x_1 = x
+        xdot = v
+        v_1 = torch.square(x_1)
+        dot = 2*x_1*xdot
+        r = v_1.sum(-1)
+        del v_1
+        dot_1 = dot.sum(-1)
+        del dot
+        xdot_1 = v[..., 0]
+        xdot_2 = v[..., n - 1]
+        u0 = (r > 0)
+        u1 = torch.where(u0, torch.rsqrt(r)/2, x.new_tensor(0))
+        d = u1
+        del u1
+        dot_3 = dot_1*torch.where(u0, -1/(4*torch.pow(r, 1.5)), x.new_tensor(0))
+        del dot_1, r, u0
+        hvp = torch.zeros_like(v)
+        hvp[..., 0] += xdot_2
+        del xdot_2
+        hvp[..., n - 1] += xdot_1
+        del xdot_1
+        # level 0: i in range(0, n) (per sample)
+        bc = d.unsqueeze(-1)
+        del d
+        dot_4 = dot_3.unsqueeze(-1)
+        del dot_3
+        w = 2*bc
+        del bc
+        dot_5 = 2*dot_4
+        del dot_4
+        dot_6 = dot_5*x_1 + w*xdot
+        del dot_5, w, x_1, xdot
+        hvp = hvp + dot_6
+        del dot_6
+        return hvp

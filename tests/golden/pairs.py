@@ -74,10 +74,10 @@ class GoldenEnergy(CompiledEnergy):
         t0 = x_2 - x_1
         del x_1, x_2
         t1 = torch.pow(s, 6)/torch.pow(t0, 6)
-        v = 4*eps*(torch.pow(s, 12)/torch.pow(t0, 12) - t1)
+        v_1 = 4*eps*(torch.pow(s, 12)/torch.pow(t0, 12) - t1)
         del t0, t1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         return r
 
     def _gradient(self, x, lay, der):
@@ -125,13 +125,13 @@ class GoldenEnergy(CompiledEnergy):
         t1 = torch.pow(s, 6)/torch.pow(t0, 6)
         t2 = 1/torch.pow(t0, 7)
         t3 = 2*t1 - 1
-        v = 4*eps*(torch.pow(s, 12)/torch.pow(t0, 12) - t1)
+        v_1 = 4*eps*(torch.pow(s, 12)/torch.pow(t0, 12) - t1)
         del t0, t1
         d = t2*t3
         d_1 = -t2*t3
         del t2, t3
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
         w = 24*eps*torch.pow(s, 6)
         g = w*d
@@ -145,3 +145,46 @@ class GoldenEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_2_0"], g_1)
         del g_1
         return r, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        eps = self.eps.to(x.dtype)
+        s = self.s.to(x.dtype)
+        # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
+        x_1 = x[..., lay["idx_x_1_0"]]
+        xdot = v[..., lay["idx_x_1_0"]]
+        x_2 = x[..., lay["idx_x_2_0"]]
+        xdot_1 = v[..., lay["idx_x_2_0"]]
+        u1 = x_2 - x_1
+        del x_1, x_2
+        u2 = torch.pow(s, 6)
+        u3 = u2/torch.pow(u1, 6)
+        u7 = 2*u3 - 1
+        del u3
+        u8 = 12*u2/torch.pow(u1, 14)
+        del u2
+        u9 = 1/torch.pow(u1, 8)
+        del u1
+        u10 = u8 + 7*u7*u9
+        u11 = -u7
+        del u7
+        u12 = u8 - 7*u11*u9
+        del u11, u8, u9
+        dot_1 = u10*xdot - u10*xdot_1
+        del u10
+        dot_2 = u12*xdot_1 - u12*xdot
+        del u12, xdot, xdot_1
+        # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
+        w = 24*eps*torch.pow(s, 6)
+        dot_4 = w*dot_1
+        del dot_1, w
+        hvp = torch.zeros_like(v)
+        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_4)
+        del dot_4
+        w_1 = 24*eps*torch.pow(s, 6)
+        dot_5 = w_1*dot_2
+        del dot_2, w_1
+        hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_5)
+        del dot_5
+        return hvp

@@ -65,10 +65,10 @@ class GoldenEnergy(CompiledEnergy):
         x_2 = x[..., lay["idx_x_2_0"]]
         t0 = kappa*x_2
         del x_2
-        v = torch.square(x_1) - 2*t0*x_1
+        v_1 = torch.square(x_1) - 2*t0*x_1
         del t0, x_1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         return r
 
     def _gradient(self, x, lay, der):
@@ -103,11 +103,11 @@ class GoldenEnergy(CompiledEnergy):
         x_2 = x[..., lay["idx_x_2_0"]]
         t0 = kappa*x_2
         del x_2
-        v = torch.square(x_1) - 2*t0*x_1
+        v_1 = torch.square(x_1) - 2*t0*x_1
         d = x_1 - t0
         del t0
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         # level 0: i in range(0, n) (per sample)
         g = 2*d
         del d
@@ -119,3 +119,26 @@ class GoldenEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_2_0"], g_1)
         del g_1
         return r, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        kappa = self.kappa.to(x.dtype)
+        # level 0: i in range(0, n) (per sample)
+        xdot = v
+        xdot_1 = v[..., lay["idx_x_2_0"]]
+        u2 = kappa*xdot_1
+        del xdot_1
+        dot_1 = xdot - u2
+        del u2
+        # level 0: i in range(0, n) (per sample)
+        dot_3 = 2*dot_1
+        del dot_1
+        hvp = dot_3
+        del dot_3
+        w = -2*kappa
+        dot_4 = w*xdot
+        del w, xdot
+        hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_4)
+        del dot_4
+        return hvp

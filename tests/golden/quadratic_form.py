@@ -81,10 +81,10 @@ class GoldenEnergy(CompiledEnergy):
         # level 1: i in range(0, n) (per sample)
         x_1 = x
         p = mu
-        v = 0.5*x_1 - 0.5*p
+        v_1 = 0.5*x_1 - 0.5*p
         del p, x_1
-        mv0 = v @ inverse_S
-        del v
+        mv0 = v_1 @ inverse_S
+        del v_1
         # level 0: j in range(0, n) (per sample)
         p_1 = mu
         x_2 = x
@@ -92,10 +92,10 @@ class GoldenEnergy(CompiledEnergy):
         del mv0
         t0 = x_2 - p_1
         del p_1, x_2
-        v_1 = p_2*t0
+        v_2 = p_2*t0
         del p_2, t0
-        r = v_1.sum(-1)
-        del v_1
+        r = v_2.sum(-1)
+        del v_2
         energy_1 = 0.5*logdet_S + r
         del r
         return energy_1
@@ -108,10 +108,10 @@ class GoldenEnergy(CompiledEnergy):
         # level 1: i in range(0, n) (per sample)
         x_1 = x
         p = mu
-        v = 0.5*x_1 - 0.5*p
+        v_1 = 0.5*x_1 - 0.5*p
         del p, x_1
-        mv0 = v @ inverse_S
-        del v
+        mv0 = v_1 @ inverse_S
+        del v_1
         # level 0: j in range(0, n) (per sample)
         p_1 = mu
         x_2 = x
@@ -142,10 +142,10 @@ class GoldenEnergy(CompiledEnergy):
         # level 1: i in range(0, n) (per sample)
         x_1 = x
         p = mu
-        v = 0.5*x_1 - 0.5*p
+        v_1 = 0.5*x_1 - 0.5*p
         del p, x_1
-        mv0 = v @ inverse_S
-        del v
+        mv0 = v_1 @ inverse_S
+        del v_1
         # level 0: j in range(0, n) (per sample)
         p_1 = mu
         x_2 = x
@@ -153,9 +153,9 @@ class GoldenEnergy(CompiledEnergy):
         del mv0
         t0 = x_2 - p_1
         del p_1, x_2
-        v_1 = p_2*t0
-        r = v_1.sum(-1)
-        del v_1
+        v_2 = p_2*t0
+        r = v_2.sum(-1)
+        del v_2
         energy_1 = 0.5*logdet_S + r
         del r
         # level 0: j in range(0, n) (per sample)
@@ -171,3 +171,31 @@ class GoldenEnergy(CompiledEnergy):
         grad = grad + w
         del w
         return energy_1, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        inverse_S = der["inverse(S)"]
+        # level 1: i in range(0, n) (per sample)
+        xdot = v
+        dot = 0.5*xdot
+        del xdot
+        mv0_dot = dot @ inverse_S
+        del dot
+        # level 0: j in range(0, n) (per sample)
+        xdot_1 = v
+        ydot = mv0_dot
+        del mv0_dot
+        # level 0: j in range(0, n) (per sample)
+        adj_mv0_dot = _rt_points(xdot_1, v, n).clone()
+        del xdot_1
+        hvp = ydot
+        del ydot
+        # level 1: i in range(0, n) (per sample)
+        dot_3 = adj_mv0_dot @ inverse_S.mT
+        del adj_mv0_dot
+        dot_4 = 0.5*dot_3
+        del dot_3
+        hvp = hvp + dot_4
+        del dot_4
+        return hvp

@@ -50,13 +50,13 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x
         t0 = torch.sqrt(x_1)
         t1 = (x_1 > 0)
-        v = torch.cos(x_1)
-        v_1 = torch.where(t1, t0, -x_1)
+        v_1 = torch.cos(x_1)
+        v_2 = torch.where(t1, t0, -x_1)
         del t0, t1, x_1
-        prod = v.prod(-1)
-        del v
-        r = v_1.sum(-1)
+        prod = v_1.prod(-1)
         del v_1
+        r = v_2.sum(-1)
+        del v_2
         energy_1 = prod + r
         del prod, r
         return energy_1
@@ -68,14 +68,14 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x
         t0 = torch.sqrt(x_1)
         t1 = (x_1 > 0)
-        v = torch.cos(x_1)
+        v_1 = torch.cos(x_1)
         d = torch.sin(x_1)
         del x_1
         d_1 = torch.where(t1, 1/(2*t0), x.new_tensor(-1))
         del t0, t1
         # level 0: j in range(0, n) (per sample)
-        others = _rt.others_product(v, 1, -1)
-        del v
+        others = _rt.others_product(v_1, 1, -1)
+        del v_1
         w = -others
         del others
         g = d_1 + d*w
@@ -91,20 +91,20 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x
         t0 = torch.sqrt(x_1)
         t1 = (x_1 > 0)
-        v = torch.cos(x_1)
+        v_1 = torch.cos(x_1)
         d = torch.sin(x_1)
-        v_1 = torch.where(t1, t0, -x_1)
+        v_2 = torch.where(t1, t0, -x_1)
         del x_1
         d_1 = torch.where(t1, 1/(2*t0), x.new_tensor(-1))
         del t0, t1
-        prod = v.prod(-1)
-        r = v_1.sum(-1)
-        del v_1
+        prod = v_1.prod(-1)
+        r = v_2.sum(-1)
+        del v_2
         energy_1 = prod + r
         del prod, r
         # level 0: j in range(0, n) (per sample)
-        others = _rt.others_product(v, 1, -1)
-        del v
+        others = _rt.others_product(v_1, 1, -1)
+        del v_1
         w = -others
         del others
         g = d_1 + d*w
@@ -112,3 +112,34 @@ class GoldenEnergy(CompiledEnergy):
         grad = g
         del g
         return energy_1, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        # level 0: j in range(0, n) (per sample)
+        x_1 = x
+        xdot = v
+        u0 = torch.cos(x_1)
+        u1 = torch.sin(x_1)
+        u3 = (x_1 > 0)
+        v_1 = u0
+        dot = -u1*xdot
+        d = u1
+        del u1
+        dot_1 = u0*xdot
+        del u0
+        dot_3 = xdot*torch.where(u3, -1/(4*torch.pow(x_1, 1.5)), x.new_tensor(0))
+        del u3, x_1, xdot
+        # level 0: j in range(0, n) (per sample)
+        others = _rt.others_product(v_1, 1, -1)
+        dot_7 = _rt.others_product_tangent(v_1, dot, 1, -1)
+        del dot, v_1
+        w = -others
+        del others
+        dot_8 = -dot_7
+        del dot_7
+        dot_9 = dot_3 + d*dot_8 + dot_1*w
+        del d, dot_1, dot_3, dot_8, w
+        hvp = dot_9
+        del dot_9
+        return hvp

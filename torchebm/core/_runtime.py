@@ -199,3 +199,43 @@ def pad_slice(v: torch.Tensor, lo: int, hi: int, size: int) -> torch.Tensor:
 def as_index(i, count: int, device) -> torch.Tensor:
     """An index expression (an int or a LongTensor over the points) as a LongTensor [P]."""
     return torch.as_tensor(i, dtype=torch.long, device=device).expand(count)
+
+
+def others_product_tangent(v: torch.Tensor, dv: torch.Tensor, groups: int,
+                           per_group: int = -1) -> torch.Tensor:
+    """Tangent of :func:`others_product` along ``dv``, exact when factors are zero.
+
+    For each term i: ``sum_{j != i} dv_j prod_{k != i, j} v_k``, written as
+    ``R_i dL_i + L_i dR_i`` with ``L``/``R`` the exclusive products from the
+    left/right and ``dL``/``dR`` their tangents. A tangent of an exclusive
+    product is ``L_i sum_{k < i} dv_k / v_k`` while no factor is zero, ``dv``
+    of the zero factor times the product of the others when one is, and 0
+    from two zeros on.
+    """
+    v, dv = torch.broadcast_tensors(v, dv)
+    if per_group < 0:
+        per_group = v.shape[-1] // max(groups, 1)
+    shape = v.shape[:-1] + (groups, per_group)
+    w, dw = v.reshape(shape), dv.reshape(shape)
+
+    def exclusive(a):
+        return torch.cat([torch.zeros_like(a[..., :1]), a[..., :-1]], dim=-1)
+
+    def left(w, dw):
+        zero = w == 0
+        safe = torch.where(zero, torch.ones_like(w), w)
+        ones = torch.ones_like(w[..., :1])
+        prod_nonzero = torch.cumprod(torch.cat([ones, safe[..., :-1]], dim=-1), dim=-1)
+        zeros_before = exclusive(zero.to(w.dtype).cumsum(-1))
+        ratio = exclusive(torch.where(zero, torch.zeros_like(w), dw / safe).cumsum(-1))
+        dzero = exclusive(torch.where(zero, dw, torch.zeros_like(w)).cumsum(-1))
+        prod = torch.where(zeros_before == 0, prod_nonzero, torch.zeros_like(w))
+        d = torch.where(zeros_before == 0, prod_nonzero * ratio,
+                        torch.where(zeros_before == 1, dzero * prod_nonzero,
+                                    torch.zeros_like(w)))
+        return prod, d
+
+    lp, ld = left(w, dw)
+    rp, rd = left(w.flip(-1), dw.flip(-1))
+    rp, rd = rp.flip(-1), rd.flip(-1)
+    return (rp * ld + lp * rd).flatten(-2)

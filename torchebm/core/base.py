@@ -32,6 +32,28 @@ def _as_batch(x) -> torch.Tensor:
     return x.unsqueeze(0) if x.dim() == 1 else x
 
 
+def _as_direction(x: torch.Tensor, v) -> torch.Tensor:
+    """``v`` checked against the batch ``x`` (a 1-D ``v`` goes with a 1-D ``x``)."""
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"v must be a torch.Tensor of the shape of x, not {type(v).__name__}")
+    if v.dim() == x.dim() - 1:
+        v = v.unsqueeze(0)
+    if v.shape != x.shape:
+        raise EnergySyntaxError(f"v has shape {tuple(v.shape)} but x has shape "
+                                f"{tuple(x.shape)}; the direction of a Hessian-vector product "
+                                f"has the shape of x")
+    if v.device != x.device:
+        raise EnergySyntaxError(f"v is on {v.device} but x is on {x.device}")
+    if not v.is_floating_point() or v.dtype != x.dtype:
+        v = v.to(x.dtype)
+    return v
+
+
+def _maybe_no_grad(create_graph):
+    import contextlib
+    return contextlib.nullcontext() if create_graph else torch.no_grad()
+
+
 def _one_sample_is_a_batch(module, args):
     if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 1:
         return (args[0].unsqueeze(0),) + tuple(args[1:])
@@ -87,6 +109,88 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
         """The score ``-dE/dx`` of ``x: [..., n]`` -> ``[..., n]``."""
         return -self.gradient(x)
 
+    # -- second derivatives ---------------------------------------------------------------
+    #: ``hessian`` refuses outputs of more elements than this (``batch * n * n``);
+    #: raise it per call (``max_elements=``) or per instance.
+    max_hessian_elements: int = 2**25
+
+    def hessian_vector_product(self, x: torch.Tensor, v: torch.Tensor,
+                               create_graph: bool = False) -> torch.Tensor:
+        """``H(x) v``, the Hessian of E at ``x: [..., n]`` times ``v: [..., n]`` -> ``[..., n]``.
+
+        Here by double backward through autograd (two passes over ``forward``);
+        compiled energies override it with a closed form. Detached unless
+        ``create_graph=True``.
+
+        Raises:
+            EnergySyntaxError: ``v`` whose shape differs from ``x``'s.
+        """
+        x = _as_batch(x)
+        v = _as_direction(x, v)
+        with torch.enable_grad():
+            xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self(xg).sum(), xg, create_graph=True)
+            (hv,) = torch.autograd.grad(g, xg, v, create_graph=create_graph,
+                                        allow_unused=True)
+        hv = torch.zeros_like(x) if hv is None else hv
+        return hv if create_graph else hv.detach()
+
+    def hessian(self, x: torch.Tensor, max_elements: int | None = None,
+                create_graph: bool = False) -> torch.Tensor:
+        """The Hessian ``d2E/dx2`` of ``x: [..., n]`` -> ``[..., n, n]`` (symmetric).
+
+        Memory grows as ``batch * n * n``; above ``max_elements`` (default
+        :attr:`max_hessian_elements`, 2**25) it raises instead of allocating.
+        Prefer :meth:`hessian_vector_product`, :meth:`hessian_diagonal` or
+        :meth:`laplacian` when they are what you need.
+
+        Raises:
+            EnergySyntaxError: the Hessian would have more than ``max_elements``
+                elements.
+        """
+        x = _as_batch(x)
+        self._check_hessian_size(x, max_elements)
+        n = x.shape[-1]
+        rows = []
+        for i in range(n):
+            e = torch.zeros_like(x)
+            e[..., i] = 1
+            rows.append(self.hessian_vector_product(x, e, create_graph=create_graph))
+        return torch.stack(rows, dim=-2)
+
+    def hessian_diagonal(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """``d2E/dx_i^2`` of ``x: [..., n]`` -> ``[..., n]``.
+
+        Here by autograd: one backward pass per dimension through the
+        gradient's graph (``n`` passes). Compiled energies override it with a
+        closed form.
+        """
+        x = _as_batch(x)
+        with torch.enable_grad():
+            xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self(xg).sum(), xg, create_graph=True)
+            cols = []
+            for i in range(x.shape[-1]):
+                (h,) = torch.autograd.grad(g[..., i].sum(), xg, retain_graph=True,
+                                           create_graph=create_graph, allow_unused=True)
+                cols.append(torch.zeros_like(x[..., i]) if h is None else h[..., i])
+        out = torch.stack(cols, dim=-1)
+        return out if create_graph else out.detach()
+
+    def laplacian(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """The Laplacian ``sum_i d2E/dx_i^2`` (trace of the Hessian) of ``x: [..., n]`` -> ``[...]``."""
+        return self.hessian_diagonal(x, create_graph=create_graph).sum(-1)
+
+    def _check_hessian_size(self, x, max_elements):
+        limit = self.max_hessian_elements if max_elements is None else max_elements
+        total = x[..., 0].numel() * x.shape[-1] ** 2
+        if total > limit:
+            raise EnergySyntaxError(
+                f"the Hessian of x of shape {tuple(x.shape)} has {total} elements, more than "
+                f"the limit of {limit}; pass max_elements= (or set "
+                f"energy.max_hessian_elements) to allow it, use a smaller batch, or use "
+                f"hessian_vector_product / hessian_diagonal / laplacian")
+
 
 class CompiledEnergy(BaseEnergyFunction):
     """Base of generated energies: closed-form ``gradient``, caches, parameters.
@@ -99,6 +203,7 @@ class CompiledEnergy(BaseEnergyFunction):
     """
 
     formula: str = ""
+    structured_hessian_diagonal: bool = False   # generated _hessian_diagonal exists
     param_specs: tuple = ()    # (user name, attribute name, rank) per parameter
     param_constraints: dict = {}   # user name -> 'positive' | 'positive_definite' (others real)
     constants: tuple = ()
@@ -244,8 +349,7 @@ class CompiledEnergy(BaseEnergyFunction):
         return x, lay, der
 
     def _run(self, name, x):
-        fn = self._fused.get(name) if self._fused else None
-        return (fn or getattr(self, name))(*self._inputs(x))
+        return self._call(name, *self._inputs(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Energy of ``x: [..., n]`` -> ``[...]`` (``[n]`` -> ``[1]``)."""
@@ -269,6 +373,88 @@ class CompiledEnergy(BaseEnergyFunction):
         with torch.no_grad():
             return self._run("_energy_and_gradient", x)
 
+    def hessian_vector_product(self, x: torch.Tensor, v: torch.Tensor,
+                               create_graph: bool = False) -> torch.Tensor:
+        """Closed-form ``H(x) v`` of ``x, v: [..., n]`` -> ``[..., n]``.
+
+        Forward mode over the closed-form gradient: a few gradients' cost,
+        never ``n`` passes. Detached unless ``create_graph=True``.
+
+        Raises:
+            EnergySyntaxError: ``v`` whose shape differs from ``x``'s.
+        """
+        x, lay, der = self._inputs(x)
+        v = _as_direction(x, v)
+        with _maybe_no_grad(create_graph):
+            return self._call("_hessian_vector_product", x, v, lay, der)
+
+    def hessian(self, x: torch.Tensor, max_elements: int | None = None,
+                create_graph: bool = False) -> torch.Tensor:
+        """Closed-form Hessian ``d2E/dx2`` of ``x: [..., n]`` -> ``[..., n, n]``.
+
+        The Hessian-vector product run on the ``n`` unit vectors at once (one
+        vectorised call). Memory grows as ``batch * n * n`` times a few
+        temporaries; above ``max_elements`` elements (default
+        :attr:`max_hessian_elements`, 2**25) it raises instead of allocating.
+
+        Raises:
+            EnergySyntaxError: the Hessian would have more than ``max_elements``
+                elements.
+        """
+        x, lay, der = self._inputs(x)
+        self._check_hessian_size(x, max_elements)
+        n = x.shape[-1]
+        eye = torch.eye(n, dtype=x.dtype, device=x.device).expand(x.shape[:-1] + (n, n))
+        with _maybe_no_grad(create_graph):
+            return self._call("_hessian_vector_product", x.unsqueeze(-2), eye, lay, der)
+
+    def hessian_diagonal(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """Closed-form ``d2E/dx_i^2`` of ``x: [..., n]`` -> ``[..., n]``.
+
+        When the formula allows it (``structured_hessian_diagonal``) the
+        generated ``_hessian_diagonal`` computes it in the cost of a gradient
+        (``O(B n)`` for elementwise and neighbour sums, ``O(B n^2)`` for pair
+        sums). Otherwise it is read off Hessian-vector products with unit
+        vectors, in chunks of at most :attr:`max_hessian_elements` elements.
+        """
+        x, lay, der = self._inputs(x)
+        with _maybe_no_grad(create_graph):
+            if self.structured_hessian_diagonal:
+                return self._call("_hessian_diagonal", x, lay, der)
+            return self._diagonal_from_products(x, lay, der)
+
+    def laplacian(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """Closed-form Laplacian (trace of the Hessian) of ``x: [..., n]`` -> ``[...]``."""
+        return self.hessian_diagonal(x, create_graph=create_graph).sum(-1)
+
+    def gradient_and_laplacian(self, x: torch.Tensor, create_graph: bool = False):
+        """``(dE/dx [..., n], laplacian [...])`` sharing one forward pass (score matching)."""
+        x, lay, der = self._inputs(x)
+        with _maybe_no_grad(create_graph):
+            if self.structured_hessian_diagonal:
+                grad, diag = self._call("_gradient_and_hessian_diagonal", x, lay, der)
+            else:
+                grad = self._call("_gradient", x, lay, der)
+                diag = self._diagonal_from_products(x, lay, der)
+        return grad, diag.sum(-1)
+
+    def _diagonal_from_products(self, x, lay, der):
+        n = x.shape[-1]
+        batch = max(x[..., 0].numel(), 1)
+        chunk = max(1, min(n, self.max_hessian_elements // (batch * n)))
+        eye = torch.eye(n, dtype=x.dtype, device=x.device)
+        cols = []
+        for start in range(0, n, chunk):
+            rows = eye[start:start + chunk]
+            hv = self._call("_hessian_vector_product", x.unsqueeze(-2),
+                            rows.expand(x.shape[:-1] + rows.shape), lay, der)
+            cols.append(torch.diagonal(hv[..., start:start + chunk], dim1=-2, dim2=-1))
+        return torch.cat(cols, dim=-1)
+
+    def _call(self, name, *args):
+        fn = self._fused.get(name) if self._fused else None
+        return (fn or getattr(self, name))(*args)
+
     def compile(self, **options):
         """Fused mode: run the generated code through ``torch.compile(fullgraph=True)``.
 
@@ -280,8 +466,10 @@ class CompiledEnergy(BaseEnergyFunction):
         eager mode. ``options`` go to ``torch.compile``. Returns ``self``.
         """
         options.setdefault("fullgraph", True)
-        self._fused = {name: torch.compile(getattr(self, name), **options)
-                       for name in ("_energy", "_gradient", "_energy_and_gradient")}
+        names = ["_energy", "_gradient", "_energy_and_gradient", "_hessian_vector_product"]
+        if self.structured_hessian_diagonal:
+            names += ["_hessian_diagonal", "_gradient_and_hessian_diagonal"]
+        self._fused = {name: torch.compile(getattr(self, name), **options) for name in names}
         return self
 
     @property

@@ -18,6 +18,7 @@ from .lower import lower
 from .optimise import cse
 from .parse import MAX_TREE, Parsed, _tree_size, parse_formula
 from .rewrite import stabilize
+from .second import tangent
 from .symbols import N, size_symbol
 
 
@@ -76,7 +77,11 @@ def compile_parsed(spec: EnergySpec, parsed: Parsed) -> Compiled:
     spd = {p.name for p in spec.params if p.constraint == "positive_definite"}
     program.symmetric = frozenset(spd | {k for k, d in parsed.derived.items()
                                          if d.op == "inverse" and d.param in spd})
-    statements = cse(build(program))
+    built = build(program)
+    statements = cse(built)
+    # energy and gradient keep their own CSE; second-order entry points are pruned
+    # from a second list, the same statements with their tangents, optimised together
+    statements.second = cse(tangent(built), prefix="_u").body
     return Compiled(emit_module(spec, parsed, statements), parsed, statements)
 
 

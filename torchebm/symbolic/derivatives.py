@@ -25,6 +25,11 @@ import sympy as sp
 from .lower import Level, Load, MatVec, Program
 
 
+def tangent_name(vector: str) -> str:
+    """Name of the tangent of an adjoint or matrix-vector vector (second order)."""
+    return "x.dot" if vector == "x" else vector + "_dot"
+
+
 # -- statements ------------------------------------------------------------------
 @dataclass(eq=False)
 class Stmt:
@@ -57,7 +62,9 @@ class LoadStmt(Stmt):
         return (self.load.symbol,)
 
     def uses(self):
-        return (self.load.base,) if self.load.kind == "vector" else ()
+        if self.load.kind != "vector":
+            return ()
+        return (tangent_name(self.load.base) if self.load.tangent else self.load.base,)
 
 
 @dataclass(eq=False)
@@ -125,9 +132,11 @@ class InitAdjoint(Stmt):
 
 @dataclass(eq=False)
 class Accumulate(Stmt):
+    """``adj:vector[load's indices] += source``; ``like`` names the input whose shape it has."""
     vector: str
     load: Load
     source: sp.Symbol
+    like: str = "x"
 
     def defines(self):
         return ("adj:" + self.vector,)
@@ -142,6 +151,10 @@ class Statements:
     energy: sp.Symbol
     shapes: dict = field(default_factory=dict)      # symbol -> shape class
     program: Program | None = None
+    builder: "_Builder | None" = None                # for the second-order stages
+    tangent: set = field(default_factory=set)        # symbols shaped like the tangent v
+    tangent_vectors: dict = field(default_factory=dict)   # tangent vector name -> MatVec
+    second: list = field(default_factory=list)       # statements of the second-order entry points
 
 
 def join(*classes):
@@ -393,4 +406,4 @@ def build(program: Program) -> Statements:
         b.forward_level(lv)
     energy, root_partials = b.forward_root()
     b.backward(root_partials)
-    return Statements(b.out, energy, b.shapes, program)
+    return Statements(b.out, energy, b.shapes, program, builder=b)

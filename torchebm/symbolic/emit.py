@@ -29,6 +29,7 @@ import sympy as sp
 from ..errors import EnergySyntaxError
 from .derivatives import (Accumulate, Assign, Broadcast, IndexValue, InitAdjoint, LoadStmt,
                           MatVecStmt, OthersProduct, Reduce, Statements)
+from .second import HDIAG, TANGENT_X, OthersProductTangent, tangent_name
 from .ir import EnergySpec, GeneratedSource
 from .lower import Level
 from .optimise import prune
@@ -47,8 +48,8 @@ def _module_attributes():
 # locals of generated code, and attributes of the module class (buffers share
 # their namespace: a parameter 'to' must not hide Module.to).
 _RESERVED = (set(keyword.kwlist) | set(dir(builtins)) | _module_attributes() |
-             {"torch", "math", "nn", "_rt", "_rt_points", "self", "x", "n", "lay", "der",
-              "grad", "energy", "device", "dtype", "trainable", "EnergySyntaxError",
+             {"torch", "math", "nn", "_rt", "_rt_points", "self", "x", "v", "n", "lay", "der",
+              "grad", "hvp", "hdiag", "energy", "device", "dtype", "trainable", "EnergySyntaxError",
               "CompiledEnergy"})
 RESERVED = frozenset(_RESERVED)
 
@@ -118,11 +119,11 @@ class ModuleEmitter:
                 s = size_symbol(name, axis)
                 self.names[s] = f"{local}.shape[{axis}]"
                 self.pyscalars.add(s)
-        for name, mv in self.program.vectors.items():
+        for name, mv in {**self.program.vectors, **self.stmts.tangent_vectors}.items():
             self.params[name] = self.ns.create(name.lstrip("_"))
             self.names[mv.symbol] = self.params[name]
         stems = self.program.symbol_names
-        for st in self.stmts.body:
+        for st in self.stmts.body + self.stmts.second:
             for d in st.defines():
                 if isinstance(d, sp.Symbol) and d not in self.names:
                     stem = stems.get(d) or d.name.lstrip("_").split("_")[0]
@@ -132,6 +133,8 @@ class ModuleEmitter:
             if isinstance(st, IndexValue) and st.target not in self.names:
                 self.names[st.target] = self.ns.create(f"{st.var.name}_value")
         # a copy 'a = b' left by CSE is printed as nothing: a is b
+        # (only in the first list: in the second, where a target may be a copy of another
+        # temporary, the copy is printed as an assignment)
         for st in self.stmts.body:
             if isinstance(st, Assign) and st.expr.is_Symbol and st.expr in self.names:
                 self.names[st.target] = self.names[st.expr]
@@ -212,9 +215,31 @@ class ModuleEmitter:
         return "1" if lv.parent is None else self.points(lv.parent)
 
     def base_local(self, ld):
+        if ld.tangent:
+            return "v" if ld.kind == "x" else self.params[tangent_name(ld.base)]
         if ld.kind == "x":
             return "x"
+        if ld.kind == "dense":
+            return self.accumulator(ld.base)
         return self.params[ld.base]
+
+    def accumulator(self, vector: str) -> str:
+        """The local that holds the adjoint (or tangent, or diagonal) vector ``vector``."""
+        fixed = {"x": "grad", TANGENT_X: "hvp", HDIAG: "hdiag"}
+        if vector in fixed:
+            return fixed[vector]
+        if vector.startswith("x@"):            # the gradient of one per-sample result
+            return f"grad_{self.names[self.stmts.dense_roots[vector]]}"
+        return f"adj_{self.params[vector]}"
+
+    def is_x_like(self, vector: str) -> bool:
+        return vector in ("x", TANGENT_X, HDIAG) or vector.startswith("x@")
+
+    def vector_length(self, vector: str) -> str:
+        if self.is_x_like(vector):
+            return "n"
+        mv = self.program.vectors.get(vector) or self.stmts.tangent_vectors[vector]
+        return self.code(mv.length)
 
     def base_size(self, ld) -> str:
         if ld.kind == "x":
@@ -236,7 +261,11 @@ class ModuleEmitter:
         code = self.ref(sym)
         if self.shape(sym) == "both" or (allow_point and self.shape(sym) == "point"):
             return code
-        return f"_rt_points({code}, x, {self.points(lv)})"
+        return f"_rt_points({code}, {self.like(sym)}, {self.points(lv)})"
+
+    def like(self, sym) -> str:
+        """The input whose batch shape ``sym`` has: the tangent ``v`` or ``x``."""
+        return "v" if sym in self.stmts.tangent else "x"
 
     def load_code(self, ld) -> str:
         base = self.base_local(ld)
@@ -267,7 +296,7 @@ class ModuleEmitter:
         return e.subs(self.program.size_subs) if self.program.size_subs else e
 
     def index_key(self, ld, k):
-        return f"idx_{self.names[ld.symbol]}_{k}"
+        return f"idx_{self.names[(ld.like or ld).symbol]}_{k}"
 
     def statement(self, st) -> list[str]:
         lv = st.level
@@ -306,6 +335,11 @@ class ModuleEmitter:
                 f"a nested {name}(...) whose range depends on an outer index cannot be "
                 f"vectorised; make its range independent of the outer index (mask terms with "
                 f"where(...))")
+        if isinstance(st, OthersProductTangent):
+            src = self.materialize(st.source, lv, allow_point=True)
+            per = "-1" if lv.parent is None else f'lay["Q{lv.id}"]'
+            return [f"{self.names[st.target]} = _rt.others_product_tangent({src}, "
+                    f"{self.ref(st.tangent)}, {self.parent_points(lv)}, {per})"]
         if isinstance(st, OthersProduct):
             if lv.parent is not None and not lv.rectangular:
                 raise EnergySyntaxError("prod over a range that depends on an outer index "
@@ -347,20 +381,23 @@ class ModuleEmitter:
         lines = []
         if adj not in self._initialised:      # nothing reached it: the product is flat in x
             self._initialised.add(adj)
-            lines.append(f"{adj} = x.new_zeros(x.shape[:-1] + ({self.code(mv.length)},))")
+            like = "v" if mv.vector in self.stmts.tangent_vectors else "x"
+            lines.append(f"{adj} = {like}.new_zeros({like}.shape[:-1] + "
+                         f"({self.code(mv.length)},))")
         return lines + [f"{self.names[st.target]} = {adj} @ {A}" if mv.row_major
                         else f"{self.names[st.target]} = {adj} @ {A}.mT"]
 
     def accumulate(self, st):
-        adj = "grad" if st.vector == "x" else f"adj_{self.params[st.vector]}"
+        adj = self.accumulator(st.vector)
         ld, lv = st.load, st.level
         src = self.ref(st.source)
         shape = self.shape(st.source)
-        size = "n" if st.vector == "x" else self.code(self.program.vectors[st.vector].length)
+        size = self.vector_length(st.vector)
         first = adj not in self._initialised
         self._initialised.add(adj)
-        zeros = (f"torch.zeros_like(x)" if st.vector == "x" else
-                 f"x.new_zeros(x.shape[:-1] + ({size},))")
+        like = st.like
+        zeros = (f"torch.zeros_like({like})" if self.is_x_like(st.vector) else
+                 f"{like}.new_zeros({like}.shape[:-1] + ({size},))")
         if lv is None:
             idx = ", ".join(self.code(i) for i in ld.indices)
             if first:
@@ -376,7 +413,7 @@ class ModuleEmitter:
                     # (or a broadcast view) needs a copy here
                     if shape == "both" and not self._is_load(st.source):
                         return [f"{adj} = {src}"]
-                    return [f"{adj} = _rt_points({src}, x, {size}).clone()"]
+                    return [f"{adj} = _rt_points({src}, {like}, {size}).clone()"]
                 return [f"{adj} = {adj} + {src}"]
             pad = (f"_rt.pad_slice({self.materialize(st.source, lv)}, {self.code(a)}, "
                    f"{self.code(b)}, {self.code(self.size_expr(ld))})")
@@ -389,14 +426,14 @@ class ModuleEmitter:
 
     def _is_load(self, sym):
         """True if ``sym`` may be a view of an input (a load, or a copy of one)."""
-        fresh_vectors = {st.load.symbol for st in self.stmts.body
+        fresh_vectors = {st.load.symbol for st in self._body
                          if isinstance(st, LoadStmt) and st.load.kind == "vector"}
         while True:
             if not sym.is_Symbol:
                 return True
             if sym in fresh_vectors:        # a slice of our own matrix-vector product
                 return False
-            for st in self.stmts.body:
+            for st in self._body:
                 if isinstance(st, Assign) and st.target == sym:
                     if not st.expr.is_Symbol:
                         return False
@@ -406,8 +443,9 @@ class ModuleEmitter:
                 return True
 
     # -- functions ------------------------------------------------------------------------
-    def function(self, name, outputs, returns, doc):
-        body = prune(self.stmts.body, outputs)
+    def function(self, name, outputs, returns, doc, args="x", statements=None):
+        self._body = self.stmts.body if statements is None else statements
+        body = prune(self._body, outputs)
         self._initialised = set()
         lines = []
         last_level = "root"
@@ -416,14 +454,19 @@ class ModuleEmitter:
                 lines.append(f"# {self.describe(st.level)}")
             last_level = st.level
             lines.extend(self.statement(st))
-        if "adj:x" in outputs and "grad" not in self._initialised:
-            lines.append("grad = torch.zeros_like(x)  # the energy is flat in x almost everywhere")
+        for out in outputs:
+            if not (isinstance(out, str) and out.startswith("adj:")):
+                continue
+            acc, like = self.accumulator(out[4:]), "v" if out == "adj:" + TANGENT_X else "x"
+            if acc not in self._initialised:
+                lines.append(f"{acc} = torch.zeros_like({like})  # flat in x almost everywhere")
         lines = _free_after_last_use(lines, returns)
         text = "\n".join(lines)
         words = _words(text)
         head = ["n = x.shape[-1]"]
         for pname, local in self.params.items():
-            if pname in self.program.vectors or pname in self.parsed.derived:
+            if (pname in self.program.vectors or pname in self.parsed.derived
+                    or pname in self.stmts.tangent_vectors):
                 continue
             if local in words:
                 head.append(f"{local} = self.{local}.to(x.dtype)")
@@ -434,7 +477,7 @@ class ModuleEmitter:
             if local in words:
                 head.append(f"{local} = x.new_tensor({integer}, dtype=torch.float64)")
         out = head + lines + [f"return {returns}"]
-        return (f"    def {name}(self, x, lay, der):\n        \"\"\"{doc}\"\"\"\n"
+        return (f"    def {name}(self, {args}, lay, der):\n        \"\"\"{doc}\"\"\"\n"
                 + textwrap.indent("\n".join(out), " " * 8) + "\n")
 
     def describe(self, lv: Level) -> str:
@@ -531,6 +574,7 @@ class ModuleEmitter:
         body = "\n".join(lines)
         arrays = [f"{local} = self.{local}" for name, local in self.params.items()
                   if name not in self.program.vectors and name not in self.parsed.derived
+                  and name not in self.stmts.tangent_vectors
                   and (name in self.parsed.constants or self.parsed.params[name].rank > 0)]
         text = "\n".join(["lay = {}"] + arrays + [body, "return lay"])
         return ("    def _layout(self, n, device, dtype):\n"
@@ -585,7 +629,7 @@ def _free_after_last_use(lines, returns):
     """
     import re
     assign = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*) = ")
-    keep = _words(returns) | {"x", "n", "lay", "der", "torch", "math", "_rt", "_rt_points",
+    keep = _words(returns) | {"x", "v", "n", "lay", "der", "torch", "math", "_rt", "_rt_points",
                               "self", "math"}
     defined, last = set(), {}
     for k, ln in enumerate(lines):
@@ -650,5 +694,8 @@ def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
     d = em.derive()
     if d:
         src += [d, "\n"]
-    src += [fwd, "\n", grad, "\n", both]
+    hvp = em.function("_hessian_vector_product", ["adj:" + TANGENT_X], "hvp",
+                      "Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n].",
+                      args="x, v", statements=stmts.second)
+    src += [fwd, "\n", grad, "\n", both, "\n", hvp]
     return GeneratedSource("".join(src), spec.class_name, spec.origin)

@@ -42,6 +42,8 @@ class Load:
     indices: tuple             # SymPy integer expressions in the level's index variables
     kind: str                  # 'x' | 'param' | 'vector'
     level: "Level | None"      # None: the root (per sample, no point axis)
+    tangent: bool = False      # reads the tangent v (or a tangent vector) instead of the base
+    like: "Load | None" = None # the primal load whose index tensors a tangent load reuses
 
 
 @dataclass(eq=False)

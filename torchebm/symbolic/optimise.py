@@ -10,15 +10,20 @@ with dead statements removed, which makes ``energy_and_gradient`` equal to
 
 from __future__ import annotations
 
+import dataclasses
+
 import sympy as sp
 
 from .derivatives import Assign, Statements, join
 
 
-def cse(statements: Statements) -> Statements:
-    """Common-subexpression elimination over each run of same-level assignments."""
+def cse(statements: Statements, prefix: str = "_t") -> Statements:
+    """Common-subexpression elimination over each run of same-level assignments.
+
+    ``prefix`` names the temporaries; blocks optimised separately use different ones.
+    """
     out, run = [], []
-    names = sp.numbered_symbols("_t", real=True)
+    names = sp.numbered_symbols(prefix, real=True)
 
     def flush():
         if not run:
@@ -29,9 +34,11 @@ def cse(statements: Statements) -> Statements:
         for t, e in temps:
             statements.shapes[t] = join(*[statements.shapes.get(s, "scalar")
                                           for s in e.free_symbols])
-            out.append(Assign(level, t, e))
-        for a, e in zip(run, reduced):
-            out.append(Assign(level, a.target, e))
+            if e.free_symbols & statements.tangent:
+                statements.tangent.add(t)
+        items = [Assign(level, t, e) for t, e in temps]
+        items += [Assign(level, a.target, e) for a, e in zip(run, reduced)]
+        out.extend(_dependency_order(items))
         run.clear()
 
     for st in statements.body:
@@ -44,7 +51,38 @@ def cse(statements: Statements) -> Statements:
         else:
             out.append(st)
     flush()
-    return Statements(out, statements.energy, statements.shapes, statements.program)
+    return dataclasses.replace(statements, body=out)
+
+
+def _dependency_order(items: list) -> list:
+    """``items`` (assignments) reordered so each follows what it uses, else as given.
+
+    ``sp.cse`` puts every shared temporary first, but a temporary may use a
+    value that an earlier assignment of the same run defines (a chain of
+    tangents); Kahn's algorithm with the original position as priority keeps
+    the order wherever it is already valid.
+    """
+    import heapq
+    where = {a.target: k for k, a in enumerate(items)}
+    waiting = {k: {where[s] for s in a.expr.free_symbols if s in where and where[s] != k}
+               for k, a in enumerate(items)}
+    users: dict = {}
+    for k, deps in waiting.items():
+        for d in deps:
+            users.setdefault(d, []).append(k)
+    ready = [k for k, deps in waiting.items() if not deps]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(items[k])
+        for u in users.get(k, ()):
+            waiting[u].discard(k)
+            if not waiting[u]:
+                heapq.heappush(ready, u)
+    if len(order) != len(items):
+        raise RuntimeError("torchebm: cyclic assignments after CSE; please report a bug")
+    return order
 
 
 def prune(body: list, outputs) -> list:

@@ -10,6 +10,11 @@ For each dimension and random float64 points:
   mpmath oracle (no torch code involved);
 * ``e&g==fwd,grad``: ``energy_and_gradient`` equals ``forward`` and
   ``gradient`` called separately, bit for bit.
+* ``hessian~autograd``: closed-form ``hessian`` vs the Hessian of the
+  generated forward by double backward (``torch.autograd.functional``);
+* ``hvp~autograd``, ``hdiag~autograd``, ``laplacian~autograd``: the
+  closed-form Hessian-vector product, Hessian diagonal and Laplacian vs the
+  same autograd Hessian.
 
 Errors are norm-wise relative per point, ``|got - want|_inf / max(|want|_inf, 1)``.
 """
@@ -25,7 +30,8 @@ import torch
 from .oracle import Oracle, OracleError
 
 TOLERANCES = {"energy~mpmath": 1e-10, "grad~autograd": 1e-10, "grad~fd": 1e-7,
-              "e&g==fwd,grad": 0.0, "dtype": 0.0}
+              "e&g==fwd,grad": 0.0, "dtype": 0.0, "hessian~autograd": 1e-9,
+              "hvp~autograd": 1e-9, "hdiag~autograd": 1e-9, "laplacian~autograd": 1e-9}
 
 
 @dataclass
@@ -69,6 +75,16 @@ def verify_energy(label, energy, parsed, params, n, points=4, seed=0, fd=True):
         e2, g2 = energy.energy_and_gradient(x)
     xg = x.clone().requires_grad_(True)
     ag = torch.autograd.grad(energy(xg).sum(), xg)[0]
+    v = torch.randn(x.shape, dtype=x.dtype, generator=g)
+    with torch.no_grad():
+        second = {"hessian~autograd": energy.hessian(x), "hvp~autograd":
+                  energy.hessian_vector_product(x, v), "hdiag~autograd":
+                  energy.hessian_diagonal(x), "laplacian~autograd": energy.laplacian(x)}
+    auto_h = torch.stack([torch.autograd.functional.hessian(
+        lambda z: energy(z.unsqueeze(0)).sum(), x[k]) for k in range(points)])
+    want = {"hessian~autograd": auto_h, "hvp~autograd": (auto_h @ v.unsqueeze(-1)).squeeze(-1),
+            "hdiag~autograd": torch.diagonal(auto_h, dim1=-2, dim2=-1),
+            "laplacian~autograd": torch.diagonal(auto_h, dim1=-2, dim2=-1).sum(-1)}
     dtype_check = checks["dtype"]
     for dt in (torch.float32, torch.float64):
         xd = x.to(dt)
@@ -91,6 +107,8 @@ def verify_energy(label, energy, parsed, params, n, points=4, seed=0, fd=True):
             "e&g==fwd,grad": (0.0, 0.0) if (torch.equal(e2[k], e[k])
                                             and torch.equal(g2[k], grad[k])) else (1.0, 1.0),
         }
+        for name, got in second.items():
+            results[name] = _rel(got[k], want[name][k])
         if fd:
             try:
                 results["grad~fd"] = _rel(grad[k], [float(v) for v in oracle.gradient(row)])

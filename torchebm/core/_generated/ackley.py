@@ -70,14 +70,14 @@ class AckleyEnergy(CompiledEnergy):
         # level 0: j in range(0, n) (per sample)
         x_1 = x
         t0 = c*x_1
-        v = torch.cos(t0)
+        v_1 = torch.cos(t0)
         del t0
-        v_1 = torch.square(x_1)
+        v_2 = torch.square(x_1)
         del x_1
-        r = v.sum(-1)
-        del v
-        r_1 = v_1.sum(-1)
+        r = v_1.sum(-1)
         del v_1
+        r_1 = v_2.sum(-1)
+        del v_2
         t1 = 1/n_float
         t2 = torch.exp(t1*r)
         del r
@@ -99,14 +99,14 @@ class AckleyEnergy(CompiledEnergy):
         # level 0: j in range(0, n) (per sample)
         x_1 = x
         t0 = c*x_1
-        v = torch.cos(t0)
+        v_1 = torch.cos(t0)
         d = torch.sin(t0)
         del t0
-        v_1 = torch.square(x_1)
-        r = v.sum(-1)
-        del v
-        r_1 = v_1.sum(-1)
+        v_2 = torch.square(x_1)
+        r = v_1.sum(-1)
         del v_1
+        r_1 = v_2.sum(-1)
+        del v_2
         t1 = 1/n_float
         t2 = torch.exp(t1*r)
         del r
@@ -142,14 +142,14 @@ class AckleyEnergy(CompiledEnergy):
         # level 0: j in range(0, n) (per sample)
         x_1 = x
         t0 = c*x_1
-        v = torch.cos(t0)
+        v_1 = torch.cos(t0)
         d = torch.sin(t0)
         del t0
-        v_1 = torch.square(x_1)
-        r = v.sum(-1)
-        del v
-        r_1 = v_1.sum(-1)
+        v_2 = torch.square(x_1)
+        r = v_1.sum(-1)
         del v_1
+        r_1 = v_2.sum(-1)
+        del v_2
         t1 = 1/n_float
         t2 = torch.exp(t1*r)
         del r
@@ -175,3 +175,79 @@ class AckleyEnergy(CompiledEnergy):
         grad = g
         del g
         return energy_1, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        a = self.a.to(x.dtype)
+        b = self.b.to(x.dtype)
+        c = self.c.to(x.dtype)
+        n_float = x.new_tensor(n, dtype=torch.float64)
+        # level 0: j in range(0, n) (per sample)
+        x_1 = x
+        xdot = v
+        u0 = c*x_1
+        u1 = torch.cos(u0)
+        u2 = torch.sin(u0)
+        del u0
+        u3 = c*xdot
+        v_1 = u1
+        dot = -u2*u3
+        d = u2
+        del u2
+        dot_1 = u1*u3
+        del u1, u3
+        v_2 = torch.square(x_1)
+        dot_2 = 2*x_1*xdot
+        r = v_1.sum(-1)
+        del v_1
+        dot_3 = dot.sum(-1)
+        del dot
+        r_1 = v_2.sum(-1)
+        del v_2
+        dot_4 = dot_2.sum(-1)
+        del dot_2
+        u4 = 1/n_float
+        u5 = torch.exp(u4*r)
+        del r
+        u6 = u4*r_1
+        u7 = torch.exp(-b*torch.sqrt(u6))
+        u8 = a*u7
+        u9 = u4*u5
+        u10 = torch.rsqrt(u6)
+        u11 = (u6 > 0)
+        del u6
+        u12 = torch.where(u11, u10/2, x.new_tensor(0))
+        u13 = 1/torch.square(n_float)
+        u14 = 1/(4*r_1)
+        del r_1
+        d_1 = -u9
+        del u9
+        dot_6 = -u13*dot_3*u5
+        del dot_3, u5
+        d_2 = u4*b*u12*u8
+        del u12
+        dot_7 = dot_4*(u4*a*b*u7*torch.where(u11, -u10*u14, x.new_tensor(0)) - u13*torch.square(b)*u8*torch.where(u11, u14*n_float, x.new_tensor(0)))
+        del dot_4, u10, u11, u13, u14, u4, u7, u8
+        # level 0: j in range(0, n) (per sample)
+        bc = d_1.unsqueeze(-1)
+        del d_1
+        dot_8 = dot_6.unsqueeze(-1)
+        del dot_6
+        bc_1 = d_2.unsqueeze(-1)
+        del d_2
+        dot_9 = dot_7.unsqueeze(-1)
+        del dot_7
+        w = -c*bc
+        del bc
+        dot_10 = -c*dot_8
+        del dot_8
+        w_1 = 2*bc_1
+        del bc_1
+        dot_11 = 2*dot_9
+        del dot_9
+        dot_12 = dot_10*d + w*dot_1 + dot_11*x_1 + w_1*xdot
+        del d, dot_1, dot_10, dot_11, w, w_1, x_1, xdot
+        hvp = dot_12
+        del dot_12
+        return hvp

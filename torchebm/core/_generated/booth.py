@@ -91,3 +91,18 @@ class BoothEnergy(CompiledEnergy):
         grad[..., 0] += d_1
         del d_1
         return energy_1, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        xdot = v[..., 1]
+        xdot_1 = v[..., 0]
+        dot_1 = 8*xdot_1 + 10*xdot
+        dot_2 = 8*xdot + 10*xdot_1
+        del xdot, xdot_1
+        hvp = torch.zeros_like(v)
+        hvp[..., 1] += dot_1
+        del dot_1
+        hvp[..., 0] += dot_2
+        del dot_2
+        return hvp

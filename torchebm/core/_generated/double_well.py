@@ -65,10 +65,10 @@ class DoubleWellEnergy(CompiledEnergy):
         x_1 = x
         t0 = torch.square(x_1) - torch.square(b)
         del x_1
-        v = torch.square(t0)
+        v_1 = torch.square(t0)
         del t0
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         energy_1 = barrier_height*r
         del r
         return energy_1
@@ -99,11 +99,11 @@ class DoubleWellEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         t0 = torch.square(x_1) - torch.square(b)
-        v = torch.square(t0)
+        v_1 = torch.square(t0)
         d = t0*x_1
         del t0, x_1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         energy_1 = barrier_height*r
         del r
         # level 0: i in range(0, n) (per sample)
@@ -113,3 +113,24 @@ class DoubleWellEnergy(CompiledEnergy):
         grad = g
         del g
         return energy_1, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        barrier_height = self.barrier_height.to(x.dtype)
+        b = self.b.to(x.dtype)
+        # level 0: i in range(0, n) (per sample)
+        x_1 = x
+        xdot = v
+        u0 = torch.square(x_1)
+        del x_1
+        u1 = -torch.square(b)
+        dot_1 = xdot*(3*u0 + u1)
+        del u0, u1, xdot
+        # level 0: i in range(0, n) (per sample)
+        w = 4*barrier_height
+        dot_4 = w*dot_1
+        del dot_1, w
+        hvp = dot_4
+        del dot_4
+        return hvp

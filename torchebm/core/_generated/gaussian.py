@@ -87,10 +87,10 @@ class GaussianEnergy(CompiledEnergy):
         # level 1: i in range(0, n) (per sample)
         x_1 = x
         p = mean
-        v = 0.5*x_1 - 0.5*p
+        v_1 = 0.5*x_1 - 0.5*p
         del p, x_1
-        mv0 = v @ inverse_cov
-        del v
+        mv0 = v_1 @ inverse_cov
+        del v_1
         # level 0: j in range(0, n) (per sample)
         p_1 = mean
         x_2 = x
@@ -98,10 +98,10 @@ class GaussianEnergy(CompiledEnergy):
         del mv0
         t0 = x_2 - p_1
         del p_1, x_2
-        v_1 = p_2*t0
+        v_2 = p_2*t0
         del p_2, t0
-        r = v_1.sum(-1)
-        del v_1
+        r = v_2.sum(-1)
+        del v_2
         return r
 
     def _gradient(self, x, lay, der):
@@ -112,10 +112,10 @@ class GaussianEnergy(CompiledEnergy):
         # level 1: i in range(0, n) (per sample)
         x_1 = x
         p = mean
-        v = 0.5*x_1 - 0.5*p
+        v_1 = 0.5*x_1 - 0.5*p
         del p, x_1
-        mv0 = v @ inverse_cov
-        del v
+        mv0 = v_1 @ inverse_cov
+        del v_1
         # level 0: j in range(0, n) (per sample)
         p_2 = mv0
         # level 0: j in range(0, n) (per sample)
@@ -138,20 +138,20 @@ class GaussianEnergy(CompiledEnergy):
         # level 1: i in range(0, n) (per sample)
         x_1 = x
         p = mean
-        v = 0.5*x_1 - 0.5*p
+        v_1 = 0.5*x_1 - 0.5*p
         del p, x_1
-        mv0 = v @ inverse_cov
-        del v
+        mv0 = v_1 @ inverse_cov
+        del v_1
         # level 0: j in range(0, n) (per sample)
         p_1 = mean
         x_2 = x
         p_2 = mv0
         t0 = x_2 - p_1
         del p_1, x_2
-        v_1 = p_2*t0
+        v_2 = p_2*t0
         del t0
-        r = v_1.sum(-1)
-        del v_1
+        r = v_2.sum(-1)
+        del v_2
         # level 0: j in range(0, n) (per sample)
         grad = p_2
         del p_2
@@ -163,3 +163,27 @@ class GaussianEnergy(CompiledEnergy):
         grad = grad + w
         del w
         return r, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        inverse_cov = der["inverse(cov)"]
+        # level 1: i in range(0, n) (per sample)
+        xdot = v
+        dot = 0.5*xdot
+        del xdot
+        mv0_dot = dot @ inverse_cov
+        del dot
+        # level 0: j in range(0, n) (per sample)
+        ydot = mv0_dot
+        # level 0: j in range(0, n) (per sample)
+        hvp = ydot
+        del ydot
+        # level 1: i in range(0, n) (per sample)
+        dot_3 = 2.0*mv0_dot
+        del mv0_dot
+        dot_4 = 0.5*dot_3
+        del dot_3
+        hvp = hvp + dot_4
+        del dot_4
+        return hvp

@@ -60,10 +60,10 @@ class HarmonicEnergy(CompiledEnergy):
         k = self.k.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v = torch.square(x_1)
+        v_1 = torch.square(x_1)
         del x_1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         t0 = 0.5*k
         energy_1 = t0*r
         del r, t0
@@ -91,9 +91,9 @@ class HarmonicEnergy(CompiledEnergy):
         k = self.k.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v = torch.square(x_1)
-        r = v.sum(-1)
-        del v
+        v_1 = torch.square(x_1)
+        r = v_1.sum(-1)
+        del v_1
         t0 = 0.5*k
         energy_1 = t0*r
         del r
@@ -105,3 +105,21 @@ class HarmonicEnergy(CompiledEnergy):
         grad = g
         del g
         return energy_1, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        k = self.k.to(x.dtype)
+        # level 0: i in range(0, n) (per sample)
+        xdot = v
+        u0 = 0.5*k
+        t0 = u0
+        del u0
+        # level 0: i in range(0, n) (per sample)
+        w = 2*t0
+        del t0
+        dot_3 = w*xdot
+        del w, xdot
+        hvp = dot_3
+        del dot_3
+        return hvp

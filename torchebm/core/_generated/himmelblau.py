@@ -108,3 +108,28 @@ class HimmelblauEnergy(CompiledEnergy):
         grad[..., 1] += d_1
         del d_1
         return energy_1, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        x_1 = x[..., 0]
+        xdot = v[..., 0]
+        x_2 = x[..., 1]
+        xdot_1 = v[..., 1]
+        u0 = torch.square(x_2)
+        u2 = torch.square(x_1)
+        u4 = 4*x_1
+        del x_1
+        u6 = 4*x_2
+        del x_2
+        u8 = u4 + u6
+        dot_1 = u8*xdot_1 + xdot*(u6 + 12*u2 - 42)
+        del u2, u6
+        dot_2 = u8*xdot + xdot_1*(u4 + 12*u0 - 26)
+        del u0, u4, u8, xdot, xdot_1
+        hvp = torch.zeros_like(v)
+        hvp[..., 0] += dot_1
+        del dot_1
+        hvp[..., 1] += dot_2
+        del dot_2
+        return hvp

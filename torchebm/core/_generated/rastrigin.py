@@ -62,10 +62,10 @@ class RastriginEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         t0 = 2*3.141592653589793*x_1
-        v = torch.square(x_1) - a*torch.cos(t0)
+        v_1 = torch.square(x_1) - a*torch.cos(t0)
         del t0, x_1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         energy_1 = a*n_float + r
         del r
         return energy_1
@@ -94,11 +94,11 @@ class RastriginEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         t0 = 2*3.141592653589793*x_1
-        v = torch.square(x_1) - a*torch.cos(t0)
+        v_1 = torch.square(x_1) - a*torch.cos(t0)
         d = x_1 + 3.141592653589793*a*torch.sin(t0)
         del t0, x_1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         energy_1 = a*n_float + r
         del r
         # level 0: i in range(0, n) (per sample)
@@ -107,3 +107,25 @@ class RastriginEnergy(CompiledEnergy):
         grad = g
         del g
         return energy_1, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        a = self.a.to(x.dtype)
+        # level 0: i in range(0, n) (per sample)
+        x_1 = x
+        xdot = v
+        u0 = 2*x_1
+        del x_1
+        u1 = 3.141592653589793*u0
+        del u0
+        u2 = a*torch.cos(u1)
+        del u1
+        dot_1 = xdot*(2*9.869604401089358*u2 + 1)
+        del u2, xdot
+        # level 0: i in range(0, n) (per sample)
+        dot_3 = 2*dot_1
+        del dot_1
+        hvp = dot_3
+        del dot_3
+        return hvp

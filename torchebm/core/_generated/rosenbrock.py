@@ -69,10 +69,10 @@ class RosenbrockEnergy(CompiledEnergy):
         x_2 = x[..., 1:n]
         t0 = x_2 - torch.square(x_1)
         del x_2
-        v = torch.square(a - x_1) + b*torch.square(t0)
+        v_1 = torch.square(a - x_1) + b*torch.square(t0)
         del t0, x_1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         return r
 
     def _gradient(self, x, lay, der):
@@ -109,11 +109,11 @@ class RosenbrockEnergy(CompiledEnergy):
         x_2 = x[..., 1:n]
         t0 = x_2 - torch.square(x_1)
         del x_2
-        v = torch.square(a - x_1) + b*torch.square(t0)
+        v_1 = torch.square(a - x_1) + b*torch.square(t0)
         d = x_1 - a - 2*b*t0*x_1
         del x_1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         # level 0: i in range(0, n - 1) (per sample)
         g = 2*d
         del d
@@ -125,3 +125,36 @@ class RosenbrockEnergy(CompiledEnergy):
         grad = grad + _rt.pad_slice(g_1, 1, n, n)
         del g_1
         return r, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        b = self.b.to(x.dtype)
+        # level 0: i in range(0, n - 1) (per sample)
+        x_1 = x[..., 0:n - 1]
+        xdot = v[..., 0:n - 1]
+        x_2 = x[..., 1:n]
+        xdot_1 = v[..., 1:n]
+        u0 = torch.square(x_1)
+        u1 = x_2 - u0
+        del x_2
+        u2 = b*xdot_1
+        u3 = b*u1
+        del u1
+        u4 = 2*x_1
+        del x_1
+        dot_1 = xdot*(4*b*u0 + 1 - 2*u3) - u2*u4
+        del u0, u2, u3
+        dot_2 = xdot_1 - u4*xdot
+        del u4, xdot, xdot_1
+        # level 0: i in range(0, n - 1) (per sample)
+        dot_4 = 2*dot_1
+        del dot_1
+        hvp = _rt.pad_slice(dot_4, 0, n - 1, n)
+        del dot_4
+        w = 2*b
+        dot_5 = w*dot_2
+        del dot_2, w
+        hvp = hvp + _rt.pad_slice(dot_5, 1, n, n)
+        del dot_5
+        return hvp

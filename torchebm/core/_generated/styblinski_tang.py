@@ -53,10 +53,10 @@ class StyblinskiTangEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v = torch.pow(x_1, 4) + 5*x_1 - 16*torch.square(x_1)
+        v_1 = torch.pow(x_1, 4) + 5*x_1 - 16*torch.square(x_1)
         del x_1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         energy_1 = 0.5*r
         del r
         return energy_1
@@ -80,11 +80,11 @@ class StyblinskiTangEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v = torch.pow(x_1, 4) + 5*x_1 - 16*torch.square(x_1)
+        v_1 = torch.pow(x_1, 4) + 5*x_1 - 16*torch.square(x_1)
         d = 4*(x_1*x_1*x_1) + 5 - 32*x_1
         del x_1
-        r = v.sum(-1)
-        del v
+        r = v_1.sum(-1)
+        del v_1
         energy_1 = 0.5*r
         del r
         # level 0: i in range(0, n) (per sample)
@@ -93,3 +93,20 @@ class StyblinskiTangEnergy(CompiledEnergy):
         grad = g
         del g
         return energy_1, grad
+
+    def _hessian_vector_product(self, x, v, lay, der):
+        """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        # level 0: i in range(0, n) (per sample)
+        x_1 = x
+        xdot = v
+        u0 = torch.square(x_1)
+        del x_1
+        dot_1 = xdot*(12*u0 - 32)
+        del u0, xdot
+        # level 0: i in range(0, n) (per sample)
+        dot_4 = 0.5*dot_1
+        del dot_1
+        hvp = dot_4
+        del dot_4
+        return hvp
