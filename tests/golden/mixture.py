@@ -39,6 +39,7 @@ class GoldenEnergy(CompiledEnergy):
     param_constraints = {}
     constants = ()
     origin = '<formula>'
+    structured_hessian_diagonal = False
 
     def __init__(self, w, M, s=1.0, *, trainable=False):
         super().__init__()

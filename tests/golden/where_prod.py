@@ -32,6 +32,7 @@ class GoldenEnergy(CompiledEnergy):
     param_constraints = {}
     constants = ()
     origin = '<formula>'
+    structured_hessian_diagonal = False
 
     def __init__(self, *, trainable=False):
         super().__init__()

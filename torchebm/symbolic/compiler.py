@@ -6,6 +6,7 @@ stage is a module of its own with one entry function.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import sympy as sp
@@ -18,7 +19,7 @@ from .lower import lower
 from .optimise import cse
 from .parse import MAX_TREE, Parsed, _tree_size, parse_formula
 from .rewrite import stabilize
-from .second import tangent
+from .second import hessian_diagonal, tangent
 from .symbols import N, size_symbol
 
 
@@ -82,6 +83,9 @@ def compile_parsed(spec: EnergySpec, parsed: Parsed) -> Compiled:
     # energy and gradient keep their own CSE; second-order entry points are pruned
     # from a second list, the same statements with their tangents, optimised together
     statements.second = cse(tangent(built), prefix="_u").body
+    diagonal = hessian_diagonal(built)
+    if diagonal is not None:
+        statements.diagonal = cse(dataclasses.replace(built, body=diagonal), prefix="_w").body
     return Compiled(emit_module(spec, parsed, statements), parsed, statements)
 
 

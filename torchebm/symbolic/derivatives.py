@@ -62,6 +62,8 @@ class LoadStmt(Stmt):
         return (self.load.symbol,)
 
     def uses(self):
+        if self.load.kind == "dense":       # a gradient vector (second order)
+            return ("adj:" + self.load.base,)
         if self.load.kind != "vector":
             return ()
         return (tangent_name(self.load.base) if self.load.tangent else self.load.base,)
@@ -155,6 +157,8 @@ class Statements:
     tangent: set = field(default_factory=set)        # symbols shaped like the tangent v
     tangent_vectors: dict = field(default_factory=dict)   # tangent vector name -> MatVec
     second: list = field(default_factory=list)       # statements of the second-order entry points
+    diagonal: list | None = None                     # ... of the direct Hessian diagonal
+    dense_roots: dict = field(default_factory=dict)  # 'x@r' -> r, gradients of per-sample values
 
 
 def join(*classes):
@@ -173,6 +177,9 @@ class _Builder:
         self.counter = 0
         self.partials: dict = {}      # (owner, symbol) -> (constant factor, per-point symbol)
         self.defs: dict = {}          # symbol -> expression, for every Assign
+        # recorded by the energy's reverse sweep, for the Hessian diagonal:
+        self.point_adjoint: dict = {}   # reduction or matvec -> adjoint of its body per point
+        self.result_adjoint: dict = {}  # reduction -> adjoint of its result
 
     def sym(self, stem):
         self.counter += 1
@@ -266,20 +273,26 @@ class _Builder:
         return energy, root_partials
 
     # -- backward -------------------------------------------------------------------
-    def backward(self, root_partials):
+    def backward(self, root_partials, seeded=False):
+        """The reverse sweep from ``root_partials`` (root symbol -> adjoint).
+
+        ``seeded``: a sweep for the gradient of one per-sample value (the
+        Hessian diagonal needs them) rather than of the energy; it records
+        nothing and stops at matrix-vector products.
+        """
         contrib: dict = {}
         for s, d in root_partials.items():
             contrib.setdefault(s, []).append(d)
         self.emit(InitAdjoint(None, "x"))
         for name, mv in self.p.vectors.items():
-            if mv.vector in self.xdep:
+            if mv.vector in self.xdep and not seeded:
                 self.emit(InitAdjoint(None, name))
         for ld in self.p.root_loads.values():
             if ld.kind == "x" and ld.symbol in contrib:
                 self.emit(Accumulate(None, "x", ld, self.sum_contrib(contrib.pop(ld.symbol),
                                                                       None)))
         for lv in reversed(self.p.levels):
-            self.backward_level(lv, contrib)
+            self.backward_level(lv, contrib, seeded)
 
     def sum_contrib(self, parts, level):
         if len(parts) == 1:
@@ -296,13 +309,15 @@ class _Builder:
                   join(self.shapes.get(value, "scalar"), "point"))
         return target
 
-    def backward_level(self, lv: Level, contrib):
+    def backward_level(self, lv: Level, contrib, seeded=False):
         weights = []   # (owner, adjoint of the body at the level's points)
         for r in lv.reductions:
             parts = contrib.pop(r.result, None)
             if not parts or r.value not in self.xdep:
                 continue
             abar = self.sum_contrib(parts, lv.parent)
+            if not seeded:
+                self.result_adjoint[r] = abar
             bbar = self.broadcast(abar, lv)
             if r.op == "prod":
                 others = self.sym("others")
@@ -313,7 +328,7 @@ class _Builder:
                 bbar = self.assign("w", bbar * sp.exp(r.value - res), lv)
             weights.append((r, bbar))
         mv = lv.matvec
-        if mv is not None and mv.vector in self.xdep:
+        if mv is not None and mv.vector in self.xdep and not seeded:
             ratio = self.symmetric_quadratic_form(lv, mv)
             if ratio is not None:
                 self.shapes[mv.symbol] = "both"
@@ -325,6 +340,8 @@ class _Builder:
             weights.append((mv, hbar))
         if not weights:
             return
+        if not seeded:
+            self.point_adjoint.update(weights)
         symbols = set()
         for owner, _ in weights:
             symbols |= {s for (o, s) in self.partials if o is owner}

@@ -29,7 +29,8 @@ import sympy as sp
 from ..errors import EnergySyntaxError
 from .derivatives import (Accumulate, Assign, Broadcast, IndexValue, InitAdjoint, LoadStmt,
                           MatVecStmt, OthersProduct, Reduce, Statements)
-from .second import HDIAG, TANGENT_X, OthersProductTangent, tangent_name
+from .second import (HDIAG, TANGENT_X, CoincidentAccumulate, DenseAccumulate, MatrixDiagonal,
+                     OthersProductTangent, PointShift, tangent_name)
 from .ir import EnergySpec, GeneratedSource
 from .lower import Level
 from .optimise import prune
@@ -91,6 +92,9 @@ class ModuleEmitter:
         self.pyscalars = {N}
         self.params = {}                 # user name -> local python name
         self.levels = self.program.levels
+        self.all_statements = stmts.body + stmts.second + (stmts.diagonal or [])
+        self.coincident = [st for st in (stmts.diagonal or [])
+                           if isinstance(st, CoincidentAccumulate)]
         self._name_everything()
 
     # -- naming -------------------------------------------------------------------
@@ -123,7 +127,7 @@ class ModuleEmitter:
             self.params[name] = self.ns.create(name.lstrip("_"))
             self.names[mv.symbol] = self.params[name]
         stems = self.program.symbol_names
-        for st in self.stmts.body + self.stmts.second:
+        for st in self.all_statements:
             for d in st.defines():
                 if isinstance(d, sp.Symbol) and d not in self.names:
                     stem = stems.get(d) or d.name.lstrip("_").split("_")[0]
@@ -242,7 +246,7 @@ class ModuleEmitter:
         return self.code(mv.length)
 
     def base_size(self, ld) -> str:
-        if ld.kind == "x":
+        if ld.kind in ("x", "dense"):
             return "n"
         if ld.kind == "vector":
             return self.code(self.program.vectors[ld.base].length)
@@ -285,7 +289,7 @@ class ModuleEmitter:
         return f"{base}[{pre}{idx}]"
 
     def size_expr(self, ld):
-        if ld.kind == "x":
+        if ld.kind in ("x", "dense"):
             return N
         if ld.kind == "vector":
             return self.program.vectors[ld.base].length
@@ -350,6 +354,32 @@ class ModuleEmitter:
                     f"{self.parent_points(lv)}, {per})"]
         if isinstance(st, MatVecStmt):
             return self.matvec(st)
+        if isinstance(st, DenseAccumulate):
+            return self.dense_accumulate(st)
+        if isinstance(st, CoincidentAccumulate):
+            acc = self.accumulator(st.vector)
+            lines = self.ensure(acc)
+            if lv is None:      # two per-sample loads x[k], x[m]: add where k == m (n-dependent)
+                k, m = self.code(st.load.indices[0]), self.code(st.other.indices[0])
+                one = (f"{self.ref(st.source)}.unsqueeze(-1)" if self.shape(st.source) == "batch"
+                       else f"_rt_points({self.ref(st.source)}, x, 1)")
+                return lines + [f"{acc} = {acc} + _rt.pad_slice({one}, {k}, {k} + 1, n) "
+                                f"* float({k} == {m})"]
+            src = self.materialize(st.source, lv)
+            return lines + [f'{acc} = {acc}.index_add(-1, lay["{st.key}_at"], '
+                            f'{src}[..., lay["{st.key}"]])']
+        if isinstance(st, MatrixDiagonal):
+            A = self.params[st.matrix]
+            count = self.points(lv)
+            r0, c0 = self.code(st.row0), self.code(st.col0)
+            return [f"{self.names[st.target]} = torch.diagonal({A}[{r0}:{r0} + {count}, "
+                    f"{c0}:{c0} + {count}])"]
+        if isinstance(st, PointShift):
+            src = self.ref(st.source)
+            start, count = self.code(st.start), self.points(lv)
+            if st.start == 0 and count == self.points(st.source_level):
+                return [f"{self.names[st.target]} = {src}"]
+            return [f"{self.names[st.target]} = {src}[..., {start}:{start} + {count}]"]
         if isinstance(st, InitAdjoint):
             return []  # the first accumulation creates the adjoint (see accumulate)
         if isinstance(st, Accumulate):
@@ -387,6 +417,28 @@ class ModuleEmitter:
         return lines + [f"{self.names[st.target]} = {adj} @ {A}" if mv.row_major
                         else f"{self.names[st.target]} = {adj} @ {A}.mT"]
 
+    def ensure(self, acc):
+        """Lines that create the accumulator ``acc`` as zeros if nothing reached it yet."""
+        if acc in self._initialised:
+            return []
+        self._initialised.add(acc)
+        return [f"{acc} = torch.zeros_like(x)"]
+
+    def dense_accumulate(self, st):
+        acc = self.accumulator(st.vector)
+        lines = []
+        ga, gc = self.accumulator(st.a), self.accumulator(st.c)
+        for g in {ga, gc}:
+            lines += self.ensure(g)
+        factor = self.ref(st.factor)
+        if self.shape(st.factor) in ("batch", "both"):
+            factor = f"({factor}).unsqueeze(-1)"
+        term = f"torch.square({ga})" if ga == gc else f"{ga}*{gc}"
+        if acc not in self._initialised:
+            self._initialised.add(acc)
+            return lines + [f"{acc} = ({factor})*{term}"]
+        return lines + [f"{acc} = {acc} + ({factor})*{term}"]
+
     def accumulate(self, st):
         adj = self.accumulator(st.vector)
         ld, lv = st.load, st.level
@@ -411,7 +463,8 @@ class ModuleEmitter:
                 if first:
                     # later accumulations are out of place, so only an alias of an input
                     # (or a broadcast view) needs a copy here
-                    if shape == "both" and not self._is_load(st.source):
+                    if (shape == "both" and not self._is_load(st.source)
+                            and not self._used_later(st.source)):
                         return [f"{adj} = {src}"]
                     return [f"{adj} = _rt_points({src}, {like}, {size}).clone()"]
                 return [f"{adj} = {adj} + {src}"]
@@ -423,6 +476,11 @@ class ModuleEmitter:
         k = f'lay["{self.index_key(ld, 0)}"]'
         lines.append(f"{adj} = {adj}.index_add(-1, {k}, {src_full})")
         return lines
+
+    def _used_later(self, sym):
+        """True if a statement after the current one reads ``sym`` (an in-place update of
+        an accumulator that aliases it would change that statement's input)."""
+        return any(sym in st.uses() for st in self._pruned[self._position + 1:])
 
     def _is_load(self, sym):
         """True if ``sym`` may be a view of an input (a load, or a copy of one)."""
@@ -449,7 +507,8 @@ class ModuleEmitter:
         self._initialised = set()
         lines = []
         last_level = "root"
-        for st in body:
+        self._pruned = body
+        for self._position, st in enumerate(body):
             if st.level is not last_level and st.level is not None:
                 lines.append(f"# {self.describe(st.level)}")
             last_level = st.level
@@ -569,6 +628,14 @@ class ModuleEmitter:
                     lines.append(f'lay["{self.index_key(ld, k)}"] = _rt.check_index('
                                  f'_rt.as_index({colprinter.doprint(i)}, _count, device), '
                                  f'{size}, {what!r}, n)')
+            for st in self.coincident:
+                if st.level is lv:
+                    ia = colprinter.doprint(st.load.indices[0])
+                    ic = colprinter.doprint(st.other.indices[0])
+                    lines.append(f"_ia = _rt.as_index({ia}, _count, device)")
+                    lines.append(f"_ic = _rt.as_index({ic}, _count, device)")
+                    lines.append(f'lay["{st.key}"] = torch.nonzero(_ia == _ic).flatten()')
+                    lines.append(f'lay["{st.key}_at"] = _ia[lay["{st.key}"]]')
             if lv.matvec is not None:
                 lines.extend(self.matvec_check(lv))
         body = "\n".join(lines)
@@ -688,14 +755,24 @@ def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
            f"    param_specs = {tuple(params_meta)!r}\n",
            f"    param_constraints = {constraints!r}\n",
            f"    constants = {tuple(const_meta)!r}\n",
-           f"    origin = {spec.origin!r}\n\n",
+           f"    origin = {spec.origin!r}\n",
+           f"    structured_hessian_diagonal = {stmts.diagonal is not None}\n\n",
            init_method(spec, em), "\n",
            layout, "\n"]
     d = em.derive()
     if d:
         src += [d, "\n"]
+    diag = ""
+    if stmts.diagonal is not None:
+        diag = "\n" + em.function(
+            "_hessian_diagonal", ["adj:" + HDIAG], "hdiag",
+            "Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n].",
+            statements=stmts.diagonal) + "\n" + em.function(
+            "_gradient_and_hessian_diagonal", ["adj:x", "adj:" + HDIAG], "grad, hdiag",
+            "Gradient [..., n] and Hessian diagonal [..., n] from one shared pass.",
+            statements=stmts.diagonal)
     hvp = em.function("_hessian_vector_product", ["adj:" + TANGENT_X], "hvp",
                       "Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n].",
                       args="x, v", statements=stmts.second)
-    src += [fwd, "\n", grad, "\n", both, "\n", hvp]
+    src += [fwd, "\n", grad, "\n", both, "\n", hvp, diag]
     return GeneratedSource("".join(src), spec.class_name, spec.origin)

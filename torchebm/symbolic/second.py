@@ -35,7 +35,8 @@ import dataclasses
 import sympy as sp
 
 from .derivatives import (Accumulate, Assign, Broadcast, IndexValue, InitAdjoint, LoadStmt,
-                          MatVecStmt, OthersProduct, Reduce, Statements, Unary, tangent_name)
+                          MatVecStmt, OthersProduct, Reduce, Statements, Stmt, Unary,
+                          tangent_name)
 from .lower import Load
 
 
@@ -202,3 +203,326 @@ def tangent(stmts: Statements) -> Statements:
     (``sqrt(x)`` in ``where(x > 0, sqrt(x), -x)``), and its NaN would leak.
     """
     return dataclasses.replace(stmts, body=_Tangent(stmts).run())
+
+
+# -- the Hessian diagonal in closed form ------------------------------------------------
+@dataclasses.dataclass(eq=False)
+class DenseAccumulate(Stmt):
+    """``adj:vector += factor * grad_a * grad_c``, whole per-sample gradient vectors.
+
+    ``factor`` is per sample (or a number); ``grad_a``/``grad_c`` name the
+    gradients of per-sample results (``'x@r'`` vectors).
+    """
+    vector: str
+    factor: sp.Expr
+    a: str
+    c: str
+
+    def defines(self):
+        return ("adj:" + self.vector,)
+
+    def uses(self):
+        return ("adj:" + self.vector, "adj:" + self.a, "adj:" + self.c,
+                *self.factor.free_symbols)
+
+
+@dataclasses.dataclass(eq=False)
+class CoincidentAccumulate(Stmt):
+    """``adj:vector[idx_a(p)] += source(p)`` at the points p where two loads read one index.
+
+    ``x[i] * x[j]`` over ``i, j in range(n)`` contributes its mixed second
+    partial to the diagonal exactly where ``i == j``; the layout lists those
+    points (``key``), usually few.
+    """
+    vector: str
+    load: Load
+    other: Load
+    source: sp.Symbol
+    key: str = ""
+
+    def defines(self):
+        return ("adj:" + self.vector,)
+
+    def uses(self):
+        return ("adj:" + self.vector, self.source)
+
+
+@dataclasses.dataclass(eq=False)
+class MatrixDiagonal(Stmt):
+    """``target[p] = A[row0 + p, col0 + p]`` for the points of a one-range level."""
+    target: sp.Symbol
+    matrix: str
+    row0: sp.Expr
+    col0: sp.Expr
+
+    def defines(self):
+        return (self.target,)
+
+
+@dataclasses.dataclass(eq=False)
+class PointShift(Stmt):
+    """``target[..., p] = source[..., start + p]``: a per-point value of another level."""
+    target: sp.Symbol
+    source: sp.Expr
+    source_level: object
+    start: sp.Expr
+
+    def defines(self):
+        return (self.target,)
+
+    def uses(self):
+        return tuple(self.source.free_symbols)
+
+
+class Unstructured(Exception):
+    """The formula is outside the form the direct Hessian diagonal handles."""
+
+
+def _dense(result) -> str:
+    return f"x@{result.name}"
+
+
+class _Diagonal:
+    def __init__(self, stmts: Statements):
+        self.s = stmts
+        self.b = stmts.builder
+        self.p = stmts.program
+        self.inserted: dict = {}     # level -> second partials, placed with its forward code
+        self.tail: list = []         # terms, gradient sweeps, accumulations
+        self.swept: set = set()
+        self.results = {r.result: r for lv in self.p.levels for r in lv.reductions}
+        self.coincident = 0
+
+    # helpers
+    def is_x(self, s):
+        return s in self.b.xdep
+
+    def second_partial(self, body, a, c):
+        return almost_everywhere(sp.diff(body, a, c))
+
+    def point_value(self, expr, lv, stem="h2"):
+        """``expr`` as a symbol computed with ``lv``'s forward code (CSE'd with it)."""
+        if expr.is_Number or expr.is_Symbol:
+            return expr
+        t = self.b.sym(stem)
+        self.s.shapes[t] = self.b.shape_of(expr)
+        self.inserted.setdefault(lv, []).append(Assign(lv, t, expr))
+        return t
+
+    def tail_assign(self, expr, lv, stem="h"):
+        if expr.is_Number or expr.is_Symbol:
+            return expr
+        t = self.b.sym(stem)
+        self.s.shapes[t] = self.b.shape_of(expr)
+        self.tail.append(Assign(lv, t, expr))
+        return t
+
+    def gradient_of(self, result):
+        """Statements for the dense gradient of the per-sample value ``result``."""
+        name = _dense(result)
+        if result in self.swept:
+            return name
+        self.swept.add(result)
+        b = self.b
+        saved, b.out = b.out, []
+        b.backward({result: sp.S.One}, seeded=True)
+        sweep, b.out = b.out, saved
+        for st in sweep:
+            if isinstance(st, Accumulate | InitAdjoint):
+                if st.vector != "x":
+                    raise Unstructured("a per-sample value depends on a matrix-vector product")
+                st.vector = name
+            if isinstance(st, Assign):
+                b.defs[st.target] = st.expr
+        self.tail.extend(sweep)
+        self.s.dense_roots[name] = result
+        return name
+
+    def kind(self, s, lv):
+        if lv is None:
+            for ld in self.p.root_loads.values():
+                if ld.symbol == s and ld.kind == "x":
+                    return "X", ld
+            if s in self.results and self.results[s].value in self.b.xdep:
+                return "D", s
+            raise Unstructured(f"root symbol {s}")
+        for ld in lv.loads.values():
+            if ld.symbol == s:
+                if ld.kind == "x":
+                    return "X", ld
+                if ld.kind == "vector":
+                    return "V", ld
+        for root_sym, bsym in lv.outer.items():
+            if bsym == s:
+                return "D", root_sym
+        raise Unstructured(f"level symbol {s}")
+
+    # the terms
+    def run(self):
+        for lv in self.p.levels:
+            for r in lv.reductions:
+                if r.value in self.b.xdep and (lv.parent is not None or r.op == "prod"):
+                    raise Unstructured("nested or product reduction")
+        self.root_node()
+        for lv in self.p.levels:
+            owners = list(lv.reductions) + ([lv.matvec] if lv.matvec is not None else [])
+            for owner in owners:
+                w = self.b.point_adjoint.get(owner)
+                if w is None or owner.value not in self.b.xdep:
+                    continue
+                self.level_node(lv, owner, w)
+
+    def root_node(self):
+        F = self.p.energy
+        moving = sorted((s for s in F.free_symbols if self.is_x(s)), key=str)
+        for k, a in enumerate(moving):
+            for c in moving[k:]:
+                f = self.second_partial(F, a, c)
+                if f == 0:
+                    continue
+                mult = 1 if a == c else 2
+                self.pair(None, None, a, c, mult * f)
+
+    def level_node(self, lv, owner, w):
+        body = owner.body
+        moving = sorted((s for s in body.free_symbols if self.is_x(s)), key=str)
+        lse = getattr(owner, "op", None) == "lse"
+        firsts = {s: sp.diff(body, s) for s in moving} if lse else {}
+        for k, a in enumerate(moving):
+            for c in moving[k:]:
+                f = self.second_partial(body, a, c)
+                if lse:   # log sum exp's own curvature: softmax-weighted squares of the partials
+                    f = f + firsts[a] * firsts[c]
+                if f == 0:
+                    continue
+                mult = 1 if a == c else 2
+                self.pair(lv, w, a, c, mult * self.point_value(f, lv))
+        if lse:
+            # ... minus the square of the result's gradient, at the root
+            abar = self.b.result_adjoint.get(owner, sp.S.One)
+            g = self.gradient_of(owner.result)
+            self.tail.append(DenseAccumulate(None, HDIAG, -abar, g, g))
+
+    def pair(self, lv, w, a, c, f):
+        (ka, la), (kc, lc) = self.kind(a, lv), self.kind(c, lv)
+        if ka > kc:
+            (ka, la), (kc, lc) = (kc, lc), (ka, la)
+        weight = f if w is None else w * f
+        if (ka, kc) == ("X", "X"):
+            if la is lc:
+                self.accumulate(lv, la, weight)
+            elif not self.never_equal(la, lc):
+                src = self.tail_assign(weight, lv)
+                self.coincident += 1
+                where = "root" if lv is None else lv.id
+                self.tail.append(CoincidentAccumulate(lv, HDIAG, la, lc, src,
+                                                      key=f"co{where}_{self.coincident}"))
+        elif (ka, kc) == ("D", "X"):
+            g = self.gradient_of(la)
+            t = self.b.sym("gload")
+            self.s.shapes[t] = "batch" if lv is None else "both"
+            self.tail.append(LoadStmt(lv, Load(t, g, lc.indices, "dense", lv, like=lc)))
+            self.accumulate(lv, lc, weight * t)
+        elif (ka, kc) == ("D", "D"):
+            factor = weight if lv is None else self.sum_points(weight, lv)
+            self.tail.append(DenseAccumulate(None, HDIAG, factor, self.gradient_of(la),
+                                             self.gradient_of(lc)))
+        elif (ka, kc) == ("V", "X"):
+            self.accumulate(lv, lc, weight * self.matvec_entry(lv, la, lc))
+        else:
+            raise Unstructured(f"{ka} x {kc}")
+
+    def accumulate(self, lv, ld, expr):
+        self.tail.append(Accumulate(lv, HDIAG, ld, self.tail_assign(expr, lv)))
+
+    def sum_points(self, expr, lv):
+        src = self.tail_assign(expr, lv)
+        t = self.b.sym("hs")
+        # a per-point source sums to a number; anything else is first broadcast to
+        # [..., P] by the emitter, so its sum is per sample
+        self.s.shapes[t] = "scalar" if self.b.shape_of(src) == "point" else "batch"
+        self.tail.append(Reduce(lv, t, src, "sum_all"))
+        return t
+
+    def never_equal(self, la, lc):
+        """True if two loads of x read different indices at every point (x[i], x[i + 1])."""
+        d = sp.expand(la.indices[0] - lc.indices[0])
+        return d.is_Number and d != 0 and not any(
+            isinstance(e, (sp.Mod, sp.floor)) for ld in (la, lc)
+            for e in sp.preorder_traversal(ld.indices[0]))
+
+    def matvec_entry(self, lv, vld, xld):
+        """``d y[r(p)] / d x[i(p)]`` at each point p of a one-range level.
+
+        ``y = A h`` with ``h(j)`` reading x only as ``x[j + c']`` (a slice), so
+        the derivative is ``A[r, i - c' + c] * dh/dx at j = i - c'``: a
+        diagonal of A and a shifted slice of ``h``'s partial.
+        """
+        mv = self.p.vectors[vld.base]
+        hl = mv.level
+        if lv.parent is not None or len(lv.clauses) != 1 or len(hl.clauses) != 1:
+            raise Unstructured("matrix-vector product outside one-range levels")
+        (var, lo, hi), = lv.clauses
+        (hvar, hlo, hhi), = hl.clauses
+        hx = [s for s in mv.body.free_symbols if self.is_x(s)]
+        loads = {ld.symbol: ld for ld in hl.loads.values()}
+        if len(hx) != 1 or hx[0] not in loads or loads[hx[0]].kind != "x":
+            raise Unstructured("matrix-vector product of a non-elementwise vector")
+        hld = loads[hx[0]]
+        off_a, off_r = sp.expand(xld.indices[0] - var), sp.expand(vld.indices[0] - var)
+        c_h = sp.expand(hld.indices[0] - hvar)
+        for off in (off_a, off_r, c_h):
+            if off.free_symbols & {var, hvar} or off.has(sp.Mod, sp.floor):
+                raise Unstructured("strided matrix-vector access")
+        # j = i - c_h must stay inside h's range at every point: lo + off_a - c_h >= hlo ...
+        first, last = sp.expand(lo + off_a - c_h - hlo), sp.expand(hhi - (hi + off_a - c_h))
+        if not (first.is_nonnegative and last.is_nonnegative):
+            raise Unstructured("matrix-vector range not provably covering")
+        const, per_point = self.b.partials.get((mv, hld.symbol), (sp.S.Zero, sp.S.Zero))
+        if mv.body == hld.symbol:
+            const, per_point = sp.S.One, sp.S.One
+        if per_point.free_symbols & {s for s, shape in self.s.shapes.items()
+                                     if shape in ("point", "both")}:
+            shifted = self.b.sym("hx")
+            self.s.shapes[shifted] = self.b.shape_of(per_point)
+            self.tail.append(PointShift(lv, shifted, per_point, hl, first))
+        else:
+            shifted = per_point
+        entry = self.b.sym("aii")
+        self.s.shapes[entry] = "point"
+        row0 = lo + off_r
+        col0 = lo + off_a - c_h + mv.offset
+        if not mv.row_major:
+            row0, col0 = col0, row0
+        self.tail.append(MatrixDiagonal(lv, entry, mv.matrix, row0, col0))
+        return const * entry * shifted
+
+
+def hessian_diagonal(built: Statements) -> list | None:
+    """``built``'s statements with the direct Hessian diagonal (``adj:hdiag``), or None.
+
+    Second partials join the forward code of their level (so CSE shares
+    them with the energy's terms); the terms that need the gradient's
+    adjoints follow the reverse sweep. None: the formula is outside the
+    handled form (see the module docstring).
+    """
+    d = _Diagonal(built)
+    try:
+        d.run()
+    except Unstructured:
+        return None
+    body = list(built.body)
+    first_backward = next(k for k, st in enumerate(body) if isinstance(st, InitAdjoint))
+    out = []
+    for k, st in enumerate(body[:first_backward]):
+        out.append(st)
+        lv = st.level
+        later = [o for o in body[k + 1:first_backward] if o.level is lv]
+        if lv in d.inserted and not later:
+            out.extend(d.inserted.pop(lv))
+    for stmts in d.inserted.values():
+        out.extend(stmts)
+    out.extend(body[first_backward:])
+    out.append(InitAdjoint(None, HDIAG))
+    out.extend(d.tail)
+    return out

@@ -37,6 +37,7 @@ class BoothEnergy(CompiledEnergy):
     param_constraints = {}
     constants = ()
     origin = 'definitions/booth.toml'
+    structured_hessian_diagonal = True
 
     def __init__(self, *, trainable=False):
         super().__init__()
@@ -106,3 +107,29 @@ class BoothEnergy(CompiledEnergy):
         hvp[..., 0] += dot_2
         del dot_2
         return hvp
+
+    def _hessian_diagonal(self, x, lay, der):
+        """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        hdiag = torch.zeros_like(x)
+        hdiag[..., 1] += 10
+        hdiag[..., 0] += 10
+        return hdiag
+
+    def _gradient_and_hessian_diagonal(self, x, lay, der):
+        """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
+        n = x.shape[-1]
+        x_1 = x[..., 1]
+        x_2 = x[..., 0]
+        d = 8*x_2 + 10*x_1 - 38
+        d_1 = 8*x_1 + 10*x_2 - 34
+        del x_1, x_2
+        grad = torch.zeros_like(x)
+        grad[..., 1] += d
+        del d
+        grad[..., 0] += d_1
+        del d_1
+        hdiag = torch.zeros_like(x)
+        hdiag[..., 1] += 10
+        hdiag[..., 0] += 10
+        return grad, hdiag

@@ -37,6 +37,7 @@ class HimmelblauEnergy(CompiledEnergy):
     param_constraints = {}
     constants = ()
     origin = 'definitions/himmelblau.toml'
+    structured_hessian_diagonal = True
 
     def __init__(self, *, trainable=False):
         super().__init__()
@@ -133,3 +134,46 @@ class HimmelblauEnergy(CompiledEnergy):
         hvp[..., 1] += dot_2
         del dot_2
         return hvp
+
+    def _hessian_diagonal(self, x, lay, der):
+        """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        x_1 = x[..., 0]
+        x_2 = x[..., 1]
+        h = 2*(2*x_2 + 6*torch.square(x_1) - 21)
+        hdiag = torch.zeros_like(x)
+        hdiag[..., 0] += h
+        del h
+        h_1 = 2*(2*x_1 + 6*torch.square(x_2) - 13)
+        del x_1, x_2
+        hdiag[..., 1] += h_1
+        del h_1
+        return hdiag
+
+    def _gradient_and_hessian_diagonal(self, x, lay, der):
+        """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
+        n = x.shape[-1]
+        x_1 = x[..., 0]
+        x_2 = x[..., 1]
+        w0 = torch.square(x_2)
+        w1 = w0 + x_1 - 7
+        w2 = torch.square(x_1)
+        w3 = w2 + x_2 - 11
+        d = 2*w0 + 2*x_1 + 4*w3*x_1 - 14
+        del w0, w3
+        d_1 = 2*w2 + 2*x_2 + 4*w1*x_2 - 22
+        del w1, w2
+        grad = torch.zeros_like(x)
+        grad[..., 0] += d
+        del d
+        grad[..., 1] += d_1
+        del d_1
+        h = 2*(2*x_2 + 6*torch.square(x_1) - 21)
+        hdiag = torch.zeros_like(x)
+        hdiag[..., 0] += h
+        del h
+        h_1 = 2*(2*x_1 + 6*torch.square(x_2) - 13)
+        del x_1, x_2
+        hdiag[..., 1] += h_1
+        del h_1
+        return grad, hdiag
