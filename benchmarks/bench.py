@@ -1,6 +1,7 @@
 """Speed of generated energies against autograd and the memory floor, in one run.
 
 usage: python benchmarks/bench.py [--quick] [--threads 1] [--fused] [--filter NAME]
+       python benchmarks/bench.py --second-order [--filter NAME]
 
 For each energy and (B, n) and dtype it times, interleaved and repeated
 (median of rounds): the closed-form ``gradient``, autograd of the generated
@@ -10,6 +11,13 @@ compile time, and a floor: one elementwise memory pass over x
 (``torch.mul(x, 2.0, out=buf)``); for the Gaussian also one ``x @ P`` matmul.
 It prints times and the ratios autograd/gradient, gradient/floor and
 energy_and_gradient/gradient.
+
+``--second-order`` times, at (4096, 64) float32, the closed-form
+``laplacian`` against the autograd Laplacian (the faster of n backward passes
+through the gradient's graph and the trace of ``torch.func.hessian``), the
+closed-form ``hessian_vector_product`` against a double-backward HVP, and the
+closed-form ``hessian`` against ``torch.func.hessian``. The autograd baselines
+differentiate the generated ``_energy`` directly (no input checks).
 """
 
 from __future__ import annotations
@@ -91,6 +99,75 @@ def bench(name, energy, x, rounds, inner, fused):
     return med, compile_time
 
 
+LEVELS_OF_N_SQUARED_POINTS = ("pairs(LJ-like)", "gmm(K=8)")
+
+
+def second_order(name, energy, x, rounds):
+    """Median times (s) of closed-form second derivatives and their autograd baselines."""
+    lay, der = energy._inputs(x)[1:]
+    n = x.shape[-1]
+    v = torch.randn_like(x)
+
+    def f(z):
+        return energy._energy(z, lay, der)
+
+    def laplacian_backward():
+        xg = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(xg).sum(), xg, create_graph=True)
+        return sum(torch.autograd.grad(g[..., i].sum(), xg, retain_graph=True)[0][..., i]
+                   for i in range(n))
+
+    hess = torch.vmap(torch.func.hessian(lambda z: f(z.unsqueeze(0)).squeeze(0)))
+
+    def laplacian_func():
+        return torch.diagonal(hess(x), dim1=-2, dim2=-1).sum(-1)
+
+    def hvp_double_backward():
+        xg = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(xg).sum(), xg, create_graph=True)
+        return torch.autograd.grad(g, xg, v)[0]
+
+    fns = {"laplacian": lambda: energy.laplacian(x), "lap-backward": laplacian_backward,
+           "hvp": lambda: energy.hessian_vector_product(x, v),
+           "hvp-double-backward": hvp_double_backward}
+    if name not in LEVELS_OF_N_SQUARED_POINTS:
+        # full Hessians of pair and mixture energies are [B, n, n] per point of their
+        # levels: tens of GB at this size, for torch.func as for us
+        fns.update({"lap-func": laplacian_func, "hessian-func": lambda: hess(x),
+                    "hessian": lambda: energy.hessian(x, max_elements=2**30)})
+    samples = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            samples[k].append(time.perf_counter() - t)
+    return {k: statistics.median(t) for k, t in samples.items()}
+
+
+def second_order_table(shape, filter_, rounds=5):
+    B, n = shape
+    x = torch.randn(B, n, generator=torch.Generator().manual_seed(1))
+    print(f"second derivatives at {B}x{n} float32, median of {rounds}; times in ms")
+    print(f"{'energy':16s} {'laplacian':>9s} {'autograd':>9s} {'speed-up':>8s} {'hvp':>8s} "
+          f"{'2x bwd':>8s} {'speed-up':>8s} {'hessian':>8s} {'func':>8s} {'speed-up':>8s}  "
+          f"diagonal")
+    for name, energy in energies(n, torch.float32).items():
+        if filter_ and filter_.lower() not in name.lower():
+            continue
+        m = {k: v * 1e3 for k, v in second_order(name, energy, x, rounds).items()}
+        auto = min(m["lap-backward"], m.get("lap-func", float("inf")))
+        for k in ("hessian", "hessian-func"):
+            m.setdefault(k, float("nan"))
+        which = "closed form" if energy.structured_hessian_diagonal else "from HVPs"
+        print(f"{name:16s} {m['laplacian']:9.2f} {auto:9.2f} {auto / m['laplacian']:7.1f}x "
+              f"{m['hvp']:8.2f} {m['hvp-double-backward']:8.2f} "
+              f"{m['hvp-double-backward'] / m['hvp']:7.1f}x {m['hessian']:8.2f} "
+              f"{m['hessian-func']:8.2f} {m['hessian-func'] / m['hessian']:7.1f}x  {which}",
+              flush=True)
+
+
 def peak_extra_memory(fn):
     """Peak bytes allocated by ``fn`` beyond its inputs, from torch's CPU profiler."""
     fn()
@@ -167,10 +244,15 @@ def main():
                     help="only measure compile, cache-hit and import times")
     ap.add_argument("--memory", action="store_true",
                     help="also report peak extra memory of gradient / size of x")
+    ap.add_argument("--second-order", action="store_true",
+                    help="only time laplacian, hessian_vector_product and hessian")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.compile_time:
         compile_times()
+        return
+    if args.second_order:
+        second_order_table((4096, 64), args.filter)
         return
     shapes = [(4096, 64)] if args.quick else [(4096, 2), (4096, 64), (65536, 16), (512, 1024)]
     dtypes = [torch.float32] if args.quick else [torch.float32, torch.float64]

@@ -30,6 +30,10 @@ def test_fused_mode_compiles_without_graph_breaks(formula, params):
     e, g = fused.energy_and_gradient(x)
     torch.testing.assert_close(e, eager(x))
     torch.testing.assert_close(g, eager.gradient(x))
+    v = torch.randn_like(x)
+    torch.testing.assert_close(fused.hessian_vector_product(x, v),
+                               eager.hessian_vector_product(x, v))
+    torch.testing.assert_close(fused.laplacian(x), eager.laplacian(x))
 
 
 def test_torch_compile_of_the_module():
