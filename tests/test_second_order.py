@@ -129,13 +129,16 @@ def test_direct_diagonal_agrees_with_products_and_chunks():
         energy.max_hessian_elements = 2 * 6 * 5     # two unit vectors per chunk
         from_products = energy._diagonal_from_products(x, lay, der)
         assert _rel(direct, from_products) <= 1e-12, formula
-    nested = from_expression("-logsumexp(-0.5*sum((x - M[k, :])**2) for k in range(len(M)))",
-                             M=torch.randn(3, 4, dtype=torch.float64))
-    assert not nested.structured_hessian_diagonal
     x = torch.randn(5, 4, dtype=torch.float64)
-    want = torch.diagonal(_reference_hessian(lambda z: nested(z.unsqueeze(0))[0], x),
-                          dim1=-2, dim2=-1)
-    assert _rel(nested.hessian_diagonal(x), want) <= RTOL
+    mixture = from_expression("-logsumexp(-0.5*sum((x - M[k, :])**2) for k in range(len(M)))",
+                              M=torch.randn(3, 4, dtype=torch.float64))
+    griewank = from_expression("1 + sum(x**2)/4000 - prod(cos(x[i]/sqrt(i + 1)) "
+                               "for i in range(n))")
+    for energy, direct in ((mixture, True), (griewank, False)):
+        assert energy.structured_hessian_diagonal == direct
+        want = torch.diagonal(_reference_hessian(lambda z: energy(z.unsqueeze(0))[0], x),
+                              dim1=-2, dim2=-1)
+        assert _rel(energy.hessian_diagonal(x), want) <= RTOL
 
 
 def test_shapes_dtypes_and_input_errors():

@@ -39,7 +39,7 @@ class GoldenEnergy(CompiledEnergy):
     param_constraints = {}
     constants = ()
     origin = '<formula>'
-    structured_hessian_diagonal = False
+    structured_hessian_diagonal = True
 
     def __init__(self, w, M, s=1.0, *, trainable=False):
         super().__init__()
@@ -241,3 +241,142 @@ class GoldenEnergy(CompiledEnergy):
         hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_10)
         del dot_10
         return hvp
+
+    def _hessian_diagonal(self, x, lay, der):
+        """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
+        n = x.shape[-1]
+        w = self.w.to(x.dtype)
+        M = self.M.to(x.dtype)
+        s = self.s.to(x.dtype)
+        # level 1: i in range(0, n) (inside level 0)
+        p = M[lay["idx_p_0"], lay["idx_p_1"]]
+        x_1 = x[..., lay["idx_x_1_0"]]
+        w0 = x_1 - p
+        del p, x_1
+        v_1 = torch.square(w0)
+        t0 = w0
+        del w0
+        r = _rt.reduce_points(v_1, "sum", max(w.shape[0], 0), lay["Q1"])
+        del v_1
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        p_1 = w
+        v_2 = torch.log(p_1) - 0.5*r/torch.square(s)
+        del p_1, r
+        lse = _rt.logsumexp(v_2)
+        h2 = 0.25/torch.pow(s, 4)
+        bc = lse.unsqueeze(-1)
+        w_1 = -torch.exp(v_2 - bc)
+        del bc
+        w_2 = -0.5*w_1/torch.square(s)
+        # level 1: i in range(0, n) (inside level 0)
+        bc_1 = w_2[..., lay["seg1"]]
+        del w_2
+        # level 1: i in range(0, n) (inside level 0)
+        h = 2*bc_1
+        del bc_1
+        hdiag = torch.zeros_like(x)
+        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h)
+        del h
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        h_1 = 4*h2*w_1
+        del h2, w_1
+        # level 1: i in range(0, n) (inside level 0)
+        bw = h_1[..., lay["seg1"]]
+        del h_1
+        h_2 = bw*torch.square(t0)
+        del bw
+        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h_2)
+        del h_2
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        bc_2 = lse.unsqueeze(-1)
+        del lse
+        w_5 = torch.exp(v_2 - bc_2)
+        del bc_2, v_2
+        w_6 = -0.5*w_5/torch.square(s)
+        del w_5
+        # level 1: i in range(0, n) (inside level 0)
+        bc_3 = w_6[..., lay["seg1"]]
+        del w_6
+        w_7 = 2*bc_3
+        del bc_3
+        g_1 = t0*w_7
+        del t0, w_7
+        grad_lse = torch.zeros_like(x)
+        grad_lse = grad_lse.index_add(-1, lay["idx_x_1_0"], g_1)
+        del g_1
+        hdiag = hdiag + (1)*torch.square(grad_lse)
+        del grad_lse
+        return hdiag
+
+    def _gradient_and_hessian_diagonal(self, x, lay, der):
+        """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
+        n = x.shape[-1]
+        w = self.w.to(x.dtype)
+        M = self.M.to(x.dtype)
+        s = self.s.to(x.dtype)
+        # level 1: i in range(0, n) (inside level 0)
+        p = M[lay["idx_p_0"], lay["idx_p_1"]]
+        x_1 = x[..., lay["idx_x_1_0"]]
+        w0 = x_1 - p
+        del p, x_1
+        v_1 = torch.square(w0)
+        t0 = w0
+        del w0
+        r = _rt.reduce_points(v_1, "sum", max(w.shape[0], 0), lay["Q1"])
+        del v_1
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        p_1 = w
+        v_2 = torch.log(p_1) - 0.5*r/torch.square(s)
+        del p_1, r
+        lse = _rt.logsumexp(v_2)
+        h2 = 0.25/torch.pow(s, 4)
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        bc = lse.unsqueeze(-1)
+        w_1 = -torch.exp(v_2 - bc)
+        del bc
+        w_2 = -0.5*w_1/torch.square(s)
+        # level 1: i in range(0, n) (inside level 0)
+        bc_1 = w_2[..., lay["seg1"]]
+        del w_2
+        w_3 = 2*bc_1
+        g = t0*w_3
+        del w_3
+        grad = torch.zeros_like(x)
+        grad = grad.index_add(-1, lay["idx_x_1_0"], g)
+        del g
+        # level 1: i in range(0, n) (inside level 0)
+        h = 2*bc_1
+        del bc_1
+        hdiag = torch.zeros_like(x)
+        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h)
+        del h
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        h_1 = 4*h2*w_1
+        del h2, w_1
+        # level 1: i in range(0, n) (inside level 0)
+        bw = h_1[..., lay["seg1"]]
+        del h_1
+        h_2 = bw*torch.square(t0)
+        del bw
+        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h_2)
+        del h_2
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        bc_2 = lse.unsqueeze(-1)
+        del lse
+        w_5 = torch.exp(v_2 - bc_2)
+        del bc_2, v_2
+        w_6 = -0.5*w_5/torch.square(s)
+        del w_5
+        # level 1: i in range(0, n) (inside level 0)
+        bc_3 = w_6[..., lay["seg1"]]
+        del w_6
+        w_7 = 2*bc_3
+        del bc_3
+        g_1 = t0*w_7
+        del t0, w_7
+        grad_lse = torch.zeros_like(x)
+        grad_lse = grad_lse.index_add(-1, lay["idx_x_1_0"], g_1)
+        del g_1
+        hdiag = hdiag + (1)*torch.square(grad_lse)
+        del grad_lse
+        return grad, hdiag

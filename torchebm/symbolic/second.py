@@ -355,14 +355,23 @@ class _Diagonal:
         for root_sym, bsym in lv.outer.items():
             if bsym == s:
                 return "D", root_sym
+        for child in self.p.levels:
+            if child.parent is lv:
+                for red in child.reductions:
+                    if red.result == s:
+                        return "N", (child, red)
         raise Unstructured(f"level symbol {s}")
 
     # the terms
     def run(self):
         for lv in self.p.levels:
             for r in lv.reductions:
-                if r.value in self.b.xdep and (lv.parent is not None or r.op == "prod"):
-                    raise Unstructured("nested or product reduction")
+                if r.value not in self.b.xdep:
+                    continue
+                if r.op == "prod":
+                    raise Unstructured("product reduction")
+                if lv.parent is not None and (r.op != "sum" or lv.parent.parent is not None):
+                    raise Unstructured("nested reduction other than one sum inside a level")
         self.root_node()
         for lv in self.p.levels:
             owners = list(lv.reductions) + ([lv.matvec] if lv.matvec is not None else [])
@@ -429,8 +438,39 @@ class _Diagonal:
                                              self.gradient_of(lc)))
         elif (ka, kc) == ("V", "X"):
             self.accumulate(lv, lc, weight * self.matvec_entry(lv, la, lc))
+        elif (ka, kc) == ("N", "N") and a == c:
+            self.nested_square(lv, la, weight)
         else:
             raise Unstructured(f"{ka} x {kc}")
+
+    def nested_square(self, lv, nested, weight):
+        """``weight * (d u / d x_i)^2`` for a nested sum ``u(p) = sum_q v(p, q)``.
+
+        When ``v`` reads x only as ``x[q + c]`` (distinct indices within each
+        parent point p), ``d u(p) / d x_i`` is the partial of ``v`` at the one
+        point q that reads ``x_i``: the term is accumulated from the nested
+        level's points, with the parent's weight broadcast to them.
+        """
+        child, red = nested
+        (var, _, _), = child.clauses if len(child.clauses) == 1 else (None,)
+        moving = [s for s in red.body.free_symbols if self.is_x(s)]
+        loads = {ld.symbol: ld for ld in child.loads.values()}
+        if len(moving) != 1 or moving[0] not in loads or loads[moving[0]].kind != "x":
+            raise Unstructured("nested sum that is not elementwise in x")
+        ld = loads[moving[0]]
+        off = sp.expand(ld.indices[0] - var)
+        if var is None or var in off.free_symbols or off.has(sp.Mod, sp.floor) or \
+                off.free_symbols & set(child.all_vars):
+            raise Unstructured("nested sum whose x index is not its own index")
+        if red.body == ld.symbol:
+            const, per_point = sp.S.One, sp.S.One
+        else:
+            const, per_point = self.b.partials.get((red, ld.symbol), (sp.S.Zero, sp.S.Zero))
+        src = self.tail_assign(weight * const**2, lv)
+        bc = self.b.sym("bw")
+        self.s.shapes[bc] = "both" if self.b.shape_of(src) in ("both", "batch") else "point"
+        self.tail.append(Broadcast(child, bc, src))
+        self.accumulate(child, ld, bc * per_point**2)
 
     def accumulate(self, lv, ld, expr):
         self.tail.append(Accumulate(lv, HDIAG, ld, self.tail_assign(expr, lv)))
