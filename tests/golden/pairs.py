@@ -202,15 +202,19 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
-        w4 = torch.pow(s, 6)
-        w5 = x_1 - x_2
+        w4 = x_2 - x_1
         del x_1, x_2
-        w6 = 24*w4*eps*(26*w4/torch.pow(w5, 6) - 7)/torch.pow(w5, 8)
-        del w4, w5
-        h2 = w6
-        h2_1 = -w6
-        h2_2 = w6
-        del w6
+        w5 = 288*eps*torch.pow(s, 12)/torch.pow(w4, 14)
+        w6 = torch.pow(s, 6)
+        w7 = 2*w6/torch.pow(w4, 6) - 1
+        w8 = 168*w6*eps/torch.pow(w4, 8)
+        del w4, w6
+        w9 = w5 + w7*w8
+        h2 = w9
+        h2_1 = -w9
+        del w9
+        h2_2 = w5 + w7*w8
+        del w5, w7, w8
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
@@ -240,15 +244,19 @@ class GoldenEnergy(CompiledEnergy):
         d = w2*w3
         d_1 = -w2*w3
         del w2, w3
-        w4 = torch.pow(s, 6)
-        w5 = x_1 - x_2
+        w4 = x_2 - x_1
         del x_1, x_2
-        w6 = 24*w4*eps*(26*w4/torch.pow(w5, 6) - 7)/torch.pow(w5, 8)
-        del w4, w5
-        h2 = w6
-        h2_1 = -w6
-        h2_2 = w6
-        del w6
+        w5 = 288*eps*torch.pow(s, 12)/torch.pow(w4, 14)
+        w6 = torch.pow(s, 6)
+        w7 = 2*w6/torch.pow(w4, 6) - 1
+        w8 = 168*w6*eps/torch.pow(w4, 8)
+        del w4, w6
+        w9 = w5 + w7*w8
+        h2 = w9
+        h2_1 = -w9
+        del w9
+        h2_2 = w5 + w7*w8
+        del w5, w7, w8
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
         w = 24*eps*torch.pow(s, 6)
         g = w*d

@@ -25,6 +25,17 @@ import sympy as sp
 from .lower import Level, Load, MatVec, Program
 
 
+def partial(expr, s):
+    """``d expr / d s``; of a sum, only the terms that contain ``s`` are differentiated.
+
+    A flat root expression of many terms (``x[0]**2 + x[1]**2 + ...``) then costs
+    one small diff per term and symbol instead of one whole-sum diff per symbol.
+    """
+    if isinstance(expr, sp.Add):
+        return sp.Add(*[sp.diff(t, s) for t in expr.args if s in t.free_symbols])
+    return sp.diff(expr, s)
+
+
 def tangent_name(vector: str) -> str:
     """Name of the tangent of an adjoint or matrix-vector vector (second order)."""
     return "x.dot" if vector == "x" else vector + "_dot"
@@ -180,6 +191,7 @@ class _Builder:
         # recorded by the energy's reverse sweep, for the Hessian diagonal:
         self.point_adjoint: dict = {}   # reduction or matvec -> adjoint of its body per point
         self.result_adjoint: dict = {}  # reduction -> adjoint of its result
+        self.first_partials: dict = {}  # (owner or None for the root, symbol) -> derivative
 
     def sym(self, stem):
         self.counter += 1
@@ -237,7 +249,8 @@ class _Builder:
             else:
                 self.assign("v", body, lv, target=value)
             for s in sorted(body.free_symbols & self.xdep, key=str):
-                d = sp.factor_terms(sp.diff(body, s))
+                d = sp.factor_terms(partial(body, s))
+                self.first_partials[(owner, s)] = d
                 if d != 0:
                     # split off the factor that is the same at every point (parameters,
                     # per-sample values): the backward pass folds it into the adjoint,
@@ -267,7 +280,8 @@ class _Builder:
         energy = self.assign("energy", self.p.energy, None)
         root_partials = {}
         for s in sorted(self.p.energy.free_symbols & self.xdep, key=str):
-            d = sp.diff(self.p.energy, s)
+            d = partial(self.p.energy, s)
+            self.first_partials[(None, s)] = d
             if d != 0:
                 root_partials[s] = self.assign("d", d, None)
         return energy, root_partials

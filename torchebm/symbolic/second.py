@@ -36,7 +36,7 @@ import sympy as sp
 
 from .derivatives import (Accumulate, Assign, Broadcast, IndexValue, InitAdjoint, LoadStmt,
                           MatVecStmt, OthersProduct, Reduce, Statements, Stmt, Unary,
-                          tangent_name)
+                          partial, tangent_name)
 from .lower import Load
 
 
@@ -110,7 +110,7 @@ class _Tangent:
             if expr.is_Symbol:
                 self.dot[st.target] = self.dot[expr]
                 return
-            d = almost_everywhere(sp.Add(*[sp.diff(expr, s) * self.dot[s]
+            d = almost_everywhere(sp.Add(*[partial(expr, s) * self.dot[s]
                                            for s in sorted(moving, key=str)]))
             if d == 0:
                 return
@@ -297,9 +297,6 @@ class _Diagonal:
     def is_x(self, s):
         return s in self.b.xdep
 
-    def second_partial(self, body, a, c):
-        return almost_everywhere(sp.diff(body, a, c))
-
     def point_value(self, expr, lv, stem="h2"):
         """``expr`` as a symbol computed with ``lv``'s forward code (CSE'd with it)."""
         if expr.is_Number or expr.is_Symbol:
@@ -381,31 +378,43 @@ class _Diagonal:
                     continue
                 self.level_node(lv, owner, w)
 
+    def second_partials(self, body, owner=None):
+        """``{(a, c): d2 body / da dc}`` over x-dependent symbols, a <= c, nonzero only.
+
+        Each first partial is differentiated only by the symbols it still
+        contains, so a sum of many terms costs one diff per coupled pair.
+        """
+        moving = sorted((s for s in body.free_symbols if self.is_x(s)), key=str)
+        rank = {s: k for k, s in enumerate(moving)}
+        known = self.b.first_partials
+        firsts = {a: known[(owner, a)] if (owner, a) in known else partial(body, a)
+                  for a in moving}
+        out = {}
+        for a in moving:
+            for c in sorted(firsts[a].free_symbols & rank.keys(), key=str):
+                if rank[c] >= rank[a]:
+                    f = almost_everywhere(partial(firsts[a], c))
+                    if f != 0:
+                        out[(a, c)] = f
+        return firsts, out
+
     def root_node(self):
-        F = self.p.energy
-        moving = sorted((s for s in F.free_symbols if self.is_x(s)), key=str)
-        for k, a in enumerate(moving):
-            for c in moving[k:]:
-                f = self.second_partial(F, a, c)
-                if f == 0:
-                    continue
-                mult = 1 if a == c else 2
-                self.pair(None, None, a, c, mult * f)
+        _, seconds = self.second_partials(self.p.energy)
+        for (a, c), f in seconds.items():
+            self.pair(None, None, a, c, (1 if a == c else 2) * f)
 
     def level_node(self, lv, owner, w):
-        body = owner.body
-        moving = sorted((s for s in body.free_symbols if self.is_x(s)), key=str)
+        firsts, seconds = self.second_partials(owner.body, owner)
         lse = getattr(owner, "op", None) == "lse"
-        firsts = {s: sp.diff(body, s) for s in moving} if lse else {}
-        for k, a in enumerate(moving):
-            for c in moving[k:]:
-                f = self.second_partial(body, a, c)
-                if lse:   # log sum exp's own curvature: softmax-weighted squares of the partials
-                    f = f + firsts[a] * firsts[c]
-                if f == 0:
-                    continue
-                mult = 1 if a == c else 2
-                self.pair(lv, w, a, c, mult * self.point_value(f, lv))
+        if lse:
+            # log sum exp's own curvature: softmax-weighted products of the first partials
+            moving = sorted(firsts, key=str)
+            for k, a in enumerate(moving):
+                for c in moving[k:]:
+                    seconds[(a, c)] = seconds.get((a, c), 0) + firsts[a] * firsts[c]
+        for (a, c), f in seconds.items():
+            if f != 0:
+                self.pair(lv, w, a, c, (1 if a == c else 2) * self.point_value(f, lv))
         if lse:
             # ... minus the square of the result's gradient, at the root
             abar = self.b.result_adjoint.get(owner, sp.S.One)

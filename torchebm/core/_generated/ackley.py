@@ -298,7 +298,7 @@ class AckleyEnergy(CompiledEnergy):
         del x_1
         grad_r_1 = g_2
         del g_2
-        hdiag = hdiag + ((a*b*(torch.where((r_1/n_float > 0), -torch.rsqrt(r_1/n_float)/(4*r_1), x.new_tensor(0)) - b*torch.where((r_1/n_float > 0), n_float/(4*r_1), x.new_tensor(0))/n_float)*torch.exp(-b*torch.sqrt(r_1/n_float))/n_float).unsqueeze(-1))*torch.square(grad_r_1)
+        hdiag = hdiag + ((a*b*torch.where((r_1/n_float > 0), -torch.rsqrt(r_1/n_float)/(4*r_1), x.new_tensor(0))*torch.exp(-b*torch.sqrt(r_1/n_float))/n_float - a*torch.square(b)*torch.where((r_1/n_float > 0), n_float/(4*r_1), x.new_tensor(0))*torch.exp(-b*torch.sqrt(r_1/n_float))/torch.square(n_float)).unsqueeze(-1))*torch.square(grad_r_1)
         del grad_r_1, r_1
         # level 0: j in range(0, n) (per sample)
         h = bc*h2
@@ -362,7 +362,7 @@ class AckleyEnergy(CompiledEnergy):
         del x_1
         grad_r_1 = g_2
         del g_2
-        hdiag = hdiag + ((a*b*(torch.where((r_1/n_float > 0), -torch.rsqrt(r_1/n_float)/(4*r_1), x.new_tensor(0)) - b*torch.where((r_1/n_float > 0), n_float/(4*r_1), x.new_tensor(0))/n_float)*torch.exp(-b*torch.sqrt(r_1/n_float))/n_float).unsqueeze(-1))*torch.square(grad_r_1)
+        hdiag = hdiag + ((a*b*torch.where((r_1/n_float > 0), -torch.rsqrt(r_1/n_float)/(4*r_1), x.new_tensor(0))*torch.exp(-b*torch.sqrt(r_1/n_float))/n_float - a*torch.square(b)*torch.where((r_1/n_float > 0), n_float/(4*r_1), x.new_tensor(0))*torch.exp(-b*torch.sqrt(r_1/n_float))/torch.square(n_float)).unsqueeze(-1))*torch.square(grad_r_1)
         del grad_r_1, r_1
         # level 0: j in range(0, n) (per sample)
         h = bc*h2

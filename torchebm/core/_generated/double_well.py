@@ -143,7 +143,7 @@ class DoubleWellEnergy(CompiledEnergy):
         b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        h2 = 4*(3*torch.square(x_1) - torch.square(b))
+        h2 = 12*torch.square(x_1) - 4*torch.square(b)
         del x_1
         # level 0: i in range(0, n) (per sample)
         h = barrier_height*h2
@@ -162,7 +162,7 @@ class DoubleWellEnergy(CompiledEnergy):
         w0 = torch.square(x_1) - torch.square(b)
         d = w0*x_1
         del w0
-        h2 = 4*(3*torch.square(x_1) - torch.square(b))
+        h2 = 12*torch.square(x_1) - 4*torch.square(b)
         del x_1
         # level 0: i in range(0, n) (per sample)
         w = 4*barrier_height

@@ -140,11 +140,11 @@ class HimmelblauEnergy(CompiledEnergy):
         n = x.shape[-1]
         x_1 = x[..., 0]
         x_2 = x[..., 1]
-        h = 2*(2*x_2 + 6*torch.square(x_1) - 21)
+        h = 4*x_2 + 12*torch.square(x_1) - 42
         hdiag = torch.zeros_like(x)
         hdiag[..., 0] += h
         del h
-        h_1 = 2*(2*x_1 + 6*torch.square(x_2) - 13)
+        h_1 = 4*x_1 + 12*torch.square(x_2) - 26
         del x_1, x_2
         hdiag[..., 1] += h_1
         del h_1
@@ -168,11 +168,11 @@ class HimmelblauEnergy(CompiledEnergy):
         del d
         grad[..., 1] += d_1
         del d_1
-        h = 2*(2*x_2 + 6*torch.square(x_1) - 21)
+        h = 4*x_2 + 12*torch.square(x_1) - 42
         hdiag = torch.zeros_like(x)
         hdiag[..., 0] += h
         del h
-        h_1 = 2*(2*x_1 + 6*torch.square(x_2) - 13)
+        h_1 = 4*x_1 + 12*torch.square(x_2) - 26
         del x_1, x_2
         hdiag[..., 1] += h_1
         del h_1

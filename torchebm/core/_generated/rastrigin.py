@@ -137,7 +137,7 @@ class RastriginEnergy(CompiledEnergy):
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        h2 = 2*(2*9.869604401089358*a*torch.cos(2*3.141592653589793*x_1) + 1)
+        h2 = 4*9.869604401089358*a*torch.cos(2*3.141592653589793*x_1) + 2
         del x_1
         # level 0: i in range(0, n) (per sample)
         hdiag = h2
@@ -153,7 +153,7 @@ class RastriginEnergy(CompiledEnergy):
         w0 = 2*3.141592653589793*x_1
         d = x_1 + 3.141592653589793*a*torch.sin(w0)
         del w0
-        h2 = 2*(2*9.869604401089358*a*torch.cos(2*3.141592653589793*x_1) + 1)
+        h2 = 4*9.869604401089358*a*torch.cos(2*3.141592653589793*x_1) + 2
         del x_1
         # level 0: i in range(0, n) (per sample)
         g = 2*d

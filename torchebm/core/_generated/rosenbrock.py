@@ -170,11 +170,9 @@ class RosenbrockEnergy(CompiledEnergy):
         w1 = torch.square(x_1)
         del x_1
         w2 = 4*b
-        w3 = 2*b
-        h2 = 2*w2*w1 + 2*w3*(w1 - x_2) + 2
+        h2 = 8*b*w1 + 2 - w2*(x_2 - w1)
         del w1, w2, x_2
-        h2_2 = w3
-        del w3
+        h2_2 = 2*b
         # level 0: i in range(0, n - 1) (per sample)
         hdiag = _rt.pad_slice(h2, 0, n - 1, n)
         del h2
@@ -197,11 +195,9 @@ class RosenbrockEnergy(CompiledEnergy):
         w1 = torch.square(x_1)
         del x_1
         w2 = 4*b
-        w3 = 2*b
-        h2 = 2*w2*w1 + 2*w3*(w1 - x_2) + 2
+        h2 = 8*b*w1 + 2 - w2*(x_2 - w1)
         del w1, w2, x_2
-        h2_2 = w3
-        del w3
+        h2_2 = 2*b
         # level 0: i in range(0, n - 1) (per sample)
         g = 2*d
         del d

@@ -117,7 +117,7 @@ class StyblinskiTangEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        h2 = 4*(3*torch.square(x_1) - 8)
+        h2 = 12*torch.square(x_1) - 32
         del x_1
         # level 0: i in range(0, n) (per sample)
         h = 0.5*h2
@@ -132,7 +132,7 @@ class StyblinskiTangEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         d = 4*(x_1*x_1*x_1) + 5 - 32*x_1
-        h2 = 4*(3*torch.square(x_1) - 8)
+        h2 = 12*torch.square(x_1) - 32
         del x_1
         # level 0: i in range(0, n) (per sample)
         g = 0.5*d
