@@ -62,10 +62,6 @@ class GoldenEnergy(CompiledEnergy):
         lay["P0"] = _count
         lay["idx_x_1_0"] = _rt.check_index(_rt.as_index(_c0_i, _count, device), n, 'x[i]', n)
         lay["idx_x_2_0"] = _rt.check_index(_rt.as_index(_c0_j, _count, device), n, 'x[j]', n)
-        _ia = _rt.as_index(_c0_i, _count, device)
-        _ic = _rt.as_index(_c0_j, _count, device)
-        lay["co0_1"] = torch.nonzero(_ia == _ic).flatten()
-        lay["co0_1_at"] = _ia[lay["co0_1"]]
         return lay
 
     def _energy(self, x, lay, der):
@@ -211,7 +207,6 @@ class GoldenEnergy(CompiledEnergy):
         del w4, w6
         w9 = w5 + w7*w8
         h2 = w9
-        h2_1 = -w9
         del w9
         h2_2 = w5 + w7*w8
         del w5, w7, w8
@@ -219,10 +214,6 @@ class GoldenEnergy(CompiledEnergy):
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2
-        h = 2*h2_1
-        del h2_1
-        hdiag = hdiag.index_add(-1, lay["co0_1_at"], h[..., lay["co0_1"]])
-        del h
         hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_2)
         del h2_2
         return hdiag
@@ -253,7 +244,6 @@ class GoldenEnergy(CompiledEnergy):
         del w4, w6
         w9 = w5 + w7*w8
         h2 = w9
-        h2_1 = -w9
         del w9
         h2_2 = w5 + w7*w8
         del w5, w7, w8
@@ -273,10 +263,6 @@ class GoldenEnergy(CompiledEnergy):
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2
-        h = 2*h2_1
-        del h2_1
-        hdiag = hdiag.index_add(-1, lay["co0_1_at"], h[..., lay["co0_1"]])
-        del h
         hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_2)
         del h2_2
         return grad, hdiag

@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     s.add_argument("-o", "--output", type=Path,
                    help="write the module to this file (importable without SymPy)")
 
-    v = sub.add_parser("verify", help="check gradients against autograd and mpmath oracles")
+    v = sub.add_parser("verify", help="check gradients and second derivatives against autograd "
+                                      "and mpmath oracles")
     v.add_argument("targets", nargs="*",
                    help="formulas, definition files or folders (default: every definition)")
     v.add_argument("-p", "--param", type=_param, action="append", default=[])

@@ -494,11 +494,36 @@ class _Diagonal:
         return t
 
     def never_equal(self, la, lc):
-        """True if two loads of x read different indices at every point (x[i], x[i + 1])."""
+        """True if two loads of x provably read different indices at every point.
+
+        ``x[i]`` and ``x[i + 1]`` differ by a constant; ``x[i]`` and ``x[j]``
+        with ``j in range(i + 1, ...)`` differ by at least 1 (the pair sums).
+        """
+        if any(e.has(sp.Mod, sp.floor) for e in (la.indices[0], lc.indices[0])):
+            return False
         d = sp.expand(la.indices[0] - lc.indices[0])
-        return d.is_Number and d != 0 and not any(
-            isinstance(e, (sp.Mod, sp.floor)) for ld in (la, lc)
-            for e in sp.preorder_traversal(ld.indices[0]))
+        if d.is_Number:
+            return d != 0
+        lv = la.level
+        if lv is None:
+            return False
+        for var, lo, hi in lv.clauses:
+            # d = c - var with var >= lo, or d = var - c: bound it by the clause's range
+            for sign in (1, -1):
+                rest = sp.expand(d - sign * var)
+                if var in rest.free_symbols:
+                    continue
+                low = sp.expand(rest + sign * lo)            # d at var = lo
+                high = sp.expand(rest + sign * (hi - 1))     # d at var = hi - 1
+                if sign == 1 and low.is_positive:            # d >= rest + lo > 0
+                    return True
+                if sign == -1 and low.is_negative:           # d <= rest - lo < 0
+                    return True
+                if sign == 1 and high.is_negative:
+                    return True
+                if sign == -1 and high.is_positive:
+                    return True
+        return False
 
     def matvec_entry(self, lv, vld, xld):
         """``d y[r(p)] / d x[i(p)]`` at each point p of a one-range level.
