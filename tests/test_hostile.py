@@ -180,3 +180,16 @@ def test_from_expression_energy_pickles_and_saves(tmp_path):
         assert isinstance(other.m, torch.nn.Parameter)
     torch.save(energy, tmp_path / "e.pt")
     torch.testing.assert_close(torch.load(tmp_path / "e.pt", weights_only=False)(X), energy(X))
+
+
+def test_per_sample_value_inside_a_nested_sum():
+    # mean(x) is per sample; used inside a nested level it is broadcast to every point
+    energy = from_expression("sum(sum((x[j] - mean(x))**2*x[i] for j in range(n)) "
+                             "for i in range(n))")
+    x = torch.randn(3, 5, dtype=torch.float64)
+    want = x.sum(-1) * ((x - x.mean(-1, keepdim=True)) ** 2).sum(-1)
+    torch.testing.assert_close(energy(x), want)
+    xg = x.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad((xg.sum(-1) * ((xg - xg.mean(-1, keepdim=True)) ** 2)
+                                   .sum(-1)).sum(), xg)
+    torch.testing.assert_close(energy.gradient(x), auto)

@@ -218,3 +218,53 @@ def test_fused_mode_second_order():
     g, lap = fused.gradient_and_laplacian(x)
     torch.testing.assert_close(g, eager.gradient(x))
     torch.testing.assert_close(lap, eager.laplacian(x))
+
+
+def test_mixture_curvature_is_centred_far_from_the_means():
+    # two components at (0, 0) and (3, 0), s = 0.5, and x = (1.5, y), equidistant:
+    # laplacian(-log p) = n / s^2 - Var_r((x - M_k) / s^2) = 8 - 36 = -28 for every y
+    energy = from_expression(
+        "-logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))",
+        w=torch.tensor([0.5, 0.5]), M=torch.tensor([[0.0, 0.0], [3.0, 0.0]]), s=0.5)
+    assert energy.structured_hessian_diagonal
+    for y in (0.3, 30.0, 1000.0):
+        x = torch.tensor([[1.5, y]], dtype=torch.float64)
+        assert abs(float(energy.laplacian(x)) + 28) < 1e-8 * 28, y
+    x32 = torch.tensor([[1.5, 30.0], [1.5, 100.0]])
+    assert (energy.laplacian(x32) + 28).abs().max() < 0.01 * 28
+
+
+def test_hand_written_energies_flat_in_x_and_empty_dimensions():
+    class Linear(BaseEnergyFunction):
+        def forward(self, x):
+            return (2 * x).sum(-1)
+
+    energy = Linear()
+    x = torch.randn(3, 4)
+    assert torch.equal(energy.gradient(x), torch.full((3, 4), 2.0))
+    assert torch.equal(energy.hessian(x), torch.zeros(3, 4, 4))
+    assert torch.equal(energy.hessian_vector_product(x, x), torch.zeros(3, 4))
+    grad, lap = energy.gradient_and_laplacian(x)
+    assert torch.equal(lap, torch.zeros(3)) and torch.equal(grad, torch.full((3, 4), 2.0))
+    assert energy.hessian_diagonal(torch.randn(2, 0)).shape == (2, 0)
+    with pytest.raises(TypeError, match="max_elements must be an int"):
+        energy.hessian(x, max_elements="big")
+
+
+def test_hessian_memory_guard_counts_the_points_of_pair_sums():
+    pairs = from_expression("sum(1/(1 + (x[j] - x[i])**2) for i in range(n) "
+                            "for j in range(i + 1, n))")
+    x = torch.randn(64, 64)
+    # 64 * 64 * 64 output elements fit 2**20, but the pair level has 2016 points
+    with pytest.raises(EnergySyntaxError, match="2016 points"):
+        pairs.hessian(x, max_elements=2**20)
+    assert pairs.hessian(x[:2, :8]).shape == (2, 8, 8)
+
+
+def test_kinks_of_functions_of_functions():
+    # abs of a maximum: SymPy must know the maximum is real to differentiate twice
+    energy = from_expression("sum(abs(maximum(x, 0.25)))")
+    x = torch.tensor([[-1.0, 0.1, 0.5, 2.0]], dtype=torch.float64)
+    assert torch.equal(energy.hessian(x), torch.zeros(1, 4, 4, dtype=torch.float64))
+    assert torch.equal(energy.gradient(x), torch.tensor([[0.0, 0.0, 1.0, 1.0]],
+                                                        dtype=torch.float64))

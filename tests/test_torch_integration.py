@@ -103,3 +103,22 @@ def test_parameter_only_values_recomputed_when_a_parameter_changes():
     with torch.no_grad():
         energy.cov.mul_(2.0)                        # in place: the cached inverse is stale
     assert float(energy(x)) == pytest.approx(0.5)
+
+
+def test_torch_func_hessian_twice_on_a_fresh_energy():
+    # layouts made inside a torch.func transform are wrapped for it: never cached
+    energy = from_expression("sum((x[i] - x[j])**2 for i in range(n) for j in range(i + 1, n))")
+    x = torch.randn(3, dtype=torch.float64)
+
+    def f(z):
+        return energy(z).sum()
+
+    first = hessian(f)(x)
+    second = hessian(f)(x)
+    want = 2 * (3 * torch.eye(3, dtype=torch.float64) - 1)
+    torch.testing.assert_close(first, want)
+    torch.testing.assert_close(second, want)
+    gauss = GaussianEnergy(torch.zeros(3), 2 * torch.eye(3))
+    for _ in range(2):
+        torch.testing.assert_close(hessian(lambda z: gauss(z).sum())(x),
+                                   0.5 * torch.eye(3, dtype=torch.float64))

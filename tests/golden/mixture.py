@@ -74,6 +74,7 @@ class GoldenEnergy(CompiledEnergy):
         lay["idx_p_0"] = _rt.check_index(_rt.as_index(_c1_k, _count, device), M.shape[0], 'M[k, i]', n)
         lay["idx_p_1"] = _rt.check_index(_rt.as_index(_c1_i, _count, device), M.shape[1], 'M[k, i]', n)
         lay["idx_x_1_0"] = _rt.check_index(_rt.as_index(_c1_i, _count, device), n, 'x[i]', n)
+        lay["width"] = max(n, lay["P1"], max(w.shape[0], 0))
         return lay
 
     def _energy(self, x, lay, der):
@@ -263,7 +264,6 @@ class GoldenEnergy(CompiledEnergy):
         v_2 = torch.log(p_1) - 0.5*r/torch.square(s)
         del p_1, r
         lse = _rt.logsumexp(v_2)
-        h2 = 0.25/torch.pow(s, 4)
         bc = lse.unsqueeze(-1)
         w_1 = -torch.exp(v_2 - bc)
         del bc
@@ -278,20 +278,9 @@ class GoldenEnergy(CompiledEnergy):
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h)
         del h
         # level 0: k in range(0, w.shape[0]) (per sample)
-        h_1 = 4*h2*w_1
-        del h2, w_1
-        # level 1: i in range(0, n) (inside level 0)
-        bw = h_1[..., lay["seg1"]]
-        del h_1
-        h_2 = bw*torch.square(t0)
-        del bw
-        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h_2)
-        del h_2
-        # level 0: k in range(0, w.shape[0]) (per sample)
         bc_2 = lse.unsqueeze(-1)
-        del lse
         w_5 = torch.exp(v_2 - bc_2)
-        del bc_2, v_2
+        del bc_2
         w_6 = -0.5*w_5/torch.square(s)
         del w_5
         # level 1: i in range(0, n) (inside level 0)
@@ -300,12 +289,35 @@ class GoldenEnergy(CompiledEnergy):
         w_7 = 2*bc_3
         del bc_3
         g_1 = t0*w_7
-        del t0, w_7
+        del w_7
         grad_lse = torch.zeros_like(x)
         grad_lse = grad_lse.index_add(-1, lay["idx_x_1_0"], g_1)
         del g_1
-        hdiag = hdiag + (1)*torch.square(grad_lse)
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        res_1 = lse.unsqueeze(-1)
+        del lse
+        h_1 = torch.exp(v_2 - res_1)
+        del res_1, v_2
+        hs = h_1.sum(-1)
+        del h_1
+        h_2 = 1/hs
+        del hs
+        # level 1: i in range(0, n) (inside level 0)
+        bw = h_2.unsqueeze(-1)
+        del h_2
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        h_3 = -1.0/torch.square(s)
+        # level 1: i in range(0, n) (inside level 0)
+        bw_1 = h_3
+        del h_3
+        bw_2 = w_1[..., lay["seg1"]]
+        del w_1
+        gload = grad_lse[..., lay["idx_x_1_0"]]
         del grad_lse
+        h_4 = bw*bw_2*torch.square(bw_1*t0 - bw*gload)
+        del bw, bw_1, bw_2, gload, t0
+        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h_4)
+        del h_4
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -329,7 +341,6 @@ class GoldenEnergy(CompiledEnergy):
         v_2 = torch.log(p_1) - 0.5*r/torch.square(s)
         del p_1, r
         lse = _rt.logsumexp(v_2)
-        h2 = 0.25/torch.pow(s, 4)
         # level 0: k in range(0, w.shape[0]) (per sample)
         bc = lse.unsqueeze(-1)
         w_1 = -torch.exp(v_2 - bc)
@@ -351,20 +362,9 @@ class GoldenEnergy(CompiledEnergy):
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h)
         del h
         # level 0: k in range(0, w.shape[0]) (per sample)
-        h_1 = 4*h2*w_1
-        del h2, w_1
-        # level 1: i in range(0, n) (inside level 0)
-        bw = h_1[..., lay["seg1"]]
-        del h_1
-        h_2 = bw*torch.square(t0)
-        del bw
-        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h_2)
-        del h_2
-        # level 0: k in range(0, w.shape[0]) (per sample)
         bc_2 = lse.unsqueeze(-1)
-        del lse
         w_5 = torch.exp(v_2 - bc_2)
-        del bc_2, v_2
+        del bc_2
         w_6 = -0.5*w_5/torch.square(s)
         del w_5
         # level 1: i in range(0, n) (inside level 0)
@@ -373,10 +373,33 @@ class GoldenEnergy(CompiledEnergy):
         w_7 = 2*bc_3
         del bc_3
         g_1 = t0*w_7
-        del t0, w_7
+        del w_7
         grad_lse = torch.zeros_like(x)
         grad_lse = grad_lse.index_add(-1, lay["idx_x_1_0"], g_1)
         del g_1
-        hdiag = hdiag + (1)*torch.square(grad_lse)
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        res_1 = lse.unsqueeze(-1)
+        del lse
+        h_1 = torch.exp(v_2 - res_1)
+        del res_1, v_2
+        hs = h_1.sum(-1)
+        del h_1
+        h_2 = 1/hs
+        del hs
+        # level 1: i in range(0, n) (inside level 0)
+        bw = h_2.unsqueeze(-1)
+        del h_2
+        # level 0: k in range(0, w.shape[0]) (per sample)
+        h_3 = -1.0/torch.square(s)
+        # level 1: i in range(0, n) (inside level 0)
+        bw_1 = h_3
+        del h_3
+        bw_2 = w_1[..., lay["seg1"]]
+        del w_1
+        gload = grad_lse[..., lay["idx_x_1_0"]]
         del grad_lse
+        h_4 = bw*bw_2*torch.square(bw_1*t0 - bw*gload)
+        del bw, bw_1, bw_2, gload, t0
+        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h_4)
+        del h_4
         return grad, hdiag

@@ -51,6 +51,7 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n - 1) (per sample)
         _rt.check_range(0, n - 1, n, 'x[i]', n)
         _rt.check_range(1, n, n, 'x[i + 1]', n)
+        lay["width"] = max(n, max(n - 1, 0))
         return lay
 
     def _energy(self, x, lay, der):

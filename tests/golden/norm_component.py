@@ -44,6 +44,7 @@ class GoldenEnergy(CompiledEnergy):
         _rt.check_range(n - 1, n - 1 + 1, n, 'x[n - 1]', n)
         # level 0: i in range(0, n) (per sample)
         _rt.check_range(0, n, n, 'x[i]', n)
+        lay["width"] = max(n, max(n, 0))
         return lay
 
     def _energy(self, x, lay, der):

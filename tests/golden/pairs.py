@@ -62,6 +62,7 @@ class GoldenEnergy(CompiledEnergy):
         lay["P0"] = _count
         lay["idx_x_1_0"] = _rt.check_index(_rt.as_index(_c0_i, _count, device), n, 'x[i]', n)
         lay["idx_x_2_0"] = _rt.check_index(_rt.as_index(_c0_j, _count, device), n, 'x[j]', n)
+        lay["width"] = max(n, lay["P0"])
         return lay
 
     def _energy(self, x, lay, der):

@@ -59,6 +59,7 @@ class GoldenEnergy(CompiledEnergy):
         _ic = _rt.as_index((_c0_i + 1) % (n), _count, device)
         lay["co0_1"] = torch.nonzero(_ia == _ic).flatten()
         lay["co0_1_at"] = _ia[lay["co0_1"]]
+        lay["width"] = max(n, max(n, 0))
         return lay
 
     def _energy(self, x, lay, der):

@@ -64,6 +64,7 @@ class GoldenEnergy(CompiledEnergy):
         _rt.check_range(0, n, mu.shape[0], 'mu[j]', n)
         _rt.check_range(0, n, n, 'x[j]', n)
         _rt.check_range(0, n, n, 'row j of the matrix-vector product with inverse(S)', n)
+        lay["width"] = max(n, max(n, 0))
         return lay
 
     def _derive(self):

@@ -42,6 +42,7 @@ class GoldenEnergy(CompiledEnergy):
         lay = {}
         # level 0: j in range(0, n) (per sample)
         _rt.check_range(0, n, n, 'x[j]', n)
+        lay["width"] = max(n, max(n, 0))
         return lay
 
     def _energy(self, x, lay, der):

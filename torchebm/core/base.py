@@ -9,6 +9,7 @@ energy ``[1]`` and gradient ``[1, n]`` (TorchEBM's convention).
 from __future__ import annotations
 
 import abc
+import math
 import threading
 
 import torch
@@ -36,17 +37,38 @@ def _as_direction(x: torch.Tensor, v) -> torch.Tensor:
     """``v`` checked against the batch ``x`` (a 1-D ``v`` goes with a 1-D ``x``)."""
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"v must be a torch.Tensor of the shape of x, not {type(v).__name__}")
-    if v.dim() == x.dim() - 1:
-        v = v.unsqueeze(0)
+    given = tuple(v.shape)
+    if v.dim() == 1 and x.dim() == 2 and x.shape[0] == 1:
+        v = v.unsqueeze(0)      # a 1-D x and v: one sample
     if v.shape != x.shape:
-        raise EnergySyntaxError(f"v has shape {tuple(v.shape)} but x has shape "
-                                f"{tuple(x.shape)}; the direction of a Hessian-vector product "
-                                f"has the shape of x")
+        shown = tuple(x.shape[1:]) if given and len(given) == 1 and x.shape[0] == 1 else \
+            tuple(x.shape)
+        raise EnergySyntaxError(f"v has shape {given} but x has shape {shown}; the direction "
+                                f"of a Hessian-vector product has the shape of x")
     if v.device != x.device:
         raise EnergySyntaxError(f"v is on {v.device} but x is on {x.device}")
     if not v.is_floating_point() or v.dtype != x.dtype:
         v = v.to(x.dtype)
     return v
+
+
+def _grad(output, x, grad_output=None, **kwargs):
+    """``torch.autograd.grad`` of ``output`` for ``x``, zeros where it does not depend on x."""
+    if not output.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(output, x, grad_output, allow_unused=True, **kwargs)
+    return torch.zeros_like(x) if g is None else g
+
+
+def _transform_level(values) -> bool:
+    """True if a tensor among ``values`` belongs to a running torch.func transform.
+
+    Tensors made inside ``torch.func.hessian`` (even ``arange``) are wrapped for
+    that transform's level; cached and reused after it, they fail ("escaped?").
+    """
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return wrapped is not None and any(isinstance(v, torch.Tensor) and wrapped(v)
+                                       for v in values)
 
 
 def _maybe_no_grad(create_graph):
@@ -100,7 +122,7 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
         with torch.enable_grad():
             xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
             energy = self(xg)
-            (grad,) = torch.autograd.grad(energy.sum(), xg, create_graph=create_graph)
+            grad = _grad(energy.sum(), xg, create_graph=create_graph)
         if not create_graph:
             return energy.detach(), grad.detach()
         return energy, grad
@@ -129,10 +151,8 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
         v = _as_direction(x, v)
         with torch.enable_grad():
             xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(self(xg).sum(), xg, create_graph=True)
-            (hv,) = torch.autograd.grad(g, xg, v, create_graph=create_graph,
-                                        allow_unused=True)
-        hv = torch.zeros_like(x) if hv is None else hv
+            g = _grad(self(xg).sum(), xg, create_graph=True)
+            hv = _grad(g, xg, v, create_graph=create_graph)
         return hv if create_graph else hv.detach()
 
     def hessian(self, x: torch.Tensor, max_elements: int | None = None,
@@ -156,7 +176,7 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
             e = torch.zeros_like(x)
             e[..., i] = 1
             rows.append(self.hessian_vector_product(x, e, create_graph=create_graph))
-        return torch.stack(rows, dim=-2)
+        return torch.stack(rows, dim=-2) if rows else x.new_zeros(x.shape + (0,))
 
     def hessian_diagonal(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """``d2E/dx_i^2`` of ``x: [..., n]`` -> ``[..., n]``.
@@ -168,28 +188,36 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
         x = _as_batch(x)
         with torch.enable_grad():
             xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(self(xg).sum(), xg, create_graph=True)
-            cols = []
-            for i in range(x.shape[-1]):
-                (h,) = torch.autograd.grad(g[..., i].sum(), xg, retain_graph=True,
-                                           create_graph=create_graph, allow_unused=True)
-                cols.append(torch.zeros_like(x[..., i]) if h is None else h[..., i])
-        out = torch.stack(cols, dim=-1)
+            g = _grad(self(xg).sum(), xg, create_graph=True)
+            cols = [_grad(g[..., i].sum(), xg, retain_graph=True,
+                          create_graph=create_graph)[..., i] for i in range(x.shape[-1])]
+        out = torch.stack(cols, dim=-1) if cols else torch.zeros_like(x)
         return out if create_graph else out.detach()
 
     def laplacian(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """The Laplacian ``sum_i d2E/dx_i^2`` (trace of the Hessian) of ``x: [..., n]`` -> ``[...]``."""
         return self.hessian_diagonal(x, create_graph=create_graph).sum(-1)
 
-    def _check_hessian_size(self, x, max_elements):
+    def gradient_and_laplacian(self, x: torch.Tensor, create_graph: bool = False):
+        """``(dE/dx [..., n], laplacian [...])``, here by autograd (score matching)."""
+        return (self.gradient(x, create_graph=create_graph),
+                self.laplacian(x, create_graph=create_graph))
+
+    def _check_hessian_size(self, x, max_elements, width=None):
         limit = self.max_hessian_elements if max_elements is None else max_elements
-        total = x[..., 0].numel() * x.shape[-1] ** 2
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"max_elements must be an int, not {type(limit).__name__}")
+        n = x.shape[-1]
+        total = math.prod(x.shape[:-1]) * n * max(n, width or 0)
         if total > limit:
+            what = (f"has {total} elements" if not width or width <= n else
+                    f"needs temporaries of {total} elements (batch x n x {width} points of "
+                    f"the formula's largest sum)")
             raise EnergySyntaxError(
-                f"the Hessian of x of shape {tuple(x.shape)} has {total} elements, more than "
-                f"the limit of {limit}; pass max_elements= (or set "
-                f"energy.max_hessian_elements) to allow it, use a smaller batch, or use "
-                f"hessian_vector_product / hessian_diagonal / laplacian")
+                f"the Hessian of x of shape {tuple(x.shape)} {what}, more than the limit of "
+                f"{limit}; pass max_elements= (or set energy.max_hessian_elements) to allow "
+                f"it, use a smaller batch, or use hessian_vector_product / hessian_diagonal / "
+                f"laplacian")
 
 
 class CompiledEnergy(BaseEnergyFunction):
@@ -307,6 +335,8 @@ class CompiledEnergy(BaseEnergyFunction):
                 lay = self._layout_cache.get(key)
                 if lay is None:
                     lay = self._layout(n, x.device, x.dtype)
+                    if _transform_level(lay.values()):
+                        return lay     # made inside torch.func: valid only there
                     if len(self._layout_cache) > 64:
                         self._layout_cache.clear()
                     self._layout_cache[key] = lay
@@ -321,7 +351,7 @@ class CompiledEnergy(BaseEnergyFunction):
             if hit is not None and hit[0] == key:
                 return hit[1]
         values = {k: v.to(device=x.device, dtype=x.dtype) for k, v in self._derive().items()}
-        if not grad_mode:
+        if not grad_mode and not _transform_level(values.values()):
             self._derived_cache["value"] = (key, values)
         return values
 
@@ -393,16 +423,18 @@ class CompiledEnergy(BaseEnergyFunction):
         """Closed-form Hessian ``d2E/dx2`` of ``x: [..., n]`` -> ``[..., n, n]``.
 
         The Hessian-vector product run on the ``n`` unit vectors at once (one
-        vectorised call). Memory grows as ``batch * n * n`` times a few
-        temporaries; above ``max_elements`` elements (default
-        :attr:`max_hessian_elements`, 2**25) it raises instead of allocating.
+        vectorised call). Its temporaries have ``batch * n * width`` elements,
+        ``width`` the most points of any sum of the formula (``n`` for
+        elementwise sums, ``n (n - 1) / 2`` for pair sums); above
+        ``max_elements`` (default :attr:`max_hessian_elements`, 2**25) it raises
+        instead of allocating.
 
         Raises:
             EnergySyntaxError: the Hessian would have more than ``max_elements``
                 elements.
         """
         x, lay, der = self._inputs(x)
-        self._check_hessian_size(x, max_elements)
+        self._check_hessian_size(x, max_elements, lay["width"])
         n = x.shape[-1]
         eye = torch.eye(n, dtype=x.dtype, device=x.device).expand(x.shape[:-1] + (n, n))
         with _maybe_no_grad(create_graph):
@@ -440,8 +472,8 @@ class CompiledEnergy(BaseEnergyFunction):
 
     def _diagonal_from_products(self, x, lay, der):
         n = x.shape[-1]
-        batch = max(x[..., 0].numel(), 1)
-        chunk = max(1, min(n, self.max_hessian_elements // (batch * n)))
+        batch = max(math.prod(x.shape[:-1]), 1)
+        chunk = max(1, min(n, self.max_hessian_elements // (batch * max(n, lay["width"]))))
         eye = torch.eye(n, dtype=x.dtype, device=x.device)
         cols = []
         for start in range(0, n, chunk):

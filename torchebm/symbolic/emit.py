@@ -317,7 +317,9 @@ class ModuleEmitter:
             shape = self.shape(st.source)
             if lv.parent is None:
                 code = f"{src}.unsqueeze(-1)" if shape in ("batch", "both") else src
-            else:
+            elif shape == "batch":      # a per-sample value, the same at every point
+                code = f"{src}.unsqueeze(-1)"
+            else:                       # a value per point of the parent level
                 code = f'{src}[..., lay["seg{lv.id}"]]' if shape != "scalar" else src
             return [f"{self.names[st.target]} = {code}"]
         if isinstance(st, Reduce):
@@ -639,6 +641,12 @@ class ModuleEmitter:
                     lines.append(f'lay["{st.key}_at"] = _ia[lay["{st.key}"]]')
             if lv.matvec is not None:
                 lines.extend(self.matvec_check(lv))
+        # the most points of any level: tangents of n directions at once (hessian) have
+        # batch * n * width elements, which the base class checks against its limit
+        widths = ["n"] + [self.points(lv) for lv in self.levels]
+        widths = list(dict.fromkeys(widths))
+        lines.append(f'lay["width"] = max({", ".join(widths)})' if len(widths) > 1
+                     else 'lay["width"] = n')
         body = "\n".join(lines)
         arrays = [f"{local} = self.{local}" for name, local in self.params.items()
                   if name not in self.program.vectors and name not in self.parsed.derived

@@ -28,6 +28,13 @@ def _number(fn, *args):
     return None
 
 
+def _real_for_real_args(self):
+    """Real for real arguments: lets SymPy differentiate ``abs``/``sign`` of the result
+    as real functions (``sign(u)``, not ``re(u) sign(u) / u`` and an unevaluated
+    ``Derivative(sign(u))``)."""
+    return True if all(a.is_real for a in self.args) else None
+
+
 class Sigmoid(sp.Function):
     """Logistic sigmoid ``1/(1 + exp(-u))``, printed as ``torch.sigmoid``.
 
@@ -36,6 +43,8 @@ class Sigmoid(sp.Function):
     >>> Sigmoid(u).diff(u)
     (1 - Sigmoid(u))*Sigmoid(u)
     """
+
+    _eval_is_real = _real_for_real_args
 
     def fdiff(self, argindex=1):
         s = Sigmoid(self.args[0])
@@ -58,6 +67,8 @@ class Softplus(sp.Function):
     Sigmoid(u)
     """
 
+    _eval_is_real = _real_for_real_args
+
     def fdiff(self, argindex=1):
         return Sigmoid(self.args[0])
 
@@ -72,6 +83,8 @@ class LogNdtr(sp.Function):
     Its derivative ``phi(u)/Phi(u)`` is written ``exp(-u**2/2 - log_ndtr(u))/sqrt(2 pi)``,
     which stays finite far in the left tail where ``Phi(u)`` underflows.
     """
+
+    _eval_is_real = _real_for_real_args
 
     def fdiff(self, argindex=1):
         u = self.args[0]
@@ -88,6 +101,8 @@ class LogAddExp(sp.Function):
     The derivative with respect to each argument is its softmax weight
     ``exp(a_k - LogAddExp(...))``, which never overflows.
     """
+
+    _eval_is_real = _real_for_real_args
 
     def fdiff(self, argindex=1):
         return sp.exp(self.args[argindex - 1] - self)
@@ -108,6 +123,8 @@ class Maximum(sp.Function):
 
     nargs = 2
 
+    _eval_is_real = _real_for_real_args
+
     def fdiff(self, argindex=1):
         a, b = self.args
         if argindex == 1:
@@ -126,6 +143,8 @@ class Minimum(sp.Function):
 
     nargs = 2
 
+    _eval_is_real = _real_for_real_args
+
     def fdiff(self, argindex=1):
         a, b = self.args
         if argindex == 1:
@@ -141,6 +160,8 @@ class Minimum(sp.Function):
 
 class Sign(sp.Function):
     """Sign of u (-1, 0 or 1), with derivative 0 everywhere (torch's convention)."""
+
+    _eval_is_real = _real_for_real_args
 
     def fdiff(self, argindex=1):
         return sp.S.Zero
@@ -160,6 +181,8 @@ class SafeSqrt(sp.Function):
     multiplies ``0`` by the vanishing inner derivative, so the gradient at the
     origin is the minimum-norm subgradient 0 instead of ``0/0 = nan``.
     """
+
+    _eval_is_real = _real_for_real_args
 
     def fdiff(self, argindex=1):
         s = self.args[0]

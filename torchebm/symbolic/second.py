@@ -38,6 +38,7 @@ from .derivatives import (Accumulate, Assign, Broadcast, IndexValue, InitAdjoint
                           MatVecStmt, OthersProduct, Reduce, Statements, Stmt, Unary,
                           partial, tangent_name)
 from .lower import Load
+from .symbols import N
 
 
 @dataclasses.dataclass(eq=False)
@@ -406,6 +407,13 @@ class _Diagonal:
     def level_node(self, lv, owner, w):
         firsts, seconds = self.second_partials(owner.body, owner)
         lse = getattr(owner, "op", None) == "lse"
+        nested = self.centred_mixture(lv, firsts) if lse else None
+        if nested is not None:
+            for (a, c), f in seconds.items():
+                self.pair(lv, w, a, c, (1 if a == c else 2) * self.point_value(f, lv))
+            (a, fa), = firsts.items()
+            self.nested_centred(lv, nested, owner, w, fa)
+            return
         if lse:
             # log sum exp's own curvature: softmax-weighted products of the first partials
             moving = sorted(firsts, key=str)
@@ -452,34 +460,92 @@ class _Diagonal:
         else:
             raise Unstructured(f"{ka} x {kc}")
 
-    def nested_square(self, lv, nested, weight):
-        """``weight * (d u / d x_i)^2`` for a nested sum ``u(p) = sum_q v(p, q)``.
+    def nested_partial(self, nested):
+        """``(load, const, per_point, offset)`` of a nested sum elementwise in x.
 
-        When ``v`` reads x only as ``x[q + c]`` (distinct indices within each
-        parent point p), ``d u(p) / d x_i`` is the partial of ``v`` at the one
-        point q that reads ``x_i``: the term is accumulated from the nested
-        level's points, with the parent's weight broadcast to them.
+        ``u(p) = sum_q v(p, q)`` with ``v`` reading x only as ``x[q + offset]``
+        (distinct indices within each parent point p): ``d u(p) / d x_i`` is
+        ``const * per_point`` at the one point q that reads ``x_i``.
         """
         child, red = nested
-        (var, _, _), = child.clauses if len(child.clauses) == 1 else (None,)
+        if len(child.clauses) != 1:
+            raise Unstructured("nested sum over several indices")
+        (var, _, _), = child.clauses
         moving = [s for s in red.body.free_symbols if self.is_x(s)]
         loads = {ld.symbol: ld for ld in child.loads.values()}
         if len(moving) != 1 or moving[0] not in loads or loads[moving[0]].kind != "x":
             raise Unstructured("nested sum that is not elementwise in x")
         ld = loads[moving[0]]
         off = sp.expand(ld.indices[0] - var)
-        if var is None or var in off.free_symbols or off.has(sp.Mod, sp.floor) or \
+        if var in off.free_symbols or off.has(sp.Mod, sp.floor) or \
                 off.free_symbols & set(child.all_vars):
             raise Unstructured("nested sum whose x index is not its own index")
         if red.body == ld.symbol:
-            const, per_point = sp.S.One, sp.S.One
-        else:
-            const, per_point = self.b.partials.get((red, ld.symbol), (sp.S.Zero, sp.S.Zero))
-        src = self.tail_assign(weight * const**2, lv)
-        bc = self.b.sym("bw")
-        self.s.shapes[bc] = "both" if self.b.shape_of(src) in ("both", "batch") else "point"
-        self.tail.append(Broadcast(child, bc, src))
-        self.accumulate(child, ld, bc * per_point**2)
+            return ld, sp.S.One, sp.S.One, off
+        const, per_point = self.b.partials.get((red, ld.symbol), (sp.S.Zero, sp.S.Zero))
+        return ld, const, per_point, off
+
+    def to_level(self, value, child):
+        """``value`` of a parent level broadcast to the points of ``child``."""
+        if value.is_Number:
+            return value
+        t = self.b.sym("bw")
+        self.s.shapes[t] = "both" if self.b.shape_of(value) in ("both", "batch") else "point"
+        self.tail.append(Broadcast(child, t, value))
+        return t
+
+    def nested_square(self, lv, nested, weight):
+        """``weight * (d u / d x_i)^2`` for a nested sum ``u`` (see :meth:`nested_partial`),
+        accumulated from the nested level's points."""
+        ld, const, per_point, _ = self.nested_partial(nested)
+        bw = self.to_level(self.tail_assign(weight * const**2, lv), nested[0])
+        self.accumulate(nested[0], ld, bw * per_point**2)
+
+    def centred_mixture(self, lv, firsts):
+        """The nested sum of ``logsumexp_k f(u_k)`` whose curvature can be centred, or None.
+
+        That needs ``f`` to depend on x only through one nested sum ``u_k``
+        that reads every ``x_i`` exactly once per k (a mixture's squared
+        distance to its k-th mean).
+        """
+        if len(firsts) != 1:
+            return None
+        kind, nested = self.kind(next(iter(firsts)), lv)
+        if kind != "N" or not nested[0].rectangular:
+            return None
+        try:
+            _, _, _, off = self.nested_partial(nested)
+        except Unstructured:
+            return None
+        (_, lo, hi), = nested[0].clauses
+        covers = sp.simplify(lo + off) == 0 and sp.simplify(hi + off - N) == 0
+        return nested if covers else None
+
+    def nested_centred(self, lv, nested, owner, w, fa):
+        """logsumexp's curvature ``sum_k w_k (J_ki - g_i)^2``, centred.
+
+        With softmax weights ``s_k`` (``w = adjoint * s``) this equals
+        ``adjoint * (sum_k s_k J_ki^2 - g_i^2)``, ``g = sum_k s_k J_k`` the
+        result's gradient, but subtracts before squaring: far from every mean,
+        where the ``J_ki`` are large and nearly equal, the uncentred form loses
+        all of float32's digits. The weights are renormalised (divided by
+        ``S = sum_k s_k``, 1 up to rounding), so that rounding in ``s`` does not
+        come back as ``g^2 (S - 1)``.
+        """
+        child = nested[0]
+        ld, const, per_point, _ = self.nested_partial(nested)
+        g = self.gradient_of(owner.result)
+        res = self.b.sym("res")
+        self.s.shapes[res] = "both"
+        self.tail.append(Broadcast(lv, res, owner.result))
+        total = self.sum_points(sp.exp(owner.value - res), lv)
+        inv = self.to_level(self.tail_assign(1 / total, None), child)
+        scale = self.to_level(self.tail_assign(fa * const, lv), child)
+        weight = self.to_level(self.tail_assign(w, lv), child)
+        gl = self.b.sym("gload")
+        self.s.shapes[gl] = "both"
+        self.tail.append(LoadStmt(child, Load(gl, g, ld.indices, "dense", child, like=ld)))
+        self.accumulate(child, ld, weight * inv * (scale * per_point - gl * inv) ** 2)
 
     def accumulate(self, lv, ld, expr):
         self.tail.append(Accumulate(lv, HDIAG, ld, self.tail_assign(expr, lv)))

@@ -59,6 +59,7 @@ class AckleyEnergy(CompiledEnergy):
         lay = {}
         # level 0: j in range(0, n) (per sample)
         _rt.check_range(0, n, n, 'x[j]', n)
+        lay["width"] = max(n, max(n, 0))
         return lay
 
     def _energy(self, x, lay, der):

@@ -51,6 +51,7 @@ class BoothEnergy(CompiledEnergy):
             raise EnergySyntaxError(f"BoothEnergy needs x of dimension n <= 2, got n = {n}")
         _rt.check_range(1, 1 + 1, n, 'x[1]', n)
         _rt.check_range(0, 0 + 1, n, 'x[0]', n)
+        lay["width"] = n
         return lay
 
     def _energy(self, x, lay, der):

@@ -72,6 +72,7 @@ class GaussianEnergy(CompiledEnergy):
         _rt.check_range(0, n, mean.shape[0], 'mean[j]', n)
         _rt.check_range(0, n, n, 'x[j]', n)
         _rt.check_range(0, n, n, 'row j of the matrix-vector product with inverse(cov)', n)
+        lay["width"] = max(n, max(n, 0))
         return lay
 
     def _derive(self):

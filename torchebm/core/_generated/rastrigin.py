@@ -53,6 +53,7 @@ class RastriginEnergy(CompiledEnergy):
         lay = {}
         # level 0: i in range(0, n) (per sample)
         _rt.check_range(0, n, n, 'x[i]', n)
+        lay["width"] = max(n, max(n, 0))
         return lay
 
     def _energy(self, x, lay, der):

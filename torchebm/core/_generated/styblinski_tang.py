@@ -47,6 +47,7 @@ class StyblinskiTangEnergy(CompiledEnergy):
         lay = {}
         # level 0: i in range(0, n) (per sample)
         _rt.check_range(0, n, n, 'x[i]', n)
+        lay["width"] = max(n, max(n, 0))
         return lay
 
     def _energy(self, x, lay, der):
