@@ -17,15 +17,25 @@ Two transformations of the statements that :mod:`derivatives` builds:
       ``H = sum over nodes t of  adj(t) * J_t^T (d^2 f_t) J_t``
 
   summed over the nonlinear nodes ``t = f_t(args)`` of the program (the
-  energy's root expression and each level's body), where ``adj(t)`` is the
-  adjoint of the node from the gradient's reverse sweep and ``J_t`` the
-  Jacobian of its arguments. Arguments are loads ``x[idx(p)]`` (one-hot
-  rows), per-sample reduction results broadcast into the level (dense
-  gradients, each from a reverse sweep of its own) and rows of matrix-vector
-  products. Its diagonal needs only the products of these rows at equal
-  indices, gathered at each point. Formulas outside this form (nested
-  reductions, products, some uses of matrix-vector products) return None and
-  the caller takes ``diag(H)`` from Hessian-vector products instead.
+  energy's root expression, each level's body, and ``logsumexp`` itself),
+  where ``adj(t)`` is the adjoint of the node from the gradient's reverse
+  sweep and ``J_t`` the Jacobian of its arguments. Its diagonal needs only
+  products of rows of ``J_t`` at equal indices, gathered at each point. The
+  arguments it handles:
+
+  - loads ``x[idx(p)]``: one-hot rows; two loads meet where their indices
+    coincide (proved never, or listed by the layout);
+  - per-sample results broadcast into a level: dense gradients, each from a
+    reverse sweep of its own;
+  - rows of matrix-vector products ``A h`` with ``h`` elementwise in x: a
+    diagonal of ``A``;
+  - nested sums elementwise in x (a mixture's squared distances): their
+    partials, accumulated from the nested points; a ``logsumexp`` over them
+    is centred (see :meth:`_Diagonal.nested_centred`).
+
+  Formulas outside this form (products, deeper nesting, other uses of
+  matrix-vector products) give None, and the caller takes ``diag(H)`` from
+  Hessian-vector products instead.
 """
 
 from __future__ import annotations
