@@ -6,6 +6,7 @@ Pipeline, one module per stage::
     rewrite.py      numerically stable rewrites (log1p, logsumexp, safe sqrt)
     lower.py        SymPy -> vectorised levels (slices, gathers, matvec)
     derivatives.py  closed-form gradient by the chain rule over levels
+    second.py       Hessian-vector products (forward over reverse), Hessian diagonal
     optimise.py     common subexpressions, dead code per entry point
     emit.py         torch source of an nn.Module   (printer.py: one expression)
     load.py         source -> class, kept for tracebacks and .source

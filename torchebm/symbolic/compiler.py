@@ -1,4 +1,4 @@
-"""The pipeline, stage by stage: parse -> rewrite -> lower -> derivatives -> optimise -> emit.
+"""The pipeline: parse -> rewrite -> lower -> derivatives -> second -> optimise -> emit.
 
 :func:`compile_spec` is the one place where the stages are chained; each
 stage is a module of its own with one entry function.
