@@ -163,15 +163,14 @@ class GoldenEnergy(CompiledEnergy):
         x_2 = x[..., 1:n]
         w1 = torch.square(x_1)
         del x_1
-        w2 = 4*b
-        h2 = 8*b*w1 + 2 - w2*(x_2 - w1)
-        del w1, w2, x_2
-        h2_2 = 2*b
+        h2 = 8*b*w1 + 2 - 4*b*(x_2 - w1)
+        del w1, x_2
+        h2_1 = 2*b
         # level 0: i in range(0, n - 1) (per sample)
         hdiag = _rt.pad_slice(h2, 0, n - 1, n)
         del h2
-        hdiag = hdiag + _rt.pad_slice(_rt_points(h2_2, x, max(n - 1, 0)), 1, n, n)
-        del h2_2
+        hdiag = hdiag + _rt.pad_slice(_rt_points(h2_1, x, max(n - 1, 0)), 1, n, n)
+        del h2_1
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -188,10 +187,9 @@ class GoldenEnergy(CompiledEnergy):
         del w0
         w1 = torch.square(x_1)
         del x_1
-        w2 = 4*b
-        h2 = 8*b*w1 + 2 - w2*(x_2 - w1)
-        del w1, w2, x_2
-        h2_2 = 2*b
+        h2 = 8*b*w1 + 2 - 4*b*(x_2 - w1)
+        del w1, x_2
+        h2_1 = 2*b
         # level 0: i in range(0, n - 1) (per sample)
         g = 2*d
         del d
@@ -205,6 +203,6 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n - 1) (per sample)
         hdiag = _rt.pad_slice(h2, 0, n - 1, n)
         del h2
-        hdiag = hdiag + _rt.pad_slice(_rt_points(h2_2, x, max(n - 1, 0)), 1, n, n)
-        del h2_2
+        hdiag = hdiag + _rt.pad_slice(_rt_points(h2_1, x, max(n - 1, 0)), 1, n, n)
+        del h2_1
         return grad, hdiag

@@ -171,19 +171,21 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         bc = d.unsqueeze(-1)
         del d
+        h = torch.where((r > 0), -1/(4*torch.pow(r, 1.5)), x.new_tensor(0))
+        del r
         # level 0: i in range(0, n) (per sample)
         g_1 = 2*x_1
         del x_1
         grad_r = g_1
         del g_1
-        hdiag = ((torch.where((r > 0), -1/(4*torch.pow(r, 1.5)), x.new_tensor(0))).unsqueeze(-1))*torch.square(grad_r)
-        del grad_r, r
+        hdiag = h.unsqueeze(-1)*torch.square(grad_r)
+        del grad_r, h
         hdiag = hdiag + _rt.pad_slice(_rt_points(2, x, 1), 0, 0 + 1, n) * float(0 == n - 1)
         # level 0: i in range(0, n) (per sample)
-        h = 2*bc
+        h_1 = 2*bc
         del bc
-        hdiag = hdiag + h
-        del h
+        hdiag = hdiag + h_1
+        del h_1
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -210,17 +212,19 @@ class GoldenEnergy(CompiledEnergy):
         del w
         grad = grad + g
         del g
+        h = torch.where((r > 0), -1/(4*torch.pow(r, 1.5)), x.new_tensor(0))
+        del r
         # level 0: i in range(0, n) (per sample)
         g_1 = 2*x_1
         del x_1
         grad_r = g_1
         del g_1
-        hdiag = ((torch.where((r > 0), -1/(4*torch.pow(r, 1.5)), x.new_tensor(0))).unsqueeze(-1))*torch.square(grad_r)
-        del grad_r, r
+        hdiag = h.unsqueeze(-1)*torch.square(grad_r)
+        del grad_r, h
         hdiag = hdiag + _rt.pad_slice(_rt_points(2, x, 1), 0, 0 + 1, n) * float(0 == n - 1)
         # level 0: i in range(0, n) (per sample)
-        h = 2*bc
+        h_1 = 2*bc
         del bc
-        hdiag = hdiag + h
-        del h
+        hdiag = hdiag + h_1
+        del h_1
         return grad, hdiag

@@ -206,17 +206,15 @@ class GoldenEnergy(CompiledEnergy):
         w7 = 2*w6/torch.pow(w4, 6) - 1
         w8 = 168*w6*eps/torch.pow(w4, 8)
         del w4, w6
-        w9 = w5 + w7*w8
-        h2 = w9
-        del w9
-        h2_2 = w5 + w7*w8
+        h2 = w5 + w7*w8
+        h2_1 = w5 + w7*w8
         del w5, w7, w8
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2
-        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_2)
-        del h2_2
+        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_1)
+        del h2_1
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -243,10 +241,8 @@ class GoldenEnergy(CompiledEnergy):
         w7 = 2*w6/torch.pow(w4, 6) - 1
         w8 = 168*w6*eps/torch.pow(w4, 8)
         del w4, w6
-        w9 = w5 + w7*w8
-        h2 = w9
-        del w9
-        h2_2 = w5 + w7*w8
+        h2 = w5 + w7*w8
+        h2_1 = w5 + w7*w8
         del w5, w7, w8
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
         w = 24*eps*torch.pow(s, 6)
@@ -264,6 +260,6 @@ class GoldenEnergy(CompiledEnergy):
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2
-        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_2)
-        del h2_2
+        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_1)
+        del h2_1
         return grad, hdiag

@@ -434,13 +434,15 @@ class ModuleEmitter:
         for g in {ga, gc}:
             lines += self.ensure(g)
         factor = self.ref(st.factor)
+        if not factor.isidentifier():
+            factor = f"({factor})"
         if self.shape(st.factor) in ("batch", "both"):
-            factor = f"({factor}).unsqueeze(-1)"
-        term = f"torch.square({ga})" if ga == gc else f"{ga}*{gc}"
+            factor = f"{factor}.unsqueeze(-1)"
+        term = f"{factor}*" + (f"torch.square({ga})" if ga == gc else f"{ga}*{gc}")
         if acc not in self._initialised:
             self._initialised.add(acc)
-            return lines + [f"{acc} = ({factor})*{term}"]
-        return lines + [f"{acc} = {acc} + ({factor})*{term}"]
+            return lines + [f"{acc} = {term}"]
+        return lines + [f"{acc} = {acc} + {term}"]
 
     def accumulate(self, st):
         adj = self.accumulator(st.vector)

@@ -118,6 +118,7 @@ class _Lowering:
         self.counter = itertools.count()
         self.level_ids = itertools.count()
         self.names: dict = {}
+        self.seen: dict = {}             # (parent level id, reduction) -> its result
 
     def sym(self, stem):
         s = sp.Symbol(f"_{stem}{next(self.counter)}", real=True)
@@ -164,6 +165,12 @@ class _Lowering:
         enclosing = set(level.all_vars) if level else set()
         free = expr.free_symbols & enclosing
         parent = level if free else None
+        # the same reduction twice (a local definition used twice is inlined twice) is
+        # computed once: one level of points, one result, one gradient term
+        seen = (parent.id if parent is not None else None, expr)
+        if seen in self.seen:
+            result = self.seen[seen]
+            return self.outer(result, level) if parent is None and level is not None else result
 
         if (parent is not None and op == "sum" and len(clauses) == 1
                 and not (clauses[0][1].free_symbols | clauses[0][2].free_symbols) & enclosing):
@@ -191,6 +198,7 @@ class _Lowering:
             self.levels.append(new)
         red = Reduction(op, body, self.sym("r" if op == "sum" else op), self.sym("v"))
         new.reductions.append(red)
+        self.seen[seen] = red.result
         if parent is None and level is not None:
             return self.outer(red.result, level)
         return red.result

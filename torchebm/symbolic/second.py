@@ -389,7 +389,7 @@ class _Diagonal:
                     continue
                 self.level_node(lv, owner, w)
 
-    def second_partials(self, body, owner=None):
+    def second_partials(self, body, owner=None, lv=None):
         """``{(a, c): d2 body / da dc}`` over x-dependent symbols, a <= c, nonzero only.
 
         Each first partial is differentiated only by the symbols it still
@@ -403,11 +403,19 @@ class _Diagonal:
         out = {}
         for a in moving:
             for c in sorted(firsts[a].free_symbols & rank.keys(), key=str):
-                if rank[c] >= rank[a]:
+                if rank[c] >= rank[a] and not self.never_meet(a, c, lv):
                     f = almost_everywhere(partial(firsts[a], c))
                     if f != 0:
                         out[(a, c)] = f
         return firsts, out
+
+    def never_meet(self, a, c, lv):
+        """True for two loads of x that never read the same index: their mixed
+        second partial never reaches the diagonal (and is not computed)."""
+        if a == c:
+            return False
+        (ka, la), (kc, lc) = self.kind(a, lv), self.kind(c, lv)
+        return ka == kc == "X" and self.never_equal(la, lc)
 
     def root_node(self):
         _, seconds = self.second_partials(self.p.energy)
@@ -415,7 +423,7 @@ class _Diagonal:
             self.pair(None, None, a, c, (1 if a == c else 2) * f)
 
     def level_node(self, lv, owner, w):
-        firsts, seconds = self.second_partials(owner.body, owner)
+        firsts, seconds = self.second_partials(owner.body, owner, lv)
         lse = getattr(owner, "op", None) == "lse"
         nested = self.centred_mixture(lv, firsts) if lse else None
         if nested is not None:
@@ -460,7 +468,8 @@ class _Diagonal:
             self.tail.append(LoadStmt(lv, Load(t, g, lc.indices, "dense", lv, like=lc)))
             self.accumulate(lv, lc, weight * t)
         elif (ka, kc) == ("D", "D"):
-            factor = weight if lv is None else self.sum_points(weight, lv)
+            factor = self.tail_assign(weight, None) if lv is None else \
+                self.sum_points(weight, lv)
             self.tail.append(DenseAccumulate(None, HDIAG, factor, self.gradient_of(la),
                                              self.gradient_of(lc)))
         elif (ka, kc) == ("V", "X"):

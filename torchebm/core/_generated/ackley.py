@@ -286,30 +286,40 @@ class AckleyEnergy(CompiledEnergy):
         del d_1
         bc_1 = d_2.unsqueeze(-1)
         del d_2
+        h = -torch.exp(r/n_float)/torch.square(n_float)
+        del r
         # level 0: j in range(0, n) (per sample)
         w_2 = -c
         g_1 = w_2*d
         del d, w_2
         grad_r = g_1
         del g_1
-        hdiag = ((-torch.exp(r/n_float)/torch.square(n_float)).unsqueeze(-1))*torch.square(grad_r)
-        del grad_r, r
+        hdiag = h.unsqueeze(-1)*torch.square(grad_r)
+        del grad_r, h
+        w5 = 1/(4*r_1)
+        w6 = 1/n_float
+        w7 = w6*r_1
+        del r_1
+        w8 = (w7 > 0)
+        w9 = torch.exp(-b*torch.sqrt(w7))
+        h_1 = w6*a*b*w9*torch.where(w8, -w5*torch.rsqrt(w7), x.new_tensor(0)) - a*torch.square(b)*w9*torch.where(w8, w5*n_float, x.new_tensor(0))/torch.square(n_float)
+        del w5, w6, w7, w8, w9
         # level 0: j in range(0, n) (per sample)
         g_2 = 2*x_1
         del x_1
         grad_r_1 = g_2
         del g_2
-        hdiag = hdiag + ((a*b*torch.where((r_1/n_float > 0), -torch.rsqrt(r_1/n_float)/(4*r_1), x.new_tensor(0))*torch.exp(-b*torch.sqrt(r_1/n_float))/n_float - a*torch.square(b)*torch.where((r_1/n_float > 0), n_float/(4*r_1), x.new_tensor(0))*torch.exp(-b*torch.sqrt(r_1/n_float))/torch.square(n_float)).unsqueeze(-1))*torch.square(grad_r_1)
-        del grad_r_1, r_1
+        hdiag = hdiag + h_1.unsqueeze(-1)*torch.square(grad_r_1)
+        del grad_r_1, h_1
         # level 0: j in range(0, n) (per sample)
-        h = bc*h2
+        h_2 = bc*h2
         del bc, h2
-        hdiag = hdiag + h
-        del h
-        h_1 = 2*bc_1
+        hdiag = hdiag + h_2
+        del h_2
+        h_3 = 2*bc_1
         del bc_1
-        hdiag = hdiag + h_1
-        del h_1
+        hdiag = hdiag + h_3
+        del h_3
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -350,28 +360,38 @@ class AckleyEnergy(CompiledEnergy):
         del w, w_1
         grad = g
         del g
+        h = -torch.exp(r/n_float)/torch.square(n_float)
+        del r
         # level 0: j in range(0, n) (per sample)
         w_2 = -c
         g_1 = w_2*d
         del d, w_2
         grad_r = g_1
         del g_1
-        hdiag = ((-torch.exp(r/n_float)/torch.square(n_float)).unsqueeze(-1))*torch.square(grad_r)
-        del grad_r, r
+        hdiag = h.unsqueeze(-1)*torch.square(grad_r)
+        del grad_r, h
+        w5 = 1/(4*r_1)
+        w6 = 1/n_float
+        w7 = w6*r_1
+        del r_1
+        w8 = (w7 > 0)
+        w9 = torch.exp(-b*torch.sqrt(w7))
+        h_1 = w6*a*b*w9*torch.where(w8, -w5*torch.rsqrt(w7), x.new_tensor(0)) - a*torch.square(b)*w9*torch.where(w8, w5*n_float, x.new_tensor(0))/torch.square(n_float)
+        del w5, w6, w7, w8, w9
         # level 0: j in range(0, n) (per sample)
         g_2 = 2*x_1
         del x_1
         grad_r_1 = g_2
         del g_2
-        hdiag = hdiag + ((a*b*torch.where((r_1/n_float > 0), -torch.rsqrt(r_1/n_float)/(4*r_1), x.new_tensor(0))*torch.exp(-b*torch.sqrt(r_1/n_float))/n_float - a*torch.square(b)*torch.where((r_1/n_float > 0), n_float/(4*r_1), x.new_tensor(0))*torch.exp(-b*torch.sqrt(r_1/n_float))/torch.square(n_float)).unsqueeze(-1))*torch.square(grad_r_1)
-        del grad_r_1, r_1
+        hdiag = hdiag + h_1.unsqueeze(-1)*torch.square(grad_r_1)
+        del grad_r_1, h_1
         # level 0: j in range(0, n) (per sample)
-        h = bc*h2
+        h_2 = bc*h2
         del bc, h2
-        hdiag = hdiag + h
-        del h
-        h_1 = 2*bc_1
+        hdiag = hdiag + h_2
+        del h_2
+        h_3 = 2*bc_1
         del bc_1
-        hdiag = hdiag + h_1
-        del h_1
+        hdiag = hdiag + h_3
+        del h_3
         return grad, hdiag
