@@ -221,7 +221,7 @@ class GoldenEnergy(CompiledEnergy):
         del bc, v_2
         u3 = 0.5/torch.square(s)
         w_1 = -u2
-        dot_6 = dot_5*u2 - dot_2*u2
+        dot_6 = u2*(dot_5 - dot_2)
         del dot_2, dot_5, u2
         w_2 = -u3*w_1
         del w_1

@@ -93,23 +93,18 @@ class GoldenEnergy(CompiledEnergy):
         t0 = x_2 - x_1
         del x_1, x_2
         t1 = torch.pow(s, 6)/torch.pow(t0, 6)
-        t2 = 1/torch.pow(t0, 7)
-        del t0
-        t3 = 2*t1 - 1
-        del t1
-        d = t2*t3
-        d_1 = -t2*t3
-        del t2, t3
+        d = (2*t1 - 1)/torch.pow(t0, 7)
+        del t0, t1
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
         w = 24*eps*torch.pow(s, 6)
         g = w*d
-        del d, w
+        del w
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
-        w_1 = 24*eps*torch.pow(s, 6)
-        g_1 = w_1*d_1
-        del d_1, w_1
+        w_1 = -24*eps*torch.pow(s, 6)
+        g_1 = w_1*d
+        del d, w_1
         grad = grad.index_add(-1, lay["idx_x_2_0"], g_1)
         del g_1
         return grad
@@ -125,25 +120,21 @@ class GoldenEnergy(CompiledEnergy):
         t0 = x_2 - x_1
         del x_1, x_2
         t1 = torch.pow(s, 6)/torch.pow(t0, 6)
-        t2 = 1/torch.pow(t0, 7)
-        t3 = 2*t1 - 1
         v_1 = 4*eps*(torch.pow(s, 12)/torch.pow(t0, 12) - t1)
+        d = (2*t1 - 1)/torch.pow(t0, 7)
         del t0, t1
-        d = t2*t3
-        d_1 = -t2*t3
-        del t2, t3
         r = v_1.sum(-1)
         del v_1
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
         w = 24*eps*torch.pow(s, 6)
         g = w*d
-        del d, w
+        del w
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
-        w_1 = 24*eps*torch.pow(s, 6)
-        g_1 = w_1*d_1
-        del d_1, w_1
+        w_1 = -24*eps*torch.pow(s, 6)
+        g_1 = w_1*d
+        del d, w_1
         grad = grad.index_add(-1, lay["idx_x_2_0"], g_1)
         del g_1
         return r, grad
@@ -164,31 +155,20 @@ class GoldenEnergy(CompiledEnergy):
         u3 = u2/torch.pow(u1, 6)
         u7 = 2*u3 - 1
         del u3
-        u8 = 12*u2/torch.pow(u1, 14)
-        del u2
-        u9 = 1/torch.pow(u1, 8)
-        del u1
-        u10 = u8 + 7*u7*u9
-        u11 = -u7
-        del u7
-        u12 = u8 - 7*u11*u9
-        del u11, u8, u9
-        dot_1 = u10*xdot - u10*xdot_1
-        del u10
-        dot_2 = u12*xdot_1 - u12*xdot
-        del u12, xdot, xdot_1
+        dot_1 = (xdot - xdot_1)*(7*u7/torch.pow(u1, 8) + 12*u2/torch.pow(u1, 14))
+        del u1, u2, u7, xdot, xdot_1
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
         w = 24*eps*torch.pow(s, 6)
-        dot_4 = w*dot_1
-        del dot_1, w
+        dot_3 = w*dot_1
+        del w
         hvp = torch.zeros_like(v)
-        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_4)
+        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_3)
+        del dot_3
+        w_1 = -24*eps*torch.pow(s, 6)
+        dot_4 = w_1*dot_1
+        del dot_1, w_1
+        hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_4)
         del dot_4
-        w_1 = 24*eps*torch.pow(s, 6)
-        dot_5 = w_1*dot_2
-        del dot_2, w_1
-        hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_5)
-        del dot_5
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -199,16 +179,16 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
-        w4 = x_2 - x_1
+        w2 = x_2 - x_1
         del x_1, x_2
-        w5 = 288*eps*torch.pow(s, 12)/torch.pow(w4, 14)
-        w6 = torch.pow(s, 6)
-        w7 = 2*w6/torch.pow(w4, 6) - 1
-        w8 = 168*w6*eps/torch.pow(w4, 8)
-        del w4, w6
-        h2 = w5 + w7*w8
-        h2_1 = w5 + w7*w8
-        del w5, w7, w8
+        w3 = 288*eps*torch.pow(s, 12)/torch.pow(w2, 14)
+        w4 = torch.pow(s, 6)
+        w5 = 2*w4/torch.pow(w2, 6) - 1
+        w6 = 168*w4*eps/torch.pow(w2, 8)
+        del w2, w4
+        h2 = w3 + w5*w6
+        h2_1 = w3 + w5*w6
+        del w3, w5, w6
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
@@ -227,33 +207,28 @@ class GoldenEnergy(CompiledEnergy):
         x_2 = x[..., lay["idx_x_2_0"]]
         w0 = x_2 - x_1
         w1 = torch.pow(s, 6)/torch.pow(w0, 6)
-        w2 = 1/torch.pow(w0, 7)
-        del w0
-        w3 = 2*w1 - 1
-        del w1
-        d = w2*w3
-        d_1 = -w2*w3
-        del w2, w3
-        w4 = x_2 - x_1
+        d = (2*w1 - 1)/torch.pow(w0, 7)
+        del w0, w1
+        w2 = x_2 - x_1
         del x_1, x_2
-        w5 = 288*eps*torch.pow(s, 12)/torch.pow(w4, 14)
-        w6 = torch.pow(s, 6)
-        w7 = 2*w6/torch.pow(w4, 6) - 1
-        w8 = 168*w6*eps/torch.pow(w4, 8)
-        del w4, w6
-        h2 = w5 + w7*w8
-        h2_1 = w5 + w7*w8
-        del w5, w7, w8
+        w3 = 288*eps*torch.pow(s, 12)/torch.pow(w2, 14)
+        w4 = torch.pow(s, 6)
+        w5 = 2*w4/torch.pow(w2, 6) - 1
+        w6 = 168*w4*eps/torch.pow(w2, 8)
+        del w2, w4
+        h2 = w3 + w5*w6
+        h2_1 = w3 + w5*w6
+        del w3, w5, w6
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)
         w = 24*eps*torch.pow(s, 6)
         g = w*d
-        del d, w
+        del w
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
-        w_1 = 24*eps*torch.pow(s, 6)
-        g_1 = w_1*d_1
-        del d_1, w_1
+        w_1 = -24*eps*torch.pow(s, 6)
+        g_1 = w_1*d
+        del d, w_1
         grad = grad.index_add(-1, lay["idx_x_2_0"], g_1)
         del g_1
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample)

@@ -248,6 +248,7 @@ class _Builder:
                 owner.value = body
             else:
                 self.assign("v", body, lv, target=value)
+            computed = []     # (per-point factor, its symbol) of this body's partials
             for s in sorted(body.free_symbols & self.xdep, key=str):
                 d = sp.factor_terms(partial(body, s))
                 self.first_partials[(owner, s)] = d
@@ -256,7 +257,8 @@ class _Builder:
                     # per-sample values): the backward pass folds it into the adjoint,
                     # which is [..., 1], instead of multiplying a [..., P] tensor by it
                     const, per_point = d.as_independent(*varying, as_Add=False)
-                    self.partials[(owner, s)] = (const, self.assign("d", per_point, lv))
+                    self.partials[(owner, s)] = self.shared_partial(const, per_point, lv,
+                                                                    computed)
         for r in lv.reductions:
             # a source that is not per point is first broadcast to [..., P] (emit's
             # materialize), so only a parameter-only [P] source reduces to a scalar
@@ -271,6 +273,19 @@ class _Builder:
             self.emit(MatVecStmt(lv, mv), "both" if mv.value in self.xdep else "point")
             if mv.value in self.xdep:
                 self.xdep.add(mv.vector)
+
+    def shared_partial(self, const, per_point, lv, computed):
+        """``(const, symbol)`` for a partial, reusing an earlier one of the same body that
+        differs by a constant factor: for ``f(x[j] - x[i])``, ``d/dx[i] = -d/dx[j]``, so
+        pair energies compute one per-point derivative, not two (and so do their tangents).
+        """
+        for other, sym in computed:
+            ratio = sp.signsimp(per_point / other)
+            if ratio.is_Number and ratio != 0:
+                return const * ratio, sym
+        sym = self.assign("d", per_point, lv)
+        computed.append((per_point, sym))
+        return const, sym
 
     def forward_root(self):
         for ld in self.p.root_loads.values():

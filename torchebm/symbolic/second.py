@@ -73,6 +73,27 @@ def almost_everywhere(expr):
     return expr
 
 
+def _collect_proportional(terms, limit=8):
+    """``sum(d * t for d, t in terms)``, with partials equal up to a constant factored out.
+
+    ``f(x[j] - x[i])`` has ``d/dx[i] = -d/dx[j]``: its tangent is computed as
+    ``f' * (t_j - t_i)``, one product instead of two. Only for a few terms
+    (``limit``): the comparison is quadratic in their number.
+    """
+    if len(terms) > limit:
+        return sp.Add(*[d * t for d, t in terms])
+    groups = []                        # [base partial, [(factor, tangent), ...]]
+    for d, t in terms:
+        for group in groups:
+            ratio = sp.signsimp(d / group[0])
+            if ratio.is_Number and ratio != 0:
+                group[1].append((ratio, t))
+                break
+        else:
+            groups.append([d, [(sp.S.One, t)]])
+    return sp.Add(*[base * sp.Add(*[c * t for c, t in members]) for base, members in groups])
+
+
 # -- forward over reverse -----------------------------------------------------------------
 class _Tangent:
     def __init__(self, stmts: Statements):
@@ -121,8 +142,8 @@ class _Tangent:
             if expr.is_Symbol:
                 self.dot[st.target] = self.dot[expr]
                 return
-            d = almost_everywhere(sp.Add(*[partial(expr, s) * self.dot[s]
-                                           for s in sorted(moving, key=str)]))
+            d = almost_everywhere(_collect_proportional(
+                [(partial(expr, s), self.dot[s]) for s in sorted(moving, key=str)]))
             if d == 0:
                 return
             if d.is_Symbol:
