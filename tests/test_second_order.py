@@ -268,3 +268,21 @@ def test_kinks_of_functions_of_functions():
     assert torch.equal(energy.hessian(x), torch.zeros(1, 4, 4, dtype=torch.float64))
     assert torch.equal(energy.gradient(x), torch.tensor([[0.0, 0.0, 1.0, 1.0]],
                                                         dtype=torch.float64))
+
+
+@pytest.mark.parametrize("formula", [
+    "maximum(x[0], x[-1]) * x[1]",                 # a partial that is 0 for some loads
+    "sum(x*maximum(sum(x**2), mean(x)))",
+    "logsumexp(maximum(x, sum(x)))",
+    "sum(abs(x - mean(x))**3)",                    # sign of an expression with 1/n
+    "sum(4*((1/(x[j] - x[i]))**12 - (1/(x[j] - x[i]))**6) "
+    "for i in range(n) for j in range(i + 1, n))",  # partials equal up to sign, shared
+])
+def test_second_derivatives_of_kinked_and_antisymmetric_formulas(formula):
+    energy = from_expression(formula)
+    x = torch.tensor([[0.3, -1.2, 2.0], [1.5, 0.2, -0.7]], dtype=torch.float64)
+    v = torch.tensor([[1.0, 0.5, -2.0], [0.3, -1.0, 0.7]], dtype=torch.float64)
+    want = _reference_hessian(lambda z: energy(z.unsqueeze(0))[0], x)
+    assert _rel(energy.hessian(x), want) <= RTOL
+    assert _rel(energy.hessian_vector_product(x, v), (want @ v.unsqueeze(-1))[..., 0]) <= RTOL
+    assert _rel(energy.hessian_diagonal(x), torch.diagonal(want, dim1=-2, dim2=-1)) <= RTOL

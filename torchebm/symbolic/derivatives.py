@@ -281,7 +281,7 @@ class _Builder:
         """
         for other, sym in computed:
             ratio = sp.signsimp(per_point / other)
-            if ratio.is_Number and ratio != 0:
+            if ratio.is_Number and ratio.is_finite and ratio != 0:
                 return const * ratio, sym
         sym = self.assign("d", per_point, lv)
         computed.append((per_point, sym))

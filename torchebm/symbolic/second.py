@@ -47,6 +47,7 @@ import sympy as sp
 from .derivatives import (Accumulate, Assign, Broadcast, IndexValue, InitAdjoint, LoadStmt,
                           MatVecStmt, OthersProduct, Reduce, Statements, Stmt, Unary,
                           partial, tangent_name)
+from . import functions as F
 from .lower import Load
 from .symbols import N
 
@@ -70,6 +71,11 @@ def almost_everywhere(expr):
     as torch's autograd computes it."""
     if expr.has(sp.DiracDelta):
         expr = expr.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
+    if expr.has(sp.Derivative):
+        # sign(u) of a u SymPy cannot prove real (b/n - x: n might be 0) is left as an
+        # unevaluated Derivative; it is 0 wherever it exists, like DiracDelta above
+        expr = expr.replace(lambda e: isinstance(e, sp.Derivative)
+                            and isinstance(e.expr, (sp.sign, F.Sign)), lambda e: sp.S.Zero)
     return expr
 
 
@@ -80,13 +86,14 @@ def _collect_proportional(terms, limit=8):
     ``f' * (t_j - t_i)``, one product instead of two. Only for a few terms
     (``limit``): the comparison is quadratic in their number.
     """
+    terms = [(d, t) for d, t in terms if d != 0]
     if len(terms) > limit:
         return sp.Add(*[d * t for d, t in terms])
     groups = []                        # [base partial, [(factor, tangent), ...]]
     for d, t in terms:
         for group in groups:
             ratio = sp.signsimp(d / group[0])
-            if ratio.is_Number and ratio != 0:
+            if ratio.is_Number and ratio.is_finite and ratio != 0:
                 group[1].append((ratio, t))
                 break
         else:
