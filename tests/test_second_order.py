@@ -275,6 +275,8 @@ def test_kinks_of_functions_of_functions():
     "sum(x*maximum(sum(x**2), mean(x)))",
     "logsumexp(maximum(x, sum(x)))",
     "sum(abs(x - mean(x))**3)",                    # sign of an expression with 1/n
+    "logsumexp(sum(x**2) for k in range(3))",      # a per-sample body, the same at each k
+    "prod(sum(x**2) for k in range(3))",
     "sum(4*((1/(x[j] - x[i]))**12 - (1/(x[j] - x[i]))**6) "
     "for i in range(n) for j in range(i + 1, n))",  # partials equal up to sign, shared
 ])

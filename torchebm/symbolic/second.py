@@ -44,6 +44,7 @@ import dataclasses
 
 import sympy as sp
 
+from .derivatives import join as _join
 from .derivatives import (Accumulate, Assign, Broadcast, IndexValue, InitAdjoint, LoadStmt,
                           MatVecStmt, OthersProduct, Reduce, Statements, Stmt, Unary,
                           partial, tangent_name)
@@ -196,7 +197,7 @@ class _Tangent:
         elif st.op == "prod":
             # d prod = sum_i (product of the others)_i * dv_i: exact when a factor is zero
             others = self.b.sym("others")
-            self.s.shapes[others] = self.shape(src)
+            self.s.shapes[others] = "both"      # the emitter broadcasts the source to [..., P]
             self.out.append(OthersProduct(lv, others, src))
             w = self.new("w", "both")
             self.out.append(Assign(lv, w, others * dsrc))
@@ -204,9 +205,11 @@ class _Tangent:
             self.out.append(Reduce(lv, t, w, "sum"))
         else:   # lse: d log sum exp(v) = sum softmax(v) * dv
             res = self.b.sym("res")
-            self.s.shapes[res] = "both"
+            self.s.shapes[res] = self.shape(st.target)     # [..., 1]: a per-sample value
             self.out.append(Broadcast(lv, res, st.target))
-            w = self.new("w", "both")
+            # the body may be per sample too (logsumexp(sum(x**2) for k in range(3))):
+            # the shape class says so, and the emitter then broadcasts it to the points
+            w = self.new("w", _join(self.shape(src), self.shape(res), self.shape(dsrc)))
             self.out.append(Assign(lv, w, sp.exp(src - res) * dsrc))
             t = self.new("dot", shape)
             self.out.append(Reduce(lv, t, w, "sum"))
@@ -583,7 +586,7 @@ class _Diagonal:
         ld, const, per_point, _ = self.nested_partial(nested)
         g = self.gradient_of(owner.result)
         res = self.b.sym("res")
-        self.s.shapes[res] = "both"
+        self.s.shapes[res] = self.s.shapes.get(owner.result, "batch")
         self.tail.append(Broadcast(lv, res, owner.result))
         total = self.sum_points(sp.exp(owner.value - res), lv)
         inv = self.to_level(self.tail_assign(1 / total, None), child)
