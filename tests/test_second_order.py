@@ -89,6 +89,10 @@ def test_singular_points_are_finite_and_documented():
         torch.testing.assert_close(ackley.hessian(z)[0], want, rtol=1e-13, atol=1e-13)
         torch.testing.assert_close(ackley.laplacian(z), torch.tensor([math.e * c**2],
                                                                       dtype=torch.float64))
+    # even powers of a norm are smooth: |x|^2 has Hessian 2 I at the origin too
+    square = from_expression("norm(x)**2")
+    z = torch.zeros(1, 3, dtype=torch.float64)
+    torch.testing.assert_close(square.hessian(z)[0], 2 * torch.eye(3, dtype=torch.float64))
     norm = from_expression("sqrt(sum(x**2))")
     z = torch.zeros(2, 3, dtype=torch.float64)
     assert torch.equal(norm.hessian(z), torch.zeros(2, 3, 3, dtype=torch.float64))

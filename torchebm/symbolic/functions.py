@@ -194,6 +194,14 @@ class SafeSqrt(sp.Function):
             return sp.sqrt(s)
         return None
 
+    def _eval_power(self, e):
+        # an even power is a power of the sum itself, smooth at 0: norm(x)**2 is
+        # sum(x**2), whose Hessian at the origin is 2 I (the SafeSqrt convention would
+        # give 0 for the product of derivatives that vanish there)
+        if e.is_Integer and e.is_even:
+            return self.args[0] ** (e / 2)
+        return None
+
 
 def _new_with_limits(cls, function, *limits, **kwargs):
     """Build a reduction exactly as given: no Piecewise folding, no merging of nests.
