@@ -280,12 +280,15 @@ def test_kinks_of_functions_of_functions():
     "logsumexp(maximum(x, sum(x)))",
     "sum(abs(x - mean(x))**3)",                    # sign of an expression with 1/n
     "logsumexp(sum(x**2) for k in range(3))",      # a per-sample body, the same at each k
+    "sum(x[i]*(A @ x)[i] for i in range(1, n))",   # a matrix diagonal over a shorter range
+    "sum(x[i+1]*(A @ x)[i] for i in range(n-1))",
     "prod(sum(x**2) for k in range(3))",
     "sum(4*((1/(x[j] - x[i]))**12 - (1/(x[j] - x[i]))**6) "
     "for i in range(n) for j in range(i + 1, n))",  # partials equal up to sign, shared
 ])
 def test_second_derivatives_of_kinked_and_antisymmetric_formulas(formula):
-    energy = from_expression(formula)
+    a = torch.tensor([[1.0, 0.5, -0.3], [0.2, -1.0, 0.7], [0.4, 0.1, 2.0]], dtype=torch.float64)
+    energy = from_expression(formula, **({"A": a} if "A" in formula else {}))
     x = torch.tensor([[0.3, -1.2, 2.0], [1.5, 0.2, -0.7]], dtype=torch.float64)
     v = torch.tensor([[1.0, 0.5, -2.0], [0.3, -1.0, 0.7]], dtype=torch.float64)
     want = _reference_hessian(lambda z: energy(z.unsqueeze(0))[0], x)

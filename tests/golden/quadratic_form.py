@@ -207,7 +207,7 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         inverse_S = der["inverse(S)"]
         # level 0: j in range(0, n) (per sample)
-        aii = torch.diagonal(inverse_S[0:n, 0:n])
+        aii = torch.diagonal(inverse_S[0:0 + max(n, 0), 0:0 + max(n, 0)])
         h = 1.0*aii
         del aii
         hdiag = _rt_points(h, x, n).clone()
@@ -248,7 +248,7 @@ class GoldenEnergy(CompiledEnergy):
         grad = grad + w
         del w
         # level 0: j in range(0, n) (per sample)
-        aii = torch.diagonal(inverse_S[0:n, 0:n])
+        aii = torch.diagonal(inverse_S[0:0 + max(n, 0), 0:0 + max(n, 0)])
         h = 1.0*aii
         del aii
         hdiag = _rt_points(h, x, n).clone()

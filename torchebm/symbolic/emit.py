@@ -372,11 +372,10 @@ class ModuleEmitter:
                             f'{src}[..., lay["{st.key}"]])']
         if isinstance(st, MatrixDiagonal):
             A = self.params[st.matrix]
-            (_, lo, hi), = lv.clauses
-            count = sp.Max(hi - lo, 0)
-            r0, c0 = self.canon(st.row0), self.canon(st.col0)
-            return [f"{self.names[st.target]} = torch.diagonal({A}[{self.code(r0)}:"
-                    f"{self.code(r0 + count)}, {self.code(c0)}:{self.code(c0 + count)}])"]
+            count = self.points(lv)             # max(hi - lo, 0), as Python
+            r0, c0 = self.code(self.canon(st.row0)), self.code(self.canon(st.col0))
+            return [f"{self.names[st.target]} = torch.diagonal({A}[{r0}:{r0} + {count}, "
+                    f"{c0}:{c0} + {count}])"]
         if isinstance(st, PointShift):
             src = self.ref(st.source)
             start, count = self.code(st.start), self.points(lv)

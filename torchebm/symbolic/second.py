@@ -80,7 +80,7 @@ def almost_everywhere(expr):
     return expr
 
 
-def _collect_proportional(terms, limit=8):
+def _collect_proportional(terms, limit=4):
     """``sum(d * t for d, t in terms)``, with partials equal up to a constant factored out.
 
     ``f(x[j] - x[i])`` has ``d/dx[i] = -d/dx[j]``: its tangent is computed as

@@ -195,7 +195,7 @@ class GaussianEnergy(CompiledEnergy):
         n = x.shape[-1]
         inverse_cov = der["inverse(cov)"]
         # level 0: j in range(0, n) (per sample)
-        aii = torch.diagonal(inverse_cov[0:n, 0:n])
+        aii = torch.diagonal(inverse_cov[0:0 + max(n, 0), 0:0 + max(n, 0)])
         h = 1.0*aii
         del aii
         hdiag = _rt_points(h, x, n).clone()
@@ -227,7 +227,7 @@ class GaussianEnergy(CompiledEnergy):
         grad = grad + w
         del w
         # level 0: j in range(0, n) (per sample)
-        aii = torch.diagonal(inverse_cov[0:n, 0:n])
+        aii = torch.diagonal(inverse_cov[0:0 + max(n, 0), 0:0 + max(n, 0)])
         h = 1.0*aii
         del aii
         hdiag = _rt_points(h, x, n).clone()
