@@ -703,13 +703,12 @@ def hessian_diagonal(built: Statements) -> list | None:
         return None
     body = list(built.body)
     first_backward = next(k for k, st in enumerate(body) if isinstance(st, InitAdjoint))
+    last = {st.level: k for k, st in enumerate(body[:first_backward])}  # last forward stmt
     out = []
     for k, st in enumerate(body[:first_backward]):
         out.append(st)
-        lv = st.level
-        later = [o for o in body[k + 1:first_backward] if o.level is lv]
-        if lv in d.inserted and not later:
-            out.extend(d.inserted.pop(lv))
+        if last[st.level] == k and st.level in d.inserted:
+            out.extend(d.inserted.pop(st.level))
     for stmts in d.inserted.values():
         out.extend(stmts)
     out.extend(body[first_backward:])
