@@ -6,6 +6,8 @@ import textwrap
 
 import sympy as sp
 
+from . import gate
+
 _SHAPES = {0: "scalar", 1: "[K] vector", 2: "[K, M] matrix"}
 
 
@@ -36,26 +38,28 @@ def class_docstring(spec, latex: str | None = None) -> str:
         lines.append("References:")
         lines += [f"    {r}" for r in spec.references]
         lines.append("")
-    body = "\n".join(lines).rstrip()
-    return '"""' + body.replace('"""', "'''").replace("\\", "\\\\") + '\n"""\n'
+    return gate.docstring("\n".join(lines).rstrip()) + "\n"
 
 
 def init_method(spec, em) -> str:
     required = [p for p in spec.params if p.default is None]
     optional = [p for p in spec.params if p.default is not None]
-    args = ["self"] + [em.params[p.name] for p in required]
-    args += [f"{em.params[p.name]}={p.default!r}" for p in optional]
+    args = ["self"] + [gate.identifier(em.params[p.name]) for p in required]
+    args += [f"{gate.identifier(em.params[p.name])}="
+             f"{gate.literal(p.default, f'the default of parameter {p.name}')}" for p in optional]
     args += ["*", "trainable=False"]
     body = ["super().__init__()"]
     for p in spec.params:
-        local = em.params[p.name]
-        body.append(f"self._set_param({p.name!r}, {local!r}, {local}, rank={p.rank}, "
-                    f"constraint={p.constraint!r}, trainable=trainable)")
+        local = gate.identifier(em.params[p.name])
+        body.append(f"self._set_param({gate.string(p.name)}, {gate.string(local)}, {local}, "
+                    f"rank={gate.integer(p.rank)}, constraint={gate.string(p.constraint)}, "
+                    f"trainable=trainable)")
     shapes = {p.name: tuple(d.strip() for d in p.shape.strip("[]").split(","))
               for p in spec.params if p.rank > 0 and p.shape}
     if len(shapes) > 1:
-        body.append(f"self._check_shapes({shapes!r})")
+        body.append(f"self._check_shapes({gate.string_dict(shapes)})")
     for key, value in em.parsed.constants.items():
-        body.append(f"self._set_constant({em.params[key]!r}, {tuple(value)!r})")
+        body.append(f"self._set_constant({gate.string(em.params[key])}, "
+                    f"{gate.literal(tuple(value), 'a constant vector')})")
     return (f"    def __init__({', '.join(args)}):\n"
             + textwrap.indent("\n".join(body), " " * 8) + "\n")

@@ -34,6 +34,7 @@ from .second import (HDIAG, TANGENT_X, CoincidentAccumulate, DenseAccumulate, Ma
 from .ir import EnergySpec, GeneratedSource
 from .lower import Level
 from .optimise import prune
+from . import gate
 from .printer import TorchEnergyPrinter
 from .symbols import N, Derived, size_symbol
 
@@ -126,6 +127,9 @@ class ModuleEmitter:
         for name, mv in {**self.program.vectors, **self.stmts.tangent_vectors}.items():
             self.params[name] = self.ns.create(name.lstrip("_"))
             self.names[mv.symbol] = self.params[name]
+        self.accumulators = {}
+        for name in list(self.program.vectors) + list(self.stmts.tangent_vectors):
+            self.accumulator(name)
         stems = self.program.symbol_names
         for st in self.all_statements:
             for d in st.defines():
@@ -232,9 +236,12 @@ class ModuleEmitter:
         fixed = {"x": "grad", TANGENT_X: "hvp", HDIAG: "hdiag"}
         if vector in fixed:
             return fixed[vector]
-        if vector.startswith("x@"):            # the gradient of one per-sample result
-            return f"grad_{self.names[self.stmts.dense_roots[vector]]}"
-        return f"adj_{self.params[vector]}"
+        name = self.accumulators.get(vector)
+        if name is None:    # from the emitter's namespace: never a parameter's or a temporary's
+            stem = (f"grad_{self.names[self.stmts.dense_roots[vector]]}" if vector.startswith("x@")
+                    else f"adj_{self.params[vector]}")
+            name = self.accumulators[vector] = self.ns.create(stem)
+        return name
 
     def is_x_like(self, vector: str) -> bool:
         return vector in ("x", TANGENT_X, HDIAG) or vector.startswith("x@")
@@ -409,7 +416,7 @@ class ModuleEmitter:
         if not st.adjoint:
             h = self.names[mv.value]
             return [f"{vec} = {h} @ {A}.mT" if mv.row_major else f"{vec} = {h} @ {A}"]
-        adj = f"adj_{vec}"
+        adj = self.accumulator(mv.vector)
         lines = []
         if adj not in self._initialised:      # nothing reached it: the product is flat in x
             self._initialised.add(adj)
@@ -556,14 +563,15 @@ class ModuleEmitter:
             lines.append(f"_rt.check_size({self.code(a)}, {self.code(b)}, "
                          f"{msg!r}.format(a={self.code(a)}, b={self.code(b)}))")
         spec = self.spec
+        cls = gate.identifier(spec.class_name, "class name")
         if spec.min_dim:
-            lines.append(f"if n < {spec.min_dim}:\n    raise EnergySyntaxError("
-                         f"f\"{spec.class_name} needs x of dimension n >= {spec.min_dim}, "
-                         f"got n = {{n}}\")")
+            lo = gate.integer(spec.min_dim, "min_dim")
+            lines.append(f"if n < {lo}:\n    raise EnergySyntaxError("
+                         f"f\"{cls} needs x of dimension n >= {lo}, got n = {{n}}\")")
         if spec.max_dim is not None:
-            lines.append(f"if n > {spec.max_dim}:\n    raise EnergySyntaxError("
-                         f"f\"{spec.class_name} needs x of dimension n <= {spec.max_dim}, "
-                         f"got n = {{n}}\")")
+            hi = gate.integer(spec.max_dim, "max_dim")
+            lines.append(f"if n > {hi}:\n    raise EnergySyntaxError("
+                         f"f\"{cls} needs x of dimension n <= {hi}, got n = {{n}}\")")
         for ld in self.program.root_loads.values():
             for k, i in enumerate(ld.indices):
                 size = "n" if ld.kind == "x" else f"{self.array_local[ld.base]}.shape[{k}]"
@@ -748,24 +756,28 @@ def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
     from .docs import class_docstring, init_method
     params_meta = []
     for decl in spec.params:
-        local = em.params.get(decl.name, python_name(decl.name))
-        params_meta.append((decl.name, local, decl.rank))
-    const_meta = [(k, em.params[k], v) for k, v in parsed.constants.items()]
+        local = gate.identifier(em.params.get(decl.name, python_name(decl.name)), "parameter")
+        params_meta.append(f"({gate.string(decl.name)}, {gate.string(local)}, "
+                           f"{gate.integer(decl.rank)})")
+    const_meta = [f"({gate.string(k)}, {gate.string(em.params[k])}, "
+                  f"{gate.literal(tuple(v), 'a constant vector')})"
+                  for k, v in parsed.constants.items()]
     constraints = {d.name: d.constraint for d in spec.params if d.constraint != "real"}
-    src = [HEADER.format(origin=spec.origin),
-           f'"""Generated energy: {spec.class_name}."""\n',
+    cls = gate.identifier(spec.class_name, "class name", RESERVED)
+    src = [HEADER.format(origin=gate.comment(spec.origin, "origin")),
+           f'"""Generated energy: {cls}."""\n',
            "import math\n", "import torch\n\n",
            "from torchebm.core import _runtime as _rt\n",
            "from torchebm.core.base import CompiledEnergy\n",
            "from torchebm.errors import EnergySyntaxError\n\n",
            "_rt_points = _rt.points\n\n\n",
-           f"class {spec.class_name}(CompiledEnergy):\n",
+           f"class {cls}(CompiledEnergy):\n",
            textwrap.indent(class_docstring(spec), "    "), "\n",
-           f"    formula = {spec.formula!r}\n",
-           f"    param_specs = {tuple(params_meta)!r}\n",
-           f"    param_constraints = {constraints!r}\n",
-           f"    constants = {tuple(const_meta)!r}\n",
-           f"    origin = {spec.origin!r}\n",
+           f"    formula = {gate.string(spec.formula, 'formula')}\n",
+           f"    param_specs = {_tuple_text(params_meta)}\n",
+           f"    param_constraints = {gate.string_dict(constraints)}\n",
+           f"    constants = {_tuple_text(const_meta)}\n",
+           f"    origin = {gate.string(spec.origin, 'origin')}\n",
            f"    structured_hessian_diagonal = {stmts.diagonal is not None}\n\n",
            init_method(spec, em), "\n",
            layout, "\n"]
@@ -785,4 +797,9 @@ def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
                       "Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n].",
                       args="x, v", statements=stmts.second)
     src += [fwd, "\n", grad, "\n", both, "\n", hvp, diag]
-    return GeneratedSource("".join(src), spec.class_name, spec.origin)
+    return GeneratedSource("".join(src), cls, spec.origin)
+
+
+def _tuple_text(items) -> str:
+    """A tuple literal of already printed items."""
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
