@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,9 +30,23 @@ def _param(text: str):
     except (ValueError, SyntaxError):
         raise argparse.ArgumentTypeError(f"-p {name}: {value!r} is not a number or a list "
                                          f"of numbers") from None
-    if isinstance(parsed, bool) or not isinstance(parsed, (int, float, list, tuple)):
-        raise argparse.ArgumentTypeError(f"-p {name}: give a number or a list of numbers")
-    return name.strip(), parsed
+    def check(v):
+        if isinstance(v, (list, tuple)):
+            if not v:
+                raise argparse.ArgumentTypeError(f"-p {name}: an empty list is not a value")
+            return [check(e) for e in v]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise argparse.ArgumentTypeError(f"-p {name}: give a number or a list of numbers")
+        try:
+            return float(v)
+        except OverflowError:
+            raise argparse.ArgumentTypeError(
+                f"-p {name}: {str(v)[:20]}... ({len(str(v))} digits) is outside the float64 "
+                f"range (about 1.8e308)") from None
+    return name.strip(), check(parsed)
+
+
+MAX_CLI_DIM = 100_000
 
 
 def _dims(text: str):
@@ -37,9 +54,64 @@ def _dims(text: str):
         dims = [int(d) for d in text.split(",") if d.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--dims takes integers like 1,2,17; got {text!r}")
-    if not dims or any(d < 0 for d in dims):
-        raise argparse.ArgumentTypeError("--dims needs at least one dimension >= 0")
+    if not dims or any(not 1 <= d <= MAX_CLI_DIM for d in dims):
+        raise argparse.ArgumentTypeError(f"--dims takes dimensions from 1 to {MAX_CLI_DIM}; "
+                                         f"got {text!r}")
     return dims
+
+
+def _bounded_int(lo, hi):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is out of range {lo} .. {hi}")
+        return v
+    return parse
+
+
+def _finite(positive):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(v) or (v <= 0 if positive else v < 0):
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {'> 0' if positive else '>= 0'}, got {text!r}")
+        return v
+    return parse
+
+
+_NUMBER = re.compile(r"-\d+(\.\d*)?([eE][-+]?\d+)?\Z|-\.\d+([eE][-+]?\d+)?\Z")
+
+
+def _formulas_after_dashdash(argv, parser):
+    """Move arguments that begin with '-' but are formulas (``-logsumexp(...)``) behind ``--``.
+
+    argparse reads any word that starts with '-' as an option; a formula such as
+    ``-sum(x**2)`` is neither a known option nor a negative number.
+    """
+    if "--" in argv:
+        return argv
+    options = set()
+    for action in parser._actions:
+        options.update(action.option_strings)
+        for sub in getattr(action, "choices", None) or {}:
+            choice = action.choices[sub]
+            if isinstance(choice, argparse.ArgumentParser):
+                for a in choice._actions:
+                    options.update(a.option_strings)
+    keep, moved = [], []
+    for word in argv:
+        if (word.startswith("-") and len(word) > 1 and word.split("=", 1)[0] not in options
+                and not _NUMBER.match(word)):
+            moved.append(word)
+        else:
+            keep.append(word)
+    return keep + ["--"] + moved if moved else keep
 
 
 def main(argv=None) -> int:
@@ -70,7 +142,8 @@ def main(argv=None) -> int:
     v.add_argument("--dims", type=_dims, help="dimensions to test, e.g. 1,2,17")
     v.add_argument("--dtype", choices=["float64"], default="float64",
                    help="precision of the checks (float64; float32 is too coarse for them)")
-    v.add_argument("--points", type=int, default=4, help="random points per dimension")
+    v.add_argument("--points", type=_bounded_int(1, 10_000), default=4,
+                   help="random points per dimension")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--no-speed", action="store_true", help="skip the speed-up column")
 
@@ -79,21 +152,26 @@ def main(argv=None) -> int:
     m.add_argument("formula", help="the energy, e.g. 'sum((x**2 - 1)**2)'")
     m.add_argument("-p", "--param", type=_param, action="append", default=[],
                    help="parameter value, name=value (a number or a list)")
-    m.add_argument("--dim", type=int, help="dimension n (default: the length of a vector "
+    m.add_argument("--dim", type=_bounded_int(1, MAX_CLI_DIM), help="dimension n (default: the length of a vector "
                                            "parameter, else 2)")
-    m.add_argument("--chains", type=int, default=1000, help="number of chains")
-    m.add_argument("--steps", type=int, default=1000, help="steps per chain")
+    m.add_argument("--chains", type=_bounded_int(1, 10**8), default=1000,
+                   help="number of chains")
+    m.add_argument("--steps", type=_bounded_int(1, 10**9), default=1000, help="steps per chain")
     m.add_argument("--sampler", choices=["langevin", "mala", "hmc"], default="mala")
-    m.add_argument("--step-size", type=float, default=0.05, help="step size (leapfrog epsilon)")
-    m.add_argument("--leapfrog", type=int, default=10, help="HMC leapfrog steps")
-    m.add_argument("--init-scale", type=float, default=1.0,
+    m.add_argument("--step-size", type=_finite(positive=True), default=0.05, help="step size (leapfrog epsilon)")
+    m.add_argument("--leapfrog", type=_bounded_int(1, 10_000), default=10, help="HMC leapfrog steps")
+    m.add_argument("--init-scale", type=_finite(positive=False), default=1.0,
                    help="chains start at init-scale * standard normal draws")
     m.add_argument("--seed", type=int, default=0, help="random seed")
     m.add_argument("--plot", type=Path, help="write a picture of landscape and samples (2-D)")
     m.add_argument("--xlim", type=float, nargs=2, help="plot window along x[0]")
     m.add_argument("--ylim", type=float, nargs=2, help="plot window along x[1]")
 
-    args = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_args(_formulas_after_dashdash(argv, ap))
+    for path in [getattr(args, "plot", None), getattr(args, "output", None)]:
+        if args.command != "build" and path is not None and not path.parent.is_dir():
+            ap.error(f"cannot write {path}: the folder {path.parent} does not exist")
     try:
         if args.command == "build":
             return build(check=args.check, definitions=args.definitions, output=args.output)
@@ -105,6 +183,11 @@ def main(argv=None) -> int:
     except EnergySyntaxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (``show ... | head``): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 def _formula_spec(formula, params, name="ExpressionEnergy"):
@@ -224,10 +307,8 @@ def _sample(args):
     kw = {"n_leapfrog_steps": args.leapfrog} if args.sampler == "hmc" else {}
     try:
         sampler = cls(energy, step_size=args.step_size, seed=args.seed, **kw)
-        x0 = args.init_scale * torch.randn(max(args.chains, 1), dim,
+        x0 = args.init_scale * torch.randn(args.chains, dim,
                                            generator=torch.Generator().manual_seed(args.seed))
-        if args.chains < 1:
-            raise ValueError("--chains must be at least 1")
         final, traj, diag = sampler.sample(x=x0, n_steps=args.steps,
                                            thin=max(1, args.steps // 200),
                                            return_trajectory=True, return_diagnostics=True)

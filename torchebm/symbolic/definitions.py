@@ -1,4 +1,4 @@
-"""Read ``definitions/*.toml``: one energy per file, strict keys, errors with file:line.
+"""Read ``definitions/*.toml``: one energy per file, validated against a schema.
 
 A definition file::
 
@@ -14,10 +14,16 @@ A definition file::
     shape = "[n]"                      # "scalar" (default), "[n]", "[n, n]", "[K]", "[K, n]"
     constraint = "positive_definite"   # "real" (default), "positive", "positive_definite"
     doc = "what it is"
+
+Everything in a definition file ends up in generated source, so the whole
+file is checked before anything is built (the schema below: every key's
+type and range). The file name itself must be an identifier plus ``.toml``:
+it names the generated module. Errors say ``file:line: what is wrong``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -28,75 +34,182 @@ from .ir import EnergySpec, ParamDecl
 TOP_KEYS = {"name", "summary", "formula", "doc", "references", "min_dim", "max_dim", "params"}
 PARAM_KEYS = {"default", "shape", "constraint", "doc"}
 CONSTRAINTS = {"real", "positive", "positive_definite"}
+MAX_DIM = 1_000_000              # largest min_dim / max_dim a definition may declare
+_STEM = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+_BUILT_IN_NAMES = {"x", "n", "pi", "e"}
 
 
-def _line_of(text: str, key: str) -> int | None:
-    m = re.search(rf"^\s*{re.escape(key)}\s*=", text, re.M)
+def _line_of(text: str, key: str, section: str | None = None) -> int | None:
+    """1-based line of ``key =`` (inside ``[params.section]`` when given)."""
+    start = 0
+    if section is not None:
+        m = re.search(rf"^\s*\[\s*params\s*\.\s*\"?{re.escape(section)}\"?\s*\]", text, re.M)
+        if m is None:
+            return None
+        start = m.end()
+        if key is None:
+            return text[:m.start()].count("\n") + 1
+    m = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=", re.M).search(text, start)
     return text[:m.start()].count("\n") + 1 if m else None
 
 
-def _fail(path, text, key, message):
-    line = _line_of(text, key) if key else None
-    where = f"{path}:{line}" if line else str(path)
-    raise EnergySyntaxError(f"{where}: {message}")
+class _Checker:
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = path, text
+
+    def fail(self, key, message, section=None):
+        line = _line_of(self.text, key, section) if (key or section) else None
+        where = f"{self.path}:{line}" if line else str(self.path)
+        raise EnergySyntaxError(f"{where}: {message}")
+
+    def text_field(self, value, key, what, section=None, multiline=True):
+        if not isinstance(value, str):
+            self.fail(key, f"{what} must be a string, not {_kind(value)}", section)
+        bad = [c for c in value if (not c.isprintable() and c not in ("\n\t" if multiline else ""))
+               or c in "\x7f\u2028\u2029"]
+        if bad:
+            self.fail(key, f"{what} contains the control character {bad[0]!r}; remove it",
+                      section)
+        return value
+
+    def dimension(self, value, key):
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, f"'{key}' must be an integer, e.g. {key} = 2; got {_kind(value)} "
+                           f"{value!r:.40}")
+        if not 0 <= value <= MAX_DIM:
+            self.fail(key, f"'{key}' = {value} is out of range 0 .. {MAX_DIM}")
+        return value
+
+    def default(self, value, rank, pname):
+        def number(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                self.fail("default", f"parameter {pname}: default must hold numbers, not "
+                                     f"{_kind(v)} {v!r:.40}", pname)
+            try:
+                f = float(v)
+            except OverflowError:
+                f = math.inf
+            if not math.isfinite(f):
+                self.fail("default", f"parameter {pname}: default {v!r:.40} is not a finite "
+                                     f"float64 number", pname)
+            return f
+
+        if rank == 0:
+            return number(value)
+        if not isinstance(value, list) or not value:
+            self.fail("default", f"parameter {pname} has shape rank {rank}: its default must be "
+                                 f"a non-empty {'list' if rank == 1 else 'list of lists'} of "
+                                 f"numbers", pname)
+        if rank == 1:
+            return tuple(number(v) for v in value)
+        rows = []
+        for row in value:
+            if not isinstance(row, list) or not row:
+                self.fail("default", f"parameter {pname}: a matrix default is a list of "
+                                     f"non-empty rows (lists of numbers)", pname)
+            rows.append(tuple(number(v) for v in row))
+        if len({len(r) for r in rows}) != 1:
+            self.fail("default", f"parameter {pname}: the rows of its default have different "
+                                 f"lengths {sorted({len(r) for r in rows})}", pname)
+        return tuple(rows)
+
+    def rank(self, shape, pname) -> int:
+        s = shape.strip()
+        if s in ("", "scalar", "[]"):
+            return 0
+        if not (s.startswith("[") and s.endswith("]")):
+            self.fail("shape", f"parameter {pname}: shape {shape!r} must be 'scalar' or like "
+                               f"'[n]' or '[n, n]'", pname)
+        dims = [d.strip() for d in s[1:-1].split(",")]
+        if not 1 <= len(dims) <= 2 or not all(_IDENT.match(d) or d.isdigit() for d in dims):
+            self.fail("shape", f"parameter {pname}: shape {shape!r} must have one or two "
+                               f"dimensions named by letters or numbers", pname)
+        return len(dims)
 
 
-def _rank(shape: str, path, text, key) -> int:
-    s = shape.strip()
-    if s in ("", "scalar", "[]"):
-        return 0
-    if not (s.startswith("[") and s.endswith("]")):
-        _fail(path, text, "shape", f"parameter {key}: shape {shape!r} must be 'scalar' or like "
-                                   f"'[n]' or '[n, n]'")
-    dims = [d.strip() for d in s[1:-1].split(",") if d.strip()]
-    if not 1 <= len(dims) <= 2 or not all(d.isidentifier() or d.isdigit() for d in dims):
-        _fail(path, text, "shape", f"parameter {key}: shape {shape!r} must have one or two "
-                                   f"dimensions named by letters or numbers")
-    return len(dims)
+def _kind(value) -> str:
+    return type(value).__name__
 
 
 def load_definition(path) -> EnergySpec:
-    """Parse one definition file into an EnergySpec (unknown keys are errors)."""
+    """Parse and validate one definition file into an EnergySpec.
+
+    Raises:
+        EnergySyntaxError: ``file:line: what is wrong`` for a file name that is
+            not an identifier plus ``.toml``, invalid TOML, an unknown or
+            missing key, or a value of the wrong type or range.
+    """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".toml" or not _STEM.match(path.stem):
+        raise EnergySyntaxError(
+            f"{path.name!r}: a definition file is named like 'my_energy.toml' (ASCII letters, "
+            f"digits and '_', starting with a letter): the name becomes a Python module")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EnergySyntaxError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise EnergySyntaxError(f"{path}: cannot read it ({exc.strerror})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise EnergySyntaxError(f"{path}: {exc}") from None
+    c = _Checker(path, text)
     leftover = set(data) - TOP_KEYS
     if leftover:
         key = sorted(leftover)[0]
-        _fail(path, text, key, f"unknown key {key!r}; allowed keys: {', '.join(sorted(TOP_KEYS))}")
+        c.fail(key, f"unknown key {key!r}; allowed keys: {', '.join(sorted(TOP_KEYS))}")
     for key in ("name", "formula"):
-        if not isinstance(data.get(key), str):
-            _fail(path, text, key, f"'{key}' is required and must be a string")
-    if not data["name"].isidentifier():
-        _fail(path, text, "name", f"name {data['name']!r} is not a valid Python class name")
-    params = []
-    for pname, pdata in (data.get("params") or {}).items():
-        if not isinstance(pdata, dict):
-            _fail(path, text, "params", f"params.{pname} must be a table")
-        extra = set(pdata) - PARAM_KEYS
-        if extra:
-            key = sorted(extra)[0]
-            _fail(path, text, key, f"parameter {pname}: unknown key {key!r}; allowed keys: "
-                                   f"{', '.join(sorted(PARAM_KEYS))}")
-        shape = str(pdata.get("shape", "scalar"))
-        rank = _rank(shape, path, text, pname)
-        constraint = pdata.get("constraint", "real")
-        if constraint not in CONSTRAINTS:
-            _fail(path, text, "constraint", f"parameter {pname}: constraint {constraint!r} is "
-                                            f"not one of {', '.join(sorted(CONSTRAINTS))}")
-        default = pdata.get("default")
-        if default is not None and rank == 0 and not isinstance(default, (int, float)):
-            _fail(path, text, "default", f"parameter {pname}: default must be a number")
-        params.append(ParamDecl(pname, rank, default, str(pdata.get("doc", "")), constraint,
-                                "" if rank == 0 else shape))
+        if key not in data:
+            c.fail(None, f"'{key}' is required (a string)")
+    name = c.text_field(data["name"], "name", "'name'", multiline=False)
+    if not _IDENT.match(name):
+        c.fail("name", f"name {name[:60]!r} is not a Python class name (ASCII letters, digits "
+                       f"and '_', starting with a letter), e.g. 'MyEnergy'")
+    formula = c.text_field(data["formula"], "formula", "'formula'")
+    summary = c.text_field(data.get("summary", ""), "summary", "'summary'", multiline=False)
+    doc = c.text_field(data.get("doc", ""), "doc", "'doc'")
     refs = data.get("references", [])
     if isinstance(refs, str):
         refs = [refs]
+    if not isinstance(refs, list):
+        c.fail("references", f"'references' must be a list of strings, not {_kind(refs)}")
+    refs = tuple(c.text_field(r, "references", "each reference", multiline=False) for r in refs)
+    min_dim = c.dimension(data.get("min_dim", 0), "min_dim")
+    max_dim = data.get("max_dim")
+    if max_dim is not None:
+        c.dimension(max_dim, "max_dim")
+        if max_dim < min_dim:
+            c.fail("max_dim", f"max_dim = {max_dim} is below min_dim = {min_dim}")
+    table = data.get("params", {})
+    if not isinstance(table, dict):
+        c.fail("params", "'params' must hold one [params.NAME] table per parameter")
+    params = []
+    for pname, pdata in table.items():
+        if not _IDENT.match(pname) or pname in _BUILT_IN_NAMES:
+            c.fail(None, f"parameter name {pname[:60]!r} must be an ASCII identifier starting "
+                         f"with a letter, and not one of {sorted(_BUILT_IN_NAMES)}", pname)
+        if not isinstance(pdata, dict):
+            c.fail("params", f"params.{pname} must be a table")
+        extra = set(pdata) - PARAM_KEYS
+        if extra:
+            key = sorted(extra)[0]
+            c.fail(key, f"parameter {pname}: unknown key {key!r}; allowed keys: "
+                        f"{', '.join(sorted(PARAM_KEYS))}", pname)
+        shape = c.text_field(pdata.get("shape", "scalar"), "shape", f"parameter {pname}: shape",
+                             pname, multiline=False)
+        rank = c.rank(shape, pname)
+        constraint = pdata.get("constraint", "real")
+        if constraint not in CONSTRAINTS:
+            c.fail("constraint", f"parameter {pname}: constraint {constraint!r:.40} is not one "
+                                 f"of {', '.join(sorted(CONSTRAINTS))}", pname)
+        default = pdata.get("default")
+        if default is not None:
+            default = c.default(default, rank, pname)
+        pdoc = c.text_field(pdata.get("doc", ""), "doc", f"parameter {pname}: doc", pname)
+        params.append(ParamDecl(pname, rank, default, pdoc, constraint,
+                                "" if rank == 0 else shape))
     return EnergySpec(
-        class_name=data["name"], formula=data["formula"], params=tuple(params),
-        doc=str(data.get("doc", "")), references=tuple(refs),
-        origin=f"definitions/{path.name}", min_dim=int(data.get("min_dim", 0)),
-        max_dim=data.get("max_dim"), summary=str(data.get("summary", "")))
+        class_name=name, formula=formula, params=tuple(params), doc=doc, references=refs,
+        origin=f"definitions/{path.name}", min_dim=min_dim, max_dim=max_dim, summary=summary)

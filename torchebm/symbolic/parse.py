@@ -19,6 +19,7 @@ import difflib
 import math
 import re
 import sys
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -103,7 +104,9 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
         col = text.index("\x00")
         raise EnergySyntaxError("the formula contains a NUL byte", text, 1 + text[:col].count("\n"),
                                 col - (text[:col].rfind("\n") + 1), origin)
-    text = text.strip("\n")
+    text = textwrap.dedent(text.strip("\n"))   # ' sum(x**2)' is not an indentation error
+    if text[:1] in (" ", "\t") and "\n" not in text.strip():
+        text = text.strip()
     if re.search(rf"\b{_LAMBDA_PLACEHOLDER}\b", text):
         raise EnergySyntaxError(f"names starting with '_' are reserved; rename "
                                 f"'{_LAMBDA_PLACEHOLDER}'")
