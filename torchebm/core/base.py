@@ -231,6 +231,7 @@ class CompiledEnergy(BaseEnergyFunction):
     """
 
     formula: str = ""
+    _layout_generation: int = 0   # bumped when deferred second-order code replaces _layout
     structured_hessian_diagonal: bool = False   # generated _hessian_diagonal exists
     param_specs: tuple = ()    # (user name, attribute name, rank) per parameter
     param_constraints: dict = {}   # user name -> 'positive' | 'positive_definite' (others real)
@@ -326,7 +327,8 @@ class CompiledEnergy(BaseEnergyFunction):
 
     def _get_layout(self, x):
         n = x.shape[-1]
-        key = (n, x.device, x.dtype, tuple(tuple(a.shape) for a in self._arrays()))
+        key = (n, x.device, x.dtype, tuple(tuple(a.shape) for a in self._arrays()),
+               self._layout_generation)
         lay = self._layout_cache.get(key)
         if lay is None and torch.compiler.is_compiling():
             return self._layout(n, x.device, x.dtype)   # traced; no lock inside a graph
@@ -370,8 +372,19 @@ class CompiledEnergy(BaseEnergyFunction):
     # -- public API -----------------------------------------------------------------------------
     _derive = None             # generated when the formula has parameter-only linear algebra
 
-    def _inputs(self, x):
+    #: Set by the compiler on classes whose second-order code is generated on first use.
+    _second_order = None
+
+    def _ensure_second_order(self):
+        """Generate the Hessian-vector product and diagonal now if they were deferred."""
+        pending = type(self)._second_order
+        if pending is not None:
+            pending(type(self))
+
+    def _inputs(self, x, second=False):
         """Validated batch, layout (index tensors, checks) and parameter-only values."""
+        if second and self._second_order is not None:
+            self._ensure_second_order()
         x = _as_batch(x)
         self._check_device(x)
         lay = self._get_layout(x)            # first: it checks sizes (square matrices, ...)
@@ -413,7 +426,7 @@ class CompiledEnergy(BaseEnergyFunction):
         Raises:
             EnergySyntaxError: ``v`` whose shape differs from ``x``'s.
         """
-        x, lay, der = self._inputs(x)
+        x, lay, der = self._inputs(x, second=True)
         v = _as_direction(x, v)
         with _maybe_no_grad(create_graph):
             return self._call("_hessian_vector_product", x, v, lay, der)
@@ -433,7 +446,7 @@ class CompiledEnergy(BaseEnergyFunction):
             EnergySyntaxError: the Hessian would have more than ``max_elements``
                 elements.
         """
-        x, lay, der = self._inputs(x)
+        x, lay, der = self._inputs(x, second=True)
         self._check_hessian_size(x, max_elements, lay["width"])
         n = x.shape[-1]
         eye = torch.eye(n, dtype=x.dtype, device=x.device).expand(x.shape[:-1] + (n, n))
@@ -449,7 +462,7 @@ class CompiledEnergy(BaseEnergyFunction):
         sums). Otherwise it is read off Hessian-vector products with unit
         vectors, in chunks of at most :attr:`max_hessian_elements` elements.
         """
-        x, lay, der = self._inputs(x)
+        x, lay, der = self._inputs(x, second=True)
         with _maybe_no_grad(create_graph):
             if self.structured_hessian_diagonal:
                 return self._call("_hessian_diagonal", x, lay, der)
@@ -461,7 +474,7 @@ class CompiledEnergy(BaseEnergyFunction):
 
     def gradient_and_laplacian(self, x: torch.Tensor, create_graph: bool = False):
         """``(dE/dx [..., n], laplacian [...])`` sharing one forward pass (score matching)."""
-        x, lay, der = self._inputs(x)
+        x, lay, der = self._inputs(x, second=True)
         with _maybe_no_grad(create_graph):
             if self.structured_hessian_diagonal:
                 grad, diag = self._call("_gradient_and_hessian_diagonal", x, lay, der)
@@ -497,6 +510,7 @@ class CompiledEnergy(BaseEnergyFunction):
         the per-call overhead of the compiled function can make it slower than
         eager mode. ``options`` go to ``torch.compile``. Returns ``self``.
         """
+        self._ensure_second_order()
         options.setdefault("fullgraph", True)
         names = ["_energy", "_gradient", "_energy_and_gradient", "_hessian_vector_product"]
         if self.structured_hessian_diagonal:
@@ -506,7 +520,8 @@ class CompiledEnergy(BaseEnergyFunction):
 
     @property
     def source(self) -> str:
-        """The generated Python source of this energy's class."""
+        """The generated Python source of this energy's class (with its second derivatives)."""
+        self._ensure_second_order()
         src = getattr(type(self), "_source", None)
         if src is None:
             import inspect

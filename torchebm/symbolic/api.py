@@ -11,7 +11,8 @@ import sympy as sp
 import torch
 
 from ..errors import EnergySyntaxError
-from .compiler import compile_parsed
+from . import budget
+from .compiler import compile_parsed, with_second_order
 from .emit import RESERVED, python_name
 from .ir import EnergySpec, ParamDecl
 from .load import load_class, unload_class
@@ -39,19 +40,80 @@ def rank_of(name, value) -> int:
                     f"{type(value).__name__}")
 
 
+_building: dict = {}          # key -> the lock held while that formula compiles
+
+
 def compile_class(formula: str, ranks: dict, name: str | None = None):
-    """The energy class for a formula and parameter ranks (cached, thread-safe)."""
+    """The energy class for a formula and parameter ranks (cached, thread-safe).
+
+    Each formula compiles under a lock of its own: a cache hit never waits for
+    another formula's compile, and two threads asking for the same formula
+    compile it once.
+    """
     key = (formula, tuple(sorted(ranks.items())), name)
     with _lock:
         cls = _cache.get(key)
         if cls is not None:
             _cache.move_to_end(key)
             return cls
-        cls = _compile(formula, ranks, name)
-        _cache[key] = cls
-        while len(_cache) > CACHE_SIZE:
-            unload_class(_cache.popitem(last=False)[1])
+        building = _building.setdefault(key, threading.Lock())
+    with building:
+        with _lock:
+            cls = _cache.get(key)
+        if cls is not None:
+            return cls
+        try:
+            cls = _compile(formula, ranks, name)
+        finally:
+            with _lock:
+                _building.pop(key, None)
+        with _lock:
+            _cache[key] = cls
+            while len(_cache) > CACHE_SIZE:
+                unload_class(_cache.popitem(last=False)[1])
         return cls
+
+
+class _DeferredSecondOrder:
+    """Generates a class's Hessian-vector product and diagonal on first use.
+
+    ``from_expression`` compiles the energy and gradient only; the first call
+    of a second-order method (or ``.source``, ``.compile()``) runs the
+    second-order stages, loads the complete module and moves its methods onto
+    the class, so instances made before keep working.
+    """
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.lock = threading.Lock()
+
+    def __call__(self, _cls=None):
+        cls = self.owner        # the generated class (also when called from a subclass)
+        with self.lock:
+            if cls.__dict__.get("_second_order") is not self:
+                return                      # another thread finished it
+            full = with_second_order(self.compiled)
+            complete = load_class(full.generated)
+            for attr, value in vars(complete).items():
+                if attr.startswith("_") and callable(value) and not attr.startswith("__"):
+                    setattr(cls, attr, value)
+            cls.structured_hessian_diagonal = complete.structured_hessian_diagonal
+            cls._source = full.generated.source
+            cls._companions = getattr(cls, "_companions", ()) + (complete,)
+            cls._layout_generation = cls._layout_generation + 1
+            cls._second_order = None
+            self.compiled = None
+
+
+class _CompletesOnRead:
+    """``structured_hessian_diagonal`` of a deferred class: reading it generates the
+    second-order code (which replaces this descriptor by the generated bool)."""
+
+    def __get__(self, obj, cls):
+        pending = cls._second_order
+        if pending is not None:
+            pending()
+        return pending.owner.__dict__["structured_hessian_diagonal"] if pending else False
 
 
 def formula_spec(formula: str, parsed, class_name: str = "ExpressionEnergy",
@@ -79,10 +141,14 @@ def _compile(formula, ranks, name):
             or class_name.startswith("_")):
         raise EnergySyntaxError(f"name={name!r} is not usable as a class name; give an "
                                 f"identifier such as 'MyEnergy'")
-    parsed = parse_formula(formula, ranks)
-    spec = formula_spec(formula, parsed, class_name)
-    compiled = compile_parsed(spec, parsed)
+    with budget.guard():
+        parsed = parse_formula(formula, ranks)
+        spec = formula_spec(formula, parsed, class_name)
+        compiled = compile_parsed(spec, parsed, second_order=False)
     cls = load_class(compiled.generated)
+    cls._second_order = _DeferredSecondOrder(compiled)
+    cls._second_order.owner = cls
+    cls.structured_hessian_diagonal = _CompletesOnRead()
     cls._expression = parsed.expression
     cls._rebuild = (formula, tuple(sorted(ranks.items())), name)
     return cls

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from ..errors import EnergySyntaxError
+from . import budget
 from .derivatives import Statements, build
 from .emit import emit_module
 from .ir import EnergySpec, GeneratedSource
@@ -28,6 +29,12 @@ class Compiled:
     generated: GeneratedSource
     parsed: Parsed
     statements: Statements
+    spec: EnergySpec | None = None
+    built: Statements | None = None     # before CSE: what the second-order stages start from
+
+    @property
+    def has_second_order(self) -> bool:
+        return self.statements.second is not None
 
 
 def array_ranks(parsed: Parsed) -> dict:
@@ -63,7 +70,14 @@ def unify_sizes(parsed: Parsed) -> dict:
     return subs
 
 
-def compile_parsed(spec: EnergySpec, parsed: Parsed) -> Compiled:
+def compile_parsed(spec: EnergySpec, parsed: Parsed, second_order: bool = True) -> Compiled:
+    """Run the stages after parsing; ``second_order=False`` leaves the Hessian-vector
+    product and diagonal to :func:`with_second_order` (generated on first use)."""
+    with budget.guard(spec.origin):
+        return _compile_parsed(spec, parsed, second_order)
+
+
+def _compile_parsed(spec, parsed, second_order):
     size = _tree_size(parsed.expression)
     if size > MAX_TREE:
         raise EnergySyntaxError(
@@ -78,19 +92,49 @@ def compile_parsed(spec: EnergySpec, parsed: Parsed) -> Compiled:
     spd = {p.name for p in spec.params if p.constraint == "positive_definite"}
     program.symmetric = frozenset(spd | {k for k, d in parsed.derived.items()
                                          if d.op == "inverse" and d.param in spd})
+    budget.check_work(budget.gradient_work(expr), budget.MAX_GRADIENT_WORK, "the gradient")
     built = build(program)
+    budget.check_statements(built.body, "the gradient", budget.MAX_GRADIENT_NODES)
     statements = cse(built)
-    # energy and gradient keep their own CSE; second-order entry points are pruned
-    # from a second list, the same statements with their tangents, optimised together
-    statements.second = cse(tangent(built), prefix="_u").body
-    diagonal = hessian_diagonal(built)
-    if diagonal is not None:
-        statements.diagonal = cse(dataclasses.replace(built, body=diagonal), prefix="_w").body
-    return Compiled(emit_module(spec, parsed, statements), parsed, statements)
+    statements.second = None
+    compiled = Compiled(None, parsed, statements, spec, built)
+    if second_order:
+        return with_second_order(compiled)
+    return dataclasses.replace(compiled, generated=emit_module(spec, parsed, statements))
 
 
-def compile_spec(spec: EnergySpec) -> Compiled:
-    """Compile a declared energy (a definition file or a from_expression call)."""
+def with_second_order(compiled: Compiled) -> Compiled:
+    """Add the Hessian-vector product and Hessian diagonal to a first-order compile.
+
+    Energy and gradient keep their own CSE; second-order entry points are pruned
+    from a second list, the same statements with their tangents, optimised together.
+    """
+    if compiled.has_second_order:
+        return compiled
+    built, statements = compiled.built, compiled.statements
+    with budget.guard(compiled.spec.origin):
+        budget.check_work(budget.tangent_work(built.body), budget.MAX_TANGENT_WORK,
+                          "the Hessian-vector product")
+        second = tangent(built)
+        budget.check_statements(second.body, "the Hessian-vector product")
+        statements.second = cse(second, prefix="_u").body
+        diagonal = hessian_diagonal(built)
+        if diagonal is not None:
+            budget.check_statements(diagonal, "the Hessian diagonal")
+            statements.diagonal = cse(dataclasses.replace(built, body=diagonal),
+                                      prefix="_w").body
+        generated = emit_module(compiled.spec, compiled.parsed, statements)
+    return dataclasses.replace(compiled, generated=generated)
+
+
+def compile_spec(spec: EnergySpec, second_order: bool = True) -> Compiled:
+    """Compile a declared energy (a definition file or a from_expression call).
+
+    Raises:
+        EnergySyntaxError: the formula is outside the language, or its work exceeds
+            the compile budget (``budget.py``), or it nests too deeply.
+    """
     ranks = {p.name: p.rank for p in spec.params}
-    parsed = parse_formula(spec.formula, ranks, spec.origin)
-    return compile_parsed(spec, parsed)
+    with budget.guard(spec.origin):
+        parsed = parse_formula(spec.formula, ranks, spec.origin)
+        return compile_parsed(spec, parsed, second_order)

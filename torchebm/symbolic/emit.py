@@ -93,7 +93,7 @@ class ModuleEmitter:
         self.pyscalars = {N}
         self.params = {}                 # user name -> local python name
         self.levels = self.program.levels
-        self.all_statements = stmts.body + stmts.second + (stmts.diagonal or [])
+        self.all_statements = stmts.body + (stmts.second or []) + (stmts.diagonal or [])
         self.coincident = [st for st in (stmts.diagonal or [])
                            if isinstance(st, CoincidentAccumulate)]
         self._name_everything()
@@ -793,10 +793,12 @@ def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
             "_gradient_and_hessian_diagonal", ["adj:x", "adj:" + HDIAG], "grad, hdiag",
             "Gradient [..., n] and Hessian diagonal [..., n] from one shared pass.",
             statements=stmts.diagonal)
-    hvp = em.function("_hessian_vector_product", ["adj:" + TANGENT_X], "hvp",
-                      "Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n].",
-                      args="x, v", statements=stmts.second)
-    src += [fwd, "\n", grad, "\n", both, "\n", hvp, diag]
+    src += [fwd, "\n", grad, "\n", both]
+    if stmts.second is not None:      # else generated on first use (compiler.with_second_order)
+        hvp = em.function("_hessian_vector_product", ["adj:" + TANGENT_X], "hvp",
+                          "Closed-form Hessian-vector product H(x) v of x, v [..., n] -> "
+                          "[..., n].", args="x, v", statements=stmts.second)
+        src += ["\n", hvp, diag]
     return GeneratedSource("".join(src), cls, spec.origin)
 
 

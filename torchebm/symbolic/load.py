@@ -39,6 +39,7 @@ def load_class(gen: GeneratedSource):
 
 def unload_class(cls) -> None:
     """Forget a generated class's module and source lines (when the cache evicts it)."""
-    module = sys.modules.pop(cls.__module__, None)
-    if module is not None:
-        linecache.cache.pop(getattr(module, "__file__", ""), None)
+    for c in (cls, *cls.__dict__.get("_companions", ())):   # deferred second-order modules
+        module = sys.modules.pop(c.__module__, None)
+        if module is not None:
+            linecache.cache.pop(getattr(module, "__file__", ""), None)

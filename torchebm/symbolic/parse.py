@@ -20,6 +20,7 @@ import math
 import re
 import sys
 import textwrap
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -54,9 +55,15 @@ class Vector:
     element: Callable[[sp.Expr], sp.Expr]
     what: str
     condition: bool = False     # elements are comparisons (only where() takes them)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def at(self, k):
-        return self.element(k)
+        """The element at index ``k``, built once per index: a local definition used
+        twice (``w1 = w0*w0``) is expanded once, so work grows with the text, not 2^lines."""
+        value = self.memo.get(k)
+        if value is None:
+            value = self.memo[k] = self.element(k)
+        return value
 
 
 @dataclass
@@ -113,15 +120,9 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
     try:
         # 'lambda' is a Python keyword but a common parameter name (phi^4's coupling);
         # it becomes a same-length placeholder so that columns in errors stay right.
-        limit = sys.getrecursionlimit()
         with warnings.catch_warnings():     # e.g. "invalid decimal literal": an error below
             warnings.simplefilter("ignore", SyntaxWarning)
-            # a flat sum of n terms is an ast n deep: allow ~10^4 terms (C frames are small)
-            sys.setrecursionlimit(max(limit, AST_DEPTH))
-            try:
-                tree = ast.parse(_LAMBDA.sub(_LAMBDA_PLACEHOLDER, text), mode="exec")
-            finally:
-                sys.setrecursionlimit(limit)
+            tree = _ast_parse(_LAMBDA.sub(_LAMBDA_PLACEHOLDER, text))
     except SyntaxError as exc:
         hint = exc.msg
         if "^" in text:
@@ -135,6 +136,25 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
     except (RecursionError, MemoryError, ValueError, OverflowError) as exc:
         raise EnergySyntaxError(f"the formula is too deeply nested or too large to parse ({exc})")
     return _Parser(text, param_ranks or {}, origin).run(tree)
+
+
+_RECURSION_LOCK = threading.Lock()
+
+
+def _ast_parse(text: str) -> ast.Module:
+    """``ast.parse`` with room for a flat sum of about 10^4 terms (an ast that deep).
+
+    The recursion limit is process-wide: it is raised only for the parse and
+    restored after, under one lock, so that parallel parses never leave it
+    raised (each would otherwise restore the other's raised value).
+    """
+    with _RECURSION_LOCK:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, AST_DEPTH))
+        try:
+            return ast.parse(text, mode="exec")
+        finally:
+            sys.setrecursionlimit(limit)
 
 
 class _Parser:
