@@ -345,17 +345,86 @@ class CompiledEnergy(BaseEnergyFunction):
         return lay
 
     def _get_derived(self, x):
+        """Parameter-only values (``inverse(S)``, ``logdet(S)``), cached by parameter content.
+
+        The cache compares the parameters with a copy taken when the values were
+        derived, so no write goes unseen: ``E.S.data.mul_(2)``, ``E.S.data = ...``
+        and writes through a NumPy view do not bump a version counter, but they
+        change the content. The comparison costs one pass over the parameters,
+        far less than the factorisation it saves.
+        """
         sources = [getattr(self, attr) for _, attr, _ in self.param_specs]
         grad_mode = torch.is_grad_enabled() and any(s.requires_grad for s in sources)
-        key = (x.dtype, x.device, tuple((id(s), s._version) for s in sources))
+        key = (x.dtype, x.device)
         if not grad_mode:
             hit = self._derived_cache.get("value")
-            if hit is not None and hit[0] == key:
-                return hit[1]
+            if (hit is not None and hit[0] == key and len(hit[1]) == len(sources)
+                    and all(a.shape == b.shape and a.device == b.device and torch.equal(a, b)
+                            for a, b in zip(sources, hit[1]))):
+                return hit[2]
         values = {k: v.to(device=x.device, dtype=x.dtype) for k, v in self._derive().items()}
         if not grad_mode and not _transform_level(values.values()):
-            self._derived_cache["value"] = (key, values)
+            snapshot = [s.detach().clone() for s in sources]
+            self._derived_cache["value"] = (key, snapshot, values)
         return values
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, all or nothing: a state that fails a
+        parameter's constraint (or a strict key check) leaves the module as it was.
+
+        Raises:
+            EnergySyntaxError: a loaded value violates its parameter's constraint.
+            RuntimeError: missing or unexpected keys (``strict=True``), wrong shapes.
+        """
+        before = {name: (t, t.detach().clone()) for name, t in
+                  list(self._parameters.items()) + list(self._buffers.items()) if t is not None}
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except BaseException:
+            with torch.no_grad():
+                for name, (t, saved) in before.items():
+                    table = self._parameters if name in self._parameters else self._buffers
+                    table[name] = t
+                    if t.shape == saved.shape:
+                        t.copy_(saved)
+                    else:
+                        t.data = saved
+            self._layout_cache.clear()
+            self._derived_cache.clear()
+            raise
+
+    def __setattr__(self, name, value):
+        """``E.a = 3.0`` (or a list, array or tensor) sets parameter ``a``, checked
+        against its rank and constraint; it stays a buffer or ``nn.Parameter``."""
+        attrs = type(self).__dict__.get("_param_attrs")
+        if attrs is None:
+            attrs = {attr: (pname, rank) for pname, attr, rank in type(self).param_specs}
+            type.__setattr__(type(self), "_param_attrs", attrs)
+        if (name in attrs and not isinstance(value, nn.Parameter)
+                and (name in self.__dict__.get("_buffers", ())
+                     or name in self.__dict__.get("_parameters", ()))):
+            self._assign_param(name, value, *attrs[name])
+            return
+        super().__setattr__(name, value)
+
+    def _assign_param(self, attr, value, pname, rank):
+        current = getattr(self, attr)
+        trainable = isinstance(current, nn.Parameter)
+        probe = type(self).__new__(type(self))       # validate without touching self
+        nn.Module.__init__(probe)
+        probe.__dict__["_param_attrs"] = {}
+        CompiledEnergy._set_param(probe, pname, attr, value, rank,
+                                  self.param_constraints.get(pname, "real"), trainable=False)
+        new = getattr(probe, attr)
+        with torch.no_grad():
+            if new.shape == current.shape:
+                current.copy_(new.to(device=current.device))
+            else:
+                table = self._parameters if trainable else self._buffers
+                table[attr] = (nn.Parameter(new.to(device=current.device)) if trainable
+                               else new.to(device=current.device))
+        self._layout_cache.clear()
+        self._derived_cache.clear()
 
     def _check_device(self, x):
         if x.shape[-1] == 0:
@@ -371,6 +440,21 @@ class CompiledEnergy(BaseEnergyFunction):
 
     # -- public API -----------------------------------------------------------------------------
     _derive = None             # generated when the formula has parameter-only linear algebra
+
+    #: Most elements of one temporary of a sum wider than x (``batch * points``): a call
+    #: whose widest sum would need more raises instead of asking the allocator for them.
+    #: 2**28 elements are 2 GiB in float64. Raise it per instance if you have the memory.
+    max_level_elements: int = 2**28
+
+    def _check_level_size(self, x, width):
+        batch = math.prod(x.shape[:-1])
+        if batch * width > self.max_level_elements:
+            raise EnergySyntaxError(
+                f"the widest sum of this formula has {width} terms per sample at n = "
+                f"{x.shape[-1]}; with a batch of {batch} its temporaries would hold "
+                f"{batch * width} elements, more than energy.max_level_elements = "
+                f"{self.max_level_elements}. Use a smaller batch, or raise "
+                f"energy.max_level_elements if the memory is there")
 
     #: Set by the compiler on classes whose second-order code is generated on first use.
     _second_order = None
@@ -388,6 +472,9 @@ class CompiledEnergy(BaseEnergyFunction):
         x = _as_batch(x)
         self._check_device(x)
         lay = self._get_layout(x)            # first: it checks sizes (square matrices, ...)
+        width = lay["width"]
+        if width > x.shape[-1]:
+            self._check_level_size(x, width)
         der = self._get_derived(x) if self._derive is not None else None
         return x, lay, der
 
