@@ -10,7 +10,7 @@ from collections import OrderedDict
 import sympy as sp
 import torch
 
-from ..errors import EnergySyntaxError
+from ..errors import EnergySyntaxError, ParameterError
 from .compiler import compile_parsed
 from .emit import RESERVED, python_name
 from .ir import EnergySpec, ParamDecl
@@ -34,7 +34,7 @@ def rank_of(name, value) -> int:
         try:
             return torch.as_tensor(value, dtype=torch.float64).dim()
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise EnergySyntaxError(f"parameter {name} cannot be made a tensor: {exc}") from None
+            raise ParameterError(f"parameter {name} cannot be made a tensor: {exc}") from None
     raise TypeError(f"parameter {name} must be a number or a tensor, not "
                     f"{type(value).__name__}")
 
@@ -133,7 +133,7 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
             raise TypeError(f"parameter names must be strings, not {k!r}")
     for k, v in kwargs.items():
         if k in values:
-            raise EnergySyntaxError(f"parameter {k} is given twice (as a keyword and in params)")
+            raise ParameterError(f"parameter {k} is given twice (as a keyword and in params)")
         values[k] = v
     if isinstance(formula, sp.Basic):
         from .sympy_input import formula_from_sympy
@@ -152,14 +152,14 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
         if k in ("x", "n", "pi", "e"):
             hint = f"; {k!r} is built into the language and takes no value"
         known = ", ".join(declared) or "none"
-        raise EnergySyntaxError(f"unknown parameter {k!r} for formula {formula!r}{hint} "
+        raise ParameterError(f"unknown parameter {k!r} for formula {formula!r}{hint} "
                                 f"(its parameters: {known})")
     args = {}
     for pname, attr, rank in cls.param_specs:
         if pname in values:
             args[attr] = values[pname]
         elif rank > 0:
-            raise EnergySyntaxError(f"parameter {pname} is used as a "
+            raise ParameterError(f"parameter {pname} is used as a "
                                     f"{'vector' if rank == 1 else 'matrix'}; give its value")
     if trainable is not True and trainable is not False:
         trainable = set(trainable)

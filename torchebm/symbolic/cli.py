@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EnergySyntaxError
+from ..errors import EnergySyntaxError, TorchEBMError
 from .build import DEFINITIONS, OUTPUT, build
 from .compiler import compile_spec
 from .definitions import load_definition
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         if args.command == "sample":
             return _sample(args)
         return _verify(args)
-    except EnergySyntaxError as exc:
+    except TorchEBMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -187,7 +187,7 @@ def _verify(args):
             energy = cls(**kwargs)
             try:
                 energy(torch.zeros(1, n, dtype=torch.float64))
-            except EnergySyntaxError as exc:     # this n is outside the energy's domain
+            except TorchEBMError as exc:     # this n is outside the energy's domain
                 skipped.append(f"{label} n={n}: not checked ({str(exc).splitlines()[0]})")
                 continue
             checks += verify_energy(label, energy, compiled.parsed, params, n,

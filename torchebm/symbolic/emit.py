@@ -51,7 +51,7 @@ def _module_attributes():
 _RESERVED = (set(keyword.kwlist) | set(dir(builtins)) | _module_attributes() |
              {"torch", "math", "nn", "_rt", "_rt_points", "self", "x", "v", "n", "lay", "der",
               "grad", "hvp", "hdiag", "energy", "device", "dtype", "trainable", "EnergySyntaxError",
-              "CompiledEnergy"})
+              "ShapeError", "CompiledEnergy"})
 RESERVED = frozenset(_RESERVED)
 
 
@@ -557,11 +557,11 @@ class ModuleEmitter:
                          f"{msg!r}.format(a={self.code(a)}, b={self.code(b)}))")
         spec = self.spec
         if spec.min_dim:
-            lines.append(f"if n < {spec.min_dim}:\n    raise EnergySyntaxError("
+            lines.append(f"if n < {spec.min_dim}:\n    raise ShapeError("
                          f"f\"{spec.class_name} needs x of dimension n >= {spec.min_dim}, "
                          f"got n = {{n}}\")")
         if spec.max_dim is not None:
-            lines.append(f"if n > {spec.max_dim}:\n    raise EnergySyntaxError("
+            lines.append(f"if n > {spec.max_dim}:\n    raise ShapeError("
                          f"f\"{spec.class_name} needs x of dimension n <= {spec.max_dim}, "
                          f"got n = {{n}}\")")
         for ld in self.program.root_loads.values():
@@ -757,7 +757,7 @@ def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
            "import math\n", "import torch\n\n",
            "from torchebm.core import _runtime as _rt\n",
            "from torchebm.core.base import CompiledEnergy\n",
-           "from torchebm.errors import EnergySyntaxError\n\n",
+           "from torchebm.errors import ShapeError\n\n",
            "_rt_points = _rt.points\n\n\n",
            f"class {spec.class_name}(CompiledEnergy):\n",
            textwrap.indent(class_docstring(spec), "    "), "\n",
