@@ -7,5 +7,6 @@ from .errors import ParameterError as ParameterError
 from .errors import ShapeError as ShapeError
 from .errors import SingularMatrixError as SingularMatrixError
 from .errors import TorchEBMError as TorchEBMError
+from .errors import UnsetParameterWarning as UnsetParameterWarning
 
 __version__ = "0.1.0"

@@ -18,6 +18,9 @@ keeps working::
 
 Each message says what was wrong and how to fix it. TypeError stays TypeError
 (an argument of the wrong type, e.g. ``x`` that is not a tensor).
+
+:class:`UnsetParameterWarning` (a ``UserWarning``) is issued for parameters that
+were given no value and default to 1.0.
 """
 
 from __future__ import annotations
@@ -92,5 +95,10 @@ class MemoryLimitError(TorchEBMError, MemoryError):
     over more index points than the runtime allows."""
 
 
-__all__ = ["TorchEBMError", "EnergySyntaxError", "ParameterError", "SingularMatrixError",
+class UnsetParameterWarning(UserWarning):
+    """A formula's parameters were given no value and default to 1.0 (often a typo:
+    ``sinx`` for ``sin(x)``, ``x1`` for ``x[1]``); ``strict=True`` makes it an error."""
+
+
+__all__ = ["UnsetParameterWarning", "TorchEBMError", "EnergySyntaxError", "ParameterError", "SingularMatrixError",
            "ShapeError", "DeviceError", "MemoryLimitError"]

@@ -539,14 +539,29 @@ class CompiledEnergy(BaseEnergyFunction):
         return self
 
     @property
-    def source(self) -> str:
-        """The generated Python source of this energy's class."""
+    def class_source(self) -> str:
+        """The generated Python source of this energy's class, as compiled: its
+        ``__init__`` defaults are the formula's (1.0 for scalars given no value)."""
         src = getattr(type(self), "_source", None)
         if src is None:
             import inspect
             import sys
             src = inspect.getsource(sys.modules[type(self).__module__])
         return src
+
+    @property
+    def source(self) -> str:
+        """The generated Python source of this instance: :attr:`class_source` with the
+        parameter defaults of ``__init__`` and of the docstring's ``Default:`` set to
+        this instance's current values, so that the text, saved to a file and imported,
+        builds an equal energy. (``show -p name=value`` on the command line prints the
+        same.)"""
+        texts = {}     # (name, attribute) -> Python literal of the value (floats round-trip)
+        for name, attr, rank in self.param_specs:
+            value = getattr(self, attr).detach().to("cpu", torch.float64)
+            texts[name, attr] = (repr(float(value)) if rank == 0 else
+                                 repr(_as_tuples(value.tolist())))
+        return _with_defaults(self.class_source, texts)
 
     @property
     def expression(self):
@@ -593,6 +608,43 @@ class CompiledEnergy(BaseEnergyFunction):
         state["_derived_cache"] = {}
         state["_fused"] = None
         return state
+
+
+def _as_tuples(v):
+    return tuple(_as_tuples(e) for e in v) if isinstance(v, list) else float(v)
+
+
+def _with_defaults(src: str, texts: dict) -> str:
+    """``src`` with ``def __init__(self, a=1.0, ...)`` and each parameter's ``Default:``
+    in the class docstring set from ``texts`` ((name, attribute) -> literal)."""
+    import re
+    if not texts:
+        return src
+    defaults = {attr: text for (_, attr), text in texts.items()}
+    lines = src.split("\n")
+    for k, line in enumerate(lines):
+        m = re.match(r"^    def __init__\(self, (.*), \*, trainable=False\):$", line)
+        if m is None:
+            continue
+        args = []
+        for arg in m.group(1).split(", "):
+            name = arg.split("=", 1)[0]
+            args.append(f"{name}={defaults[name]}" if name in defaults else arg)
+        lines[k] = f"    def __init__(self, {', '.join(args)}, *, trainable=False):"
+        break
+    return _docstring_defaults("\n".join(lines), {name: text for (name, _), text in texts.items()})
+
+
+def _docstring_defaults(src: str, defaults: dict) -> str:
+    import re
+    out = []
+    for line in src.split("\n"):
+        m = re.match(r"^        (\S+) \(float or Tensor, [^)]*\): ", line)
+        if m and m.group(1) in defaults and '"""' not in line:
+            body = line[:line.rindex(" Default: ")] if " Default: " in line else line
+            line = f"{body} Default: {defaults[m.group(1)]}."
+        out.append(line)
+    return "\n".join(out)
 
 
 def _check_constraint(cls, name, t, constraint):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import difflib
 import keyword
 import threading
+import warnings
 from collections import OrderedDict
 
 import sympy as sp
 import torch
 
-from ..errors import EnergySyntaxError, ParameterError
+from ..errors import EnergySyntaxError, ParameterError, UnsetParameterWarning
 from .compiler import compile_parsed
 from .emit import RESERVED, python_name
 from .ir import EnergySpec, ParamDecl
@@ -98,7 +99,7 @@ def _rebuild_instance(formula, ranks, name, state, trainable):
 
 
 def from_expression(formula, *, name: str | None = None, trainable=False, params=None,
-                    compile: bool = False, **kwargs):
+                    compile: bool = False, strict: bool = False, **kwargs):
     """Compile a formula into an energy module with a closed-form gradient.
 
     Args:
@@ -113,8 +114,12 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
             are not valid keywords).
         compile: run the generated code through ``torch.compile`` (fused mode,
             see ``CompiledEnergy.compile``).
-        **kwargs: parameter values. Scalars default to 1.0; vectors ``[K]``
-            and matrices ``[K, M]`` must be given.
+        strict: raise ``ParameterError`` instead of warning when a scalar
+            parameter is given no value.
+        **kwargs: parameter values. Scalars default to 1.0, with one
+            ``UnsetParameterWarning`` naming every defaulted parameter (and the
+            likely intent of names such as ``sinx`` -> ``sin(x)`` or ``x1`` ->
+            ``x[1]``); vectors ``[K]`` and matrices ``[K, M]`` must be given.
 
     Returns:
         A ``CompiledEnergy`` instance: ``E(x)`` maps ``[..., n] -> [...]``,
@@ -122,8 +127,13 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
 
     Raises:
         EnergySyntaxError (a ValueError): the formula is outside the language,
-            not one scalar per sample, does not depend on x, or a parameter is
-            unknown, missing or of the wrong shape.
+            not one scalar per sample, or does not depend on x.
+        ParameterError (a ValueError): a parameter is unknown, missing (a vector
+            or matrix; any, with ``strict=True``), of the wrong rank or violates
+            its constraint.
+
+    Warns:
+        UnsetParameterWarning: scalar parameters given no value (they are 1.0).
     """
     if params is not None and not isinstance(params, dict):
         raise TypeError(f"params must be a dict of name -> value, not {type(params).__name__}")
@@ -160,7 +170,14 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
             args[attr] = values[pname]
         elif rank > 0:
             raise ParameterError(f"parameter {pname} is used as a "
-                                    f"{'vector' if rank == 1 else 'matrix'}; give its value")
+                                 f"{'vector' if rank == 1 else 'matrix'}; give its value")
+    unset = [pname for pname, _, _ in cls.param_specs if pname not in values]
+    if unset:
+        from .hints import unset_parameters_message
+        message = unset_parameters_message(formula, unset, strict)
+        if strict:
+            raise ParameterError(message)
+        warnings.warn(message, UnsetParameterWarning, stacklevel=2)
     if trainable is not True and trainable is not False:
         trainable = set(trainable)
     energy = cls(**args, trainable=trainable)
