@@ -115,7 +115,7 @@ def inverse(m: torch.Tensor) -> torch.Tensor:
     inv, info = torch.linalg.inv_ex(m)
     if int(info) != 0:
         raise SingularMatrixError(f"inverse() of a singular matrix (shape {tuple(m.shape)}); "
-                                f"give an invertible matrix parameter")
+                                  f"give an invertible matrix parameter")
     return inv
 
 

@@ -29,7 +29,7 @@ def _as_batch(x) -> torch.Tensor:
                         f"x.to(torch.get_default_dtype())")
     if x.dim() == 0:
         raise ShapeError("x is a 0-d tensor; give a sample of shape [n] or a batch "
-                                "of shape [..., n]")
+                         "of shape [..., n]")
     return x.unsqueeze(0) if x.dim() == 1 else x
 
 
@@ -44,7 +44,7 @@ def _as_direction(x: torch.Tensor, v) -> torch.Tensor:
         shown = tuple(x.shape[1:]) if given and len(given) == 1 and x.shape[0] == 1 else \
             tuple(x.shape)
         raise ShapeError(f"v has shape {given} but x has shape {shown}; the direction "
-                                f"of a Hessian-vector product has the shape of x")
+                         f"of a Hessian-vector product has the shape of x")
     if v.device != x.device:
         raise DeviceError(f"v is on {v.device} but x is on {x.device}")
     if not v.is_floating_point() or v.dtype != x.dtype:
@@ -301,14 +301,14 @@ class CompiledEnergy(BaseEnergyFunction):
                                 f"not {type(value).__name__}")
             if isinstance(value, torch.Tensor) and value.is_complex():
                 raise ParameterError(f"parameter {name} of {cls} is complex; energies are "
-                                        f"real, give a real tensor")
+                                     f"real, give a real tensor")
             try:
                 # parameters are kept in float64 and cast to x.dtype per call
                 tensor = torch.as_tensor(value, dtype=torch.float64) if not isinstance(
                     value, torch.Tensor) else value.detach().clone().to(torch.float64)
             except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
                 raise ParameterError(f"parameter {name} of {cls} cannot be made a tensor: "
-                                        f"{exc}") from None
+                                     f"{exc}") from None
             if not tensor.is_floating_point():
                 tensor = tensor.to(torch.float64)
         if tensor.dim() != rank:
@@ -392,7 +392,7 @@ class CompiledEnergy(BaseEnergyFunction):
     def _check_device(self, x):
         if x.shape[-1] == 0:
             raise ShapeError(f"x has dimension n = 0 (shape {tuple(x.shape)}); an energy "
-                                    f"needs samples with at least one component")
+                             f"needs samples with at least one component")
         for _, attr, _ in self.param_specs:
             t = getattr(self, attr)
             if t.device != x.device:
@@ -653,7 +653,7 @@ def _check_constraint(cls, name, t, constraint):
     if constraint == "positive":
         if bool((t <= 0).any()):
             raise ParameterError(f"Expected parameter {name} of {cls} to be positive, "
-                                    f"but found {t.detach().flatten()[:4].tolist()}")
+                                 f"but found {t.detach().flatten()[:4].tolist()}")
         return
     if constraint in ("square", "positive_definite"):
         if t.dim() != 2 or t.shape[0] != t.shape[1]:
@@ -664,7 +664,7 @@ def _check_constraint(cls, name, t, constraint):
             td = t.detach().to(torch.float64)
             if not torch.allclose(td, td.mT, rtol=1e-10, atol=1e-12):
                 raise ParameterError(f"Expected parameter {name} of {cls} to be symmetric "
-                                        f"positive definite, but it is not symmetric")
+                                     f"positive definite, but it is not symmetric")
             _, info = torch.linalg.cholesky_ex(td)
             if int(info) != 0:
                 raise ParameterError(

@@ -163,7 +163,7 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
             hint = f"; {k!r} is built into the language and takes no value"
         known = ", ".join(declared) or "none"
         raise ParameterError(f"unknown parameter {k!r} for formula {formula!r}{hint} "
-                                f"(its parameters: {known})")
+                             f"(its parameters: {known})")
     args = {}
     for pname, attr, rank in cls.param_specs:
         if pname in values:
