@@ -222,3 +222,12 @@ def test_package_metadata_names_an_author():
     from pathlib import Path
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     assert meta["authors"] and meta["authors"][0]["name"]
+
+
+def test_verify_without_a_fixed_dimension_checks_several(capsys):
+    assert main(["verify", "sum(x**4 - x**2)", "--no-speed", "--points", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not any("checking n =" in ln for ln in lines)
+    col = next(ln for ln in lines if ln.startswith("energy")).index(" n ") + 1
+    rows = [ln for ln in lines if ln.rstrip().endswith(("ok", "FAIL")) and "~" in ln]
+    assert {ln[col] for ln in rows} == {"1", "2", "5"}
