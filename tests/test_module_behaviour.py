@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from torchebm.core import BaseEnergyFunction, GaussianEnergy, HarmonicEnergy
-from torchebm.symbolic import EnergySyntaxError, from_expression
+from torchebm.errors import ParameterError, ShapeError
+from torchebm.symbolic import from_expression
 
 
 @pytest.mark.parametrize("formula", ["sum(maximum(x, 0))", "sum(where(x > 0, 0.1*x, 0.3*x))",
@@ -37,7 +38,7 @@ def test_parameters_and_optimiser():
     loss.backward()
     opt.step()
     assert energy.m.grad is not None
-    with pytest.raises(EnergySyntaxError, match="nope"):
+    with pytest.raises(ParameterError, match="nope"):
         from_expression("sum(a*x**2)", trainable=["nope"])
     assert HarmonicEnergy(k=2.0, trainable=True).k.requires_grad
 
@@ -59,7 +60,7 @@ def test_hand_written_energy_batches_a_single_sample():
 
 
 def test_zero_dimension_is_a_clear_error():
-    with pytest.raises(EnergySyntaxError, match="n = 0"):
+    with pytest.raises(ShapeError, match="n = 0"):
         from_expression("sum(x**2)")(torch.zeros(3, 0))
 
 

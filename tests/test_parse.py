@@ -6,6 +6,7 @@ import pytest
 import sympy as sp
 import torch
 
+from torchebm.errors import ParameterError, ShapeError
 from torchebm.symbolic import EnergySyntaxError, from_expression
 from torchebm.symbolic.parse import parse_formula
 
@@ -91,23 +92,23 @@ def test_called_name_is_function_bare_name_is_parameter():
 
 
 def test_unknown_keyword_suggests_closest_parameter():
-    with pytest.raises(EnergySyntaxError, match="did you mean 'alpha'"):
+    with pytest.raises(ParameterError, match="did you mean 'alpha'"):
         from_expression("alpha*sum(x**2)", alpah=1.0)
 
 
 def test_parameter_size_mismatch_names_parameter_and_sizes():
     E = from_expression("sum((x - mu)**2)", mu=torch.zeros(3))
-    with pytest.raises(EnergySyntaxError, match=r"mu.*3|3.*mu") as info:
+    with pytest.raises(ShapeError, match=r"mu.*3|3.*mu") as info:
         E(torch.zeros(4, 2))
     assert "2" in str(info.value)
 
 
 def test_component_out_of_range_names_index_and_n():
     E = from_expression("x[3]**2 + sum(x)")
-    with pytest.raises(EnergySyntaxError, match=r"x\[3\].*n = 2"):
+    with pytest.raises(ShapeError, match=r"x\[3\].*n = 2"):
         E(torch.zeros(4, 2))
     E = from_expression("sum(x[i+1] for i in range(n))")
-    with pytest.raises(EnergySyntaxError, match=r"x\[i \+ 1\].*n = 2"):
+    with pytest.raises(ShapeError, match=r"x\[i \+ 1\].*n = 2"):
         E(torch.zeros(4, 2))
 
 

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from .core.base import BaseEnergyFunction, CompiledEnergy
-from .errors import EnergySyntaxError
 
 
 def score_matching_loss(energy: BaseEnergyFunction, x: torch.Tensor,
@@ -41,10 +40,10 @@ def score_matching_loss(energy: BaseEnergyFunction, x: torch.Tensor,
         is the Fisher divergence minus a constant, so it can be negative.
 
     Raises:
-        EnergySyntaxError: an unknown ``reduction``.
+        ValueError: an unknown ``reduction``.
     """
     if reduction not in ("mean", "sum", "none"):
-        raise EnergySyntaxError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
     if isinstance(energy, CompiledEnergy):
         grad, lap = energy.gradient_and_laplacian(x, create_graph=True)
     else:

@@ -57,6 +57,7 @@ def plot_landscape(energy, xlim=None, ylim=None, *, density=False, samples=None,
         samples: optional points ``[m, 2]`` drawn over the contours.
         density: contour the unnormalised density ``exp(-(E - min E))``.
         xlim, ylim: the window; default: 99% of the samples, padded (or [-3, 3]).
+        title: drawn above the plot, broken into lines that fit the figure's width.
 
     Raises:
         ValueError: the energy is not defined for n = 2.
@@ -81,8 +82,21 @@ def plot_landscape(energy, xlim=None, ylim=None, *, density=False, samples=None,
     ax.set_xlabel("x[0]")
     ax.set_ylabel("x[1]")
     if title:
-        ax.set_title(title)
+        _set_wrapped_title(ax, title)
     return ax
+
+
+def _set_wrapped_title(ax, title: str) -> None:
+    """Set ``title`` broken into lines that fit the figure's width (a long formula would
+    otherwise be clipped on both sides)."""
+    import textwrap
+    fig = ax.figure
+    size = ax.title.get_fontsize()
+    # an average glyph is ~0.6 em wide; keep a margin of one em on each side
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.6 * size)) - 4)
+    ax.set_title(textwrap.fill(title, width=chars, break_on_hyphens=False),
+                 fontsize=size if len(title) <= chars else size * 0.85)
+    fig.tight_layout()
 
 
 def plot_trace(trajectory, chains=(0,), dims=(0,), ax=None):

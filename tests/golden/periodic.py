@@ -5,7 +5,7 @@ import torch
 
 from torchebm.core import _runtime as _rt
 from torchebm.core.base import CompiledEnergy
-from torchebm.errors import EnergySyntaxError
+from torchebm.errors import ShapeError
 
 _rt_points = _rt.points
 
@@ -27,8 +27,9 @@ class GoldenEnergy(CompiledEnergy):
         shape ``[n]`` is a batch of one (energy ``[1]``).
 
     Raises:
-        EnergySyntaxError (a ValueError): a parameter of the wrong shape or value, or x
-            whose dimension does not fit the formula or the parameters.
+        ParameterError (a ValueError): a parameter of the wrong shape or value.
+        ShapeError (a ValueError): x whose dimension does not fit the formula or the
+            parameters.
         TypeError: x that is not a floating-point tensor.
     """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import EnergySyntaxError
+from ..errors import MemoryLimitError, ShapeError, SingularMatrixError
 
 #: Largest number of index points of one level (each costs a tensor column per sample).
 MAX_POINTS = 50_000_000
@@ -114,8 +114,8 @@ def inverse(m: torch.Tensor) -> torch.Tensor:
         return torch.cholesky_inverse(chol)
     inv, info = torch.linalg.inv_ex(m)
     if int(info) != 0:
-        raise EnergySyntaxError(f"inverse() of a singular matrix (shape {tuple(m.shape)}); "
-                                f"give an invertible matrix parameter")
+        raise SingularMatrixError(f"inverse() of a singular matrix (shape {tuple(m.shape)}); "
+                                  f"give an invertible matrix parameter")
     return inv
 
 
@@ -147,7 +147,7 @@ def expand(count: int, lo, hi, device):
     counts = torch.clamp(hi - lo, min=0)
     total = int(counts.sum()) if count else 0
     if total > MAX_POINTS:
-        raise EnergySyntaxError(
+        raise MemoryLimitError(
             f"a reduction would run over {total} index points (more than {MAX_POINTS}); "
             f"check its range(...) bounds")
     seg = torch.repeat_interleave(torch.arange(count, device=device), counts)
@@ -157,12 +157,12 @@ def expand(count: int, lo, hi, device):
 
 
 def check_index(idx: torch.Tensor, size: int, what: str, n: int) -> torch.Tensor:
-    """Raise EnergySyntaxError if any index is outside ``[0, size)``."""
+    """Raise ShapeError if any index is outside ``[0, size)``."""
     if idx.numel():
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= size:
             bad = lo if lo < 0 else hi
-            raise EnergySyntaxError(
+            raise ShapeError(
                 f"{what} reads index {bad}, but the array has length {size} (n = {n}); "
                 f"check the range of the loop or the dimension of x")
     return idx
@@ -172,14 +172,14 @@ def check_range(lo: int, hi: int, size: int, what: str, n: int) -> None:
     """Raise if a unit-stride slice ``[lo, hi)`` (non-empty) leaves ``[0, size)``."""
     if hi > lo and (lo < 0 or hi > size):
         bad = lo if lo < 0 else hi - 1
-        raise EnergySyntaxError(
+        raise ShapeError(
             f"{what} reads index {bad}, but the array has length {size} (n = {n}); "
             f"check the range of the loop or the dimension of x")
 
 
 def check_size(actual: int, expected: int, message: str) -> None:
     if actual != expected:
-        raise EnergySyntaxError(message)
+        raise ShapeError(message)
 
 
 def points(v, x: torch.Tensor, count: int) -> torch.Tensor:

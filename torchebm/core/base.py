@@ -15,7 +15,7 @@ import threading
 import torch
 from torch import nn
 
-from ..errors import EnergySyntaxError
+from ..errors import DeviceError, MemoryLimitError, ParameterError, ShapeError
 
 
 def _as_batch(x) -> torch.Tensor:
@@ -28,8 +28,8 @@ def _as_batch(x) -> torch.Tensor:
         raise TypeError(f"x must be a floating-point tensor, not {x.dtype}; convert it with "
                         f"x.to(torch.get_default_dtype())")
     if x.dim() == 0:
-        raise EnergySyntaxError("x is a 0-d tensor; give a sample of shape [n] or a batch "
-                                "of shape [..., n]")
+        raise ShapeError("x is a 0-d tensor; give a sample of shape [n] or a batch "
+                         "of shape [..., n]")
     return x.unsqueeze(0) if x.dim() == 1 else x
 
 
@@ -43,13 +43,26 @@ def _as_direction(x: torch.Tensor, v) -> torch.Tensor:
     if v.shape != x.shape:
         shown = tuple(x.shape[1:]) if given and len(given) == 1 and x.shape[0] == 1 else \
             tuple(x.shape)
-        raise EnergySyntaxError(f"v has shape {given} but x has shape {shown}; the direction "
-                                f"of a Hessian-vector product has the shape of x")
+        raise ShapeError(f"v has shape {given} but x has shape {shown}; the direction "
+                         f"of a Hessian-vector product has the shape of x")
     if v.device != x.device:
-        raise EnergySyntaxError(f"v is on {v.device} but x is on {x.device}")
+        raise DeviceError(f"v is on {v.device} but x is on {x.device}")
     if not v.is_floating_point() or v.dtype != x.dtype:
         v = v.to(x.dtype)
     return v
+
+
+def _check_device_available(device) -> None:
+    """Raise DeviceError if ``device`` (a torch.device or None) cannot hold a tensor here."""
+    if device is None or device.type in ("cpu", "meta"):
+        return
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeviceError(f"device {str(device)!r} is not available on this machine ({first}); "
+                          f"keep the energy on 'cpu', or check torch.cuda.is_available() "
+                          f"before moving it") from None
 
 
 def _grad(output, x, grad_output=None, **kwargs):
@@ -131,6 +144,27 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
         """The score ``-dE/dx`` of ``x: [..., n]`` -> ``[..., n]``."""
         return -self.gradient(x)
 
+    def to(self, *args, **kwargs):
+        """``nn.Module.to``, refusing a device this machine does not have.
+
+        ``nn.Module.to`` touches only the module's tensors, so an energy without
+        parameters would accept ``.to("cuda")`` on a CPU-only machine and fail
+        later, at the first sample; this fails at once.
+
+        Raises:
+            DeviceError (a RuntimeError): the device is not available here.
+        """
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        _check_device_available(device)
+        return super().to(*args, **kwargs)
+
+    def cuda(self, device=None):
+        """``nn.Module.cuda``, refusing when CUDA is not available (see :meth:`to`)."""
+        _check_device_available(torch.device("cuda") if device is None else
+                                torch.device("cuda", device) if isinstance(device, int)
+                                else torch.device(device))
+        return super().cuda(device)
+
     # -- second derivatives ---------------------------------------------------------------
     #: ``hessian`` refuses outputs of more elements than this (``batch * n * n``);
     #: raise it per call (``max_elements=``) or per instance.
@@ -145,7 +179,7 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
         ``create_graph=True``.
 
         Raises:
-            EnergySyntaxError: ``v`` whose shape differs from ``x``'s.
+            ShapeError: ``v`` whose shape differs from ``x``'s.
         """
         x = _as_batch(x)
         v = _as_direction(x, v)
@@ -165,7 +199,7 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
         :meth:`laplacian` when they are what you need.
 
         Raises:
-            EnergySyntaxError: the Hessian would have more than ``max_elements``
+            MemoryLimitError: the Hessian would have more than ``max_elements``
                 elements.
         """
         x = _as_batch(x)
@@ -213,7 +247,7 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
             what = (f"has {total} elements" if not width or width <= n else
                     f"needs temporaries of {total} elements (batch x n x {width} points of "
                     f"the formula's largest sum)")
-            raise EnergySyntaxError(
+            raise MemoryLimitError(
                 f"the Hessian of x of shape {tuple(x.shape)} {what}, more than the limit of "
                 f"{limit}; pass max_elements= (or set energy.max_hessian_elements) to allow "
                 f"it, use a smaller batch, or use hessian_vector_product / hessian_diagonal / "
@@ -267,27 +301,27 @@ class CompiledEnergy(BaseEnergyFunction):
                 raise TypeError(f"parameter {name} of {cls} must be a number or a tensor, "
                                 f"not {type(value).__name__}")
             if isinstance(value, torch.Tensor) and value.is_complex():
-                raise EnergySyntaxError(f"parameter {name} of {cls} is complex; energies are "
-                                        f"real, give a real tensor")
+                raise ParameterError(f"parameter {name} of {cls} is complex; energies are "
+                                     f"real, give a real tensor")
             try:
                 # parameters are kept in float64 and cast to x.dtype per call
                 tensor = torch.as_tensor(value, dtype=torch.float64) if not isinstance(
                     value, torch.Tensor) else value.detach().clone().to(torch.float64)
             except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-                raise EnergySyntaxError(f"parameter {name} of {cls} cannot be made a tensor: "
-                                        f"{exc}") from None
+                raise ParameterError(f"parameter {name} of {cls} cannot be made a tensor: "
+                                     f"{exc}") from None
             if not tensor.is_floating_point():
                 tensor = tensor.to(torch.float64)
         if tensor.dim() != rank:
             kind = {0: "a scalar", 1: "a vector [K]", 2: "a matrix [K, M]"}[rank]
-            raise EnergySyntaxError(
+            raise ParameterError(
                 f"Expected parameter {name} (Tensor of shape {tuple(tensor.shape)}) of {cls} to "
                 f"be {kind}")
         _check_constraint(cls, name, tensor, constraint)
         if not isinstance(trainable, bool):
             unknown = set(trainable) - {p[0] for p in self.param_specs}
             if unknown:
-                raise EnergySyntaxError(
+                raise ParameterError(
                     f"trainable names {sorted(unknown)} are not parameters of {cls}; its "
                     f"parameters are {[p[0] for p in self.param_specs]}")
         wanted = trainable is True or (not isinstance(trainable, bool) and name in trainable)
@@ -307,13 +341,13 @@ class CompiledEnergy(BaseEnergyFunction):
             for axis, letter in enumerate(dims):
                 if letter.isdigit():
                     if shape[axis] != int(letter):
-                        raise EnergySyntaxError(
+                        raise ParameterError(
                             f"Expected parameter {name} of {type(self).__name__} to have size "
                             f"{letter} along axis {axis}, but its shape is {shape}")
                     continue
                 if letter in seen and seen[letter][1] != shape[axis]:
                     other, size = seen[letter]
-                    raise EnergySyntaxError(
+                    raise ParameterError(
                         f"parameters {other} and {name} of {type(self).__name__} disagree on "
                         f"{letter}: {other} has {letter} = {size} but {name} has shape {shape}")
                 seen.setdefault(letter, (name, shape[axis]))
@@ -373,7 +407,7 @@ class CompiledEnergy(BaseEnergyFunction):
         parameter's constraint (or a strict key check) leaves the module as it was.
 
         Raises:
-            EnergySyntaxError: a loaded value violates its parameter's constraint.
+            ParameterError: a loaded value violates its parameter's constraint.
             RuntimeError: missing or unexpected keys (``strict=True``), wrong shapes.
         """
         before = {name: (t, t.detach().clone()) for name, t in
@@ -428,12 +462,12 @@ class CompiledEnergy(BaseEnergyFunction):
 
     def _check_device(self, x):
         if x.shape[-1] == 0:
-            raise EnergySyntaxError(f"x has dimension n = 0 (shape {tuple(x.shape)}); an energy "
-                                    f"needs samples with at least one component")
+            raise ShapeError(f"x has dimension n = 0 (shape {tuple(x.shape)}); an energy "
+                             f"needs samples with at least one component")
         for _, attr, _ in self.param_specs:
             t = getattr(self, attr)
             if t.device != x.device:
-                raise EnergySyntaxError(
+                raise DeviceError(
                     f"x is on {x.device} but parameter {attr} of {type(self).__name__} is on "
                     f"{t.device}; move one of them, e.g. energy.to(x.device)")
             break
@@ -449,7 +483,7 @@ class CompiledEnergy(BaseEnergyFunction):
     def _check_level_size(self, x, width):
         batch = math.prod(x.shape[:-1])
         if batch * width > self.max_level_elements:
-            raise EnergySyntaxError(
+            raise MemoryLimitError(
                 f"the widest sum of this formula has {width} terms per sample at n = "
                 f"{x.shape[-1]}; with a batch of {batch} its temporaries would hold "
                 f"{batch * width} elements, more than energy.max_level_elements = "
@@ -511,7 +545,7 @@ class CompiledEnergy(BaseEnergyFunction):
         never ``n`` passes. Detached unless ``create_graph=True``.
 
         Raises:
-            EnergySyntaxError: ``v`` whose shape differs from ``x``'s.
+            ShapeError: ``v`` whose shape differs from ``x``'s.
         """
         x, lay, der = self._inputs(x, second=True)
         v = _as_direction(x, v)
@@ -530,7 +564,7 @@ class CompiledEnergy(BaseEnergyFunction):
         instead of allocating.
 
         Raises:
-            EnergySyntaxError: the Hessian would have more than ``max_elements``
+            MemoryLimitError: the Hessian would have more than ``max_elements``
                 elements.
         """
         x, lay, der = self._inputs(x, second=True)
@@ -606,8 +640,10 @@ class CompiledEnergy(BaseEnergyFunction):
         return self
 
     @property
-    def source(self) -> str:
-        """The generated Python source of this energy's class (with its second derivatives)."""
+    def class_source(self) -> str:
+        """The generated Python source of this energy's class, as compiled (with its
+        second derivatives): its ``__init__`` defaults are the formula's (1.0 for
+        scalars given no value)."""
         self._ensure_second_order()
         src = getattr(type(self), "_source", None)
         if src is None:
@@ -615,6 +651,19 @@ class CompiledEnergy(BaseEnergyFunction):
             import sys
             src = inspect.getsource(sys.modules[type(self).__module__])
         return src
+
+    @property
+    def source(self) -> str:
+        """The generated Python source of this instance: :attr:`class_source` with the
+        parameter defaults of ``__init__`` and of the docstring's ``Default:`` set to
+        this instance's current values, so that the text, saved to a file and imported,
+        builds an equal energy. (``show -p name=value`` on the command line prints the
+        same.)"""
+        texts = {}     # (name, attribute) -> Python literal of the value (floats round-trip)
+        for name, attr, rank in self.param_specs:
+            value = getattr(self, attr).detach().to("cpu", torch.float64)
+            texts[name, attr] = _literal(_as_tuples(value.tolist()) if rank else float(value))
+        return _with_defaults(self.class_source, texts)
 
     @property
     def expression(self):
@@ -663,29 +712,85 @@ class CompiledEnergy(BaseEnergyFunction):
         return state
 
 
+def _as_tuples(v):
+    return tuple(_as_tuples(e) for e in v) if isinstance(v, list) else float(v)
+
+
+def _literal(value) -> str:
+    """A float or nested tuple of floats as Python source that imports (inf, nan too)."""
+    if isinstance(value, tuple):
+        items = [_literal(v) for v in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if math.isnan(value):
+        return "float('nan')"
+    if math.isinf(value):
+        return "float('inf')" if value > 0 else "-float('inf')"
+    return repr(float(value))
+
+
+def _with_defaults(src: str, texts: dict) -> str:
+    """``src`` with ``def __init__(self, a=1.0, ...)`` and each parameter's ``Default:``
+    in the class docstring set from ``texts`` ((name, attribute) -> literal)."""
+    import ast
+    import re
+    if not texts:
+        return src
+    defaults = {attr: text for (_, attr), text in texts.items()}
+    lines = src.split("\n")
+    for k, line in enumerate(lines):
+        if not line.startswith("    def __init__(self"):
+            continue
+        sig = ast.parse(line.strip() + "\n    pass").body[0].args
+        required = len(sig.args) - len(sig.defaults)
+        args = ["self"]
+        for i, arg in enumerate(sig.args[1:], start=1):
+            if arg.arg in defaults:
+                args.append(f"{arg.arg}={defaults[arg.arg]}")
+            elif i >= required:
+                seg = ast.get_source_segment(line.strip(), sig.defaults[i - required])
+                args.append(f"{arg.arg}={seg}")
+            else:
+                args.append(arg.arg)
+        lines[k] = f"    def __init__({', '.join(args)}, *, trainable=False):"
+        break
+    return _docstring_defaults("\n".join(lines), {name: text for (name, _), text in texts.items()})
+
+
+def _docstring_defaults(src: str, defaults: dict) -> str:
+    import re
+    out = []
+    for line in src.split("\n"):
+        m = re.match(r"^        (\S+) \(float or Tensor, [^)]*\): ", line)
+        if m and m.group(1) in defaults and '"""' not in line:
+            body = line[:line.rindex(" Default: ")] if " Default: " in line else line
+            line = f"{body} Default: {defaults[m.group(1)]}."
+        out.append(line)
+    return "\n".join(out)
+
+
 def _check_constraint(cls, name, t, constraint):
     if constraint == "real":
         return
     if constraint == "positive":
         if bool((t <= 0).any()):
-            raise EnergySyntaxError(f"Expected parameter {name} of {cls} to be positive, "
-                                    f"but found {t.detach().flatten()[:4].tolist()}")
+            raise ParameterError(f"Expected parameter {name} of {cls} to be positive, "
+                                 f"but found {t.detach().flatten()[:4].tolist()}")
         return
     if constraint in ("square", "positive_definite"):
         if t.dim() != 2 or t.shape[0] != t.shape[1]:
-            raise EnergySyntaxError(
+            raise ParameterError(
                 f"Expected parameter {name} (Tensor of shape {tuple(t.shape)}) of {cls} to be a "
                 f"square [n, n] matrix")
         if constraint == "positive_definite":
             td = t.detach().to(torch.float64)
             if not torch.allclose(td, td.mT, rtol=1e-10, atol=1e-12):
-                raise EnergySyntaxError(f"Expected parameter {name} of {cls} to be symmetric "
-                                        f"positive definite, but it is not symmetric")
+                raise ParameterError(f"Expected parameter {name} of {cls} to be symmetric "
+                                     f"positive definite, but it is not symmetric")
             _, info = torch.linalg.cholesky_ex(td)
             if int(info) != 0:
-                raise EnergySyntaxError(
+                raise ParameterError(
                     f"Expected parameter {name} of {cls} to be symmetric positive definite, but "
                     f"it is singular or not positive definite (Cholesky failed at column "
                     f"{int(info)})")
         return
-    raise EnergySyntaxError(f"unknown constraint {constraint!r} for parameter {name} of {cls}")
+    raise ParameterError(f"unknown constraint {constraint!r} for parameter {name} of {cls}")

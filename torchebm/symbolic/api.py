@@ -5,12 +5,13 @@ from __future__ import annotations
 import difflib
 import keyword
 import threading
+import warnings
 from collections import OrderedDict
 
 import sympy as sp
 import torch
 
-from ..errors import EnergySyntaxError
+from ..errors import EnergySyntaxError, ParameterError, UnsetParameterWarning
 from . import budget
 from .compiler import compile_parsed, with_second_order
 from .emit import RESERVED, python_name
@@ -35,7 +36,7 @@ def rank_of(name, value) -> int:
         try:
             return torch.as_tensor(value, dtype=torch.float64).dim()
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise EnergySyntaxError(f"parameter {name} cannot be made a tensor: {exc}") from None
+            raise ParameterError(f"parameter {name} cannot be made a tensor: {exc}") from None
     raise TypeError(f"parameter {name} must be a number or a tensor, not "
                     f"{type(value).__name__}")
 
@@ -164,7 +165,7 @@ def _rebuild_instance(formula, ranks, name, state, trainable):
 
 
 def from_expression(formula, *, name: str | None = None, trainable=False, params=None,
-                    compile: bool = False, **kwargs):
+                    compile: bool = False, strict: bool = False, **kwargs):
     """Compile a formula into an energy module with a closed-form gradient.
 
     Args:
@@ -179,8 +180,12 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
             are not valid keywords).
         compile: run the generated code through ``torch.compile`` (fused mode,
             see ``CompiledEnergy.compile``).
-        **kwargs: parameter values. Scalars default to 1.0; vectors ``[K]``
-            and matrices ``[K, M]`` must be given.
+        strict: raise ``ParameterError`` instead of warning when a scalar
+            parameter is given no value.
+        **kwargs: parameter values. Scalars default to 1.0, with one
+            ``UnsetParameterWarning`` naming every defaulted parameter (and the
+            likely intent of names such as ``sinx`` -> ``sin(x)`` or ``x1`` ->
+            ``x[1]``); vectors ``[K]`` and matrices ``[K, M]`` must be given.
 
     Returns:
         A ``CompiledEnergy`` instance: ``E(x)`` maps ``[..., n] -> [...]``,
@@ -188,8 +193,13 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
 
     Raises:
         EnergySyntaxError (a ValueError): the formula is outside the language,
-            not one scalar per sample, does not depend on x, or a parameter is
-            unknown, missing or of the wrong shape.
+            not one scalar per sample, or does not depend on x.
+        ParameterError (a ValueError): a parameter is unknown, missing (a vector
+            or matrix; any, with ``strict=True``), of the wrong rank or violates
+            its constraint.
+
+    Warns:
+        UnsetParameterWarning: scalar parameters given no value (they are 1.0).
     """
     if params is not None and not isinstance(params, dict):
         raise TypeError(f"params must be a dict of name -> value, not {type(params).__name__}")
@@ -199,7 +209,7 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
             raise TypeError(f"parameter names must be strings, not {k!r}")
     for k, v in kwargs.items():
         if k in values:
-            raise EnergySyntaxError(f"parameter {k} is given twice (as a keyword and in params)")
+            raise ParameterError(f"parameter {k} is given twice (as a keyword and in params)")
         values[k] = v
     if isinstance(formula, sp.Basic):
         from .sympy_input import formula_from_sympy
@@ -218,15 +228,22 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
         if k in ("x", "n", "pi", "e"):
             hint = f"; {k!r} is built into the language and takes no value"
         known = ", ".join(declared) or "none"
-        raise EnergySyntaxError(f"unknown parameter {k!r} for formula {formula!r}{hint} "
-                                f"(its parameters: {known})")
+        raise ParameterError(f"unknown parameter {k!r} for formula {formula!r}{hint} "
+                             f"(its parameters: {known})")
     args = {}
     for pname, attr, rank in cls.param_specs:
         if pname in values:
             args[attr] = values[pname]
         elif rank > 0:
-            raise EnergySyntaxError(f"parameter {pname} is used as a "
-                                    f"{'vector' if rank == 1 else 'matrix'}; give its value")
+            raise ParameterError(f"parameter {pname} is used as a "
+                                 f"{'vector' if rank == 1 else 'matrix'}; give its value")
+    unset = [pname for pname, _, _ in cls.param_specs if pname not in values]
+    if unset:
+        from .hints import unset_parameters_message
+        message = unset_parameters_message(formula, unset, strict)
+        if strict:
+            raise ParameterError(message)
+        warnings.warn(message, UnsetParameterWarning, stacklevel=2)
     if trainable is not True and trainable is not False:
         trainable = set(trainable)
     energy = cls(**args, trainable=trainable)

@@ -8,11 +8,14 @@ import math
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
+import sympy as sp
 import torch
 
-from ..errors import EnergySyntaxError
+from ..errors import (EnergySyntaxError, ParameterError, ShapeError, TorchEBMError,
+                      UnsetParameterWarning)
 from .build import DEFINITIONS, OUTPUT, build
 from .compiler import compile_spec
 from .definitions import load_definition
@@ -114,6 +117,10 @@ def _formulas_after_dashdash(argv, parser):
     return keep + ["--"] + moved if moved else keep
 
 
+STRICT_HELP = ("fail, instead of warning, when a scalar parameter of the formula is given no "
+               "-p value (it would default to 1.0; often a typo such as sinx for sin(x))")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="torchebm-codegen",
@@ -133,13 +140,19 @@ def main(argv=None) -> int:
                    help="parameter value, name=value (a number or a list)")
     s.add_argument("-o", "--output", type=Path,
                    help="write the module to this file (importable without SymPy)")
+    s.add_argument("--strict", action="store_true", help=STRICT_HELP)
 
     v = sub.add_parser("verify", help="check gradients and second derivatives against autograd "
                                       "and mpmath oracles")
     v.add_argument("targets", nargs="*",
                    help="formulas, definition files or folders (default: every definition)")
-    v.add_argument("-p", "--param", type=_param, action="append", default=[])
-    v.add_argument("--dims", type=_dims, help="dimensions to test, e.g. 1,2,17")
+    v.add_argument("-p", "--param", type=_param, action="append", default=[],
+                   help="parameter value of the formula targets, name=value (a number or a "
+                        "list); repeat for several")
+    v.add_argument("--dims", type=_dims,
+                   help="dimensions to test, e.g. 1,2,17 (default: the dimension the formula "
+                        "or its parameters fix, else 1,2,5)")
+    v.add_argument("--strict", action="store_true", help=STRICT_HELP)
     v.add_argument("--dtype", choices=["float64"], default="float64",
                    help="precision of the checks (float64; float32 is too coarse for them)")
     v.add_argument("--points", type=_bounded_int(1, 10_000), default=4,
@@ -152,18 +165,23 @@ def main(argv=None) -> int:
     m.add_argument("formula", help="the energy, e.g. 'sum((x**2 - 1)**2)'")
     m.add_argument("-p", "--param", type=_param, action="append", default=[],
                    help="parameter value, name=value (a number or a list)")
-    m.add_argument("--dim", type=_bounded_int(1, MAX_CLI_DIM), help="dimension n (default: the length of a vector "
-                                           "parameter, else 2)")
+    m.add_argument("--dim", type=_bounded_int(1, MAX_CLI_DIM),
+                   help="dimension n (default: the size the formula or every vector/matrix "
+                        "parameter fixes, else 2)")
     m.add_argument("--chains", type=_bounded_int(1, 10**8), default=1000,
                    help="number of chains")
     m.add_argument("--steps", type=_bounded_int(1, 10**9), default=1000, help="steps per chain")
-    m.add_argument("--sampler", choices=["langevin", "mala", "hmc"], default="mala")
-    m.add_argument("--step-size", type=_finite(positive=True), default=0.05, help="step size (leapfrog epsilon)")
-    m.add_argument("--leapfrog", type=_bounded_int(1, 10_000), default=10, help="HMC leapfrog steps")
+    m.add_argument("--sampler", choices=["langevin", "mala", "hmc"], default="mala",
+                   help="unadjusted Langevin, MALA (Metropolis-adjusted) or HMC")
+    m.add_argument("--step-size", type=_finite(positive=True), default=0.05,
+                   help="step size (leapfrog epsilon)")
+    m.add_argument("--leapfrog", type=_bounded_int(1, 10_000), default=10,
+                   help="HMC leapfrog steps")
     m.add_argument("--init-scale", type=_finite(positive=False), default=1.0,
                    help="chains start at init-scale * standard normal draws")
     m.add_argument("--seed", type=int, default=0, help="random seed")
     m.add_argument("--plot", type=Path, help="write a picture of landscape and samples (2-D)")
+    m.add_argument("--strict", action="store_true", help=STRICT_HELP)
     m.add_argument("--xlim", type=float, nargs=2, help="plot window along x[0]")
     m.add_argument("--ylim", type=float, nargs=2, help="plot window along x[1]")
 
@@ -180,7 +198,7 @@ def main(argv=None) -> int:
         if args.command == "sample":
             return _sample(args)
         return _verify(args)
-    except EnergySyntaxError as exc:
+    except TorchEBMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
@@ -190,20 +208,112 @@ def main(argv=None) -> int:
         return 1
 
 
-def _formula_spec(formula, params, name="ExpressionEnergy"):
-    """The spec of a command-line formula: values given with -p become its defaults."""
-    from .api import formula_spec, rank_of
+def _parse_cli_formula(formula, params, strict=False):
+    """Parse a command-line formula; warn on stderr (or, with --strict, fail) for scalar
+    parameters given no -p value."""
+    from .api import rank_of
+    from .hints import unset_parameters_message
     parsed = parse_formula(formula, {k: rank_of(k, v) for k, v in params.items()})
     unknown = set(params) - set(parsed.params)
     if unknown:
-        raise EnergySyntaxError(f"unknown parameter(s) {sorted(unknown)} for {formula!r}; "
-                                f"its parameters: {sorted(parsed.params) or 'none'}")
-    return formula_spec(formula, parsed, name, defaults=params)
+        raise ParameterError(f"unknown parameter(s) {sorted(unknown)} for {formula!r}; "
+                             f"its parameters: {sorted(parsed.params) or 'none'}")
+    unset = [k for k, p in parsed.params.items() if k not in params and p.rank == 0]
+    if unset:
+        message = unset_parameters_message(formula, unset, strict, cli=True)
+        if strict:
+            raise ParameterError(message)
+        print(f"warning: {message}", file=sys.stderr)
+    return parsed
+
+
+def _formula_spec(formula, params, name="ExpressionEnergy", strict=False):
+    """The spec of a command-line formula: values given with -p become its defaults."""
+    from .api import formula_spec
+    parsed = _parse_cli_formula(formula, params, strict)
+    return formula_spec(formula, parsed, name, defaults=params), parsed
+
+
+def _short(text: str, width: int = 40) -> str:
+    """A formula shortened to ``width`` characters for one-line messages."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _shape(value):
+    """Shape of a -p value: () for a number, (K,) for a list, (K, M) for a list of lists."""
+    if not isinstance(value, (list, tuple)):
+        return ()
+    return tuple(torch.as_tensor(value, dtype=torch.float64).shape)
+
+
+def _size_words(base, axis, params, size):
+    """``'mu, of length 3'``, ``'M, with 2 columns'``."""
+    if len(_shape(params.get(base, ()))) == 2:
+        return f"{base}, with {size} {'rows' if axis == 0 else 'columns'}"
+    return f"{base}, of length {size}"
+
+
+def infer_dim(parsed, params):
+    """The dimension ``n`` a command-line formula implies, as ``(n, reason)``.
+
+    In order: ``n`` forced by a size check (``x - mu`` needs ``n = len(mu)``; rows or
+    columns of a matrix next to x); a formula that reads only components
+    ``x[0] .. x[m]`` (``n = m + 1``); else the one size that every vector and matrix
+    parameter agrees on. ``(None, "")`` when the formula has no sized parameter.
+
+    Raises:
+        ShapeError: the sizes disagree (naming each candidate); pass --dim.
+    """
+    from .symbols import N, X, size_symbol, split_size_symbol
+    sizes = {}
+    for name, value in params.items():
+        for axis, size in enumerate(_shape(value)):
+            sizes[size_symbol(name, axis)] = size
+    forced = {}
+    for a, b, _ in parsed.size_checks:
+        for lhs, rhs in ((a, b), (b, a)):
+            if lhs == N:
+                value = rhs.subs(sizes)
+                if value.is_Integer:
+                    what = ", ".join(_size_words(base, axis, params, int(value)) for base, axis
+                                     in sorted(filter(None, map(split_size_symbol,
+                                                                rhs.free_symbols))))
+                    forced.setdefault(int(value), what or f"a list literal of length {value}")
+    if len(forced) == 1:
+        (n, what), = forced.items()
+        return n, f"x is combined with {what}"
+    if len(forced) > 1:
+        shown = "; ".join(f"n = {n} from {what}" for n, what in sorted(forced.items()))
+        raise ShapeError(f"the parameters ask for different dimensions ({shown}); "
+                         f"check their sizes")
+    expr = parsed.expression
+    loads = [e for e in expr.atoms(sp.Indexed) if e.base == X]
+    if loads and N not in expr.free_symbols and all(
+            len(e.indices) == 1 and e.indices[0].is_Integer and e.indices[0] >= 0
+            for e in loads):
+        n = max(int(e.indices[0]) for e in loads) + 1
+        return n, f"the formula reads only the components x[0] .. x[{n - 1}]"
+    candidates = {}
+    for name, value in params.items():
+        shape = _shape(value)
+        for axis, size in enumerate(shape):
+            what = name if len(shape) == 1 else f"{name} ({'rows' if axis == 0 else 'columns'})"
+            candidates.setdefault(size, []).append(what)
+    if not candidates:
+        return None, ""
+    if len(candidates) == 1:
+        (n, names), = candidates.items()
+        return n, f"every vector and matrix parameter has size {n}"
+    shown = ", ".join(f"{n} ({', '.join(names)})" for n, names in sorted(candidates.items()))
+    raise ShapeError(f"cannot tell the dimension n of x from the parameter sizes {shown}; "
+                     f"pass it with --dim, e.g. "
+                     f"{' or '.join(f'--dim {n}' for n in sorted(candidates))}")
 
 
 def _show(args):
     params = dict(args.param)
-    spec = _formula_spec(args.formula, params, args.name)
+    spec, _ = _formula_spec(args.formula, params, args.name, strict=args.strict)
     source = compile_spec(spec).generated.source
     if args.output:
         try:
@@ -243,9 +353,14 @@ def _targets(args):
                 raise EnergySyntaxError(f"no such definition file: {t}")
         else:
             params = dict(args.param)
-            spec = _formula_spec(t, params)
-            sizes = {len(v) for v in params.values() if isinstance(v, (list, tuple))}
-            dims = args.dims or (sorted(sizes) if sizes else [1, 2, 5])
+            spec, parsed = _formula_spec(t, params, strict=args.strict)
+            dims = args.dims
+            if dims is None:
+                n, reason = infer_dim(parsed, params)
+                dims = [1, 2, 5] if n is None else [n]
+                if n is not None:
+                    print(f"{_short(t)}: checking n = {n} only ({reason}); pass --dims to "
+                          f"check others")
             out.append((t, spec, params, dims))
     for p in paths:
         spec = load_definition(p)
@@ -270,7 +385,7 @@ def _verify(args):
             energy = cls(**kwargs)
             try:
                 energy(torch.zeros(1, n, dtype=torch.float64))
-            except EnergySyntaxError as exc:     # this n is outside the energy's domain
+            except TorchEBMError as exc:     # this n is outside the energy's domain
                 skipped.append(f"{label} n={n}: not checked ({str(exc).splitlines()[0]})")
                 continue
             checks += verify_energy(label, energy, compiled.parsed, params, n,
@@ -297,12 +412,19 @@ def _sample(args):
     from ..samplers import MALA, HamiltonianMonteCarlo, LangevinDynamics
     from .api import from_expression
     params = dict(args.param)
-    sizes = {len(v) for v in params.values() if isinstance(v, (list, tuple))}
-    dim = args.dim if args.dim is not None else (max(sizes) if sizes else 2)
+    parsed = _parse_cli_formula(args.formula, params, strict=args.strict)
+    dim = args.dim
+    if dim is None:
+        dim, reason = infer_dim(parsed, params)
+        if dim is None:
+            dim, reason = 2, "the default; pass --dim to change it"
+        print(f"n = {dim} ({reason})")
     if args.plot and dim != 2:
         print("error: --plot draws 2-D energies; use --dim 2", file=sys.stderr)
         return 2
-    energy = from_expression(args.formula, params=params)
+    with warnings.catch_warnings():      # unset parameters were reported above, CLI-worded
+        warnings.simplefilter("ignore", UnsetParameterWarning)
+        energy = from_expression(args.formula, params=params)
     cls = {"langevin": LangevinDynamics, "mala": MALA, "hmc": HamiltonianMonteCarlo}[args.sampler]
     kw = {"n_leapfrog_steps": args.leapfrog} if args.sampler == "hmc" else {}
     try:

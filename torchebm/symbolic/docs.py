@@ -31,8 +31,9 @@ def class_docstring(spec, latex: str | None = None) -> str:
               "    x: ``[..., n]`` -> energy ``[...]``, gradient ``[..., n]``; a 1-D ``x`` of",
               "    shape ``[n]`` is a batch of one (energy ``[1]``).", ""]
     lines += ["Raises:",
-              "    EnergySyntaxError (a ValueError): a parameter of the wrong shape or value, or x",
-              "        whose dimension does not fit the formula or the parameters.",
+              "    ParameterError (a ValueError): a parameter of the wrong shape or value.",
+              "    ShapeError (a ValueError): x whose dimension does not fit the formula or the",
+              "        parameters.",
               "    TypeError: x that is not a floating-point tensor.", ""]
     if spec.references:
         lines.append("References:")

@@ -52,7 +52,7 @@ def _module_attributes():
 _RESERVED = (set(keyword.kwlist) | set(dir(builtins)) | _module_attributes() |
              {"torch", "math", "nn", "_rt", "_rt_points", "self", "x", "v", "n", "lay", "der",
               "grad", "hvp", "hdiag", "energy", "device", "dtype", "trainable", "EnergySyntaxError",
-              "CompiledEnergy"})
+              "ShapeError", "CompiledEnergy"})
 RESERVED = frozenset(_RESERVED)
 
 
@@ -566,11 +566,11 @@ class ModuleEmitter:
         cls = gate.identifier(spec.class_name, "class name")
         if spec.min_dim:
             lo = gate.integer(spec.min_dim, "min_dim")
-            lines.append(f"if n < {lo}:\n    raise EnergySyntaxError("
+            lines.append(f"if n < {lo}:\n    raise ShapeError("
                          f"f\"{cls} needs x of dimension n >= {lo}, got n = {{n}}\")")
         if spec.max_dim is not None:
             hi = gate.integer(spec.max_dim, "max_dim")
-            lines.append(f"if n > {hi}:\n    raise EnergySyntaxError("
+            lines.append(f"if n > {hi}:\n    raise ShapeError("
                          f"f\"{cls} needs x of dimension n <= {hi}, got n = {{n}}\")")
         for ld in self.program.root_loads.values():
             for k, i in enumerate(ld.indices):
@@ -769,7 +769,7 @@ def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
            "import math\n", "import torch\n\n",
            "from torchebm.core import _runtime as _rt\n",
            "from torchebm.core.base import CompiledEnergy\n",
-           "from torchebm.errors import EnergySyntaxError\n\n",
+           "from torchebm.errors import ShapeError\n\n",
            "_rt_points = _rt.points\n\n\n",
            f"class {cls}(CompiledEnergy):\n",
            textwrap.indent(class_docstring(spec), "    "), "\n",

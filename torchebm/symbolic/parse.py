@@ -226,8 +226,13 @@ class _Parser:
             self.error("the formula is NaN for every x: a constant in it is not a real number "
                        "(a negative number to a fractional power, or 0/0)", last.value)
         if not depends_on_x(energy):
-            self.error("the energy does not depend on x; an energy must be a function of the "
-                       "sample x", last.value)
+            from .hints import likely_intent, one_based_note
+            intents = [f"{k} -> {likely_intent(k)}" for k in self.params if likely_intent(k)]
+            hint = (f" (components of x are written x[0], x[1], ...: every other bare name "
+                    f"is a parameter; did you mean {', '.join(intents)}?)"
+                    f"{one_based_note(self.params)}" if intents else "")
+            self.error(f"the energy does not depend on x; an energy must be a function of the "
+                       f"sample x{hint}", last.value)
         return Parsed(energy, self.params, self.derived, self.constants, self.size_checks, self.text)
 
     def visit(self, node):

@@ -147,13 +147,39 @@ def speedup(energy, n, batch=2048, repeats=7):
     return med["a"] / med["c"]
 
 
+LABEL_WIDTH = 32
+
+
+def short_labels(labels, width: int = LABEL_WIDTH) -> dict:
+    """Each label as shown in the table's first column: itself when it fits ``width``
+    characters, else ``[k] <start>...`` (the full text is listed under the table)."""
+    out, k = {}, 0
+    for label in labels:
+        if label in out:
+            continue
+        flat = " ".join(label.split())
+        if len(flat) <= width:
+            out[label] = flat
+        else:
+            k += 1
+            head = f"[{k}] "
+            out[label] = head + flat[:width - len(head) - 3] + "..."
+    return out
+
+
 def format_table(checks, speedups) -> str:
+    """The verify report: one row per check; long formulas are shortened in the first
+    column and given in full below the table."""
+    short = short_labels([c.energy for c in checks] + [label for label, _, _ in speedups])
     rows = [("energy", "n", "check", "points", "max abs err", "max rel err", "status")]
     for c in checks:
-        rows.append((c.energy, str(c.n), c.check, str(c.points), f"{c.max_abs:.2e}",
+        rows.append((short[c.energy], str(c.n), c.check, str(c.points), f"{c.max_abs:.2e}",
                      f"{c.max_rel:.2e}", "ok" if c.ok else "FAIL"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    for label, shown in short.items():
+        if shown.startswith("[") and shown != label:
+            lines.append(f"{shown.split(' ', 1)[0]} {' '.join(label.split())}")
     for c in checks:
         if not c.ok:
             where = c.failed_at[:3] if c.failed_at else c.note or "no valid point"
@@ -163,5 +189,5 @@ def format_table(checks, speedups) -> str:
         lines.append("")
         lines.append("gradient speed-up over autograd (float32, batch 2048, median of 7):")
         for label, n, s in speedups:
-            lines.append(f"  {label} n={n}: {s:.2f}x")
+            lines.append(f"  {short[label]} n={n}: {s:.2f}x")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ import torch
 
 from torchebm.core import _runtime as _rt
 from torchebm.core.base import CompiledEnergy
-from torchebm.errors import EnergySyntaxError
+from torchebm.errors import ShapeError
 
 _rt_points = _rt.points
 
@@ -24,8 +24,9 @@ class HimmelblauEnergy(CompiledEnergy):
         shape ``[n]`` is a batch of one (energy ``[1]``).
 
     Raises:
-        EnergySyntaxError (a ValueError): a parameter of the wrong shape or value, or x
-            whose dimension does not fit the formula or the parameters.
+        ParameterError (a ValueError): a parameter of the wrong shape or value.
+        ShapeError (a ValueError): x whose dimension does not fit the formula or the
+            parameters.
         TypeError: x that is not a floating-point tensor.
 
     References:
@@ -46,9 +47,9 @@ class HimmelblauEnergy(CompiledEnergy):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
         if n < 2:
-            raise EnergySyntaxError(f"HimmelblauEnergy needs x of dimension n >= 2, got n = {n}")
+            raise ShapeError(f"HimmelblauEnergy needs x of dimension n >= 2, got n = {n}")
         if n > 2:
-            raise EnergySyntaxError(f"HimmelblauEnergy needs x of dimension n <= 2, got n = {n}")
+            raise ShapeError(f"HimmelblauEnergy needs x of dimension n <= 2, got n = {n}")
         _rt.check_range(0, 0 + 1, n, 'x[0]', n)
         _rt.check_range(1, 1 + 1, n, 'x[1]', n)
         lay["width"] = n

@@ -5,7 +5,7 @@ import torch
 
 from torchebm.core import _runtime as _rt
 from torchebm.core.base import CompiledEnergy
-from torchebm.errors import EnergySyntaxError
+from torchebm.errors import ShapeError
 
 _rt_points = _rt.points
 
@@ -30,8 +30,9 @@ class RosenbrockEnergy(CompiledEnergy):
         shape ``[n]`` is a batch of one (energy ``[1]``).
 
     Raises:
-        EnergySyntaxError (a ValueError): a parameter of the wrong shape or value, or x
-            whose dimension does not fit the formula or the parameters.
+        ParameterError (a ValueError): a parameter of the wrong shape or value.
+        ShapeError (a ValueError): x whose dimension does not fit the formula or the
+            parameters.
         TypeError: x that is not a floating-point tensor.
 
     References:
@@ -54,7 +55,7 @@ class RosenbrockEnergy(CompiledEnergy):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
         if n < 2:
-            raise EnergySyntaxError(f"RosenbrockEnergy needs x of dimension n >= 2, got n = {n}")
+            raise ShapeError(f"RosenbrockEnergy needs x of dimension n >= 2, got n = {n}")
         # level 0: i in range(0, n - 1) (per sample)
         _rt.check_range(0, n - 1, n, 'x[i]', n)
         _rt.check_range(1, n, n, 'x[i + 1]', n)

@@ -1,0 +1,97 @@
+"""The error hierarchy (issue 14): each fault has its own class, which also subclasses
+the builtin a user would catch, and ``except EnergySyntaxError`` catches only faults of
+the formula language."""
+
+import pytest
+import torch
+
+import torchebm
+from torchebm.core import GaussianEnergy
+from torchebm.errors import (DeviceError, EnergySyntaxError, MemoryLimitError, ParameterError,
+                             ShapeError, SingularMatrixError, TorchEBMError)
+from torchebm.losses import score_matching_loss
+from torchebm.symbolic import from_expression
+
+
+def test_classes_subclass_the_builtin_a_user_catches():
+    assert issubclass(EnergySyntaxError, ValueError)
+    assert issubclass(ParameterError, ValueError)
+    assert issubclass(SingularMatrixError, ParameterError)
+    assert issubclass(ShapeError, ValueError)
+    assert issubclass(DeviceError, RuntimeError)
+    assert issubclass(MemoryLimitError, MemoryError)
+    for cls in (EnergySyntaxError, ParameterError, SingularMatrixError, ShapeError,
+                DeviceError, MemoryLimitError):
+        assert issubclass(cls, TorchEBMError)
+        assert getattr(torchebm, cls.__name__) is cls            # importable from torchebm
+    for cls in (ParameterError, ShapeError, DeviceError, MemoryLimitError):
+        assert not issubclass(cls, EnergySyntaxError)
+    from torchebm.symbolic import EnergySyntaxError as same      # where it always was
+    assert same is EnergySyntaxError
+
+
+def _raised(fn):
+    with pytest.raises(TorchEBMError) as info:
+        fn()
+    return info.value
+
+
+def test_device_mismatch_is_a_device_error():
+    exc = _raised(lambda: GaussianEnergy(torch.zeros(2), torch.eye(2))(
+        torch.zeros(3, 2, device="meta")))
+    assert type(exc) is DeviceError and "energy.to" in str(exc)
+
+
+def test_moving_to_a_missing_device_fails_at_once():
+    energy = from_expression("sum(x**2)")              # no parameters: nothing to move
+    if torch.cuda.is_available():
+        assert energy.to("cuda") is energy
+        return
+    for move in (lambda: energy.to("cuda"), lambda: energy.to(torch.device("cuda", 0)),
+                 lambda: energy.to("cuda", torch.float64), energy.cuda):
+        exc = _raised(move)
+        assert type(exc) is DeviceError and "not available" in str(exc) and "'cpu'" in str(exc)
+    assert energy.to("cpu") is energy and energy.to(torch.float64) is energy
+
+
+def test_hessian_memory_guard_is_a_memory_limit_error():
+    energy = from_expression("sum(x**4)")
+    exc = _raised(lambda: energy.hessian(torch.zeros(10, 4), max_elements=100))
+    # 10 * 4 * 4 = 160 elements > 100
+    assert type(exc) is MemoryLimitError and "160 elements" in str(exc)
+    assert "max_elements=" in str(exc)
+
+
+def test_singular_inverse_is_a_singular_matrix_error():
+    energy = from_expression("x @ inverse(M) @ x", M=torch.ones(2, 2))   # rank 1
+    exc = _raised(lambda: energy(torch.zeros(1, 2)))
+    assert type(exc) is SingularMatrixError and "invertible" in str(exc)
+
+
+def test_constraint_violation_is_a_parameter_error():
+    exc = _raised(lambda: GaussianEnergy(torch.zeros(2), -torch.eye(2)))
+    assert type(exc) is ParameterError and "positive definite" in str(exc)
+
+
+def test_dimension_mismatch_is_a_shape_error():
+    energy = from_expression("sum((x - mu)**2)", mu=torch.zeros(3))
+    exc = _raised(lambda: energy(torch.zeros(2, 2)))
+    assert type(exc) is ShapeError and "3" in str(exc) and "2" in str(exc)
+
+
+def test_bad_loss_reduction_is_a_plain_value_error():
+    energy = from_expression("sum(x**2)")
+    with pytest.raises(ValueError, match="reduction") as info:
+        score_matching_loss(energy, torch.zeros(2, 2), reduction="avg")
+    assert not isinstance(info.value, EnergySyntaxError)
+
+
+def test_catching_syntax_errors_does_not_catch_runtime_faults():
+    energy = from_expression("sum(x**4)")
+    with pytest.raises(MemoryLimitError):
+        try:
+            energy.hessian(torch.zeros(10, 4), max_elements=1)
+        except EnergySyntaxError:           # a user's handler for typos in formulas
+            pytest.fail("a memory guard was caught as a syntax error")
+    with pytest.raises(EnergySyntaxError, match="line|\\^"):
+        from_expression("sum(x**2")
