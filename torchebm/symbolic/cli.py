@@ -228,9 +228,8 @@ def _sample(args):
                                            generator=torch.Generator().manual_seed(args.seed))
         if args.chains < 1:
             raise ValueError("--chains must be at least 1")
-        final, traj, diag = sampler.sample(x=x0, n_steps=args.steps,
-                                           thin=max(1, args.steps // 200),
-                                           return_trajectory=True, return_diagnostics=True)
+        final, diag = sampler.sample(x=x0, n_steps=args.steps, thin=max(1, args.steps // 200),
+                                     return_diagnostics=True)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
