@@ -163,8 +163,17 @@ def _positive(name, value):
 
 
 def _bc(t, x):
-    """A per-chain ``[chains]`` (or ``[1]``) tensor shaped to broadcast against ``x``."""
-    return t.reshape(-1, *([1] * (x.dim() - 1)))
+    """A step size: a float as is, a per-chain ``[chains]`` (or ``[1]``) tensor shaped to
+    broadcast against ``x``."""
+    return t if isinstance(t, float) else t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def _sqrt(t):
+    return math.sqrt(t) if isinstance(t, float) else torch.sqrt(t)
+
+
+def _bc_bool(mask, x):
+    return mask.reshape(-1, *([1] * (x.dim() - 1)))
 
 
 def _flat_sum(t):
@@ -345,15 +354,16 @@ class BaseSampler(nn.Module):
 
     # -- one step; subclasses --------------------------------------------------------------
     def _transition(self, state, gen, h, inv_mass):
-        """Advance ``state = (x, E, dE/dx)`` with step size ``h`` (``[chains]`` or ``[1]``)
-        and diagonal inverse mass (None or ``[*shape]``); return ``(state, accepted, prob)``
-        (``accepted``, ``prob`` ``[chains]``, or None for unadjusted samplers)."""
+        """Advance ``state = (x, E, dE/dx)`` with step size ``h`` (a float, or a tensor
+        ``[chains]`` or ``[1]``) and diagonal inverse mass (None or ``[*shape]``); return
+        ``(state, accepted, log_alpha)`` (``[chains]`` each, or None for unadjusted samplers;
+        ``log_alpha`` is the log acceptance ratio, -inf for a NaN proposal)."""
         raise NotImplementedError
 
     def step(self, state, gen=None):
         """One step at the current scheduled step size; returns ``(state, accepted)``."""
         x = state[0]
-        h = torch.full((1,), self.get_scheduled_value("step_size"), dtype=x.dtype, device=x.device)
+        h = float(self.get_scheduled_value("step_size"))
         new, accepted, _ = self._transition(state, gen, h, self._inverse_mass(x))
         return new, accepted
 
@@ -481,15 +491,15 @@ class BaseSampler(nn.Module):
         with torch.no_grad():
             for k in steps:
                 xs = state[0]
-                h = h_fixed if h_fixed is not None else torch.full(
-                    (1,), self.get_scheduled_value("step_size"), dtype=xs.dtype, device=xs.device)
+                h = h_fixed if h_fixed is not None else float(
+                    self.get_scheduled_value("step_size"))
                 state, accepted, _ = self._transition(state, gen, h, inv_mass)
                 self.step_schedulers()
                 xs, es = state[0], state[1]
-                finite = torch.isfinite(es) & torch.isfinite(xs.reshape(chains, -1)).all(1)
+                finite = torch.isfinite(es)          # a NaN or inf state gives a NaN/inf energy
                 nonfinite |= ~finite
                 if want_diag:
-                    mean_e.append(es[finite].mean() if bool(finite.any()) else es.mean())
+                    mean_e.append(torch.where(finite, es, 0).sum() / finite.sum())
                     if accepted is not None:
                         acc.append(accepted)
                 if keep and (k + 1) % thin == 0:
@@ -606,9 +616,9 @@ class _Adaptive(BaseSampler):
             for m in range(self.n_warmup):
                 if da is not None:
                     h = da.step_size.to(x.dtype)
-                state, _, prob = self._transition(state, gen, h, inv_mass)
+                state, _, log_alpha = self._transition(state, gen, h, inv_mass)
                 if da is not None:
-                    p = prob.to(torch.float64)
+                    p = torch.exp(log_alpha.to(torch.float64).clamp(max=0))
                     da.update(p if self.adapt_per_chain else p.mean().reshape(1))
                 if windows:
                     if m in starts:
@@ -686,7 +696,7 @@ class LangevinDynamics(BaseSampler):
         s = self.get_scheduled_value("noise_scale")
         noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen)
         hb = _bc(h, x)
-        x = x - hb * g + s * torch.sqrt(2 * hb) * noise
+        x = x - hb * g + s * _sqrt(2 * hb) * noise
         if self.clamp is not None:
             x = x.clamp(*self.clamp)
         e, g = self._evaluate(x)
@@ -732,20 +742,26 @@ class MALA(_Adaptive):
     def _transition(self, state, gen, h, inv_mass):
         x, e, g = state
         hb = _bc(h, x)
-        a = 1.0 if inv_mass is None else inv_mass
         noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen)
-        y = x - hb * a * g + torch.sqrt(2 * hb * a) * noise
-        ey, gy = self._evaluate(y)
-        log_q_forward = -_flat_sum((y - x + hb * a * g) ** 2 / a) / (4 * h)
-        log_q_backward = -_flat_sum((x - y + hb * a * gy) ** 2 / a) / (4 * h)
+        if inv_mass is None:
+            y = x - hb * g + _sqrt(2 * hb) * noise
+            ey, gy = self._evaluate(y)
+            log_q_forward = -_flat_sum((y - x + hb * g) ** 2) / (4 * h)
+            log_q_backward = -_flat_sum((x - y + hb * gy) ** 2) / (4 * h)
+        else:
+            a = inv_mass
+            y = x - hb * a * g + _sqrt(2 * hb * a) * noise
+            ey, gy = self._evaluate(y)
+            log_q_forward = -_flat_sum((y - x + hb * a * g) ** 2 / a) / (4 * h)
+            log_q_backward = -_flat_sum((x - y + hb * a * gy) ** 2 / a) / (4 * h)
         log_alpha = torch.nan_to_num(-ey + e + log_q_backward - log_q_forward, nan=-torch.inf)
         u = torch.rand(log_alpha.shape, device=x.device, dtype=x.dtype, generator=gen)
         accept = torch.log(u) < log_alpha
-        prob = torch.exp(log_alpha.clamp(max=0))
-        x = torch.where(_bc(accept, x), y, x)
+        mask = _bc_bool(accept, x)
+        x = torch.where(mask, y, x)
         e = torch.where(accept, ey, e)
-        g = torch.where(_bc(accept, x), gy, g)
-        return (x, e, g), accept, prob
+        g = torch.where(mask, gy, g)
+        return (x, e, g), accept, log_alpha
 
 
 class HamiltonianMonteCarlo(_Adaptive):
@@ -789,8 +805,10 @@ class HamiltonianMonteCarlo(_Adaptive):
 
     def _transition(self, state, gen, h, inv_mass):
         x, e, g = state
-        a = torch.ones((), dtype=x.dtype, device=x.device) if inv_mass is None else inv_mass
-        p = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen) / torch.sqrt(a)
+        a = 1.0 if inv_mass is None else inv_mass         # inverse mass
+        p = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen)
+        if inv_mass is not None:
+            p = p / torch.sqrt(a)
         kinetic0 = 0.5 * _flat_sum(p * p * a)
         eps = _bc(h, x)
         xn, gn, en = x, g, e
@@ -805,8 +823,8 @@ class HamiltonianMonteCarlo(_Adaptive):
         log_alpha = torch.nan_to_num(e + kinetic0 - en - kinetic1, nan=-torch.inf)
         u = torch.rand(log_alpha.shape, device=x.device, dtype=x.dtype, generator=gen)
         accept = torch.log(u) < log_alpha
-        prob = torch.exp(log_alpha.clamp(max=0))
-        x = torch.where(_bc(accept, x), xn, x)
+        mask = _bc_bool(accept, x)
+        x = torch.where(mask, xn, x)
         e = torch.where(accept, en, e)
-        g = torch.where(_bc(accept, x), gn, g)
-        return (x, e, g), accept, prob
+        g = torch.where(mask, gn, g)
+        return (x, e, g), accept, log_alpha
