@@ -439,3 +439,16 @@ def test_per_chain_adaptation_gives_one_step_size_per_chain():
     assert float(diag.step_size.max()) < 0.05
     with pytest.raises(ValueError, match="target_accept"):
         MALA(energy, target_accept=1.5)
+
+
+def test_score_matching_uses_a_hand_written_laplacian():
+    class Analytic(BaseEnergyFunction):
+        def forward(self, x):
+            return 0.5 * (x**2).sum(-1)
+
+        def gradient_and_laplacian(self, x):          # deliberately scaled: proves it is used
+            return 2 * x, torch.full(x.shape[:1], 10.0, dtype=x.dtype)
+
+    x = torch.randn(6, 3, dtype=T, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(score_matching_loss(Analytic(), x, "none"),
+                               0.5 * (2 * x).square().sum(-1) - 10.0)

@@ -38,6 +38,18 @@ def _defines_gradient(energy) -> bool:
     return False
 
 
+def _overrides(energy, name) -> bool:
+    """True when a class below ``BaseEnergyFunction`` in the MRO defines ``name``."""
+    if not isinstance(energy, BaseEnergyFunction):
+        return False
+    for klass in type(energy).__mro__:
+        if klass is BaseEnergyFunction:
+            return False
+        if name in vars(klass):
+            return True
+    return False
+
+
 def _accepts(fn, name) -> bool:
     try:
         params = inspect.signature(fn).parameters.values()
@@ -69,8 +81,9 @@ def score_matching_loss(energy, x: torch.Tensor, reduction: str = "mean",
             ``x.reshape(B, n)``), or any :class:`~torchebm.core.BaseEnergyFunction`
             or ``nn.Module`` that maps ``x [B, ...]`` to ``[B]`` (autograd: one
             backward pass per entry for the Laplacian, which assumes samples do
-            not interact, e.g. no batch norm). A hand-written ``gradient``
-            override is used, with ``create_graph=True`` only if it accepts it.
+            not interact, e.g. no batch norm). Hand-written overrides are used:
+            ``gradient_and_laplacian`` (2-D ``x``, ``'exact'``), else ``gradient``,
+            called with ``create_graph=True`` only if they accept it.
         x: data ``[B, ...]`` (a 1-D ``[n]`` is one sample).
         reduction: ``'mean'`` (over samples, a scalar), ``'sum'`` or ``'none'``
             (``[B]``, one value per sample).
@@ -114,6 +127,10 @@ def score_matching_loss(energy, x: torch.Tensor, reduction: str = "mean",
             grad = energy.gradient(xf, create_graph=True)
             v = _rademacher(xf, generator)
             lap = (v * energy.hessian_vector_product(xf, v, create_graph=True)).sum(-1)
+        gsq = grad.square().sum(-1)
+    elif x.dim() == 2 and hessian_method == "exact" and _overrides(energy, "gradient_and_laplacian"):
+        kw = {"create_graph": True} if _accepts(energy.gradient_and_laplacian, "create_graph") else {}
+        grad, lap = energy.gradient_and_laplacian(x, **kw)      # a hand-written closed form
         gsq = grad.square().sum(-1)
     else:
         gsq, lap = _autograd_terms(energy, x, hessian_method, generator)

@@ -457,7 +457,7 @@ class BaseSampler(nn.Module):
         for name, v, low in (("n_steps", n_steps, 0), ("n_samples", n_samples, 1),
                              ("thin", thin, 1)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+                raise ValueError(f"{name} must be >= {low}, got {v!r} (an int)")
         if reset_schedulers:
             self.reset_schedulers()
         device = self._device if self._device is not None else (
@@ -678,7 +678,8 @@ class LangevinDynamics(BaseSampler):
         if clamp is not None:
             if len(clamp) != 2 or not all(isinstance(c, numbers.Real) for c in clamp) or \
                     not clamp[0] < clamp[1]:
-                raise ValueError(f"clamp must be (min, max) with min < max, got {clamp!r}")
+                raise ValueError(f"clamp min must be < max, got {clamp!r}; pass (min, max) "
+                                 f"numbers")
             clamp = (float(clamp[0]), float(clamp[1]))
         self.clamp, self.decay = clamp, 0.0
         if integrator not in (None, "euler_maruyama"):
