@@ -555,8 +555,8 @@ class _Adaptive(BaseSampler):
         if target_accept is not None and not (isinstance(target_accept, numbers.Real) and
                                               0 < target_accept < 1):
             raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
-        if isinstance(n_warmup, bool) or not isinstance(n_warmup, numbers.Integral) or n_warmup < 1:
-            raise ValueError(f"n_warmup must be an int >= 1, got {n_warmup!r}")
+        if isinstance(n_warmup, bool) or not isinstance(n_warmup, numbers.Integral) or n_warmup < 0:
+            raise ValueError(f"n_warmup must be an int >= 0, got {n_warmup!r}")
         if target_accept is not None and not isinstance(self.schedulers["step_size"],
                                                         ConstantScheduler):
             raise ValueError("a step-size schedule and target_accept both set the step size; "
@@ -603,7 +603,21 @@ class _Adaptive(BaseSampler):
         """Run ``n_warmup`` adapting steps; return ``(state, step size [chains or 1], inv_mass)``."""
         x = state[0]
         size = x.shape[0] if self.adapt_per_chain else 1
-        h0 = self.get_scheduled_value("step_size")
+        if self.n_warmup == 0:
+            if self.adapted_step_size is None and self.adapted_inverse_mass is None:
+                raise ValueError("n_warmup=0 reuses an earlier call's adaptation, but none ran "
+                                 "yet: run sample() once with n_warmup >= 1 (set "
+                                 "sampler.n_warmup), or pass target_accept=None")
+            h = self.adapted_step_size
+            if h is None:
+                h = torch.full((1,), self.get_scheduled_value("step_size"))
+            if h.numel() not in (1, x.shape[0]):
+                h = h.mean().reshape(1)           # per-chain values for another chain count
+            inv = self.adapted_inverse_mass if self.adapted_inverse_mass is not None else inv_mass
+            return state, h.to(device=x.device, dtype=x.dtype), (
+                inv.to(device=x.device, dtype=x.dtype) if inv is not None else None)
+        h0 = float(self.adapted_step_size.mean()) if self.adapted_step_size is not None else \
+            self.get_scheduled_value("step_size")
         da = _DualAveraging(torch.full((size,), h0, dtype=torch.float64, device=x.device),
                             self.target_accept) if self.target_accept is not None else None
         windows = _mass_windows(self.n_warmup) if self.adapt_mass else []
@@ -721,7 +735,9 @@ class MALA(_Adaptive):
             the optimum for MALA). The adapted value is used for all of
             ``n_steps``, kept in ``adapted_step_size`` and reported in the diagnostics.
         n_warmup: warm-up steps per ``sample()`` call (only when adapting); they
-            are not returned.
+            are not returned. A later call starts from the step size adapted
+            before; ``n_warmup=0`` (``sampler.n_warmup = 0``) reuses the earlier
+            step size and mass without adapting (e.g. in a training loop).
         adapt_per_chain: one step size per chain (``[chains]``) instead of one
             shared by all chains (adapted to their mean acceptance probability).
         adapt_mass: estimate the diagonal inverse mass from the warm-up variance,
