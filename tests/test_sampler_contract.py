@@ -467,3 +467,13 @@ def test_a_later_call_can_reuse_the_adaptation():
     fresh = MALA(energy, target_accept=0.57, n_warmup=0)
     with pytest.raises(ValueError, match="n_warmup=0 reuses"):
         fresh.sample(x=x, n_steps=1)
+
+
+def test_mass_adaptation_alone_keeps_the_step_size():
+    energy, v = _ill_conditioned(3)
+    sampler = HamiltonianMonteCarlo(energy, step_size=0.2, n_leapfrog_steps=3, seed=0,
+                                    adapt_mass=True, n_warmup=300)
+    _, diag = sampler.sample(x=torch.zeros(32, 3, dtype=T), n_steps=3, return_diagnostics=True)
+    assert diag.step_size is None and sampler.step_size == 0.2
+    ratio = diag.inverse_mass / v
+    assert float(ratio.min()) > 0.5 and float(ratio.max()) < 2.0

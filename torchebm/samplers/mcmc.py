@@ -600,7 +600,8 @@ class _Adaptive(BaseSampler):
         return 1.0 / m
 
     def _warmup(self, state, gen, inv_mass):
-        """Run ``n_warmup`` adapting steps; return ``(state, step size [chains or 1], inv_mass)``."""
+        """Run ``n_warmup`` adapting steps; return ``(state, step size [chains or 1] or None,
+        inv_mass)``."""
         x = state[0]
         size = x.shape[0] if self.adapt_per_chain else 1
         if self.n_warmup == 0:
@@ -609,13 +610,12 @@ class _Adaptive(BaseSampler):
                                  "yet: run sample() once with n_warmup >= 1 (set "
                                  "sampler.n_warmup), or pass target_accept=None")
             h = self.adapted_step_size
-            if h is None:
-                h = torch.full((1,), self.get_scheduled_value("step_size"))
-            if h.numel() not in (1, x.shape[0]):
-                h = h.mean().reshape(1)           # per-chain values for another chain count
+            if h is not None:
+                if h.numel() not in (1, x.shape[0]):
+                    h = h.mean().reshape(1)       # per-chain values for another chain count
+                h = h.to(device=x.device, dtype=x.dtype)
             inv = self.adapted_inverse_mass if self.adapted_inverse_mass is not None else inv_mass
-            return state, h.to(device=x.device, dtype=x.dtype), (
-                inv.to(device=x.device, dtype=x.dtype) if inv is not None else None)
+            return state, h, (inv.to(device=x.device, dtype=x.dtype) if inv is not None else None)
         h0 = float(self.adapted_step_size.mean()) if self.adapted_step_size is not None else \
             self.get_scheduled_value("step_size")
         da = _DualAveraging(torch.full((size,), h0, dtype=torch.float64, device=x.device),
@@ -651,8 +651,8 @@ class _Adaptive(BaseSampler):
                         s1 = None
                         if da is not None:
                             da.restart(da.step_size)
-        if da is not None:
-            h = da.final.to(x.dtype)
+        # without target_accept the step size stays the (scheduled) one: h None
+        h = da.final.to(x.dtype) if da is not None else None
         self.adapted_step_size, self.adapted_inverse_mass = h, inv_mass
         return state, h, inv_mass
 
