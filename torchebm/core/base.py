@@ -732,7 +732,6 @@ def _with_defaults(src: str, texts: dict) -> str:
     """``src`` with ``def __init__(self, a=1.0, ...)`` and each parameter's ``Default:``
     in the class docstring set from ``texts`` ((name, attribute) -> literal)."""
     import ast
-    import re
     if not texts:
         return src
     defaults = {attr: text for (_, attr), text in texts.items()}

@@ -11,6 +11,12 @@ dependency for samplers whose chains already live in one tensor):
   of Stan's reference manual, "Effective sample size").
 
 Shapes: ``samples`` is ``[chains, draws, dim]``; results are ``[dim]``.
+
+Undefined cases are NaN, as in Stan (``stan::analyze::compute_effective_sample_size``
+and ``compute_potential_scale_reduction``): a dimension where any chain has a
+non-finite draw (NaN, inf), or where every chain is constant, has ESS and
+R-hat NaN. Estimating them there would report the largest possible ESS for
+chains that never moved or diverged.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import torch
 def split_rhat(samples: torch.Tensor) -> torch.Tensor:
     """Split R-hat per dimension of ``samples [chains, draws, dim]`` -> ``[dim]``.
 
-    Values near 1 (below about 1.01) mean the chains agree.
+    Values near 1 (below about 1.01, Vehtari et al. 2021) mean the chains agree.
+    NaN where any chain has a non-finite draw or every chain is constant.
 
     Raises:
         ValueError: fewer than 4 draws per chain.
@@ -31,6 +38,7 @@ def split_rhat(samples: torch.Tensor) -> torch.Tensor:
     if draws < 4:
         raise ValueError(f"split R-hat needs at least 4 draws per chain, got {draws}")
     half = draws // 2
+    undefined = _undefined(s)
     s = torch.cat([s[:, :half], s[:, draws - half:]], dim=0)        # [2 chains, half, dim]
     m, n = s.shape[0], s.shape[1]
     chain_mean = s.mean(1)
@@ -38,15 +46,24 @@ def split_rhat(samples: torch.Tensor) -> torch.Tensor:
     between = n * chain_mean.var(0, unbiased=True)
     within = chain_var.mean(0)
     var_plus = (n - 1) / n * within + between / n
-    return torch.sqrt(var_plus / within)
+    rhat = torch.sqrt(var_plus / within)
+    return torch.where(undefined, torch.full_like(rhat, torch.nan), rhat)
 
 
 def effective_sample_size(samples: torch.Tensor) -> torch.Tensor:
-    """Effective sample size per dimension of ``samples [chains, draws, dim]`` -> ``[dim]``."""
+    """Effective sample size per dimension of ``samples [chains, draws, dim]`` -> ``[dim]``.
+
+    NaN where any chain has a non-finite draw or every chain is constant.
+
+    Raises:
+        ValueError: fewer than 4 draws per chain.
+    """
     s = _as_float64(samples)
     m, n, _ = s.shape
     if n < 4:
         raise ValueError(f"the effective sample size needs at least 4 draws per chain, got {n}")
+    undefined = _undefined(s)
+    s = torch.where(undefined, torch.zeros_like(s), s)     # keep NaN out of the FFT
     centred = s - s.mean(1, keepdim=True)
     size = 1 << (2 * n - 1).bit_length()
     f = torch.fft.rfft(centred, n=size, dim=1)
@@ -66,7 +83,15 @@ def effective_sample_size(samples: torch.Tensor) -> torch.Tensor:
                          dim=0).values
     pairs = torch.where(positive > 0, pairs, torch.zeros_like(pairs))
     tau = -1 + 2 * pairs.sum(0)
-    return m * n / torch.clamp(tau, min=1.0 / torch.log10(torch.tensor(float(m * n))))
+    ess = m * n / torch.clamp(tau, min=1.0 / torch.log10(torch.tensor(float(m * n))))
+    return torch.where(undefined, torch.full_like(ess, torch.nan), ess)
+
+
+def _undefined(s):
+    """``[dim]`` True where any draw is non-finite or every chain is constant."""
+    nonfinite = ~torch.isfinite(s).all(1).all(0)
+    constant = (s == s[:, :1]).all(1).all(0)
+    return nonfinite | constant
 
 
 def _as_float64(samples):

@@ -1,151 +1,487 @@
-"""Langevin, MALA and HMC samplers on any ``BaseEnergyFunction``.
+"""Langevin, MALA and HMC samplers on any ``BaseEnergyFunction``, with TorchEBM's ``sample()`` contract.
 
-Each step evaluates the energy and its gradient once, through
-``energy.energy_and_gradient`` (closed form and shared for compiled
-energies, autograd for hand-written ones). All chains run together as one
-batch ``[chains, dim]`` on the energy's device.
+All chains run together as one batch ``[chains, *shape]`` (``shape`` is ``(n,)``
+for the usual ``x: [..., n]`` energies). Each step evaluates the energy and
+its gradient once per proposal: through ``energy.energy_and_gradient`` (closed
+form and shared for compiled energies, autograd for hand-written ones), or
+through a hand-written ``gradient`` when a subclass overrides only that.
 
 References:
     G. O. Roberts, R. L. Tweedie, Exponential convergence of Langevin
     distributions and their discrete approximations, Bernoulli 2 (1996).
     R. M. Neal, MCMC using Hamiltonian dynamics, Handbook of MCMC (2011).
+    M. D. Hoffman, A. Gelman, The No-U-Turn Sampler, JMLR 15 (2014), section
+    3.2 (dual averaging of the step size; gamma = 0.05, t0 = 10, kappa = 0.75).
+    Stan Reference Manual, "HMC algorithm parameters" (windowed adaptation of
+    a diagonal metric: buffers 75 / 50, first window 25, doubling).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import sys
-from dataclasses import dataclass, field
+import warnings
 
 import torch
+from torch import nn
 
 from ..core.base import BaseEnergyFunction
 from .diagnostics import effective_sample_size, split_rhat
+from .schedulers import BaseScheduler, ConstantScheduler
+
+RHAT_LIMIT = 1.01          # Vehtari, Gelman, Simpson, Carpenter, Burkner (2021)
+ESS_PER_CHAIN = 100        # ditto: at least 100 per chain, counted here for at most 4 chains
 
 
-@dataclass
-class Diagnostics:
-    """What a run measured. Shapes: per step ``[steps]``, per dimension ``[dim]``."""
-    mean_energy: torch.Tensor                       # mean energy over chains, per step
-    acceptance_rate: torch.Tensor | None = None     # fraction of chains accepted, per step
-    ess: torch.Tensor | None = None                 # effective sample size per dimension
-    rhat: torch.Tensor | None = None                # split R-hat per dimension
-    chain_acceptance: torch.Tensor | None = None    # fraction of steps accepted, per chain
-    extra: dict = field(default_factory=dict)
+class Diagnostics(dict):
+    """What a run measured: a dict, as TorchEBM's, plus attributes for our richer diagnostics.
 
-    def summary(self) -> str:
-        if len(self.mean_energy) == 0:
-            return "no steps were run"
-        lines = [f"mean energy: first {self.mean_energy[0]:.4g}, last {self.mean_energy[-1]:.4g}"]
-        if self.acceptance_rate is not None:
-            lines.append(f"acceptance rate: {float(self.acceptance_rate.mean()):.3f}")
+    Dict entries (TorchEBM's keys; one row per kept step, ``n_kept = n_steps // thin``):
+        ``"mean"``, ``"var"``: ``[n_kept, *shape]`` mean and variance over chains;
+        ``"energy"``: ``[n_kept]`` mean energy over chains;
+        ``"acceptance_rate"``: ``[n_kept]`` fraction of chains accepted (MALA, HMC).
+
+    Attributes:
+        mean_energy: ``[n_steps]`` mean energy over finite chains, every step.
+        acceptance_rate: ``[n_steps]`` fraction of chains accepted, every step (None for Langevin).
+        chain_acceptance: ``[chains]`` fraction of steps each chain accepted.
+        ess, rhat: ``[n]`` effective sample size and split R-hat per (flattened)
+            dimension over the second half of the kept draws (NaN where undefined).
+        nonfinite_chains: chains whose state or energy became NaN or inf.
+        n_chains: number of chains.
+        step_size: the step size used for sampling (``[chains]`` or ``[1]`` after
+            adaptation), or None when scheduled.
+        inverse_mass: the adapted diagonal inverse mass (variance estimate), or None.
+    """
+
+    def __init__(self, per_kept=None, *, mean_energy=None, acceptance_rate=None,
+                 chain_acceptance=None, ess=None, rhat=None, nonfinite_chains=0, n_chains=0,
+                 step_size=None, inverse_mass=None):
+        super().__init__(per_kept or {})
+        self.mean_energy = mean_energy if mean_energy is not None else torch.zeros(0)
+        self.acceptance_rate = acceptance_rate
+        self.chain_acceptance = chain_acceptance
+        self.ess, self.rhat = ess, rhat
+        self.nonfinite_chains, self.n_chains = int(nonfinite_chains), int(n_chains)
+        self.step_size, self.inverse_mass = step_size, inverse_mass
+
+    def warnings(self) -> list:
+        """The problems :meth:`summary` reports, one sentence each (empty when none)."""
+        out = []
+        n = self.n_chains
+        if self.nonfinite_chains:
+            out.append(f"{self.nonfinite_chains} of {n} chains became non-finite (NaN or inf "
+                       f"state or energy); they carry no information: reduce the step size, "
+                       f"clamp the state, or keep chains inside the energy's domain")
         if self.chain_acceptance is not None:
             stuck = int((self.chain_acceptance == 0).sum())
             if stuck:
-                lines.append(f"warning: {stuck} chains never accepted a move (step size too "
-                             f"large where they started?); their states are their start")
-        if self.ess is not None:
-            lines.append(f"effective sample size per dimension: min {float(self.ess.min()):.0f},"
-                         f" median {float(self.ess.quantile(0.5)):.0f}")
-        if self.rhat is not None:
-            lines.append(f"split R-hat: max {float(self.rhat.max()):.4f}")
+                out.append(f"{stuck} of {n} chains never accepted a move (step size too large "
+                           f"where they started?); their states are their start")
+        if self.rhat is not None and self.rhat.numel():
+            undefined = int(torch.isnan(self.rhat).sum())
+            if undefined:
+                out.append(f"{undefined} of {self.rhat.numel()} dimensions have undefined ESS "
+                           f"and R-hat (a chain is non-finite there, or every chain is constant)")
+            high = int((self.rhat > RHAT_LIMIT).sum())
+            if high:
+                out.append(f"{high} of {self.rhat.numel()} dimensions have split R-hat above "
+                           f"{RHAT_LIMIT} (max {float(self.rhat.nan_to_num(0).max()):.3g}): the "
+                           f"chains disagree, so means and quantiles from them are unreliable; "
+                           f"run longer or start chains more widely")
+        if self.ess is not None and self.ess.numel():
+            limit = ESS_PER_CHAIN * min(max(n, 1), 4)
+            low = int((self.ess < limit).sum())
+            if low:
+                out.append(f"{low} of {self.ess.numel()} dimensions have an effective sample "
+                           f"size below {limit} (100 per chain, for up to 4 chains); run longer "
+                           f"or thin less")
+        return out
+
+    def summary(self) -> str:
+        """Acceptance, energy, ESS, split R-hat, and a ``warning:`` line per problem found."""
+        if len(self.mean_energy) == 0:
+            return "no steps were run"
+        lines = [f"mean energy: first {float(self.mean_energy[0]):.4g}, last "
+                 f"{float(self.mean_energy[-1]):.4g}"]
+        if self.acceptance_rate is not None:
+            lines.append(f"acceptance rate: {float(self.acceptance_rate.mean()):.3f}")
+        if self.step_size is not None:
+            s = self.step_size
+            lines.append(f"adapted step size: {float(s.mean()):.4g}" if s.numel() == 1 else
+                         f"adapted step size per chain: min {float(s.min()):.4g}, max "
+                         f"{float(s.max()):.4g}")
+        if self.ess is not None and self.ess.numel():
+            finite = self.ess[~torch.isnan(self.ess)]
+            if finite.numel():
+                lines.append(f"effective sample size per dimension: min {float(finite.min()):.0f},"
+                             f" median {float(finite.quantile(0.5)):.0f}")
+        if self.rhat is not None and self.rhat.numel():
+            finite = self.rhat[~torch.isnan(self.rhat)]
+            if finite.numel():
+                lines.append(f"split R-hat: max {float(finite.max()):.4f}")
+        lines += [f"warning: {w}" for w in self.warnings()]
         return "\n".join(lines)
 
+    def __repr__(self):
+        return f"Diagnostics({dict.__repr__(self)})"
 
-class BaseSampler:
-    """Common driver: initial state, thinning, trajectory, diagnostics, progress, seeds."""
 
-    def __init__(self, energy: BaseEnergyFunction, *, seed: int | None = None,
-                 generator: torch.Generator | None = None):
-        if not isinstance(energy, BaseEnergyFunction):
-            raise TypeError(f"energy must be a BaseEnergyFunction, not {type(energy).__name__}")
-        self.energy = energy
-        self.generator = generator
-        self.seed = seed
+def _energy_and_gradient(energy, x):
+    """``(E [chains], dE/dx [chains, *shape])``, detached; a hand-written ``gradient`` is used
+    when the subclass defines it (and not ``energy_and_gradient``)."""
+    for klass in type(energy).__mro__:
+        d = vars(klass)
+        if klass is BaseEnergyFunction or "energy_and_gradient" in d:
+            return energy.energy_and_gradient(x)
+        if "gradient" in d:
+            with torch.enable_grad():
+                g = energy.gradient(x)
+            with torch.no_grad():
+                e = energy(x)
+            return e.detach(), g.detach()
+    return energy.energy_and_gradient(x)
 
-    # -- one step; subclasses -------------------------------------------------------------
-    def step(self, state, gen):
-        """Advance ``state`` (x, energy, gradient) by one step; return (state, accepted)."""
+
+def _infer_dim(energy):
+    """The state dimension an energy fixes: a 1-D ``mean`` (TorchEBM) or an int ``dim``; else None."""
+    mean = getattr(energy, "mean", None)
+    if isinstance(mean, torch.Tensor) and mean.dim() == 1:
+        return int(mean.shape[0])
+    dim = getattr(energy, "dim", None)
+    if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0:
+        return dim
+    return None
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not \
+            (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return float(value)
+
+
+def _bc(t, x):
+    """A step size: a float as is, a per-chain ``[chains]`` (or ``[1]``) tensor shaped to
+    broadcast against ``x``."""
+    return t if isinstance(t, float) else t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def _sqrt(t):
+    return math.sqrt(t) if isinstance(t, float) else torch.sqrt(t)
+
+
+def _bc_bool(mask, x):
+    return mask.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def _flat_sum(t):
+    return t.reshape(t.shape[0], -1).sum(-1)
+
+
+class _DualAveraging:
+    """Nesterov dual averaging of log(step size) (Hoffman & Gelman 2014, Algorithm 5)."""
+
+    gamma, t0, kappa = 0.05, 10.0, 0.75
+
+    def __init__(self, h, target):
+        self.target = target
+        self.restart(h)
+
+    def restart(self, h):
+        self.mu = torch.log(10 * h)
+        self.log_h = torch.log(h)
+        self.hbar = torch.zeros_like(h)
+        self.log_hbar = torch.zeros_like(h)
+        self.t = 0
+
+    def update(self, accept_prob):
+        self.t += 1
+        eta = 1.0 / (self.t + self.t0)
+        self.hbar = (1 - eta) * self.hbar + eta * (self.target - accept_prob)
+        self.log_h = self.mu - math.sqrt(self.t) / self.gamma * self.hbar
+        w = self.t ** (-self.kappa)
+        self.log_hbar = w * self.log_h + (1 - w) * self.log_hbar
+
+    @property
+    def step_size(self):
+        return torch.exp(self.log_h)
+
+    @property
+    def final(self):
+        return torch.exp(self.log_hbar) if self.t else torch.exp(self.log_h)
+
+
+def _mass_windows(n_warmup):
+    """Stan's slow adaptation windows ``[(start, end)]`` for ``n_warmup`` steps (none below 20)."""
+    if n_warmup < 20:
+        return []
+    init, term, base = 75, 50, 25
+    if init + term + base > n_warmup:
+        init, term = int(0.15 * n_warmup), int(0.1 * n_warmup)
+        base = n_warmup - init - term
+    windows, start, size, last = [], init, base, n_warmup - term
+    while True:
+        end = start + size
+        if end + 2 * size > last:
+            end = last
+        windows.append((start, end))
+        if end >= last:
+            return windows
+        start, size = end, 2 * size
+
+
+class BaseSampler(nn.Module):
+    """Common driver: state, schedules, thinning, trajectory, diagnostics, adaptation, RNG.
+
+    Args:
+        model / energy: the ``BaseEnergyFunction`` to sample ``exp(-E)`` from; the
+            first positional argument (``model=`` is TorchEBM's keyword, ``energy=`` ours).
+        dtype: dtype of the chains; default: that of ``x`` when given, else of a
+            hand-written energy's weights, else torch's default dtype.
+        device: device of the chains; default: that of ``x``, else of the energy.
+        seed / generator: a private random stream (``seed``: the same draws on
+            every call). Without either, draws come from torch's global RNG, so
+            ``torch.manual_seed`` makes runs reproducible (as in TorchEBM).
+
+    Raises:
+        TypeError: no energy, both ``model`` and ``energy``, or not a ``BaseEnergyFunction``.
+    """
+
+    #: whether ``sample()`` takes ``dim`` from the energy when neither x nor dim is given
+    infers_dim = True
+    _adapts = False
+
+    def __init__(self, model=None, dtype=None, device=None, *, energy=None, seed=None,
+                 generator=None):
+        super().__init__()
+        if model is not None and energy is not None and model is not energy:
+            raise TypeError("give the energy once, as the first argument, energy= or model= "
+                            "(TorchEBM's name), not both")
+        model = model if model is not None else energy
+        if model is None:
+            raise TypeError(f"{type(self).__name__} needs an energy: pass it first, or as "
+                            f"energy= (model= also works)")
+        if not isinstance(model, BaseEnergyFunction):
+            raise TypeError(f"energy must be a BaseEnergyFunction, not {type(model).__name__}; "
+                            f"subclass torchebm.core.BaseEnergyFunction and implement forward")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype, not {dtype!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, not {type(generator).__name__}")
+        self.energy = model
+        self._dtype = dtype
+        self._device = torch.device(device) if device is not None else None
+        self.seed, self.generator = seed, generator
+        self.schedulers: dict = {}
+
+    # -- TorchEBM's names -----------------------------------------------------------------
+    @property
+    def model(self):
+        """The energy (TorchEBM's name for it)."""
+        return self.energy
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of new chains (``x`` given to ``sample`` keeps its own unless dtype was set)."""
+        if self._dtype is not None:
+            return self._dtype
+        from ..core.base import CompiledEnergy
+        if not isinstance(self.energy, CompiledEnergy):
+            for t in list(self.energy.parameters()) + list(self.energy.buffers()):
+                if t.is_floating_point():
+                    return t.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def device(self) -> torch.device:
+        if self._device is not None:
+            return self._device
+        for t in list(self.energy.parameters()) + list(self.energy.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    def to(self, *args, **kwargs):
+        """Move the chains' device (and the energy) and/or set the chains' dtype.
+
+        The energy's own dtype is left alone (compiled energies cast their
+        float64 parameters per call)."""
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None:
+            self._device = torch.device(device)
+            self.energy.to(self._device)
+        if dtype is not None:
+            self._dtype = dtype
+        return self
+
+    # -- schedules ---------------------------------------------------------------------------
+    def _register_param(self, name, value):
+        if isinstance(value, BaseScheduler):
+            self.schedulers[name] = value
+        else:
+            self.schedulers[name] = ConstantScheduler(_positive(name, value))
+
+    def get_scheduled_value(self, name: str) -> float:
+        """The current value of a scheduled parameter (``"step_size"``, ``"noise_scale"``).
+
+        Raises:
+            KeyError: no such parameter.
+        """
+        if name not in self.schedulers:
+            raise KeyError(f"No scheduler registered for parameter '{name}'; this sampler "
+                           f"schedules {sorted(self.schedulers)}")
+        return self.schedulers[name].get_value()
+
+    def step_schedulers(self) -> None:
+        for s in self.schedulers.values():
+            s.step()
+
+    def reset_schedulers(self) -> None:
+        for s in self.schedulers.values():
+            s.reset()
+
+    @property
+    def step_size(self) -> float:
+        """The current step size (the schedule's value)."""
+        return self.get_scheduled_value("step_size")
+
+    @step_size.setter
+    def step_size(self, value):
+        self._register_param("step_size", value)
+
+    # -- one step; subclasses --------------------------------------------------------------
+    def _transition(self, state, gen, h, inv_mass):
+        """Advance ``state = (x, E, dE/dx)`` with step size ``h`` (a float, or a tensor
+        ``[chains]`` or ``[1]``) and diagonal inverse mass (None or ``[*shape]``); return
+        ``(state, accepted, log_alpha)`` (``[chains]`` each, or None for unadjusted samplers;
+        ``log_alpha`` is the log acceptance ratio, -inf for a NaN proposal)."""
         raise NotImplementedError
 
-    # -- driver ----------------------------------------------------------------------------
-    def _device_dtype(self, x):
-        """Where new chains live: x's device and dtype; else the energy's device, and its
-        dtype for a hand-written energy (a network's weights), or torch's default dtype
-        for a compiled one (which computes in the dtype of x)."""
-        if x is not None:
-            return x.device, x.dtype
-        from ..core.base import CompiledEnergy
-        tensors = [t for t in list(self.energy.parameters()) + list(self.energy.buffers())
-                   if t.is_floating_point()]
-        device = tensors[0].device if tensors else torch.device("cpu")
-        if tensors and not isinstance(self.energy, CompiledEnergy):
-            return device, tensors[0].dtype
-        return device, torch.get_default_dtype()
+    def step(self, state, gen=None):
+        """One step at the current scheduled step size; returns ``(state, accepted)``."""
+        x = state[0]
+        h = float(self.get_scheduled_value("step_size"))
+        new, accepted, _ = self._transition(state, gen, h, self._inverse_mass(x))
+        return new, accepted
 
-    def _first(self, x):
-        """Energy and gradient of the initial states, with their shapes checked once."""
-        e, g = self.energy.energy_and_gradient(x)
+    def _inverse_mass(self, x):
+        return None
+
+    def _evaluate(self, x):
+        e, g = _energy_and_gradient(self.energy, x)
         if tuple(e.shape) != (x.shape[0],):
             raise ValueError(
                 f"{type(self.energy).__name__} returned energies of shape {tuple(e.shape)} for "
-                f"{x.shape[0]} chains; an energy maps x [chains, n] to [chains] (did forward "
-                f"keep a trailing dimension, e.g. nn.Linear(h, 1) without .squeeze(-1), or "
-                f"sum over the batch?)")
+                f"{x.shape[0]} chains; an energy maps x [chains, *shape] to [chains] (did "
+                f"forward keep a trailing dimension, e.g. nn.Linear(h, 1) without "
+                f".squeeze(-1), or sum over the batch?)")
         if tuple(g.shape) != tuple(x.shape):
-            raise ValueError(f"the gradient has shape {tuple(g.shape)}, expected "
-                             f"{tuple(x.shape)}")
-        return e, g
+            raise ValueError(f"the gradient has shape {tuple(g.shape)}, expected {tuple(x.shape)}")
+        return e.to(x.dtype), g.to(x.dtype)
 
-    def sample(self, x: torch.Tensor | None = None, dim: int | None = None,
-               n_samples: int = 1, n_steps: int = 100, thin: int = 1,
-               return_trajectory: bool = False, return_diagnostics: bool = False,
+    # -- driver ----------------------------------------------------------------------------
+    def _initial(self, x, dim, n_samples, gen):
+        if x is not None:
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"x must be a torch.Tensor [chains, *shape], not {type(x).__name__}")
+            device = self._device if self._device is not None else x.device
+            dtype = self._dtype if self._dtype is not None else (
+                x.dtype if x.is_floating_point() else self.dtype)
+            x = x.detach().to(device=device, dtype=dtype).clone()
+            return x.unsqueeze(0) if x.dim() == 1 else x
+        if dim is None:
+            dim = _infer_dim(self.energy) if self.infers_dim else None
+            if dim is None:
+                raise ValueError("dim must be provided when x is None (the energy does not fix "
+                                 "its dimension): pass dim=n, or x [chains, n]")
+        shape = (dim,) if isinstance(dim, numbers.Integral) else tuple(dim)
+        if not shape or not all(isinstance(d, numbers.Integral) and d > 0 for d in shape):
+            raise ValueError(f"dim must be a positive int or a tuple of positive ints, got {dim!r}")
+        return torch.randn(n_samples, *shape, dtype=self.dtype, device=self.device, generator=gen)
+
+    def _generator(self, generator, device):
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise TypeError(f"generator must be a torch.Generator, not "
+                                f"{type(generator).__name__}")
+            return generator
+        if self.generator is not None:
+            return self.generator
+        if self.seed is not None:
+            return torch.Generator(device=device).manual_seed(self.seed)
+        return None          # torch's global RNG
+
+    def sample(self, x: torch.Tensor | None = None, dim=None, n_steps: int = 100,
+               n_samples: int = 1, thin: int = 1, return_trajectory: bool = False,
+               return_diagnostics: bool = False, reset_schedulers: bool = True, *,
+               model_kwargs: dict | None = None, generator: torch.Generator | None = None,
                progress: bool | None = None):
-        """Run ``n_samples`` chains for ``n_steps`` steps.
+        """Run chains for ``n_steps`` steps (TorchEBM's signature and positional order).
 
         Args:
-            x: initial states ``[n_samples, dim]``; default standard normal draws.
-            dim: dimension n, when ``x`` is not given.
-            n_samples: number of chains (ignored when ``x`` is given).
-            n_steps: steps per chain.
-            thin: keep every ``thin``-th state in the trajectory.
-            return_trajectory: also return the kept states ``[chains, kept, dim]``.
-            return_diagnostics: also return :class:`Diagnostics`; R-hat and ESS
-                are computed from the second half of the kept trajectory (the
-                first half counts as warm-up), which is kept in memory for it
-                ([chains, n_steps / thin, dim]).
-            progress: show a tqdm progress bar; default: only when stderr is a
-                terminal.
+            x: initial states ``[chains, *shape]`` (a 1-D ``[n]`` is one chain);
+                default ``n_samples`` standard normal draws of shape ``dim``.
+            dim: ``n`` or a shape tuple, when ``x`` is not given; MALA and HMC
+                take it from an energy that fixes it (a 1-D ``mean`` or an int ``dim``).
+            n_steps: steps per chain (after any warm-up of an adapting sampler).
+            n_samples: number of chains when ``x`` is not given.
+            thin: keep every ``thin``-th state; ``n_kept = n_steps // thin``.
+            return_trajectory: return the kept states ``[chains, n_kept, *shape]``
+                instead of the final states.
+            return_diagnostics: also return :class:`Diagnostics`, a dict of per
+                kept step ``mean``, ``var``, ``energy`` (and ``acceptance_rate``),
+                with ESS and split R-hat over the second half of the kept draws
+                as attributes (those draws are kept in memory for it).
+            reset_schedulers: restart step-size and noise schedules at step 0.
+            model_kwargs: conditioning inputs; energies here take ``x`` only, so
+                it must be None or empty.
+            generator: a private random stream for this call (else the sampler's
+                ``seed``/``generator``, else torch's global RNG).
+            progress: a tqdm progress bar; default only when stderr is a terminal.
 
         Returns:
-            The final states ``[chains, dim]``; with the flags, a tuple
-            ``(final, trajectory?, diagnostics?)`` in that order.
+            ``[chains, *shape]`` final states, or ``[chains, n_kept, *shape]`` with
+            ``return_trajectory``; with ``return_diagnostics``, ``(that, diagnostics)``.
 
         Raises:
-            ValueError: neither ``x`` nor ``dim`` given, or a non-positive count.
+            ValueError: no ``x`` nor ``dim`` (and none fixed by the energy), bad counts,
+                ``thin < 1``, non-empty ``model_kwargs``, a step-size or mass that does
+                not fit, or starting energies that are not finite.
         """
-        if x is None and dim is None:
-            raise ValueError("give the initial states x [chains, dim] or the dimension dim")
-        if n_steps < 0 or thin < 1 or n_samples < 1:
-            raise ValueError("n_steps must be >= 0, thin >= 1 and n_samples >= 1")
-        gen = self.generator
-        device, dtype = self._device_dtype(x)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            if self.seed is not None:
-                gen.manual_seed(self.seed)
-            else:
-                gen.seed()
-        if x is None:
-            x = torch.randn(n_samples, dim, device=device, dtype=dtype, generator=gen)
-        else:
-            x = x.detach().clone()
-            if x.dim() == 1:
-                x = x.unsqueeze(0)
-        e, g = self._first(x)
+        if model_kwargs:
+            raise ValueError(f"model_kwargs {sorted(model_kwargs)} are not supported: energies "
+                             f"here take x only (close over conditioning inputs in the energy)")
+        for name, v, low in (("n_steps", n_steps, 0), ("n_samples", n_samples, 1),
+                             ("thin", thin, 1)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise ValueError(f"{name} must be >= {low}, got {v!r} (an int)")
+        if reset_schedulers:
+            self.reset_schedulers()
+        device = self._device if self._device is not None else (
+            x.device if isinstance(x, torch.Tensor) else self.device)
+        gen = self._generator(generator, device)
+        x = self._initial(x, dim, n_samples, gen)
+        e, g = self._evaluate(x)
+        bad = ~torch.isfinite(e)
+        if bad.any():
+            raise ValueError(
+                f"{int(bad.sum())} of {x.shape[0]} chains start where the energy is not finite "
+                f"(NaN or inf), e.g. outside the domain of a log or sqrt; no step size can move "
+                f"them. Start them inside the domain (pass x=)")
         state = (x, e, g)
-        keep = return_trajectory or return_diagnostics
-        traj, mean_e, acc = [], [], []
+        chains = x.shape[0]
+        self._check_mass(x)
+        h_fixed, inv_mass = None, self._inverse_mass(x)
+        if self._adapts:
+            state, h_fixed, inv_mass = self._warmup(state, gen, inv_mass)
+        want_diag = return_diagnostics
+        keep = return_trajectory or want_diag
+        traj, mean_e, acc, rows = [], [], [], {"mean": [], "var": [], "energy": [],
+                                               "acceptance_rate": []}
+        nonfinite = torch.zeros(chains, dtype=torch.bool, device=x.device)
         steps = range(n_steps)
         if progress is None:
             progress = sys.stderr.isatty()
@@ -154,129 +490,358 @@ class BaseSampler:
             steps = tqdm(steps, desc=type(self).__name__, unit="step")
         with torch.no_grad():
             for k in steps:
-                state, accepted = self.step(state, gen)
-                mean_e.append(state[1].mean())
-                if accepted is not None:
-                    acc.append(accepted)
+                xs = state[0]
+                h = h_fixed if h_fixed is not None else float(
+                    self.get_scheduled_value("step_size"))
+                state, accepted, _ = self._transition(state, gen, h, inv_mass)
+                self.step_schedulers()
+                xs, es = state[0], state[1]
+                finite = torch.isfinite(es)          # a NaN or inf state gives a NaN/inf energy
+                nonfinite |= ~finite
+                if want_diag:
+                    mean_e.append(torch.where(finite, es, 0).sum() / finite.sum())
+                    if accepted is not None:
+                        acc.append(accepted)
                 if keep and (k + 1) % thin == 0:
-                    traj.append(state[0].clone())
+                    if return_trajectory or want_diag:
+                        traj.append(xs.clone())
+                    if want_diag:
+                        rows["mean"].append(xs.mean(0))
+                        rows["var"].append(xs.var(0) if chains > 1 else torch.zeros_like(xs[0]))
+                        rows["energy"].append(es.mean())
+                        if accepted is not None:
+                            rows["acceptance_rate"].append(accepted.to(xs.dtype).mean())
         final = state[0]
-        out = [final]
+        n_bad = int(nonfinite.sum())
+        if n_bad:
+            warnings.warn(f"{type(self).__name__}: {n_bad} of {chains} chains became non-finite "
+                          f"(NaN or inf state or energy); reduce the step size, pass clamp=, or "
+                          f"keep chains inside the energy's domain", RuntimeWarning, stacklevel=2)
         trajectory = torch.stack(traj, dim=1) if traj else final.new_zeros(
-            final.shape[0], 0, final.shape[1])
-        if return_trajectory:
-            out.append(trajectory)
-        if return_diagnostics:
-            accepted = torch.stack(acc).to(torch.float64) if acc else None   # [steps, chains]
-            diag = Diagnostics(torch.stack(mean_e) if mean_e else torch.zeros(0),
-                               accepted.mean(1) if accepted is not None else None,
-                               chain_acceptance=accepted.mean(0) if accepted is not None
-                               else None)
-            kept = trajectory[:, trajectory.shape[1] // 2:]      # the first half is warm-up
-            if kept.shape[1] >= 4:
-                diag.ess = effective_sample_size(kept)
-                diag.rhat = split_rhat(kept)
-            out.append(diag)
-        return out[0] if len(out) == 1 else tuple(out)
+            chains, 0, *final.shape[1:])
+        out = trajectory if return_trajectory else final
+        if not return_diagnostics:
+            return out
+        per_kept = {}
+        for key, vals in rows.items():
+            if key == "acceptance_rate" and not acc:
+                continue
+            per_kept[key] = torch.stack(vals) if vals else (
+                final.new_zeros(0, *final.shape[1:]) if key in ("mean", "var")
+                else final.new_zeros(0))
+        accepted = torch.stack(acc).to(torch.float64) if acc else None    # [steps, chains]
+        diag = Diagnostics(
+            per_kept, mean_energy=torch.stack(mean_e) if mean_e else torch.zeros(0),
+            acceptance_rate=accepted.mean(1) if accepted is not None else None,
+            chain_acceptance=accepted.mean(0) if accepted is not None else None,
+            nonfinite_chains=n_bad, n_chains=chains,
+            step_size=h_fixed if self._adapts and self.target_accept is not None else None,
+            inverse_mass=inv_mass if self._adapts and self.adapt_mass else None)
+        kept = trajectory[:, trajectory.shape[1] // 2:]       # the first half is warm-up
+        if kept.shape[1] >= 4:
+            flat = kept.reshape(chains, kept.shape[1], -1)
+            diag.ess = effective_sample_size(flat)
+            diag.rhat = split_rhat(flat)
+        return out, diag
+
+    def _check_mass(self, x):
+        pass
+
+
+class _Adaptive(BaseSampler):
+    """Metropolis-adjusted samplers: step-size (dual averaging) and diagonal-mass adaptation."""
+
+    def _setup_adaptation(self, target_accept, n_warmup, adapt_per_chain, adapt_mass, mass):
+        if target_accept is not None and not (isinstance(target_accept, numbers.Real) and
+                                              0 < target_accept < 1):
+            raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
+        if isinstance(n_warmup, bool) or not isinstance(n_warmup, numbers.Integral) or n_warmup < 0:
+            raise ValueError(f"n_warmup must be an int >= 0, got {n_warmup!r}")
+        if target_accept is not None and not isinstance(self.schedulers["step_size"],
+                                                        ConstantScheduler):
+            raise ValueError("a step-size schedule and target_accept both set the step size; "
+                             "give a number as step_size (the initial value) with target_accept")
+        self.target_accept = None if target_accept is None else float(target_accept)
+        self.n_warmup, self.adapt_per_chain = int(n_warmup), bool(adapt_per_chain)
+        self.adapt_mass = bool(adapt_mass)
+        self._adapts = self.target_accept is not None or self.adapt_mass
+        if mass is None:
+            self.mass = None
+        elif isinstance(mass, torch.Tensor):
+            m = mass.detach()
+            if m.dim() > 1 or m.numel() == 0 or not bool(torch.isfinite(m).all() and (m > 0).all()):
+                raise ValueError(f"mass must be a positive number or a 1-D tensor of positive "
+                                 f"finite values (the diagonal of the mass matrix), got {mass}")
+            self.mass = mass.to(self._device) if self._device is not None else mass
+        else:
+            self.mass = _positive("mass", mass)
+        n = _infer_dim(self.energy)
+        if isinstance(self.mass, torch.Tensor) and n is not None and self.mass.numel() not in (1, n):
+            raise ValueError(f"mass has {self.mass.numel()} entries but {type(self.energy).__name__}"
+                             f" has dimension {n}; give one positive mass per dimension or a number")
+        self.adapted_step_size = None
+        self.adapted_inverse_mass = None
+
+    def _check_mass(self, x):
+        if isinstance(self.mass, torch.Tensor) and self.mass.numel() != 1:
+            shape = tuple(x.shape[1:])
+            if self.mass.numel() != (shape[-1] if shape else 1) and \
+                    self.mass.numel() != math.prod(shape):
+                raise ValueError(f"mass has {self.mass.numel()} entries but the state has shape "
+                                 f"{shape}; give one positive mass per dimension "
+                                 f"([{shape[-1]}]) or a number")
+
+    def _inverse_mass(self, x):
+        if self.mass is None:
+            return None
+        m = torch.as_tensor(self.mass, dtype=x.dtype, device=x.device)
+        if m.numel() > 1 and m.numel() == math.prod(x.shape[1:]):
+            m = m.reshape(x.shape[1:])
+        return 1.0 / m
+
+    def _warmup(self, state, gen, inv_mass):
+        """Run ``n_warmup`` adapting steps; return ``(state, step size [chains or 1] or None,
+        inv_mass)``."""
+        x = state[0]
+        size = x.shape[0] if self.adapt_per_chain else 1
+        if self.n_warmup == 0:
+            if self.adapted_step_size is None and self.adapted_inverse_mass is None:
+                raise ValueError("n_warmup=0 reuses an earlier call's adaptation, but none ran "
+                                 "yet: run sample() once with n_warmup >= 1 (set "
+                                 "sampler.n_warmup), or pass target_accept=None")
+            h = self.adapted_step_size
+            if h is not None:
+                if h.numel() not in (1, x.shape[0]):
+                    h = h.mean().reshape(1)       # per-chain values for another chain count
+                h = h.to(device=x.device, dtype=x.dtype)
+            inv = self.adapted_inverse_mass if self.adapted_inverse_mass is not None else inv_mass
+            return state, h, (inv.to(device=x.device, dtype=x.dtype) if inv is not None else None)
+        h0 = float(self.adapted_step_size.mean()) if self.adapted_step_size is not None else \
+            self.get_scheduled_value("step_size")
+        da = _DualAveraging(torch.full((size,), h0, dtype=torch.float64, device=x.device),
+                            self.target_accept) if self.target_accept is not None else None
+        windows = _mass_windows(self.n_warmup) if self.adapt_mass else []
+        ends = {end: start for start, end in windows}
+        starts = {start for start, _ in windows}
+        s1 = s2 = None
+        count = 0
+        h = torch.full((size,), h0, dtype=x.dtype, device=x.device)
+        with torch.no_grad():
+            for m in range(self.n_warmup):
+                if da is not None:
+                    h = da.step_size.to(x.dtype)
+                state, _, log_alpha = self._transition(state, gen, h, inv_mass)
+                if da is not None:
+                    p = torch.exp(log_alpha.to(torch.float64).clamp(max=0))
+                    da.update(p if self.adapt_per_chain else p.mean().reshape(1))
+                if windows:
+                    if m in starts:
+                        s1 = torch.zeros(state[0].shape[1:], dtype=torch.float64, device=x.device)
+                        s2, count = torch.zeros_like(s1), 0
+                    if s1 is not None:
+                        xs = state[0].to(torch.float64)
+                        s1 += xs.sum(0)
+                        s2 += (xs * xs).sum(0)
+                        count += xs.shape[0]
+                    if m + 1 in ends and count > 1:
+                        mean = s1 / count
+                        var = (s2 - count * mean * mean).clamp_min(0) / (count - 1)
+                        var = count / (count + 5.0) * var + 1e-3 * 5.0 / (count + 5.0)
+                        inv_mass = var.to(x.dtype)
+                        s1 = None
+                        if da is not None:
+                            da.restart(da.step_size)
+        # without target_accept the step size stays the (scheduled) one: h None
+        h = da.final.to(x.dtype) if da is not None else None
+        self.adapted_step_size, self.adapted_inverse_mass = h, inv_mass
+        return state, h, inv_mass
 
 
 class LangevinDynamics(BaseSampler):
-    """Unadjusted Langevin: ``x <- x - h grad E(x) + noise_scale sqrt(2 h) xi``.
+    """Unadjusted Langevin: ``x <- x - h grad E(x) + noise_scale sqrt(2 h) xi``, ``xi ~ N(0, I)``.
+
+    The stationary law is biased by O(h) (see :class:`MALA` for an exact
+    correction). Chains whose state or energy becomes NaN/inf are counted and
+    reported (a ``RuntimeWarning`` and ``Diagnostics.nonfinite_chains``).
 
     Args:
-        energy: any ``BaseEnergyFunction``.
-        step_size: h > 0. The stationary law is biased by O(h); see MALA for an
-            exact correction.
-        noise_scale: scale of the injected noise (1 samples exp(-E)).
-        seed / generator: reproducible runs.
+        model / energy: any ``BaseEnergyFunction``.
+        step_size: h > 0, a number or a schedule (:mod:`torchebm.samplers.schedulers`).
+        noise_scale: scale of the injected noise (1 samples exp(-E)), > 0, or a schedule.
+        decay: TorchEBM's unused damping argument; only 0 is accepted.
+        clamp: ``(lo, hi)``: clamp every state into ``[lo, hi]`` after each step.
+        dtype, device, seed, generator: see :class:`BaseSampler`.
+        integrator: None or ``"euler_maruyama"`` (the only one here).
+
+    Raises:
+        ValueError: a non-positive or non-finite step size or noise scale, ``clamp``
+            with ``lo >= hi``, a non-zero ``decay``, another integrator.
     """
 
-    def __init__(self, energy, step_size: float = 1e-2, noise_scale: float = 1.0, **kw):
-        super().__init__(energy, **kw)
-        if not step_size > 0:
-            raise ValueError(f"step_size must be positive, got {step_size}")
-        self.step_size, self.noise_scale = float(step_size), float(noise_scale)
+    infers_dim = False    # as TorchEBM: Langevin needs dim (or x)
 
-    def step(self, state, gen):
+    def __init__(self, model=None, step_size=1e-2, noise_scale=1.0, decay: float = 0.0,
+                 clamp=None, dtype=None, device=None, *, energy=None, seed=None, generator=None,
+                 integrator=None):
+        super().__init__(model, dtype, device, energy=energy, seed=seed, generator=generator)
+        self._register_param("step_size", step_size)
+        self._register_param("noise_scale", noise_scale)
+        if decay != 0:
+            raise ValueError(f"decay (damping) is not supported (TorchEBM ignores it); got "
+                             f"{decay!r}, pass 0")
+        if clamp is not None:
+            if len(clamp) != 2 or not all(isinstance(c, numbers.Real) for c in clamp) or \
+                    not clamp[0] < clamp[1]:
+                raise ValueError(f"clamp min must be < max, got {clamp!r}; pass (min, max) "
+                                 f"numbers")
+            clamp = (float(clamp[0]), float(clamp[1]))
+        self.clamp, self.decay = clamp, 0.0
+        if integrator not in (None, "euler_maruyama"):
+            raise ValueError(f"integrator {integrator!r} is not available: LangevinDynamics "
+                             f"here uses 'euler_maruyama' only (TorchEBM's integrator registry "
+                             f"is not part of this package)")
+        self.integrator = "euler_maruyama"
+
+    @property
+    def noise_scale(self) -> float:
+        return self.get_scheduled_value("noise_scale")
+
+    def _transition(self, state, gen, h, inv_mass):
         x, _, g = state
+        s = self.get_scheduled_value("noise_scale")
         noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen)
-        x = x - self.step_size * g + self.noise_scale * math.sqrt(2 * self.step_size) * noise
-        e, g = self.energy.energy_and_gradient(x)
-        return (x, e, g), None
+        hb = _bc(h, x)
+        x = x - hb * g + s * _sqrt(2 * hb) * noise
+        if self.clamp is not None:
+            x = x.clamp(*self.clamp)
+        e, g = self._evaluate(x)
+        return (x, e, g), None, None
 
 
-class MALA(BaseSampler):
+class MALA(_Adaptive):
     """Metropolis-adjusted Langevin: a Langevin proposal with an accept/reject step.
 
-    The chain leaves ``exp(-E)`` exactly invariant for any step size; the
-    acceptance rate (about 0.57 is optimal in high dimension) is in the
-    diagnostics.
-    """
-
-    def __init__(self, energy, step_size: float = 1e-2, **kw):
-        super().__init__(energy, **kw)
-        if not step_size > 0:
-            raise ValueError(f"step_size must be positive, got {step_size}")
-        self.step_size = float(step_size)
-
-    def step(self, state, gen):
-        x, e, g = state
-        h = self.step_size
-        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen)
-        y = x - h * g + math.sqrt(2 * h) * noise
-        ey, gy = self.energy.energy_and_gradient(y)
-        log_q_forward = -((y - x + h * g) ** 2).sum(-1) / (4 * h)
-        log_q_backward = -((x - y + h * gy) ** 2).sum(-1) / (4 * h)
-        log_alpha = -ey + e + log_q_backward - log_q_forward
-        u = torch.rand(log_alpha.shape, device=x.device, dtype=x.dtype, generator=gen)
-        accept = torch.log(u) < torch.nan_to_num(log_alpha, nan=-torch.inf)
-        x = torch.where(accept.unsqueeze(-1), y, x)
-        e = torch.where(accept, ey, e)
-        g = torch.where(accept.unsqueeze(-1), gy, g)
-        return (x, e, g), accept
-
-
-class HamiltonianMonteCarlo(BaseSampler):
-    """HMC with leapfrog integration and an optional diagonal mass matrix.
+    Proposal ``y = x - h A grad E(x) + sqrt(2 h A) xi`` with ``A`` the inverse
+    of the diagonal mass (1 by default): the chain leaves ``exp(-E)`` exactly
+    invariant for any step size; about 0.57 acceptance is optimal in high
+    dimension (Roberts & Rosenthal 1998).
 
     Args:
-        energy: any ``BaseEnergyFunction``.
-        step_size: leapfrog step epsilon.
-        n_leapfrog_steps: leapfrog steps per proposal.
-        mass: diagonal of the mass matrix, a number or ``[dim]`` (default 1).
+        model / energy: any ``BaseEnergyFunction``.
+        step_size: h > 0 (the initial value when adapting), or a schedule.
+        mass: diagonal mass (a number or ``[n]``), a preconditioner.
+        target_accept: adapt h during ``n_warmup`` extra steps by dual averaging
+            (Hoffman & Gelman 2014) to this mean acceptance probability (0.57 is
+            the optimum for MALA). The adapted value is used for all of
+            ``n_steps``, kept in ``adapted_step_size`` and reported in the diagnostics.
+        n_warmup: warm-up steps per ``sample()`` call (only when adapting); they
+            are not returned. A later call starts from the step size adapted
+            before; ``n_warmup=0`` (``sampler.n_warmup = 0``) reuses the earlier
+            step size and mass without adapting (e.g. in a training loop).
+        adapt_per_chain: one step size per chain (``[chains]``) instead of one
+            shared by all chains (adapted to their mean acceptance probability).
+        adapt_mass: estimate the diagonal inverse mass from the warm-up variance,
+            pooled over chains, in Stan's windows (regularised as Stan:
+            ``n/(n+5) var + 1e-3 * 5/(n+5)``); the step size restarts after each window.
+        dtype, device, seed, generator: see :class:`BaseSampler`.
+
+    Raises:
+        ValueError: a bad step size, mass, target_accept or n_warmup.
     """
 
-    def __init__(self, energy, step_size: float = 0.1, n_leapfrog_steps: int = 10,
-                 mass=None, **kw):
-        super().__init__(energy, **kw)
-        if not step_size > 0 or n_leapfrog_steps < 1:
-            raise ValueError("step_size must be positive and n_leapfrog_steps >= 1")
-        if mass is not None and not bool((torch.as_tensor(mass) > 0).all()):
-            raise ValueError("the diagonal mass must be positive")
-        self.step_size, self.n_leapfrog = float(step_size), int(n_leapfrog_steps)
-        self.mass = mass
+    def __init__(self, model=None, step_size=1e-2, mass=None, dtype=None, device=None, *,
+                 energy=None, seed=None, generator=None, target_accept=None,
+                 n_warmup: int = 500, adapt_per_chain: bool = False, adapt_mass: bool = False):
+        super().__init__(model, dtype, device, energy=energy, seed=seed, generator=generator)
+        self._register_param("step_size", step_size)
+        self._setup_adaptation(target_accept, n_warmup, adapt_per_chain, adapt_mass, mass)
 
-    def step(self, state, gen):
+    def _transition(self, state, gen, h, inv_mass):
         x, e, g = state
-        mass = 1.0 if self.mass is None else torch.as_tensor(self.mass, dtype=x.dtype,
-                                                             device=x.device)
+        hb = _bc(h, x)
+        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen)
+        if inv_mass is None:
+            y = x - hb * g + _sqrt(2 * hb) * noise
+            ey, gy = self._evaluate(y)
+            log_q_forward = -_flat_sum((y - x + hb * g) ** 2) / (4 * h)
+            log_q_backward = -_flat_sum((x - y + hb * gy) ** 2) / (4 * h)
+        else:
+            a = inv_mass
+            y = x - hb * a * g + _sqrt(2 * hb * a) * noise
+            ey, gy = self._evaluate(y)
+            log_q_forward = -_flat_sum((y - x + hb * a * g) ** 2 / a) / (4 * h)
+            log_q_backward = -_flat_sum((x - y + hb * a * gy) ** 2 / a) / (4 * h)
+        log_alpha = torch.nan_to_num(-ey + e + log_q_backward - log_q_forward, nan=-torch.inf)
+        u = torch.rand(log_alpha.shape, device=x.device, dtype=x.dtype, generator=gen)
+        accept = torch.log(u) < log_alpha
+        mask = _bc_bool(accept, x)
+        x = torch.where(mask, y, x)
+        e = torch.where(accept, ey, e)
+        g = torch.where(mask, gy, g)
+        return (x, e, g), accept, log_alpha
+
+
+class HamiltonianMonteCarlo(_Adaptive):
+    """HMC with leapfrog integration and an optional diagonal mass matrix (Neal 2011).
+
+    Args:
+        model / energy: any ``BaseEnergyFunction``.
+        step_size: leapfrog step epsilon > 0 (the initial value when adapting), or a schedule.
+        n_leapfrog_steps: leapfrog steps per proposal (>= 1).
+        mass: diagonal of the mass matrix, a number or ``[n]`` (default 1).
+        dtype, device: see :class:`BaseSampler`.
+        target_accept, n_warmup, adapt_per_chain, adapt_mass, seed, generator:
+            as in :class:`MALA` (0.65 is the usual HMC target, Beskos et al. 2013).
+        integrator: None or ``"leapfrog"`` (the only one here).
+
+    Raises:
+        ValueError: ``step_size must be positive``, ``n_leapfrog_steps must be
+            positive``, a mass of the wrong length or sign, another integrator.
+    """
+
+    def __init__(self, model=None, step_size=0.1, n_leapfrog_steps: int = 10, mass=None,
+                 dtype=None, device=None, *, energy=None, seed=None, generator=None,
+                 target_accept=None, n_warmup: int = 500, adapt_per_chain: bool = False,
+                 adapt_mass: bool = False, integrator=None):
+        super().__init__(model, dtype, device, energy=energy, seed=seed, generator=generator)
+        self._register_param("step_size", step_size)
+        if isinstance(n_leapfrog_steps, bool) or not isinstance(n_leapfrog_steps, numbers.Integral) \
+                or n_leapfrog_steps <= 0:
+            raise ValueError(f"n_leapfrog_steps must be positive, got {n_leapfrog_steps!r}")
+        self.n_leapfrog_steps = int(n_leapfrog_steps)
+        if integrator not in (None, "leapfrog"):
+            raise ValueError(f"integrator {integrator!r} is not available: HamiltonianMonteCarlo "
+                             f"here uses 'leapfrog' only (TorchEBM's integrator registry is not "
+                             f"part of this package)")
+        self.integrator = "leapfrog"
+        self._setup_adaptation(target_accept, n_warmup, adapt_per_chain, adapt_mass, mass)
+
+    @property
+    def n_leapfrog(self):
+        return self.n_leapfrog_steps
+
+    def _transition(self, state, gen, h, inv_mass):
+        x, e, g = state
+        a = 1.0 if inv_mass is None else inv_mass         # inverse mass
         p = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen)
-        p = p * torch.sqrt(torch.as_tensor(mass, dtype=x.dtype, device=x.device))
-        kinetic0 = 0.5 * (p * p / mass).sum(-1)
-        eps = self.step_size
+        if inv_mass is not None:
+            p = p / torch.sqrt(a)
+        kinetic0 = 0.5 * _flat_sum(p * p * a)
+        eps = _bc(h, x)
         xn, gn, en = x, g, e
         p = p - 0.5 * eps * gn
-        for k in range(self.n_leapfrog):
-            xn = xn + eps * p / mass
-            en, gn = self.energy.energy_and_gradient(xn)
-            if k < self.n_leapfrog - 1:
+        for k in range(self.n_leapfrog_steps):
+            xn = xn + eps * p * a
+            en, gn = self._evaluate(xn)
+            if k < self.n_leapfrog_steps - 1:
                 p = p - eps * gn
         p = p - 0.5 * eps * gn
-        kinetic1 = 0.5 * (p * p / mass).sum(-1)
-        log_alpha = e + kinetic0 - en - kinetic1
+        kinetic1 = 0.5 * _flat_sum(p * p * a)
+        log_alpha = torch.nan_to_num(e + kinetic0 - en - kinetic1, nan=-torch.inf)
         u = torch.rand(log_alpha.shape, device=x.device, dtype=x.dtype, generator=gen)
-        accept = torch.log(u) < torch.nan_to_num(log_alpha, nan=-torch.inf)
-        x = torch.where(accept.unsqueeze(-1), xn, x)
+        accept = torch.log(u) < log_alpha
+        mask = _bc_bool(accept, x)
+        x = torch.where(mask, xn, x)
         e = torch.where(accept, en, e)
-        g = torch.where(accept.unsqueeze(-1), gn, g)
-        return (x, e, g), accept
+        g = torch.where(mask, gn, g)
+        return (x, e, g), accept, log_alpha

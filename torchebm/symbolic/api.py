@@ -14,7 +14,7 @@ import torch
 from ..errors import EnergySyntaxError, ParameterError, UnsetParameterWarning
 from . import budget
 from .compiler import compile_parsed, with_second_order
-from .emit import RESERVED, python_name
+from .emit import RESERVED
 from .ir import EnergySpec, ParamDecl
 from .load import load_class, unload_class
 from .parse import parse_formula

@@ -431,9 +431,8 @@ def _sample(args):
         sampler = cls(energy, step_size=args.step_size, seed=args.seed, **kw)
         x0 = args.init_scale * torch.randn(args.chains, dim,
                                            generator=torch.Generator().manual_seed(args.seed))
-        final, traj, diag = sampler.sample(x=x0, n_steps=args.steps,
-                                           thin=max(1, args.steps // 200),
-                                           return_trajectory=True, return_diagnostics=True)
+        final, diag = sampler.sample(x=x0, n_steps=args.steps, thin=max(1, args.steps // 200),
+                                     return_diagnostics=True)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import sympy as sp
 
 from ..errors import EnergySyntaxError
 from . import budget

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import textwrap
 
-import sympy as sp
 
 from . import gate
 
