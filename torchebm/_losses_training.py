@@ -39,7 +39,7 @@ import warnings
 import torch
 from torch import nn
 
-from .core.base import BaseEnergyFunction
+from .core.base import BaseEnergyFunction, CompiledEnergy
 from .errors import EnergySyntaxError
 
 
@@ -575,10 +575,18 @@ class SlicedScoreMatching(nn.Module):
                     f"[n_projections, *x.shape] = {(p,) + tuple(x.shape)}")
             v = projections.to(dtype=x.dtype, device=x.device)
         g = _energy_gradient(self.energy, x, create_graph=True)          # [B, n]
-        xs = x.unsqueeze(0).expand_as(v).reshape((-1,) + tuple(x.shape[1:]))
-        vs = v.reshape(xs.shape)
-        hv = _energy_hvp(self.energy, xs, vs)                             # [P B, n]
-        vhv = _flat_sum(vs * hv).reshape(p, x.shape[0])
+        energy = self.energy
+        if isinstance(energy, CompiledEnergy) and x.dim() == 2:
+            # the generated product broadcasts x [1, B, n] against v [P, B, n] (as the
+            # Hessian does with unit vectors): what depends on x alone is computed once
+            xb, lay, der = energy._inputs(x)
+            hv = energy._call("_hessian_vector_product", xb.unsqueeze(0), v, lay, der)
+            vhv = (v * hv).sum(-1)                                        # [P, B]
+        else:
+            xs = x.unsqueeze(0).expand_as(v).reshape((-1,) + tuple(x.shape[1:]))
+            vs = v.reshape(xs.shape)
+            hv = _energy_hvp(energy, xs, vs)                              # [P B, n]
+            vhv = _flat_sum(vs * hv).reshape(p, x.shape[0])
         vg = (v * g.unsqueeze(0)).reshape(p, x.shape[0], -1).sum(-1)
         return (0.5 * vg.square() - vhv).mean()
 
