@@ -292,10 +292,12 @@ def test_parallel_tempering_reaches_the_other_well():
     # tempered chains cross and swap their states down
     energy = from_expression("8*(x[0]**2 - 1)**2")
     x = torch.ones(400, 1, dtype=D)
-    sampler = LangevinDynamics(energy, step_size=0.01, seed=1)
+    sampler = LangevinDynamics(energy, step_size=0.01,
+                               generator=torch.Generator().manual_seed(1))
     plain = ContrastiveDivergence(energy, sampler, k_steps=200).negative_samples(x)
-    pt = ParallelTemperingCD(energy, LangevinDynamics(energy, step_size=0.01, seed=1),
-                             temps=(1.0, 4.0, 16.0), k_steps=200)
+    pt = ParallelTemperingCD(energy, LangevinDynamics(
+        energy, step_size=0.01, generator=torch.Generator().manual_seed(1)),
+        temps=(1.0, 4.0, 16.0), k_steps=200)
     neg = pt.negative_samples(x, torch.Generator().manual_seed(0))
     assert float((plain < 0).double().mean()) < 0.02
     assert float((neg < 0).double().mean()) > 0.2

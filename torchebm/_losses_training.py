@@ -136,6 +136,9 @@ class ContrastiveDivergence(nn.Module):
         energy: the energy to train (``model=`` is the same argument).
         sampler: anything with ``sample(x=..., n_steps=...)`` returning the
             final states ``[B, n]`` (``torchebm.samplers``); called by keyword.
+            Build it with ``generator=`` (or neither seed nor generator): a
+            sampler built with ``seed=`` restarts its noise from that seed at
+            every call, so every update would reuse the same noise.
         k_steps: sampler steps per update.
         persistent: keep chains in a replay buffer between updates (PCD).
         buffer_size: chains in the buffer (persistent only).
@@ -401,7 +404,9 @@ class ParallelTemperingCD(ContrastiveDivergence):
     Args:
         energy, sampler: as :class:`ContrastiveDivergence`; the sampler is
             copied per temperature with its ``energy`` (and ``model``) attribute
-            set to ``E / T`` (``torchebm.samplers`` work so).
+            set to ``E / T`` (``torchebm.samplers`` work so). The copies share
+            the sampler's ``generator``; with ``seed=`` instead, every
+            temperature would replay the same noise.
         temps: temperatures, one of them 1.0 (default ``(1.0, 2.0, 4.0)``;
             TorchEBM's placeholder class had ``[1.0, 0.5]``, a colder chain that
             cannot help the ``T = 1`` chain cross barriers).
@@ -581,7 +586,7 @@ class SlicedScoreMatching(nn.Module):
             # Hessian does with unit vectors): what depends on x alone is computed once
             xb, lay, der = energy._inputs(x)
             hv = energy._call("_hessian_vector_product", xb.unsqueeze(0), v, lay, der)
-            vhv = (v * hv).sum(-1)                                        # [P, B]
+            vhv = torch.linalg.vecdot(v, hv)                              # [P, B]
         else:
             xs = x.unsqueeze(0).expand_as(v).reshape((-1,) + tuple(x.shape[1:]))
             vs = v.reshape(xs.shape)
