@@ -263,28 +263,29 @@ def test_cd_nonfinite_loss_warns_and_falls_back():
 
 
 def test_parallel_tempering_swaps_follow_metropolis():
-    # with two temperatures and chains at fixed energies the swap probability is
-    # min(1, exp((1/T1 - 1/T2)(E1 - E2))); a sampler that does not move isolates it
-    class Still:
+    # a sampler that puts the T = 1 chains at 0 and the T = 2 chains at 1 isolates the
+    # swap: E = x^2 gives E(0) = 0, E(1) = 1, so a swap is accepted with probability
+    # min(1, exp((1/1 - 1/2) (0 - 1))) = exp(-1/2), after which the T = 1 chain is at 1
+    class Placing:
         def __init__(self, energy):
             self.energy = energy
 
         def sample(self, x, n_steps):
-            return x.clone()
+            hot = getattr(self.energy, "temperature", 1.0) != 1.0
+            return torch.full_like(x, 1.0 if hot else 0.0)
 
     energy = from_expression("sum(x**2)")
-    pt = ParallelTemperingCD(energy, Still(energy), temps=(1.0, 2.0), k_steps=1,
+    pt = ParallelTemperingCD(energy, Placing(energy), temps=(2.0, 1.0), k_steps=1,
                              energy_reg_weight=0.0)
-    # rounds alternate the pairs they try; with one pair, round 1 (odd) tries none
-    # and round 2 tries (0, 1)
-    pt.k_steps = 2
-    x = torch.full((20000, 1), 1.0, dtype=D)
-    gen = torch.Generator().manual_seed(0)
-    neg = pt.negative_samples(x, gen)
-    assert torch.equal(neg, x)               # both chains start at the data: swaps change nothing
-    assert pt.swap_acceptance[0] == pytest.approx(1.0)   # equal energies: always accepted
+    assert pt.temps == [1.0, 2.0]
+    x = torch.zeros(40000, 1, dtype=D)
+    neg = pt.negative_samples(x, torch.Generator().manual_seed(0))
+    want = math.exp(-0.5)
+    assert abs(float(neg.mean()) - want) < 0.01          # 5 standard errors
+    assert abs(pt.swap_acceptance[0] - want) < 0.01
+    assert set(neg.unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(EnergySyntaxError, match="include 1.0"):
-        ParallelTemperingCD(energy, Still(energy), temps=(0.5, 2.0))
+        ParallelTemperingCD(energy, Placing(energy), temps=(0.5, 2.0))
 
 
 def test_parallel_tempering_reaches_the_other_well():
@@ -351,3 +352,23 @@ def test_multi_dimensional_inputs_for_denoising():
     want = 0.5 * ((eps / sigma - x - sigma * eps)**2).reshape(8, -1).sum(-1).mean()
     assert torch.allclose(loss, want, rtol=1e-12)
     assert math.isfinite(float(loss.detach()))
+
+
+def test_replay_buffer_starts_as_scaled_noise_then_warm_up_steps():
+    energy = from_expression("0.5*sum(x**2)")
+
+    class Halving:                     # a "sampler" whose every call halves the states
+        def sample(self, x, n_steps):
+            return x * 0.5**n_steps
+
+    pcd = PersistentContrastiveDivergence(energy, Halving(), buffer_size=20000, init_steps=0,
+                                          init_noise=0.5)
+    buf = pcd.initialize_buffer((2,), generator=torch.Generator().manual_seed(0),
+                                like=torch.empty(0, dtype=D))
+    assert buf.shape == (20000, 2) and buf.dtype == D
+    assert abs(float(buf.std()) - 0.5) < 0.01
+    warm = PersistentContrastiveDivergence(energy, Halving(), buffer_size=20000, init_steps=2,
+                                           init_noise=0.5)
+    buf2 = warm.initialize_buffer((2,), generator=torch.Generator().manual_seed(0),
+                                  like=torch.empty(0, dtype=D))
+    assert torch.allclose(buf2, buf * 0.25)      # the same noise, then 2 halving steps

@@ -459,7 +459,8 @@ class ParallelTemperingCD(ContrastiveDivergence):
             rounds += 1
             with torch.no_grad():
                 energies = [self.energy(c).detach() for c in chains]
-                for i in range(rounds % 2, len(self.temps) - 1, 2):
+                # even pairs (0-1, 2-3, ...) in odd rounds, odd pairs in even rounds
+                for i in range((rounds + 1) % 2, len(self.temps) - 1, 2):
                     j = i + 1
                     log_a = (1 / self.temps[i] - 1 / self.temps[j]) * (energies[i] - energies[j])
                     u = torch.rand(log_a.shape, dtype=log_a.dtype, device=log_a.device,
