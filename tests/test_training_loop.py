@@ -98,6 +98,16 @@ def test_fit_reproducible_stops_early_and_takes_tuple_losses():
     assert runs[0] == runs[1]
 
 
+def test_fit_takes_datasets():
+    from torch.utils.data import TensorDataset
+    x = torch.randn(64, 2, dtype=torch.float64)
+    for data in (TensorDataset(x), TensorDataset(x, torch.zeros(64)),
+                 datasets.CircleDataset(64, seed=0, dtype=torch.float64)):
+        model = from_expression("a*sum(x**2)", a=1.0, trainable=True)
+        h = fit(model, data, lambda b: model(b).mean(), epochs=1, batch_size=16, lr=0.1)
+        assert len(h.losses) == 4 and float(model.a.detach()) < 1.0   # descends the mean energy
+
+
 def test_fit_errors():
     model = from_expression("sum(x**2)")
     with pytest.raises(EnergySyntaxError, match="no trainable parameters"):

@@ -45,7 +45,10 @@ def _as_tensor_data(data):
     elif callable(getattr(data, "get_data", None)):
         t = data.get_data()                   # torchebm.datasets
     elif isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
-        t = torch.stack([torch.as_tensor(data[i]) for i in range(len(data))])
+        items = [data[i] for i in range(len(data))]
+        # (point, label) pairs, as TensorDataset gives: the point
+        t = torch.stack([torch.as_tensor(it[0] if isinstance(it, (tuple, list)) else it)
+                         for it in items]) if items else torch.empty(0)
     else:
         raise TypeError(f"data must be a tensor [N, n] or a Dataset, not {type(data).__name__}")
     if not isinstance(t, torch.Tensor) or t.dim() < 2 or t.shape[0] == 0 or \
@@ -65,7 +68,8 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
     Args:
         energy: the model (its ``parameters()`` are optimised).
         data: ``[N, n]`` tensor, a ``torchebm.datasets`` set, or any indexable
-            ``Dataset`` of ``[n]`` points; kept on its device and dtype.
+            ``Dataset`` of ``[n]`` points (of ``(point, ...)`` tuples, e.g. a
+            ``TensorDataset``); kept on its device and dtype.
         loss: a callable of a batch ``[b, n]`` returning a scalar, or a tuple
             whose first element is the scalar (contrastive divergence's
             ``(loss, negatives)``), e.g. ``SlicedScoreMatching(energy)``.
