@@ -237,3 +237,12 @@ class ScoreMatching(nn.Module):
 
 
 __all__ = ["ScoreMatching", "score_matching_loss"]
+
+
+# training losses (contrastive divergence, sliced and denoising score matching)
+from ._losses_training import (ContrastiveDivergence, DenoisingScoreMatching,  # noqa: E402
+                               ParallelTemperingCD, PersistentContrastiveDivergence,
+                               SlicedScoreMatching)
+
+__all__ += ["ContrastiveDivergence", "PersistentContrastiveDivergence", "ParallelTemperingCD",
+            "SlicedScoreMatching", "DenoisingScoreMatching"]

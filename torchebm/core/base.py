@@ -165,6 +165,41 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
                                 else torch.device(device))
         return super().cuda(device)
 
+    def parameter_gradient(self, x: torch.Tensor) -> dict:
+        """Per-sample ``dE/dtheta`` of ``x: [..., n]`` for each trainable parameter.
+
+        Returns ``{name: [..., *theta.shape]}`` in ``named_parameters()`` order
+        (detached): entry ``b`` is the gradient of ``E(x[b])`` alone. Computed
+        by ``torch.func.vmap`` over ``torch.func.grad`` of this module's own
+        forward (for a compiled energy, of its generated closed-form energy
+        code), so one vectorised pass, not one backward per sample.
+
+        For a mean over samples (contrastive divergence needs
+        ``mean dE/dtheta(data) - mean dE/dtheta(negatives)``) one ordinary
+        backward of the mean energy is cheaper; this gives the per-sample values
+        (Fisher scores, per-sample clipping, variance estimates).
+
+        Raises:
+            ParameterError: an energy without trainable parameters.
+        """
+        from torch.func import functional_call, grad, vmap
+        params = {name: p.detach() for name, p in self.named_parameters()}
+        if not params:
+            raise ParameterError(
+                f"{type(self).__name__} has no trainable parameters; build it with "
+                f"trainable=True (or a list of names) to differentiate in its parameters")
+        x = _as_batch(x)
+        batch = x.shape[:-1]
+        flat = x.detach().reshape(-1, x.shape[-1])
+        buffers = dict(self.named_buffers())
+
+        def one(p, xi):
+            return functional_call(self, (p, buffers), (xi.unsqueeze(0),)).sum()
+
+        with torch.enable_grad():
+            out = vmap(grad(one), in_dims=(None, 0))(params, flat)
+        return {name: g.reshape(batch + g.shape[1:]).detach() for name, g in out.items()}
+
     # -- second derivatives ---------------------------------------------------------------
     #: ``hessian`` refuses outputs of more elements than this (``batch * n * n``);
     #: raise it per call (``max_elements=``) or per instance.
