@@ -306,6 +306,10 @@ class CompiledEnergy(BaseEnergyFunction):
     param_constraints: dict = {}   # user name -> 'positive' | 'positive_definite' (others real)
     constants: tuple = ()
     origin: str = ""
+    particles: int | None = None   # particle dimension d the code was generated for (x: N*d)
+    n_particles: int | None = None   # set by built-ins whose constructor fixes the size of x
+    dim: int | None = None
+    _fixed_n: int | None = None
 
     def __init__(self):
         super().__init__()
@@ -323,6 +327,51 @@ class CompiledEnergy(BaseEnergyFunction):
             _check_constraint(type(module).__name__, name, getattr(module, attr), constraint)
         module._layout_cache.clear()
         module._derived_cache.clear()
+
+    # -- size of x ------------------------------------------------------------------------
+    def _set_particles(self, n_particles, dim):
+        """Constructor of a particle built-in: ``n_particles`` particles of ``dim``
+        coordinates, so x is ``[..., n_particles * dim]``.
+
+        Raises:
+            ParameterError: a count that is not a positive integer, or a ``dim`` other
+                than the particle dimension the class was generated for.
+        """
+        cls = type(self).__name__
+        for name, value in (("n_particles", n_particles), ("dim", dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ParameterError(f"{name} of {cls} must be a positive integer, got "
+                                     f"{value!r:.40}")
+        if dim != self.particles:
+            raise ParameterError(
+                f"{cls} is generated for particles in {self.particles}-D, got dim={dim}; for "
+                f"{dim}-D particles compile its formula: torchebm.symbolic.from_expression("
+                f"{cls}.formula, particles={dim}, ...)")
+        self.n_particles, self.dim, self._fixed_n = n_particles, dim, n_particles * dim
+        self._size_text = f"n_particles={n_particles}, dim={dim}"
+
+    def _set_dim(self, dim):
+        """Constructor of a built-in whose size is given as ``dim`` (x is ``[..., dim]``).
+
+        Raises:
+            ParameterError: a ``dim`` that is not a positive integer, or not a multiple
+                of the particle dimension (for formulas over pairs of coordinates).
+        """
+        cls = type(self).__name__
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ParameterError(f"dim of {cls} must be a positive integer, got {dim!r:.40}")
+        if self.particles and dim % self.particles:
+            raise ParameterError(f"dim of {cls} must be a multiple of {self.particles} (the "
+                                 f"formula reads x in groups of {self.particles}), got {dim}")
+        self.dim, self._fixed_n = dim, dim
+        self._size_text = f"dim={dim}"
+        if self.particles:
+            self.n_particles = dim // self.particles
+
+    def _check_fixed_n(self, n):
+        if self._fixed_n is not None and n != self._fixed_n:
+            raise ShapeError(f"{type(self).__name__}({self._size_text}) takes x of shape [..., "
+                             f"{self._fixed_n}], got [..., {n}]")
 
     # -- parameters -------------------------------------------------------------------
     def _set_param(self, name, attr, value, rank, constraint="real", trainable=False):
@@ -396,6 +445,8 @@ class CompiledEnergy(BaseEnergyFunction):
 
     def _get_layout(self, x):
         n = x.shape[-1]
+        if self._fixed_n is not None:
+            self._check_fixed_n(n)
         key = (n, x.device, x.dtype, tuple(tuple(a.shape) for a in self._arrays()),
                self._layout_generation)
         lay = self._layout_cache.get(key)
@@ -707,7 +758,7 @@ class CompiledEnergy(BaseEnergyFunction):
         if expr is None:
             from ..symbolic.parse import parse_formula
             ranks = {name: rank for name, _, rank in self.param_specs}
-            expr = parse_formula(self.formula, ranks).expression
+            expr = parse_formula(self.formula, ranks, particles=self.particles).expression
             type(self)._expression = expr
         return expr
 
@@ -718,6 +769,8 @@ class CompiledEnergy(BaseEnergyFunction):
 
     def extra_repr(self) -> str:
         parts = [repr(self.formula)]
+        if self._fixed_n is not None:
+            parts.append(self._size_text)
         for name, attr, rank in self.param_specs:
             t = getattr(self, attr)
             parts.append(f"{name}={t.item():g}" if rank == 0 else

@@ -44,14 +44,15 @@ def rank_of(name, value) -> int:
 _building: dict = {}          # key -> the lock held while that formula compiles
 
 
-def compile_class(formula: str, ranks: dict, name: str | None = None):
+def compile_class(formula: str, ranks: dict, name: str | None = None,
+                  particles: int | None = None):
     """The energy class for a formula and parameter ranks (cached, thread-safe).
 
     Each formula compiles under a lock of its own: a cache hit never waits for
     another formula's compile, and two threads asking for the same formula
     compile it once.
     """
-    key = (formula, tuple(sorted(ranks.items())), name)
+    key = (formula, tuple(sorted(ranks.items())), name, particles)
     with _lock:
         cls = _cache.get(key)
         if cls is not None:
@@ -64,7 +65,7 @@ def compile_class(formula: str, ranks: dict, name: str | None = None):
         if cls is not None:
             return cls
         try:
-            cls = _compile(formula, ranks, name)
+            cls = _compile(formula, ranks, name, particles)
         finally:
             with _lock:
                 _building.pop(key, None)
@@ -118,7 +119,7 @@ class _CompletesOnRead:
 
 
 def formula_spec(formula: str, parsed, class_name: str = "ExpressionEnergy",
-                 defaults: dict | None = None) -> EnergySpec:
+                 defaults: dict | None = None, particles: int | None = None) -> EnergySpec:
     """The EnergySpec of a formula: its parameters in order of appearance, scalars
     defaulting to ``defaults[name]`` or 1.0, vectors and matrices to ``defaults`` or
     required."""
@@ -132,10 +133,11 @@ def formula_spec(formula: str, parsed, class_name: str = "ExpressionEnergy",
             return float(v)
         return 1.0 if p.rank == 0 else None
     decls = tuple(ParamDecl(p.name, p.rank, default(p)) for p in parsed.params.values())
-    return EnergySpec(class_name, formula, decls, summary=f"Energy ``{formula}``.")
+    return EnergySpec(class_name, formula, decls, summary=f"Energy ``{formula}``.",
+                      particles=particles)
 
 
-def _compile(formula, ranks, name):
+def _compile(formula, ranks, name, particles=None):
     class_name = name or "ExpressionEnergy"
     if (not isinstance(class_name, str) or not class_name.isidentifier()
             or keyword.iskeyword(class_name) or class_name in RESERVED
@@ -143,21 +145,25 @@ def _compile(formula, ranks, name):
         raise EnergySyntaxError(f"name={name!r} is not usable as a class name; give an "
                                 f"identifier such as 'MyEnergy'")
     with budget.guard():
-        parsed = parse_formula(formula, ranks)
-        spec = formula_spec(formula, parsed, class_name)
+        parsed = parse_formula(formula, ranks, particles=particles)
+        spec = formula_spec(formula, parsed, class_name, particles=particles)
         compiled = compile_parsed(spec, parsed, second_order=False)
     cls = load_class(compiled.generated)
     cls._second_order = _DeferredSecondOrder(compiled)
     cls._second_order.owner = cls
     cls.structured_hessian_diagonal = _CompletesOnRead()
     cls._expression = parsed.expression
-    cls._rebuild = (formula, tuple(sorted(ranks.items())), name)
+    cls._rebuild = (formula, tuple(sorted(ranks.items())), name, particles)
     return cls
 
 
-def _rebuild_instance(formula, ranks, name, state, trainable):
-    """Unpickle a from_expression energy: compile its class again, then load its state."""
-    cls = compile_class(formula, dict(ranks), name)
+def _rebuild_instance(formula, ranks, name, *rest):
+    """Unpickle a from_expression energy: compile its class again, then load its state.
+
+    ``rest`` is ``(particles, state, trainable)``, or ``(state, trainable)`` in pickles
+    made before ``particles=`` existed."""
+    particles, state, trainable = rest if len(rest) == 3 else (None, *rest)
+    cls = compile_class(formula, dict(ranks), name, particles)
     params = {attr: state[attr] for _, attr, _ in cls.param_specs}
     energy = cls(**params, trainable=trainable)
     energy.load_state_dict(state)
@@ -165,7 +171,8 @@ def _rebuild_instance(formula, ranks, name, state, trainable):
 
 
 def from_expression(formula, *, name: str | None = None, trainable=False, params=None,
-                    compile: bool = False, strict: bool = False, **kwargs):
+                    compile: bool = False, strict: bool = False, particles: int | None = None,
+                    **kwargs):
     """Compile a formula into an energy module with a closed-form gradient.
 
     Args:
@@ -182,10 +189,18 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
             see ``CompiledEnergy.compile``).
         strict: raise ``ParameterError`` instead of warning when a scalar
             parameter is given no value.
+        particles: the dimension ``d`` of one particle, for particle systems:
+            ``x`` ``[..., n]`` is then ``N = n / d`` particles, ``x[i]`` is
+            particle i (a d-vector), ``x[i, c]`` its coordinate c, ``N`` their
+            count and ``mean_particle`` their mean; vector functions apply per
+            particle (``norm(x[i] - x[j])``, ``dot(x[i], x[j])``). A pair sum
+            over particles is one level of ``N (N - 1) / 2`` pairs. See
+            docs/language.md, "Particle systems".
         **kwargs: parameter values. Scalars default to 1.0, with one
             ``UnsetParameterWarning`` naming every defaulted parameter (and the
             likely intent of names such as ``sinx`` -> ``sin(x)`` or ``x1`` ->
             ``x[1]``); vectors ``[K]`` and matrices ``[K, M]`` must be given.
+            (``particles`` is this function's keyword, never a parameter.)
 
     Returns:
         A ``CompiledEnergy`` instance: ``E(x)`` maps ``[..., n] -> [...]``,
@@ -197,6 +212,8 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
         ParameterError (a ValueError): a parameter is unknown, missing (a vector
             or matrix; any, with ``strict=True``), of the wrong rank or violates
             its constraint.
+        ShapeError (a ValueError): at the first call, with ``particles=d``, an
+            ``x`` whose length ``n`` is not a multiple of ``d``.
 
     Warns:
         UnsetParameterWarning: scalar parameters given no value (they are 1.0).
@@ -218,7 +235,7 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
         raise TypeError(f"formula must be a string or a SymPy expression, not "
                         f"{type(formula).__name__}")
     ranks = {k: rank_of(k, v) for k, v in values.items()}
-    cls = compile_class(formula, ranks, name)
+    cls = compile_class(formula, ranks, name, particles)
     declared = {p[0]: p for p in cls.param_specs}
     unknown = [k for k in values if k not in declared]
     if unknown:

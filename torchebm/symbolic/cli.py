@@ -366,6 +366,9 @@ def _targets(args):
         spec = load_definition(p)
         lo, hi = spec.min_dim, spec.max_dim
         dims = args.dims or [d for d in (1, 2, 5) if d >= lo and (hi is None or d <= hi)] or [lo]
+        if spec.n_particles is not None or spec.dim is not None:   # the constructor fixes n
+            dims = [spec.n_particles * spec.particles if spec.n_particles is not None
+                    else spec.dim]
         out.append((spec.class_name, spec, None, dims))
     return out
 

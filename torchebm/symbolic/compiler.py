@@ -135,5 +135,5 @@ def compile_spec(spec: EnergySpec, second_order: bool = True) -> Compiled:
     """
     ranks = {p.name: p.rank for p in spec.params}
     with budget.guard(spec.origin):
-        parsed = parse_formula(spec.formula, ranks, spec.origin)
+        parsed = parse_formula(spec.formula, ranks, spec.origin, particles=spec.particles)
         return compile_parsed(spec, parsed, second_order)

@@ -8,6 +8,10 @@ A definition file::
     doc = "longer description"         # optional
     references = ["paper or benchmark"]
     min_dim = 2                        # optional: smallest n (max_dim: largest)
+    particles = 3                      # optional: x is N particles of 3 coordinates
+    n_particles = 13                   # optional (with particles): constructor
+                                       #   n_particles=13, dim=3; x is [..., 39]
+    dim = 32                           # optional (instead): constructor dim=32
 
     [params.a]                         # one table per parameter, in constructor order
     default = 1.0                      # omitted: a required argument
@@ -31,13 +35,14 @@ from pathlib import Path
 from ..errors import EnergySyntaxError
 from .ir import EnergySpec, ParamDecl
 
-TOP_KEYS = {"name", "summary", "formula", "doc", "references", "min_dim", "max_dim", "params"}
+TOP_KEYS = {"name", "summary", "formula", "doc", "references", "min_dim", "max_dim", "params",
+            "particles", "n_particles", "dim"}
 PARAM_KEYS = {"default", "shape", "constraint", "doc"}
 CONSTRAINTS = {"real", "positive", "positive_definite"}
 MAX_DIM = 1_000_000              # largest min_dim / max_dim a definition may declare
 _STEM = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
-_BUILT_IN_NAMES = {"x", "n", "pi", "e"}
+_BUILT_IN_NAMES = {"x", "n", "pi", "e", "inf", "N", "mean_particle", "n_particles", "dim"}
 
 
 def _line_of(text: str, key: str, section: str | None = None) -> int | None:
@@ -182,6 +187,28 @@ def load_definition(path) -> EnergySpec:
         c.dimension(max_dim, "max_dim")
         if max_dim < min_dim:
             c.fail("max_dim", f"max_dim = {max_dim} is below min_dim = {min_dim}")
+    particles = data.get("particles")
+    if particles is not None:
+        c.dimension(particles, "particles")
+        if not 1 <= particles <= 64:
+            c.fail("particles", f"particles = {particles}: the particle dimension must be 1 .. 64")
+    n_particles = data.get("n_particles")
+    fixed_dim = data.get("dim")
+    if n_particles is not None:
+        c.dimension(n_particles, "n_particles")
+        if particles is None:
+            c.fail("n_particles", "n_particles needs particles = d (the dimension of one "
+                                  "particle)")
+        if fixed_dim is not None:
+            c.fail("dim", "give n_particles (constructor n_particles, dim) or dim (constructor "
+                          "dim), not both")
+        if n_particles < 1:
+            c.fail("n_particles", "n_particles must be at least 1")
+    if fixed_dim is not None:
+        c.dimension(fixed_dim, "dim")
+        if fixed_dim < 1 or (particles and fixed_dim % particles):
+            c.fail("dim", f"dim = {fixed_dim} must be positive"
+                          + (f" and a multiple of particles = {particles}" if particles else ""))
     table = data.get("params", {})
     if not isinstance(table, dict):
         c.fail("params", "'params' must hold one [params.NAME] table per parameter")
@@ -212,4 +239,5 @@ def load_definition(path) -> EnergySpec:
                                 "" if rank == 0 else shape))
     return EnergySpec(
         class_name=name, formula=formula, params=tuple(params), doc=doc, references=refs,
-        origin=f"definitions/{path.name}", min_dim=min_dim, max_dim=max_dim, summary=summary)
+        origin=f"definitions/{path.name}", min_dim=min_dim, max_dim=max_dim, summary=summary,
+        particles=particles, n_particles=n_particles, dim=fixed_dim)

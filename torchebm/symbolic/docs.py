@@ -15,8 +15,15 @@ def class_docstring(spec, latex: str | None = None) -> str:
     if spec.doc:
         lines += [spec.doc.strip(), ""]
     lines += ["Energy::", "", textwrap.indent(spec.formula.strip(), "    "), ""]
-    if spec.params:
+    if spec.params or spec.n_particles is not None or spec.dim is not None:
         lines.append("Args:")
+        if spec.n_particles is not None:
+            lines.append(f"    n_particles (int): number of particles N. Default: {spec.n_particles}.")
+            lines.append(f"    dim (int): dimension of one particle; this class is generated for "
+                         f"{spec.particles}.")
+            lines.append(f"        Default: {spec.particles}.")
+        elif spec.dim is not None:
+            lines.append(f"    dim (int): dimension n of x. Default: {spec.dim}.")
         for p in spec.params:
             shape = p.shape or _SHAPES.get(p.rank, "")
             default = "" if p.default is None else f" Default: {p.default!r}."
@@ -29,6 +36,10 @@ def class_docstring(spec, latex: str | None = None) -> str:
     lines += ["Shapes:",
               "    x: ``[..., n]`` -> energy ``[...]``, gradient ``[..., n]``; a 1-D ``x`` of",
               "    shape ``[n]`` is a batch of one (energy ``[1]``).", ""]
+    if spec.particles:
+        lines[-1:-1] = [f"    x holds N particles of {spec.particles} coordinates, particle i "
+                        f"at x[..., {spec.particles}*i:{spec.particles}*i + {spec.particles}]",
+                        f"    (``x.view(..., N, {spec.particles})``); n = N * {spec.particles}."]
     lines += ["Raises:",
               "    ParameterError (a ValueError): a parameter of the wrong shape or value.",
               "    ShapeError (a ValueError): x whose dimension does not fit the formula or the",
@@ -45,10 +56,17 @@ def init_method(spec, em) -> str:
     required = [p for p in spec.params if p.default is None]
     optional = [p for p in spec.params if p.default is not None]
     args = ["self"] + [gate.identifier(em.params[p.name]) for p in required]
+    body = ["super().__init__()"]
+    if spec.n_particles is not None:
+        args += [f"n_particles={gate.integer(spec.n_particles, 'n_particles')}",
+                 f"dim={gate.integer(spec.particles, 'particles')}"]
+        body.append("self._set_particles(n_particles, dim)")
+    elif spec.dim is not None:
+        args.append(f"dim={gate.integer(spec.dim, 'dim')}")
+        body.append("self._set_dim(dim)")
     args += [f"{gate.identifier(em.params[p.name])}="
              f"{gate.literal(p.default, f'the default of parameter {p.name}')}" for p in optional]
     args += ["*", "trainable=False"]
-    body = ["super().__init__()"]
     for p in spec.params:
         local = gate.identifier(em.params[p.name])
         body.append(f"self._set_param({gate.string(p.name)}, {gate.string(local)}, {local}, "

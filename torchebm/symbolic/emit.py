@@ -778,6 +778,8 @@ def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
            f"    param_constraints = {gate.string_dict(constraints)}\n",
            f"    constants = {_tuple_text(const_meta)}\n",
            f"    origin = {gate.string(spec.origin, 'origin')}\n",
+           *([f"    particles = {gate.integer(spec.particles, 'particles')}\n"]
+             if spec.particles else []),
            f"    structured_hessian_diagonal = {stmts.diagonal is not None}\n\n",
            init_method(spec, em), "\n",
            layout, "\n"]

@@ -33,6 +33,9 @@ class EnergySpec:
     min_dim: int = 0                   # smallest n the energy is defined for
     max_dim: int | None = None         # largest n, or None
     summary: str = ""
+    particles: int | None = None       # particle dimension d: x is N = n / d particles
+    n_particles: int | None = None     # default particle count (constructor n_particles, dim)
+    dim: int | None = None             # default dimension n (constructor dim)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,17 @@ MAX_TREE = 20_000             # largest expression tree after inlining local def
 _LAMBDA = re.compile(r"\blambda\b")
 _LAMBDA_PLACEHOLDER = "_ambda"
 MAX_EXPONENT_BITS = 1 << 14   # exact integer powers up to this size, else float
+MAX_PARTICLE_DIM = 64         # largest particle dimension (particles=d)
+MAX_UNROLL = 64               # reductions of a particle vector are written out term by term
+
+
+@dataclass
+class LocalFunction:
+    """A local definition with index arguments, ``r(i, j) = norm(x[i] - x[j])``: its
+    body is parsed once, over placeholder indices, and each call substitutes them."""
+    name: str
+    formals: tuple
+    value: object
 
 
 @dataclass
@@ -89,14 +100,21 @@ class Parsed:
 
 
 def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
-                  origin: str = "<formula>") -> Parsed:
+                  origin: str = "<formula>", particles: int | None = None) -> Parsed:
     """Parse a formula into a scalar SymPy energy.
 
     Args:
-        text: the formula, Python syntax; optional ``name = expr`` lines first.
+        text: the formula, Python syntax; optional ``name = expr`` and
+            ``name(i, j) = expr`` lines first.
         param_ranks: rank (0 scalar, 1 vector, 2 matrix) of each parameter
             whose value is known; other names are scalars.
         origin: file name shown in errors.
+        particles: the particle dimension ``d``, or None. With ``d``, ``x`` is
+            ``N = n // d`` particles: ``x[i]`` is the d-vector of particle i
+            (coordinates ``x[d*i] .. x[d*i + d - 1]``), ``x[i, c]`` its
+            coordinate c, ``N`` their count and ``mean_particle`` their mean
+            (a d-vector); ``n`` must be a multiple of ``d`` (checked at the
+            first call).
 
     Raises:
         EnergySyntaxError: for anything outside the language, with the
@@ -114,6 +132,13 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
     text = textwrap.dedent(text.strip("\n"))   # ' sum(x**2)' is not an indentation error
     if text[:1] in (" ", "\t") and "\n" not in text.strip():
         text = text.strip()
+    if particles is not None:
+        if isinstance(particles, bool) or not isinstance(particles, int) or not (
+                1 <= particles <= MAX_PARTICLE_DIM):
+            raise EnergySyntaxError(
+                f"particles must be the dimension of one particle, an integer from 1 to "
+                f"{MAX_PARTICLE_DIM} (e.g. particles=3 for points in 3-D), got {particles!r:.40}")
+    text = _function_definitions(text)
     if re.search(rf"\b{_LAMBDA_PLACEHOLDER}\b", text):
         raise EnergySyntaxError(f"names starting with '_' are reserved; rename "
                                 f"'{_LAMBDA_PLACEHOLDER}'")
@@ -135,7 +160,18 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
                                 (exc.offset or 1) - 1, origin) from None
     except (RecursionError, MemoryError, ValueError, OverflowError) as exc:
         raise EnergySyntaxError(f"the formula is too deeply nested or too large to parse ({exc})")
-    return _Parser(text, param_ranks or {}, origin).run(tree)
+    return _Parser(text, param_ranks or {}, origin, particles).run(tree)
+
+
+_FUNCTION_DEF = re.compile(r"^([ \t]*[A-Za-z_][A-Za-z0-9_]*[ \t]*)\(([^()\n]*)\)(?=[ \t]*=(?!=))",
+                           re.M)
+
+
+def _function_definitions(text: str) -> str:
+    """``r(i, j) = expr`` lines (a local definition with index arguments) become
+    ``r[i, j] = expr``, which Python parses (an assignment to a call does not);
+    the text keeps its length, so columns in errors stay right."""
+    return _FUNCTION_DEF.sub(lambda m: f"{m.group(1)}[{m.group(2)}]", text)
 
 
 _RECURSION_LOCK = threading.Lock()
@@ -158,8 +194,9 @@ def _ast_parse(text: str) -> ast.Module:
 
 
 class _Parser:
-    def __init__(self, text, param_ranks, origin):
+    def __init__(self, text, param_ranks, origin, particles=None):
         self.text = text
+        self.particles = particles
         self.lines = [ln.encode("utf-8") for ln in
                       _LAMBDA.sub(_LAMBDA_PLACEHOLDER, text).split("\n")]   # ast columns
         self.ranks = dict(param_ranks)
@@ -194,10 +231,15 @@ class _Parser:
             for stmt in defs:
                 self.node = stmt
                 if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
-                        and isinstance(stmt.targets[0], ast.Name)):
-                    self.error("only 'name = expression' lines may come before the energy")
-                name = stmt.targets[0].id
-                if name in ("x", "n", "pi", "e") or name in F.ELEMENTWISE or name in REDUCTIONS:
+                        and isinstance(stmt.targets[0], (ast.Name, ast.Subscript))):
+                    self.error("only 'name = expression' lines (or 'name(i, j) = expression' "
+                               "with index arguments) may come before the energy")
+                target = stmt.targets[0]
+                if isinstance(target, ast.Subscript):
+                    self.define_function(target, stmt.value)
+                    continue
+                name = target.id
+                if name in self.reserved_names() or name in F.ELEMENTWISE or name in REDUCTIONS:
                     self.error(f"'{name}' is a reserved name and cannot be redefined")
                 value = self.visit(stmt.value)
                 probe = value.at(index_symbol("_probe")) if isinstance(value, Vector) else value
@@ -245,6 +287,79 @@ class _Parser:
         finally:
             self.node = saved
 
+    def reserved_names(self):
+        names = ("x", "n", "pi", "e")
+        return names + ("N", "mean_particle") if self.particles else names
+
+    def define_function(self, target, value_node):
+        """``r(i, j) = expr``: parse ``expr`` once over placeholder indices."""
+        if not isinstance(target.value, ast.Name):
+            self.error("a local definition with arguments reads 'name(i, j) = expression'",
+                       target)
+        name = target.value.id
+        if (name in self.reserved_names() or name in F.ELEMENTWISE or name in REDUCTIONS
+                or name in ALLOWED_FUNCTIONS or name.startswith("_")):
+            self.error(f"'{name}' is a reserved name and cannot be redefined", target)
+        args = target.slice.elts if isinstance(target.slice, ast.Tuple) else [target.slice]
+        names = []
+        for a in args:
+            if not isinstance(a, ast.Name) or a.id.startswith("_"):
+                self.error(f"the arguments of {name}(...) must be index names, e.g. "
+                           f"{name}(i, j) = norm(x[i] - x[j])", a)
+            if a.id in self.reserved_names() or a.id in self.ranks or a.id in self.locals:
+                self.error(f"the argument name '{a.id}' of {name}(...) is already taken (by "
+                           f"x, n, a constant, a parameter or a definition); choose another", a)
+            if a.id in names:
+                self.error(f"{name}(...) names its argument '{a.id}' twice", a)
+            names.append(a.id)
+        saved = dict(self.indices)
+        formals = tuple(index_symbol(self.fresh_name(f"{a}_")) for a in names)
+        try:
+            self.indices.update(zip(names, formals))
+            value = self.visit(value_node)
+        finally:
+            self.indices = saved
+        if isinstance(value, Matrix):
+            self.error(f"{name}(...) must be a number or a vector, not a matrix", value_node)
+        self.locals[name] = LocalFunction(name, formals, value)
+
+    def call_function(self, fn, node):
+        """A call ``r(i, j)`` of a local definition: its body with the indices put in."""
+        if len(node.args) != len(fn.formals):
+            self.error(f"{fn.name}() takes {len(fn.formals)} index argument"
+                       f"{'s' if len(fn.formals) != 1 else ''}, got {len(node.args)}", node)
+        actuals = []
+        for a in node.args:
+            v = self.visit(a)
+            if not isinstance(v, sp.Expr) or not _is_integer_expr(v):
+                self.error(f"the arguments of {fn.name}() are indices (integer expressions of "
+                           f"loop indices, n and integers), e.g. {fn.name}(i, j)", a)
+            actuals.append(v)
+        sub = dict(zip(fn.formals, actuals))
+        value = fn.value
+        if isinstance(value, Vector):
+            inner = value
+            return Vector(sp.sympify(inner.length).xreplace(sub),
+                          lambda k: inner.at(k).xreplace(sub), f"{fn.name}(...)",
+                          inner.condition)
+        return value.xreplace(sub) if isinstance(value, sp.Basic) else value
+
+    def particle(self, index):
+        """Particle ``index`` of x: the d-vector x[d*index .. d*index + d - 1]."""
+        d = self.particles
+        return Vector(sp.Integer(d), lambda c: X[d * index + c], "x[particle]")
+
+    def particle_count(self):
+        d = self.particles
+        if not getattr(self, "_particle_check", False):
+            self._particle_check = True
+            self.size_checks.append((
+                d * sp.floor(N / d), N,
+                f"x has n = {{b}} coordinates, which is not a multiple of the particle "
+                f"dimension {d} (particles={d}): x must be N particles of {d} coordinates, "
+                f"[..., N*{d}]; {{b}} - {{a}} coordinates are left over"))
+        return sp.floor(N / d)
+
     # -- leaves ---------------------------------------------------------------
     def visit_Constant(self, node):
         v = node.value
@@ -265,8 +380,22 @@ class _Parser:
         if name in self.indices:
             return self.indices[name]
         if name in self.locals:
-            return self.locals[name]
+            value = self.locals[name]
+            if isinstance(value, LocalFunction):
+                self.error(f"'{name}' takes index arguments: call it, e.g. "
+                           f"{name}({', '.join('ijkl'[:len(value.formals)])})", node)
+            return value
+        if self.particles and name == "N":
+            return self.particle_count()
+        if self.particles and name == "mean_particle":
+            count = self.particle_count()
+            k = self.fresh_index()
+            d = self.particles
+            return Vector(sp.Integer(d), lambda c: F.Sum(X[d * k + c], (k, 0, count - 1)) / count,
+                          "mean_particle")
         if name == "x":
+            if self.particles:
+                self.particle_count()
             return Vector(N, lambda k: X[k], "x")
         if name == "n":
             return N
@@ -410,8 +539,11 @@ class _Parser:
 
     # -- subscripts -----------------------------------------------------------
     def visit_Subscript(self, node):
-        value = self.visit(node.value)
         sl = node.slice
+        if (self.particles and isinstance(node.value, ast.Name) and node.value.id == "x"
+                and "x" not in self.locals and "x" not in self.indices):
+            return self.particle_subscript(node)
+        value = self.visit(node.value)
         if isinstance(value, Vector):
             if isinstance(sl, ast.Tuple):
                 self.error(f"{value.what} is a vector; index it with one index, e.g. x[0]", node)
@@ -436,6 +568,20 @@ class _Parser:
             self.error(f"parameter '{value.name}' is indexed, but no vector or matrix value was "
                        f"given for it; pass it, e.g. {value.name}=torch.tensor([...])", node)
         self.error("only x, vector and matrix parameters can be indexed", node)
+
+    def particle_subscript(self, node):
+        """``x[i]`` (particle i, a d-vector) or ``x[i, c]`` (its coordinate c)."""
+        count = self.particle_count()
+        sl = node.slice
+        parts = sl.elts if isinstance(sl, ast.Tuple) else [sl]
+        if len(parts) > 2 or any(isinstance(p, ast.Slice) for p in parts):
+            self.error(f"with particles={self.particles}, x[i] is particle i (a "
+                       f"{self.particles}-vector) and x[i, c] its coordinate c; slices of x "
+                       f"are not supported, sum over particles instead", node)
+        vec = self.particle(self.index_expr(parts[0], count))
+        if len(parts) == 2:
+            return vec.at(self.index_expr(parts[1], vec.length))
+        return vec
 
     def index_vector(self, vec, sl, node):
         if isinstance(sl, ast.Slice):
@@ -486,6 +632,8 @@ class _Parser:
             self.error(f"{name}() takes no keyword arguments", node)
         if any(isinstance(a, ast.Starred) for a in node.args):
             self.error("'*' unpacking is not allowed in a formula", node)
+        if isinstance(self.locals.get(name), LocalFunction):
+            return self.call_function(self.locals[name], node)
         if name in REDUCTIONS:
             return self.reduction(name, node)
         args = node.args
@@ -605,6 +753,9 @@ class _Parser:
                 self.error(f"{name}() reduces a vector, but its argument is a "
                            f"{'matrix' if isinstance(vec, Matrix) else 'scalar'}; "
                            f"for scalars use the function itself", node)
+            unrolled = self.unrolled(name, vec, node)
+            if unrolled is not None:
+                return unrolled
             i = self.fresh_index()
             body = vec.at(i)
             if _is_condition(body):
@@ -624,6 +775,26 @@ class _Parser:
             count = (limits[0][2] - limits[0][1] + 1 if len(limits) == 1
                      else F.Sum(sp.Integer(1), *limits))
         return F.Sum(body, *limits) / count
+
+    def unrolled(self, name, vec, node):
+        """With particles, a reduction of a short vector of known length (a particle's
+        d coordinates) is written out term by term, ``(x[3*i] - x[3*j])**2 + ...``: a
+        pair sum then stays one level of pairs, with no nested level over coordinates."""
+        length = sp.sympify(vec.length)
+        if not (self.particles and length.is_Integer and 1 <= int(length) <= MAX_UNROLL):
+            return None
+        terms = [vec.at(sp.Integer(c)) for c in range(int(length))]
+        if any(_is_condition(t) for t in terms):
+            self.error(f"{name}() of a condition is not allowed; use where(cond, 1, 0)", node)
+        if name == "norm":
+            return F.SafeSqrt(sp.Add(*[t**2 for t in terms]))
+        if name == "sum":
+            return sp.Add(*terms)
+        if name == "mean":
+            return sp.Add(*terms) / len(terms)
+        if name == "prod":
+            return sp.Mul(*terms)
+        return terms[0] if len(terms) == 1 else F.LogAddExp(*terms)
 
     def generator(self, gen):
         bound = []
@@ -650,7 +821,7 @@ class _Parser:
                         self.error("range() bounds must be smaller than 2**31", it)
                 lo, hi = (sp.Integer(0), bounds[0]) if len(bounds) == 1 else bounds
                 name = comp.target.id
-                if name in ("x", "n", "pi", "e") or name in self.ranks or name in self.locals:
+                if name in self.reserved_names() or name in self.ranks or name in self.locals:
                     self.error(f"the index name '{name}' is already taken (by x, n, a constant, "
                                f"a parameter or a definition); choose another", comp.target)
                 sym = index_symbol(name) if name not in self.indices else index_symbol(
@@ -669,6 +840,10 @@ class _Parser:
         return body, list(reversed(bound))  # SymPy lists the innermost limit first
 
     def sum_over(self, vec):
+        if self.particles:
+            unrolled = self.unrolled("sum", vec, self.node)
+            if unrolled is not None:
+                return unrolled
         i = self.fresh_index()
         return F.Sum(vec.at(i), (i, 0, vec.length - 1))
 

@@ -26,7 +26,7 @@ import sympy as sp
 
 X = sp.IndexedBase("x", real=True)
 N = sp.Symbol("n", integer=True, nonnegative=True)
-CONSTANTS = {"pi": sp.pi, "e": sp.E}
+CONSTANTS = {"pi": sp.pi, "e": sp.E, "inf": sp.oo}
 
 
 @dataclass(frozen=True)

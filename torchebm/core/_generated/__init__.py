@@ -7,8 +7,11 @@ from .double_well import DoubleWellEnergy as DoubleWellEnergy
 from .gaussian import GaussianEnergy as GaussianEnergy
 from .harmonic import HarmonicEnergy as HarmonicEnergy
 from .himmelblau import HimmelblauEnergy as HimmelblauEnergy
+from .lennard_jones import LennardJonesEnergy as LennardJonesEnergy
+from .many_well import ManyWellEnergy as ManyWellEnergy
+from .multi_double_well import MultiDoubleWellEnergy as MultiDoubleWellEnergy
 from .rastrigin import RastriginEnergy as RastriginEnergy
 from .rosenbrock import RosenbrockEnergy as RosenbrockEnergy
 from .styblinski_tang import StyblinskiTangEnergy as StyblinskiTangEnergy
 
-__all__ = ['AckleyEnergy', 'BoothEnergy', 'DoubleWellEnergy', 'GaussianEnergy', 'HarmonicEnergy', 'HimmelblauEnergy', 'RastriginEnergy', 'RosenbrockEnergy', 'StyblinskiTangEnergy']
+__all__ = ['AckleyEnergy', 'BoothEnergy', 'DoubleWellEnergy', 'GaussianEnergy', 'HarmonicEnergy', 'HimmelblauEnergy', 'LennardJonesEnergy', 'ManyWellEnergy', 'MultiDoubleWellEnergy', 'RastriginEnergy', 'RosenbrockEnergy', 'StyblinskiTangEnergy']
