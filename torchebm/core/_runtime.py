@@ -18,8 +18,127 @@ MAX_POINTS = 50_000_000
 
 # -- numerics ------------------------------------------------------------------------
 def softplus(u: torch.Tensor) -> torch.Tensor:
-    """``log(1 + exp(u))`` as ``max(u, 0) + log1p(exp(-|u|))``: exact for every u."""
-    return torch.clamp(u, min=0) + torch.log1p(torch.exp(-torch.abs(u)))
+    """``log(1 + exp(u))``: ``u + log1p(exp(-u))`` for ``u > 0``, ``log1p(exp(u))`` else.
+
+    Exact for every u (no threshold switch, unlike ``torch.nn.functional.softplus``).
+    Each branch sees only inputs where ``exp`` is at most 1, so autograd gives
+    ``sigmoid(u)`` everywhere (0.5 at 0; the form with ``clamp`` gives 1 there) and
+    its second derivative stays finite at ``|u| = 1000`` (``torch.logaddexp``'s does not).
+    """
+    pos = u > 0
+    zero = torch.zeros_like(u)
+    up = torch.where(pos, u, zero)
+    un = torch.where(pos, zero, u)
+    return torch.where(pos, up + torch.log1p(torch.exp(-up)), torch.log1p(torch.exp(un)))
+
+
+def _tensor(v, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v
+    return torch.as_tensor(v, dtype=like.dtype, device=like.device)
+
+
+def _pair(a, b):
+    """Two operands as tensors of one dtype (numbers take the tensor's dtype)."""
+    like = a if isinstance(a, torch.Tensor) else b
+    return _tensor(a, like), _tensor(b, like)
+
+
+def power(b, e):
+    """``b**e`` for an exponent that is not an integer literal; shapes broadcast.
+
+    The value is ``torch.pow(b, e)``. Where ``b == 0`` and ``e < 1`` the derivative is
+    infinite or absent: there the value comes from a branch that autograd does not
+    enter, so ``torch.autograd`` and ``torch.func`` give 0 (the kink convention of the
+    closed form, ``PowerPrime``) instead of ``inf * 0 = nan`` further down the chain.
+    The derivative in ``e`` is 0 at ``b == 0``.
+    """
+    b, e = _pair(b, e)
+    singular = (b == 0) & (e < 1)
+    safe = torch.where(singular, torch.ones_like(b), b)
+    at_zero = torch.pow(torch.zeros_like(b), e.detach())
+    return torch.where(singular, at_zero, torch.pow(safe, e))
+
+
+def power_prime(b, e):
+    """``e*b**(e - 1)`` (d/db of ``b**e``), 0 where ``b == 0`` and ``e < 1``."""
+    b, e = _pair(b, e)
+    singular = (b == 0) & (e < 1)
+    safe = torch.where(singular, torch.ones_like(b), b)
+    return torch.where(singular, torch.zeros_like(b), e * power(safe, e - 1))
+
+
+def power_log(b, e):
+    """``b**e * log(b)`` (d/de of ``b**e``), 0 where ``b == 0``."""
+    b, e = _pair(b, e)
+    zero = b == 0
+    safe = torch.where(zero, torch.ones_like(b), b)
+    return torch.where(zero, torch.zeros_like(b), power(safe, e) * torch.log(safe))
+
+
+_LOG2 = 0.6931471805599453
+
+
+def log_cosh(u: torch.Tensor) -> torch.Tensor:
+    """``log(cosh(u))``: ``log1p(2 sinh(u/2)**2)`` for ``|u| < 1`` (no cancellation near
+    0), ``u + softplus(-2u) - log 2`` elsewhere (no overflow of cosh past 710).
+    Each branch sees only inputs where it is finite, so autograd gives ``tanh(u)``."""
+    small = u.abs() < 1
+    us = torch.where(small, u, torch.zeros_like(u))
+    near = torch.log1p(2 * torch.square(torch.sinh(us / 2)))
+    far = u + softplus(-2 * u) - _LOG2
+    return torch.where(small, near, far)
+
+
+def hypot(a, b):
+    """``sqrt(a**2 + b**2)`` without overflow or underflow (``torch.hypot``); its
+    autograd derivative is 0 at the origin (``torch.hypot`` gives ``0/0 = nan``)."""
+    a, b = _pair(a, b)
+    zero = (a == 0) & (b == 0)
+    one = torch.ones_like(a)
+    r = torch.hypot(torch.where(zero, one, a), torch.where(zero, one, b))
+    return torch.where(zero, torch.zeros_like(r), r)
+
+
+def atan2(y, x):
+    """``atan2(y, x)`` whose autograd is range-safe and 0 at the origin.
+
+    The angle is computed from ``(y, x) / max(|y|, |x|)`` (the same angle): torch's
+    own derivative ``x / (x**2 + y**2)`` then never under- or overflows
+    (``1e-200`` gives ``5e199``, not ``inf``). At the origin the value is
+    ``torch.atan2``'s, from inputs that autograd does not see (derivative 0).
+    """
+    y, x = _pair(y, x)
+    m = torch.maximum(y.abs(), x.abs()).detach()
+    origin = m == 0
+    scale = torch.where(origin | ~torch.isfinite(m), torch.ones_like(m), m)
+    ys = torch.where(origin, torch.zeros_like(y), y / scale)
+    xs = torch.where(origin, torch.ones_like(x), x / scale)
+    return torch.where(origin, torch.atan2(y.detach(), x.detach()), torch.atan2(ys, xs))
+
+
+def safe_sqrt(s: torch.Tensor) -> torch.Tensor:
+    """``sqrt(s)`` of a sum of squares; its autograd derivative is 0 where ``s == 0``
+    (the closed form's convention for ``norm``) instead of ``inf * 0 = nan``."""
+    zero = s == 0
+    return torch.where(zero, torch.zeros_like(s), torch.sqrt(torch.where(zero, torch.ones_like(s), s)))
+
+
+def over_square(a, r):
+    """``a / r**2`` as ``(a / r) / r``: ``r**2`` would underflow for ``|r| < 1e-154``."""
+    return (a / r) / r
+
+
+def guard(cond: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``v`` itself, but autograd only flows into it where ``cond`` holds.
+
+    Feeding each branch of a ``torch.where`` its inputs through ``guard`` (the
+    "double where") keeps an unselected branch's ``inf``/``nan`` derivative (``sqrt``
+    at 0, ``log`` of a negative number) out of the gradient: the value is unchanged.
+    """
+    if not isinstance(v, torch.Tensor):
+        return v
+    return torch.where(cond, v, v.detach())
 
 
 def logaddexp(*args):

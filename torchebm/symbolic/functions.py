@@ -186,7 +186,9 @@ class SafeSqrt(sp.Function):
 
     def fdiff(self, argindex=1):
         s = self.args[0]
-        return sp.Piecewise((1 / (2 * sp.sqrt(s)), s > 0), (0, True))
+        # Ne, not s > 0: a NaN sum (one NaN component) gives a NaN derivative for every
+        # component, as autograd does, instead of 0 for all but the NaN one
+        return sp.Piecewise((1 / (2 * sp.sqrt(s)), sp.Ne(s, 0)), (0, True))
 
     @classmethod
     def eval(cls, s):
@@ -281,3 +283,193 @@ ELEMENTWISE["expm1"] = _expm1
 #: Number of arguments each elementwise function takes (None: two or more).
 ARITY = {name: 1 for name in ELEMENTWISE}
 ARITY.update(atan2=2, minimum=2, maximum=2, logaddexp=2)
+
+
+# -- numerically safe forms introduced by the rewrite stage ----------------------------
+
+class Power(sp.Function):
+    """``b**e`` with an exponent that is not an integer literal, printed ``_rt.power``.
+
+    SymPy differentiates ``b**e`` as ``e*b**e/b``: NaN at ``b = 0`` even where the
+    derivative exists (``x**a`` with ``a = 2``). Here ``d/db = PowerPrime(b, e)``
+    (``e*b**(e - 1)``, never a division by ``b``) and ``d/de = PowerLog(b, e)``
+    (``b**e log b``, 0 at ``b = 0``: its limit for ``e > 0``). At ``b = 0`` with
+    ``e < 1`` the derivative in b is infinite or absent; it takes the kink convention 0.
+    """
+
+    nargs = 2
+    _eval_is_real = _real_for_real_args
+
+    def fdiff(self, argindex=1):
+        b, e = self.args
+        return PowerPrime(b, e) if argindex == 1 else PowerLog(b, e)
+
+    @classmethod
+    def eval(cls, b, e):
+        if e.is_Integer or (b.is_Number and e.is_Number):
+            return b ** e
+        return None
+
+    def _latex(self, printer):
+        return printer._print(sp.Pow(*self.args, evaluate=False))
+
+
+class PowerPrime(sp.Function):
+    """``e*b**(e - 1)``, the derivative of ``b**e`` in b; 0 at ``b = 0`` when ``e < 1``
+    (kink convention), printed ``_rt.power_prime``. Its own derivative in b is
+    ``e*PowerPrime(b, e - 1)``, so second derivatives never divide by b either."""
+
+    nargs = 2
+    _eval_is_real = _real_for_real_args
+
+    def fdiff(self, argindex=1):
+        b, e = self.args
+        if argindex == 1:
+            return e * PowerPrime(b, e - 1)
+        return Power(b, e - 1) + e * PowerLog(b, e - 1)
+
+    @classmethod
+    def eval(cls, b, e):
+        if b.is_Number and e.is_Number:
+            if b == 0:
+                return e * sp.S.Zero ** (e - 1) if e >= 1 else sp.S.Zero
+            return e * b ** (e - 1)
+        if e == 0:
+            return sp.S.Zero
+        if e == 1:
+            return sp.S.One
+        return None
+
+
+class PowerLog(sp.Function):
+    """``b**e * log(b)``, the derivative of ``b**e`` in e; 0 at ``b = 0`` (its limit for
+    ``e > 0``), printed ``_rt.power_log``."""
+
+    nargs = 2
+    _eval_is_real = _real_for_real_args
+
+    def fdiff(self, argindex=1):
+        b, e = self.args
+        if argindex == 1:
+            return sp.Piecewise((PowerPrime(b, e) * sp.log(b) + Power(b, e - 1), sp.Ne(b, 0)),
+                                (0, True))
+        return sp.Piecewise((PowerLog(b, e) * sp.log(b), sp.Ne(b, 0)), (0, True))
+
+    @classmethod
+    def eval(cls, b, e):
+        if b.is_Number and e.is_Number:
+            return sp.S.Zero if b == 0 else b ** e * sp.log(b)
+        return None
+
+
+class LogCosh(sp.Function):
+    """``log(cosh(u))`` as ``u + logaddexp(-2u, 0) - log 2``: finite for every u (cosh
+    overflows past |u| = 710), derivative ``tanh(u)``, printed ``_rt.log_cosh``."""
+
+    _eval_is_real = _real_for_real_args
+
+    def fdiff(self, argindex=1):
+        return sp.tanh(self.args[0])
+
+    @classmethod
+    def eval(cls, u):
+        return _number(lambda v: mpmath.log(mpmath.cosh(v)), u)
+
+
+class Hypot(sp.Function):
+    """``sqrt(a**2 + b**2)`` without overflow or underflow of the squares (``torch.hypot``).
+
+    Derivatives ``a/hypot`` and ``b/hypot``, 0 at the origin (the kink convention
+    of ``norm``); printed ``_rt.hypot``.
+    """
+
+    nargs = 2
+    _eval_is_real = _real_for_real_args
+
+    def fdiff(self, argindex=1):
+        a, b = self.args
+        return sp.Piecewise((self.args[argindex - 1] / Hypot(a, b), sp.Ne(Hypot(a, b), 0)),
+                            (0, True))
+
+    @classmethod
+    def eval(cls, a, b):
+        return _number(lambda u, v: mpmath.hypot(u, v), a, b)
+
+
+class Atan2(sp.Function):
+    """``atan2(y, x)``, the angle of the point ``(x, y)``, printed ``_rt.atan2``.
+
+    Derivatives ``x/r**2`` and ``-y/r**2`` with ``r = hypot(y, x)``, written
+    ``(x/r)/r`` so that ``r**2`` never underflows (``r = 1.4e-200`` gives
+    ``5e199``, not ``inf``); 0 at the origin, where atan2 has no derivative
+    (kink convention).
+    """
+
+    nargs = 2
+    _eval_is_real = _real_for_real_args
+
+    def fdiff(self, argindex=1):
+        y, x = self.args
+        r = Hypot(y, x)
+        num = x if argindex == 1 else -y
+        return sp.Piecewise((ScaledQuotient(num, r), sp.Ne(r, 0)), (0, True))
+
+    @classmethod
+    def eval(cls, y, x):
+        return _number(lambda u, v: mpmath.atan2(u, v), y, x)
+
+
+class ScaledQuotient(sp.Function):
+    """``a/r**2`` computed as ``(a/r)/r`` (``_rt.over_square``): no underflow of ``r**2``."""
+
+    nargs = 2
+    _eval_is_real = _real_for_real_args
+
+    def fdiff(self, argindex=1):
+        a, r = self.args
+        if argindex == 1:
+            return ScaledQuotient(1, r)
+        return -2 * ScaledQuotient(a, r) / r
+
+    @classmethod
+    def eval(cls, a, r):
+        if a == 0:
+            return sp.S.Zero
+        if a.is_Number and r.is_Number:
+            return a / r**2
+        return None
+
+
+class Guard(sp.Function):
+    """``Guard(v, selected)`` is ``v``; printed ``_rt.guard(selected, v)``, through which
+    autograd flows only where ``selected`` holds.
+
+    The rewrite stage feeds each ``where`` branch whose derivative can be inf or nan
+    its inputs through Guard (the "double where"), so autograd of the generated code
+    never multiplies an unselected branch's ``inf`` by 0. Its derivative is the
+    derivative of ``v``: the closed forms are unchanged.
+    """
+
+    nargs = 2
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_derivative(self, s):
+        return self.args[0].diff(s)
+
+    def _latex(self, printer):
+        return printer._print(self.args[0])
+
+    def _sympystr(self, printer):
+        return printer._print(self.args[0])
+
+    @classmethod
+    def eval(cls, v, selected):
+        if v.is_Number or selected == sp.true:
+            return v
+        return None
+
+
+ELEMENTWISE["hypot"] = Hypot
+ARITY["hypot"] = 2
