@@ -44,20 +44,68 @@ def _pair(a, b):
     return _tensor(a, like), _tensor(b, like)
 
 
+def _pow_value(b: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    singular = (b == 0) & (e < 1)
+    safe = torch.where(singular, torch.ones_like(b), b)
+    return torch.where(singular, torch.pow(torch.zeros_like(b), e), torch.pow(safe, e))
+
+
+class _Power(torch.autograd.Function):
+    """``b**e`` whose derivatives are :func:`power_prime` and :func:`power_log`, at every
+    order (they call :func:`power` again), in reverse mode, forward mode and vmap, so
+    ``torch.autograd`` and ``torch.func`` (``grad``, ``hessian``) agree with the closed
+    forms at ``b = 0``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(b, e):
+        return _pow_value(b, e)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        b, e = ctx.saved_tensors
+        gb = ge = None
+        if ctx.needs_input_grad[0]:
+            gb = _times(grad, power_prime(b, e)).sum_to_size(b.shape)
+        if ctx.needs_input_grad[1]:
+            ge = _times(grad, power_log(b, e)).sum_to_size(e.shape)
+        return gb, ge
+
+    @staticmethod
+    def jvp(ctx, db, de):
+        b, e = ctx.saved_tensors
+        out = torch.zeros(torch.broadcast_shapes(b.shape, e.shape), dtype=b.dtype,
+                          device=b.device)
+        if db is not None:
+            out = out + _times(db, power_prime(b, e))
+        if de is not None:
+            out = out + _times(de, power_log(b, e))
+        return out
+
+
+def _times(d, factor):
+    """``d * factor``, 0 where ``d`` is 0: a zero tangent (an exponent that is not
+    differentiated) never meets ``log`` of a negative base (nan)."""
+    return torch.where(d == 0, torch.zeros_like(factor), d * factor)
+
+
 def power(b, e):
     """``b**e`` for an exponent that is not an integer literal; shapes broadcast.
 
-    The value is ``torch.pow(b, e)``. Where ``b == 0`` and ``e < 1`` the derivative is
-    infinite or absent: there the value comes from a branch that autograd does not
-    enter, so ``torch.autograd`` and ``torch.func`` give 0 (the kink convention of the
-    closed form, ``PowerPrime``) instead of ``inf * 0 = nan`` further down the chain.
-    The derivative in ``e`` is 0 at ``b == 0``.
+    The value is ``torch.pow(b, e)``. Its derivatives (autograd, ``torch.func``, any
+    order) are ``e*b**(e - 1)`` and ``b**e log b`` without a division by ``b``: where
+    ``b == 0`` and ``e < 1`` the derivative in b is infinite or absent and is 0 (the
+    kink convention of the closed form, ``PowerPrime``); the derivative in ``e`` is 0
+    at ``b == 0``.
     """
     b, e = _pair(b, e)
-    singular = (b == 0) & (e < 1)
-    safe = torch.where(singular, torch.ones_like(b), b)
-    at_zero = torch.pow(torch.zeros_like(b), e.detach())
-    return torch.where(singular, at_zero, torch.pow(safe, e))
+    return _Power.apply(b, e)
 
 
 def power_prime(b, e):
@@ -195,6 +243,8 @@ def reduce_points(v: torch.Tensor, op: str, groups: int, per_group: int) -> torc
         return w.sum(-1)
     if op == "prod":
         return w.prod(-1)
+    if op == "norm":
+        return norm(w)
     if w.shape[-1] == 0:
         return torch.full(w.shape[:-1], -torch.inf, dtype=w.dtype, device=w.device)
     return torch.logsumexp(w, dim=-1)
@@ -204,6 +254,19 @@ def segment_sum(v: torch.Tensor, seg: torch.Tensor, groups: int) -> torch.Tensor
     """Sum ``[..., P]`` into ``[..., groups]`` by segment id (ragged inner ranges)."""
     out = torch.zeros(v.shape[:-1] + (groups,), dtype=v.dtype, device=v.device)
     return out.index_add(-1, seg, v)
+
+
+def norm(v: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm over the last axis, scaled by its largest entry: ``[3e-200, 4e-200]``
+    gives ``5e-200`` and ``[3e200, 4e200]`` gives ``5e200`` (``torch.linalg.vector_norm``
+    squares unscaled: 0 and inf). The scale is a constant for autograd (the norm does
+    not depend on it), so the derivative is ``(v/s) / |v/s|``, 0 at the origin, NaN
+    everywhere when one entry is NaN. An empty axis gives 0."""
+    if v.shape[-1] == 0:
+        return v.new_zeros(v.shape[:-1])
+    m = v.detach().abs().amax(-1, keepdim=True)
+    scale = torch.where((m > 0) & torch.isfinite(m), m, torch.ones_like(m))
+    return scale.squeeze(-1) * torch.linalg.vector_norm(v / scale, dim=-1)
 
 
 def logsumexp(v: torch.Tensor) -> torch.Tensor:

@@ -253,6 +253,29 @@ class LogSumExp(ExprWithLimits):
                 % (printer._print(i), printer._print(lo), printer._print(hi), body))
 
 
+class Norm(ExprWithLimits):
+    """Indexed Euclidean norm ``sqrt(sum(body**2 for i in range(...)))``, range-safe.
+
+    The rewrite stage makes ``norm(v)`` (``SafeSqrt(Sum(v**2))``) this reduction when
+    it is not inside another reduction. It is printed ``_rt.norm``, which scales by
+    the largest component: ``norm([3e-200, 4e-200])`` is ``5e-200``,
+    not ``0``, and ``norm([3e200, 4e200])`` is ``5e200``, not ``inf``. Its derivative
+    in each term is ``body/norm`` (at most 1 in size), 0 where the norm is 0 (the kink
+    convention), NaN for every term when one term is NaN (as autograd).
+    """
+
+    __new__ = _new_with_limits
+
+    def doit(self, **hints):
+        return sp.sqrt(sp.Sum(self.function ** 2, *self.limits)).doit(**hints)
+
+    def _latex(self, printer):
+        (i, lo, hi), *rest = self.limits
+        body = printer._print(self.function)
+        return (r"\sqrt{\sum_{%s=%s}^{%s} \left(%s\right)^2}"
+                % (printer._print(i), printer._print(lo), printer._print(hi), body))
+
+
 #: Elementwise functions of the language: name -> SymPy callable.
 ELEMENTWISE = {
     "sin": sp.sin, "cos": sp.cos, "tan": sp.tan,
@@ -419,6 +442,29 @@ class Atan2(sp.Function):
         return _number(lambda u, v: mpmath.atan2(u, v), y, x)
 
 
+class Ratio(sp.Function):
+    """``a/r``, kept as one quotient: its derivative in ``r`` is ``-(a/r)/r``
+    (:class:`ScaledQuotient`), never ``-a/r**2`` (``r**2`` under- or overflows for
+    ``|r|`` beyond ``1e+-154`` while the quotients are representable)."""
+
+    nargs = 2
+    _eval_is_real = _real_for_real_args
+
+    def fdiff(self, argindex=1):
+        a, r = self.args
+        if argindex == 1:
+            return 1 / r
+        return -ScaledQuotient(a, r)
+
+    @classmethod
+    def eval(cls, a, r):
+        if a == 0:
+            return sp.S.Zero
+        if a.is_Number and r.is_Number:
+            return a / r
+        return None
+
+
 class ScaledQuotient(sp.Function):
     """``a/r**2`` computed as ``(a/r)/r`` (``_rt.over_square``): no underflow of ``r**2``."""
 
@@ -429,7 +475,7 @@ class ScaledQuotient(sp.Function):
         a, r = self.args
         if argindex == 1:
             return ScaledQuotient(1, r)
-        return -2 * ScaledQuotient(a, r) / r
+        return -2 * Ratio(ScaledQuotient(a, r), r)
 
     @classmethod
     def eval(cls, a, r):

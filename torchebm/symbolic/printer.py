@@ -251,6 +251,11 @@ class TorchEnergyPrinter(TorchPrinter):
             return f"x.new_tensor({self._print(e)})"
         return self._print(e)
 
+    def _print_Ratio(self, expr):
+        a, r = expr.args
+        prec = precedence(sp.Mul(2, sp.Symbol("a"), evaluate=False))
+        return f"({self.parenthesize(a, prec, strict=False)}/{self.parenthesize(r, prec, strict=True)})"
+
     def _print_Guard(self, expr):
         v, cond = expr.args
         if self.is_python(v):

@@ -200,10 +200,34 @@ def powers(expr: sp.Expr) -> sp.Expr:
                         lambda e: F.Power(*_power_base(e)))
 
 
+def _reduction(e) -> bool:
+    return isinstance(e, (sp.Sum, sp.Product, F.LogSumExp, F.Norm))
+
+
+def range_safe_norms(expr: sp.Expr) -> sp.Expr:
+    """``sqrt(sum(u**2 for i ...))`` (``norm(u)``) -> ``Norm(u, i ...)``, computed by
+    ``torch.linalg.vector_norm``: ``sum(u**2)`` underflows to 0 below ``1e-154`` and
+    overflows above ``1e154``; the norm itself is representable.
+
+    Only outside other reductions (a nested norm over a ragged range stays a sum).
+    """
+    def walk(e):
+        if isinstance(e, F.SafeSqrt) and isinstance(e.args[0], sp.Sum):
+            s = e.args[0]
+            body = s.function
+            if isinstance(body, sp.Pow) and body.exp == 2 and depends_on_x(body.base):
+                return F.Norm(body.base, *s.limits)
+        if _reduction(e) or not e.args or e.is_Atom:
+            return e
+        args = [walk(a) for a in e.args]
+        return e if all(a is b for a, b in zip(args, e.args)) else e.func(*args)
+    return walk(expr)
+
+
 #: Functions whose derivatives are finite wherever their arguments are: a ``where``
 #: branch built only from these (and polynomials) needs no guarded inputs.
 _TAME = (sp.Abs, sp.sign, F.Sign, sp.sin, sp.cos, sp.tanh, sp.atan, sp.erf, F.Sigmoid,
-         F.Softplus, F.LogAddExp, F.Maximum, F.Minimum, F.Guard)
+         F.Softplus, F.LogAddExp, F.Maximum, F.Minimum, F.Guard, F.Norm)
 
 
 def _tame(expr) -> bool:
@@ -213,7 +237,7 @@ def _tame(expr) -> bool:
         if isinstance(node, sp.Pow):
             if not (node.exp.is_Integer and node.exp > 0):
                 return False
-        elif isinstance(node, (sp.Function, sp.Sum, sp.Product, F.LogSumExp)) \
+        elif isinstance(node, (sp.Function, sp.Sum, sp.Product, F.LogSumExp, F.Norm)) \
                 and not isinstance(node, _TAME):
             return False
     return True
@@ -222,7 +246,7 @@ def _tame(expr) -> bool:
 def _guard_leaves(e, selected):
     """``e`` with each input that may carry a gradient (components, parameters, reduction
     results) wrapped in ``Guard(., selected)``."""
-    if isinstance(e, (sp.Indexed, sp.Sum, sp.Product, F.LogSumExp)):
+    if isinstance(e, sp.Indexed) or _reduction(e):
         return F.Guard(e, selected) if depends_on_x(e) or e.free_symbols else e
     if isinstance(e, sp.Symbol):
         return e if (e.is_integer or not e.is_real) else F.Guard(e, selected)
@@ -252,7 +276,8 @@ def guard_branches(expr: sp.Expr) -> sp.Expr:
     return expr.replace(lambda e: isinstance(e, sp.Piecewise), value)
 
 
-PHASES = (log_sigmoid, log_cosh, log_erfc, angles, sqrt_of_squares, powers, log_of_exps,
+PHASES = (log_sigmoid, log_cosh, log_erfc, angles, sqrt_of_squares, powers, range_safe_norms,
+          log_of_exps,
           log_one_plus, exp_minus_one, log1p_exp, guard_branches)
 
 

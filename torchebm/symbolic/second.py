@@ -47,7 +47,7 @@ import sympy as sp
 from .derivatives import join as _join
 from .derivatives import (Accumulate, Assign, Broadcast, IndexValue, InitAdjoint, LoadStmt,
                           MatVecStmt, OthersProduct, Reduce, Statements, Stmt, Unary,
-                          partial, tangent_name)
+                          norm_weight, partial, tangent_name)
 from . import functions as F
 from .lower import Load
 from .symbols import N
@@ -201,6 +201,14 @@ class _Tangent:
             self.out.append(OthersProduct(lv, others, src))
             w = self.new("w", "both")
             self.out.append(Assign(lv, w, others * dsrc))
+            t = self.new("dot", shape)
+            self.out.append(Reduce(lv, t, w, "sum"))
+        elif st.op == "norm":   # d |v| = sum (v / |v|) * dv
+            res = self.b.sym("res")
+            self.s.shapes[res] = self.shape(st.target)
+            self.out.append(Broadcast(lv, res, st.target))
+            w = self.new("w", _join(self.shape(src), self.shape(res), self.shape(dsrc)))
+            self.out.append(Assign(lv, w, norm_weight(src, res) * dsrc))
             t = self.new("dot", shape)
             self.out.append(Reduce(lv, t, w, "sum"))
         else:   # lse: d log sum exp(v) = sum softmax(v) * dv
@@ -409,6 +417,8 @@ class _Diagonal:
                     continue
                 if r.op == "prod":
                     raise Unstructured("product reduction")
+                if r.op == "norm":
+                    raise Unstructured("norm reduction")
                 if lv.parent is not None and (r.op != "sum" or lv.parent.parent is not None):
                     raise Unstructured("nested reduction other than one sum inside a level")
         self.root_node()
