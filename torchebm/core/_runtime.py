@@ -189,6 +189,20 @@ def guard(cond: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.where(cond, v, v.detach())
 
 
+def _logaddexp2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``log(exp(a) + exp(b))`` as ``m + softplus(o - m)`` (m the larger, o the other).
+
+    The same value as ``torch.logaddexp``, and autograd of it is safe at every order:
+    ``torch.logaddexp``'s second derivative is ``inf/inf = nan`` at ``|a - b| = 2000``.
+    """
+    a, b = torch.broadcast_tensors(a, b)
+    first = a >= b
+    m = torch.where(first, a, b)
+    o = torch.where(first, b, a)
+    inf = torch.isinf(m)
+    return torch.where(inf, m, m + softplus(torch.where(inf, torch.zeros_like(m), o - m)))
+
+
 def logaddexp(*args):
     """``log(sum(exp(a)))`` of broadcastable tensors or numbers, max-shifted."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -198,26 +212,25 @@ def logaddexp(*args):
             for a in args]
     out = vals[0]
     for v in vals[1:]:
-        out = torch.logaddexp(out, v)
+        out = _logaddexp2(out, v)
     return out
 
 
 def maximum(a, b):
-    """Elementwise maximum of tensors or numbers (numbers keep float64 precision)."""
-    if not isinstance(a, torch.Tensor):
-        return torch.clamp(b, min=a)
-    if not isinstance(b, torch.Tensor):
-        return torch.clamp(a, min=b)
-    return torch.maximum(a, b)
+    """Elementwise maximum of tensors or numbers (numbers take the tensor's dtype).
+
+    At a tie autograd gives the whole derivative to ``a``, as the closed form does
+    (``torch.maximum`` splits it in halves, ``clamp`` gives it to the tensor). NaN
+    in either argument gives NaN.
+    """
+    a, b = _pair(a, b)
+    return torch.where((a >= b) | torch.isnan(a), a, b)
 
 
 def minimum(a, b):
-    """Elementwise minimum of tensors or numbers."""
-    if not isinstance(a, torch.Tensor):
-        return torch.clamp(b, max=a)
-    if not isinstance(b, torch.Tensor):
-        return torch.clamp(a, max=b)
-    return torch.minimum(a, b)
+    """Elementwise minimum of tensors or numbers; at a tie ``a`` takes the derivative."""
+    a, b = _pair(a, b)
+    return torch.where((a <= b) | torch.isnan(a), a, b)
 
 
 def others_product(v: torch.Tensor, groups: int, per_group: int = -1) -> torch.Tensor:

@@ -41,14 +41,17 @@ class Sigmoid(sp.Function):
     >>> from sympy import Symbol
     >>> u = Symbol('u', real=True)
     >>> Sigmoid(u).diff(u)
-    (1 - Sigmoid(u))*Sigmoid(u)
+    Sigmoid(-u)*Sigmoid(u)
+
+    The derivative is written ``sigmoid(u) sigmoid(-u)``, not ``s (1 - s)``: ``1 - s``
+    rounds to 0 for u > 37 (a relative error of 100% in the tail).
     """
 
     _eval_is_real = _real_for_real_args
 
     def fdiff(self, argindex=1):
-        s = Sigmoid(self.args[0])
-        return s * (1 - s)
+        u = self.args[0]
+        return Sigmoid(u) * Sigmoid(-u)
 
     @classmethod
     def eval(cls, u):
@@ -411,8 +414,8 @@ class Hypot(sp.Function):
 
     def fdiff(self, argindex=1):
         a, b = self.args
-        return sp.Piecewise((self.args[argindex - 1] / Hypot(a, b), sp.Ne(Hypot(a, b), 0)),
-                            (0, True))
+        return sp.Piecewise((Ratio(self.args[argindex - 1], Hypot(a, b)),
+                             sp.Ne(Hypot(a, b), 0)), (0, True))
 
     @classmethod
     def eval(cls, a, b):
