@@ -204,6 +204,28 @@ def _reduction(e) -> bool:
     return isinstance(e, (sp.Sum, sp.Product, F.LogSumExp, F.Norm))
 
 
+def _square_root(body):
+    """``u`` with ``u**2 == body`` for a product of even powers and factors free of x
+    (``a**2*x[i]**2`` -> ``a*x[i]``) or a where of such, else None."""
+    if isinstance(body, sp.Pow) and body.exp.is_Integer and body.exp % 2 == 0:
+        return body.base ** (body.exp / 2)
+    if isinstance(body, sp.Mul):
+        roots = []
+        for f in body.args:
+            r = _square_root(f) if depends_on_x(f) else sp.sqrt(f)
+            if r is None:
+                return None
+            roots.append(r)
+        return sp.Mul(*roots)
+    if isinstance(body, sp.Piecewise):           # where(c, u, w)**2, folded by SymPy
+        roots = [(_square_root(e) if depends_on_x(e) or e != 0 else e, c)
+                 for e, c in body.args]
+        if any(r is None for r, _ in roots):
+            return None
+        return sp.Piecewise(*roots)
+    return None
+
+
 def range_safe_norms(expr: sp.Expr) -> sp.Expr:
     """``sqrt(sum(u**2 for i ...))`` (``norm(u)``) -> ``Norm(u, i ...)``, computed by
     ``torch.linalg.vector_norm``: ``sum(u**2)`` underflows to 0 below ``1e-154`` and
@@ -212,11 +234,12 @@ def range_safe_norms(expr: sp.Expr) -> sp.Expr:
     Only outside other reductions (a nested norm over a ragged range stays a sum).
     """
     def walk(e):
-        if isinstance(e, F.SafeSqrt) and isinstance(e.args[0], sp.Sum):
-            s = e.args[0]
-            body = s.function
-            if isinstance(body, sp.Pow) and body.exp == 2 and depends_on_x(body.base):
-                return F.Norm(body.base, *s.limits)
+        if isinstance(e, F.SafeSqrt):
+            const, s = e.args[0].as_independent(sp.Sum, as_Add=False)
+            if isinstance(s, sp.Sum) and not depends_on_x(const):
+                root = _square_root(s.function)
+                if root is not None and depends_on_x(root):   # sqrt(c sum(u**2)) = sqrt(c) |u|
+                    return sp.sqrt(const) * F.Norm(root, *s.limits)
         if _reduction(e) or not e.args or e.is_Atom:
             return e
         args = [walk(a) for a in e.args]
