@@ -322,3 +322,21 @@ def test_autograd_and_func_of_forward_match_closed_forms(formula, params, points
     for other in (ag, fg):
         torch.testing.assert_close(other, g, rtol=1e-12, atol=1e-300, msg=formula)
     torch.testing.assert_close(fh, hd, rtol=1e-9, atol=1e-300, msg=formula)
+
+
+# -- verify's third path and special points ----------------------------------------------------
+def test_verify_special_checks_pass_and_catch_a_nan_at_zero():
+    from torchebm.symbolic.verify import special_checks
+    energy = from_expression("sum(x**a) + norm(x)", a=1.5)
+    checks = special_checks("e", energy, 3)
+    assert {c.check for c in checks} == {"grad~func", "special~autograd", "special-hdiag~func"}
+    assert all(c.ok for c in checks), [(c.check, c.failed_at) for c in checks]
+
+    class Broken(type(energy)):
+        def gradient(self, x, create_graph=False):     # NaN at the origin, as SymPy's x**a
+            g = super().gradient(x, create_graph)
+            return torch.where((x == 0).all(-1, keepdim=True), torch.nan, g)
+
+    broken = Broken(a=1.5)
+    bad = {c.check: c for c in special_checks("e", broken, 3)}
+    assert not bad["special~autograd"].ok and bad["special-hdiag~func"].ok
