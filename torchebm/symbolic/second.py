@@ -417,8 +417,6 @@ class _Diagonal:
                     continue
                 if r.op == "prod":
                     raise Unstructured("product reduction")
-                if r.op == "norm":
-                    raise Unstructured("norm reduction")
                 if lv.parent is not None and (r.op != "sum" or lv.parent.parent is not None):
                     raise Unstructured("nested reduction other than one sum inside a level")
         self.root_node()
@@ -487,6 +485,25 @@ class _Diagonal:
             abar = self.b.result_adjoint.get(owner, sp.S.One)
             g = self.gradient_of(owner.result)
             self.tail.append(DenseAccumulate(None, HDIAG, -abar, g, g))
+        if getattr(owner, "op", None) == "norm":
+            self.norm_curvature(lv, owner, firsts)
+
+    def norm_curvature(self, lv, owner, firsts):
+        """The norm's own curvature, ``(I - u u^T) / t`` with ``t = |v|``, ``u = v / t``:
+        ``(abar / t) sum_p (dv_p/dx_i)^2`` at the points, minus ``(abar / t) (dt/dx_i)^2``
+        at the root (``abar`` the adjoint of t; 0 where t = 0, the kink convention)."""
+        abar = self.b.result_adjoint.get(owner, sp.S.One)
+        k = self.tail_assign(sp.Piecewise((F.Ratio(abar, owner.result), sp.Ne(owner.result, 0)),
+                                          (0, True)), None, stem="knorm")
+        kw = self.to_level(k, lv)
+        moving = sorted(firsts, key=str)
+        for i, a in enumerate(moving):
+            for c in moving[i:]:
+                f = firsts[a] * firsts[c]
+                if f != 0:
+                    self.pair(lv, kw, a, c, (1 if a == c else 2) * self.point_value(f, lv))
+        g = self.gradient_of(owner.result)
+        self.tail.append(DenseAccumulate(None, HDIAG, -k, g, g))
 
     def pair(self, lv, w, a, c, f):
         (ka, la), (kc, lc) = self.kind(a, lv), self.kind(c, lv)
