@@ -183,16 +183,25 @@ def special_points(n, gen, rows=5):
 #: Rows 0-2 (normal draws and zeros) are strict: where autograd of the forward is finite,
 #: the closed form must be finite and agree. At the extreme rows 3-4 an intermediate may
 #: overflow in one path and not the other (``0 * inf`` in a product ordered otherwise),
-#: so they are compared where both are finite.
+#: so they are compared where both are finite; and where an entry is 1e200, a periodic
+#: function's argument (``sin(a*x/3)``) is known to about 1e184 in either path, so
+#: such rows are compared at +-1000 and +-1e-200 entries only (the other rows).
 STRICT_ROWS = 3
 
 
 def _agree(formula, k, x, got, want, what="gradient"):
     if not bool(torch.isfinite(want).all()):
         return
+    a = x[k].abs()
     if k < STRICT_ROWS:
         assert bool(torch.isfinite(got).all()), (formula, what, x[k], got, want)
-    elif not bool(torch.isfinite(got).all()):
+    elif not bool(torch.isfinite(got).all()) or bool((a > 1e100).any()):
+        return
+    elif what != "gradient" and what != "torch.func.grad" and bool(((a < 1e-100) & (a > 0)).any()):
+        # second derivatives near 1e-200 scale like 1/x (1e200): a rounding in the last
+        # digit of either path is 1e184 absolute, where the exact value may be O(1)
+        # (norm(u) with n = 1 is |u|): checked by hand-derived values in
+        # test_numerics_kinds.py instead
         return
     assert _rel(got, want) <= 1e-9, (formula, what, x[k], got, want)
 

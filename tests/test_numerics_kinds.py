@@ -340,3 +340,40 @@ def test_verify_special_checks_pass_and_catch_a_nan_at_zero():
     broken = Broken(a=1.5)
     bad = {c.check: c for c in special_checks("e", broken, 3)}
     assert not bad["special~autograd"].ok and bad["special-hdiag~func"].ok
+
+
+def _special_rows(n):
+    """Zeros (kinks, 0**p, the origin of norms), a row of kinks at +-1 and a normal draw."""
+    gen = torch.Generator().manual_seed(n)
+    return torch.stack([torch.zeros(n, dtype=F64),
+                        torch.tensor([(-1.0) ** k * (k % 2) for k in range(n)], dtype=F64),
+                        torch.randn(n, dtype=F64, generator=gen)])
+
+
+def _formula_cases():
+    from tests.test_formulas import CASES as FORMULA_CASES
+    return [(c[0], c[1], c[2], n) for c in FORMULA_CASES for n in c[4]]
+
+
+@pytest.mark.parametrize("cid, formula, params, n", _formula_cases(),
+                         ids=[f"{c[0]}-n{c[3]}" for c in _formula_cases()])
+def test_autograd_and_func_of_forward_over_the_formula_corpus(cid, formula, params, n):
+    """Every formula of tests/test_formulas.py: where autograd of the forward is finite at
+    zeros, kinks and a normal draw, the closed forms are finite and equal to it."""
+    energy = from_expression(formula, params=params)
+    x = _special_rows(n)
+    with torch.no_grad():
+        g, hd = energy.gradient(x), energy.hessian_diagonal(x)
+    xr = x.clone().requires_grad_(True)
+    (ag,) = torch.autograd.grad(energy(xr).sum(), xr)
+    fn = lambda z: energy(z.unsqueeze(0)).sum()      # noqa: E731
+    compared = 0
+    for k in range(x.shape[0]):
+        fg = torch.func.grad(fn)(x[k])
+        fh = torch.diagonal(torch.func.hessian(fn)(x[k]))
+        for got, want in ((g[k], ag[k]), (g[k], fg), (hd[k], fh)):
+            if bool(torch.isfinite(want).all()):
+                compared += 1
+                torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10,
+                                           msg=f"{cid} n={n} at {x[k].tolist()}")
+    assert compared >= 3, cid          # at least the normal draw was compared
