@@ -164,6 +164,17 @@ def test_atan2_is_range_safe(x, e, g):
 ])
 def test_hypot_is_range_safe(x, e, g):
     check(from_expression("hypot(x[0], x[1])"), t([x]), [e], [g], rtol=1e-15)
+    # the same function written out: sqrt of two squares
+    check(from_expression("sqrt(x[0]**2 + x[1]**2)"), t([x]), [e], [g], rtol=1e-15)
+
+
+def test_sqrt_of_one_plus_a_square_keeps_its_curvature():
+    # sqrt(1 + x0^2) (a hypot) and sqrt(sum(x**2) + 1) (not rewritten): smooth at 0 with
+    # Hessian 1 on the diagonal: d2/dx2 sqrt(1 + x^2) = (1 + x^2)^(-3/2)
+    check(from_expression("sqrt(1 + x[0]**2)"), t([[0.0], [1e200]]), [1.0, 1e200],
+          [[0.0], [1.0]], [[1.0], [0.0]], rtol=1e-15)
+    check(from_expression("sqrt(sum(x**2) + 1)"), t([[0.0, 0.0]]), [1.0], [[0.0, 0.0]],
+          [[1.0, 1.0]])
 
 
 @pytest.mark.parametrize("dtype, scale", [(torch.float32, 1e-30), (torch.float32, 1e30),
@@ -199,6 +210,8 @@ REWRITES = [
     ("sum(log(cosh(x)))", lambda u: mpmath.log(mpmath.cosh(u)), [1000.0, -1000.0, 0.5]),
     ("sum(log(cosh(x)))", lambda u: mpmath.log(mpmath.cosh(u)), [400.0, -400.0, 1e-8]),
     ("sum(log(1 + exp(x)))", lambda u: mpmath.log1p(mpmath.exp(u)), [1000.0, -1000.0, 0.0]),
+    ("sum(log(1/(1 + exp(-x))))", lambda u: -mpmath.log1p(mpmath.exp(-u)),
+     [-1000.0, 0.0, 1000.0]),
     # log_ndtr's derivative exp(-u**2/2 - log_ndtr(u)) / sqrt(2 pi) loses |u|**2 eps
     # (1e-12 at u = -141) and its Hessian 1 + u r - r**2 (r ~ -u, the Mills ratio) about
     # up to 5 more at u = -141: checked to 1e-10 and 1e-6

@@ -152,6 +152,15 @@ def log_sigmoid(expr: sp.Expr) -> sp.Expr:
     return expr.replace(query, value)
 
 
+def log_of_reciprocal(expr: sp.Expr) -> sp.Expr:
+    """``log(1/u)`` -> ``-log(u)``: ``log(1/(1 + exp(-x)))``, a hand-written log-sigmoid,
+    then meets the log-sum-exp rule (``1/(1 + exp(1000))`` is 0 and its log ``-inf``)."""
+    return expr.replace(
+        lambda e: isinstance(e, sp.log) and isinstance(e.args[0], sp.Pow)
+        and e.args[0].exp == -1,
+        lambda e: -sp.log(e.args[0].base))
+
+
 def log_cosh(expr: sp.Expr) -> sp.Expr:
     """``log(cosh(u))`` -> ``LogCosh(u)`` (``|u| + log1p(exp(-2|u|)) - log 2``): cosh
     overflows past ``|u| = 710`` (energy ``inf``, gradient ``sinh/cosh = nan``)."""
@@ -226,20 +235,44 @@ def _square_root(body):
     return None
 
 
+def _root_term(t):
+    """A range-safe ``sqrt(t)`` for one nonnegative term of a sum of squares: ``c*sum(u**2)``
+    -> ``sqrt(c) Norm(u)``, ``u**2`` -> ``u``, a constant known nonnegative -> ``sqrt(c)``;
+    else None."""
+    if not depends_on_x(t):
+        return sp.sqrt(t) if t.is_nonnegative else None
+    const, s = t.as_independent(sp.Sum, as_Add=False)
+    if isinstance(s, sp.Sum) and not depends_on_x(const):
+        root = _square_root(s.function)
+        if root is not None and depends_on_x(root):
+            return sp.sqrt(const) * F.Norm(root, *s.limits)
+        return None
+    if t.has(sp.Sum, sp.Product, F.LogSumExp, F.Norm):
+        return None
+    return _square_root(t)
+
+
 def range_safe_norms(expr: sp.Expr) -> sp.Expr:
-    """``sqrt(sum(u**2 for i ...))`` (``norm(u)``) -> ``Norm(u, i ...)``, computed by
-    ``torch.linalg.vector_norm``: ``sum(u**2)`` underflows to 0 below ``1e-154`` and
-    overflows above ``1e154``; the norm itself is representable.
+    """``sqrt(sum(u**2 for i ...))`` (``norm(u)``) -> ``Norm(u, i ...)``, computed scaled by
+    the largest entry, and ``sqrt(u**2 + v**2)`` -> ``hypot(u, v)``: ``sum(u**2)``
+    underflows to 0 below ``1e-154`` and overflows above ``1e154``; the norm itself is
+    representable.
 
     Only outside other reductions (a nested norm over a ragged range stays a sum).
     """
     def walk(e):
         if isinstance(e, F.SafeSqrt):
-            const, s = e.args[0].as_independent(sp.Sum, as_Add=False)
-            if isinstance(s, sp.Sum) and not depends_on_x(const):
-                root = _square_root(s.function)
-                if root is not None and depends_on_x(root):   # sqrt(c sum(u**2)) = sqrt(c) |u|
-                    return sp.sqrt(const) * F.Norm(root, *s.limits)
+            root = _root_term(e.args[0])
+            if root is not None:
+                return root
+            terms = e.args[0].args if isinstance(e.args[0], sp.Add) else ()
+            # sqrt(u**2 + v**2) = hypot(u, v); not with 3 terms (a nested hypot would put
+            # the kink convention of the inner one at points where the whole is smooth)
+            if len(terms) == 2 and not any(_reduction(a) for t in terms
+                                           for a in sp.preorder_traversal(t)):
+                roots = [_root_term(t) for t in terms]
+                if all(r is not None for r in roots):
+                    return F.Hypot(*roots)
         if _reduction(e) or not e.args or e.is_Atom:
             return e
         args = [walk(a) for a in e.args]
@@ -299,7 +332,7 @@ def guard_branches(expr: sp.Expr) -> sp.Expr:
     return expr.replace(lambda e: isinstance(e, sp.Piecewise), value)
 
 
-PHASES = (log_sigmoid, log_cosh, log_erfc, angles, sqrt_of_squares, powers, range_safe_norms,
+PHASES = (log_of_reciprocal, log_sigmoid, log_cosh, log_erfc, angles, sqrt_of_squares, powers, range_safe_norms,
           log_of_exps,
           log_one_plus, exp_minus_one, log1p_exp, guard_branches)
 
