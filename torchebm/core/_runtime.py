@@ -169,7 +169,8 @@ def safe_sqrt(s: torch.Tensor) -> torch.Tensor:
     """``sqrt(s)`` of a sum of squares; its autograd derivative is 0 where ``s == 0``
     (the closed form's convention for ``norm``) instead of ``inf * 0 = nan``."""
     zero = s == 0
-    return torch.where(zero, torch.zeros_like(s), torch.sqrt(torch.where(zero, torch.ones_like(s), s)))
+    safe = torch.where(zero, torch.ones_like(s), s)
+    return torch.where(zero, torch.zeros_like(s), torch.sqrt(safe))
 
 
 def over_square(a, r):

@@ -43,13 +43,13 @@ MAPPING = {
     sp.loggamma: ("torch.lgamma", "math.lgamma"),
     log1p: ("torch.log1p", "math.log1p"), expm1: ("torch.expm1", "math.expm1"),
     F.Sigmoid: ("torch.sigmoid", None),
-    F.Softplus: ("_rt.softplus", None),        # max(u, 0) + log1p(exp(-|u|)): no threshold
+    F.Softplus: ("_rt.softplus", None),        # u + log1p(exp(-u)) / log1p(exp(u)): exact
     F.LogNdtr: ("torch.special.log_ndtr", None),
     F.SafeSqrt: ("_rt.safe_sqrt", "math.sqrt"),   # autograd 0 (not nan) where s = 0
     F.LogAddExp: ("_rt.logaddexp", None),      # max-shifted, any number of arguments
     F.Maximum: ("_rt.maximum", None),          # tensors or numbers on either side
     F.Minimum: ("_rt.minimum", None),
-    # issue 13: forms whose value and autograd are safe at zeros and extremes
+    # forms whose value and autograd are safe at zeros and extreme magnitudes
     F.Power: ("_rt.power", None),              # b**e, derivative 0 where b = 0 and e < 1
     F.PowerPrime: ("_rt.power_prime", None),   # e*b**(e - 1), 0 where b = 0 and e < 1
     F.PowerLog: ("_rt.power_log", None),       # b**e log(b), 0 where b = 0
@@ -254,7 +254,8 @@ class TorchEnergyPrinter(TorchPrinter):
     def _print_Ratio(self, expr):
         a, r = expr.args
         prec = precedence(sp.Mul(2, sp.Symbol("a"), evaluate=False))
-        return f"({self.parenthesize(a, prec, strict=False)}/{self.parenthesize(r, prec, strict=True)})"
+        num = self.parenthesize(a, prec, strict=False)
+        return f"({num}/{self.parenthesize(r, prec, strict=True)})"
 
     def _print_Guard(self, expr):
         v, cond = expr.args

@@ -332,9 +332,9 @@ def guard_branches(expr: sp.Expr) -> sp.Expr:
     return expr.replace(lambda e: isinstance(e, sp.Piecewise), value)
 
 
-PHASES = (log_of_reciprocal, log_sigmoid, log_cosh, log_erfc, angles, sqrt_of_squares, powers, range_safe_norms,
-          log_of_exps,
-          log_one_plus, exp_minus_one, log1p_exp, guard_branches)
+PHASES = (log_of_reciprocal, log_sigmoid, log_cosh, log_erfc, angles, sqrt_of_squares, powers,
+          range_safe_norms, log_of_exps, log_one_plus, exp_minus_one, log1p_exp,
+          guard_branches)
 
 
 def stabilize(expr: sp.Expr, debug: bool = False) -> sp.Expr:
