@@ -390,3 +390,16 @@ def test_autograd_and_func_of_forward_over_the_formula_corpus(cid, formula, para
                 torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10,
                                            msg=f"{cid} n={n} at {x[k].tolist()}")
     assert compared >= 3, cid          # at least the normal draw was compared
+
+
+def test_score_matching_parameter_gradient_is_finite_at_the_origin_of_a_norm():
+    # E = |a| |x|: grad = |a| x/|x|, laplacian = |a| (n - 1)/|x|, both 0 at x = 0 (kink
+    # convention). L = mean over rows of 0.5 a^2 - |a| (n - 1)/|x| (rows x != 0 only), so
+    # dL/da = mean(a - (n - 1)/|x|) over the rows x != 0, divided by all 4 rows (a > 0).
+    from torchebm.losses import score_matching_loss
+    x = t([[0.0, 0.0], [1.0, 2.0], [0.0, 3.0], [-1.0, 0.0]])
+    for formula in ("norm(a*x)", "hypot(a*x[0], a*x[1])"):
+        energy = from_expression(formula, a=1.5, trainable=True)
+        (da,) = torch.autograd.grad(score_matching_loss(energy, x), energy.a)
+        want = (3 * 1.5 - (1 / math.sqrt(5) + 1 / 3 + 1)) / 4
+        assert float(da) == pytest.approx(want, rel=1e-13), formula

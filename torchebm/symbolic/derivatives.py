@@ -40,7 +40,7 @@ def partial(expr, s):
 def norm_weight(value, norm):
     """``value / norm``, the derivative of a norm in one term; 0 where the norm is 0 (the
     kink convention), NaN everywhere when the norm is NaN."""
-    return sp.Piecewise((F.Ratio(value, norm), sp.Ne(norm, 0)), (0, True))
+    return F.where_else_zero(sp.Ne(norm, 0), F.Ratio, value, norm)
 
 
 def tangent_name(vector: str) -> str:

@@ -191,7 +191,7 @@ class SafeSqrt(sp.Function):
         s = self.args[0]
         # Ne, not s > 0: a NaN sum (one NaN component) gives a NaN derivative for every
         # component, as autograd does, instead of 0 for all but the NaN one
-        return sp.Piecewise((1 / (2 * sp.sqrt(s)), sp.Ne(s, 0)), (0, True))
+        return where_else_zero(sp.Ne(s, 0), lambda s: 1 / (2 * sp.sqrt(s)), s)
 
     @classmethod
     def eval(cls, s):
@@ -312,6 +312,14 @@ ARITY.update(atan2=2, minimum=2, maximum=2, logaddexp=2)
 
 
 # -- numerically safe forms introduced by the rewrite stage ----------------------------
+def where_else_zero(cond, make, *args):
+    """``Piecewise((make(*args), cond), (0, True))`` with the arguments read through
+    :class:`Guard`: the closed-form derivative code then stays NaN-free under autograd
+    (score matching differentiates it in the parameters) where the value branch would
+    divide by 0 or take ``log(0)``."""
+    return sp.Piecewise((make(*[Guard(a, cond) for a in args]), cond), (0, True))
+
+
 
 class Power(sp.Function):
     """``b**e`` with an exponent that is not an integer literal, printed ``_rt.power``.
@@ -377,9 +385,9 @@ class PowerLog(sp.Function):
     def fdiff(self, argindex=1):
         b, e = self.args
         if argindex == 1:
-            return sp.Piecewise((PowerPrime(b, e) * sp.log(b) + Power(b, e - 1), sp.Ne(b, 0)),
-                                (0, True))
-        return sp.Piecewise((PowerLog(b, e) * sp.log(b), sp.Ne(b, 0)), (0, True))
+            return where_else_zero(sp.Ne(b, 0), lambda b, e: PowerPrime(b, e) * sp.log(b)
+                                   + Power(b, e - 1), b, e)
+        return where_else_zero(sp.Ne(b, 0), lambda b, e: PowerLog(b, e) * sp.log(b), b, e)
 
     @classmethod
     def eval(cls, b, e):
@@ -414,8 +422,8 @@ class Hypot(sp.Function):
 
     def fdiff(self, argindex=1):
         a, b = self.args
-        return sp.Piecewise((Ratio(self.args[argindex - 1], Hypot(a, b)),
-                             sp.Ne(Hypot(a, b), 0)), (0, True))
+        return where_else_zero(sp.Ne(Hypot(a, b), 0),
+                               lambda a, b: Ratio((a, b)[argindex - 1], Hypot(a, b)), a, b)
 
     @classmethod
     def eval(cls, a, b):
@@ -436,9 +444,9 @@ class Atan2(sp.Function):
 
     def fdiff(self, argindex=1):
         y, x = self.args
-        r = Hypot(y, x)
-        num = x if argindex == 1 else -y
-        return sp.Piecewise((ScaledQuotient(num, r), sp.Ne(r, 0)), (0, True))
+        return where_else_zero(sp.Ne(Hypot(y, x), 0),
+                               lambda y, x: ScaledQuotient(x if argindex == 1 else -y,
+                                                           Hypot(y, x)), y, x)
 
     @classmethod
     def eval(cls, y, x):
@@ -496,7 +504,7 @@ class Guard(sp.Function):
     The rewrite stage feeds each ``where`` branch whose derivative can be inf or nan
     its inputs through Guard (the "double where"), so autograd of the generated code
     never multiplies an unselected branch's ``inf`` by 0. Its derivative is the
-    derivative of ``v``: the closed forms are unchanged.
+    derivative of ``v``, guarded alike: the closed forms' values are unchanged.
     """
 
     nargs = 2
@@ -505,7 +513,9 @@ class Guard(sp.Function):
         return self.args[0].is_real
 
     def _eval_derivative(self, s):
-        return self.args[0].diff(s)
+        # guarded too: a factor the chain rule brings out (a in d(a*x)/dx) must not carry
+        # the unselected branch's inf into autograd either
+        return Guard(self.args[0].diff(s), self.args[1])
 
     def _latex(self, printer):
         return printer._print(self.args[0])

@@ -493,8 +493,8 @@ class _Diagonal:
         ``(abar / t) sum_p (dv_p/dx_i)^2`` at the points, minus ``(abar / t) (dt/dx_i)^2``
         at the root (``abar`` the adjoint of t; 0 where t = 0, the kink convention)."""
         abar = self.b.result_adjoint.get(owner, sp.S.One)
-        k = self.tail_assign(sp.Piecewise((F.Ratio(abar, owner.result), sp.Ne(owner.result, 0)),
-                                          (0, True)), None, stem="knorm")
+        k = self.tail_assign(F.where_else_zero(sp.Ne(owner.result, 0), F.Ratio, abar,
+                                               owner.result), None, stem="knorm")
         kw = self.to_level(k, lv)
         moving = sorted(firsts, key=str)
         for i, a in enumerate(moving):
