@@ -76,8 +76,9 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         bc = norm.unsqueeze(-1)
         del norm
-        w = torch.where((bc != 0), (x_1/bc), x.new_tensor(0))
-        del bc, x_1
+        t0 = (bc != 0)
+        w = torch.where(t0, (_rt.guard(t0, x_1)/_rt.guard(t0, bc)), x.new_tensor(0))
+        del bc, t0, x_1
         grad = grad + w
         del w
         return grad
@@ -99,8 +100,9 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         bc = norm.unsqueeze(-1)
         del norm
-        w = torch.where((bc != 0), (x_1/bc), x.new_tensor(0))
-        del bc, x_1
+        t0 = (bc != 0)
+        w = torch.where(t0, (_rt.guard(t0, x_1)/_rt.guard(t0, bc)), x.new_tensor(0))
+        del bc, t0, x_1
         grad = grad + w
         del w
         return energy_1, grad
@@ -113,8 +115,9 @@ class GoldenEnergy(CompiledEnergy):
         xdot = v
         norm = _rt.norm(x_1)
         res = norm.unsqueeze(-1)
-        w_1 = xdot*torch.where((res != 0), (x_1/res), x.new_tensor(0))
-        del res
+        u0 = (res != 0)
+        w_1 = xdot*torch.where(u0, (_rt.guard(u0, x_1)/_rt.guard(u0, res)), x.new_tensor(0))
+        del res, u0
         dot = w_1.sum(-1)
         del w_1
         xdot_1 = v[..., 0]
@@ -129,9 +132,13 @@ class GoldenEnergy(CompiledEnergy):
         del norm
         dot_2 = dot.unsqueeze(-1)
         del dot
-        u0 = (bc != 0)
-        dot_3 = dot_2*torch.where(u0, -_rt.over_square(x_1, bc), x.new_tensor(0)) + torch.where(u0, 1/bc, x.new_tensor(0))*xdot
-        del bc, dot_2, u0, x_1, xdot
+        u1 = (bc != 0)
+        u2 = _rt.guard(u1, x_1)
+        del x_1
+        u3 = _rt.guard(u1, bc)
+        del bc
+        dot_3 = dot_2*torch.where(u1, -_rt.over_square(u2, u3), x.new_tensor(0)) + torch.where(u1, 1/u3, x.new_tensor(0))*xdot
+        del dot_2, u1, u2, u3, xdot
         hvp = hvp + dot_3
         del dot_3
         return hvp
@@ -144,7 +151,9 @@ class GoldenEnergy(CompiledEnergy):
         norm = _rt.norm(x_1)
         hdiag = torch.zeros_like(x)
         hdiag = hdiag + _rt.pad_slice(_rt_points(2, x, 1), 0, 0 + 1, n) * float(0 == n - 1)
-        knorm = torch.where((norm != 0), (1/norm), x.new_tensor(0))
+        w1 = (norm != 0)
+        knorm = torch.where(w1, (1/_rt.guard(w1, norm)), x.new_tensor(0))
+        del w1
         # level 0: i in range(0, n) (per sample)
         bw = knorm.unsqueeze(-1)
         hdiag = hdiag + bw
@@ -152,8 +161,9 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         bc_1 = norm.unsqueeze(-1)
         del norm
-        w_2 = torch.where((bc_1 != 0), (x_1/bc_1), x.new_tensor(0))
-        del bc_1, x_1
+        w2 = (bc_1 != 0)
+        w_2 = torch.where(w2, (_rt.guard(w2, x_1)/_rt.guard(w2, bc_1)), x.new_tensor(0))
+        del bc_1, w2, x_1
         grad_norm = w_2
         del w_2
         hdiag = hdiag + (-knorm).unsqueeze(-1)*torch.square(grad_norm)
@@ -175,13 +185,16 @@ class GoldenEnergy(CompiledEnergy):
         del x_2
         # level 0: i in range(0, n) (per sample)
         bc = norm.unsqueeze(-1)
-        w = torch.where((bc != 0), (x_1/bc), x.new_tensor(0))
-        del bc
+        w0 = (bc != 0)
+        w = torch.where(w0, (_rt.guard(w0, x_1)/_rt.guard(w0, bc)), x.new_tensor(0))
+        del bc, w0
         grad = grad + w
         del w
         hdiag = torch.zeros_like(x)
         hdiag = hdiag + _rt.pad_slice(_rt_points(2, x, 1), 0, 0 + 1, n) * float(0 == n - 1)
-        knorm = torch.where((norm != 0), (1/norm), x.new_tensor(0))
+        w1 = (norm != 0)
+        knorm = torch.where(w1, (1/_rt.guard(w1, norm)), x.new_tensor(0))
+        del w1
         # level 0: i in range(0, n) (per sample)
         bw = knorm.unsqueeze(-1)
         hdiag = hdiag + bw
@@ -189,8 +202,9 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         bc_1 = norm.unsqueeze(-1)
         del norm
-        w_2 = torch.where((bc_1 != 0), (x_1/bc_1), x.new_tensor(0))
-        del bc_1, x_1
+        w2 = (bc_1 != 0)
+        w_2 = torch.where(w2, (_rt.guard(w2, x_1)/_rt.guard(w2, bc_1)), x.new_tensor(0))
+        del bc_1, w2, x_1
         grad_norm = w_2
         del w_2
         hdiag = hdiag + (-knorm).unsqueeze(-1)*torch.square(grad_norm)

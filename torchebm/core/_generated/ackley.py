@@ -120,8 +120,9 @@ class AckleyEnergy(CompiledEnergy):
         del d_1
         bc_2 = norm.unsqueeze(-1)
         del norm
-        w = bc_1*torch.where((bc_2 != 0), (x_1/bc_2), x.new_tensor(0))
-        del bc_1, bc_2, x_1
+        t5 = (bc_2 != 0)
+        w = bc_1*torch.where(t5, (_rt.guard(t5, x_1)/_rt.guard(t5, bc_2)), x.new_tensor(0))
+        del bc_1, bc_2, t5, x_1
         w_1 = -c*bc
         del bc
         g = w + w_1*d
@@ -163,8 +164,9 @@ class AckleyEnergy(CompiledEnergy):
         del d_1
         bc_2 = norm.unsqueeze(-1)
         del norm
-        w = bc_1*torch.where((bc_2 != 0), (x_1/bc_2), x.new_tensor(0))
-        del bc_1, bc_2, x_1
+        t5 = (bc_2 != 0)
+        w = bc_1*torch.where(t5, (_rt.guard(t5, x_1)/_rt.guard(t5, bc_2)), x.new_tensor(0))
+        del bc_1, bc_2, t5, x_1
         w_1 = -c*bc
         del bc
         g = w + w_1*d
@@ -200,28 +202,29 @@ class AckleyEnergy(CompiledEnergy):
         del dot
         norm = _rt.norm(x_1)
         res = norm.unsqueeze(-1)
-        w_2 = xdot*torch.where((res != 0), (x_1/res), x.new_tensor(0))
-        del res
+        u4 = (res != 0)
+        w_2 = xdot*torch.where(u4, (_rt.guard(u4, x_1)/_rt.guard(u4, res)), x.new_tensor(0))
+        del res, u4
         dot_3 = w_2.sum(-1)
         del w_2
-        u4 = 1/n_float
-        u5 = torch.exp(u4*r)
+        u5 = 1/n_float
+        u6 = torch.exp(u5*r)
         del r
-        u6 = torch.rsqrt(n_float)
-        u7 = u6*b
-        del u6
-        u8 = torch.exp(-u7*norm)
-        u9 = a*u8
-        del u8
-        u10 = u4*u5
-        d_1 = u7*u9
+        u7 = torch.rsqrt(n_float)
+        u8 = u7*b
         del u7
-        dot_5 = -u4*torch.square(b)*dot_3*u9
-        del u4, u9
-        d_2 = -u10
-        del u10
-        dot_6 = -dot_2*u5/torch.square(n_float)
-        del dot_2, u5
+        u9 = torch.exp(-u8*norm)
+        u10 = a*u9
+        del u9
+        u11 = u5*u6
+        d_1 = u8*u10
+        del u8
+        dot_5 = -u5*torch.square(b)*dot_3*u10
+        del u10, u5
+        d_2 = -u11
+        del u11
+        dot_6 = -dot_2*u6/torch.square(n_float)
+        del dot_2, u6
         # level 0: j in range(0, n) (per sample)
         bc = d_2.unsqueeze(-1)
         del d_2
@@ -235,10 +238,14 @@ class AckleyEnergy(CompiledEnergy):
         del norm
         dot_9 = dot_3.unsqueeze(-1)
         del dot_3
-        u11 = (bc_2 != 0)
-        u12 = torch.where(u11, (x_1/bc_2), x.new_tensor(0))
-        dot_10 = dot_8*u12 + bc_1*dot_9*torch.where(u11, -_rt.over_square(x_1, bc_2), x.new_tensor(0)) + bc_1*torch.where(u11, 1/bc_2, x.new_tensor(0))*xdot
-        del bc_1, bc_2, dot_8, dot_9, u11, u12, x_1, xdot
+        u12 = (bc_2 != 0)
+        u13 = _rt.guard(u12, x_1)
+        del x_1
+        u14 = _rt.guard(u12, bc_2)
+        del bc_2
+        u15 = torch.where(u12, (u13/u14), x.new_tensor(0))
+        dot_10 = dot_8*u15 + bc_1*dot_9*torch.where(u12, -_rt.over_square(u13, u14), x.new_tensor(0)) + bc_1*torch.where(u12, 1/u14, x.new_tensor(0))*xdot
+        del bc_1, dot_8, dot_9, u12, u13, u14, u15, xdot
         w_1 = -c*bc
         del bc
         dot_11 = -c*dot_7
@@ -280,8 +287,9 @@ class AckleyEnergy(CompiledEnergy):
         h = -a*torch.square(b)*torch.exp(-b*norm*torch.rsqrt(n_float))/n_float
         # level 0: j in range(0, n) (per sample)
         bc_3 = norm.unsqueeze(-1)
-        w_3 = torch.where((bc_3 != 0), (x_1/bc_3), x.new_tensor(0))
-        del bc_3, x_1
+        w6 = (bc_3 != 0)
+        w_3 = torch.where(w6, (_rt.guard(w6, x_1)/_rt.guard(w6, bc_3)), x.new_tensor(0))
+        del bc_3, w6, x_1
         grad_norm = w_3
         del w_3
         hdiag = h.unsqueeze(-1)*torch.square(grad_norm)
@@ -301,8 +309,9 @@ class AckleyEnergy(CompiledEnergy):
         del bc, h2
         hdiag = hdiag + h_2
         del h_2
-        knorm = torch.where((norm != 0), (d_1/norm), x.new_tensor(0))
-        del d_1, norm
+        w7 = (norm != 0)
+        knorm = torch.where(w7, (_rt.guard(w7, d_1)/_rt.guard(w7, norm)), x.new_tensor(0))
+        del d_1, norm, w7
         # level 0: j in range(0, n) (per sample)
         bw = knorm.unsqueeze(-1)
         hdiag = hdiag + bw
@@ -341,8 +350,9 @@ class AckleyEnergy(CompiledEnergy):
         del d_2
         bc_1 = d_1.unsqueeze(-1)
         bc_2 = norm.unsqueeze(-1)
-        w = bc_1*torch.where((bc_2 != 0), (x_1/bc_2), x.new_tensor(0))
-        del bc_1, bc_2
+        w5 = (bc_2 != 0)
+        w = bc_1*torch.where(w5, (_rt.guard(w5, x_1)/_rt.guard(w5, bc_2)), x.new_tensor(0))
+        del bc_1, bc_2, w5
         w_1 = -c*bc
         g = w + w_1*d
         del w, w_1
@@ -351,8 +361,9 @@ class AckleyEnergy(CompiledEnergy):
         h = -a*torch.square(b)*torch.exp(-b*norm*torch.rsqrt(n_float))/n_float
         # level 0: j in range(0, n) (per sample)
         bc_3 = norm.unsqueeze(-1)
-        w_3 = torch.where((bc_3 != 0), (x_1/bc_3), x.new_tensor(0))
-        del bc_3, x_1
+        w6 = (bc_3 != 0)
+        w_3 = torch.where(w6, (_rt.guard(w6, x_1)/_rt.guard(w6, bc_3)), x.new_tensor(0))
+        del bc_3, w6, x_1
         grad_norm = w_3
         del w_3
         hdiag = h.unsqueeze(-1)*torch.square(grad_norm)
@@ -372,8 +383,9 @@ class AckleyEnergy(CompiledEnergy):
         del bc, h2
         hdiag = hdiag + h_2
         del h_2
-        knorm = torch.where((norm != 0), (d_1/norm), x.new_tensor(0))
-        del d_1, norm
+        w7 = (norm != 0)
+        knorm = torch.where(w7, (_rt.guard(w7, d_1)/_rt.guard(w7, norm)), x.new_tensor(0))
+        del d_1, norm, w7
         # level 0: j in range(0, n) (per sample)
         bw = knorm.unsqueeze(-1)
         hdiag = hdiag + bw
