@@ -47,7 +47,8 @@ def _pair(a, b):
 def _pow_value(b: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     singular = (b == 0) & (e < 1)
     safe = torch.where(singular, torch.ones_like(b), b)
-    return torch.where(singular, torch.pow(torch.zeros_like(b), e), torch.pow(safe, e))
+    at_zero = torch.pow(torch.zeros((), dtype=b.dtype, device=b.device), e)   # shape of e
+    return torch.where(singular, at_zero, torch.pow(safe, e))
 
 
 class _Power(torch.autograd.Function):
@@ -113,7 +114,7 @@ def power_prime(b, e):
     b, e = _pair(b, e)
     singular = (b == 0) & (e < 1)
     safe = torch.where(singular, torch.ones_like(b), b)
-    return torch.where(singular, torch.zeros_like(b), e * power(safe, e - 1))
+    return torch.where(singular, 0.0, e * power(safe, e - 1))
 
 
 def power_log(b, e):
