@@ -93,10 +93,13 @@ def _exp_terms(e):
     if isinstance(e, sp.Mul):
         free = [a for a in e.args if not depends_on_x(a)]
         rest = [a for a in e.args if depends_on_x(a)]
+        coefficient = sp.Mul(*free)
+        if coefficient.is_positive is not True:   # log(c) of a negative c is NaN, and a
+            return None                           # parameter's sign is unknown: keep log(...)
         inner = _exp_terms(sp.Mul(*rest)) if rest and free else None
         if inner is None:
             return None
-        c = sp.log(sp.Mul(*free))
+        c = sp.log(coefficient)
         return [u + c for u in inner]
     if isinstance(e, F.Sum):
         inner = _exp_terms(e.function)
