@@ -141,6 +141,13 @@ def test_docstrings_keep_any_text():
      r"default must hold numbers"),
     ('name = "A"\nformula = "sum(x**2)"\n[params."a b"]\n', r"parameter name 'a b' must be"),
     ('formula = "sum(x**2)"\n', r"'name' is required"),
+    ('name = "A"\nformula = "sum(a*x**2)"\n[params.a]\nconstraint = ["positive"]\n',
+     r"a\.toml:4: parameter a: constraint \['positive'\] is not one of"),
+    ('name = "A"\nformula = "sum(a*x**2)"\n[params.a]\nconstraint = "positive"\ndefault = -1.0\n',
+     r"a\.toml:5: parameter a: default -1.0 is not positive"),
+    ('name = "A"\nformula = "0.5*x @ inverse(S) @ x"\n[params.S]\nshape = "[n, n]"\n'
+     'constraint = "positive_definite"\ndefault = [[1.0, 2.0], [2.0, 1.0]]\n',
+     r"a\.toml:6: parameter S: default is not a symmetric positive definite"),
 ])
 def test_definition_schema(tmp_path, body, match):
     path = tmp_path / "a.toml"
@@ -384,6 +391,12 @@ def test_a_leading_space_is_not_an_indentation_error():
     (["verify", "sum(x**2)", "--dims", "0,2"], "--dims takes dimensions from 1"),
     (["sample", "sum(x**2)", "--plot", "no/such/folder/p.png"], "the folder no/such/folder does not"),
     (["show", "sum(x**2)", "-o", "no/such/folder/e.py"], "the folder no/such/folder does not"),
+    (["sample", "sum(x**2)", "--chains", "100000000", "--dim", "100000"], "values per state"),
+    (["sample", "sum(x**2)", "--chains", "100000000"], "values per state"),
+    (["verify", "sum(x**2)", "--dims", "100000"], "use n <= 2000"),
+    (["sample", "sum(x**2)", "--plot", "p.xyz"], "give a picture file ending in"),
+    (["sample", "sum(x**2)", "--xlim", "nan", "1"], "--xlim takes two finite numbers"),
+    (["sample", "sum(x**2)", "--ylim", "1", "1"], "--ylim takes two finite numbers"),
 ])
 def test_out_of_range_arguments_are_one_line_errors(tmp_path, args, match):
     proc = _cli(args, tmp_path)

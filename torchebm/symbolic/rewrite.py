@@ -81,6 +81,14 @@ def log1p_exp(expr: sp.Expr) -> sp.Expr:
                         lambda e: F.Softplus(e.args[0].args[0]))
 
 
+def _provably_positive(c) -> bool:
+    """``c > 0`` for every value of its parameters; sizes (``n``, ``len(w)``) count as
+    positive (``mean`` of an empty vector is NaN either way)."""
+    sizes = {s: sp.Dummy(positive=True, integer=True) for s in c.free_symbols
+             if s.is_integer and s.is_nonnegative}
+    return bool((c.subs(sizes) if sizes else c).is_positive)
+
+
 def _exp_terms(e):
     """``e`` as a list of exponents ``[u_k]`` with ``e = sum_k exp(u_k)``, or None."""
     if isinstance(e, sp.exp):
@@ -94,7 +102,7 @@ def _exp_terms(e):
         free = [a for a in e.args if not depends_on_x(a)]
         rest = [a for a in e.args if depends_on_x(a)]
         coefficient = sp.Mul(*free)
-        if coefficient.is_positive is not True:   # log(c) of a negative c is NaN, and a
+        if not _provably_positive(coefficient):  # log(c) of a negative c is NaN, and a
             return None                           # parameter's sign is unknown: keep log(...)
         inner = _exp_terms(sp.Mul(*rest)) if rest and free else None
         if inner is None:
