@@ -3,10 +3,15 @@ and random or mutated text against the parser.
 
 Formulas are drawn from the whole language (elementwise functions, slices,
 components, reductions, indexed and pair sums, periodic indices, where,
-scalar and vector parameters) with domains kept valid: arguments of log and
-sqrt are made positive, exponentials see bounded arguments. Each must compile
-and agree with autograd of its own forward (norm-wise rtol 1e-9) and with the
-30-digit mpmath evaluation of its SymPy expression. The CI profile runs 300
+scalar and vector parameters, powers with parameter and fractional exponents,
+norms, angles and the saturating functions of the stable rewrites) with domains
+kept valid: arguments of log and sqrt are made positive, exponentials see bounded
+arguments. Each must compile and agree with autograd of its own forward (norm-wise
+rtol 1e-9), with ``torch.func.grad`` of the forward (the third path), and with
+the 30-digit mpmath evaluation of its SymPy expression. Points are drawn on
+purpose where numerics break: of the five rows per formula, one is all zeros and
+two take entries from 0, +-1e-200, +-1e200 and +-1000 (at least 40% of the rows,
+and of the entries more than 20%), compared wherever both sides are finite. The CI profile runs 300
 formulas derandomized; ``TORCHEBM_HYPOTHESIS=long`` runs 5000. Shrunk failures
 found so far are kept as regular tests at the end of this file.
 """
@@ -24,7 +29,9 @@ from torchebm.symbolic.parse import parse_formula
 SMOOTH = ["sin({})", "cos({})", "tanh({})", "atan({})", "sigmoid({})", "softplus({})",
           "erf({})", "log(1 + ({})**2)", "sqrt(1 + ({})**2)", "exp(-({})**2)", "({})**2",
           "({})**3", "abs({})", "log1p(({})**2)", "expm1(tanh({}))", "asinh({})",
-          "logaddexp({}, 0.5)", "where(({}) > 0.3, 2.0, -1.0)*x[0]"]
+          "logaddexp({}, 0.5)", "where(({}) > 0.3, 2.0, -1.0)*x[0]",
+          "abs({})**a", "abs({})**1.5", "log(sigmoid({}))", "log(1 - sigmoid({}))",
+          "log(cosh({}))", "where(({}) > 0, sqrt(abs(x)), -x)"]
 SCALAR_FNS = ["exp(-({})**2)", "log(1 + ({})**2)", "sqrt(1 + ({})**2)", "tanh({})", "({})**2",
               "sin({})", "softplus({})"]
 
@@ -59,8 +66,16 @@ def pair_body(draw):
 def scalar(draw, depth=0):
     """A scalar per sample: a reduction, a component, or a combination."""
     kind = draw(st.sampled_from(["sum", "mean", "lse", "norm", "dot", "prod", "neighbour",
-                                 "periodic", "pairs", "slice", "component", "combine", "fn"]))
+                                 "periodic", "pairs", "slice", "component", "combine", "fn",
+                                 "power", "angle"]))
     v = draw(vector())
+    if kind == "power":     # a fractional or parameter power of a sum of squares
+        p = draw(st.sampled_from(["0.75", "1.5", "a", "2.5"]))
+        return draw(st.sampled_from([f"sum(({v})**2)**{p}", f"norm({v})**{p}",
+                                     f"sum(abs(x)**a)*0.1 + sum(({v})**2)"]))
+    if kind == "angle":
+        return draw(st.sampled_from(["atan2(x[0], x[-1])", f"hypot(x[0], sum({v}))",
+                                     "atan2(sum(x), 1 + x[0]**2)"]))
     if kind == "sum":
         return f"sum({v})"
     if kind == "mean":
@@ -116,7 +131,7 @@ def test_random_formulas_agree_with_oracles(formula, n, seed, a, b):
     note(formula)
     gen = torch.Generator().manual_seed(seed)
     mu = torch.randn(n, dtype=torch.float64, generator=gen)
-    x = torch.randn(3, n, dtype=torch.float64, generator=gen)
+    x = special_points(n, gen)
     params = {"a": a, "b": b, "mu": mu}
     try:
         energy = from_expression(formula, params={k: v for k, v in params.items()
@@ -125,17 +140,17 @@ def test_random_formulas_agree_with_oracles(formula, n, seed, a, b):
         assert "does not depend on x" in str(exc)     # e.g. sum(x - x): SymPy cancels it
         return
     e, g = energy.energy_and_gradient(x)
-    assert torch.equal(e, energy(x)) and torch.equal(g, energy.gradient(x))
-    if not (torch.isfinite(e).all() and torch.isfinite(g).all()):
+    assert torch.equal(e, energy(x)) or _same_with_nan(e, energy(x))
+    assert torch.equal(g, energy.gradient(x)) or _same_with_nan(g, energy.gradient(x))
+    if not (torch.isfinite(e[0]) and torch.isfinite(g[0]).all()):
         return                                # outside the domain: nothing to compare
     xr = x.clone().requires_grad_(True)
     out = energy(xr).sum()
     # piecewise-constant in x (x only in a condition): autograd's gradient is 0
     ag = torch.autograd.grad(out, xr)[0] if out.requires_grad else torch.zeros_like(x)
-    # at a removable singularity (norm(0*x)) autograd gives NaN where the closed form gives
-    # the minimum-norm subgradient: compare where autograd is finite
-    ok = torch.isfinite(ag).all(-1)
-    assert _rel(g[ok], ag[ok]) <= 1e-9, (formula, g, ag)
+    for k in range(x.shape[0]):
+        _agree(formula, k, x, g[k], ag[k])
+    _check_func_grad(energy, formula, x, g)
     _check_second_order(energy, formula, x, gen)
     parsed = parse_formula(formula, {"mu": 1})
     oracle = Oracle(parsed, {k: v for k, v in params.items() if k in parsed.params})
@@ -147,6 +162,62 @@ def test_random_formulas_agree_with_oracles(formula, n, seed, a, b):
         assert abs(float(e[0]) - ref) <= 1e-9 * max(1.0, abs(ref)), (formula, float(e[0]), ref)
 
 
+#: Magnitudes where numerics break: zeros (kinks, 0**p, 0/0), tiny and huge values
+#: (squares under- and overflow) and saturating arguments (sigmoid, cosh, exp).
+SPECIAL = (0.0, 1e-200, -1e-200, 1e200, -1e200, 1000.0, -1000.0)
+
+
+def special_points(n, gen, rows=5):
+    """``[rows, n]`` float64 points: rows 0 and 1 standard normal, row 2 all zeros, rows 3
+    and 4 entries from :data:`SPECIAL` (row 4 mixed with normal draws, half and half)."""
+    x = torch.randn(rows, n, dtype=torch.float64, generator=gen)
+    special = torch.tensor(SPECIAL, dtype=torch.float64)
+    pick = torch.randint(len(SPECIAL), (2, n), generator=gen)
+    x[2] = 0.0
+    x[3] = special[pick[0]]
+    mixed = torch.rand(n, generator=gen) < 0.5
+    x[4] = torch.where(mixed, special[pick[1]], x[4])
+    return x
+
+
+#: Rows 0-2 (normal draws and zeros) are strict: where autograd of the forward is finite,
+#: the closed form must be finite and agree. At the extreme rows 3-4 an intermediate may
+#: overflow in one path and not the other (``0 * inf`` in a product ordered otherwise),
+#: so they are compared where both are finite; and where an entry is 1e200, a periodic
+#: function's argument (``sin(a*x/3)``) is known to about 1e184 in either path, so
+#: such rows are compared at +-1000 and +-1e-200 entries only (the other rows).
+STRICT_ROWS = 3
+
+
+def _agree(formula, k, x, got, want, what="gradient"):
+    if not bool(torch.isfinite(want).all()):
+        return
+    a = x[k].abs()
+    if k < STRICT_ROWS:
+        assert bool(torch.isfinite(got).all()), (formula, what, x[k], got, want)
+    elif not bool(torch.isfinite(got).all()) or bool((a > 1e100).any()):
+        return
+    elif what != "gradient" and what != "torch.func.grad" and bool(((a < 1e-100) & (a > 0)).any()):
+        # second derivatives near 1e-200 scale like 1/x (1e200): a rounding in the last
+        # digit of either path is 1e184 absolute, where the exact value may be O(1)
+        # (norm(u) with n = 1 is |u|): checked by hand-derived values in
+        # test_numerics_kinds.py instead
+        return
+    assert _rel(got, want) <= 1e-9, (formula, what, x[k], got, want)
+
+
+def _same_with_nan(a, b):
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
+
+
+def _check_func_grad(energy, formula, x, g):
+    """``torch.func.grad`` of the forward (the third path) vs the closed form, per row
+    where both are finite."""
+    fn = torch.func.grad(lambda z: energy(z.unsqueeze(0)).sum())
+    for k in range(x.shape[0]):
+        _agree(formula, k, x, g[k], fn(x[k]), "torch.func.grad")
+
+
 def _check_second_order(energy, formula, x, gen):
     """hessian, HVP, diagonal and Laplacian vs autograd's Hessian of the generated forward."""
     v = torch.randn(x.shape, dtype=x.dtype, generator=gen)
@@ -154,14 +225,12 @@ def _check_second_order(energy, formula, x, gen):
     hv = energy.hessian_vector_product(x, v)
     diag = energy.hessian_diagonal(x)
     lap = energy.laplacian(x)
-    assert torch.equal(diag.sum(-1), lap)
+    assert torch.equal(diag.sum(-1), lap) or _same_with_nan(diag.sum(-1), lap)
     for k in range(x.shape[0]):
         want = torch.autograd.functional.hessian(lambda z: energy(z.unsqueeze(0)).sum(), x[k])
-        if not bool(torch.isfinite(want).all()):
-            continue              # autograd's NaN at a removable singularity (see above)
-        assert _rel(h[k], want) <= 1e-9, (formula, h[k], want)
-        assert _rel(hv[k], want @ v[k]) <= 1e-9, (formula, hv[k], want @ v[k])
-        assert _rel(diag[k], torch.diagonal(want)) <= 1e-9, (formula, diag[k], want)
+        _agree(formula, k, x, h[k], want, "hessian")
+        _agree(formula, k, x, hv[k], want @ v[k], "hvp")
+        _agree(formula, k, x, diag[k], torch.diagonal(want), "hessian diagonal")
 
 
 def _names(formula):

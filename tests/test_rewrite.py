@@ -117,3 +117,22 @@ def test_empty_reductions():
     assert torch.isinf(e).all() and (e < 0).all()
     assert from_expression("sum(x[i]*x[j] for i in range(n) for j in range(i+1, n))")(x).shape \
         == (3,)
+
+
+def test_logs_of_signed_exponentials_stay_logs():
+    """log(c exp(a) + ...) becomes a log-sum-exp only for positive numeric coefficients:
+    log(c) of a negative c is NaN where the energy is finite (found by attack)."""
+    import torch
+    from torchebm.symbolic import from_expression
+    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    cases = [("sum(log(1 - exp(-x**2)))", lambda z: torch.log(1 - torch.exp(-z**2)).sum(), {}),
+             ("sum(log(2 - exp(-x)))", lambda z: torch.log(2 - torch.exp(-z)).sum(), {}),
+             ("log(exp(x[1]) - exp(x[0]))", lambda z: torch.log(z[0, 1].exp() - z[0, 0].exp()), {}),
+             ("sum(log(1 + c*exp(-x)))", lambda z: torch.log(1 - 0.5 * torch.exp(-z)).sum(),
+              {"c": -0.5})]
+    for formula, reference, params in cases:
+        energy = from_expression(formula, **params)
+        want = reference(x)
+        grad = torch.autograd.grad(want, x)[0]
+        torch.testing.assert_close(energy(x.detach())[0], want.detach(), rtol=1e-13, atol=0)
+        torch.testing.assert_close(energy.gradient(x.detach()), grad, rtol=1e-13, atol=0)

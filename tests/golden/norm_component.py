@@ -53,14 +53,12 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v_1 = torch.square(x_1)
+        norm = _rt.norm(x_1)
         del x_1
-        r = v_1.sum(-1)
-        del v_1
         x_2 = x[..., 0]
         x_3 = x[..., n - 1]
-        energy_1 = x_2*x_3 + torch.sqrt(r)
-        del r, x_2, x_3
+        energy_1 = norm + x_2*x_3
+        del norm, x_2, x_3
         return energy_1
 
     def _gradient(self, x, lay, der):
@@ -68,27 +66,22 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v_1 = torch.square(x_1)
-        r = v_1.sum(-1)
-        del v_1
+        norm = _rt.norm(x_1)
         x_2 = x[..., 0]
         x_3 = x[..., n - 1]
-        d = torch.where((r > 0), torch.rsqrt(r)/2, x.new_tensor(0))
-        del r
         grad = torch.zeros_like(x)
         grad[..., 0] += x_3
         del x_3
         grad[..., n - 1] += x_2
         del x_2
         # level 0: i in range(0, n) (per sample)
-        bc = d.unsqueeze(-1)
-        del d
-        w = 2*bc
-        del bc
-        g = w*x_1
-        del w, x_1
-        grad = grad + g
-        del g
+        bc = norm.unsqueeze(-1)
+        del norm
+        t0 = (bc != 0)
+        w = torch.where(t0, (_rt.guard(t0, x_1)/_rt.guard(t0, bc)), x.new_tensor(0))
+        del bc, t0, x_1
+        grad = grad + w
+        del w
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -96,28 +89,23 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v_1 = torch.square(x_1)
-        r = v_1.sum(-1)
-        del v_1
+        norm = _rt.norm(x_1)
         x_2 = x[..., 0]
         x_3 = x[..., n - 1]
-        energy_1 = x_2*x_3 + torch.sqrt(r)
-        d = torch.where((r > 0), torch.rsqrt(r)/2, x.new_tensor(0))
-        del r
+        energy_1 = norm + x_2*x_3
         grad = torch.zeros_like(x)
         grad[..., 0] += x_3
         del x_3
         grad[..., n - 1] += x_2
         del x_2
         # level 0: i in range(0, n) (per sample)
-        bc = d.unsqueeze(-1)
-        del d
-        w = 2*bc
-        del bc
-        g = w*x_1
-        del w, x_1
-        grad = grad + g
-        del g
+        bc = norm.unsqueeze(-1)
+        del norm
+        t0 = (bc != 0)
+        w = torch.where(t0, (_rt.guard(t0, x_1)/_rt.guard(t0, bc)), x.new_tensor(0))
+        del bc, t0, x_1
+        grad = grad + w
+        del w
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
@@ -126,38 +114,34 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample)
         x_1 = x
         xdot = v
-        v_1 = torch.square(x_1)
-        dot = 2*x_1*xdot
-        r = v_1.sum(-1)
-        del v_1
-        dot_1 = dot.sum(-1)
-        del dot
+        norm = _rt.norm(x_1)
+        res = norm.unsqueeze(-1)
+        u0 = (res != 0)
+        w_1 = xdot*torch.where(u0, (_rt.guard(u0, x_1)/_rt.guard(u0, res)), x.new_tensor(0))
+        del res, u0
+        dot = w_1.sum(-1)
+        del w_1
         xdot_1 = v[..., 0]
         xdot_2 = v[..., n - 1]
-        u0 = (r > 0)
-        u1 = torch.where(u0, torch.rsqrt(r)/2, x.new_tensor(0))
-        d = u1
-        del u1
-        dot_3 = dot_1*torch.where(u0, -1/(4*torch.pow(r, 1.5)), x.new_tensor(0))
-        del dot_1, r, u0
         hvp = torch.zeros_like(v)
         hvp[..., 0] += xdot_2
         del xdot_2
         hvp[..., n - 1] += xdot_1
         del xdot_1
         # level 0: i in range(0, n) (per sample)
-        bc = d.unsqueeze(-1)
-        del d
-        dot_4 = dot_3.unsqueeze(-1)
-        del dot_3
-        w = 2*bc
+        bc = norm.unsqueeze(-1)
+        del norm
+        dot_2 = dot.unsqueeze(-1)
+        del dot
+        u1 = (bc != 0)
+        u2 = _rt.guard(u1, x_1)
+        del x_1
+        u3 = _rt.guard(u1, bc)
         del bc
-        dot_5 = 2*dot_4
-        del dot_4
-        dot_6 = dot_5*x_1 + w*xdot
-        del dot_5, w, x_1, xdot
-        hvp = hvp + dot_6
-        del dot_6
+        dot_3 = dot_2*torch.where(u1, -_rt.over_square(u2, u3), x.new_tensor(0)) + torch.where(u1, 1/u3, x.new_tensor(0))*xdot
+        del dot_2, u1, u2, u3, xdot
+        hvp = hvp + dot_3
+        del dot_3
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -165,28 +149,26 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v_1 = torch.square(x_1)
-        r = v_1.sum(-1)
-        del v_1
-        d = torch.where((r > 0), torch.rsqrt(r)/2, x.new_tensor(0))
-        # level 0: i in range(0, n) (per sample)
-        bc = d.unsqueeze(-1)
-        del d
-        h = torch.where((r > 0), -1/(4*torch.pow(r, 1.5)), x.new_tensor(0))
-        del r
-        # level 0: i in range(0, n) (per sample)
-        g_1 = 2*x_1
-        del x_1
-        grad_r = g_1
-        del g_1
-        hdiag = h.unsqueeze(-1)*torch.square(grad_r)
-        del grad_r, h
+        norm = _rt.norm(x_1)
+        hdiag = torch.zeros_like(x)
         hdiag = hdiag + _rt.pad_slice(_rt_points(2, x, 1), 0, 0 + 1, n) * float(0 == n - 1)
+        w1 = (norm != 0)
+        knorm = torch.where(w1, (1/_rt.guard(w1, norm)), x.new_tensor(0))
+        del w1
         # level 0: i in range(0, n) (per sample)
-        h_1 = 2*bc
-        del bc
-        hdiag = hdiag + h_1
-        del h_1
+        bw = knorm.unsqueeze(-1)
+        hdiag = hdiag + bw
+        del bw
+        # level 0: i in range(0, n) (per sample)
+        bc_1 = norm.unsqueeze(-1)
+        del norm
+        w2 = (bc_1 != 0)
+        w_2 = torch.where(w2, (_rt.guard(w2, x_1)/_rt.guard(w2, bc_1)), x.new_tensor(0))
+        del bc_1, w2, x_1
+        grad_norm = w_2
+        del w_2
+        hdiag = hdiag + (-knorm).unsqueeze(-1)*torch.square(grad_norm)
+        del grad_norm, knorm
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -194,38 +176,38 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample)
         x_1 = x
-        v_1 = torch.square(x_1)
-        r = v_1.sum(-1)
-        del v_1
+        norm = _rt.norm(x_1)
         x_2 = x[..., 0]
         x_3 = x[..., n - 1]
-        d = torch.where((r > 0), torch.rsqrt(r)/2, x.new_tensor(0))
         grad = torch.zeros_like(x)
         grad[..., 0] += x_3
         del x_3
         grad[..., n - 1] += x_2
         del x_2
         # level 0: i in range(0, n) (per sample)
-        bc = d.unsqueeze(-1)
-        del d
-        w = 2*bc
-        g = w*x_1
+        bc = norm.unsqueeze(-1)
+        w0 = (bc != 0)
+        w = torch.where(w0, (_rt.guard(w0, x_1)/_rt.guard(w0, bc)), x.new_tensor(0))
+        del bc, w0
+        grad = grad + w
         del w
-        grad = grad + g
-        del g
-        h = torch.where((r > 0), -1/(4*torch.pow(r, 1.5)), x.new_tensor(0))
-        del r
-        # level 0: i in range(0, n) (per sample)
-        g_1 = 2*x_1
-        del x_1
-        grad_r = g_1
-        del g_1
-        hdiag = h.unsqueeze(-1)*torch.square(grad_r)
-        del grad_r, h
+        hdiag = torch.zeros_like(x)
         hdiag = hdiag + _rt.pad_slice(_rt_points(2, x, 1), 0, 0 + 1, n) * float(0 == n - 1)
+        w1 = (norm != 0)
+        knorm = torch.where(w1, (1/_rt.guard(w1, norm)), x.new_tensor(0))
+        del w1
         # level 0: i in range(0, n) (per sample)
-        h_1 = 2*bc
-        del bc
-        hdiag = hdiag + h_1
-        del h_1
+        bw = knorm.unsqueeze(-1)
+        hdiag = hdiag + bw
+        del bw
+        # level 0: i in range(0, n) (per sample)
+        bc_1 = norm.unsqueeze(-1)
+        del norm
+        w2 = (bc_1 != 0)
+        w_2 = torch.where(w2, (_rt.guard(w2, x_1)/_rt.guard(w2, bc_1)), x.new_tensor(0))
+        del bc_1, w2, x_1
+        grad_norm = w_2
+        del w_2
+        hdiag = hdiag + (-knorm).unsqueeze(-1)*torch.square(grad_norm)
+        del grad_norm, knorm
         return grad, hdiag

@@ -51,10 +51,10 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: j in range(0, n) (per sample)
         x_1 = x
-        t0 = torch.sqrt(x_1)
-        t1 = (x_1 > 0)
+        t0 = (x_1 > 0)
+        t1 = torch.sqrt(_rt.guard(t0, x_1))
         v_1 = torch.cos(x_1)
-        v_2 = torch.where(t1, t0, -x_1)
+        v_2 = torch.where(t0, t1, -x_1)
         del t0, t1, x_1
         prod = v_1.prod(-1)
         del v_1
@@ -69,12 +69,12 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: j in range(0, n) (per sample)
         x_1 = x
-        t0 = torch.sqrt(x_1)
-        t1 = (x_1 > 0)
+        t0 = (x_1 > 0)
+        t1 = torch.sqrt(_rt.guard(t0, x_1))
         v_1 = torch.cos(x_1)
         d = torch.sin(x_1)
         del x_1
-        d_1 = torch.where(t1, 1/(2*t0), x.new_tensor(-1))
+        d_1 = torch.where(t0, 1/(2*t1), x.new_tensor(-1))
         del t0, t1
         # level 0: j in range(0, n) (per sample)
         others = _rt.others_product(v_1, 1, -1)
@@ -92,13 +92,13 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: j in range(0, n) (per sample)
         x_1 = x
-        t0 = torch.sqrt(x_1)
-        t1 = (x_1 > 0)
+        t0 = (x_1 > 0)
+        t1 = torch.sqrt(_rt.guard(t0, x_1))
         v_1 = torch.cos(x_1)
         d = torch.sin(x_1)
-        v_2 = torch.where(t1, t0, -x_1)
+        v_2 = torch.where(t0, t1, -x_1)
         del x_1
-        d_1 = torch.where(t1, 1/(2*t0), x.new_tensor(-1))
+        d_1 = torch.where(t0, 1/(2*t1), x.new_tensor(-1))
         del t0, t1
         prod = v_1.prod(-1)
         r = v_2.sum(-1)
@@ -124,15 +124,17 @@ class GoldenEnergy(CompiledEnergy):
         xdot = v
         u0 = torch.cos(x_1)
         u1 = torch.sin(x_1)
-        u3 = (x_1 > 0)
+        u2 = (x_1 > 0)
+        u3 = _rt.guard(u2, x_1)
+        del x_1
         v_1 = u0
         dot = -u1*xdot
         d = u1
         del u1
         dot_1 = u0*xdot
         del u0
-        dot_3 = xdot*torch.where(u3, -1/(4*torch.pow(x_1, 1.5)), x.new_tensor(0))
-        del u3, x_1, xdot
+        dot_3 = xdot*torch.where(u2, -1/(4*torch.pow(u3, 1.5)), x.new_tensor(0))
+        del u2, u3, xdot
         # level 0: j in range(0, n) (per sample)
         others = _rt.others_product(v_1, 1, -1)
         dot_7 = _rt.others_product_tangent(v_1, dot, 1, -1)

@@ -18,8 +18,191 @@ MAX_POINTS = 50_000_000
 
 # -- numerics ------------------------------------------------------------------------
 def softplus(u: torch.Tensor) -> torch.Tensor:
-    """``log(1 + exp(u))`` as ``max(u, 0) + log1p(exp(-|u|))``: exact for every u."""
-    return torch.clamp(u, min=0) + torch.log1p(torch.exp(-torch.abs(u)))
+    """``log(1 + exp(u))``: ``u + log1p(exp(-u))`` for ``u > 0``, ``log1p(exp(u))`` else.
+
+    Exact for every u (no threshold switch, unlike ``torch.nn.functional.softplus``).
+    Each branch sees only inputs where ``exp`` is at most 1, so autograd gives
+    ``sigmoid(u)`` everywhere (0.5 at 0; the form with ``clamp`` gives 1 there) and
+    its second derivative stays finite at ``|u| = 1000`` (``torch.logaddexp``'s does not).
+    """
+    pos = u > 0
+    zero = torch.zeros_like(u)
+    up = torch.where(pos, u, zero)
+    un = torch.where(pos, zero, u)
+    return torch.where(pos, up + torch.log1p(torch.exp(-up)), torch.log1p(torch.exp(un)))
+
+
+def _tensor(v, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v
+    return torch.as_tensor(v, dtype=like.dtype, device=like.device)
+
+
+def _pair(a, b):
+    """Two operands as tensors of one dtype (numbers take the tensor's dtype)."""
+    like = a if isinstance(a, torch.Tensor) else b
+    return _tensor(a, like), _tensor(b, like)
+
+
+def _pow_value(b: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    singular = (b == 0) & (e < 1)
+    safe = torch.where(singular, torch.ones_like(b), b)
+    at_zero = torch.pow(torch.zeros((), dtype=b.dtype, device=b.device), e)   # shape of e
+    return torch.where(singular, at_zero, torch.pow(safe, e))
+
+
+class _Power(torch.autograd.Function):
+    """``b**e`` whose derivatives are :func:`power_prime` and :func:`power_log`, at every
+    order (they call :func:`power` again), in reverse mode, forward mode and vmap, so
+    ``torch.autograd`` and ``torch.func`` (``grad``, ``hessian``) agree with the closed
+    forms at ``b = 0``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(b, e):
+        return _pow_value(b, e)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        b, e = ctx.saved_tensors
+        gb = ge = None
+        if ctx.needs_input_grad[0]:
+            gb = _times(grad, power_prime(b, e)).sum_to_size(b.shape)
+        if ctx.needs_input_grad[1]:
+            ge = _times(grad, power_log(b, e)).sum_to_size(e.shape)
+        return gb, ge
+
+    @staticmethod
+    def jvp(ctx, db, de):
+        b, e = ctx.saved_tensors
+        out = torch.zeros(torch.broadcast_shapes(b.shape, e.shape), dtype=b.dtype,
+                          device=b.device)
+        if db is not None:
+            out = out + _times(db, power_prime(b, e))
+        if de is not None:
+            out = out + _times(de, power_log(b, e))
+        return out
+
+
+def _times(d, factor):
+    """``d * factor``, 0 where ``d`` is 0: a zero tangent (an exponent that is not
+    differentiated) never meets ``log`` of a negative base (nan)."""
+    return torch.where(d == 0, torch.zeros_like(factor), d * factor)
+
+
+def power(b, e):
+    """``b**e`` for an exponent that is not an integer literal; shapes broadcast.
+
+    The value is ``torch.pow(b, e)``. Its derivatives (autograd, ``torch.func``, any
+    order) are ``e*b**(e - 1)`` and ``b**e log b`` without a division by ``b``: where
+    ``b == 0`` and ``e < 1`` the derivative in b is infinite or absent and is 0 (the
+    kink convention of the closed form, ``PowerPrime``); the derivative in ``e`` is 0
+    at ``b == 0``.
+    """
+    b, e = _pair(b, e)
+    return _Power.apply(b, e)
+
+
+def power_prime(b, e):
+    """``e*b**(e - 1)`` (d/db of ``b**e``), 0 where ``b == 0`` and ``e < 1``."""
+    b, e = _pair(b, e)
+    singular = (b == 0) & (e < 1)
+    safe = torch.where(singular, torch.ones_like(b), b)
+    return torch.where(singular, 0.0, e * power(safe, e - 1))
+
+
+def power_log(b, e):
+    """``b**e * log(b)`` (d/de of ``b**e``), 0 where ``b == 0``."""
+    b, e = _pair(b, e)
+    zero = b == 0
+    safe = torch.where(zero, torch.ones_like(b), b)
+    return torch.where(zero, torch.zeros_like(b), power(safe, e) * torch.log(safe))
+
+
+_LOG2 = 0.6931471805599453
+
+
+def log_cosh(u: torch.Tensor) -> torch.Tensor:
+    """``log(cosh(u))``: ``log1p(2 sinh(u/2)**2)`` for ``|u| < 1`` (no cancellation near
+    0), ``u + softplus(-2u) - log 2`` elsewhere (no overflow of cosh past 710).
+    Each branch sees only inputs where it is finite, so autograd gives ``tanh(u)``."""
+    small = u.abs() < 1
+    us = torch.where(small, u, torch.zeros_like(u))
+    near = torch.log1p(2 * torch.square(torch.sinh(us / 2)))
+    far = u + softplus(-2 * u) - _LOG2
+    return torch.where(small, near, far)
+
+
+def hypot(a, b):
+    """``sqrt(a**2 + b**2)`` without overflow or underflow (``torch.hypot``); its
+    autograd derivative is 0 at the origin (``torch.hypot`` gives ``0/0 = nan``)."""
+    a, b = _pair(a, b)
+    zero = (a == 0) & (b == 0)
+    one = torch.ones_like(a)
+    r = torch.hypot(torch.where(zero, one, a), torch.where(zero, one, b))
+    return torch.where(zero, torch.zeros_like(r), r)
+
+
+def atan2(y, x):
+    """``atan2(y, x)`` whose autograd is range-safe and 0 at the origin.
+
+    The angle is computed from ``(y, x) / max(|y|, |x|)`` (the same angle): torch's
+    own derivative ``x / (x**2 + y**2)`` then never under- or overflows
+    (``1e-200`` gives ``5e199``, not ``inf``). At the origin the value is
+    ``torch.atan2``'s, from inputs that autograd does not see (derivative 0).
+    """
+    y, x = _pair(y, x)
+    m = torch.maximum(y.abs(), x.abs()).detach()
+    origin = m == 0
+    scale = torch.where(origin | ~torch.isfinite(m), torch.ones_like(m), m)
+    ys = torch.where(origin, torch.zeros_like(y), y / scale)
+    xs = torch.where(origin, torch.ones_like(x), x / scale)
+    return torch.where(origin, torch.atan2(y.detach(), x.detach()), torch.atan2(ys, xs))
+
+
+def safe_sqrt(s: torch.Tensor) -> torch.Tensor:
+    """``sqrt(s)`` of a sum of squares; its autograd derivative is 0 where ``s == 0``
+    (the closed form's convention for ``norm``) instead of ``inf * 0 = nan``."""
+    zero = s == 0
+    safe = torch.where(zero, torch.ones_like(s), s)
+    return torch.where(zero, torch.zeros_like(s), torch.sqrt(safe))
+
+
+def over_square(a, r):
+    """``a / r**2`` as ``(a / r) / r``: ``r**2`` would underflow for ``|r| < 1e-154``."""
+    return (a / r) / r
+
+
+def guard(cond: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``v`` itself, but autograd only flows into it where ``cond`` holds.
+
+    Feeding each branch of a ``torch.where`` its inputs through ``guard`` (the
+    "double where") keeps an unselected branch's ``inf``/``nan`` derivative (``sqrt``
+    at 0, ``log`` of a negative number) out of the gradient: the value is unchanged.
+    """
+    if not isinstance(v, torch.Tensor):
+        return v
+    return torch.where(cond, v, v.detach())
+
+
+def _logaddexp2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``log(exp(a) + exp(b))`` as ``m + softplus(o - m)`` (m the larger, o the other).
+
+    The same value as ``torch.logaddexp``, and autograd of it is safe at every order:
+    ``torch.logaddexp``'s second derivative is ``inf/inf = nan`` at ``|a - b| = 2000``.
+    """
+    a, b = torch.broadcast_tensors(a, b)
+    first = a >= b
+    m = torch.where(first, a, b)
+    o = torch.where(first, b, a)
+    inf = torch.isinf(m)
+    return torch.where(inf, m, m + softplus(torch.where(inf, torch.zeros_like(m), o - m)))
 
 
 def logaddexp(*args):
@@ -31,26 +214,25 @@ def logaddexp(*args):
             for a in args]
     out = vals[0]
     for v in vals[1:]:
-        out = torch.logaddexp(out, v)
+        out = _logaddexp2(out, v)
     return out
 
 
 def maximum(a, b):
-    """Elementwise maximum of tensors or numbers (numbers keep float64 precision)."""
-    if not isinstance(a, torch.Tensor):
-        return torch.clamp(b, min=a)
-    if not isinstance(b, torch.Tensor):
-        return torch.clamp(a, min=b)
-    return torch.maximum(a, b)
+    """Elementwise maximum of tensors or numbers (numbers take the tensor's dtype).
+
+    At a tie autograd gives the whole derivative to ``a``, as the closed form does
+    (``torch.maximum`` splits it in halves, ``clamp`` gives it to the tensor). NaN
+    in either argument gives NaN.
+    """
+    a, b = _pair(a, b)
+    return torch.where((a >= b) | torch.isnan(a), a, b)
 
 
 def minimum(a, b):
-    """Elementwise minimum of tensors or numbers."""
-    if not isinstance(a, torch.Tensor):
-        return torch.clamp(b, max=a)
-    if not isinstance(b, torch.Tensor):
-        return torch.clamp(a, max=b)
-    return torch.minimum(a, b)
+    """Elementwise minimum of tensors or numbers; at a tie ``a`` takes the derivative."""
+    a, b = _pair(a, b)
+    return torch.where((a <= b) | torch.isnan(a), a, b)
 
 
 def others_product(v: torch.Tensor, groups: int, per_group: int = -1) -> torch.Tensor:
@@ -76,6 +258,8 @@ def reduce_points(v: torch.Tensor, op: str, groups: int, per_group: int) -> torc
         return w.sum(-1)
     if op == "prod":
         return w.prod(-1)
+    if op == "norm":
+        return norm(w)
     if w.shape[-1] == 0:
         return torch.full(w.shape[:-1], -torch.inf, dtype=w.dtype, device=w.device)
     return torch.logsumexp(w, dim=-1)
@@ -85,6 +269,19 @@ def segment_sum(v: torch.Tensor, seg: torch.Tensor, groups: int) -> torch.Tensor
     """Sum ``[..., P]`` into ``[..., groups]`` by segment id (ragged inner ranges)."""
     out = torch.zeros(v.shape[:-1] + (groups,), dtype=v.dtype, device=v.device)
     return out.index_add(-1, seg, v)
+
+
+def norm(v: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm over the last axis, scaled by its largest entry: ``[3e-200, 4e-200]``
+    gives ``5e-200`` and ``[3e200, 4e200]`` gives ``5e200`` (``torch.linalg.vector_norm``
+    squares unscaled: 0 and inf). The scale is a constant for autograd (the norm does
+    not depend on it), so the derivative is ``(v/s) / |v/s|``, 0 at the origin, NaN
+    everywhere when one entry is NaN. An empty axis gives 0."""
+    if v.shape[-1] == 0:
+        return v.new_zeros(v.shape[:-1])
+    m = v.detach().abs().amax(-1, keepdim=True)
+    scale = torch.where((m > 0) & torch.isfinite(m), m, torch.ones_like(m))
+    return scale.squeeze(-1) * torch.linalg.vector_norm(v / scale, dim=-1)
 
 
 def logsumexp(v: torch.Tensor) -> torch.Tensor:

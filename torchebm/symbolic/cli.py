@@ -28,9 +28,11 @@ def _param(text: str):
         raise argparse.ArgumentTypeError(f"-p takes name=value, e.g. -p a=1.0 or -p mu=[0,1]; "
                                          f"got {text!r}")
     name, value = text.split("=", 1)
+    special = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "nan": math.nan}
     try:
-        parsed = ast.literal_eval(value.strip())   # numbers and nested lists only
-    except (ValueError, SyntaxError):
+        parsed = (special[value.strip().lower()] if value.strip().lower() in special
+                  else ast.literal_eval(value.strip()))   # numbers and nested lists only
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         raise argparse.ArgumentTypeError(f"-p {name}: {value!r} is not a number or a list "
                                          f"of numbers") from None
     def check(v):
@@ -50,6 +52,9 @@ def _param(text: str):
 
 
 MAX_CLI_DIM = 100_000
+MAX_VERIFY_DIM = 2_000            # verify builds autograd Hessians, n x n per point
+MAX_CLI_ELEMENTS = 2**27          # chains x dim of one sampler state (1 GiB in float64)
+PLOT_FORMATS = {"png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp"}
 
 
 def _dims(text: str):
@@ -190,6 +195,20 @@ def main(argv=None) -> int:
     for path in [getattr(args, "plot", None), getattr(args, "output", None)]:
         if args.command != "build" and path is not None and not path.parent.is_dir():
             ap.error(f"cannot write {path}: the folder {path.parent} does not exist")
+    if args.command == "sample":
+        if args.plot is not None and args.plot.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+            ap.error(f"--plot {args.plot}: give a picture file ending in "
+                     f"{', '.join('.' + f for f in sorted(PLOT_FORMATS))}")
+        for name in ("xlim", "ylim"):
+            lim = getattr(args, name)
+            if lim is not None and not (math.isfinite(lim[0]) and math.isfinite(lim[1])
+                                        and lim[0] < lim[1]):
+                ap.error(f"--{name} takes two finite numbers lo < hi, got {lim[0]} {lim[1]}")
+        if args.dim is not None and args.chains * args.dim > MAX_CLI_ELEMENTS:
+            ap.error(f"--chains {args.chains} x --dim {args.dim} = {args.chains * args.dim} "
+                     f"values per state, more than {MAX_CLI_ELEMENTS}; use fewer chains")
+    if args.command == "verify" and args.dims and max(args.dims) > MAX_VERIFY_DIM:
+        ap.error(f"--dims: verify compares Hessians (n x n per point); use n <= {MAX_VERIFY_DIM}")
     try:
         if args.command == "build":
             return build(check=args.check, definitions=args.definitions, output=args.output)
@@ -424,6 +443,10 @@ def _sample(args):
         print(f"n = {dim} ({reason})")
     if args.plot and dim != 2:
         print("error: --plot draws 2-D energies; use --dim 2", file=sys.stderr)
+        return 2
+    if args.chains * dim > MAX_CLI_ELEMENTS:
+        print(f"error: --chains {args.chains} x n = {dim} is {args.chains * dim} values per "
+              f"state, more than {MAX_CLI_ELEMENTS}; use fewer chains", file=sys.stderr)
         return 2
     with warnings.catch_warnings():      # unset parameters were reported above, CLI-worded
         warnings.simplefilter("ignore", UnsetParameterWarning)

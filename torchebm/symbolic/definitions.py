@@ -119,6 +119,26 @@ class _Checker:
                                  f"lengths {sorted({len(r) for r in rows})}", pname)
         return tuple(rows)
 
+    def default_meets(self, default, constraint, pname):
+        """A default must satisfy its own constraint (else every ``Cls()`` would fail)."""
+        if not isinstance(default, tuple):
+            flat = [default]
+        elif isinstance(default[0], tuple):
+            flat = [v for row in default for v in row]
+        else:
+            flat = list(default)
+        if constraint == "positive" and any(v <= 0 for v in flat):
+            self.fail("default", f"parameter {pname}: default {default!r:.60} is not positive, "
+                                 f"as its constraint requires", pname)
+        if constraint == "positive_definite":
+            import torch
+            m = torch.tensor(default, dtype=torch.float64)
+            ok = (m.dim() == 2 and m.shape[0] == m.shape[1] and torch.equal(m, m.T)
+                  and int(torch.linalg.cholesky_ex(m)[1]) == 0)
+            if not ok:
+                self.fail("default", f"parameter {pname}: default is not a symmetric positive "
+                                     f"definite matrix, as its constraint requires", pname)
+
     def rank(self, shape, pname) -> int:
         s = shape.strip()
         if s in ("", "scalar", "[]"):
@@ -228,12 +248,13 @@ def load_definition(path) -> EnergySpec:
                              pname, multiline=False)
         rank = c.rank(shape, pname)
         constraint = pdata.get("constraint", "real")
-        if constraint not in CONSTRAINTS:
+        if not isinstance(constraint, str) or constraint not in CONSTRAINTS:
             c.fail("constraint", f"parameter {pname}: constraint {constraint!r:.40} is not one "
                                  f"of {', '.join(sorted(CONSTRAINTS))}", pname)
         default = pdata.get("default")
         if default is not None:
             default = c.default(default, rank, pname)
+            c.default_meets(default, constraint, pname)
         pdoc = c.text_field(pdata.get("doc", ""), "doc", f"parameter {pname}: doc", pname)
         params.append(ParamDecl(pname, rank, default, pdoc, constraint,
                                 "" if rank == 0 else shape))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from . import functions as F
 from .lower import Level, Load, MatVec, Program
 
 
@@ -34,6 +35,12 @@ def partial(expr, s):
     if isinstance(expr, sp.Add):
         return sp.Add(*[sp.diff(t, s) for t in expr.args if s in t.free_symbols])
     return sp.diff(expr, s)
+
+
+def norm_weight(value, norm):
+    """``value / norm``, the derivative of a norm in one term; 0 where the norm is 0 (the
+    kink convention), NaN everywhere when the norm is NaN."""
+    return F.where_else_zero(sp.Ne(norm, 0), F.Ratio, value, norm)
 
 
 def tangent_name(vector: str) -> str:
@@ -355,6 +362,10 @@ class _Builder:
             elif r.op == "lse":
                 res = self.broadcast(r.result, lv)
                 bbar = self.assign("w", bbar * sp.exp(r.value - res), lv)
+            elif r.op == "norm":
+                # d norm / d v_i = v_i / norm (at most 1: no overflow), 0 at norm 0
+                res = self.broadcast(r.result, lv)
+                bbar = self.assign("w", bbar * norm_weight(r.value, res), lv)
             weights.append((r, bbar))
         mv = lv.matvec
         if mv is not None and mv.vector in self.xdep and not seeded:

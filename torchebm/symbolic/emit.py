@@ -335,7 +335,8 @@ class ModuleEmitter:
             if st.op == "sum_all" or (lv.parent is None and st.op == "sum"):
                 return [f"{t} = {src}.sum(-1)"]
             if lv.parent is None:
-                fn = {"prod": f"{src}.prod(-1)", "lse": f"_rt.logsumexp({src})"}[st.op]
+                fn = {"prod": f"{src}.prod(-1)", "lse": f"_rt.logsumexp({src})",
+                      "norm": f"_rt.norm({src})"}[st.op]
                 return [f"{t} = {fn}"]
             groups = self.points(lv.parent)
             if lv.rectangular:
@@ -343,7 +344,7 @@ class ModuleEmitter:
                         f'lay["Q{lv.id}"])']
             if st.op == "sum":
                 return [f'{t} = _rt.segment_sum({src}, lay["seg{lv.id}"], {groups})']
-            name = {"prod": "prod", "lse": "logsumexp"}.get(st.op, st.op)
+            name = {"prod": "prod", "lse": "logsumexp", "norm": "norm"}.get(st.op, st.op)
             raise EnergySyntaxError(
                 f"a nested {name}(...) whose range depends on an outer index cannot be "
                 f"vectorised; make its range independent of the outer index (mask terms with "

@@ -31,7 +31,7 @@ from . import functions as F
 from ..errors import EnergySyntaxError
 from .symbols import N, X
 
-_REDUCERS = {F.Sum: "sum", F.Product: "prod", F.LogSumExp: "lse"}
+_REDUCERS = {F.Sum: "sum", F.Product: "prod", F.LogSumExp: "lse", F.Norm: "norm"}
 
 
 @dataclass(eq=False)

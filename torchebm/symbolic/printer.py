@@ -43,12 +43,20 @@ MAPPING = {
     sp.loggamma: ("torch.lgamma", "math.lgamma"),
     log1p: ("torch.log1p", "math.log1p"), expm1: ("torch.expm1", "math.expm1"),
     F.Sigmoid: ("torch.sigmoid", None),
-    F.Softplus: ("_rt.softplus", None),        # max(u, 0) + log1p(exp(-|u|)): no threshold
+    F.Softplus: ("_rt.softplus", None),        # u + log1p(exp(-u)) / log1p(exp(u)): exact
     F.LogNdtr: ("torch.special.log_ndtr", None),
-    F.SafeSqrt: ("torch.sqrt", "math.sqrt"),   # only its derivative differs from sqrt
+    F.SafeSqrt: ("_rt.safe_sqrt", "math.sqrt"),   # autograd 0 (not nan) where s = 0
     F.LogAddExp: ("_rt.logaddexp", None),      # max-shifted, any number of arguments
     F.Maximum: ("_rt.maximum", None),          # tensors or numbers on either side
     F.Minimum: ("_rt.minimum", None),
+    # forms whose value and autograd are safe at zeros and extreme magnitudes
+    F.Power: ("_rt.power", None),              # b**e, derivative 0 where b = 0 and e < 1
+    F.PowerPrime: ("_rt.power_prime", None),   # e*b**(e - 1), 0 where b = 0 and e < 1
+    F.PowerLog: ("_rt.power_log", None),       # b**e log(b), 0 where b = 0
+    F.LogCosh: ("_rt.log_cosh", None),         # no overflow of cosh
+    F.Hypot: ("_rt.hypot", "math.hypot"),      # no overflow or underflow of the squares
+    F.Atan2: ("_rt.atan2", "math.atan2"),      # range-safe autograd, 0 at the origin
+    F.ScaledQuotient: ("_rt.over_square", None),   # a/r**2 as (a/r)/r
 }
 
 
@@ -223,7 +231,8 @@ class TorchEnergyPrinter(TorchPrinter):
         return f"torch.polygamma({self._print(order)}, {self._print(arg)})"
 
     def _print_Piecewise(self, expr):
-        # torch.where picks per element; the unselected value is never used.
+        # torch.where picks per element; the unselected value is never used. (Branches
+        # whose derivative can be inf or nan read their inputs through Guard: rewrite.py.)
         *pairs, (last, cond) = expr.args
         if cond != sp.true:
             last_code = "math.nan"
@@ -241,6 +250,18 @@ class TorchEnergyPrinter(TorchPrinter):
         if e.is_Number or self.is_python(e):
             return f"x.new_tensor({self._print(e)})"
         return self._print(e)
+
+    def _print_Ratio(self, expr):
+        a, r = expr.args
+        prec = precedence(sp.Mul(2, sp.Symbol("a"), evaluate=False))
+        num = self.parenthesize(a, prec, strict=False)
+        return f"({num}/{self.parenthesize(r, prec, strict=True)})"
+
+    def _print_Guard(self, expr):
+        v, cond = expr.args
+        if self.is_python(v):
+            return self._print(v)
+        return f"_rt.guard({self._print(cond)}, {self._print(v)})"
 
     def _print_Relational(self, expr):
         lhs = self.parenthesize(expr.lhs, precedence(expr), strict=True)

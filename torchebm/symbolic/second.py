@@ -47,7 +47,7 @@ import sympy as sp
 from .derivatives import join as _join
 from .derivatives import (Accumulate, Assign, Broadcast, IndexValue, InitAdjoint, LoadStmt,
                           MatVecStmt, OthersProduct, Reduce, Statements, Stmt, Unary,
-                          partial, tangent_name)
+                          norm_weight, partial, tangent_name)
 from . import functions as F
 from .lower import Load
 from .symbols import N
@@ -201,6 +201,14 @@ class _Tangent:
             self.out.append(OthersProduct(lv, others, src))
             w = self.new("w", "both")
             self.out.append(Assign(lv, w, others * dsrc))
+            t = self.new("dot", shape)
+            self.out.append(Reduce(lv, t, w, "sum"))
+        elif st.op == "norm":   # d |v| = sum (v / |v|) * dv
+            res = self.b.sym("res")
+            self.s.shapes[res] = self.shape(st.target)
+            self.out.append(Broadcast(lv, res, st.target))
+            w = self.new("w", _join(self.shape(src), self.shape(res), self.shape(dsrc)))
+            self.out.append(Assign(lv, w, norm_weight(src, res) * dsrc))
             t = self.new("dot", shape)
             self.out.append(Reduce(lv, t, w, "sum"))
         else:   # lse: d log sum exp(v) = sum softmax(v) * dv
@@ -477,6 +485,25 @@ class _Diagonal:
             abar = self.b.result_adjoint.get(owner, sp.S.One)
             g = self.gradient_of(owner.result)
             self.tail.append(DenseAccumulate(None, HDIAG, -abar, g, g))
+        if getattr(owner, "op", None) == "norm":
+            self.norm_curvature(lv, owner, firsts)
+
+    def norm_curvature(self, lv, owner, firsts):
+        """The norm's own curvature, ``(I - u u^T) / t`` with ``t = |v|``, ``u = v / t``:
+        ``(abar / t) sum_p (dv_p/dx_i)^2`` at the points, minus ``(abar / t) (dt/dx_i)^2``
+        at the root (``abar`` the adjoint of t; 0 where t = 0, the kink convention)."""
+        abar = self.b.result_adjoint.get(owner, sp.S.One)
+        k = self.tail_assign(F.where_else_zero(sp.Ne(owner.result, 0), F.Ratio, abar,
+                                               owner.result), None, stem="knorm")
+        kw = self.to_level(k, lv)
+        moving = sorted(firsts, key=str)
+        for i, a in enumerate(moving):
+            for c in moving[i:]:
+                f = firsts[a] * firsts[c]
+                if f != 0:
+                    self.pair(lv, kw, a, c, (1 if a == c else 2) * self.point_value(f, lv))
+        g = self.gradient_of(owner.result)
+        self.tail.append(DenseAccumulate(None, HDIAG, -k, g, g))
 
     def pair(self, lv, w, a, c, f):
         (ka, la), (kc, lc) = self.kind(a, lv), self.kind(c, lv)

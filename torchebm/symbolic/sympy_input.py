@@ -18,7 +18,7 @@ from .symbols import X
 _NAMES = {sp.Abs: "abs", sp.sign: "sign", sp.loggamma: "lgamma", log1p: "log1p",
           expm1: "expm1", F.Sigmoid: "sigmoid", F.Softplus: "softplus", F.LogNdtr: "log_ndtr",
           F.LogAddExp: "logaddexp", F.Maximum: "maximum", F.Minimum: "minimum",
-          F.Sign: "sign", F.SafeSqrt: "sqrt", sp.Max: "maximum", sp.Min: "minimum"}
+          F.Sign: "sign", F.SafeSqrt: "sqrt", F.Hypot: "hypot", sp.Max: "maximum", sp.Min: "minimum"}
 _PLAIN = {"sin", "cos", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "tanh", "asinh",
           "acosh", "atanh", "exp", "log", "erf", "erfc"}
 

@@ -15,6 +15,14 @@ For each dimension and random float64 points:
 * ``hvp~autograd``, ``hdiag~autograd``, ``laplacian~autograd``: the
   closed-form Hessian-vector product, Hessian diagonal and Laplacian vs the
   same autograd Hessian.
+* ``grad~func``: the closed-form gradient vs ``torch.func.grad`` of the
+  generated forward, a third path besides autograd and mpmath;
+* ``special~autograd``, ``special-hdiag~func``: at points where numerics
+  break (all zeros; entries from 0, +-1e-200, +-1e200, +-1000), the closed-form
+  gradient and Hessian diagonal vs ``torch.func.grad`` and ``torch.func.hessian``
+  of the forward. At the all-zero point (kinks, ``0**p``, the origin of a norm)
+  both must be finite and agree; at the extreme points an intermediate may
+  overflow in one path only, so they are compared where both are finite.
 
 Errors are norm-wise relative per point, ``|got - want|_inf / max(|want|_inf, 1)``.
 """
@@ -31,7 +39,13 @@ from .oracle import Oracle, OracleError
 
 TOLERANCES = {"energy~mpmath": 1e-10, "grad~autograd": 1e-10, "grad~fd": 1e-7,
               "e&g==fwd,grad": 0.0, "dtype": 0.0, "hessian~autograd": 1e-9,
-              "hvp~autograd": 1e-9, "hdiag~autograd": 1e-9, "laplacian~autograd": 1e-9}
+              "hvp~autograd": 1e-9, "hdiag~autograd": 1e-9, "laplacian~autograd": 1e-9,
+              "grad~func": 1e-10, "special~autograd": 1e-9, "special-hdiag~func": 1e-9}
+
+SPECIAL_CHECKS = ("grad~func", "special~autograd", "special-hdiag~func")
+
+#: Magnitudes where numerics break: zeros, squares that under- or overflow, saturation.
+SPECIAL = (0.0, 1e-200, -1e-200, 1e200, -1e200, 1000.0, -1000.0)
 
 
 @dataclass
@@ -44,10 +58,11 @@ class Check:
     points: int = 0
     failed_at: list = field(default_factory=list)
     note: str = ""
+    optional: bool = False      # may find no comparable point (special points off the domain)
 
     @property
     def ok(self) -> bool:
-        return not self.failed_at and self.points > 0
+        return not self.failed_at and (self.points > 0 or self.optional)
 
 
 def _rel(got, want):
@@ -62,12 +77,64 @@ def sample_points(n, count, generator):
     return torch.randn(count, n, dtype=torch.float64, generator=generator)
 
 
+def special_points(n, generator, count=4):
+    """``[count, n]`` float64 points: all zeros first, then entries drawn from SPECIAL."""
+    special = torch.tensor(SPECIAL, dtype=torch.float64)
+    x = special[torch.randint(len(SPECIAL), (count, n), generator=generator)]
+    x[0] = 0.0
+    return x
+
+
+def _func_paths(energy, row):
+    """``torch.func.grad`` and the diagonal of ``torch.func.hessian`` of the forward."""
+    fn = lambda z: energy(z.unsqueeze(0)).sum()       # noqa: E731
+    return torch.func.grad(fn)(row), torch.diagonal(torch.func.hessian(fn)(row))
+
+
+def _record(check, got, want, strict, row):
+    """Compare where ``want`` is finite; ``got`` must be finite too when ``strict``."""
+    if not bool(torch.isfinite(torch.as_tensor(want)).all()):
+        return
+    if not strict and not bool(torch.isfinite(got).all()):
+        return
+    abs_err, rel_err = _rel(got, want)
+    check.points += 1
+    check.max_abs, check.max_rel = max(check.max_abs, abs_err), max(check.max_rel, rel_err)
+    if not rel_err <= TOLERANCES[check.check]:
+        check.failed_at.append([float(f"{v:.6g}") for v in row])
+
+
+def special_checks(label, energy, n, seed=0):
+    """``grad~func`` at normal points, and the ``special-*`` checks (see the module doc)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    checks = {name: Check(label, n, name, optional=name != "grad~func")
+              for name in SPECIAL_CHECKS}
+    x = sample_points(n, 2, g)
+    with torch.no_grad():
+        grad = energy.gradient(x)
+    for k in range(x.shape[0]):
+        fg, _ = _func_paths(energy, x[k])
+        _record(checks["grad~func"], grad[k], fg, True, x[k].tolist())
+    xs = special_points(n, g)
+    with torch.no_grad():
+        grad, hdiag = energy.gradient(xs), energy.hessian_diagonal(xs)
+    for k in range(xs.shape[0]):
+        fg, fh = _func_paths(energy, xs[k])
+        _record(checks["special~autograd"], grad[k], fg, k == 0, xs[k].tolist())
+        _record(checks["special-hdiag~func"], hdiag[k], fh, k == 0, xs[k].tolist())
+    for c in checks.values():
+        if c.points == 0:
+            c.note = "autograd is not finite at any special point (outside the domain)"
+    return list(checks.values())
+
+
 def verify_energy(label, energy, parsed, params, n, points=4, seed=0, fd=True):
     """Run every check for one energy instance at dimension ``n``; return the Checks."""
     g = torch.Generator().manual_seed(seed)
     x = sample_points(n, points, g)
     oracle = Oracle(parsed, params)
-    checks = {name: Check(label, n, name) for name in TOLERANCES if fd or name != "grad~fd"}
+    checks = {name: Check(label, n, name) for name in TOLERANCES
+              if (fd or name != "grad~fd") and name not in SPECIAL_CHECKS}
     checks["dtype"].note = "outputs follow x's dtype (float32, float64)"
     with torch.no_grad():
         e = energy(x)
@@ -122,7 +189,7 @@ def verify_energy(label, energy, parsed, params, n, points=4, seed=0, fd=True):
             c.max_abs, c.max_rel = max(c.max_abs, abs_err), max(c.max_rel, rel_err)
             if not rel_err <= TOLERANCES[name]:
                 c.failed_at.append([round(v, 6) for v in row])
-    return list(checks.values())
+    return list(checks.values()) + special_checks(label, energy, n, seed)
 
 
 def speedup(energy, n, batch=2048, repeats=7):

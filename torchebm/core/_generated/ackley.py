@@ -75,19 +75,16 @@ class AckleyEnergy(CompiledEnergy):
         t0 = c*x_1
         v_1 = torch.cos(t0)
         del t0
-        v_2 = torch.square(x_1)
-        del x_1
         r = v_1.sum(-1)
         del v_1
-        r_1 = v_2.sum(-1)
-        del v_2
+        norm = _rt.norm(x_1)
+        del x_1
         t1 = 1/n_float
         t2 = torch.exp(t1*r)
-        del r
-        t3 = t1*r_1
-        del r_1, t1
-        t4 = a*torch.exp(-b*torch.sqrt(t3))
-        del t3
+        del r, t1
+        t3 = b*torch.rsqrt(n_float)
+        t4 = a*torch.exp(-t3*norm)
+        del norm, t3
         energy_1 = a + 2.718281828459045 - t2 - t4
         del t2, t4
         return energy_1
@@ -105,32 +102,32 @@ class AckleyEnergy(CompiledEnergy):
         v_1 = torch.cos(t0)
         d = torch.sin(t0)
         del t0
-        v_2 = torch.square(x_1)
         r = v_1.sum(-1)
         del v_1
-        r_1 = v_2.sum(-1)
-        del v_2
+        norm = _rt.norm(x_1)
         t1 = 1/n_float
         t2 = torch.exp(t1*r)
         del r
-        t3 = t1*r_1
-        del r_1
-        t4 = a*torch.exp(-b*torch.sqrt(t3))
-        d_1 = -t1*t2
-        del t2
-        d_2 = t1*b*t4*torch.where((t3 > 0), torch.rsqrt(t3)/2, x.new_tensor(0))
-        del t1, t3, t4
+        t3 = b*torch.rsqrt(n_float)
+        t4 = a*torch.exp(-t3*norm)
+        d_1 = t3*t4
+        del t3, t4
+        d_2 = -t1*t2
+        del t1, t2
         # level 0: j in range(0, n) (per sample)
-        bc = d_1.unsqueeze(-1)
-        del d_1
-        bc_1 = d_2.unsqueeze(-1)
+        bc = d_2.unsqueeze(-1)
         del d_2
-        w = -c*bc
+        bc_1 = d_1.unsqueeze(-1)
+        del d_1
+        bc_2 = norm.unsqueeze(-1)
+        del norm
+        t5 = (bc_2 != 0)
+        w = bc_1*torch.where(t5, (_rt.guard(t5, x_1)/_rt.guard(t5, bc_2)), x.new_tensor(0))
+        del bc_1, bc_2, t5, x_1
+        w_1 = -c*bc
         del bc
-        w_1 = 2*bc_1
-        del bc_1
-        g = w*d + w_1*x_1
-        del d, w, w_1, x_1
+        g = w + w_1*d
+        del d, w, w_1
         grad = g
         del g
         return grad
@@ -148,33 +145,33 @@ class AckleyEnergy(CompiledEnergy):
         v_1 = torch.cos(t0)
         d = torch.sin(t0)
         del t0
-        v_2 = torch.square(x_1)
         r = v_1.sum(-1)
         del v_1
-        r_1 = v_2.sum(-1)
-        del v_2
+        norm = _rt.norm(x_1)
         t1 = 1/n_float
         t2 = torch.exp(t1*r)
         del r
-        t3 = t1*r_1
-        del r_1
-        t4 = a*torch.exp(-b*torch.sqrt(t3))
+        t3 = b*torch.rsqrt(n_float)
+        t4 = a*torch.exp(-t3*norm)
         energy_1 = a + 2.718281828459045 - t2 - t4
-        d_1 = -t1*t2
-        del t2
-        d_2 = t1*b*t4*torch.where((t3 > 0), torch.rsqrt(t3)/2, x.new_tensor(0))
-        del t1, t3, t4
+        d_1 = t3*t4
+        del t3, t4
+        d_2 = -t1*t2
+        del t1, t2
         # level 0: j in range(0, n) (per sample)
-        bc = d_1.unsqueeze(-1)
-        del d_1
-        bc_1 = d_2.unsqueeze(-1)
+        bc = d_2.unsqueeze(-1)
         del d_2
-        w = -c*bc
+        bc_1 = d_1.unsqueeze(-1)
+        del d_1
+        bc_2 = norm.unsqueeze(-1)
+        del norm
+        t5 = (bc_2 != 0)
+        w = bc_1*torch.where(t5, (_rt.guard(t5, x_1)/_rt.guard(t5, bc_2)), x.new_tensor(0))
+        del bc_1, bc_2, t5, x_1
+        w_1 = -c*bc
         del bc
-        w_1 = 2*bc_1
-        del bc_1
-        g = w*d + w_1*x_1
-        del d, w, w_1, x_1
+        g = w + w_1*d
+        del d, w, w_1
         grad = g
         del g
         return energy_1, grad
@@ -200,57 +197,62 @@ class AckleyEnergy(CompiledEnergy):
         del u2
         dot_1 = u1*u3
         del u1, u3
-        v_2 = torch.square(x_1)
-        dot_2 = 2*x_1*xdot
         r = v_1.sum(-1)
         del v_1
-        dot_3 = dot.sum(-1)
+        dot_2 = dot.sum(-1)
         del dot
-        r_1 = v_2.sum(-1)
-        del v_2
-        dot_4 = dot_2.sum(-1)
-        del dot_2
-        u4 = 1/n_float
-        u5 = torch.exp(u4*r)
+        norm = _rt.norm(x_1)
+        res = norm.unsqueeze(-1)
+        u4 = (res != 0)
+        w_2 = xdot*torch.where(u4, (_rt.guard(u4, x_1)/_rt.guard(u4, res)), x.new_tensor(0))
+        del res, u4
+        dot_3 = w_2.sum(-1)
+        del w_2
+        u5 = 1/n_float
+        u6 = torch.exp(u5*r)
         del r
-        u6 = u4*r_1
-        u7 = torch.exp(-b*torch.sqrt(u6))
-        u8 = a*u7
-        u9 = u4*u5
-        u10 = torch.rsqrt(u6)
-        u11 = (u6 > 0)
-        del u6
-        u12 = torch.where(u11, u10/2, x.new_tensor(0))
-        u13 = 1/torch.square(n_float)
-        u14 = 1/(4*r_1)
-        del r_1
-        d_1 = -u9
+        u7 = torch.rsqrt(n_float)
+        u8 = u7*b
+        del u7
+        u9 = torch.exp(-u8*norm)
+        u10 = a*u9
         del u9
-        dot_6 = -u13*dot_3*u5
-        del dot_3, u5
-        d_2 = u4*b*u12*u8
-        del u12
-        dot_7 = dot_4*(u4*a*b*u7*torch.where(u11, -u10*u14, x.new_tensor(0)) - u13*torch.square(b)*u8*torch.where(u11, u14*n_float, x.new_tensor(0)))
-        del dot_4, u10, u11, u13, u14, u4, u7, u8
+        u11 = u5*u6
+        d_1 = u8*u10
+        del u8
+        dot_5 = -u5*torch.square(b)*dot_3*u10
+        del u10, u5
+        d_2 = -u11
+        del u11
+        dot_6 = -dot_2*u6/torch.square(n_float)
+        del dot_2, u6
         # level 0: j in range(0, n) (per sample)
-        bc = d_1.unsqueeze(-1)
-        del d_1
-        dot_8 = dot_6.unsqueeze(-1)
-        del dot_6
-        bc_1 = d_2.unsqueeze(-1)
+        bc = d_2.unsqueeze(-1)
         del d_2
-        dot_9 = dot_7.unsqueeze(-1)
-        del dot_7
-        w = -c*bc
+        dot_7 = dot_6.unsqueeze(-1)
+        del dot_6
+        bc_1 = d_1.unsqueeze(-1)
+        del d_1
+        dot_8 = dot_5.unsqueeze(-1)
+        del dot_5
+        bc_2 = norm.unsqueeze(-1)
+        del norm
+        dot_9 = dot_3.unsqueeze(-1)
+        del dot_3
+        u12 = (bc_2 != 0)
+        u13 = _rt.guard(u12, x_1)
+        del x_1
+        u14 = _rt.guard(u12, bc_2)
+        del bc_2
+        u15 = torch.where(u12, (u13/u14), x.new_tensor(0))
+        dot_10 = dot_8*u15 + bc_1*dot_9*torch.where(u12, -_rt.over_square(u13, u14), x.new_tensor(0)) + bc_1*torch.where(u12, 1/u14, x.new_tensor(0))*xdot
+        del bc_1, dot_8, dot_9, u12, u13, u14, u15, xdot
+        w_1 = -c*bc
         del bc
-        dot_10 = -c*dot_8
-        del dot_8
-        w_1 = 2*bc_1
-        del bc_1
-        dot_11 = 2*dot_9
-        del dot_9
-        dot_12 = dot_10*d + w*dot_1 + dot_11*x_1 + w_1*xdot
-        del d, dot_1, dot_10, dot_11, w, w_1, x_1, xdot
+        dot_11 = -c*dot_7
+        del dot_7
+        dot_12 = dot_10 + dot_11*d + w_1*dot_1
+        del d, dot_1, dot_10, dot_11, w_1
         hvp = dot_12
         del dot_12
         return hvp
@@ -268,59 +270,55 @@ class AckleyEnergy(CompiledEnergy):
         v_1 = torch.cos(w0)
         d = torch.sin(w0)
         del w0
-        v_2 = torch.square(x_1)
         r = v_1.sum(-1)
         del v_1
-        r_1 = v_2.sum(-1)
-        del v_2
+        norm = _rt.norm(x_1)
         h2 = -torch.square(c)*torch.cos(c*x_1)
         w1 = 1/n_float
         w2 = torch.exp(w1*r)
-        w3 = w1*r_1
-        w4 = a*torch.exp(-b*torch.sqrt(w3))
-        d_1 = -w1*w2
-        del w2
-        d_2 = w1*b*w4*torch.where((w3 > 0), torch.rsqrt(w3)/2, x.new_tensor(0))
-        del w1, w3, w4
+        w3 = b*torch.rsqrt(n_float)
+        w4 = a*torch.exp(-w3*norm)
+        d_1 = w3*w4
+        del w3, w4
+        d_2 = -w1*w2
+        del w1, w2
         # level 0: j in range(0, n) (per sample)
-        bc = d_1.unsqueeze(-1)
-        del d_1
-        bc_1 = d_2.unsqueeze(-1)
+        bc = d_2.unsqueeze(-1)
         del d_2
-        h = -torch.exp(r/n_float)/torch.square(n_float)
+        h = -a*torch.square(b)*torch.exp(-b*norm*torch.rsqrt(n_float))/n_float
+        # level 0: j in range(0, n) (per sample)
+        bc_3 = norm.unsqueeze(-1)
+        w6 = (bc_3 != 0)
+        w_3 = torch.where(w6, (_rt.guard(w6, x_1)/_rt.guard(w6, bc_3)), x.new_tensor(0))
+        del bc_3, w6, x_1
+        grad_norm = w_3
+        del w_3
+        hdiag = h.unsqueeze(-1)*torch.square(grad_norm)
+        del h
+        h_1 = -torch.exp(r/n_float)/torch.square(n_float)
         del r
         # level 0: j in range(0, n) (per sample)
-        w_2 = -c
-        g_1 = w_2*d
-        del d, w_2
+        w_4 = -c
+        g_1 = w_4*d
+        del d, w_4
         grad_r = g_1
         del g_1
-        hdiag = h.unsqueeze(-1)*torch.square(grad_r)
-        del grad_r, h
-        w5 = 1/(4*r_1)
-        w6 = 1/n_float
-        w7 = w6*r_1
-        del r_1
-        w8 = (w7 > 0)
-        w9 = torch.exp(-b*torch.sqrt(w7))
-        h_1 = w6*a*b*w9*torch.where(w8, -w5*torch.rsqrt(w7), x.new_tensor(0)) - a*torch.square(b)*w9*torch.where(w8, w5*n_float, x.new_tensor(0))/torch.square(n_float)
-        del w5, w6, w7, w8, w9
-        # level 0: j in range(0, n) (per sample)
-        g_2 = 2*x_1
-        del x_1
-        grad_r_1 = g_2
-        del g_2
-        hdiag = hdiag + h_1.unsqueeze(-1)*torch.square(grad_r_1)
-        del grad_r_1, h_1
+        hdiag = hdiag + h_1.unsqueeze(-1)*torch.square(grad_r)
+        del grad_r, h_1
         # level 0: j in range(0, n) (per sample)
         h_2 = bc*h2
         del bc, h2
         hdiag = hdiag + h_2
         del h_2
-        h_3 = 2*bc_1
-        del bc_1
-        hdiag = hdiag + h_3
-        del h_3
+        w7 = (norm != 0)
+        knorm = torch.where(w7, (_rt.guard(w7, d_1)/_rt.guard(w7, norm)), x.new_tensor(0))
+        del d_1, norm, w7
+        # level 0: j in range(0, n) (per sample)
+        bw = knorm.unsqueeze(-1)
+        hdiag = hdiag + bw
+        del bw
+        hdiag = hdiag + (-knorm).unsqueeze(-1)*torch.square(grad_norm)
+        del grad_norm, knorm
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -336,63 +334,63 @@ class AckleyEnergy(CompiledEnergy):
         v_1 = torch.cos(w0)
         d = torch.sin(w0)
         del w0
-        v_2 = torch.square(x_1)
         r = v_1.sum(-1)
         del v_1
-        r_1 = v_2.sum(-1)
-        del v_2
+        norm = _rt.norm(x_1)
         h2 = -torch.square(c)*torch.cos(c*x_1)
         w1 = 1/n_float
         w2 = torch.exp(w1*r)
-        w3 = w1*r_1
-        w4 = a*torch.exp(-b*torch.sqrt(w3))
-        d_1 = -w1*w2
-        del w2
-        d_2 = w1*b*w4*torch.where((w3 > 0), torch.rsqrt(w3)/2, x.new_tensor(0))
-        del w1, w3, w4
+        w3 = b*torch.rsqrt(n_float)
+        w4 = a*torch.exp(-w3*norm)
+        d_1 = w3*w4
+        del w3, w4
+        d_2 = -w1*w2
+        del w1, w2
         # level 0: j in range(0, n) (per sample)
-        bc = d_1.unsqueeze(-1)
-        del d_1
-        bc_1 = d_2.unsqueeze(-1)
+        bc = d_2.unsqueeze(-1)
         del d_2
-        w = -c*bc
-        w_1 = 2*bc_1
-        g = w*d + w_1*x_1
+        bc_1 = d_1.unsqueeze(-1)
+        bc_2 = norm.unsqueeze(-1)
+        w5 = (bc_2 != 0)
+        w = bc_1*torch.where(w5, (_rt.guard(w5, x_1)/_rt.guard(w5, bc_2)), x.new_tensor(0))
+        del bc_1, bc_2, w5
+        w_1 = -c*bc
+        g = w + w_1*d
         del w, w_1
         grad = g
         del g
-        h = -torch.exp(r/n_float)/torch.square(n_float)
+        h = -a*torch.square(b)*torch.exp(-b*norm*torch.rsqrt(n_float))/n_float
+        # level 0: j in range(0, n) (per sample)
+        bc_3 = norm.unsqueeze(-1)
+        w6 = (bc_3 != 0)
+        w_3 = torch.where(w6, (_rt.guard(w6, x_1)/_rt.guard(w6, bc_3)), x.new_tensor(0))
+        del bc_3, w6, x_1
+        grad_norm = w_3
+        del w_3
+        hdiag = h.unsqueeze(-1)*torch.square(grad_norm)
+        del h
+        h_1 = -torch.exp(r/n_float)/torch.square(n_float)
         del r
         # level 0: j in range(0, n) (per sample)
-        w_2 = -c
-        g_1 = w_2*d
-        del d, w_2
+        w_4 = -c
+        g_1 = w_4*d
+        del d, w_4
         grad_r = g_1
         del g_1
-        hdiag = h.unsqueeze(-1)*torch.square(grad_r)
-        del grad_r, h
-        w5 = 1/(4*r_1)
-        w6 = 1/n_float
-        w7 = w6*r_1
-        del r_1
-        w8 = (w7 > 0)
-        w9 = torch.exp(-b*torch.sqrt(w7))
-        h_1 = w6*a*b*w9*torch.where(w8, -w5*torch.rsqrt(w7), x.new_tensor(0)) - a*torch.square(b)*w9*torch.where(w8, w5*n_float, x.new_tensor(0))/torch.square(n_float)
-        del w5, w6, w7, w8, w9
-        # level 0: j in range(0, n) (per sample)
-        g_2 = 2*x_1
-        del x_1
-        grad_r_1 = g_2
-        del g_2
-        hdiag = hdiag + h_1.unsqueeze(-1)*torch.square(grad_r_1)
-        del grad_r_1, h_1
+        hdiag = hdiag + h_1.unsqueeze(-1)*torch.square(grad_r)
+        del grad_r, h_1
         # level 0: j in range(0, n) (per sample)
         h_2 = bc*h2
         del bc, h2
         hdiag = hdiag + h_2
         del h_2
-        h_3 = 2*bc_1
-        del bc_1
-        hdiag = hdiag + h_3
-        del h_3
+        w7 = (norm != 0)
+        knorm = torch.where(w7, (_rt.guard(w7, d_1)/_rt.guard(w7, norm)), x.new_tensor(0))
+        del d_1, norm, w7
+        # level 0: j in range(0, n) (per sample)
+        bw = knorm.unsqueeze(-1)
+        hdiag = hdiag + bw
+        del bw
+        hdiag = hdiag + (-knorm).unsqueeze(-1)*torch.square(grad_norm)
+        del grad_norm, knorm
         return grad, hdiag
