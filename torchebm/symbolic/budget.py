@@ -57,13 +57,24 @@ def gradient_work(expr) -> int:
     return total
 
 
+def _without_guard_conditions(expr):
+    """``Guard(v, selected)`` counted as ``v``: forward mode differentiates ``v`` only,
+    and the condition (one per ``where``, repeated in each guarded input) is shared."""
+    from .functions import Guard
+    if not expr.has(Guard):
+        return expr
+    return expr.replace(lambda e: isinstance(e, Guard), lambda e: e.args[0])
+
+
 def tangent_work(statements) -> int:
     """Nodes forward mode will differentiate: each assignment's size times the number
-    of symbol occurrences in it (each occurrence is a term of its tangent)."""
+    of symbol occurrences in it (each occurrence is a term of its tangent); the
+    conditions of guarded ``where`` inputs are not differentiated and not counted."""
     total = 0
     for st in statements:
         expr = getattr(st, "expr", None)
         if isinstance(expr, sp.Basic) and expr.args:
+            expr = _without_guard_conditions(expr)
             occurrences = sum(1 for a in sp.preorder_traversal(expr) if a.is_Symbol)
             total += _size(expr, {}) * occurrences
     return total

@@ -200,32 +200,32 @@ class LennardJonesEnergy(CompiledEnergy):
         x_10 = x[..., lay["idx_x_10_0"]]
         x_11 = x[..., lay["idx_x_11_0"]]
         x_12 = x[..., lay["idx_x_12_0"]]
-        t4 = torch.pow(rm, 6)
-        t5 = x_7 - x_8
+        t4 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
+        t5 = torch.pow(_rt.guard(t4, rm), 6)
+        t6 = _rt.guard(t4, x_7) - _rt.guard(t4, x_8)
         del x_7, x_8
-        t6 = -t5
-        del t5
-        t7 = x_9 - x_10
+        t7 = -t6
+        del t6
+        t8 = _rt.guard(t4, x_9) - _rt.guard(t4, x_10)
         del x_10, x_9
-        t8 = -t7
-        del t7
-        t9 = x_11 - x_12
+        t9 = -t8
+        del t8
+        t10 = _rt.guard(t4, x_11) - _rt.guard(t4, x_12)
         del x_11, x_12
-        t10 = -t9
-        del t9
-        t11 = torch.square(t10) + torch.square(t6) + torch.square(t8)
-        del t10, t6, t8
-        t12 = t4/(t11*t11*t11)
-        del t4
-        t13 = (torch.sqrt(t11) > 0)
-        del t11
-        v_2 = torch.where(t13, eps*t12*(t12 - 2), x.new_tensor(math.inf))
-        del t12, t13
+        t11 = -t10
+        del t10
+        t12 = torch.square(t11) + torch.square(t7) + torch.square(t9)
+        del t11, t7, t9
+        t13 = 1/(t12*t12*t12)
+        del t12
+        t14 = _rt.guard(t4, eps)
+        v_2 = torch.where(t4, t13*t14*t5*(t13*t5 - 2), x.new_tensor(math.inf))
+        del t13, t14, t4, t5
         r_4 = v_2.sum(-1)
         del v_2
-        t15 = oscillator_scale/2
-        energy_1 = r_4 + t15*r_3
-        del r_3, r_4, t15
+        t16 = oscillator_scale/2
+        energy_1 = r_4 + t16*r_3
+        del r_3, r_4, t16
         return energy_1
 
     def _gradient(self, x, lay, der):
@@ -269,34 +269,35 @@ class LennardJonesEnergy(CompiledEnergy):
         x_10 = x[..., lay["idx_x_10_0"]]
         x_11 = x[..., lay["idx_x_11_0"]]
         x_12 = x[..., lay["idx_x_12_0"]]
-        t4 = torch.pow(rm, 6)
-        t5 = x_7 - x_8
+        t4 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
+        t5 = torch.pow(_rt.guard(t4, rm), 6)
+        t6 = _rt.guard(t4, x_7) - _rt.guard(t4, x_8)
         del x_7, x_8
-        t6 = -t5
-        t7 = x_9 - x_10
+        t7 = -t6
+        t8 = _rt.guard(t4, x_9) - _rt.guard(t4, x_10)
         del x_10, x_9
-        t8 = -t7
-        t9 = x_11 - x_12
+        t9 = -t8
+        t10 = _rt.guard(t4, x_11) - _rt.guard(t4, x_12)
         del x_11, x_12
-        t10 = -t9
-        t11 = torch.square(t10) + torch.square(t6) + torch.square(t8)
-        t12 = t4/(t11*t11*t11)
-        t13 = (torch.sqrt(t11) > 0)
-        t14 = 6*t4*eps*(2*t12 - 2)/torch.pow(t11, 4)
-        del t11, t12, t4
-        d_3 = torch.where(t13, t14*t6, x.new_tensor(0))
-        del t6
-        d_4 = torch.where(t13, t14*t5, x.new_tensor(0))
-        del t5
-        d_5 = torch.where(t13, t14*t8, x.new_tensor(0))
-        del t8
-        d_6 = torch.where(t13, t14*t7, x.new_tensor(0))
+        t11 = -t10
+        t12 = torch.square(t11) + torch.square(t7) + torch.square(t9)
+        t13 = 1/(t12*t12*t12)
+        t14 = _rt.guard(t4, eps)
+        t15 = 6*t14*t5*(2*t13*t5 - 2)/torch.pow(t12, 4)
+        del t12, t13, t14, t5
+        d_3 = torch.where(t4, t15*t7, x.new_tensor(0))
         del t7
-        d_7 = torch.where(t13, t10*t14, x.new_tensor(0))
-        del t10
-        d_8 = torch.where(t13, t14*t9, x.new_tensor(0))
-        del t13, t14, t9
-        t15 = oscillator_scale/2
+        d_4 = torch.where(t4, t15*t6, x.new_tensor(0))
+        del t6
+        d_5 = torch.where(t4, t15*t9, x.new_tensor(0))
+        del t9
+        d_6 = torch.where(t4, t15*t8, x.new_tensor(0))
+        del t8
+        d_7 = torch.where(t4, t11*t15, x.new_tensor(0))
+        del t11
+        d_8 = torch.where(t4, t10*t15, x.new_tensor(0))
+        del t10, t15, t4
+        t16 = oscillator_scale/2
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_7_0"], d_3)
@@ -312,33 +313,33 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_12_0"], d_8)
         del d_8
         # level 0: i in range(0, floor(n/3)) (per sample)
-        w = -2*t15/((n_float) // (3))
+        w = -2*t16/((n_float) // (3))
         g = w*t1
         del w
         rs = g.sum(-1)
         del g
-        w_1 = -2*t15/((n_float) // (3))
+        w_1 = -2*t16/((n_float) // (3))
         g_1 = w_1*t2
         del w_1
         rs_1 = g_1.sum(-1)
         del g_1
-        w_2 = -2*t15/((n_float) // (3))
+        w_2 = -2*t16/((n_float) // (3))
         g_2 = w_2*t3
         del w_2
         rs_2 = g_2.sum(-1)
         del g_2
-        w_3 = 2*t15
+        w_3 = 2*t16
         g_3 = w_3*t1
         del t1, w_3
         grad = grad.index_add(-1, lay["idx_x_6_0"], g_3)
         del g_3
-        w_4 = 2*t15
+        w_4 = 2*t16
         g_4 = w_4*t2
         del t2, w_4
         grad = grad.index_add(-1, lay["idx_x_4_0"], g_4)
         del g_4
-        w_5 = 2*t15
-        del t15
+        w_5 = 2*t16
+        del t16
         g_5 = w_5*t3
         del t3, w_5
         grad = grad.index_add(-1, lay["idx_x_5_0"], g_5)
@@ -402,39 +403,40 @@ class LennardJonesEnergy(CompiledEnergy):
         x_10 = x[..., lay["idx_x_10_0"]]
         x_11 = x[..., lay["idx_x_11_0"]]
         x_12 = x[..., lay["idx_x_12_0"]]
-        t4 = torch.pow(rm, 6)
-        t5 = x_7 - x_8
+        t4 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
+        t5 = torch.pow(_rt.guard(t4, rm), 6)
+        t6 = _rt.guard(t4, x_7) - _rt.guard(t4, x_8)
         del x_7, x_8
-        t6 = -t5
-        t7 = x_9 - x_10
+        t7 = -t6
+        t8 = _rt.guard(t4, x_9) - _rt.guard(t4, x_10)
         del x_10, x_9
-        t8 = -t7
-        t9 = x_11 - x_12
+        t9 = -t8
+        t10 = _rt.guard(t4, x_11) - _rt.guard(t4, x_12)
         del x_11, x_12
-        t10 = -t9
-        t11 = torch.square(t10) + torch.square(t6) + torch.square(t8)
-        t12 = t4/(t11*t11*t11)
-        t13 = (torch.sqrt(t11) > 0)
-        t14 = 6*t4*eps*(2*t12 - 2)/torch.pow(t11, 4)
-        del t11, t4
-        v_2 = torch.where(t13, eps*t12*(t12 - 2), x.new_tensor(math.inf))
+        t11 = -t10
+        t12 = torch.square(t11) + torch.square(t7) + torch.square(t9)
+        t13 = 1/(t12*t12*t12)
+        t14 = _rt.guard(t4, eps)
+        t15 = 6*t14*t5*(2*t13*t5 - 2)/torch.pow(t12, 4)
         del t12
-        d_3 = torch.where(t13, t14*t6, x.new_tensor(0))
-        del t6
-        d_4 = torch.where(t13, t14*t5, x.new_tensor(0))
-        del t5
-        d_5 = torch.where(t13, t14*t8, x.new_tensor(0))
-        del t8
-        d_6 = torch.where(t13, t14*t7, x.new_tensor(0))
+        v_2 = torch.where(t4, t13*t14*t5*(t13*t5 - 2), x.new_tensor(math.inf))
+        del t13, t14, t5
+        d_3 = torch.where(t4, t15*t7, x.new_tensor(0))
         del t7
-        d_7 = torch.where(t13, t10*t14, x.new_tensor(0))
-        del t10
-        d_8 = torch.where(t13, t14*t9, x.new_tensor(0))
-        del t13, t14, t9
+        d_4 = torch.where(t4, t15*t6, x.new_tensor(0))
+        del t6
+        d_5 = torch.where(t4, t15*t9, x.new_tensor(0))
+        del t9
+        d_6 = torch.where(t4, t15*t8, x.new_tensor(0))
+        del t8
+        d_7 = torch.where(t4, t11*t15, x.new_tensor(0))
+        del t11
+        d_8 = torch.where(t4, t10*t15, x.new_tensor(0))
+        del t10, t15, t4
         r_4 = v_2.sum(-1)
         del v_2
-        t15 = oscillator_scale/2
-        energy_1 = r_4 + t15*r_3
+        t16 = oscillator_scale/2
+        energy_1 = r_4 + t16*r_3
         del r_3, r_4
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
         grad = torch.zeros_like(x)
@@ -451,33 +453,33 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_12_0"], d_8)
         del d_8
         # level 0: i in range(0, floor(n/3)) (per sample)
-        w = -2*t15/((n_float) // (3))
+        w = -2*t16/((n_float) // (3))
         g = w*t1
         del w
         rs = g.sum(-1)
         del g
-        w_1 = -2*t15/((n_float) // (3))
+        w_1 = -2*t16/((n_float) // (3))
         g_1 = w_1*t2
         del w_1
         rs_1 = g_1.sum(-1)
         del g_1
-        w_2 = -2*t15/((n_float) // (3))
+        w_2 = -2*t16/((n_float) // (3))
         g_2 = w_2*t3
         del w_2
         rs_2 = g_2.sum(-1)
         del g_2
-        w_3 = 2*t15
+        w_3 = 2*t16
         g_3 = w_3*t1
         del t1, w_3
         grad = grad.index_add(-1, lay["idx_x_6_0"], g_3)
         del g_3
-        w_4 = 2*t15
+        w_4 = 2*t16
         g_4 = w_4*t2
         del t2, w_4
         grad = grad.index_add(-1, lay["idx_x_4_0"], g_4)
         del g_4
-        w_5 = 2*t15
-        del t15
+        w_5 = 2*t16
+        del t16
         g_5 = w_5*t3
         del t3, w_5
         grad = grad.index_add(-1, lay["idx_x_5_0"], g_5)
@@ -550,76 +552,91 @@ class LennardJonesEnergy(CompiledEnergy):
         xdot_10 = v[..., lay["idx_x_11_0"]]
         x_12 = x[..., lay["idx_x_12_0"]]
         xdot_11 = v[..., lay["idx_x_12_0"]]
-        u10 = torch.pow(rm, 6)
-        u11 = x_7 - x_8
-        u12 = -u11
-        u13 = x_9 - x_10
-        u14 = -u13
-        u15 = x_11 - x_12
+        u10 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
+        u11 = _rt.guard(u10, rm)
+        u12 = torch.pow(u11, 6)
+        u13 = _rt.guard(u10, x_7)
+        del x_7
+        u14 = _rt.guard(u10, x_8)
+        del x_8
+        u15 = u13 - u14
         u16 = -u15
-        u17 = torch.square(u12) + torch.square(u14) + torch.square(u16)
-        u18 = u10/(u17*u17*u17)
-        u20 = (torch.sqrt(u17) > 0)
-        u21 = 6*x_7 - 6*x_8
-        u22 = -u21
-        u23 = eps*torch.pow(rm, 12)
-        u25 = u10/torch.pow(u17, 4)
-        u27 = 6*x_9 - 6*x_10
-        u28 = -u27
-        u29 = 6*x_11 - 6*x_12
+        u17 = _rt.guard(u10, x_9)
+        del x_9
+        u18 = _rt.guard(u10, x_10)
+        del x_10
+        u19 = u17 - u18
+        u20 = -u19
+        u21 = _rt.guard(u10, x_11)
+        del x_11
+        u22 = _rt.guard(u10, x_12)
+        del x_12
+        u23 = u21 - u22
+        u24 = -u23
+        u25 = torch.square(u16) + torch.square(u20) + torch.square(u24)
+        u26 = 1/(u25*u25*u25)
+        u27 = _rt.guard(u10, eps)
+        u29 = 6*u13 - 6*u14
         u30 = -u29
-        u31 = 6*eps*(2*u18 - 2)
-        del u18
-        u32 = u25*u31
-        del u25
-        u33 = 12*u23/torch.pow(u17, 8)
-        del u23
-        u34 = u12*u33
-        u35 = 8*x_9 - 8*x_10
-        del x_10, x_9
-        u36 = -u35
-        u37 = u10*u31/torch.pow(u17, 5)
-        del u10, u17, u31
-        u38 = u12*u37
-        del u12
-        u39 = 8*x_11 - 8*x_12
-        del x_11, x_12
-        u40 = -u39
-        u41 = -u32
-        u42 = 8*x_7 - 8*x_8
-        del x_7, x_8
-        u43 = -u42
-        u44 = u11*u33
-        u45 = u11*u37
+        u31 = u27*torch.pow(u11, 12)
         del u11
-        u46 = u14*u33
-        u47 = u14*u37
-        del u14
-        u48 = u13*u33
-        u49 = u13*u37
-        del u13
-        u50 = u16*u33
-        u51 = u16*u37
-        del u16
-        u52 = u15*u33
+        u33 = u12/torch.pow(u25, 4)
+        u35 = 6*u17 - 6*u18
+        u36 = -u35
+        u37 = 6*u21 - 6*u22
+        u38 = -u37
+        u39 = 6*u27*(2*u12*u26 - 2)
+        del u26, u27
+        u40 = u33*u39
         del u33
-        u53 = u15*u37
-        del u15, u37
-        dot_12 = xdot_6*torch.where(u20, u41 + u22*u34 + u38*u43, x.new_tensor(0)) + xdot_7*torch.where(u20, u32 + u21*u34 + u38*u42, x.new_tensor(0)) + xdot_8*torch.where(u20, u28*u34 + u36*u38, x.new_tensor(0)) + xdot_9*torch.where(u20, u27*u34 + u35*u38, x.new_tensor(0)) + xdot_10*torch.where(u20, u30*u34 + u38*u40, x.new_tensor(0)) + xdot_11*torch.where(u20, u29*u34 + u38*u39, x.new_tensor(0))
-        del u34, u38
-        dot_13 = xdot_6*torch.where(u20, u32 + u22*u44 + u43*u45, x.new_tensor(0)) + xdot_7*torch.where(u20, u41 + u21*u44 + u42*u45, x.new_tensor(0)) + xdot_8*torch.where(u20, u28*u44 + u36*u45, x.new_tensor(0)) + xdot_9*torch.where(u20, u27*u44 + u35*u45, x.new_tensor(0)) + xdot_10*torch.where(u20, u30*u44 + u40*u45, x.new_tensor(0)) + xdot_11*torch.where(u20, u29*u44 + u39*u45, x.new_tensor(0))
-        del u44, u45
-        dot_14 = xdot_6*torch.where(u20, u22*u46 + u43*u47, x.new_tensor(0)) + xdot_7*torch.where(u20, u21*u46 + u42*u47, x.new_tensor(0)) + xdot_8*torch.where(u20, u41 + u28*u46 + u36*u47, x.new_tensor(0)) + xdot_9*torch.where(u20, u32 + u27*u46 + u35*u47, x.new_tensor(0)) + xdot_10*torch.where(u20, u30*u46 + u40*u47, x.new_tensor(0)) + xdot_11*torch.where(u20, u29*u46 + u39*u47, x.new_tensor(0))
-        del u46, u47
-        dot_15 = xdot_6*torch.where(u20, u22*u48 + u43*u49, x.new_tensor(0)) + xdot_7*torch.where(u20, u21*u48 + u42*u49, x.new_tensor(0)) + xdot_8*torch.where(u20, u32 + u28*u48 + u36*u49, x.new_tensor(0)) + xdot_9*torch.where(u20, u41 + u27*u48 + u35*u49, x.new_tensor(0)) + xdot_10*torch.where(u20, u30*u48 + u40*u49, x.new_tensor(0)) + xdot_11*torch.where(u20, u29*u48 + u39*u49, x.new_tensor(0))
-        del u48, u49
-        dot_16 = xdot_6*torch.where(u20, u22*u50 + u43*u51, x.new_tensor(0)) + xdot_7*torch.where(u20, u21*u50 + u42*u51, x.new_tensor(0)) + xdot_8*torch.where(u20, u28*u50 + u36*u51, x.new_tensor(0)) + xdot_9*torch.where(u20, u27*u50 + u35*u51, x.new_tensor(0)) + xdot_10*torch.where(u20, u41 + u30*u50 + u40*u51, x.new_tensor(0)) + xdot_11*torch.where(u20, u32 + u29*u50 + u39*u51, x.new_tensor(0))
-        del u50, u51
-        dot_17 = xdot_6*torch.where(u20, u22*u52 + u43*u53, x.new_tensor(0)) + xdot_7*torch.where(u20, u21*u52 + u42*u53, x.new_tensor(0)) + xdot_8*torch.where(u20, u28*u52 + u36*u53, x.new_tensor(0)) + xdot_9*torch.where(u20, u27*u52 + u35*u53, x.new_tensor(0)) + xdot_10*torch.where(u20, u32 + u30*u52 + u40*u53, x.new_tensor(0)) + xdot_11*torch.where(u20, u41 + u29*u52 + u39*u53, x.new_tensor(0))
-        del u20, u21, u22, u27, u28, u29, u30, u32, u35, u36, u39, u40, u41, u42, u43, u52, u53, xdot_10, xdot_11, xdot_6, xdot_7, xdot_8, xdot_9
-        u54 = oscillator_scale/2
-        t15 = u54
-        del u54
+        u41 = 12*u31/torch.pow(u25, 8)
+        del u31
+        u42 = u16*u41
+        u43 = 8*u17 - 8*u18
+        del u17, u18
+        u44 = -u43
+        u45 = u12*u39/torch.pow(u25, 5)
+        del u12, u25, u39
+        u46 = u16*u45
+        del u16
+        u47 = 8*u21 - 8*u22
+        del u21, u22
+        u48 = -u47
+        u49 = -u40
+        u50 = 8*u13 - 8*u14
+        del u13, u14
+        u51 = -u50
+        u52 = u15*u41
+        u53 = u15*u45
+        del u15
+        u54 = u20*u41
+        u55 = u20*u45
+        del u20
+        u56 = u19*u41
+        u57 = u19*u45
+        del u19
+        u58 = u24*u41
+        u59 = u24*u45
+        del u24
+        u60 = u23*u41
+        del u41
+        u61 = u23*u45
+        del u23, u45
+        dot_12 = xdot_6*torch.where(u10, u49 + u30*u42 + u46*u51, x.new_tensor(0)) + xdot_7*torch.where(u10, u40 + u29*u42 + u46*u50, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u42 + u44*u46, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u42 + u43*u46, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u42 + u46*u48, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u42 + u46*u47, x.new_tensor(0))
+        del u42, u46
+        dot_13 = xdot_6*torch.where(u10, u40 + u30*u52 + u51*u53, x.new_tensor(0)) + xdot_7*torch.where(u10, u49 + u29*u52 + u50*u53, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u52 + u44*u53, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u52 + u43*u53, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u52 + u48*u53, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u52 + u47*u53, x.new_tensor(0))
+        del u52, u53
+        dot_14 = xdot_6*torch.where(u10, u30*u54 + u51*u55, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u54 + u50*u55, x.new_tensor(0)) + xdot_8*torch.where(u10, u49 + u36*u54 + u44*u55, x.new_tensor(0)) + xdot_9*torch.where(u10, u40 + u35*u54 + u43*u55, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u54 + u48*u55, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u54 + u47*u55, x.new_tensor(0))
+        del u54, u55
+        dot_15 = xdot_6*torch.where(u10, u30*u56 + u51*u57, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u56 + u50*u57, x.new_tensor(0)) + xdot_8*torch.where(u10, u40 + u36*u56 + u44*u57, x.new_tensor(0)) + xdot_9*torch.where(u10, u49 + u35*u56 + u43*u57, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u56 + u48*u57, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u56 + u47*u57, x.new_tensor(0))
+        del u56, u57
+        dot_16 = xdot_6*torch.where(u10, u30*u58 + u51*u59, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u58 + u50*u59, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u58 + u44*u59, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u58 + u43*u59, x.new_tensor(0)) + xdot_10*torch.where(u10, u49 + u38*u58 + u48*u59, x.new_tensor(0)) + xdot_11*torch.where(u10, u40 + u37*u58 + u47*u59, x.new_tensor(0))
+        del u58, u59
+        dot_17 = xdot_6*torch.where(u10, u30*u60 + u51*u61, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u60 + u50*u61, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u60 + u44*u61, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u60 + u43*u61, x.new_tensor(0)) + xdot_10*torch.where(u10, u40 + u38*u60 + u48*u61, x.new_tensor(0)) + xdot_11*torch.where(u10, u49 + u37*u60 + u47*u61, x.new_tensor(0))
+        del u10, u29, u30, u35, u36, u37, u38, u40, u43, u44, u47, u48, u49, u50, u51, u60, u61, xdot_10, xdot_11, xdot_6, xdot_7, xdot_8, xdot_9
+        u62 = oscillator_scale/2
+        t16 = u62
+        del u62
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
         hvp = torch.zeros_like(v)
         hvp = hvp.index_add(-1, lay["idx_x_7_0"], dot_12)
@@ -635,33 +652,33 @@ class LennardJonesEnergy(CompiledEnergy):
         hvp = hvp.index_add(-1, lay["idx_x_12_0"], dot_17)
         del dot_17
         # level 0: i in range(0, floor(n/3)) (per sample)
-        w = -2*t15/((n_float) // (3))
+        w = -2*t16/((n_float) // (3))
         dot_20 = w*dot_7
         del w
         dot_21 = dot_20.sum(-1)
         del dot_20
-        w_1 = -2*t15/((n_float) // (3))
+        w_1 = -2*t16/((n_float) // (3))
         dot_22 = w_1*dot_8
         del w_1
         dot_23 = dot_22.sum(-1)
         del dot_22
-        w_2 = -2*t15/((n_float) // (3))
+        w_2 = -2*t16/((n_float) // (3))
         dot_24 = w_2*dot_9
         del w_2
         dot_25 = dot_24.sum(-1)
         del dot_24
-        w_3 = 2*t15
+        w_3 = 2*t16
         dot_26 = w_3*dot_7
         del dot_7, w_3
         hvp = hvp.index_add(-1, lay["idx_x_6_0"], dot_26)
         del dot_26
-        w_4 = 2*t15
+        w_4 = 2*t16
         dot_27 = w_4*dot_8
         del dot_8, w_4
         hvp = hvp.index_add(-1, lay["idx_x_4_0"], dot_27)
         del dot_27
-        w_5 = 2*t15
-        del t15
+        w_5 = 2*t16
+        del t16
         dot_28 = w_5*dot_9
         del dot_9, w_5
         hvp = hvp.index_add(-1, lay["idx_x_5_0"], dot_28)
@@ -708,81 +725,95 @@ class LennardJonesEnergy(CompiledEnergy):
         x_10 = x[..., lay["idx_x_10_0"]]
         x_11 = x[..., lay["idx_x_11_0"]]
         x_12 = x[..., lay["idx_x_12_0"]]
-        w18 = 6*x_7 - 6*x_8
-        w19 = x_7 - x_8
-        w20 = -w19
-        w21 = x_9 - x_10
-        w22 = -w21
-        w23 = x_11 - x_12
+        w19 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
+        w20 = _rt.guard(w19, x_7)
+        del x_7
+        w21 = _rt.guard(w19, x_8)
+        del x_8
+        w22 = 6*w20 - 6*w21
+        w23 = w20 - w21
         w24 = -w23
-        w25 = torch.square(w20) + torch.square(w22) + torch.square(w24)
-        w26 = 12*eps*torch.pow(rm, 12)/torch.pow(w25, 8)
-        w27 = w20*w26
-        w28 = torch.pow(rm, 6)
-        w29 = 6*w28*eps*(2*w28/(w25*w25*w25) - 2)
-        del w28
-        w30 = w29/torch.pow(w25, 4)
-        w31 = -w30
-        w32 = 8*x_7 - 8*x_8
-        del x_7, x_8
-        w33 = w29/torch.pow(w25, 5)
-        del w29
-        w34 = w20*w33
-        del w20
-        w35 = (torch.sqrt(w25) > 0)
-        del w25
-        w36 = 6*x_9 - 6*x_10
-        w37 = 8*x_9 - 8*x_10
-        del x_10, x_9
-        w38 = 6*x_11 - 6*x_12
-        w39 = 8*x_11 - 8*x_12
-        del x_11, x_12
-        w40 = w19*w26
-        w41 = w19*w33
-        del w19
-        w42 = -w36
-        w43 = -w37
-        w44 = -w38
-        w45 = -w39
-        w46 = w22*w26
-        w47 = w22*w33
-        del w22
-        w48 = w21*w26
-        w49 = w21*w33
-        del w21
-        w50 = w24*w26
-        w51 = w24*w33
+        w25 = _rt.guard(w19, eps)
+        w26 = _rt.guard(w19, x_9)
+        del x_9
+        w27 = _rt.guard(w19, x_10)
+        del x_10
+        w28 = w26 - w27
+        w29 = -w28
+        w30 = _rt.guard(w19, x_11)
+        del x_11
+        w31 = _rt.guard(w19, x_12)
+        del x_12
+        w32 = w30 - w31
+        w33 = -w32
+        w34 = torch.square(w24) + torch.square(w29) + torch.square(w33)
+        w35 = _rt.guard(w19, rm)
+        w36 = 12*w25*torch.pow(w35, 12)/torch.pow(w34, 8)
+        w37 = w24*w36
+        w38 = torch.pow(w35, 6)
+        del w35
+        w39 = 6*w25*w38*(2*w38/(w34*w34*w34) - 2)
+        del w25, w38
+        w40 = w39/torch.pow(w34, 4)
+        w41 = -w40
+        w42 = 8*w20 - 8*w21
+        del w20, w21
+        w43 = w39/torch.pow(w34, 5)
+        del w34, w39
+        w44 = w24*w43
         del w24
-        h2_6 = torch.where(w35, w31 - w18*w27 - w32*w34, x.new_tensor(0))
-        h2_7 = torch.where(w35, w30 + w18*w27 + w32*w34, x.new_tensor(0))
-        h2_8 = torch.where(w35, w27*w36 + w34*w37, x.new_tensor(0))
-        h2_9 = torch.where(w35, w27*w38 + w34*w39, x.new_tensor(0))
-        del w27, w34
-        h2_10 = torch.where(w35, w31 + w18*w40 + w32*w41, x.new_tensor(0))
-        del w18, w32
-        h2_11 = torch.where(w35, w40*w42 + w41*w43, x.new_tensor(0))
-        h2_12 = torch.where(w35, w40*w44 + w41*w45, x.new_tensor(0))
-        del w40, w41
-        h2_13 = torch.where(w35, w31 + w42*w46 + w43*w47, x.new_tensor(0))
-        del w42, w43
-        h2_14 = torch.where(w35, w30 + w36*w46 + w37*w47, x.new_tensor(0))
-        h2_15 = torch.where(w35, w38*w46 + w39*w47, x.new_tensor(0))
-        del w46, w47
-        h2_16 = torch.where(w35, w31 + w36*w48 + w37*w49, x.new_tensor(0))
-        del w36, w37
-        h2_17 = torch.where(w35, w44*w48 + w45*w49, x.new_tensor(0))
-        del w48, w49
-        h2_18 = torch.where(w35, w31 + w44*w50 + w45*w51, x.new_tensor(0))
-        del w44, w45
-        h2_19 = torch.where(w35, w30 + w38*w50 + w39*w51, x.new_tensor(0))
-        del w30, w50, w51
-        h2_20 = torch.where(w35, w31 + w23*w26*w38 + w23*w33*w39, x.new_tensor(0))
-        del w23, w26, w31, w33, w35, w38, w39
-        w52 = oscillator_scale/2
-        t15 = w52
-        del w52
+        w45 = 6*w26 - 6*w27
+        w46 = 8*w26 - 8*w27
+        del w26, w27
+        w47 = 6*w30 - 6*w31
+        w48 = 8*w30 - 8*w31
+        del w30, w31
+        w49 = w23*w36
+        w50 = w23*w43
+        del w23
+        w51 = -w45
+        w52 = -w46
+        w53 = -w47
+        w54 = -w48
+        w55 = w29*w36
+        w56 = w29*w43
+        del w29
+        w57 = w28*w36
+        w58 = w28*w43
+        del w28
+        w59 = w33*w36
+        w60 = w33*w43
+        del w33
+        h2_6 = torch.where(w19, w41 - w22*w37 - w42*w44, x.new_tensor(0))
+        h2_7 = torch.where(w19, w40 + w22*w37 + w42*w44, x.new_tensor(0))
+        h2_8 = torch.where(w19, w37*w45 + w44*w46, x.new_tensor(0))
+        h2_9 = torch.where(w19, w37*w47 + w44*w48, x.new_tensor(0))
+        del w37, w44
+        h2_10 = torch.where(w19, w41 + w22*w49 + w42*w50, x.new_tensor(0))
+        del w22, w42
+        h2_11 = torch.where(w19, w49*w51 + w50*w52, x.new_tensor(0))
+        h2_12 = torch.where(w19, w49*w53 + w50*w54, x.new_tensor(0))
+        del w49, w50
+        h2_13 = torch.where(w19, w41 + w51*w55 + w52*w56, x.new_tensor(0))
+        del w51, w52
+        h2_14 = torch.where(w19, w40 + w45*w55 + w46*w56, x.new_tensor(0))
+        h2_15 = torch.where(w19, w47*w55 + w48*w56, x.new_tensor(0))
+        del w55, w56
+        h2_16 = torch.where(w19, w41 + w45*w57 + w46*w58, x.new_tensor(0))
+        del w45, w46
+        h2_17 = torch.where(w19, w53*w57 + w54*w58, x.new_tensor(0))
+        del w57, w58
+        h2_18 = torch.where(w19, w41 + w53*w59 + w54*w60, x.new_tensor(0))
+        del w53, w54
+        h2_19 = torch.where(w19, w40 + w47*w59 + w48*w60, x.new_tensor(0))
+        del w40, w59, w60
+        h2_20 = torch.where(w19, w41 + w32*w36*w47 + w32*w43*w48, x.new_tensor(0))
+        del w19, w32, w36, w41, w43, w47, w48
+        w61 = oscillator_scale/2
+        t16 = w61
+        del w61
         # level 0: i in range(0, floor(n/3)) (per sample)
-        h = t15*h2
+        h = t16*h2
         del h2
         hs = _rt_points(h, x, max(((n) // (3)), 0)).sum(-1)
         del h
@@ -794,11 +825,11 @@ class LennardJonesEnergy(CompiledEnergy):
         # level 0: i in range(0, floor(n/3)) (per sample)
         gload = grad_r_2[..., lay["idx_x_6_0"]]
         del grad_r_2
-        h_1 = 2*t15*h2_1*gload
+        h_1 = 2*t16*h2_1*gload
         del gload, h2_1
         hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], h_1)
         del h_1
-        h_2 = t15*h2_2
+        h_2 = t16*h2_2
         del h2_2
         hs_1 = _rt_points(h_2, x, max(((n) // (3)), 0)).sum(-1)
         del h_2
@@ -810,11 +841,11 @@ class LennardJonesEnergy(CompiledEnergy):
         # level 0: i in range(0, floor(n/3)) (per sample)
         gload_1 = grad_r[..., lay["idx_x_4_0"]]
         del grad_r
-        h_3 = 2*t15*h2_3*gload_1
+        h_3 = 2*t16*h2_3*gload_1
         del gload_1, h2_3
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h_3)
         del h_3
-        h_4 = t15*h2_4
+        h_4 = t16*h2_4
         del h2_4
         hs_2 = _rt_points(h_4, x, max(((n) // (3)), 0)).sum(-1)
         del h_4
@@ -826,18 +857,18 @@ class LennardJonesEnergy(CompiledEnergy):
         # level 0: i in range(0, floor(n/3)) (per sample)
         gload_2 = grad_r_1[..., lay["idx_x_5_0"]]
         del grad_r_1
-        h_5 = 2*t15*h2_5*gload_2
+        h_5 = 2*t16*h2_5*gload_2
         del gload_2, h2_5
         hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], h_5)
         del h_5
-        h_6 = 2*t15
+        h_6 = 2*t16
         hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], _rt_points(h_6, x, max(((n) // (3)), 0)))
         del h_6
-        h_7 = 2*t15
+        h_7 = 2*t16
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], _rt_points(h_7, x, max(((n) // (3)), 0)))
         del h_7
-        h_8 = 2*t15
-        del t15
+        h_8 = 2*t16
+        del t16
         hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], _rt_points(h_8, x, max(((n) // (3)), 0)))
         del h_8
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
@@ -950,103 +981,118 @@ class LennardJonesEnergy(CompiledEnergy):
         x_10 = x[..., lay["idx_x_10_0"]]
         x_11 = x[..., lay["idx_x_11_0"]]
         x_12 = x[..., lay["idx_x_12_0"]]
-        w7 = torch.pow(rm, 6)
-        w8 = x_7 - x_8
-        w9 = -w8
-        w10 = x_9 - x_10
-        w11 = -w10
-        w12 = x_11 - x_12
-        w13 = -w12
-        w14 = torch.square(w11) + torch.square(w13) + torch.square(w9)
-        w15 = w7/(w14*w14*w14)
-        w16 = (torch.sqrt(w14) > 0)
-        w17 = 6*w7*eps*(2*w15 - 2)/torch.pow(w14, 4)
-        del w14, w15, w7
-        d_3 = torch.where(w16, w17*w9, x.new_tensor(0))
-        del w9
-        d_4 = torch.where(w16, w17*w8, x.new_tensor(0))
-        del w8
-        d_5 = torch.where(w16, w11*w17, x.new_tensor(0))
-        del w11
-        d_6 = torch.where(w16, w10*w17, x.new_tensor(0))
+        w7 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
+        w8 = torch.pow(_rt.guard(w7, rm), 6)
+        w9 = _rt.guard(w7, x_7) - _rt.guard(w7, x_8)
+        w10 = -w9
+        w11 = _rt.guard(w7, x_9) - _rt.guard(w7, x_10)
+        w12 = -w11
+        w13 = _rt.guard(w7, x_11) - _rt.guard(w7, x_12)
+        w14 = -w13
+        w15 = torch.square(w10) + torch.square(w12) + torch.square(w14)
+        w16 = 1/(w15*w15*w15)
+        w17 = _rt.guard(w7, eps)
+        w18 = 6*w17*w8*(2*w16*w8 - 2)/torch.pow(w15, 4)
+        del w15, w16, w17, w8
+        d_3 = torch.where(w7, w10*w18, x.new_tensor(0))
         del w10
-        d_7 = torch.where(w16, w13*w17, x.new_tensor(0))
-        del w13
-        d_8 = torch.where(w16, w12*w17, x.new_tensor(0))
-        del w12, w16, w17
-        w18 = 6*x_7 - 6*x_8
-        w19 = x_7 - x_8
-        w20 = -w19
-        w21 = x_9 - x_10
-        w22 = -w21
-        w23 = x_11 - x_12
+        d_4 = torch.where(w7, w18*w9, x.new_tensor(0))
+        del w9
+        d_5 = torch.where(w7, w12*w18, x.new_tensor(0))
+        del w12
+        d_6 = torch.where(w7, w11*w18, x.new_tensor(0))
+        del w11
+        d_7 = torch.where(w7, w14*w18, x.new_tensor(0))
+        del w14
+        d_8 = torch.where(w7, w13*w18, x.new_tensor(0))
+        del w13, w18, w7
+        w19 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
+        w20 = _rt.guard(w19, x_7)
+        del x_7
+        w21 = _rt.guard(w19, x_8)
+        del x_8
+        w22 = 6*w20 - 6*w21
+        w23 = w20 - w21
         w24 = -w23
-        w25 = torch.square(w20) + torch.square(w22) + torch.square(w24)
-        w26 = 12*eps*torch.pow(rm, 12)/torch.pow(w25, 8)
-        w27 = w20*w26
-        w28 = torch.pow(rm, 6)
-        w29 = 6*w28*eps*(2*w28/(w25*w25*w25) - 2)
-        del w28
-        w30 = w29/torch.pow(w25, 4)
-        w31 = -w30
-        w32 = 8*x_7 - 8*x_8
-        del x_7, x_8
-        w33 = w29/torch.pow(w25, 5)
-        del w29
-        w34 = w20*w33
-        del w20
-        w35 = (torch.sqrt(w25) > 0)
-        del w25
-        w36 = 6*x_9 - 6*x_10
-        w37 = 8*x_9 - 8*x_10
-        del x_10, x_9
-        w38 = 6*x_11 - 6*x_12
-        w39 = 8*x_11 - 8*x_12
-        del x_11, x_12
-        w40 = w19*w26
-        w41 = w19*w33
-        del w19
-        w42 = -w36
-        w43 = -w37
-        w44 = -w38
-        w45 = -w39
-        w46 = w22*w26
-        w47 = w22*w33
-        del w22
-        w48 = w21*w26
-        w49 = w21*w33
-        del w21
-        w50 = w24*w26
-        w51 = w24*w33
+        w25 = _rt.guard(w19, eps)
+        w26 = _rt.guard(w19, x_9)
+        del x_9
+        w27 = _rt.guard(w19, x_10)
+        del x_10
+        w28 = w26 - w27
+        w29 = -w28
+        w30 = _rt.guard(w19, x_11)
+        del x_11
+        w31 = _rt.guard(w19, x_12)
+        del x_12
+        w32 = w30 - w31
+        w33 = -w32
+        w34 = torch.square(w24) + torch.square(w29) + torch.square(w33)
+        w35 = _rt.guard(w19, rm)
+        w36 = 12*w25*torch.pow(w35, 12)/torch.pow(w34, 8)
+        w37 = w24*w36
+        w38 = torch.pow(w35, 6)
+        del w35
+        w39 = 6*w25*w38*(2*w38/(w34*w34*w34) - 2)
+        del w25, w38
+        w40 = w39/torch.pow(w34, 4)
+        w41 = -w40
+        w42 = 8*w20 - 8*w21
+        del w20, w21
+        w43 = w39/torch.pow(w34, 5)
+        del w34, w39
+        w44 = w24*w43
         del w24
-        h2_6 = torch.where(w35, w31 - w18*w27 - w32*w34, x.new_tensor(0))
-        h2_7 = torch.where(w35, w30 + w18*w27 + w32*w34, x.new_tensor(0))
-        h2_8 = torch.where(w35, w27*w36 + w34*w37, x.new_tensor(0))
-        h2_9 = torch.where(w35, w27*w38 + w34*w39, x.new_tensor(0))
-        del w27, w34
-        h2_10 = torch.where(w35, w31 + w18*w40 + w32*w41, x.new_tensor(0))
-        del w18, w32
-        h2_11 = torch.where(w35, w40*w42 + w41*w43, x.new_tensor(0))
-        h2_12 = torch.where(w35, w40*w44 + w41*w45, x.new_tensor(0))
-        del w40, w41
-        h2_13 = torch.where(w35, w31 + w42*w46 + w43*w47, x.new_tensor(0))
-        del w42, w43
-        h2_14 = torch.where(w35, w30 + w36*w46 + w37*w47, x.new_tensor(0))
-        h2_15 = torch.where(w35, w38*w46 + w39*w47, x.new_tensor(0))
-        del w46, w47
-        h2_16 = torch.where(w35, w31 + w36*w48 + w37*w49, x.new_tensor(0))
-        del w36, w37
-        h2_17 = torch.where(w35, w44*w48 + w45*w49, x.new_tensor(0))
-        del w48, w49
-        h2_18 = torch.where(w35, w31 + w44*w50 + w45*w51, x.new_tensor(0))
-        del w44, w45
-        h2_19 = torch.where(w35, w30 + w38*w50 + w39*w51, x.new_tensor(0))
-        del w30, w50, w51
-        h2_20 = torch.where(w35, w31 + w23*w26*w38 + w23*w33*w39, x.new_tensor(0))
-        del w23, w26, w31, w33, w35, w38, w39
-        w52 = oscillator_scale/2
-        t15 = w52
-        del w52
+        w45 = 6*w26 - 6*w27
+        w46 = 8*w26 - 8*w27
+        del w26, w27
+        w47 = 6*w30 - 6*w31
+        w48 = 8*w30 - 8*w31
+        del w30, w31
+        w49 = w23*w36
+        w50 = w23*w43
+        del w23
+        w51 = -w45
+        w52 = -w46
+        w53 = -w47
+        w54 = -w48
+        w55 = w29*w36
+        w56 = w29*w43
+        del w29
+        w57 = w28*w36
+        w58 = w28*w43
+        del w28
+        w59 = w33*w36
+        w60 = w33*w43
+        del w33
+        h2_6 = torch.where(w19, w41 - w22*w37 - w42*w44, x.new_tensor(0))
+        h2_7 = torch.where(w19, w40 + w22*w37 + w42*w44, x.new_tensor(0))
+        h2_8 = torch.where(w19, w37*w45 + w44*w46, x.new_tensor(0))
+        h2_9 = torch.where(w19, w37*w47 + w44*w48, x.new_tensor(0))
+        del w37, w44
+        h2_10 = torch.where(w19, w41 + w22*w49 + w42*w50, x.new_tensor(0))
+        del w22, w42
+        h2_11 = torch.where(w19, w49*w51 + w50*w52, x.new_tensor(0))
+        h2_12 = torch.where(w19, w49*w53 + w50*w54, x.new_tensor(0))
+        del w49, w50
+        h2_13 = torch.where(w19, w41 + w51*w55 + w52*w56, x.new_tensor(0))
+        del w51, w52
+        h2_14 = torch.where(w19, w40 + w45*w55 + w46*w56, x.new_tensor(0))
+        h2_15 = torch.where(w19, w47*w55 + w48*w56, x.new_tensor(0))
+        del w55, w56
+        h2_16 = torch.where(w19, w41 + w45*w57 + w46*w58, x.new_tensor(0))
+        del w45, w46
+        h2_17 = torch.where(w19, w53*w57 + w54*w58, x.new_tensor(0))
+        del w57, w58
+        h2_18 = torch.where(w19, w41 + w53*w59 + w54*w60, x.new_tensor(0))
+        del w53, w54
+        h2_19 = torch.where(w19, w40 + w47*w59 + w48*w60, x.new_tensor(0))
+        del w40, w59, w60
+        h2_20 = torch.where(w19, w41 + w32*w36*w47 + w32*w43*w48, x.new_tensor(0))
+        del w19, w32, w36, w41, w43, w47, w48
+        w61 = oscillator_scale/2
+        t16 = w61
+        del w61
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_7_0"], d_3)
@@ -1062,32 +1108,32 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_12_0"], d_8)
         del d_8
         # level 0: i in range(0, floor(n/3)) (per sample)
-        w = -2*t15/((n_float) // (3))
+        w = -2*t16/((n_float) // (3))
         g = w*t1
         del w
         rs = g.sum(-1)
         del g
-        w_1 = -2*t15/((n_float) // (3))
+        w_1 = -2*t16/((n_float) // (3))
         g_1 = w_1*t2
         del w_1
         rs_1 = g_1.sum(-1)
         del g_1
-        w_2 = -2*t15/((n_float) // (3))
+        w_2 = -2*t16/((n_float) // (3))
         g_2 = w_2*t3
         del w_2
         rs_2 = g_2.sum(-1)
         del g_2
-        w_3 = 2*t15
+        w_3 = 2*t16
         g_3 = w_3*t1
         del t1, w_3
         grad = grad.index_add(-1, lay["idx_x_6_0"], g_3)
         del g_3
-        w_4 = 2*t15
+        w_4 = 2*t16
         g_4 = w_4*t2
         del t2, w_4
         grad = grad.index_add(-1, lay["idx_x_4_0"], g_4)
         del g_4
-        w_5 = 2*t15
+        w_5 = 2*t16
         g_5 = w_5*t3
         del t3, w_5
         grad = grad.index_add(-1, lay["idx_x_5_0"], g_5)
@@ -1106,7 +1152,7 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, max(((n) // (3)), 0)))
         del bc_1
         # level 0: i in range(0, floor(n/3)) (per sample)
-        h = t15*h2
+        h = t16*h2
         del h2
         hs = _rt_points(h, x, max(((n) // (3)), 0)).sum(-1)
         del h
@@ -1118,11 +1164,11 @@ class LennardJonesEnergy(CompiledEnergy):
         # level 0: i in range(0, floor(n/3)) (per sample)
         gload = grad_r_2[..., lay["idx_x_6_0"]]
         del grad_r_2
-        h_1 = 2*t15*h2_1*gload
+        h_1 = 2*t16*h2_1*gload
         del gload, h2_1
         hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], h_1)
         del h_1
-        h_2 = t15*h2_2
+        h_2 = t16*h2_2
         del h2_2
         hs_1 = _rt_points(h_2, x, max(((n) // (3)), 0)).sum(-1)
         del h_2
@@ -1134,11 +1180,11 @@ class LennardJonesEnergy(CompiledEnergy):
         # level 0: i in range(0, floor(n/3)) (per sample)
         gload_1 = grad_r[..., lay["idx_x_4_0"]]
         del grad_r
-        h_3 = 2*t15*h2_3*gload_1
+        h_3 = 2*t16*h2_3*gload_1
         del gload_1, h2_3
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h_3)
         del h_3
-        h_4 = t15*h2_4
+        h_4 = t16*h2_4
         del h2_4
         hs_2 = _rt_points(h_4, x, max(((n) // (3)), 0)).sum(-1)
         del h_4
@@ -1150,18 +1196,18 @@ class LennardJonesEnergy(CompiledEnergy):
         # level 0: i in range(0, floor(n/3)) (per sample)
         gload_2 = grad_r_1[..., lay["idx_x_5_0"]]
         del grad_r_1
-        h_5 = 2*t15*h2_5*gload_2
+        h_5 = 2*t16*h2_5*gload_2
         del gload_2, h2_5
         hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], h_5)
         del h_5
-        h_6 = 2*t15
+        h_6 = 2*t16
         hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], _rt_points(h_6, x, max(((n) // (3)), 0)))
         del h_6
-        h_7 = 2*t15
+        h_7 = 2*t16
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], _rt_points(h_7, x, max(((n) // (3)), 0)))
         del h_7
-        h_8 = 2*t15
-        del t15
+        h_8 = 2*t16
+        del t16
         hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], _rt_points(h_8, x, max(((n) // (3)), 0)))
         del h_8
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)

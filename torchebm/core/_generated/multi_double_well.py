@@ -135,7 +135,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         del t2
         t4 = torch.square(t1) + torch.square(t3)
         del t1, t3
-        t5 = torch.sqrt(t4) - offset
+        t5 = _rt.safe_sqrt(t4) - offset
         del t4
         t6 = torch.square(t5)
         v_1 = b*t6 + a*torch.pow(t5, 4) + c
@@ -162,18 +162,19 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         del x_3, x_4
         t3 = -t2
         t4 = torch.square(t1) + torch.square(t3)
-        t5 = torch.sqrt(t4) - offset
+        t5 = _rt.safe_sqrt(t4) - offset
         t6 = torch.square(t5)
-        t7 = t5*(2*a*t6 + b)*torch.where((t4 > 0), torch.rsqrt(t4)/2, x.new_tensor(0))
-        del t4, t5, t6
-        d = t0*t7
+        t7 = (t4 != 0)
+        t8 = t5*(2*a*t6 + b)*torch.where(t7, torch.rsqrt(_rt.guard(t7, t4))/2, x.new_tensor(0))
+        del t4, t5, t6, t7
+        d = t0*t8
         del t0
-        d_1 = t1*t7
+        d_1 = t1*t8
         del t1
-        d_2 = t2*t7
+        d_2 = t2*t8
         del t2
-        d_3 = t3*t7
-        del t3, t7
+        d_3 = t3*t8
+        del t3, t8
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample)
         g = 4*d
         del d
@@ -213,20 +214,21 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         del x_3, x_4
         t3 = -t2
         t4 = torch.square(t1) + torch.square(t3)
-        t5 = torch.sqrt(t4) - offset
+        t5 = _rt.safe_sqrt(t4) - offset
         t6 = torch.square(t5)
-        t7 = t5*(2*a*t6 + b)*torch.where((t4 > 0), torch.rsqrt(t4)/2, x.new_tensor(0))
-        del t4
+        t7 = (t4 != 0)
+        t8 = t5*(2*a*t6 + b)*torch.where(t7, torch.rsqrt(_rt.guard(t7, t4))/2, x.new_tensor(0))
+        del t4, t7
         v_1 = b*t6 + a*torch.pow(t5, 4) + c
         del t5, t6
-        d = t0*t7
+        d = t0*t8
         del t0
-        d_1 = t1*t7
+        d_1 = t1*t8
         del t1
-        d_2 = t2*t7
+        d_2 = t2*t8
         del t2
-        d_3 = t3*t7
-        del t3, t7
+        d_3 = t3*t8
+        del t3, t8
         r = v_1.sum(-1)
         del v_1
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample)
@@ -269,61 +271,64 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         u2 = x_3 - x_4
         u3 = -u2
         u4 = torch.square(u1) + torch.square(u3)
-        u5 = torch.sqrt(u4) - offset
+        u5 = _rt.safe_sqrt(u4) - offset
         u6 = torch.square(u5)
-        u7 = (u4 > 0)
-        u8 = torch.where(u7, torch.rsqrt(u4)/2, x.new_tensor(0))
-        u9 = 2*x_1 - 2*x_2
-        del x_1, x_2
-        u10 = -u9
-        u14 = 2*x_3 - 2*x_4
-        del x_3, x_4
-        u16 = -u14
-        u19 = a*u6
-        del u6
-        u20 = 2*u19 + b
-        u21 = u20*u5
-        del u5
-        u22 = u21*u8
-        del u8
-        u23 = torch.where(u7, 1/(4*u4), x.new_tensor(0))
-        u24 = 4*u19*u23
-        del u19
-        u25 = u0*u24
-        u26 = u20*u23
-        del u20, u23
-        u27 = u0*u26
-        u28 = 1/(2*torch.pow(u4, 1.5))
+        u7 = (u4 != 0)
+        u8 = _rt.guard(u7, u4)
         del u4
-        u29 = torch.where(u7, u28*u3, x.new_tensor(0))
-        u30 = u0*u21
-        u31 = torch.where(u7, u2*u28, x.new_tensor(0))
-        u32 = torch.where(u7, u1*u28, x.new_tensor(0))
-        u33 = -u22
-        u34 = torch.where(u7, u0*u28, x.new_tensor(0))
-        del u0, u28, u7
-        u35 = u1*u24
-        u36 = u1*u26
-        u37 = u1*u21
+        u9 = torch.where(u7, torch.rsqrt(u8)/2, x.new_tensor(0))
+        u10 = 2*x_1 - 2*x_2
+        del x_1, x_2
+        u11 = -u10
+        u15 = 2*x_3 - 2*x_4
+        del x_3, x_4
+        u17 = -u15
+        u20 = a*u6
+        del u6
+        u21 = 2*u20 + b
+        u22 = u21*u5
+        del u5
+        u23 = u22*u9
+        del u9
+        u24 = torch.where(u7, 1/(4*u8), x.new_tensor(0))
+        u25 = 4*u20*u24
+        del u20
+        u26 = u0*u25
+        u27 = u21*u24
+        del u21, u24
+        u28 = u0*u27
+        u29 = 1/(4*torch.pow(u8, 1.5))
+        del u8
+        u30 = torch.where(u7, -u29*_rt.guard(u7, u15), x.new_tensor(0))
+        u31 = u0*u22
+        del u0
+        u32 = torch.where(u7, -u29*_rt.guard(u7, u17), x.new_tensor(0))
+        u33 = torch.where(u7, -u29*_rt.guard(u7, u10), x.new_tensor(0))
+        u34 = -u23
+        u35 = torch.where(u7, -u29*_rt.guard(u7, u11), x.new_tensor(0))
+        del u29, u7
+        u36 = u1*u25
+        u37 = u1*u27
+        u38 = u1*u22
         del u1
-        u38 = u2*u24
-        u39 = u2*u26
-        u40 = u2*u21
+        u39 = u2*u25
+        u40 = u2*u27
+        u41 = u2*u22
         del u2
-        u41 = u24*u3
-        del u24
-        u42 = u26*u3
-        del u26
-        u43 = u21*u3
-        del u21, u3
-        dot_1 = xdot_1*(u33 + u10*u25 + u10*u27 + u30*u34) + xdot_2*(u14*u25 + u14*u27 + u29*u30) + xdot_3*(u16*u25 + u16*u27 + u30*u31) + xdot*(u22 + u25*u9 + u27*u9 + u30*u32)
-        del u25, u27, u30
-        dot_2 = xdot_1*(u22 + u10*u35 + u10*u36 + u34*u37) + xdot_2*(u14*u35 + u14*u36 + u29*u37) + xdot_3*(u16*u35 + u16*u36 + u31*u37) + xdot*(u33 + u32*u37 + u35*u9 + u36*u9)
-        del u35, u36, u37
-        dot_3 = xdot_1*(u10*u38 + u10*u39 + u34*u40) + xdot_2*(u22 + u14*u38 + u14*u39 + u29*u40) + xdot_3*(u33 + u16*u38 + u16*u39 + u31*u40) + xdot*(u32*u40 + u38*u9 + u39*u9)
-        del u38, u39, u40
-        dot_4 = xdot_1*(u10*u41 + u10*u42 + u34*u43) + xdot_2*(u33 + u14*u41 + u14*u42 + u29*u43) + xdot_3*(u22 + u16*u41 + u16*u42 + u31*u43) + xdot*(u32*u43 + u41*u9 + u42*u9)
-        del u10, u14, u16, u22, u29, u31, u32, u33, u34, u41, u42, u43, u9, xdot, xdot_1, xdot_2, xdot_3
+        u42 = u25*u3
+        del u25
+        u43 = u27*u3
+        del u27
+        u44 = u22*u3
+        del u22, u3
+        dot_1 = xdot_1*(u34 + u11*u26 + u11*u28 + u31*u35) + xdot_2*(u15*u26 + u15*u28 + u30*u31) + xdot_3*(u17*u26 + u17*u28 + u31*u32) + xdot*(u23 + u10*u26 + u10*u28 + u31*u33)
+        del u26, u28, u31
+        dot_2 = xdot_1*(u23 + u11*u36 + u11*u37 + u35*u38) + xdot_2*(u15*u36 + u15*u37 + u30*u38) + xdot_3*(u17*u36 + u17*u37 + u32*u38) + xdot*(u34 + u10*u36 + u10*u37 + u33*u38)
+        del u36, u37, u38
+        dot_3 = xdot_1*(u11*u39 + u11*u40 + u35*u41) + xdot_2*(u23 + u15*u39 + u15*u40 + u30*u41) + xdot_3*(u34 + u17*u39 + u17*u40 + u32*u41) + xdot*(u10*u39 + u10*u40 + u33*u41)
+        del u39, u40, u41
+        dot_4 = xdot_1*(u11*u42 + u11*u43 + u35*u44) + xdot_2*(u34 + u15*u42 + u15*u43 + u30*u44) + xdot_3*(u23 + u17*u42 + u17*u43 + u32*u44) + xdot*(u10*u42 + u10*u43 + u33*u44)
+        del u10, u11, u15, u17, u23, u30, u32, u33, u34, u35, u42, u43, u44, xdot, xdot_1, xdot_2, xdot_3
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample)
         dot_6 = 4*dot_1
         del dot_1
@@ -355,62 +360,65 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_2 = x[..., lay["idx_x_2_0"]]
         x_3 = x[..., lay["idx_x_3_0"]]
         x_4 = x[..., lay["idx_x_4_0"]]
-        w8 = 2*x_1 - 2*x_2
-        w9 = x_1 - x_2
+        w9 = 2*x_1 - 2*x_2
+        w10 = x_1 - x_2
         del x_1, x_2
-        w10 = -w9
-        w11 = x_3 - x_4
-        w12 = -w11
-        w13 = torch.square(w10) + torch.square(w12)
-        w14 = (w13 > 0)
-        w15 = torch.where(w14, 1/(4*w13), x.new_tensor(0))
-        w16 = torch.sqrt(w13) - offset
-        w17 = a*torch.square(w16)
-        w18 = 16*w15*w17
-        w19 = w18*w9
-        w20 = 8*w17 + 4*b
+        w11 = -w10
+        w12 = x_3 - x_4
+        w13 = -w12
+        w14 = torch.square(w11) + torch.square(w13)
+        w15 = (w14 != 0)
+        w16 = _rt.guard(w15, w14)
+        w17 = torch.where(w15, 1/(4*w16), x.new_tensor(0))
+        w18 = _rt.safe_sqrt(w14) - offset
+        del w14
+        w19 = a*torch.square(w18)
+        w20 = 16*w17*w19
+        w21 = w10*w20
+        w22 = 8*w19 + 4*b
+        del w19
+        w23 = w17*w22
         del w17
-        w21 = w15*w20
-        del w15
-        w22 = w21*w9
-        w23 = w16*w20
-        del w16, w20
-        w24 = w23*torch.where(w14, torch.rsqrt(w13)/2, x.new_tensor(0))
-        w25 = 1/(2*torch.pow(w13, 1.5))
-        del w13
-        w26 = w23*w9
-        w27 = -w8
-        w28 = -w24
-        w29 = torch.where(w14, w25*w9, x.new_tensor(0))
-        del w9
-        w30 = 2*x_3 - 2*x_4
+        w24 = w10*w23
+        w25 = w18*w22
+        del w18, w22
+        w26 = w25*torch.where(w15, torch.rsqrt(w16)/2, x.new_tensor(0))
+        w27 = 1/(4*torch.pow(w16, 1.5))
+        del w16
+        w28 = w10*w25
+        del w10
+        w29 = -w9
+        w30 = -w26
+        w31 = torch.where(w15, -w27*_rt.guard(w15, w29), x.new_tensor(0))
+        w32 = 2*x_3 - 2*x_4
         del x_3, x_4
-        w31 = -w30
-        w32 = torch.where(w14, w11*w25, x.new_tensor(0))
-        w33 = w10*w18
-        w34 = w10*w21
-        w35 = w10*w23
-        w36 = torch.where(w14, w12*w25, x.new_tensor(0))
-        w37 = w11*w18
-        w38 = w11*w21
-        w39 = w11*w23
+        w33 = -w32
+        w34 = torch.where(w15, -w27*_rt.guard(w15, w33), x.new_tensor(0))
+        w35 = w11*w20
+        w36 = w11*w23
+        w37 = w11*w25
         del w11
-        w40 = w12*w31
-        h2 = w24 + w19*w8 + w22*w8 + w26*torch.where(w14, w10*w25, x.new_tensor(0))
-        del w10, w14, w25, w8
-        h2_1 = w28 + w19*w27 + w22*w27 + w26*w29
-        h2_2 = w19*w31 + w22*w31 + w26*w32
-        del w19, w22, w26
-        h2_3 = w24 + w27*w33 + w27*w34 + w29*w35
-        del w27, w29
-        h2_4 = w30*w33 + w30*w34 + w35*w36
-        del w33, w34, w35
-        h2_5 = w24 + w30*w37 + w30*w38 + w36*w39
-        del w30, w36
-        h2_6 = w28 + w31*w37 + w31*w38 + w32*w39
-        del w28, w31, w37, w38, w39
-        h2_7 = w24 + w18*w40 + w21*w40 + w12*w23*w32
-        del w12, w18, w21, w23, w24, w32, w40
+        w38 = torch.where(w15, -w27*_rt.guard(w15, w32), x.new_tensor(0))
+        w39 = w12*w20
+        w40 = w12*w23
+        w41 = w12*w25
+        del w12
+        w42 = w13*w33
+        h2 = w26 + w21*w9 + w24*w9 + w28*torch.where(w15, -w27*_rt.guard(w15, w9), x.new_tensor(0))
+        del w15, w27, w9
+        h2_1 = w30 + w21*w29 + w24*w29 + w28*w31
+        h2_2 = w21*w33 + w24*w33 + w28*w34
+        del w21, w24, w28
+        h2_3 = w26 + w29*w35 + w29*w36 + w31*w37
+        del w29, w31
+        h2_4 = w32*w35 + w32*w36 + w37*w38
+        del w35, w36, w37
+        h2_5 = w26 + w32*w39 + w32*w40 + w38*w41
+        del w32, w38
+        h2_6 = w30 + w33*w39 + w33*w40 + w34*w41
+        del w30, w33, w39, w40, w41
+        h2_7 = w26 + w20*w42 + w23*w42 + w13*w25*w34
+        del w13, w20, w23, w25, w26, w34, w42
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample)
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
@@ -455,74 +463,78 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w2 = x_3 - x_4
         w3 = -w2
         w4 = torch.square(w1) + torch.square(w3)
-        w5 = torch.sqrt(w4) - offset
+        w5 = _rt.safe_sqrt(w4) - offset
         w6 = torch.square(w5)
-        w7 = w5*(2*a*w6 + b)*torch.where((w4 > 0), torch.rsqrt(w4)/2, x.new_tensor(0))
-        del w4, w5, w6
-        d = w0*w7
+        w7 = (w4 != 0)
+        w8 = w5*(2*a*w6 + b)*torch.where(w7, torch.rsqrt(_rt.guard(w7, w4))/2, x.new_tensor(0))
+        del w4, w5, w6, w7
+        d = w0*w8
         del w0
-        d_1 = w1*w7
+        d_1 = w1*w8
         del w1
-        d_2 = w2*w7
+        d_2 = w2*w8
         del w2
-        d_3 = w3*w7
-        del w3, w7
-        w8 = 2*x_1 - 2*x_2
-        w9 = x_1 - x_2
+        d_3 = w3*w8
+        del w3, w8
+        w9 = 2*x_1 - 2*x_2
+        w10 = x_1 - x_2
         del x_1, x_2
-        w10 = -w9
-        w11 = x_3 - x_4
-        w12 = -w11
-        w13 = torch.square(w10) + torch.square(w12)
-        w14 = (w13 > 0)
-        w15 = torch.where(w14, 1/(4*w13), x.new_tensor(0))
-        w16 = torch.sqrt(w13) - offset
-        w17 = a*torch.square(w16)
-        w18 = 16*w15*w17
-        w19 = w18*w9
-        w20 = 8*w17 + 4*b
+        w11 = -w10
+        w12 = x_3 - x_4
+        w13 = -w12
+        w14 = torch.square(w11) + torch.square(w13)
+        w15 = (w14 != 0)
+        w16 = _rt.guard(w15, w14)
+        w17 = torch.where(w15, 1/(4*w16), x.new_tensor(0))
+        w18 = _rt.safe_sqrt(w14) - offset
+        del w14
+        w19 = a*torch.square(w18)
+        w20 = 16*w17*w19
+        w21 = w10*w20
+        w22 = 8*w19 + 4*b
+        del w19
+        w23 = w17*w22
         del w17
-        w21 = w15*w20
-        del w15
-        w22 = w21*w9
-        w23 = w16*w20
-        del w16, w20
-        w24 = w23*torch.where(w14, torch.rsqrt(w13)/2, x.new_tensor(0))
-        w25 = 1/(2*torch.pow(w13, 1.5))
-        del w13
-        w26 = w23*w9
-        w27 = -w8
-        w28 = -w24
-        w29 = torch.where(w14, w25*w9, x.new_tensor(0))
-        del w9
-        w30 = 2*x_3 - 2*x_4
+        w24 = w10*w23
+        w25 = w18*w22
+        del w18, w22
+        w26 = w25*torch.where(w15, torch.rsqrt(w16)/2, x.new_tensor(0))
+        w27 = 1/(4*torch.pow(w16, 1.5))
+        del w16
+        w28 = w10*w25
+        del w10
+        w29 = -w9
+        w30 = -w26
+        w31 = torch.where(w15, -w27*_rt.guard(w15, w29), x.new_tensor(0))
+        w32 = 2*x_3 - 2*x_4
         del x_3, x_4
-        w31 = -w30
-        w32 = torch.where(w14, w11*w25, x.new_tensor(0))
-        w33 = w10*w18
-        w34 = w10*w21
-        w35 = w10*w23
-        w36 = torch.where(w14, w12*w25, x.new_tensor(0))
-        w37 = w11*w18
-        w38 = w11*w21
-        w39 = w11*w23
+        w33 = -w32
+        w34 = torch.where(w15, -w27*_rt.guard(w15, w33), x.new_tensor(0))
+        w35 = w11*w20
+        w36 = w11*w23
+        w37 = w11*w25
         del w11
-        w40 = w12*w31
-        h2 = w24 + w19*w8 + w22*w8 + w26*torch.where(w14, w10*w25, x.new_tensor(0))
-        del w10, w14, w25, w8
-        h2_1 = w28 + w19*w27 + w22*w27 + w26*w29
-        h2_2 = w19*w31 + w22*w31 + w26*w32
-        del w19, w22, w26
-        h2_3 = w24 + w27*w33 + w27*w34 + w29*w35
-        del w27, w29
-        h2_4 = w30*w33 + w30*w34 + w35*w36
-        del w33, w34, w35
-        h2_5 = w24 + w30*w37 + w30*w38 + w36*w39
-        del w30, w36
-        h2_6 = w28 + w31*w37 + w31*w38 + w32*w39
-        del w28, w31, w37, w38, w39
-        h2_7 = w24 + w18*w40 + w21*w40 + w12*w23*w32
-        del w12, w18, w21, w23, w24, w32, w40
+        w38 = torch.where(w15, -w27*_rt.guard(w15, w32), x.new_tensor(0))
+        w39 = w12*w20
+        w40 = w12*w23
+        w41 = w12*w25
+        del w12
+        w42 = w13*w33
+        h2 = w26 + w21*w9 + w24*w9 + w28*torch.where(w15, -w27*_rt.guard(w15, w9), x.new_tensor(0))
+        del w15, w27, w9
+        h2_1 = w30 + w21*w29 + w24*w29 + w28*w31
+        h2_2 = w21*w33 + w24*w33 + w28*w34
+        del w21, w24, w28
+        h2_3 = w26 + w29*w35 + w29*w36 + w31*w37
+        del w29, w31
+        h2_4 = w32*w35 + w32*w36 + w37*w38
+        del w35, w36, w37
+        h2_5 = w26 + w32*w39 + w32*w40 + w38*w41
+        del w32, w38
+        h2_6 = w30 + w33*w39 + w33*w40 + w34*w41
+        del w30, w33, w39, w40, w41
+        h2_7 = w26 + w20*w42 + w23*w42 + w13*w25*w34
+        del w13, w20, w23, w25, w26, w34, w42
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample)
         g = 4*d
         del d
