@@ -169,6 +169,8 @@ def atan2(y, x):
 def safe_sqrt(s: torch.Tensor) -> torch.Tensor:
     """``sqrt(s)`` of a sum of squares; its autograd derivative is 0 where ``s == 0``
     (the closed form's convention for ``norm``) instead of ``inf * 0 = nan``."""
+    if not (s.requires_grad and torch.is_grad_enabled()):
+        return torch.sqrt(s)        # no autograd through it: the plain square root
     zero = s == 0
     safe = torch.where(zero, torch.ones_like(s), s)
     return torch.where(zero, torch.zeros_like(s), torch.sqrt(safe))
@@ -186,8 +188,8 @@ def guard(cond: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     "double where") keeps an unselected branch's ``inf``/``nan`` derivative (``sqrt``
     at 0, ``log`` of a negative number) out of the gradient: the value is unchanged.
     """
-    if not isinstance(v, torch.Tensor):
-        return v
+    if not isinstance(v, torch.Tensor) or not (v.requires_grad and torch.is_grad_enabled()):
+        return v                    # no autograd through it (the closed forms): v itself
     return torch.where(cond, v, v.detach())
 
 

@@ -65,7 +65,8 @@ def compile_class(formula: str, ranks: dict, name: str | None = None,
         if cls is not None:
             return cls
         try:
-            cls = _compile(formula, ranks, name, particles)
+            cls = (_compile(formula, ranks, name) if particles is None
+                   else _compile(formula, ranks, name, particles))
         finally:
             with _lock:
                 _building.pop(key, None)
