@@ -180,6 +180,9 @@ def test_lennard_jones_collision_convention():
     close(grad[1:], ref_gradient(lambda v: lj_ref(v, 4), x[1:]))
     e2, g2 = E.energy_and_gradient(x)
     assert e2[0].item() == math.inf and torch.equal(g2, grad)
+    v = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(11))
+    hvp = (torch.func.hessian(without_pair_01)(x[0]) @ v[0])[None]
+    close(E.hessian_vector_product(x, v)[:1], hvp)
 
 
 def test_multi_double_well_collision_gradient_convention():
