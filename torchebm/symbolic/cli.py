@@ -68,6 +68,16 @@ def _dims(text: str):
     return dims
 
 
+def _params(pairs) -> dict:
+    """``-p`` values as a dict; a name given twice is an error, not a silent override."""
+    out = {}
+    for name, value in pairs:
+        if name in out:
+            raise EnergySyntaxError(f"-p {name} is given twice; give each parameter once")
+        out[name] = value
+    return out
+
+
 def _bounded_int(lo, hi):
     def parse(text):
         try:
@@ -331,7 +341,7 @@ def infer_dim(parsed, params):
 
 
 def _show(args):
-    params = dict(args.param)
+    params = _params(args.param)
     spec, _ = _formula_spec(args.formula, params, args.name, strict=args.strict)
     source = compile_spec(spec).generated.source
     if args.output:
@@ -371,7 +381,7 @@ def _targets(args):
             else:
                 raise EnergySyntaxError(f"no such definition file: {t}")
         else:
-            params = dict(args.param)
+            params = _params(args.param)
             spec, parsed = _formula_spec(t, params, strict=args.strict)
             dims = args.dims
             if dims is None:
@@ -430,7 +440,7 @@ def _verify(args):
 def _sample(args):
     from ..samplers import MALA, HamiltonianMonteCarlo, LangevinDynamics
     from .api import from_expression
-    params = dict(args.param)
+    params = _params(args.param)
     parsed = _parse_cli_formula(args.formula, params, strict=args.strict)
     dim = args.dim
     if dim is None:
