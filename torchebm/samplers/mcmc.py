@@ -18,9 +18,11 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import sys
+import types
 import warnings
 
 import torch
@@ -252,6 +254,9 @@ class BaseSampler(nn.Module):
     #: whether ``sample()`` takes ``dim`` from the energy when neither x nor dim is given
     infers_dim = True
     _adapts = False
+    #: most steps one compiled call runs (unrolled in its graph, ``compile=True``): more
+    #: amortise the call's overhead (tens of microseconds), but lengthen the compilation
+    _fused_chunk = 1
 
     def __init__(self, model=None, dtype=None, device=None, *, energy=None, seed=None,
                  generator=None):
@@ -553,40 +558,55 @@ class BaseSampler(nn.Module):
         if progress:
             from tqdm.auto import tqdm
             steps = tqdm(steps, desc=type(self).__name__, unit="step")
-        fused = self._fused_step(x) if compile else None
-        as_tensor = _TensorCache(x) if compile else None
+        chunk = _chunk(thin if keep else 0, self._fused_chunk) if compile else 1
+        fused = self._fused_step(x, chunk) if compile else None
         with torch.no_grad():
-            for k in steps:
-                h = h_fixed if h_fixed is not None else float(
-                    self.get_scheduled_value("step_size"))
-                if fused is not None:
-                    draws = self._draw(state[0], gen)
-                    extra = self._extra()
-                    *state, acc_count, nonfinite, row = fused(
-                        *state, as_tensor(h), None if extra is None else as_tensor(extra),
-                        inv_mass, draws, acc_count, nonfinite)
-                    stats[k] = row
+            k = 0
+            for _ in steps:
+                if fused is not None and k % chunk == 0 and k + chunk <= n_steps:
+                    # ``chunk`` steps in one compiled call; the draws are made here, step by
+                    # step, in eager mode's order
+                    hs, extras, draws = [], [], []
+                    for _ in range(chunk):
+                        hs.append(h_fixed if h_fixed is not None else
+                                  float(self.get_scheduled_value("step_size")))
+                        extras.append(self._extra())
+                        draws.append(self._draw(state[0], gen))
+                        self.step_schedulers()
+                    h_arg = h_fixed if h_fixed is not None else torch.tensor(
+                        hs, dtype=x.dtype, device=x.device)
+                    extra_arg = None if extras[0] is None else torch.tensor(
+                        extras, dtype=x.dtype, device=x.device)
+                    *state, acc_count, nonfinite, rows = fused(
+                        *state, h_arg, h_fixed is None, extra_arg, inv_mass, draws, acc_count,
+                        nonfinite)
                     state = tuple(state)
-                    if adjusted is None:
-                        adjusted = not isinstance(self, LangevinDynamics)
-                else:
+                    stats[k:k + chunk] = rows
+                    adjusted = not isinstance(self, LangevinDynamics)
+                    k += chunk
+                elif fused is None or k % chunk != 0 or k + chunk > n_steps:
+                    h = h_fixed if h_fixed is not None else float(
+                        self.get_scheduled_value("step_size"))
                     state, accepted, _ = self._transition(state, gen, h, inv_mass)
+                    self.step_schedulers()
                     es = state[1]
                     finite = torch.isfinite(es)      # a NaN or inf state gives a NaN/inf energy
                     nonfinite |= ~finite
-                    if want_diag:
+                    if want_diag or fused is not None:
                         stats[k, 0] = torch.where(finite, es, 0).sum(dtype=torch.float64)
                         stats[k, 1] = finite.sum()
                         if accepted is not None:
                             stats[k, 2] = accepted.sum()
                             acc_count += accepted
                     adjusted = accepted is not None
-                self.step_schedulers()
-                if keep and (k + 1) % thin == 0:
-                    j = (k + 1) // thin - 1
+                    k += 1
+                if keep and k % thin == 0:
+                    j = k // thin - 1
                     traj[:, j] = state[0]
                     if want_diag:
                         kept_energy[j] = state[1].sum(dtype=torch.float64)
+                if k >= n_steps:
+                    break
         if distributed:
             return self._finish_distributed(
                 state[0], traj, kept_energy, stats, acc_count, nonfinite, adjusted, chains,
@@ -630,38 +650,54 @@ class BaseSampler(nn.Module):
         return out, diag
 
     # -- fused steps -----------------------------------------------------------------------
-    def _fused_body(self, x, e, g, h, extra, inv_mass, draws, acc_count, nonfinite):
-        """One step as pure tensor code (compiled by :meth:`_fused_step`): the move, then
-        the diagnostics' running sums. Returns ``(x, E, dE/dx, acc_count, nonfinite, row)``,
-        ``row = [sum of finite energies, finite chains, accepted chains]`` (float64)."""
+    def _fused_body(self, x, e, g, h, per_step, extra, inv_mass, draws, acc_count, nonfinite):
+        """``len(draws)`` steps as pure tensor code (compiled by :meth:`_fused_step`): the
+        moves, then the diagnostics' running sums. ``h``: ``[steps]`` step sizes, or a
+        per-chain ``[chains]`` / ``[1]`` tensor for every step (``per_step`` False);
+        ``extra``: ``[steps]`` or
+        None. Returns ``(x, E, dE/dx, acc_count, nonfinite, rows)``, ``rows [steps, 3]`` =
+        (sum of finite energies, finite chains, accepted chains) per step, float64."""
         energy = self.energy
         lay, der = self._fused_inputs
 
         def evaluate(y):
             return energy._energy_and_gradient(y, lay, der)
 
-        (x, e, g), accepted, _ = self._move((x, e, g), h, inv_mass, draws, evaluate, extra)
-        finite = torch.isfinite(e)
-        nonfinite = nonfinite | ~finite
-        if accepted is None:
-            n_acc = torch.zeros((), dtype=torch.float64, device=x.device)
-        else:
-            acc_count = acc_count + accepted
-            n_acc = accepted.sum().to(torch.float64)
-        row = torch.stack([torch.where(finite, e, 0).sum(dtype=torch.float64),
-                           finite.sum().to(torch.float64), n_acc])
-        return x, e, g, acc_count, nonfinite, row
+        rows = []
+        for i, d in enumerate(draws):
+            hi = h[i] if per_step else h
+            ex = None if extra is None else extra[i]
+            (x, e, g), accepted, _ = self._move((x, e, g), hi, inv_mass, d, evaluate, ex)
+            finite = torch.isfinite(e)
+            nonfinite = nonfinite | ~finite
+            if accepted is None:
+                n_acc = torch.zeros((), dtype=torch.float64, device=x.device)
+            else:
+                acc_count = acc_count + accepted
+                n_acc = accepted.sum().to(torch.float64)
+            rows.append(torch.stack([torch.where(finite, e, 0).sum(dtype=torch.float64),
+                                     finite.sum().to(torch.float64), n_acc]))
+        return x, e, g, acc_count, nonfinite, torch.stack(rows)
 
-    def _fused_step(self, x):
-        """The compiled step for chains like ``x`` (compiled once per sampler; torch.compile
-        keeps one graph per shape, dtype and device)."""
+    def _fused_step(self, x, chunk):
+        """The compiled ``chunk`` steps for chains like ``x``, as a function of ``self`` and
+        the step's tensors. One compiled function per (sampler class, chunk, shape, dtype,
+        device), each from its own copy of :meth:`_fused_body`'s code: torch.compile keeps
+        its graphs per code object and allows only a few per object, so samplers used
+        with many shapes would otherwise exhaust that limit."""
         _, lay, der = self.energy._inputs(x)
         self._fused_inputs = (lay, der)
-        fn = self.__dict__.get("_fused_fn")
+        key = (type(self), chunk, tuple(x.shape), x.dtype, x.device)
+        fn = _FUSED.get(key)
         if fn is None:
-            fn = torch.compile(self._fused_body, fullgraph=True, dynamic=False)
-            self.__dict__["_fused_fn"] = fn
-        return fn
+            body = BaseSampler._fused_body
+            copy = types.FunctionType(body.__code__.replace(), body.__globals__, body.__name__,
+                                      body.__defaults__, body.__closure__)
+            fn = torch.compile(copy, fullgraph=True, dynamic=False)
+            if len(_FUSED) >= 64:
+                _FUSED.pop(next(iter(_FUSED)))
+            _FUSED[key] = fn
+        return functools.partial(fn, self)
 
     # -- chains across processes ----------------------------------------------------------
     def _rank_stream(self, generator, gen, device, x, n_samples):
@@ -718,19 +754,14 @@ class BaseSampler(nn.Module):
         pass
 
 
-class _TensorCache:
-    """0-d tensors (of the chains' dtype and device) for the fused step's scalars: a
-    new Python float per step would otherwise be a new constant (a recompile)."""
+_FUSED: dict = {}      # (sampler class, chunk, shape, dtype, device) -> compiled steps
 
-    def __init__(self, x):
-        self.dtype, self.device, self.last = x.dtype, x.device, (None, None)
 
-    def __call__(self, value):
-        if isinstance(value, torch.Tensor):
-            return value
-        if value != self.last[0]:
-            self.last = (value, torch.tensor(value, dtype=self.dtype, device=self.device))
-        return self.last[1]
+def _chunk(period, most):
+    """Steps per compiled call: the largest divisor of ``period`` (``thin`` when states are
+    kept, so that kept steps end a call) that is at most ``most``; ``most`` when ``period``
+    is 0 (nothing kept)."""
+    return max(d for d in range(1, most + 1) if period % d == 0) if period else most
 
 
 def _all_gather_rows(t, counts):
@@ -875,6 +906,7 @@ class LangevinDynamics(BaseSampler):
     """
 
     infers_dim = False    # as TorchEBM: Langevin needs dim (or x)
+    _fused_chunk = 8
 
     def __init__(self, model=None, step_size=1e-2, noise_scale=1.0, decay: float = 0.0,
                  clamp=None, dtype=None, device=None, *, energy=None, seed=None, generator=None,
@@ -949,6 +981,8 @@ class MALA(_Adaptive):
     Raises:
         ValueError: a bad step size, mass, target_accept or n_warmup.
     """
+
+    _fused_chunk = 4
 
     def __init__(self, model=None, step_size=1e-2, mass=None, dtype=None, device=None, *,
                  energy=None, seed=None, generator=None, target_accept=None,
