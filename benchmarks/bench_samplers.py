@@ -7,8 +7,8 @@ usage: python benchmarks/bench_samplers.py [--threads 1] [--quick] [--only steps
 
 steps: Langevin, MALA and HMC (5 leapfrog steps) on DoubleWell, Rastrigin and the
     Gaussian (a random SPD covariance) at each chains x dim, float32, final states
-    only. Columns, in steps per second (median of 3 timed runs after a warm-up run
-    that compiles): ``eager`` (the samplers as they run by default, closed-form
+    only. Columns, in steps per second (median of 3 interleaved rounds after a
+    warm-up run that compiles): ``eager`` (the samplers as they run by default, closed-form
     gradient), ``fused`` (``sample(..., compile=True)``), ``autograd`` (the same
     energy's generated forward in a hand-written ``BaseEnergyFunction``: a TorchEBM
     energy, gradient by autograd, eager), and ``floor``: one read and one write of
@@ -87,7 +87,7 @@ def _median_rate(run, steps, repeats=3):
 
 
 def steps_table(args):
-    print(f"\nsteps per second, float32, final states only (median of 3 runs); floor = one "
+    print(f"\nsteps per second, float32, final states only (median of 3 interleaved rounds); floor = one "
           f"read + one write of the state; noise = torch.randn of the state alone")
     print(f"{'sampler':9s} {'energy':10s} {'chains x dim':>13s} {'eager':>9s} {'fused':>9s} "
           f"{'autograd':>9s} {'floor':>9s} {'noise':>9s} {'fused/eager':>11s} "
@@ -103,12 +103,20 @@ def steps_table(args):
         for sname in args.samplers.split(","):
             for ename in args.energies.split(","):
                 energy = make_energy(ename, dim)
-                rates = {}
+                runs = {}
                 for mode in ("eager", "fused", "autograd"):
                     e = ViaAutograd(energy) if mode == "autograd" else energy
                     sampler = SAMPLERS[sname](e)
-                    rates[mode] = _median_rate(lambda k: sampler.sample(
-                        x=x, n_steps=k, compile=mode == "fused", progress=False), steps)
+                    runs[mode] = (lambda s, m: lambda k: s.sample(
+                        x=x, n_steps=k, compile=m == "fused", progress=False))(sampler, mode)
+                    runs[mode](steps)                          # warm-up (and compilation)
+                times = {mode: [] for mode in runs}
+                for _ in range(3):                             # interleaved rounds
+                    for mode, run in runs.items():
+                        t = time.perf_counter()
+                        run(steps)
+                        times[mode].append(time.perf_counter() - t)
+                rates = {mode: steps / statistics.median(t) for mode, t in times.items()}
                 print(f"{sname:9s} {ename:10s} {size:>13s} {rates['eager']:9.0f} "
                       f"{rates['fused']:9.0f} {rates['autograd']:9.0f} {floor:9.0f} "
                       f"{noise:9.0f} {rates['fused'] / rates['eager']:11.2f} "

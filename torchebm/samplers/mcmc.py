@@ -552,17 +552,18 @@ class BaseSampler(nn.Module):
         acc_count = torch.zeros(chains, dtype=torch.int64, device=x.device)
         nonfinite = torch.zeros(chains, dtype=torch.bool, device=x.device)
         adjusted = None
-        steps = range(n_steps)
         if progress is None:
             progress = sys.stderr.isatty()
+        bar = None
         if progress:
             from tqdm.auto import tqdm
-            steps = tqdm(steps, desc=type(self).__name__, unit="step")
+            bar = tqdm(total=n_steps, desc=type(self).__name__, unit="step")
         chunk = _chunk(thin if keep else 0, self._fused_chunk) if compile else 1
         fused = self._fused_step(x, chunk) if compile else None
         with torch.no_grad():
             k = 0
-            for _ in steps:
+            while k < n_steps:
+                k_before = k
                 if fused is not None and k % chunk == 0 and k + chunk <= n_steps:
                     # ``chunk`` steps in one compiled call; the draws are made here, step by
                     # step, in eager mode's order
@@ -605,8 +606,10 @@ class BaseSampler(nn.Module):
                     traj[:, j] = state[0]
                     if want_diag:
                         kept_energy[j] = state[1].sum(dtype=torch.float64)
-                if k >= n_steps:
-                    break
+                if bar is not None:
+                    bar.update(k - k_before)
+        if bar is not None:
+            bar.close()
         if distributed:
             return self._finish_distributed(
                 state[0], traj, kept_energy, stats, acc_count, nonfinite, adjusted, chains,
