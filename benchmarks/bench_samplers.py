@@ -2,6 +2,7 @@
 chains across gloo processes; the fused gradient beside JAX's ``jit(grad)``.
 
 usage: python benchmarks/bench_samplers.py [--threads 1] [--quick] [--only steps,gloo,jax,adapt]
+       [--device cuda]
        [--samplers langevin,mala,hmc] [--energies DoubleWell,Rastrigin,Gaussian]
        [--sizes 64x2,10000x2,1000x64,65536x16] [--jax-python /path/to/venv/bin/python]
 
@@ -76,6 +77,12 @@ SAMPLERS = {
 }
 
 
+def _sync(x):
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    return x
+
+
 def _median_rate(run, steps, repeats=3):
     run(steps)                                 # warm-up (and compilation)
     times = []
@@ -96,19 +103,20 @@ def steps_table(args):
         chains, dim = (int(v) for v in size.split("x"))
         budget = 2e6 if args.quick else 8e6        # chain-dimensions per timed run
         steps = int(max(8, min(400, budget / (chains * dim)))) // 8 * 8
-        x = torch.randn(chains, dim, generator=torch.Generator().manual_seed(1))
+        x = torch.randn(chains, dim, generator=torch.Generator().manual_seed(1)).to(args.device)
         y = torch.empty_like(x)
-        floor = _median_rate(lambda k: [y.copy_(x) for _ in range(k)], steps)
-        noise = _median_rate(lambda k: [torch.randn(x.shape) for _ in range(k)], steps)
+        floor = _median_rate(lambda k: ([y.copy_(x) for _ in range(k)], _sync(x)), steps)
+        noise = _median_rate(lambda k: ([torch.randn(x.shape, device=x.device)
+                                         for _ in range(k)], _sync(x)), steps)
         for sname in args.samplers.split(","):
             for ename in args.energies.split(","):
-                energy = make_energy(ename, dim)
+                energy = make_energy(ename, dim).to(args.device)
                 runs = {}
                 for mode in ("eager", "fused", "autograd"):
                     e = ViaAutograd(energy) if mode == "autograd" else energy
                     sampler = SAMPLERS[sname](e)
-                    runs[mode] = (lambda s, m: lambda k: s.sample(
-                        x=x, n_steps=k, compile=m == "fused", progress=False))(sampler, mode)
+                    runs[mode] = (lambda s, m: lambda k: _sync(s.sample(
+                        x=x, n_steps=k, compile=m == "fused", progress=False)))(sampler, mode)
                     runs[mode](steps)                          # warm-up (and compilation)
                 times = {mode: [] for mode in runs}
                 for _ in range(3):                             # interleaved rounds
@@ -303,6 +311,7 @@ def main():
     ap.add_argument("--samplers", default="langevin,mala,hmc")
     ap.add_argument("--energies", default="DoubleWell,Rastrigin,Gaussian")
     ap.add_argument("--sizes", default="64x2,10000x2,1000x64,65536x16")
+    ap.add_argument("--device", default="cpu", help="device of the chains (steps table)")
     ap.add_argument("--jax-python", default=None,
                     help="a Python interpreter with jax installed, for the JAX column")
     args = ap.parse_args()
