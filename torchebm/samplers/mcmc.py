@@ -629,10 +629,12 @@ class BaseSampler(nn.Module):
             return out
         dtype = final.dtype
         n_steps = stats.shape[0]
-        per_kept = {"mean": traj.mean(0), "var": traj.var(0) if chains > 1 else
-                    torch.zeros_like(traj[0]), "energy": (kept_energy / chains).to(dtype)}
         if traj.shape[1] == 0:
-            per_kept["mean"] = per_kept["var"] = final.new_zeros(0, *final.shape[1:])
+            mean = var = final.new_zeros(0, *final.shape[1:])
+        else:
+            mean = traj.mean(0)
+            var = traj.var(0) if chains > 1 else torch.zeros_like(traj[0])
+        per_kept = {"mean": mean, "var": var, "energy": (kept_energy / chains).to(dtype)}
         accept_rate = chain_acc = None
         if adjusted:
             accept_rate = stats[:, 2] / chains                          # float64 [n_steps]
