@@ -577,3 +577,22 @@ def test_fit_checks_the_loss_before_stepping():
         fit(energy, data, ScoreMatching(energy), epochs=2, batch_size=16, progress=False,
             generator=torch.Generator().manual_seed(0))
     assert bool(torch.isfinite(energy.mu).all())
+
+
+# -- found by the new-user pass ---------------------------------------------------------------------
+def test_verify_draws_points_inside_the_domain(capsys):
+    assert main(["verify", "sum(log(x)) + sqrt(x[0] - 1)", "--no-speed"]) == 0
+    assert "0 failed" in capsys.readouterr().out
+
+
+def test_a_mistyped_option_is_reported_as_an_option(tmp_path):
+    proc = _cli(["sample", "sum(x**2)", "--steps", "10", "--stepsize", "0.1"], tmp_path)
+    assert proc.returncode == 2 and "unrecognized arguments: --stepsize 0.1" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_sampler_on_a_missing_device_fails_at_construction():
+    from torchebm.errors import DeviceError
+    from torchebm.samplers import MALA
+    with pytest.raises(DeviceError):
+        MALA(from_expression("sum(x**2)"), step_size=0.1, device="cuda")

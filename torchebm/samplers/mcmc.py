@@ -280,6 +280,9 @@ class BaseSampler(nn.Module):
         self.energy = model
         self._dtype = dtype
         self._device = torch.device(device) if device is not None else None
+        if self._device is not None:
+            from ..core.base import _check_device_available
+            _check_device_available(self._device)    # DeviceError now, not at the first step
         self.seed, self.generator = seed, generator
         self.schedulers: dict = {}
 
