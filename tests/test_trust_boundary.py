@@ -596,3 +596,23 @@ def test_a_sampler_on_a_missing_device_fails_at_construction():
     from torchebm.samplers import MALA
     with pytest.raises(DeviceError):
         MALA(from_expression("sum(x**2)"), step_size=0.1, device="cuda")
+
+
+def test_the_runtime_never_imports_the_compiler():
+    """torchebm.core stands below torchebm.symbolic: no import of it, static or lazy;
+    the compiler registers hooks (expression, pickling) when it is imported."""
+    for path in (ROOT / "torchebm" / "core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                assert "symbolic" not in module, f"{path.name}:{node.lineno} imports {module}"
+            if isinstance(node, ast.Import):
+                assert not any("symbolic" in a.name for a in node.names), path.name
+    code = ("import sys, pickle, torch\nfrom torchebm.core import HarmonicEnergy\n"
+            "e = HarmonicEnergy()\ne(torch.ones(1, 2))\n"
+            "assert 'torchebm.symbolic' not in sys.modules\n"
+            "print(e.expression)\n")        # loads the compiler by name, on demand
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert "k" in proc.stdout and "x" in proc.stdout
