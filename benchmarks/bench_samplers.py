@@ -1,32 +1,56 @@
-"""Sampler steps per second: closed-form energy_and_gradient vs autograd of the same energy.
+"""Sampler steps per second: eager, fused (``compile=True``), autograd, the memory floor;
+chains across gloo processes; the fused gradient beside JAX's ``jit(grad)``.
 
-usage: python benchmarks/bench_samplers.py [--threads 1] [--steps 50] [--no-adaptation]
+usage: python benchmarks/bench_samplers.py [--threads 1] [--quick] [--only steps,gloo,jax,adapt]
+       [--device cuda]
+       [--samplers langevin,mala,hmc] [--energies DoubleWell,Rastrigin,Gaussian]
+       [--sizes 64x2,10000x2,1000x64,65536x16] [--jax-python /path/to/venv/bin/python]
 
-For DoubleWell and Rastrigin, 10^4 chains in 2-D and 10^3 chains in 64-D,
-float32, MALA (one energy_and_gradient per step). The autograd baseline wraps
-the same generated forward in a hand-written BaseEnergyFunction, whose
-gradient is autograd: what a TorchEBM energy costs.
-
-Then step-size adaptation (a few seconds): MALA on a 100-D Gaussian with
-variances log-spaced from 0.01 to 100 (float64, 32 chains, 1000 kept steps),
-untuned (the largest step of a grid that keeps acceptance above 0.2) against
-``target_accept=0.57`` with ``adapt_mass=True`` (1000 warm-up steps, whose
-gradients are counted). "min ESS / grad" is the smallest effective sample
-size over the 100 dimensions divided by all gradient evaluations.
+steps: Langevin, MALA and HMC (5 leapfrog steps) on DoubleWell, Rastrigin and the
+    Gaussian (a random SPD covariance) at each chains x dim, float32, final states
+    only. Columns, in steps per second (median of 3 interleaved rounds after a
+    warm-up run that compiles): ``eager`` (the samplers as they run by default, closed-form
+    gradient), ``fused`` (``sample(..., compile=True)``), ``autograd`` (the same
+    energy's generated forward in a hand-written ``BaseEnergyFunction``: a TorchEBM
+    energy, gradient by autograd, eager), and ``floor``: one read and one write of
+    the state per step (``y.copy_(x)``), the least any step can cost. ``noise`` is
+    the cost of the step's ``torch.randn`` alone, in the same unit.
+gloo: MALA on DoubleWell over 1, 2 and 4 processes (``torch.multiprocessing``, gloo,
+    one thread each): strong scaling (the same 16384 x 16 chains split over the
+    ranks) and weak scaling (16384 x 16 chains per rank), gathered at the end.
+jax: ``gradient`` of the compiled energy (``energy.compile()``, fused closed form) and
+    ``jax.jit(jax.grad(sum of energies))`` of the same formula written in jax.numpy,
+    4096 x 64 float32, microseconds per call. JAX is not a dependency: the column is
+    printed when ``import jax`` works, here or in the interpreter given by
+    ``--jax-python`` (e.g. a separate venv with jax installed), else skipped.
+adapt: step-size adaptation: MALA on a 100-D Gaussian with variances log-spaced
+    from 0.01 to 100 (float64, 32 chains, 1000 kept steps), untuned (the largest
+    step of a grid that keeps acceptance above 0.2) against ``target_accept=0.57``
+    with ``adapt_mass=True`` (1000 warm-up steps, whose gradients are counted);
+    "min ESS / grad" is the smallest ESS over the dimensions per gradient evaluation.
 """
 
+from __future__ import annotations
+
 import argparse
+import json
 import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
 
-from torchebm.core import BaseEnergyFunction, DoubleWellEnergy, RastriginEnergy
-from torchebm.samplers import MALA, effective_sample_size
+from torchebm.core import (AckleyEnergy, BaseEnergyFunction, DoubleWellEnergy, GaussianEnergy,
+                           HarmonicEnergy, RastriginEnergy, RosenbrockEnergy)
+from torchebm.samplers import MALA, HamiltonianMonteCarlo, LangevinDynamics, effective_sample_size
 
 
 class ViaAutograd(BaseEnergyFunction):
+    """A generated forward behind a hand-written energy: its gradient is autograd."""
+
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
@@ -35,13 +59,208 @@ class ViaAutograd(BaseEnergyFunction):
         return self.inner(x)
 
 
-def rate(energy, chains, dim, steps):
-    sampler = MALA(energy, step_size=1e-3, seed=0)
-    x = torch.randn(chains, dim)
-    sampler.sample(x=x, n_steps=3)
+def make_energy(name, dim):
+    if name == "DoubleWell":
+        return DoubleWellEnergy()
+    if name == "Rastrigin":
+        return RastriginEnergy()
+    if name == "Gaussian":
+        a = torch.randn(dim, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        return GaussianEnergy(torch.zeros(dim, dtype=torch.float64), a @ a.T / dim + torch.eye(dim))
+    raise ValueError(f"unknown energy {name!r}; choose DoubleWell, Rastrigin or Gaussian")
+
+
+SAMPLERS = {
+    "langevin": lambda e: LangevinDynamics(e, step_size=1e-3, seed=0),
+    "mala": lambda e: MALA(e, step_size=1e-3, seed=0),
+    "hmc": lambda e: HamiltonianMonteCarlo(e, step_size=1e-2, n_leapfrog_steps=5, seed=0),
+}
+
+
+def _sync(x):
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    return x
+
+
+def _median_rate(run, steps, repeats=3):
+    run(steps)                                 # warm-up (and compilation)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run(steps)
+        times.append(time.perf_counter() - t)
+    return steps / statistics.median(times)
+
+
+def steps_table(args):
+    print(f"\nsteps per second, float32, final states only (median of 3 interleaved rounds); floor = one "
+          f"read + one write of the state; noise = torch.randn of the state alone")
+    print(f"{'sampler':9s} {'energy':10s} {'chains x dim':>13s} {'eager':>9s} {'fused':>9s} "
+          f"{'autograd':>9s} {'floor':>9s} {'noise':>9s} {'fused/eager':>11s} "
+          f"{'floor/fused':>11s} {'eager/autograd':>14s}")
+    for size in args.sizes.split(","):
+        chains, dim = (int(v) for v in size.split("x"))
+        budget = 2e6 if args.quick else 8e6        # chain-dimensions per timed run
+        steps = int(max(8, min(400, budget / (chains * dim)))) // 8 * 8
+        x = torch.randn(chains, dim, generator=torch.Generator().manual_seed(1)).to(args.device)
+        y = torch.empty_like(x)
+        floor = _median_rate(lambda k: ([y.copy_(x) for _ in range(k)], _sync(x)), steps)
+        noise = _median_rate(lambda k: ([torch.randn(x.shape, device=x.device)
+                                         for _ in range(k)], _sync(x)), steps)
+        for sname in args.samplers.split(","):
+            for ename in args.energies.split(","):
+                energy = make_energy(ename, dim).to(args.device)
+                runs = {}
+                for mode in ("eager", "fused", "autograd"):
+                    e = ViaAutograd(energy) if mode == "autograd" else energy
+                    sampler = SAMPLERS[sname](e)
+                    runs[mode] = (lambda s, m: lambda k: _sync(s.sample(
+                        x=x, n_steps=k, compile=m == "fused", progress=False)))(sampler, mode)
+                    runs[mode](steps)                          # warm-up (and compilation)
+                times = {mode: [] for mode in runs}
+                for _ in range(3):                             # interleaved rounds
+                    for mode, run in runs.items():
+                        t = time.perf_counter()
+                        run(steps)
+                        times[mode].append(time.perf_counter() - t)
+                rates = {mode: steps / statistics.median(t) for mode, t in times.items()}
+                print(f"{sname:9s} {ename:10s} {size:>13s} {rates['eager']:9.0f} "
+                      f"{rates['fused']:9.0f} {rates['autograd']:9.0f} {floor:9.0f} "
+                      f"{noise:9.0f} {rates['fused'] / rates['eager']:11.2f} "
+                      f"{floor / rates['fused']:11.1f} "
+                      f"{rates['eager'] / rates['autograd']:14.2f}", flush=True)
+
+
+def _gloo_worker(rank, world, folder, per_rank, steps, dim):
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank,
+                            world_size=world)
+    sampler = MALA(DoubleWellEnergy(), step_size=1e-3, seed=0)
+    total = per_rank * world
+    sampler.sample(None, dim, 2, total, distributed=True, progress=False)
+    dist.barrier()
     t = time.perf_counter()
-    sampler.sample(x=x, n_steps=steps)
-    return steps / (time.perf_counter() - t)
+    sampler.sample(None, dim, steps, total, distributed=True, progress=False)
+    dist.barrier()
+    if rank == 0:
+        with open(os.path.join(folder, "time"), "w") as f:
+            f.write(str(time.perf_counter() - t))
+    dist.destroy_process_group()
+
+
+def gloo_table(args):
+    import torch.multiprocessing as mp
+    chains, dim, steps = 16384, 16, 20 if args.quick else 50
+    print(f"\nMALA on DoubleWell over gloo processes (one thread each; this machine has "
+          f"{os.cpu_count()} cores), {steps} steps, final states gathered on every rank")
+    print(f"{'scaling':8s} {'processes':>9s} {'chains':>15s} {'steps/s':>9s} "
+          f"{'chain-steps/s':>14s} {'speed-up':>9s}")
+    for kind in ("strong", "weak"):
+        base = None
+        for world in (1, 2, 4):
+            per_rank = chains // world if kind == "strong" else chains
+            with tempfile.TemporaryDirectory() as folder:
+                mp.spawn(_gloo_worker, args=(world, folder, per_rank, steps, dim), nprocs=world)
+                with open(os.path.join(folder, "time")) as f:
+                    seconds = float(f.read())
+            rate = steps / seconds
+            work = rate * per_rank * world
+            base = base or work
+            print(f"{kind:8s} {world:9d} {f'{per_rank * world} x {dim}':>15s} {rate:9.1f} "
+                  f"{work:14.3g} {work / base:9.2f}", flush=True)
+
+
+JAX_FORMULAS = {   # the built-ins' formulas in jax.numpy (defaults of torchebm.core)
+    "DoubleWell": "2.0*jnp.sum((x**2 - 1.0)**2, -1)",
+    "Harmonic": "0.5*jnp.sum(x**2, -1)",
+    "Rosenbrock": "jnp.sum(100.0*(x[..., 1:] - x[..., :-1]**2)**2 + (1.0 - x[..., :-1])**2, -1)",
+    "Rastrigin": "10.0*x.shape[-1] + jnp.sum(x**2 - 10.0*jnp.cos(2*jnp.pi*x), -1)",
+    "Ackley": ("-20.0*jnp.exp(-0.2*jnp.sqrt(jnp.mean(x**2, -1))) "
+               "- jnp.exp(jnp.mean(jnp.cos(2*jnp.pi*x), -1)) + 20.0 + jnp.e"),
+}
+
+JAX_SCRIPT = r"""
+import json, os, statistics, sys, time
+if hasattr(os, "sched_setaffinity"):          # one core, as torch's one thread
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+import jax, jax.numpy as jnp
+formulas, shape, threads = json.loads(sys.argv[1]), tuple(json.loads(sys.argv[2])), sys.argv[3]
+x = jax.random.normal(jax.random.PRNGKey(0), shape, dtype=jnp.float32)
+out = {}
+for name, src in formulas.items():
+    energy = eval("lambda x: " + src)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(energy(x))))
+    g(x).block_until_ready()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(50):
+            r = g(x)
+        r.block_until_ready()
+        times.append((time.perf_counter() - t) / 50)
+    out[name] = statistics.median(times) * 1e6
+print(json.dumps({"version": jax.__version__, "us": out}))
+"""
+
+
+def _jax_times(args, shape):
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                                      " --xla_cpu_multi_thread_eigen=false").strip())
+    python = args.jax_python
+    if python is None:
+        try:
+            import jax  # noqa: F401
+            python = sys.executable
+        except ImportError:
+            return None
+    try:
+        res = subprocess.run([python, "-c", JAX_SCRIPT, json.dumps(JAX_FORMULAS),
+                              json.dumps(list(shape)), str(args.threads)], capture_output=True,
+                             text=True, env=env, timeout=600, check=True)
+    except (OSError, subprocess.SubprocessError) as err:
+        print(f"(JAX column skipped: {python} could not run it: {err})")
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def jax_table(args):
+    shape = (4096, 64)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    cls = {"DoubleWell": DoubleWellEnergy, "Harmonic": HarmonicEnergy,
+           "Rosenbrock": RosenbrockEnergy, "Rastrigin": RastriginEnergy, "Ackley": AckleyEnergy}
+    jax_res = _jax_times(args, shape)
+    head = "jax jit(grad)" if jax_res is None else f"jax {jax_res['version']} jit(grad)"
+    print(f"\ngradient at {shape[0]} x {shape[1]} float32, microseconds per call (median)")
+    print(f"{'energy':11s} {'closed form':>12s} {'fused':>9s} {'autograd':>9s} {head:>22s} "
+          f"{'fused/jax':>9s}")
+    for name, c in cls.items():
+        eager, fused = c(), c().compile()
+        xg = x.clone().requires_grad_(True)
+
+        def autograd():
+            torch.autograd.grad(eager(xg).sum(), xg)
+
+        row = {}
+        for label, fn in (("closed", lambda: eager.gradient(x)),
+                          ("fused", lambda: fused.gradient(x)), ("autograd", autograd)):
+            fn()
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                for _ in range(50):
+                    fn()
+                times.append((time.perf_counter() - t) / 50)
+            row[label] = statistics.median(times) * 1e6
+        jx = jax_res["us"][name] if jax_res else None
+        jax_text = "-" if jx is None else f"{jx:.1f}"
+        ratio = "-" if jx is None else f"{row['fused'] / jx:.2f}"
+        print(f"{name:11s} {row['closed']:12.1f} {row['fused']:9.1f} {row['autograd']:9.1f} "
+              f"{jax_text:>22s} {ratio:>9s}", flush=True)
+    if jax_res is None:
+        print("(no JAX column: jax does not import here; pass --jax-python PATH of an "
+              "interpreter that has it)")
 
 
 def adaptation(chains=32, steps=1000, warmup=1000):
@@ -64,9 +283,20 @@ def adaptation(chains=32, steps=1000, warmup=1000):
                    adapt_mass=True)
     traj, d = sampler.sample(x=x0, n_steps=steps, return_trajectory=True,
                              return_diagnostics=True)
-    rows.append((f"adapted h={float(d.step_size.mean()):.3g} + mass", float(d.acceptance_rate.mean()),
-                 float(effective_sample_size(traj).min()), chains * (steps + warmup)))
+    rows.append((f"adapted h={float(d.step_size.mean()):.3g} + mass",
+                 float(d.acceptance_rate.mean()), float(effective_sample_size(traj).min()),
+                 chains * (steps + warmup)))
     return [(label, acc, ess, grads, ess / grads) for label, acc, ess, grads in rows]
+
+
+def adapt_table(args):
+    print("\nMALA on a 100-D Gaussian, variances 0.01..100, float64, 32 chains x 1000 steps")
+    print(f"{'sampler':28s} {'acceptance':>10s} {'min ESS':>8s} {'gradients':>9s} "
+          f"{'min ESS / grad':>15s}")
+    rows = adaptation()
+    for label, acc, ess, grads, per in rows:
+        print(f"{label:28s} {acc:10.3f} {ess:8.0f} {grads:9d} {per:15.5f}")
+    print(f"adapted / untuned: {rows[1][4] / rows[0][4]:.0f}x")
 
 
 def main():
@@ -76,28 +306,20 @@ def main():
         os.execve(sys.executable, [sys.executable] + sys.argv, env)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--no-adaptation", action="store_true", help="skip the adaptation table")
+    ap.add_argument("--quick", action="store_true", help="fewer steps per timed run")
+    ap.add_argument("--only", default="steps,gloo,jax,adapt")
+    ap.add_argument("--samplers", default="langevin,mala,hmc")
+    ap.add_argument("--energies", default="DoubleWell,Rastrigin,Gaussian")
+    ap.add_argument("--sizes", default="64x2,10000x2,1000x64,65536x16")
+    ap.add_argument("--device", default="cpu", help="device of the chains (steps table)")
+    ap.add_argument("--jax-python", default=None,
+                    help="a Python interpreter with jax installed, for the JAX column")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads = {torch.get_num_threads()}, MALA, float32")
-    print(f"{'energy':12s} {'chains x dim':>13s} {'closed steps/s':>15s} {'autograd steps/s':>17s}"
-          f" {'speed-up':>9s}")
-    for name, cls in (("DoubleWell", DoubleWellEnergy), ("Rastrigin", RastriginEnergy)):
-        for chains, dim in ((10_000, 2), (1_000, 64)):
-            closed = rate(cls(), chains, dim, args.steps)
-            auto = rate(ViaAutograd(cls()), chains, dim, args.steps)
-            print(f"{name:12s} {f'{chains} x {dim}':>13s} {closed:15.0f} {auto:17.0f} "
-                  f"{closed / auto:9.2f}", flush=True)
-    if args.no_adaptation:
-        return
-    print("\nMALA on a 100-D Gaussian, variances 0.01..100, float64, 32 chains x 1000 steps")
-    print(f"{'sampler':28s} {'acceptance':>10s} {'min ESS':>8s} {'gradients':>9s} "
-          f"{'min ESS / grad':>15s}")
-    rows = adaptation()
-    for label, acc, ess, grads, per in rows:
-        print(f"{label:28s} {acc:10.3f} {ess:8.0f} {grads:9d} {per:15.5f}")
-    print(f"adapted / untuned: {rows[1][4] / rows[0][4]:.0f}x")
+    print(f"torch {torch.__version__}, threads = {torch.get_num_threads()}")
+    tables = {"steps": steps_table, "gloo": gloo_table, "jax": jax_table, "adapt": adapt_table}
+    for name in args.only.split(","):
+        tables[name](args)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ def farthest_point_seeds(x: torch.Tensor, k: int, generator: torch.Generator) ->
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/fit_mixture.png", help="picture to save ('' for none)")
+    ap.add_argument("--out", default="fit_mixture.png",
+                    help="picture to save, in the current folder by default ('' for none; "
+                         "README's picture: --out docs/fit_mixture.png from the repository root)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

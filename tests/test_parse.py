@@ -118,3 +118,13 @@ def test_literals_keep_float64_precision():
     assert "1e-17" in E.source
     xx = torch.tensor([[3.0]], dtype=torch.float64)
     assert float(E(xx)) == 0.1 * 9.0 + 1e-17 * 3.0
+
+
+def test_literals_that_underflow_to_zero_are_refused():
+    import pytest
+    from torchebm.errors import EnergySyntaxError
+    from torchebm.symbolic import from_expression
+    with pytest.raises(EnergySyntaxError, match="underflows to 0"):
+        from_expression("sum(x**2)*1e-400")
+    from_expression("sum(x**2)*0.0 + sum(x)")      # a written zero is a zero
+    from_expression("sum(x**2)*1e-300")            # tiny but representable

@@ -528,3 +528,91 @@ def test_any_outside_text_gives_a_module_of_the_expected_shape(
         assert value == float(default) or (value != value and default != default)
     finally:
         unload_class(cls)
+
+
+# -- found by the attack pass -----------------------------------------------------------------------
+def test_build_never_removes_or_overwrites_a_users_files(tmp_path):
+    out, defs = tmp_path / "proj", tmp_path / "defs"
+    out.mkdir()
+    defs.mkdir()
+    (out / "train.py").write_text("print(1)\n")
+    (out / "setup.py").write_text("print(2)\n")
+    (defs / "setup.toml").write_text('name = "Setup"\nformula = "sum(x**2)"\n')
+    assert main(["build", "--definitions", str(defs), "--output", str(out)]) == 2
+    assert (out / "train.py").read_text() == "print(1)\n"
+    assert (out / "setup.py").read_text() == "print(2)\n"
+    fresh = tmp_path / "fresh"
+    assert main(["build", "--definitions", str(defs), "--output", str(fresh)]) == 0
+    assert main(["build", "--definitions", str(defs), "--output", str(fresh)]) == 0   # again
+    assert sorted(p.name for p in fresh.glob("*.py")) == ["__init__.py", "setup.py"]
+
+
+def test_a_parameter_given_twice_on_the_command_line(capsys):
+    assert main(["show", "sum(a*x)", "-p", "a=1", "-p", "a=2"]) == 2
+    assert "-p a is given twice" in capsys.readouterr().err
+
+
+def test_contrastive_divergence_fallback_has_a_zero_gradient():
+    import warnings
+    from torchebm.losses import ContrastiveDivergence
+    from torchebm.samplers import LangevinDynamics
+    energy = from_expression("sum(a*x**4)", a=torch.tensor(1.0), trainable=True)
+    loss = ContrastiveDivergence(energy, LangevinDynamics(energy, step_size=0.5, seed=0),
+                                 k_steps=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")         # the sampler diverges on purpose
+        value, negatives = loss(3 * torch.randn(16, 2, generator=torch.Generator().manual_seed(0)))
+    assert not bool(torch.isfinite(negatives).all())            # the divergence happened
+    value.backward()
+    assert float(value) == 0.1 and float(energy.a.grad) == 0.0   # not NaN
+
+
+def test_fit_checks_the_loss_before_stepping():
+    from torchebm.losses import ScoreMatching
+    from torchebm.training import fit
+    energy = from_expression("sum((x - mu)**2)", mu=torch.zeros(2), trainable=True)
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    data[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite data. The parameters were not updated"):
+        fit(energy, data, ScoreMatching(energy), epochs=2, batch_size=16, progress=False,
+            generator=torch.Generator().manual_seed(0))
+    assert bool(torch.isfinite(energy.mu).all())
+
+
+# -- found by the new-user pass ---------------------------------------------------------------------
+def test_verify_draws_points_inside_the_domain(capsys):
+    assert main(["verify", "sum(log(x)) + sqrt(x[0] - 1)", "--no-speed"]) == 0
+    assert "0 failed" in capsys.readouterr().out
+
+
+def test_a_mistyped_option_is_reported_as_an_option(tmp_path):
+    proc = _cli(["sample", "sum(x**2)", "--steps", "10", "--stepsize", "0.1"], tmp_path)
+    assert proc.returncode == 2 and "unrecognized arguments: --stepsize 0.1" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_sampler_on_a_missing_device_fails_at_construction():
+    from torchebm.errors import DeviceError
+    from torchebm.samplers import MALA
+    with pytest.raises(DeviceError):
+        MALA(from_expression("sum(x**2)"), step_size=0.1, device="cuda")
+
+
+def test_the_runtime_never_imports_the_compiler():
+    """torchebm.core stands below torchebm.symbolic: no import of it, static or lazy;
+    the compiler registers hooks (expression, pickling) when it is imported."""
+    for path in (ROOT / "torchebm" / "core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                assert "symbolic" not in module, f"{path.name}:{node.lineno} imports {module}"
+            if isinstance(node, ast.Import):
+                assert not any("symbolic" in a.name for a in node.names), path.name
+    code = ("import sys, pickle, torch\nfrom torchebm.core import HarmonicEnergy\n"
+            "e = HarmonicEnergy()\ne(torch.ones(1, 2))\n"
+            "assert 'torchebm.symbolic' not in sys.modules\n"
+            "print(e.expression)\n")        # loads the compiler by name, on demand
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert "k" in proc.stdout and "x" in proc.stdout

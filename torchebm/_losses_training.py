@@ -310,7 +310,15 @@ class ContrastiveDivergence(nn.Module):
         start = self.get_start_points(x, generator)
         negatives = self._sample(start, self.k_steps, generator)
         if self.persistent:
-            self.update_buffer(negatives)
+            # chains that diverged are not kept: they would restart there next time
+            bad = ~torch.isfinite(negatives).all(dim=-1)
+            if bool(bad.any()):
+                fresh = self.init_noise * torch.randn(negatives.shape, dtype=negatives.dtype,
+                                                      device=negatives.device,
+                                                      generator=generator)
+                self.update_buffer(torch.where(bad.unsqueeze(-1), fresh, negatives))
+            else:
+                self.update_buffer(negatives)
         return negatives
 
     # -- loss ------------------------------------------------------------------------------------
@@ -346,8 +354,12 @@ class ContrastiveDivergence(nn.Module):
                           f"negative energy is not finite: the sampler diverged? lower its "
                           f"step size); it is replaced by {self.nonfinite_fallback}, "
                           f"with zero gradient", RuntimeWarning, stacklevel=2)
-            loss = torch.where(torch.isfinite(loss), loss,
-                               torch.full_like(loss, self.nonfinite_fallback))
+            # a constant with a zero (not NaN) gradient in every trainable parameter:
+            # torch.where would backpropagate 0 * inf = NaN into them
+            zero = sum((0.0 * p.sum() for p in self.energy.parameters() if p.requires_grad
+                        and bool(torch.isfinite(p).all())), torch.zeros((), dtype=loss.dtype,
+                                                                        device=loss.device))
+            loss = zero + self.nonfinite_fallback
         return loss
 
 

@@ -148,15 +148,16 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
                         f"fit: the loss returned {type(value).__name__} of shape "
                         f"{tuple(getattr(value, 'shape', ()))}; it must return a scalar tensor "
                         f"(or a tuple starting with one)")
-                value.backward()
-                optimizer.step()
                 step += 1
                 f = float(value.detach())
-                if not math.isfinite(f):
-                    raise ValueError(
-                        f"fit: the loss is {f} at step {step} (epoch {epoch}); lower the "
-                        f"learning rate (or the sampler's step size for contrastive "
-                        f"divergence)")
+                if not math.isfinite(f):       # checked before the step: the weights stay finite
+                    hint = ("the batch holds non-finite data" if not bool(torch.isfinite(
+                        batch).all()) else "lower the learning rate (or the sampler's step "
+                        "size for contrastive divergence)")
+                    raise ValueError(f"fit: the loss is {f} at step {step} (epoch {epoch}); "
+                                     f"{hint}. The parameters were not updated")
+                value.backward()
+                optimizer.step()
                 history.losses.append(f)
                 total += f * batch.shape[0]
                 bar.update(1)

@@ -348,7 +348,8 @@ def expand(count: int, lo, hi, device):
     if total > MAX_POINTS:
         raise MemoryLimitError(
             f"a reduction would run over {total} index points (more than {MAX_POINTS}); "
-            f"check its range(...) bounds")
+            f"check its range(...) bounds, or raise torchebm.core._runtime.MAX_POINTS if the "
+            f"memory is there")
     seg = torch.repeat_interleave(torch.arange(count, device=device), counts)
     starts = torch.cumsum(counts, 0) - counts
     offset = torch.arange(seg.numel(), device=device) - starts[seg]

@@ -9,6 +9,7 @@ energy ``[1]`` and gradient ``[1, n]`` (TorchEBM's convention).
 from __future__ import annotations
 
 import abc
+import importlib
 import math
 import threading
 
@@ -756,9 +757,8 @@ class CompiledEnergy(BaseEnergyFunction):
         """The energy as a SymPy expression (imports SymPy on first use)."""
         expr = getattr(type(self), "_expression", None)
         if expr is None:
-            from ..symbolic.parse import parse_formula
             ranks = {name: rank for name, _, rank in self.param_specs}
-            expr = parse_formula(self.formula, ranks, particles=self.particles).expression
+            expr = _compiler_hook("expression")(self.formula, ranks, self.particles)
             type(self)._expression = expr
         return expr
 
@@ -781,11 +781,10 @@ class CompiledEnergy(BaseEnergyFunction):
         rebuild = getattr(type(self), "_rebuild", None)
         if rebuild is None:        # a committed (importable) class pickles by reference
             return super().__reduce_ex__(protocol)
-        from ..symbolic.api import _rebuild_instance
         trainable = {name for name, attr, _ in self.param_specs
                      if isinstance(getattr(self, attr), nn.Parameter)}
         state = {k: v.detach().clone() for k, v in self.state_dict().items()}
-        return _rebuild_instance, (*rebuild, state, trainable)
+        return _compiler_hook("rebuild"), (*rebuild, state, trainable)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -802,6 +801,25 @@ class CompiledEnergy(BaseEnergyFunction):
 
 def _as_tuples(v):
     return tuple(_as_tuples(e) for e in v) if isinstance(v, list) else float(v)
+
+
+#: Hooks the compiler (``torchebm.symbolic``) registers when it is imported; the runtime
+#: stands below the compiler and never imports it by name. ``"expression"``:
+#: ``(formula, ranks) -> SymPy expression``; ``"rebuild"``: the pickle constructor of a
+#: ``from_expression`` energy (it compiles the formula again).
+COMPILER_HOOKS: dict = {}
+
+
+def register_compiler_hook(name: str, fn) -> None:
+    """Called by ``torchebm.symbolic`` at import (see :data:`COMPILER_HOOKS`)."""
+    COMPILER_HOOKS[name] = fn
+
+
+def _compiler_hook(name: str):
+    if name not in COMPILER_HOOKS:
+        # the compiler is an optional layer above: load it by name to register its hooks
+        importlib.import_module("torchebm.symbolic")
+    return COMPILER_HOOKS[name]
 
 
 def _literal(value) -> str:

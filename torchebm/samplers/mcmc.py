@@ -18,9 +18,11 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import sys
+import types
 import warnings
 
 import torch
@@ -252,6 +254,9 @@ class BaseSampler(nn.Module):
     #: whether ``sample()`` takes ``dim`` from the energy when neither x nor dim is given
     infers_dim = True
     _adapts = False
+    #: most steps one compiled call runs (unrolled in its graph, ``compile=True``): more
+    #: amortise the call's overhead (tens of microseconds), but lengthen the compilation
+    _fused_chunk = 1
 
     def __init__(self, model=None, dtype=None, device=None, *, energy=None, seed=None,
                  generator=None):
@@ -275,6 +280,9 @@ class BaseSampler(nn.Module):
         self.energy = model
         self._dtype = dtype
         self._device = torch.device(device) if device is not None else None
+        if self._device is not None:
+            from ..core.base import _check_device_available
+            _check_device_available(self._device)    # DeviceError now, not at the first step
         self.seed, self.generator = seed, generator
         self.schedulers: dict = {}
 
@@ -353,12 +361,29 @@ class BaseSampler(nn.Module):
         self._register_param("step_size", value)
 
     # -- one step; subclasses --------------------------------------------------------------
-    def _transition(self, state, gen, h, inv_mass):
-        """Advance ``state = (x, E, dE/dx)`` with step size ``h`` (a float, or a tensor
-        ``[chains]`` or ``[1]``) and diagonal inverse mass (None or ``[*shape]``); return
-        ``(state, accepted, log_alpha)`` (``[chains]`` each, or None for unadjusted samplers;
-        ``log_alpha`` is the log acceptance ratio, -inf for a NaN proposal)."""
+    def _draw(self, x, gen):
+        """The random numbers of one step, drawn from ``gen`` (None: torch's global RNG) in a
+        fixed order: a tuple of tensors (the noise ``[chains, *shape]``, then uniforms
+        ``[chains]`` for the accept test of adjusted samplers)."""
         raise NotImplementedError
+
+    def _extra(self):
+        """A scheduled per-step value besides the step size (Langevin's noise scale), or None."""
+        return None
+
+    def _move(self, state, h, inv_mass, draws, evaluate, extra):
+        """Advance ``state = (x, E, dE/dx)`` with step size ``h`` (a float, or a tensor
+        ``[]``, ``[chains]`` or ``[1]``), diagonal inverse mass (None or ``[*shape]``), the
+        random numbers ``draws`` of :meth:`_draw` and ``evaluate(x) -> (E, dE/dx)``; return
+        ``(state, accepted, log_alpha)`` (``[chains]`` each, or None for unadjusted samplers;
+        ``log_alpha`` is the log acceptance ratio, -inf for a NaN proposal). Pure tensor
+        code: the fused step compiles it into one graph."""
+        raise NotImplementedError
+
+    def _transition(self, state, gen, h, inv_mass):
+        """One eager step: draw, then :meth:`_move` with this sampler's ``energy_and_gradient``."""
+        return self._move(state, h, inv_mass, self._draw(state[0], gen), self._evaluate,
+                          self._extra())
 
     def step(self, state, gen=None):
         """One step at the current scheduled step size; returns ``(state, accepted)``."""
@@ -418,7 +443,8 @@ class BaseSampler(nn.Module):
                n_samples: int = 1, thin: int = 1, return_trajectory: bool = False,
                return_diagnostics: bool = False, reset_schedulers: bool = True, *,
                model_kwargs: dict | None = None, generator: torch.Generator | None = None,
-               progress: bool | None = None):
+               progress: bool | None = None, compile: bool = False, distributed: bool = False,
+               gather: bool = True):
         """Run chains for ``n_steps`` steps (TorchEBM's signature and positional order).
 
         Args:
@@ -441,6 +467,30 @@ class BaseSampler(nn.Module):
             generator: a private random stream for this call (else the sampler's
                 ``seed``/``generator``, else torch's global RNG).
             progress: a tqdm progress bar; default only when stderr is a terminal.
+            compile: fused steps. One whole step (the closed-form energy and
+                gradient, the proposal, HMC's leapfrog loop, the accept test, the
+                selects and the diagnostics' sums) runs as one
+                ``torch.compile(fullgraph=True, dynamic=False)`` graph, compiled
+                on the first call for each shape, dtype and device (seconds) and
+                reused by later calls on this sampler. The random numbers are
+                drawn outside the graph from the same stream, in the same order,
+                as in eager mode, so fused and eager runs with the same seed give
+                the same chains up to floating-point rounding. Needs an energy
+                compiled from a formula (a ``CompiledEnergy``); warm-up steps of
+                an adapting sampler run eagerly.
+            distributed: split the chains over the ranks of the initialised
+                ``torch.distributed`` process group (gloo on CPU, NCCL on GPUs).
+                ``n_samples`` (or ``x``'s first dimension, the same ``x`` on every
+                rank) counts the chains of all ranks; rank ``r`` of ``W`` runs the
+                ``r``-th of ``W`` contiguous shares (sizes differ by at most one).
+                Each rank draws from its own stream seeded ``base + r``: ``base``
+                is ``seed`` when the sampler has one, else one draw from
+                ``generator`` (or torch's global RNG) that is equal on all ranks
+                when they were seeded alike. Every rank must call ``sample`` with
+                the same arguments. Diagnostics are over all chains.
+            gather: with ``distributed``, return every rank's chains, in rank order,
+                on every rank (all-gather; ``[all chains, ...]``); False returns
+                each rank's own share.
 
         Returns:
             ``[chains, *shape]`` final states, or ``[chains, n_kept, *shape]`` with
@@ -449,7 +499,9 @@ class BaseSampler(nn.Module):
         Raises:
             ValueError: no ``x`` nor ``dim`` (and none fixed by the energy), bad counts,
                 ``thin < 1``, non-empty ``model_kwargs``, a step-size or mass that does
-                not fit, or starting energies that are not finite.
+                not fit, starting energies that are not finite, ``compile=True`` with an
+                energy that is not compiled from a formula, fewer chains than ranks.
+            RuntimeError: ``distributed=True`` without an initialised process group.
         """
         if model_kwargs:
             raise ValueError(f"model_kwargs {sorted(model_kwargs)} are not supported: energies "
@@ -458,11 +510,26 @@ class BaseSampler(nn.Module):
                              ("thin", thin, 1)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
                 raise ValueError(f"{name} must be >= {low}, got {v!r} (an int)")
+        if compile:
+            from ..core.base import CompiledEnergy
+            if not isinstance(self.energy, CompiledEnergy):
+                raise ValueError(
+                    f"compile=True fuses the closed-form gradient of an energy compiled from a "
+                    f"formula; {type(self.energy).__name__} is hand-written (its gradient is "
+                    f"autograd, which torch.compile cannot put in one graph). Sample it with "
+                    f"compile=False, or write it as a formula (torchebm.symbolic.from_expression)")
         if reset_schedulers:
             self.reset_schedulers()
         device = self._device if self._device is not None else (
             x.device if isinstance(x, torch.Tensor) else self.device)
         gen = self._generator(generator, device)
+        share = None
+        if distributed:
+            gen, share = self._rank_stream(generator, gen, device, x, n_samples)
+            if x is not None:
+                x = (x.unsqueeze(0) if x.dim() == 1 else x)[share[0]:share[1]]
+            else:
+                n_samples = share[1] - share[0]
         x = self._initial(x, dim, n_samples, gen)
         e, g = self._evaluate(x)
         bad = ~torch.isfinite(e)
@@ -478,74 +545,242 @@ class BaseSampler(nn.Module):
         if self._adapts:
             state, h_fixed, inv_mass = self._warmup(state, gen, inv_mass)
         want_diag = return_diagnostics
+        n_kept = n_steps // thin
         keep = return_trajectory or want_diag
-        traj, mean_e, acc, rows = [], [], [], {"mean": [], "var": [], "energy": [],
-                                               "acceptance_rate": []}
+        # preallocated on the chains' device; nothing is read back to the host until the end
+        traj = x.new_empty(chains, n_kept if keep else 0, *x.shape[1:])
+        kept_energy = torch.zeros(n_kept if keep else 0, dtype=torch.float64, device=x.device)
+        # per step: sum of finite energies, finite chains, accepted chains
+        stats = torch.zeros(n_steps, 3, dtype=torch.float64, device=x.device)
+        acc_count = torch.zeros(chains, dtype=torch.int64, device=x.device)
         nonfinite = torch.zeros(chains, dtype=torch.bool, device=x.device)
-        steps = range(n_steps)
+        adjusted = None
         if progress is None:
             progress = sys.stderr.isatty()
+        bar = None
         if progress:
             from tqdm.auto import tqdm
-            steps = tqdm(steps, desc=type(self).__name__, unit="step")
+            bar = tqdm(total=n_steps, desc=type(self).__name__, unit="step")
+        chunk = _chunk(thin if keep else 0, self._fused_chunk) if compile else 1
+        fused = self._fused_step(x, chunk) if compile else None
         with torch.no_grad():
-            for k in steps:
-                xs = state[0]
-                h = h_fixed if h_fixed is not None else float(
-                    self.get_scheduled_value("step_size"))
-                state, accepted, _ = self._transition(state, gen, h, inv_mass)
-                self.step_schedulers()
-                xs, es = state[0], state[1]
-                finite = torch.isfinite(es)          # a NaN or inf state gives a NaN/inf energy
-                nonfinite |= ~finite
-                if want_diag:
-                    mean_e.append(torch.where(finite, es, 0).sum() / finite.sum())
-                    if accepted is not None:
-                        acc.append(accepted)
-                if keep and (k + 1) % thin == 0:
-                    if return_trajectory or want_diag:
-                        traj.append(xs.clone())
-                    if want_diag:
-                        rows["mean"].append(xs.mean(0))
-                        rows["var"].append(xs.var(0) if chains > 1 else torch.zeros_like(xs[0]))
-                        rows["energy"].append(es.mean())
+            k = 0
+            while k < n_steps:
+                k_before = k
+                if fused is not None and k % chunk == 0 and k + chunk <= n_steps:
+                    # ``chunk`` steps in one compiled call; the draws are made here, step by
+                    # step, in eager mode's order
+                    hs, extras, draws = [], [], []
+                    for _ in range(chunk):
+                        hs.append(h_fixed if h_fixed is not None else
+                                  float(self.get_scheduled_value("step_size")))
+                        extras.append(self._extra())
+                        draws.append(self._draw(state[0], gen))
+                        self.step_schedulers()
+                    h_arg = h_fixed if h_fixed is not None else torch.tensor(
+                        hs, dtype=x.dtype, device=x.device)
+                    extra_arg = None if extras[0] is None else torch.tensor(
+                        extras, dtype=x.dtype, device=x.device)
+                    *state, acc_count, nonfinite, rows = fused(
+                        *state, h_arg, h_fixed is None, extra_arg, inv_mass, draws, acc_count,
+                        nonfinite)
+                    state = tuple(state)
+                    stats[k:k + chunk] = rows
+                    adjusted = not isinstance(self, LangevinDynamics)
+                    k += chunk
+                elif fused is None or k % chunk != 0 or k + chunk > n_steps:
+                    h = h_fixed if h_fixed is not None else float(
+                        self.get_scheduled_value("step_size"))
+                    state, accepted, _ = self._transition(state, gen, h, inv_mass)
+                    self.step_schedulers()
+                    es = state[1]
+                    finite = torch.isfinite(es)      # a NaN or inf state gives a NaN/inf energy
+                    nonfinite |= ~finite
+                    if want_diag or fused is not None:
+                        stats[k, 0] = torch.where(finite, es, 0).sum(dtype=torch.float64)
+                        stats[k, 1] = finite.sum()
                         if accepted is not None:
-                            rows["acceptance_rate"].append(accepted.to(xs.dtype).mean())
-        final = state[0]
+                            stats[k, 2] = accepted.sum()
+                            acc_count += accepted
+                    adjusted = accepted is not None
+                    k += 1
+                if keep and k % thin == 0:
+                    j = k // thin - 1
+                    traj[:, j] = state[0]
+                    if want_diag:
+                        kept_energy[j] = state[1].sum(dtype=torch.float64)
+                if bar is not None:
+                    bar.update(k - k_before)
+        if bar is not None:
+            bar.close()
+        if distributed:
+            return self._finish_distributed(
+                state[0], traj, kept_energy, stats, acc_count, nonfinite, adjusted, chains,
+                thin, return_trajectory, return_diagnostics, gather, h_fixed, inv_mass)
+        return self._finish(state[0], traj, kept_energy, stats, acc_count, nonfinite, adjusted,
+                            chains, thin, return_trajectory, return_diagnostics, h_fixed, inv_mass)
+
+    def _finish(self, final, traj, kept_energy, stats, acc_count, nonfinite, adjusted, chains,
+                thin, return_trajectory, return_diagnostics, h_fixed, inv_mass):
         n_bad = int(nonfinite.sum())
         if n_bad:
             warnings.warn(f"{type(self).__name__}: {n_bad} of {chains} chains became non-finite "
                           f"(NaN or inf state or energy); reduce the step size, pass clamp=, or "
-                          f"keep chains inside the energy's domain", RuntimeWarning, stacklevel=2)
-        trajectory = torch.stack(traj, dim=1) if traj else final.new_zeros(
-            chains, 0, *final.shape[1:])
-        out = trajectory if return_trajectory else final
+                          f"keep chains inside the energy's domain", RuntimeWarning, stacklevel=3)
+        out = traj if return_trajectory else final
         if not return_diagnostics:
             return out
-        per_kept = {}
-        for key, vals in rows.items():
-            if key == "acceptance_rate" and not acc:
-                continue
-            per_kept[key] = torch.stack(vals) if vals else (
-                final.new_zeros(0, *final.shape[1:]) if key in ("mean", "var")
-                else final.new_zeros(0))
-        accepted = torch.stack(acc).to(torch.float64) if acc else None    # [steps, chains]
+        dtype = final.dtype
+        n_steps = stats.shape[0]
+        if traj.shape[1] == 0:
+            mean = var = final.new_zeros(0, *final.shape[1:])
+        else:
+            mean = traj.mean(0)
+            var = traj.var(0) if chains > 1 else torch.zeros_like(traj[0])
+        per_kept = {"mean": mean, "var": var, "energy": (kept_energy / chains).to(dtype)}
+        accept_rate = chain_acc = None
+        if adjusted:
+            accept_rate = stats[:, 2] / chains                          # float64 [n_steps]
+            chain_acc = acc_count.to(torch.float64) / max(n_steps, 1)
+            idx = torch.arange(1, traj.shape[1] + 1, device=stats.device) * thin - 1
+            per_kept["acceptance_rate"] = (stats[idx, 2] / chains).to(dtype)
         diag = Diagnostics(
-            per_kept, mean_energy=torch.stack(mean_e) if mean_e else torch.zeros(0),
-            acceptance_rate=accepted.mean(1) if accepted is not None else None,
-            chain_acceptance=accepted.mean(0) if accepted is not None else None,
+            per_kept, mean_energy=(stats[:, 0] / stats[:, 1]).to(dtype) if n_steps else
+            torch.zeros(0), acceptance_rate=accept_rate, chain_acceptance=chain_acc,
             nonfinite_chains=n_bad, n_chains=chains,
             step_size=h_fixed if self._adapts and self.target_accept is not None else None,
             inverse_mass=inv_mass if self._adapts and self.adapt_mass else None)
-        kept = trajectory[:, trajectory.shape[1] // 2:]       # the first half is warm-up
+        kept = traj[:, traj.shape[1] // 2:]       # the first half is warm-up
         if kept.shape[1] >= 4:
             flat = kept.reshape(chains, kept.shape[1], -1)
             diag.ess = effective_sample_size(flat)
             diag.rhat = split_rhat(flat)
         return out, diag
 
+    # -- fused steps -----------------------------------------------------------------------
+    def _fused_body(self, x, e, g, h, per_step, extra, inv_mass, draws, acc_count, nonfinite):
+        """``len(draws)`` steps as pure tensor code (compiled by :meth:`_fused_step`): the
+        moves, then the diagnostics' running sums. ``h``: ``[steps]`` step sizes, or a
+        per-chain ``[chains]`` / ``[1]`` tensor for every step (``per_step`` False);
+        ``extra``: ``[steps]`` or
+        None. Returns ``(x, E, dE/dx, acc_count, nonfinite, rows)``, ``rows [steps, 3]`` =
+        (sum of finite energies, finite chains, accepted chains) per step, float64."""
+        energy = self.energy
+        lay, der = self._fused_inputs
+
+        def evaluate(y):
+            return energy._energy_and_gradient(y, lay, der)
+
+        rows = []
+        for i, d in enumerate(draws):
+            hi = h[i] if per_step else h
+            ex = None if extra is None else extra[i]
+            (x, e, g), accepted, _ = self._move((x, e, g), hi, inv_mass, d, evaluate, ex)
+            finite = torch.isfinite(e)
+            nonfinite = nonfinite | ~finite
+            if accepted is None:
+                n_acc = torch.zeros((), dtype=torch.float64, device=x.device)
+            else:
+                acc_count = acc_count + accepted
+                n_acc = accepted.sum().to(torch.float64)
+            rows.append(torch.stack([torch.where(finite, e, 0).sum(dtype=torch.float64),
+                                     finite.sum().to(torch.float64), n_acc]))
+        return x, e, g, acc_count, nonfinite, torch.stack(rows)
+
+    def _fused_step(self, x, chunk):
+        """The compiled ``chunk`` steps for chains like ``x``, as a function of ``self`` and
+        the step's tensors. One compiled function per (sampler class, chunk, shape, dtype,
+        device), each from its own copy of :meth:`_fused_body`'s code: torch.compile keeps
+        its graphs per code object and allows only a few per object, so samplers used
+        with many shapes would otherwise exhaust that limit."""
+        _, lay, der = self.energy._inputs(x)
+        self._fused_inputs = (lay, der)
+        key = (type(self), chunk, tuple(x.shape), x.dtype, x.device)
+        fn = _FUSED.get(key)
+        if fn is None:
+            body = BaseSampler._fused_body
+            copy = types.FunctionType(body.__code__.replace(), body.__globals__, body.__name__,
+                                      body.__defaults__, body.__closure__)
+            fn = torch.compile(copy, fullgraph=True, dynamic=False)
+            if len(_FUSED) >= 64:
+                _FUSED.pop(next(iter(_FUSED)))
+            _FUSED[key] = fn
+        return functools.partial(fn, self)
+
+    # -- chains across processes ----------------------------------------------------------
+    def _rank_stream(self, generator, gen, device, x, n_samples):
+        """``(generator of this rank, (start, end) of its chains)`` under torch.distributed."""
+        import torch.distributed as dist
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("distributed=True needs an initialised torch.distributed process "
+                               "group: launch with torchrun and call "
+                               "torch.distributed.init_process_group() first")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        total = (1 if x.dim() == 1 else x.shape[0]) if isinstance(x, torch.Tensor) else n_samples
+        if total < world:
+            raise ValueError(f"{total} chains cannot be split over {world} processes; give at "
+                             f"least one chain per rank (n_samples or x's first dimension "
+                             f"counts the chains of all ranks)")
+        base, rest = divmod(total, world)
+        start = rank * base + min(rank, rest)
+        end = start + base + (rank < rest)
+        if self.seed is not None and generator is None and self.generator is None:
+            seed = self.seed
+        else:                # one draw, equal on ranks whose streams were seeded alike
+            seed = int(torch.randint(0, 2**62, (1,), generator=gen,
+                                     device=gen.device if gen is not None else "cpu"))
+        return torch.Generator(device=device).manual_seed(seed + rank), (start, end)
+
+    def _finish_distributed(self, final, traj, kept_energy, stats, acc_count, nonfinite,
+                            adjusted, chains, thin, return_trajectory, return_diagnostics,
+                            gather, h_fixed, inv_mass):
+        import torch.distributed as dist
+        world = dist.get_world_size()
+        counts = [None] * world
+        dist.all_gather_object(counts, chains)
+        total = sum(counts)
+        need_all = gather or return_diagnostics
+        all_final = _all_gather_rows(final, counts) if need_all else final
+        all_traj = _all_gather_rows(traj, counts) if need_all else traj
+        if return_diagnostics:
+            for t in (kept_energy, stats):
+                dist.all_reduce(t)
+            acc_all = _all_gather_rows(acc_count, counts)
+            bad_all = _all_gather_rows(nonfinite.to(torch.uint8), counts).bool()
+            out, diag = self._finish(all_final, all_traj, kept_energy, stats, acc_all, bad_all,
+                                     adjusted, total, thin, return_trajectory, True, h_fixed,
+                                     inv_mass)
+            if not gather:
+                out = traj if return_trajectory else final
+            return out, diag
+        if not gather:
+            return traj if return_trajectory else final
+        return all_traj if return_trajectory else all_final
+
+
     def _check_mass(self, x):
         pass
+
+
+_FUSED: dict = {}      # (sampler class, chunk, shape, dtype, device) -> compiled steps
+
+
+def _chunk(period, most):
+    """Steps per compiled call: the largest divisor of ``period`` (``thin`` when states are
+    kept, so that kept steps end a call) that is at most ``most``; ``most`` when ``period``
+    is 0 (nothing kept)."""
+    return max(d for d in range(1, most + 1) if period % d == 0) if period else most
+
+
+def _all_gather_rows(t, counts):
+    """Concatenate every rank's ``t [counts[rank], ...]`` along dimension 0, in rank order."""
+    import torch.distributed as dist
+    most = max(counts)
+    padded = t.new_zeros(most, *t.shape[1:])
+    padded[:t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:c] for p, c in zip(parts, counts)])
 
 
 class _Adaptive(BaseSampler):
@@ -679,6 +914,7 @@ class LangevinDynamics(BaseSampler):
     """
 
     infers_dim = False    # as TorchEBM: Langevin needs dim (or x)
+    _fused_chunk = 8
 
     def __init__(self, model=None, step_size=1e-2, noise_scale=1.0, decay: float = 0.0,
                  clamp=None, dtype=None, device=None, *, energy=None, seed=None, generator=None,
@@ -706,15 +942,20 @@ class LangevinDynamics(BaseSampler):
     def noise_scale(self) -> float:
         return self.get_scheduled_value("noise_scale")
 
-    def _transition(self, state, gen, h, inv_mass):
+    def _draw(self, x, gen):
+        return (torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen),)
+
+    def _extra(self):
+        return self.get_scheduled_value("noise_scale")
+
+    def _move(self, state, h, inv_mass, draws, evaluate, s):
         x, _, g = state
-        s = self.get_scheduled_value("noise_scale")
-        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen)
+        (noise,) = draws
         hb = _bc(h, x)
         x = x - hb * g + s * _sqrt(2 * hb) * noise
         if self.clamp is not None:
             x = x.clamp(*self.clamp)
-        e, g = self._evaluate(x)
+        e, g = evaluate(x)
         return (x, e, g), None, None
 
 
@@ -749,6 +990,8 @@ class MALA(_Adaptive):
         ValueError: a bad step size, mass, target_accept or n_warmup.
     """
 
+    _fused_chunk = 4
+
     def __init__(self, model=None, step_size=1e-2, mass=None, dtype=None, device=None, *,
                  energy=None, seed=None, generator=None, target_accept=None,
                  n_warmup: int = 500, adapt_per_chain: bool = False, adapt_mass: bool = False):
@@ -756,23 +999,26 @@ class MALA(_Adaptive):
         self._register_param("step_size", step_size)
         self._setup_adaptation(target_accept, n_warmup, adapt_per_chain, adapt_mass, mass)
 
-    def _transition(self, state, gen, h, inv_mass):
+    def _draw(self, x, gen):
+        return (torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen),
+                torch.rand(x.shape[:1], device=x.device, dtype=x.dtype, generator=gen))
+
+    def _move(self, state, h, inv_mass, draws, evaluate, extra):
         x, e, g = state
+        noise, u = draws
         hb = _bc(h, x)
-        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen)
         if inv_mass is None:
             y = x - hb * g + _sqrt(2 * hb) * noise
-            ey, gy = self._evaluate(y)
+            ey, gy = evaluate(y)
             log_q_forward = -_flat_sum((y - x + hb * g) ** 2) / (4 * h)
             log_q_backward = -_flat_sum((x - y + hb * gy) ** 2) / (4 * h)
         else:
             a = inv_mass
             y = x - hb * a * g + _sqrt(2 * hb * a) * noise
-            ey, gy = self._evaluate(y)
+            ey, gy = evaluate(y)
             log_q_forward = -_flat_sum((y - x + hb * a * g) ** 2 / a) / (4 * h)
             log_q_backward = -_flat_sum((x - y + hb * a * gy) ** 2 / a) / (4 * h)
         log_alpha = torch.nan_to_num(-ey + e + log_q_backward - log_q_forward, nan=-torch.inf)
-        u = torch.rand(log_alpha.shape, device=x.device, dtype=x.dtype, generator=gen)
         accept = torch.log(u) < log_alpha
         mask = _bc_bool(accept, x)
         x = torch.where(mask, y, x)
@@ -820,10 +1066,14 @@ class HamiltonianMonteCarlo(_Adaptive):
     def n_leapfrog(self):
         return self.n_leapfrog_steps
 
-    def _transition(self, state, gen, h, inv_mass):
+    def _draw(self, x, gen):
+        return (torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen),
+                torch.rand(x.shape[:1], device=x.device, dtype=x.dtype, generator=gen))
+
+    def _move(self, state, h, inv_mass, draws, evaluate, extra):
         x, e, g = state
+        p, u = draws
         a = 1.0 if inv_mass is None else inv_mass         # inverse mass
-        p = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen)
         if inv_mass is not None:
             p = p / torch.sqrt(a)
         kinetic0 = 0.5 * _flat_sum(p * p * a)
@@ -832,13 +1082,12 @@ class HamiltonianMonteCarlo(_Adaptive):
         p = p - 0.5 * eps * gn
         for k in range(self.n_leapfrog_steps):
             xn = xn + eps * p * a
-            en, gn = self._evaluate(xn)
+            en, gn = evaluate(xn)
             if k < self.n_leapfrog_steps - 1:
                 p = p - eps * gn
         p = p - 0.5 * eps * gn
         kinetic1 = 0.5 * _flat_sum(p * p * a)
         log_alpha = torch.nan_to_num(e + kinetic0 - en - kinetic1, nan=-torch.inf)
-        u = torch.rand(log_alpha.shape, device=x.device, dtype=x.dtype, generator=gen)
         accept = torch.log(u) < log_alpha
         mask = _bc_bool(accept, x)
         x = torch.where(mask, xn, x)

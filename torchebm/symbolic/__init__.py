@@ -22,6 +22,20 @@ from .symbols import N as n
 from .symbols import X as x
 from .symbols import index_symbol
 
+def _expression(formula, ranks, particles=None):
+    from .parse import parse_formula
+    return parse_formula(formula, ranks, particles=particles).expression
+
+
+def _register_hooks():
+    from ..core.base import register_compiler_hook
+    from .api import _rebuild_instance
+    register_compiler_hook("expression", _expression)
+    register_compiler_hook("rebuild", _rebuild_instance)
+
+
+_register_hooks()
+
 #: Integer index symbols for ``sympy.Sum(x[i]**2, (i, 0, n - 1))``.
 i, j, k = (index_symbol(s) for s in "ijk")
 

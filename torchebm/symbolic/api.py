@@ -67,11 +67,13 @@ def compile_class(formula: str, ranks: dict, name: str | None = None,
         try:
             cls = (_compile(formula, ranks, name) if particles is None
                    else _compile(formula, ranks, name, particles))
-        finally:
+        except BaseException:
             with _lock:
                 _building.pop(key, None)
-        with _lock:
+            raise
+        with _lock:     # cached and unmarked at once: a later caller finds one or the other
             _cache[key] = cls
+            _building.pop(key, None)
             while len(_cache) > CACHE_SIZE:
                 unload_class(_cache.popitem(last=False)[1])
         return cls

@@ -68,6 +68,16 @@ def _dims(text: str):
     return dims
 
 
+def _params(pairs) -> dict:
+    """``-p`` values as a dict; a name given twice is an error, not a silent override."""
+    out = {}
+    for name, value in pairs:
+        if name in out:
+            raise EnergySyntaxError(f"-p {name} is given twice; give each parameter once")
+        out[name] = value
+    return out
+
+
 def _bounded_int(lo, hi):
     def parse(text):
         try:
@@ -93,6 +103,7 @@ def _finite(positive):
     return parse
 
 
+_OPTION_LIKE = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*(=.*)?\Z")   # a mistyped option
 _NUMBER = re.compile(r"-\d+(\.\d*)?([eE][-+]?\d+)?\Z|-\.\d+([eE][-+]?\d+)?\Z")
 
 
@@ -115,7 +126,7 @@ def _formulas_after_dashdash(argv, parser):
     keep, moved = [], []
     for word in argv:
         if (word.startswith("-") and len(word) > 1 and word.split("=", 1)[0] not in options
-                and not _NUMBER.match(word)):
+                and not _NUMBER.match(word) and not _OPTION_LIKE.match(word)):
             moved.append(word)
         else:
             keep.append(word)
@@ -141,7 +152,7 @@ def main(argv=None) -> int:
     s = sub.add_parser("show", help="print (or write) the generated module of a formula")
     s.add_argument("formula")
     s.add_argument("--name", default="ExpressionEnergy", help="class name")
-    s.add_argument("-p", "--param", type=_param, action="append", default=[],
+    s.add_argument("-p", "--param", type=_param, action="append", default=None,
                    help="parameter value, name=value (a number or a list)")
     s.add_argument("-o", "--output", type=Path,
                    help="write the module to this file (importable without SymPy)")
@@ -151,7 +162,7 @@ def main(argv=None) -> int:
                                       "and mpmath oracles")
     v.add_argument("targets", nargs="*",
                    help="formulas, definition files or folders (default: every definition)")
-    v.add_argument("-p", "--param", type=_param, action="append", default=[],
+    v.add_argument("-p", "--param", type=_param, action="append", default=None,
                    help="parameter value of the formula targets, name=value (a number or a "
                         "list); repeat for several")
     v.add_argument("--dims", type=_dims,
@@ -168,7 +179,7 @@ def main(argv=None) -> int:
     m = sub.add_parser("sample", help="sample a formula with Langevin, MALA or HMC",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     m.add_argument("formula", help="the energy, e.g. 'sum((x**2 - 1)**2)'")
-    m.add_argument("-p", "--param", type=_param, action="append", default=[],
+    m.add_argument("-p", "--param", type=_param, action="append", default=None,
                    help="parameter value, name=value (a number or a list)")
     m.add_argument("--dim", type=_bounded_int(1, MAX_CLI_DIM),
                    help="dimension n (default: the size the formula or every vector/matrix "
@@ -331,7 +342,7 @@ def infer_dim(parsed, params):
 
 
 def _show(args):
-    params = dict(args.param)
+    params = _params(args.param or [])
     spec, _ = _formula_spec(args.formula, params, args.name, strict=args.strict)
     source = compile_spec(spec).generated.source
     if args.output:
@@ -371,7 +382,7 @@ def _targets(args):
             else:
                 raise EnergySyntaxError(f"no such definition file: {t}")
         else:
-            params = dict(args.param)
+            params = _params(args.param or [])
             spec, parsed = _formula_spec(t, params, strict=args.strict)
             dims = args.dims
             if dims is None:
@@ -433,7 +444,7 @@ def _verify(args):
 def _sample(args):
     from ..samplers import MALA, HamiltonianMonteCarlo, LangevinDynamics
     from .api import from_expression
-    params = dict(args.param)
+    params = _params(args.param or [])
     parsed = _parse_cli_formula(args.formula, params, strict=args.strict)
     dim = args.dim
     if dim is None:

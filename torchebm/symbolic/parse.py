@@ -371,6 +371,12 @@ class _Parser:
             return sp.Integer(v)
         if not math.isfinite(v):
             self.error("this literal is not a finite float64 number", node)
+        if v == 0.0:
+            text = _source(node, self.lines)
+            mantissa = re.split(r"[eE]", text)[0]
+            if re.search(r"[1-9]", mantissa):
+                self.error(f"the literal {text} underflows to 0 in float64 (the smallest "
+                           f"positive float64 is about 5e-324); scale the formula instead", node)
         return sp.Float(v)  # 53-bit: the literal's exact float64 value
 
     def visit_Name(self, node):

@@ -77,6 +77,23 @@ def sample_points(n, count, generator):
     return torch.randn(count, n, dtype=torch.float64, generator=generator)
 
 
+def domain_points(oracle, n, count, generator, tries=20):
+    """``[count, n]`` random points where the energy is real (the oracle accepts them).
+
+    Normal draws first; a draw outside the domain (``log(x)`` at x < 0) is replaced by
+    another, alternately its absolute value, up to ``tries`` times per point."""
+    x = sample_points(n, count, generator)
+    for k in range(count):
+        for attempt in range(tries):
+            try:
+                oracle(x[k].tolist())
+                break
+            except (OracleError, ZeroDivisionError, OverflowError, TypeError, ValueError):
+                draw = sample_points(n, 1, generator)[0]
+                x[k] = draw.abs() if attempt % 2 == 0 else draw
+    return x
+
+
 def special_points(n, generator, count=4):
     """``[count, n]`` float64 points: all zeros first, then entries drawn from SPECIAL."""
     special = torch.tensor(SPECIAL, dtype=torch.float64)
@@ -104,12 +121,15 @@ def _record(check, got, want, strict, row):
         check.failed_at.append([float(f"{v:.6g}") for v in row])
 
 
-def special_checks(label, energy, n, seed=0):
-    """``grad~func`` at normal points, and the ``special-*`` checks (see the module doc)."""
+def special_checks(label, energy, n, seed=0, points=None):
+    """``grad~func`` at normal points (``points``, default two normal draws; verify passes
+    points of the domain), and the ``special-*`` checks (see the module doc)."""
     g = torch.Generator().manual_seed(seed + 1)
     checks = {name: Check(label, n, name, optional=name != "grad~func")
               for name in SPECIAL_CHECKS}
-    x = sample_points(n, 2, g)
+    x = sample_points(n, 2, g)         # drawn either way: the special points stay the same
+    if points is not None:
+        x = points
     with torch.no_grad():
         grad = energy.gradient(x)
     for k in range(x.shape[0]):
@@ -122,17 +142,18 @@ def special_checks(label, energy, n, seed=0):
         fg, fh = _func_paths(energy, xs[k])
         _record(checks["special~autograd"], grad[k], fg, k == 0, xs[k].tolist())
         _record(checks["special-hdiag~func"], hdiag[k], fh, k == 0, xs[k].tolist())
-    for c in checks.values():
+    for name, c in checks.items():
         if c.points == 0:
-            c.note = "autograd is not finite at any special point (outside the domain)"
+            c.note = ("torch.func.grad is not finite at any checked point" if name == "grad~func"
+                      else "autograd is not finite at any special point (outside the domain)")
     return list(checks.values())
 
 
 def verify_energy(label, energy, parsed, params, n, points=4, seed=0, fd=True):
     """Run every check for one energy instance at dimension ``n``; return the Checks."""
     g = torch.Generator().manual_seed(seed)
-    x = sample_points(n, points, g)
     oracle = Oracle(parsed, params)
+    x = domain_points(oracle, n, points, g)
     checks = {name: Check(label, n, name) for name in TOLERANCES
               if (fd or name != "grad~fd") and name not in SPECIAL_CHECKS}
     checks["dtype"].note = "outputs follow x's dtype (float32, float64)"
@@ -189,7 +210,7 @@ def verify_energy(label, energy, parsed, params, n, points=4, seed=0, fd=True):
             c.max_abs, c.max_rel = max(c.max_abs, abs_err), max(c.max_rel, rel_err)
             if not rel_err <= TOLERANCES[name]:
                 c.failed_at.append([round(v, 6) for v in row])
-    return list(checks.values()) + special_checks(label, energy, n, seed)
+    return list(checks.values()) + special_checks(label, energy, n, seed, points=x[:2])
 
 
 def speedup(energy, n, batch=2048, repeats=7):
@@ -249,9 +270,12 @@ def format_table(checks, speedups) -> str:
             lines.append(f"{shown.split(' ', 1)[0]} {' '.join(label.split())}")
     for c in checks:
         if not c.ok:
-            where = c.failed_at[:3] if c.failed_at else c.note or "no valid point"
-            lines.append(f"FAIL {c.energy} n={c.n} {c.check}: error {c.max_rel:.3g} > "
-                         f"{TOLERANCES[c.check]:g} at x = {where}")
+            if c.failed_at:
+                lines.append(f"FAIL {c.energy} n={c.n} {c.check}: error {c.max_rel:.3g} > "
+                             f"{TOLERANCES[c.check]:g} at x = {c.failed_at[:3]}")
+            else:
+                lines.append(f"FAIL {c.energy} n={c.n} {c.check}: no point checked "
+                             f"({c.note or 'no point of the domain found'})")
     if speedups:
         lines.append("")
         lines.append("gradient speed-up over autograd (float32, batch 2048, median of 7):")

@@ -1,0 +1,84 @@
+"""Fused sampler steps (``sample(..., compile=True)``) against the eager samplers.
+
+The fused step draws its random numbers outside the compiled graph, from the
+same stream and in the same order as eager mode, so the two must give the same
+chains up to floating-point rounding: here in float64, on few chains and steps,
+where rounding cannot flip an accept decision. Eager mode itself is checked
+against hand-written update rules and known laws in test_sampler_contract.py
+and test_samplers.py. torch.compile takes seconds per graph: these tests are
+marked slow and kept few.
+"""
+
+import pytest
+import torch
+
+from torchebm.core import BaseEnergyFunction, DoubleWellEnergy, HarmonicEnergy
+from torchebm.samplers import MALA, HamiltonianMonteCarlo, LangevinDynamics, LinearScheduler
+
+T = torch.float64
+
+
+def _x0():
+    return torch.randn(6, 3, dtype=T, generator=torch.Generator().manual_seed(5))
+
+
+CASES = {
+    # a step-size schedule (a new step size every step, passed into the graph) and 19 steps:
+    # two compiled calls of 8 steps, then 3 eager steps
+    "langevin": (lambda: LangevinDynamics(DoubleWellEnergy(), seed=11,
+                                          step_size=LinearScheduler(0.02, 0.005, 19),
+                                          noise_scale=0.8), dict(n_steps=19)),
+    # kept states every 2 steps: compiled calls of 2 steps, the trajectory written per call
+    "mala": (lambda: MALA(DoubleWellEnergy(), step_size=0.05, seed=12),
+             dict(n_steps=12, thin=2, return_trajectory=True)),
+    # adapted step size (a [1] tensor for every step) after an eager warm-up, diagonal mass
+    "hmc": (lambda: HamiltonianMonteCarlo(DoubleWellEnergy(), step_size=0.1, n_leapfrog_steps=3,
+                                          mass=torch.tensor([1.0, 2.0, 0.5]), seed=13,
+                                          target_accept=0.7, n_warmup=20),
+            dict(n_steps=6, return_trajectory=True)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_chains_equal_eager_chains(case):
+    make, kwargs = CASES[case]
+    eager, d_eager = make().sample(x=_x0(), return_diagnostics=True, **kwargs)
+    fused, d_fused = make().sample(x=_x0(), return_diagnostics=True, compile=True, **kwargs)
+    torch.testing.assert_close(fused, eager, rtol=1e-10, atol=1e-10)
+    final = eager if eager.dim() == 2 else eager[:, -1]
+    assert not torch.allclose(final, _x0())                       # the chains moved
+    torch.testing.assert_close(d_fused.mean_energy, d_eager.mean_energy, rtol=1e-10, atol=1e-10)
+    for key in d_eager:
+        torch.testing.assert_close(d_fused[key], d_eager[key], rtol=1e-10, atol=1e-10)
+    if d_eager.acceptance_rate is not None:
+        assert torch.equal(d_fused.acceptance_rate, d_eager.acceptance_rate)
+        assert torch.equal(d_fused.chain_acceptance, d_eager.chain_acceptance)
+        assert 0 < float(d_eager.acceptance_rate.mean()) < 1      # both branches ran
+
+
+@pytest.mark.slow
+def test_compiled_step_is_reused_and_draws_follow_the_generator():
+    """A second call with the same shapes compiles nothing; the same seed gives the same
+    chains, another seed other chains; the global RNG is left alone."""
+    from torch._dynamo.utils import counters
+    sampler = LangevinDynamics(HarmonicEnergy(), step_size=0.1)
+    x = torch.zeros(4, 2, dtype=T)
+    a = sampler.sample(x=x, n_steps=16, compile=True, generator=torch.Generator().manual_seed(1))
+    graphs = counters["stats"]["unique_graphs"]
+    state = torch.get_rng_state()
+    b = sampler.sample(x=x, n_steps=16, compile=True, generator=torch.Generator().manual_seed(1))
+    c = sampler.sample(x=x, n_steps=16, compile=True, generator=torch.Generator().manual_seed(2))
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
+
+
+def test_compile_refuses_hand_written_energies():
+    class Quadratic(BaseEnergyFunction):
+        def forward(self, x):
+            return 0.5 * (x**2).sum(-1)
+
+    with pytest.raises(ValueError, match="hand-written.*compile=False"):
+        MALA(Quadratic(), seed=0).sample(x=torch.zeros(2, 2), n_steps=3, compile=True)
