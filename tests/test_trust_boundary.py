@@ -214,9 +214,30 @@ def test_products_too_large_to_differentiate_are_refused():
         forty.hessian_vector_product(x, torch.ones_like(x))     # generated on first use
 
 
-def test_deep_nesting_is_a_syntax_error():
+def test_deep_nesting_is_a_syntax_error_or_compiles():
+    """150 nested sines: SymPy's recursion may or may not reach the limit (it depends on
+    the stack already in use); either way no RecursionError escapes, and a compiled
+    energy is right."""
+    try:
+        energy = from_expression("sin(" * 150 + "x[0]" + ")" * 150)
+    except EnergySyntaxError as exc:
+        assert "nested too deeply" in str(exc)
+        return
+    x = torch.tensor([[0.5]], dtype=T)
+    want = x[0, 0]
+    for _ in range(150):
+        want = torch.sin(want)
+    torch.testing.assert_close(energy(x)[0], want, rtol=1e-12, atol=0)
+
+
+def test_recursion_anywhere_in_the_compiler_is_a_syntax_error(monkeypatch):
+    from torchebm.symbolic import compiler
+
+    def overflow(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded")
+    monkeypatch.setattr(compiler, "lower", overflow)
     with pytest.raises(EnergySyntaxError, match="nested too deeply"):
-        from_expression("sin(" * 150 + "x[0]" + ")" * 150)
+        from_expression("sum(x**2) + 0.0625*x[0]")
 
 
 def test_second_order_code_is_generated_on_first_use():
