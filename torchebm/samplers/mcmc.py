@@ -420,8 +420,10 @@ class BaseSampler(nn.Module):
         if dim is None:
             dim = _infer_dim(self.energy) if self.infers_dim else None
             if dim is None:
-                raise ValueError("dim must be provided when x is None (the energy does not fix "
-                                 "its dimension): pass dim=n, or x [chains, n]")
+                why = ("this sampler does not read it from the energy, as in TorchEBM"
+                       if not self.infers_dim else "the energy does not fix its dimension")
+                raise ValueError(f"dim must be provided when x is None ({why}): pass dim=n, "
+                                 f"or x [chains, n]")
         shape = (dim,) if isinstance(dim, numbers.Integral) else tuple(dim)
         if not shape or not all(isinstance(d, numbers.Integral) and d > 0 for d in shape):
             raise ValueError(f"dim must be a positive int or a tuple of positive ints, got {dim!r}")
