@@ -8,7 +8,6 @@ import torch
 
 from torchebm.core import (BaseEnergyFunction, BoothEnergy, GaussianEnergy, HimmelblauEnergy,
                            RosenbrockEnergy)
-from torchebm.symbolic import EnergySyntaxError
 
 from .examples import EXAMPLES, example_id
 

@@ -1,10 +1,7 @@
 """torchebm-codegen: show writes an importable module, verify reports and fails."""
 
-import importlib.util
 import subprocess
 import sys
-
-import torch
 
 from torchebm.symbolic.cli import main
 

@@ -15,7 +15,7 @@ import sympy as sp
 
 from . import functions as F
 from .parse import Parsed
-from .symbols import N, X, size_symbol
+from .symbols import N, size_symbol
 
 DPS = 30
 
