@@ -637,3 +637,16 @@ def test_the_runtime_never_imports_the_compiler():
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     assert "k" in proc.stdout and "x" in proc.stdout
+
+
+def test_sampler_arguments_that_would_be_ignored_are_refused():
+    from torchebm.samplers import MALA
+    energy = from_expression("sum(x**2)")
+    with pytest.raises(ValueError, match="seed= or generator=, not both"):
+        MALA(energy, step_size=0.1, seed=3, generator=torch.Generator())
+    with pytest.warns(UserWarning, match="keeps no state"):
+        traj = MALA(energy, step_size=0.1, seed=0).sample(
+            x=torch.zeros(4, 2), n_steps=5, thin=10, return_trajectory=True)
+    assert traj.shape == (4, 0, 2)
+    with pytest.raises(ValueError, match="n_steps must be an int >= 0, got 2.5"):
+        MALA(energy, step_size=0.1).sample(x=torch.zeros(4, 2), n_steps=2.5)

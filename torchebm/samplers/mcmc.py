@@ -277,6 +277,8 @@ class BaseSampler(nn.Module):
             raise TypeError(f"seed must be an int, not {type(seed).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, not {type(generator).__name__}")
+        if seed is not None and generator is not None:
+            raise ValueError("give seed= or generator=, not both: each names the random stream")
         self.energy = model
         self._dtype = dtype
         self._device = torch.device(device) if device is not None else None
@@ -511,7 +513,10 @@ class BaseSampler(nn.Module):
         for name, v, low in (("n_steps", n_steps, 0), ("n_samples", n_samples, 1),
                              ("thin", thin, 1)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-                raise ValueError(f"{name} must be >= {low}, got {v!r} (an int)")
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+        if return_trajectory and thin > n_steps:
+            warnings.warn(f"thin = {thin} > n_steps = {n_steps}: the trajectory keeps no state "
+                          f"(n_steps // thin = 0); lower thin", UserWarning, stacklevel=2)
         if compile:
             from ..core.base import CompiledEnergy
             if not isinstance(self.energy, CompiledEnergy):
