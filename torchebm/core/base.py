@@ -749,7 +749,8 @@ class CompiledEnergy(BaseEnergyFunction):
         texts = {}     # (name, attribute) -> Python literal of the value (floats round-trip)
         for name, attr, rank in self.param_specs:
             value = getattr(self, attr).detach().to("cpu", torch.float64)
-            texts[name, attr] = _literal(_as_tuples(value.tolist()) if rank else float(value))
+            texts[name, attr] = python_literal(_as_tuples(value.tolist()) if rank
+                                               else float(value))
         return _with_defaults(self.class_source, texts)
 
     @property
@@ -822,10 +823,13 @@ def _compiler_hook(name: str):
     return COMPILER_HOOKS[name]
 
 
-def _literal(value) -> str:
-    """A float or nested tuple of floats as Python source that imports (inf, nan too)."""
+def python_literal(value) -> str:
+    """A float or nested tuple of floats as Python source that imports (inf, nan too).
+
+    The one spelling of numbers in generated source: the compiler's printing gate
+    (``torchebm.symbolic.gate``) formats with it after its checks."""
     if isinstance(value, tuple):
-        items = [_literal(v) for v in value]
+        items = [python_literal(v) for v in value]
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     if math.isnan(value):
         return "float('nan')"

@@ -17,7 +17,7 @@ from .compiler import compile_parsed, with_second_order
 from .emit import RESERVED
 from .ir import EnergySpec, ParamDecl
 from .load import load_class, unload_class
-from .parse import parse_formula
+from .parse import BUILT_IN_NAMES, PARTICLE_NAMES, parse_formula
 
 CACHE_SIZE = 256
 _cache: "OrderedDict[tuple, type]" = OrderedDict()
@@ -245,7 +245,7 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
         k = unknown[0]
         close = difflib.get_close_matches(k, list(declared), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        if k in ("x", "n", "pi", "e"):
+        if k in BUILT_IN_NAMES + PARTICLE_NAMES:
             hint = f"; {k!r} is built into the language and takes no value"
         known = ", ".join(declared) or "none"
         raise ParameterError(f"unknown parameter {k!r} for formula {formula!r}{hint} "

@@ -30,6 +30,7 @@ import dataclasses
 import sympy as sp
 
 from ..errors import EnergySyntaxError
+from .parse import _tree_size
 
 #: Most expression nodes (counted as trees) in the statements of a second-order stage.
 MAX_NODES = 200_000
@@ -46,14 +47,14 @@ _ADVICE = ("write repeated factors as a reduction (prod(x[i % 3] + i for i in ra
 
 def gradient_work(expr) -> int:
     """Nodes the product rule will write: for each product of k > 1 factors that
-    depend on x, k times its size (shared subtrees counted once)."""
+    depend on x, k times its size as a tree."""
     from .symbols import depends_on_x
-    total = 0
+    total, memo = 0, {}
     for node in sp.postorder_traversal(expr):
         if node.is_Mul:
             k = sum(1 for a in node.args if depends_on_x(a))
             if k > 1:
-                total += k * _size(node, {})
+                total += k * _tree_size(node, memo)
     return total
 
 
@@ -76,7 +77,7 @@ def tangent_work(statements) -> int:
         if isinstance(expr, sp.Basic) and expr.args:
             expr = _without_guard_conditions(expr)
             occurrences = sum(1 for a in sp.preorder_traversal(expr) if a.is_Symbol)
-            total += _size(expr, {}) * occurrences
+            total += _tree_size(expr, {}) * occurrences
     return total
 
 
@@ -96,15 +97,8 @@ def statement_nodes(statements) -> int:
         for f in dataclasses.fields(st):
             value = getattr(st, f.name)
             if isinstance(value, sp.Basic):
-                total += _size(value, memo)
+                total += _tree_size(value, memo)
     return total
-
-
-def _size(expr, memo) -> int:
-    key = id(expr)
-    if key not in memo:
-        memo[key] = 1 + sum(_size(a, memo) for a in expr.args)
-    return memo[key]
 
 
 def check_statements(statements, what: str, limit: int | None = None) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..errors import EnergySyntaxError
 from .ir import EnergySpec, ParamDecl
+from .parse import BUILT_IN_NAMES, PARTICLE_NAMES
 
 TOP_KEYS = {"name", "summary", "formula", "doc", "references", "min_dim", "max_dim", "params",
             "particles", "n_particles", "dim"}
@@ -42,7 +43,8 @@ CONSTRAINTS = {"real", "positive", "positive_definite"}
 MAX_DIM = 1_000_000              # largest min_dim / max_dim a definition may declare
 _STEM = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
-_BUILT_IN_NAMES = {"x", "n", "pi", "e", "inf", "N", "mean_particle", "n_particles", "dim"}
+# the language's own names, and the constructor keywords of particle definitions
+_BUILT_IN_NAMES = {*BUILT_IN_NAMES, *PARTICLE_NAMES, "n_particles", "dim"}
 
 
 def _line_of(text: str, key: str, section: str | None = None) -> int | None:

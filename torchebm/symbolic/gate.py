@@ -24,9 +24,9 @@ has no other way to put an outside value into the text.
 from __future__ import annotations
 
 import keyword
-import math
 import re
 
+from ..core.base import python_literal
 from ..errors import EnergySyntaxError
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -92,11 +92,7 @@ def number(value, what: str = "number") -> str:
     except OverflowError:
         raise EnergySyntaxError(f"{what} is an integer of {len(str(abs(value)))} digits, "
                                 f"outside the float64 range (about 1.8e308)") from None
-    if math.isnan(v):
-        return "float('nan')"
-    if math.isinf(v):
-        return "float('inf')" if v > 0 else "-float('inf')"
-    return repr(v)
+    return python_literal(v)
 
 
 def literal(value, what: str = "value") -> str:

@@ -40,6 +40,11 @@ OTHER_FUNCTIONS = ("dot", "len", "where", "clamp", "range")
 ALLOWED_FUNCTIONS = tuple(sorted(set(F.ELEMENTWISE) | set(REDUCTIONS)
                                  | set(MATRIX_FUNCTIONS) | set(OTHER_FUNCTIONS) - {"range"}))
 
+#: Names the language defines: no parameter or local definition may take them.
+BUILT_IN_NAMES = ("x", "n", *CONSTANTS)
+#: ... and with ``particles=``.
+PARTICLE_NAMES = ("N", "mean_particle")
+
 MAX_FORMULA_CHARS = 1_000_000
 AST_DEPTH = 12_000            # deepest ast accepted (a flat sum of about 10^4 terms)
 MAX_TREE = 20_000             # largest expression tree after inlining local definitions
@@ -288,8 +293,7 @@ class _Parser:
             self.node = saved
 
     def reserved_names(self):
-        names = ("x", "n", "pi", "e")
-        return names + ("N", "mean_particle") if self.particles else names
+        return BUILT_IN_NAMES + PARTICLE_NAMES if self.particles else BUILT_IN_NAMES
 
     def define_function(self, target, value_node):
         """``r(i, j) = expr``: parse ``expr`` once over placeholder indices."""
