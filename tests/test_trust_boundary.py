@@ -269,11 +269,11 @@ def test_a_cache_hit_never_waits_for_another_compile(monkeypatch):
     entered, release = threading.Event(), threading.Event()
     real = api._compile
 
-    def slow(formula, ranks, name):
+    def slow(formula, ranks, name, particles=None):
         if "0.375" in formula:
             entered.set()
             release.wait(60)
-        return real(formula, ranks, name)
+        return real(formula, ranks, name, particles)
     monkeypatch.setattr(api, "_compile", slow)
     worker = threading.Thread(target=from_expression, args=("sum(x**2) + 0.375",))
     worker.start()
@@ -290,9 +290,9 @@ def test_two_threads_compile_one_formula_once(monkeypatch):
     calls = []
     real = api._compile
 
-    def counting(formula, ranks, name):
+    def counting(formula, ranks, name, particles=None):
         calls.append(formula)
-        return real(formula, ranks, name)
+        return real(formula, ranks, name, particles)
     monkeypatch.setattr(api, "_compile", counting)
     formula = "sum(x**2) + 0.8125*x[0]"
     out = []

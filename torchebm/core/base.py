@@ -584,7 +584,7 @@ class CompiledEnergy(BaseEnergyFunction):
         """Generate the Hessian-vector product and diagonal now if they were deferred."""
         pending = type(self)._second_order
         if pending is not None:
-            pending(type(self))
+            pending()
 
     def _inputs(self, x, second=False):
         """Validated batch, layout (index tensors, checks) and parameter-only values."""

@@ -65,8 +65,7 @@ def compile_class(formula: str, ranks: dict, name: str | None = None,
         if cls is not None:
             return cls
         try:
-            cls = (_compile(formula, ranks, name) if particles is None
-                   else _compile(formula, ranks, name, particles))
+            cls = _compile(formula, ranks, name, particles)
         except BaseException:
             with _lock:
                 _building.pop(key, None)
@@ -88,12 +87,13 @@ class _DeferredSecondOrder:
     the class, so instances made before keep working.
     """
 
-    def __init__(self, compiled):
+    def __init__(self, compiled, owner):
         self.compiled = compiled
+        self.owner = owner      # the generated class (a subclass's call completes it too)
         self.lock = threading.Lock()
 
-    def __call__(self, _cls=None):
-        cls = self.owner        # the generated class (also when called from a subclass)
+    def __call__(self):
+        cls = self.owner
         with self.lock:
             if cls.__dict__.get("_second_order") is not self:
                 return                      # another thread finished it
@@ -115,10 +115,8 @@ class _CompletesOnRead:
     second-order code (which replaces this descriptor by the generated bool)."""
 
     def __get__(self, obj, cls):
-        pending = cls._second_order
-        if pending is not None:
-            pending()
-        return pending.owner.__dict__["structured_hessian_diagonal"] if pending else False
+        cls._second_order()
+        return cls.structured_hessian_diagonal      # now the generated bool
 
 
 def formula_spec(formula: str, parsed, class_name: str = "ExpressionEnergy",
@@ -152,8 +150,7 @@ def _compile(formula, ranks, name, particles=None):
         spec = formula_spec(formula, parsed, class_name, particles=particles)
         compiled = compile_parsed(spec, parsed, second_order=False)
     cls = load_class(compiled.generated)
-    cls._second_order = _DeferredSecondOrder(compiled)
-    cls._second_order.owner = cls
+    cls._second_order = _DeferredSecondOrder(compiled, cls)
     cls.structured_hessian_diagonal = _CompletesOnRead()
     cls._expression = parsed.expression
     cls._rebuild = (formula, tuple(sorted(ranks.items())), name, particles)
