@@ -170,6 +170,23 @@ def _rebuild_instance(formula, ranks, name, *rest):
     return energy
 
 
+def _rank_error(formula, values, ranks, name, particles):
+    """A ParameterError when the formula compiles with every array-valued parameter
+    taken as a scalar: then the value, not the formula, is what is wrong."""
+    arrays = [k for k, r in ranks.items() if r > 0]
+    if not arrays:
+        return None
+    try:
+        compile_class(formula, {**ranks, **{k: 0 for k in arrays}}, name, particles)
+    except EnergySyntaxError:
+        return None
+    shapes = ", ".join(f"{k} has shape {list(torch.as_tensor(values[k]).shape)}"
+                       for k in arrays)
+    return ParameterError(
+        f"formula {formula!r} uses {', '.join(arrays)} as a scalar, but {shapes}; give a "
+        f"number (or a 0-d tensor), or index the parameter in the formula (a[i], a @ x)")
+
+
 def from_expression(formula, *, name: str | None = None, trainable=False, params=None,
                     compile: bool = False, strict: bool = False, particles: int | None = None,
                     **kwargs):
@@ -235,7 +252,10 @@ def from_expression(formula, *, name: str | None = None, trainable=False, params
         raise TypeError(f"formula must be a string or a SymPy expression, not "
                         f"{type(formula).__name__}")
     ranks = {k: rank_of(k, v) for k, v in values.items()}
-    cls = compile_class(formula, ranks, name, particles)
+    try:
+        cls = compile_class(formula, ranks, name, particles)
+    except EnergySyntaxError as error:
+        raise _rank_error(formula, values, ranks, name, particles) or error
     declared = {p[0]: p for p in cls.param_specs}
     unknown = [k for k in values if k not in declared]
     if unknown:

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import ast
 import difflib
+import io
 import math
 import re
 import sys
 import textwrap
 import threading
+import tokenize
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -165,7 +168,28 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
                                 (exc.offset or 1) - 1, origin) from None
     except (RecursionError, MemoryError, ValueError, OverflowError) as exc:
         raise EnergySyntaxError(f"the formula is too deeply nested or too large to parse ({exc})")
+    _refuse_non_ascii_names(text, origin)
     return _Parser(text, param_ranks or {}, origin, particles).run(tree)
+
+
+def _refuse_non_ascii_names(text: str, origin: str) -> None:
+    """Names must be written in ASCII. Python folds identifiers to NFKC before
+    ``ast`` sees them (the full-width 'ｘ' and the ligature 'ﬁ' arrive as 'x' and
+    'fi'), so the check reads the tokens, which keep the text as written."""
+    if text.isascii():
+        return
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return                      # ast accepted it; nothing more to learn here
+    for tok in tokens:
+        if tok.type == tokenize.NAME and not tok.string.isascii():
+            folded = unicodedata.normalize("NFKC", tok.string)
+            reads = f" (Python reads it as {folded!r})" if folded.isascii() else ""
+            line, col = tok.start
+            raise EnergySyntaxError(
+                f"the name {tok.string!r} is not written in ASCII{reads}; names in a "
+                f"formula are ASCII letters, digits and '_'", text, line, col, origin)
 
 
 _FUNCTION_DEF = re.compile(r"^([ \t]*[A-Za-z_][A-Za-z0-9_]*[ \t]*)\(([^()\n]*)\)(?=[ \t]*=(?!=))",

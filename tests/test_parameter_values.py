@@ -1,0 +1,47 @@
+"""Values and names a user gets wrong: the error says which value, or which character."""
+
+import pytest
+import torch
+
+from torchebm.errors import EnergySyntaxError, ParameterError
+from torchebm.symbolic import from_expression
+
+
+@pytest.mark.parametrize("value, shape", [(torch.eye(2), [2, 2]), ([[1.0, 2.0]], [1, 2])])
+def test_matrix_for_a_scalar_parameter_is_a_parameter_error(value, shape):
+    with pytest.raises(ParameterError) as info:
+        from_expression("sum(a*x**2)", a=value)
+    message = str(info.value)
+    assert "uses a as a scalar" in message and f"shape {shape}" in message
+
+
+def test_vector_for_an_elementwise_parameter_still_works():
+    E = from_expression("sum(a*x**2)", a=[1.0, 3.0])
+    x = torch.tensor([[2.0, -1.0]], dtype=torch.float64)
+    assert E(x).item() == pytest.approx(1.0 * 4.0 + 3.0 * 1.0)
+
+
+def test_formula_errors_stay_formula_errors_when_a_matrix_is_given():
+    # the formula is wrong whatever a is: the syntax error is reported, not the value
+    with pytest.raises(EnergySyntaxError, match="never closed"):
+        from_expression("sum(a*x**2", a=torch.eye(2))
+
+
+@pytest.mark.parametrize("formula, written, folded", [
+    ("sum(\uff58**2)", "\uff58", "'x'"),         # full-width x
+    ("sum(x**2) + \ufb01", "\ufb01", "'fi'"),     # the ligature fi
+    ("sum(\u03b1*x**2)", "\u03b1", None),         # Greek alpha: no ASCII reading
+])
+def test_names_must_be_written_in_ascii(formula, written, folded):
+    with pytest.raises(EnergySyntaxError) as info:
+        from_expression(formula)
+    message = str(info.value)
+    assert repr(written) in message
+    if folded:
+        assert f"reads it as {folded}" in message
+    assert info.value.col == formula.index(written)
+
+
+def test_non_ascii_comment_is_fine():
+    E = from_expression("sum(x**2)  # \u00e9nergie")
+    assert E(torch.tensor([[1.0, 2.0]])).item() == pytest.approx(5.0)
