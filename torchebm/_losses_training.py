@@ -164,7 +164,8 @@ class ContrastiveDivergence(nn.Module):
 
     Raises:
         ValueError: non-positive ``k_steps``/``buffer_size``, a negative
-            weight or scale, both ``energy`` and ``model``.
+            weight or scale, both ``energy`` and ``model``, a sampler whose
+            ``energy`` is another module than the one trained.
     """
 
     def __init__(self, energy=None, sampler=None, k_steps=10, persistent=False,
@@ -179,6 +180,12 @@ class ContrastiveDivergence(nn.Module):
             raise ValueError(f"{cls} needs a sampler with a sample(x=..., n_steps=...) "
                              f"method, e.g. torchebm.samplers.LangevinDynamics(energy, "
                              f"step_size=0.01); got {type(sampler).__name__}")
+        target = getattr(sampler, "energy", None)
+        if isinstance(target, nn.Module) and target is not self.energy:
+            raise ValueError(
+                f"{cls}: the sampler samples {type(target).__name__} (sampler.energy), not the "
+                f"energy being trained ({type(self.energy).__name__}); its negatives would "
+                f"not come from the model. Build the sampler on the same energy object")
         self.sampler = sampler
         _check_positive_int(cls, "k_steps", k_steps)
         _check_positive_int(cls, "buffer_size", buffer_size)

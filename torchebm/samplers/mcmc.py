@@ -158,10 +158,31 @@ def _infer_dim(energy):
 
 
 def _positive(name, value):
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(
+                f"{name} must be one positive number (or a scheduler), got a tensor of shape "
+                f"{list(value.shape)}; per-chain step sizes come from adaptation "
+                f"(target_accept=...), not from the constructor")
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not \
             (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be positive and finite, got {value!r}")
     return float(value)
+
+
+def _agrees_with_x(x, dim, n_samples):
+    """``dim`` and ``n_samples`` given beside ``x`` must describe it (they are ignored
+    otherwise, which would hide a mistake)."""
+    chains, shape = (1, tuple(x.shape)) if x.dim() == 1 else (x.shape[0], tuple(x.shape[1:]))
+    if dim is not None:
+        want = (dim,) if isinstance(dim, numbers.Integral) else tuple(dim)
+        if shape != want:
+            raise ValueError(f"dim = {dim!r} contradicts x, whose samples have shape "
+                             f"{list(shape)}; give x or dim, not both")
+    if n_samples != 1 and n_samples != chains:
+        raise ValueError(f"n_samples = {n_samples} contradicts x, which holds {chains} "
+                         f"chains; give x or n_samples, not both")
 
 
 def _bc(t, x):
@@ -456,8 +477,10 @@ class BaseSampler(nn.Module):
                 default ``n_samples`` standard normal draws of shape ``dim``.
             dim: ``n`` or a shape tuple, when ``x`` is not given; MALA and HMC
                 take it from an energy that fixes it (a 1-D ``mean`` or an int ``dim``).
+                Given with ``x``, it must equal ``x``'s sample shape.
             n_steps: steps per chain (after any warm-up of an adapting sampler).
-            n_samples: number of chains when ``x`` is not given.
+            n_samples: number of chains when ``x`` is not given (given with ``x``, it
+                must equal ``x``'s number of chains).
             thin: keep every ``thin``-th state; ``n_kept = n_steps // thin``.
             return_trajectory: return the kept states ``[chains, n_kept, *shape]``
                 instead of the final states.
@@ -504,7 +527,8 @@ class BaseSampler(nn.Module):
             ValueError: no ``x`` nor ``dim`` (and none fixed by the energy), bad counts,
                 ``thin < 1``, non-empty ``model_kwargs``, a step-size or mass that does
                 not fit, starting energies that are not finite, ``compile=True`` with an
-                energy that is not compiled from a formula, fewer chains than ranks.
+                energy that is not compiled from a formula, fewer chains than ranks,
+                ``dim`` or ``n_samples`` that contradict ``x``.
             RuntimeError: ``distributed=True`` without an initialised process group.
         """
         if model_kwargs:
@@ -527,6 +551,8 @@ class BaseSampler(nn.Module):
                     f"compile=False, or write it as a formula (torchebm.symbolic.from_expression)")
         if reset_schedulers:
             self.reset_schedulers()
+        if isinstance(x, torch.Tensor):
+            _agrees_with_x(x, dim, n_samples)
         device = self._device if self._device is not None else (
             x.device if isinstance(x, torch.Tensor) else self.device)
         gen = self._generator(generator, device)

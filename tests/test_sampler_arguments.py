@@ -1,0 +1,56 @@
+"""Sampler arguments that contradict each other are refused, not silently ignored."""
+
+import pytest
+import torch
+
+from torchebm.core import DoubleWellEnergy
+from torchebm.samplers import LangevinDynamics
+
+
+@pytest.fixture
+def sampler():
+    return LangevinDynamics(DoubleWellEnergy(), step_size=0.01)
+
+
+@pytest.mark.parametrize("kwargs, what", [
+    (dict(dim=3), "dim = 3 contradicts x"),
+    (dict(dim=(2, 1)), "dim = (2, 1) contradicts x"),
+    (dict(n_samples=5), "n_samples = 5 contradicts x"),
+])
+def test_contradicting_counts_are_refused(sampler, kwargs, what):
+    with pytest.raises(ValueError, match=r"contradicts x") as info:
+        sampler.sample(torch.zeros(4, 2), n_steps=1, **kwargs)
+    assert what in str(info.value)
+
+
+def test_agreeing_counts_are_accepted(sampler):
+    out = sampler.sample(torch.zeros(4, 2), dim=2, n_samples=4, n_steps=2)
+    assert out.shape == (4, 2)
+    one = sampler.sample(torch.zeros(2), dim=2, n_steps=1)     # a 1-D x is one chain
+    assert one.shape == (1, 2)
+
+
+def test_one_element_tensor_step_size_is_a_number():
+    s = LangevinDynamics(DoubleWellEnergy(), step_size=torch.tensor(0.25))
+    assert s.get_scheduled_value("step_size") == 0.25
+
+
+def test_per_chain_tensor_step_size_says_how_to_get_one():
+    with pytest.raises(ValueError, match=r"one positive number.*shape \[2\].*target_accept"):
+        LangevinDynamics(DoubleWellEnergy(), step_size=torch.tensor([0.1, 0.2]))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), torch.tensor(-0.5)])
+def test_non_positive_step_size_is_refused(bad):
+    with pytest.raises(ValueError, match="positive and finite"):
+        LangevinDynamics(DoubleWellEnergy(), step_size=bad)
+
+
+def test_contrastive_divergence_refuses_a_sampler_on_another_energy():
+    from torchebm.losses import ContrastiveDivergence
+    trained, other = DoubleWellEnergy(), DoubleWellEnergy()
+    with pytest.raises(ValueError, match="not the energy being trained"):
+        ContrastiveDivergence(trained, LangevinDynamics(other, step_size=0.01))
+    loss = ContrastiveDivergence(trained, LangevinDynamics(trained, step_size=0.01), k_steps=1)
+    value, negatives = loss(torch.zeros(3, 2))
+    assert negatives.shape == (3, 2) and torch.isfinite(value)
