@@ -32,6 +32,11 @@ def test_verify_a_formula_and_definitions(capsys):
     out = capsys.readouterr().out
     assert "grad~autograd" in out and "grad~fd" in out and "energy~mpmath" in out
     assert main(["verify", "definitions/rosenbrock.toml", "--no-speed"]) == 0
+    err = capsys.readouterr().err
+    assert "verify [1/1] RosenbrockEnergy: n = 2, 5 ..." in err   # progress, with its time
+    assert err.rstrip().endswith(" s")
+    assert main(["verify", "definitions/rosenbrock.toml", "--no-speed", "--quiet"]) == 0
+    assert "verify [" not in capsys.readouterr().err
 
 
 def test_verify_fails_on_a_wrong_gradient(monkeypatch, capsys):

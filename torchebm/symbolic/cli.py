@@ -8,6 +8,7 @@ import math
 import os
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -175,6 +176,8 @@ def main(argv=None) -> int:
                    help="random points per dimension")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--no-speed", action="store_true", help="skip the speed-up column")
+    v.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress lines on stderr (one per energy, with its time)")
 
     m = sub.add_parser("sample", help="sample a formula with Langevin, MALA or HMC",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -407,7 +410,12 @@ def _verify(args):
     from .verify import format_table, speedup, verify_energy
     gen = torch.Generator().manual_seed(args.seed)
     checks, speeds, skipped = [], [], []
-    for label, spec, fixed, dims in _targets(args):
+    targets = _targets(args)
+    for k, (label, spec, fixed, dims) in enumerate(targets, 1):
+        started = time.perf_counter()
+        if not args.quiet:
+            print(f"verify [{k}/{len(targets)}] {_short(label)}: n = "
+                  f"{', '.join(map(str, dims))} ...", end="", file=sys.stderr, flush=True)
         compiled = compile_spec(spec)
         cls = load_class(compiled.generated)
         tested = {}
@@ -424,11 +432,11 @@ def _verify(args):
             checks += verify_energy(label, energy, compiled.parsed, params, n,
                                     points=args.points, seed=args.seed)
             tested[n] = energy
-        if not tested:
-            continue
-        if not args.no_speed:
+        if tested and not args.no_speed:
             n = max(tested)
             speeds.append((label, n, speedup(tested[n], n)))
+        if not args.quiet:
+            print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     if not checks:
         print("error: no dimension could be checked:\n  " + "\n  ".join(skipped),
               file=sys.stderr)
