@@ -51,3 +51,14 @@ def test_verify_fails_on_a_wrong_gradient(monkeypatch, capsys):
 def test_bad_arguments_exit_nonzero(capsys):
     assert main(["verify", "sum(foo(x))", "--no-speed"]) == 2
     assert "unknown function" in capsys.readouterr().err
+
+
+def test_every_help_has_examples_and_no_none_defaults(capsys):
+    import pytest
+    for command in ([], ["build"], ["show"], ["verify"], ["sample"]):
+        with pytest.raises(SystemExit) as info:
+            main(command + ["--help"])
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert "examples:" in out and "torchebm-codegen" in out
+        assert "(default: None)" not in out

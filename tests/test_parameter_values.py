@@ -45,3 +45,8 @@ def test_names_must_be_written_in_ascii(formula, written, folded):
 def test_non_ascii_comment_is_fine():
     E = from_expression("sum(x**2)  # \u00e9nergie")
     assert E(torch.tensor([[1.0, 2.0]])).item() == pytest.approx(5.0)
+
+
+def test_bars_for_absolute_value_get_a_hint():
+    with pytest.raises(EnergySyntaxError, match=r"write abs\(x\), not \|x\|"):
+        from_expression("sum(|x|)")

@@ -54,3 +54,14 @@ def test_contrastive_divergence_refuses_a_sampler_on_another_energy():
     loss = ContrastiveDivergence(trained, LangevinDynamics(trained, step_size=0.01), k_steps=1)
     value, negatives = loss(torch.zeros(3, 2))
     assert negatives.shape == (3, 2) and torch.isfinite(value)
+
+
+@pytest.mark.parametrize("chains, limit, rule", [
+    (2, 200, "100 per chain"), (50, 400, "with 4 or more chains")])
+def test_low_ess_warning_states_the_rule(chains, limit, rule):
+    from torchebm.samplers import Diagnostics
+    ess = torch.tensor([150.0, 5000.0])
+    text = Diagnostics({}, mean_energy=torch.zeros(3), ess=ess, rhat=torch.ones(2),
+                       n_chains=chains).summary()
+    assert f"1 of 2 dimensions have an effective sample size below {limit}, the minimum" in text
+    assert rule in text and "(min 150)" in text

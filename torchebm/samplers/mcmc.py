@@ -96,9 +96,12 @@ class Diagnostics(dict):
             limit = ESS_PER_CHAIN * min(max(n, 1), 4)
             low = int((self.ess < limit).sum())
             if low:
+                rule = ("400, the minimum Vehtari et al. (2021) recommend with 4 or more "
+                        "chains" if limit == 4 * ESS_PER_CHAIN else
+                        f"{limit}, the minimum Vehtari et al. (2021) recommend: 100 per chain")
                 out.append(f"{low} of {self.ess.numel()} dimensions have an effective sample "
-                           f"size below {limit} (100 per chain, for up to 4 chains); run longer "
-                           f"or thin less")
+                           f"size below {rule} (min {float(self.ess.nan_to_num(0).min()):.4g}); "
+                           f"run longer or thin less")
         return out
 
     def summary(self) -> str:

@@ -160,6 +160,8 @@ def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
         hint = exc.msg
         if "^" in text:
             hint += "; for a power write '**', not '^'"
+        if "|" in text:
+            hint += "; for an absolute value write abs(x), not |x|"
         if re.search(r"\d[A-Za-z_(]", text) and "decimal literal" in exc.msg:
             hint += "; write a product with '*', e.g. 2*x"
         if re.search(r"\blambda\s+\w+\s*:", text):
