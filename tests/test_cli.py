@@ -62,3 +62,11 @@ def test_every_help_has_examples_and_no_none_defaults(capsys):
         out = capsys.readouterr().out
         assert "examples:" in out and "torchebm-codegen" in out
         assert "(default: None)" not in out
+
+
+def test_verify_times_the_speed_up_at_n_64_when_the_energy_takes_any_n(capsys):
+    assert main(["verify", "sum(x**2)", "--dims", "1,2", "--points", "1", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "n=64:" in out and "per-call overhead" in out
+    assert main(["verify", "definitions/booth.toml", "--points", "1", "-q"]) == 0   # n fixed: 2
+    assert "n=2:" in capsys.readouterr().out

@@ -50,3 +50,20 @@ def test_non_ascii_comment_is_fine():
 def test_bars_for_absolute_value_get_a_hint():
     with pytest.raises(EnergySyntaxError, match=r"write abs\(x\), not \|x\|"):
         from_expression("sum(|x|)")
+
+
+@pytest.mark.parametrize("formula, hint", [
+    ("sum(sinx)", "'sinx' (did you mean sin(x)?) is read as a scalar parameter"),
+    ("mean(cosx**2)", "'cosx' (did you mean cos(x)?) is read as a scalar parameter"),
+    ("sum(x0**2)", "'x0' (did you mean the component x[0]?) is read as a scalar parameter"),
+    ("sum(sinx*cosx)", "'cosx' (did you mean cos(x)?), 'sinx' (did you mean sin(x)?) are read"),
+])
+def test_typo_inside_a_reduction_keeps_its_hint(formula, hint):
+    with pytest.raises(EnergySyntaxError) as info:
+        from_expression(formula)
+    assert hint in str(info.value)
+
+
+def test_a_plain_scalar_inside_a_reduction_says_to_drop_it():
+    with pytest.raises(EnergySyntaxError, match="for scalars use the function itself"):
+        from_expression("sum(a)", a=1.0)

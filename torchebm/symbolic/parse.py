@@ -786,9 +786,16 @@ class _Parser:
         else:
             vec = self.visit(arg)
             if not isinstance(vec, Vector):
+                from .hints import describe, likely_intent
+                typos = sorted({n.id for n in ast.walk(arg) if isinstance(n, ast.Name)
+                                and n.id in self.params and likely_intent(n.id)})
+                hint = (f"; {', '.join(describe(t) for t in typos)} "
+                        f"{'is' if len(typos) == 1 else 'are'} read as "
+                        f"{'a scalar parameter' if len(typos) == 1 else 'scalar parameters'}"
+                        if typos else "")
                 self.error(f"{name}() reduces a vector, but its argument is a "
-                           f"{'matrix' if isinstance(vec, Matrix) else 'scalar'}; "
-                           f"for scalars use the function itself", node)
+                           f"{'matrix' if isinstance(vec, Matrix) else 'scalar'}"
+                           f"{hint or '; for scalars use the function itself'}", node)
             unrolled = self.unrolled(name, vec, node)
             if unrolled is not None:
                 return unrolled
