@@ -27,12 +27,11 @@ import textwrap
 import sympy as sp
 
 from ..errors import EnergySyntaxError
-from .derivatives import (Accumulate, Assign, Broadcast, IndexValue, InitAdjoint, LoadStmt,
-                          MatVecStmt, OthersProduct, Reduce, Statements)
-from .second import (HDIAG, TANGENT_X, CoincidentAccumulate, DenseAccumulate, MatrixDiagonal,
-                     OthersProductTangent, PointShift, tangent_name)
-from .ir import EnergySpec, GeneratedSource
-from .lower import Level
+from .ir import (GRADIENT, HDIAG, HVP, Accumulate, Addressing, Adjoint, Assign, Broadcast,
+                 CoincidentAccumulate, DenseAccumulate, EnergySpec, GeneratedSource, IndexValue,
+                 InitAdjoint, Kernel, Level, LoadKind, LoadStmt, MatrixDiagonal, MatVecStmt,
+                 OthersProduct, OthersProductTangent, PointShift, Reduce, Shape, Vector,
+                 VectorKind, tangent_vector_name)
 from .optimise import prune
 from . import gate
 from .printer import TorchEnergyPrinter
@@ -83,18 +82,24 @@ def python_name(name: str) -> str:
 
 
 class ModuleEmitter:
-    def __init__(self, spec: EnergySpec, parsed, stmts: Statements):
+    def __init__(self, spec: EnergySpec, parsed, kernel: Kernel, hvp: Kernel | None = None,
+                 diagonal: Kernel | None = None):
         self.spec = spec
         self.parsed = parsed
-        self.stmts = stmts
-        self.program = stmts.program
+        self.kernel, self.hvp, self.diagonal = kernel, hvp, diagonal
+        self.program = kernel.program
+        kernels = [k for k in (kernel, hvp, diagonal) if k is not None]
+        self.shapes = {s: shape for k in kernels for s, shape in k.shapes.items()}
+        self.tangent = hvp.tangent if hvp is not None else frozenset()
+        self.tangent_vectors = hvp.tangent_vectors if hvp is not None else {}
+        self.dense_roots = diagonal.dense_roots if diagonal is not None else {}
         self.ns = Namespace()
         self.names: dict = {N: "n"}
         self.pyscalars = {N}
         self.params = {}                 # user name -> local python name
         self.levels = self.program.levels
-        self.all_statements = stmts.body + (stmts.second or []) + (stmts.diagonal or [])
-        self.coincident = [st for st in (stmts.diagonal or [])
+        self.all_statements = [st for k in kernels for st in k.body]
+        self.coincident = [st for st in (diagonal.body if diagonal is not None else ())
                            if isinstance(st, CoincidentAccumulate)]
         self._name_everything()
 
@@ -124,12 +129,12 @@ class ModuleEmitter:
                 s = size_symbol(name, axis)
                 self.names[s] = f"{local}.shape[{axis}]"
                 self.pyscalars.add(s)
-        for name, mv in {**self.program.vectors, **self.stmts.tangent_vectors}.items():
+        for name, mv in {**self.program.vectors, **self.tangent_vectors}.items():
             self.params[name] = self.ns.create(name.lstrip("_"))
             self.names[mv.symbol] = self.params[name]
         self.accumulators = {}
-        for name in list(self.program.vectors) + list(self.stmts.tangent_vectors):
-            self.accumulator(name)
+        for name in list(self.program.vectors) + list(self.tangent_vectors):
+            self.accumulator(Vector(VectorKind.MATVEC, name))
         stems = self.program.symbol_names
         for st in self.all_statements:
             for d in st.defines():
@@ -143,11 +148,11 @@ class ModuleEmitter:
         # a copy 'a = b' left by CSE is printed as nothing: a is b
         # (only in the first list: in the second, where a target may be a copy of another
         # temporary, the copy is printed as an assignment)
-        for st in self.stmts.body:
+        for st in self.kernel.body:
             if isinstance(st, Assign) and st.expr.is_Symbol and st.expr in self.names:
                 self.names[st.target] = self.names[st.expr]
-        rank = {"scalar": 1, "batch": 2, "point": 3, "both": 3}
-        sizes = {sym: rank[shape] for sym, shape in self.stmts.shapes.items()}
+        rank = {Shape.SCALAR: 1, Shape.BATCH: 2, Shape.POINT: 3, Shape.BOTH: 3}
+        sizes = {sym: rank[shape] for sym, shape in self.shapes.items()}
         for p in self.parsed.params.values():
             if p.rank == 0:
                 sizes[sp.Symbol(p.name, real=True)] = 1
@@ -188,30 +193,10 @@ class ModuleEmitter:
     def is_slice_level(lv: Level) -> bool:
         return lv.parent is None and len(lv.clauses) == 1
 
-    def slice_offset(self, ld):
-        """Offset c when a load reads base[i + c] with unit stride in a one-range level."""
-        lv = ld.level
-        if lv is None or not self.is_slice_level(lv) or len(ld.indices) != 1:
-            return None
-        if ld.kind == "param" and self.rank_of(ld.base) != 1:
-            return None
-        var = lv.clauses[0][0]
-        off = sp.expand(ld.indices[0] - var)
-        if var in off.free_symbols or any(isinstance(a, (sp.Mod, sp.floor))
-                                          for a in sp.preorder_traversal(off)):
-            return None
-        if off.free_symbols - self.pyscalars:
-            return None
-        return off
-
-    def rank_of(self, base):
-        if base in self.parsed.params:
-            return self.parsed.params[base].rank
-        if base in self.parsed.constants:
-            return 1
-        if base in self.parsed.derived:
-            return 2 if self.parsed.derived[base].op == "inverse" else 0
-        return 1
+    @staticmethod
+    def slice_offset(ld):
+        """Offset c when a load reads base[i + c] with unit stride (decided by lower)."""
+        return ld.offset if ld.addressing in (Addressing.SLICE, Addressing.WHOLE) else None
 
     def points(self, lv: Level) -> str:
         if self.is_slice_level(lv):
@@ -224,38 +209,35 @@ class ModuleEmitter:
 
     def base_local(self, ld):
         if ld.tangent:
-            return "v" if ld.kind == "x" else self.params[tangent_name(ld.base)]
-        if ld.kind == "x":
+            return "v" if ld.kind is LoadKind.X else self.params[tangent_vector_name(ld.base)]
+        if ld.kind is LoadKind.X:
             return "x"
-        if ld.kind == "dense":
-            return self.accumulator(ld.base)
+        if ld.kind is LoadKind.DENSE:
+            return self.accumulator(Vector(VectorKind.DENSE, ld.base))
         return self.params[ld.base]
 
-    def accumulator(self, vector: str) -> str:
+    def accumulator(self, vector: Vector) -> str:
         """The local that holds the adjoint (or tangent, or diagonal) vector ``vector``."""
-        fixed = {"x": "grad", TANGENT_X: "hvp", HDIAG: "hdiag"}
+        fixed = {GRADIENT: "grad", HVP: "hvp", HDIAG: "hdiag"}
         if vector in fixed:
             return fixed[vector]
         name = self.accumulators.get(vector)
         if name is None:    # from the emitter's namespace: never a parameter's or a temporary's
-            stem = (f"grad_{self.names[self.stmts.dense_roots[vector]]}" if vector.startswith("x@")
-                    else f"adj_{self.params[vector]}")
+            stem = (f"grad_{self.names[self.dense_roots[vector]]}"
+                    if vector.kind is VectorKind.DENSE else f"adj_{self.params[vector.name]}")
             name = self.accumulators[vector] = self.ns.create(stem)
         return name
 
-    def is_x_like(self, vector: str) -> bool:
-        return vector in ("x", TANGENT_X, HDIAG) or vector.startswith("x@")
-
-    def vector_length(self, vector: str) -> str:
-        if self.is_x_like(vector):
+    def vector_length(self, vector: Vector) -> str:
+        if vector.x_like:
             return "n"
-        mv = self.program.vectors.get(vector) or self.stmts.tangent_vectors[vector]
+        mv = self.program.vectors.get(vector.name) or self.tangent_vectors[vector.name]
         return self.code(mv.length)
 
     def base_size(self, ld) -> str:
-        if ld.kind in ("x", "dense"):
+        if ld.kind in (LoadKind.X, LoadKind.DENSE):
             return "n"
-        if ld.kind == "vector":
+        if ld.kind is LoadKind.VECTOR:
             return self.code(self.program.vectors[ld.base].length)
         return f"{self.array_local[ld.base]}.shape[0]"
 
@@ -264,41 +246,39 @@ class ModuleEmitter:
         return self.names[e] if e in self.names else self.value(e)
 
     def shape(self, e) -> str:
-        from .derivatives import join
-        return join(*[self.stmts.shapes.get(s, "scalar") for s in e.free_symbols])
+        return Shape.join(*[self.shapes.get(s, Shape.SCALAR) for s in e.free_symbols])
 
     def materialize(self, sym, lv, allow_point=False):
         """``sym`` as a ``[..., P]`` tensor (a ``[P]`` one too with ``allow_point``)."""
         code = self.ref(sym)
-        if self.shape(sym) == "both" or (allow_point and self.shape(sym) == "point"):
+        if self.shape(sym) is Shape.BOTH or (allow_point and self.shape(sym) is Shape.POINT):
             return code
         return f"_rt_points({code}, {self.like(sym)}, {self.points(lv)})"
 
     def like(self, sym) -> str:
         """The input whose batch shape ``sym`` has: the tangent ``v`` or ``x``."""
-        return "v" if sym in self.stmts.tangent else "x"
+        return "v" if sym in self.tangent else "x"
 
-    def load_code(self, ld) -> str:
+    def load_code(self, ld, lv) -> str:
         base = self.base_local(ld)
-        batch = ld.kind != "param"
+        batch = ld.kind is not LoadKind.PARAM
         pre = "..., " if batch else ""
-        if ld.level is None:
+        if ld.addressing is Addressing.ELEMENT:
             idx = ", ".join(self.code(i) for i in ld.indices)
             return f"{base}[{pre}{idx}]"
-        off = self.slice_offset(ld)
-        if off is not None:
-            _, lo, hi = ld.level.clauses[0]
-            a, b = self.code(lo + off), self.code(hi + off)
-            if sp.simplify(lo + off) == 0 and sp.simplify(hi + off - self.size_expr(ld)) == 0:
-                return base
+        if ld.addressing is Addressing.WHOLE:
+            return base
+        if ld.addressing is Addressing.SLICE:
+            _, lo, hi = lv.clauses[0]
+            a, b = self.code(lo + ld.offset), self.code(hi + ld.offset)
             return f"{base}[{pre}{a}:{b}]"
         idx = ", ".join(f'lay["{self.index_key(ld, k)}"]' for k in range(len(ld.indices)))
         return f"{base}[{pre}{idx}]"
 
     def size_expr(self, ld):
-        if ld.kind in ("x", "dense"):
+        if ld.kind in (LoadKind.X, LoadKind.DENSE):
             return N
-        if ld.kind == "vector":
+        if ld.kind is LoadKind.VECTOR:
             return self.program.vectors[ld.base].length
         return self.canon(size_symbol(ld.base if ld.base not in self.parsed.derived
                                       else self.parsed.derived[ld.base].param, 0))
@@ -316,18 +296,18 @@ class ModuleEmitter:
                 return []
             return [f"{self.names[st.target]} = {self.value(st.expr)}"]
         if isinstance(st, LoadStmt):
-            return [f"{self.names[st.load.symbol]} = {self.load_code(st.load)}"]
+            return [f"{self.names[st.load.symbol]} = {self.load_code(st.load, lv)}"]
         if isinstance(st, IndexValue):
             return [f'{self.names[st.target]} = lay["iv{lv.id}_{st.var.name}"]']
         if isinstance(st, Broadcast):
             src = self.ref(st.source)
             shape = self.shape(st.source)
             if lv.parent is None:
-                code = f"{src}.unsqueeze(-1)" if shape in ("batch", "both") else src
-            elif shape == "batch":      # a per-sample value, the same at every point
+                code = f"{src}.unsqueeze(-1)" if shape.per_sample else src
+            elif shape is Shape.BATCH:  # a per-sample value, the same at every point
                 code = f"{src}.unsqueeze(-1)"
             else:                       # a value per point of the parent level
-                code = f'{src}[..., lay["seg{lv.id}"]]' if shape != "scalar" else src
+                code = f'{src}[..., lay["seg{lv.id}"]]' if shape is not Shape.SCALAR else src
             return [f"{self.names[st.target]} = {code}"]
         if isinstance(st, Reduce):
             src = self.materialize(st.source, lv, allow_point=True)
@@ -371,7 +351,8 @@ class ModuleEmitter:
             lines = self.ensure(acc)
             if lv is None:      # two per-sample loads x[k], x[m]: add where k == m (n-dependent)
                 k, m = self.code(st.load.indices[0]), self.code(st.other.indices[0])
-                one = (f"{self.ref(st.source)}.unsqueeze(-1)" if self.shape(st.source) == "batch"
+                one = (f"{self.ref(st.source)}.unsqueeze(-1)"
+                       if self.shape(st.source) is Shape.BATCH
                        else f"_rt_points({self.ref(st.source)}, x, 1)")
                 return lines + [f"{acc} = {acc} + _rt.pad_slice({one}, {k}, {k} + 1, n) "
                                 f"* float({k} == {m})"]
@@ -398,7 +379,7 @@ class ModuleEmitter:
 
     def matrix_slice(self, mv):
         A = self.params[mv.matrix]
-        _, lo, hi = mv.level.clauses[0]
+        _, lo, hi = self.program.level(mv.level).clauses[0]
         a, b = lo + mv.offset, hi + mv.offset
         d = self.parsed.derived.get(mv.matrix)
         base_name = d.param if d else mv.matrix
@@ -417,11 +398,11 @@ class ModuleEmitter:
         if not st.adjoint:
             h = self.names[mv.value]
             return [f"{vec} = {h} @ {A}.mT" if mv.row_major else f"{vec} = {h} @ {A}"]
-        adj = self.accumulator(mv.vector)
+        adj = self.accumulator(Vector(VectorKind.MATVEC, mv.vector))
         lines = []
         if adj not in self._initialised:      # nothing reached it: the product is flat in x
             self._initialised.add(adj)
-            like = "v" if mv.vector in self.stmts.tangent_vectors else "x"
+            like = "v" if mv.vector in self.tangent_vectors else "x"
             lines.append(f"{adj} = {like}.new_zeros({like}.shape[:-1] + "
                          f"({self.code(mv.length)},))")
         return lines + [f"{self.names[st.target]} = {adj} @ {A}" if mv.row_major
@@ -443,7 +424,7 @@ class ModuleEmitter:
         factor = self.ref(st.factor)
         if not factor.isidentifier():
             factor = f"({factor})"
-        if self.shape(st.factor) in ("batch", "both"):
+        if self.shape(st.factor).per_sample:
             factor = f"{factor}.unsqueeze(-1)"
         term = f"{factor}*" + (f"torch.square({ga})" if ga == gc else f"{ga}*{gc}")
         if acc not in self._initialised:
@@ -460,7 +441,7 @@ class ModuleEmitter:
         first = adj not in self._initialised
         self._initialised.add(adj)
         like = st.like
-        zeros = (f"torch.zeros_like({like})" if self.is_x_like(st.vector) else
+        zeros = (f"torch.zeros_like({like})" if st.vector.x_like else
                  f"{like}.new_zeros({like}.shape[:-1] + ({size},))")
         if lv is None:
             idx = ", ".join(self.code(i) for i in ld.indices)
@@ -471,11 +452,11 @@ class ModuleEmitter:
         if off is not None:
             _, lo, hi = lv.clauses[0]
             a, b = lo + off, hi + off
-            if sp.simplify(a) == 0 and sp.simplify(b - self.size_expr(ld)) == 0:
+            if ld.addressing is Addressing.WHOLE:
                 if first:
                     # later accumulations are out of place, so only an alias of an input
                     # (or a broadcast view) needs a copy here
-                    if (shape == "both" and not self._is_load(st.source)
+                    if (shape is Shape.BOTH and not self._is_load(st.source)
                             and not self._used_later(st.source)):
                         return [f"{adj} = {src}"]
                     return [f"{adj} = _rt_points({src}, {like}, {size}).clone()"]
@@ -497,7 +478,7 @@ class ModuleEmitter:
     def _is_load(self, sym):
         """True if ``sym`` may be a view of an input (a load, or a copy of one)."""
         fresh_vectors = {st.load.symbol for st in self._body
-                         if isinstance(st, LoadStmt) and st.load.kind == "vector"}
+                         if isinstance(st, LoadStmt) and st.load.kind is LoadKind.VECTOR}
         while True:
             if not sym.is_Symbol:
                 return True
@@ -513,9 +494,11 @@ class ModuleEmitter:
                 return True
 
     # -- functions ------------------------------------------------------------------------
-    def function(self, name, outputs, returns, doc, args="x", statements=None):
-        self._body = self.stmts.body if statements is None else statements
-        body = prune(self._body, outputs)
+    def function(self, kernel: Kernel, returns, doc):
+        """One method that prints ``kernel`` (pruned to its outputs)."""
+        name, outputs, args = f"_{kernel.name}", kernel.outputs, ", ".join(kernel.inputs)
+        self._body = kernel.body
+        body = prune(kernel).body
         self._initialised = set()
         lines = []
         last_level = "root"
@@ -526,9 +509,9 @@ class ModuleEmitter:
             last_level = st.level
             lines.extend(self.statement(st))
         for out in outputs:
-            if not (isinstance(out, str) and out.startswith("adj:")):
+            if not isinstance(out, Adjoint):
                 continue
-            acc, like = self.accumulator(out[4:]), "v" if out == "adj:" + TANGENT_X else "x"
+            acc, like = self.accumulator(out.vector), "v" if out.vector == HVP else "x"
             if acc not in self._initialised:
                 lines.append(f"{acc} = torch.zeros_like({like})  # flat in x almost everywhere")
         lines = _free_after_last_use(lines, returns)
@@ -537,7 +520,7 @@ class ModuleEmitter:
         head = ["n = x.shape[-1]"]
         for pname, local in self.params.items():
             if (pname in self.program.vectors or pname in self.parsed.derived
-                    or pname in self.stmts.tangent_vectors):
+                    or pname in self.tangent_vectors):
                 continue
             if local in words:
                 head.append(f"{local} = self.{local}.to(x.dtype)")
@@ -573,9 +556,9 @@ class ModuleEmitter:
             hi = gate.integer(spec.max_dim, "max_dim")
             lines.append(f"if n > {hi}:\n    raise ShapeError("
                          f"f\"{cls} needs x of dimension n <= {hi}, got n = {{n}}\")")
-        for ld in self.program.root_loads.values():
+        for ld in self.program.root_loads:
             for k, i in enumerate(ld.indices):
-                size = "n" if ld.kind == "x" else f"{self.array_local[ld.base]}.shape[{k}]"
+                size = "n" if ld.kind is LoadKind.X else f"{self.array_local[ld.base]}.shape[{k}]"
                 lines.append(f"_rt.check_range({self.code(i)}, {self.code(i)} + 1, {size}, "
                              f"{_what(ld, self)!r}, n)")
         def level_depth(lv):
@@ -584,9 +567,9 @@ class ModuleEmitter:
             lines.append(f"# {self.describe(lv)}")
             parents = {other.parent.id for other in self.levels if other.parent is not None}
             if (self.is_slice_level(lv) and not lv.index_values and lv.id not in parents
-                    and all(self.slice_offset(ld) is not None for ld in lv.loads.values())):
+                    and all(self.slice_offset(ld) is not None for ld in lv.loads)):
                 # unit-stride slices only: no index tensors, just the range checks
-                for ld in lv.loads.values():
+                for ld in lv.loads:
                     off = self.slice_offset(ld)
                     _, lo, hi = lv.clauses[0]
                     lines.append(f"_rt.check_range({self.code(lo + off)}, "
@@ -625,9 +608,9 @@ class ModuleEmitter:
                     per = sp.Mul(*[sp.Max(hi - lo, 0) for _, lo, hi in lv.clauses])
                     lines.append(f'lay["Q{lv.id}"] = {self.code(per)}')
             colprinter.names = {**self.names, **cols}
-            for var in lv.index_values:
+            for var, _ in lv.index_values:
                 lines.append(f'lay["iv{lv.id}_{var.name}"] = {cols[var]}.to(dtype)')
-            for ld in lv.loads.values():
+            for ld in lv.loads:
                 what = _what(ld, self)
                 off = self.slice_offset(ld)
                 if off is not None:
@@ -636,7 +619,7 @@ class ModuleEmitter:
                                  f" {self.base_size(ld)}, {what!r}, n)")
                     continue
                 for k, i in enumerate(ld.indices):
-                    size = self.base_size(ld) if ld.kind != "param" else \
+                    size = self.base_size(ld) if ld.kind is not LoadKind.PARAM else \
                         f"{self.array_local[ld.base]}.shape[{k}]"
                     lines.append(f'lay["{self.index_key(ld, k)}"] = _rt.check_index('
                                  f'_rt.as_index({colprinter.doprint(i)}, _count, device), '
@@ -660,7 +643,7 @@ class ModuleEmitter:
         body = "\n".join(lines)
         arrays = [f"{local} = self.{local}" for name, local in self.params.items()
                   if name not in self.program.vectors and name not in self.parsed.derived
-                  and name not in self.stmts.tangent_vectors
+                  and name not in self.tangent_vectors
                   and (name in self.parsed.constants or self.parsed.params[name].rank > 0)]
         text = "\n".join(["lay = {}"] + arrays + [body, "return lay"])
         return ("    def _layout(self, n, device, dtype):\n"
@@ -689,10 +672,10 @@ class ModuleEmitter:
 
 def _what(ld, em) -> str:
     """The load as the user wrote it: ``x[(i + 1) % n]``."""
-    if ld.kind == "vector":
+    if ld.kind is LoadKind.VECTOR:
         mv = em.program.vectors[ld.base]
         return f"row {ld.indices[0]} of the matrix-vector product with {mv.matrix}"
-    base = "x" if ld.kind == "x" else ld.base
+    base = "x" if ld.kind is LoadKind.X else ld.base
     idx = ", ".join(_index_text(i) for i in ld.indices)
     return f"{base}[{idx}]"
 
@@ -742,16 +725,23 @@ def _words(text: str) -> set:
     return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
 
 
-def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
-    """The complete module text for one energy class."""
-    em = ModuleEmitter(spec, parsed, stmts)
+def emit_module(spec: EnergySpec, parsed, kernel: Kernel, hvp: Kernel | None = None,
+                diagonal: Kernel | None = None) -> GeneratedSource:
+    """The complete module text for one energy class.
+
+    ``kernel``: energy and gradient; ``hvp``: the Hessian-vector product (None: the
+    second-order methods are generated on first use); ``diagonal``: the direct
+    Hessian diagonal (None: taken from Hessian-vector products at run time).
+    """
+    em = ModuleEmitter(spec, parsed, kernel, hvp, diagonal)
     layout = em.layout()
-    energy = stmts.energy
-    fwd = em.function("_energy", [energy], em.names[energy],
+    energy = kernel.energy
+    grad_out = Adjoint(GRADIENT)
+    fwd = em.function(prune(kernel, [energy], "energy"), em.names[energy],
                       "Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive().")
-    grad = em.function("_gradient", ["adj:x"], "grad",
+    grad = em.function(prune(kernel, [grad_out], "gradient"), "grad",
                        "Closed-form gradient dE/dx of x [..., n] -> [..., n].")
-    both = em.function("_energy_and_gradient", [energy, "adj:x"],
+    both = em.function(prune(kernel, [energy, grad_out], "energy_and_gradient"),
                        f"{em.names[energy]}, grad",
                        "Energy [...] and gradient [..., n] from one shared pass.")
     from .docs import class_docstring, init_method
@@ -781,27 +771,25 @@ def emit_module(spec: EnergySpec, parsed, stmts: Statements) -> GeneratedSource:
            f"    origin = {gate.string(spec.origin, 'origin')}\n",
            *([f"    particles = {gate.integer(spec.particles, 'particles')}\n"]
              if spec.particles else []),
-           f"    structured_hessian_diagonal = {stmts.diagonal is not None}\n\n",
+           f"    structured_hessian_diagonal = {diagonal is not None}\n\n",
            init_method(spec, em), "\n",
            layout, "\n"]
     d = em.derive()
     if d:
         src += [d, "\n"]
     diag = ""
-    if stmts.diagonal is not None:
+    if diagonal is not None:
         diag = "\n" + em.function(
-            "_hessian_diagonal", ["adj:" + HDIAG], "hdiag",
-            "Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n].",
-            statements=stmts.diagonal) + "\n" + em.function(
-            "_gradient_and_hessian_diagonal", ["adj:x", "adj:" + HDIAG], "grad, hdiag",
-            "Gradient [..., n] and Hessian diagonal [..., n] from one shared pass.",
-            statements=stmts.diagonal)
+            prune(diagonal, [Adjoint(HDIAG)], "hessian_diagonal"), "hdiag",
+            "Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n].") + "\n" + \
+            em.function(diagonal, "grad, hdiag",
+                        "Gradient [..., n] and Hessian diagonal [..., n] from one shared pass.")
     src += [fwd, "\n", grad, "\n", both]
-    if stmts.second is not None:      # else generated on first use (compiler.with_second_order)
-        hvp = em.function("_hessian_vector_product", ["adj:" + TANGENT_X], "hvp",
-                          "Closed-form Hessian-vector product H(x) v of x, v [..., n] -> "
-                          "[..., n].", args="x, v", statements=stmts.second)
-        src += ["\n", hvp, diag]
+    if hvp is not None:      # else generated on first use (compiler.with_second_order)
+        hvp_text = em.function(hvp, "hvp",
+                               "Closed-form Hessian-vector product H(x) v of x, v [..., n] -> "
+                               "[..., n].")
+        src += ["\n", hvp_text, diag]
     return GeneratedSource("".join(src), cls, spec.origin)
 
 

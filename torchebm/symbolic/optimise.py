@@ -10,20 +10,20 @@ with dead statements removed, which makes ``energy_and_gradient`` equal to
 
 from __future__ import annotations
 
-import dataclasses
-
 import sympy as sp
 
-from .derivatives import Assign, Statements, join
+from .ir import Assign, Kernel, Shape, frozen_map
 
 
-def cse(statements: Statements, prefix: str = "_t") -> Statements:
+def cse(kernel: Kernel, prefix: str = "_t") -> Kernel:
     """Common-subexpression elimination over each run of same-level assignments.
 
-    ``prefix`` names the temporaries; blocks optimised separately use different ones.
+    ``prefix`` names the temporaries; kernels optimised separately use different ones.
+    Returns a new kernel (``kernel`` is not changed).
     """
     out, run = [], []
     names = sp.numbered_symbols(prefix, real=True)
+    shapes, tangent = dict(kernel.shapes), set(kernel.tangent)
 
     def flush():
         if not run:
@@ -32,16 +32,15 @@ def cse(statements: Statements, prefix: str = "_t") -> Statements:
         temps, reduced = sp.cse(exprs, symbols=names, optimizations=None)
         level = run[0].level
         for t, e in temps:
-            statements.shapes[t] = join(*[statements.shapes.get(s, "scalar")
-                                          for s in e.free_symbols])
-            if e.free_symbols & statements.tangent:
-                statements.tangent.add(t)
+            shapes[t] = Shape.join(*[shapes.get(s, Shape.SCALAR) for s in e.free_symbols])
+            if e.free_symbols & tangent:
+                tangent.add(t)
         items = [Assign(level, t, e) for t, e in temps]
         items += [Assign(level, a.target, e) for a, e in zip(run, reduced)]
         out.extend(_dependency_order(items))
         run.clear()
 
-    for st in statements.body:
+    for st in kernel.body:
         if isinstance(st, Assign) and (not run or run[0].level is st.level):
             run.append(st)
             continue
@@ -51,7 +50,8 @@ def cse(statements: Statements, prefix: str = "_t") -> Statements:
         else:
             out.append(st)
     flush()
-    return dataclasses.replace(statements, body=out)
+    return kernel.replace(body=tuple(out), shapes=frozen_map(shapes),
+                          tangent=frozenset(tangent))
 
 
 def _dependency_order(items: list) -> list:
@@ -85,13 +85,15 @@ def _dependency_order(items: list) -> list:
     return order
 
 
-def prune(body: list, outputs) -> list:
-    """Keep only the statements that the outputs depend on (dead-code elimination)."""
+def prune(kernel: Kernel, outputs=None, name: str | None = None) -> Kernel:
+    """Keep only the statements that ``outputs`` (default: the kernel's) depend on
+    (dead-code elimination): an entry point that computes part of a kernel."""
+    outputs = kernel.outputs if outputs is None else tuple(outputs)
     needed = set(outputs)
     kept = []
-    for st in reversed(body):
+    for st in reversed(kernel.body):
         if any(d in needed for d in st.defines()):
             kept.append(st)
             needed.update(st.uses())
     kept.reverse()
-    return kept
+    return kernel.replace(name=name or kernel.name, outputs=outputs, body=tuple(kept))
