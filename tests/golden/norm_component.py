@@ -157,8 +157,7 @@ class GoldenEnergy(CompiledEnergy):
         del w1
         # level 0: i in range(0, n) (per sample)
         bw = knorm.unsqueeze(-1)
-        hdiag = hdiag + bw
-        del bw
+        del knorm
         # level 0: i in range(0, n) (per sample)
         bc_1 = norm.unsqueeze(-1)
         del norm
@@ -167,8 +166,12 @@ class GoldenEnergy(CompiledEnergy):
         del bc_1, w2, x_1
         grad_norm = w_2
         del w_2
-        hdiag = hdiag + (-knorm).unsqueeze(-1)*torch.square(grad_norm)
-        del grad_norm, knorm
+        gload = grad_norm
+        del grad_norm
+        h = bw*(1 - torch.square(gload))
+        del bw, gload
+        hdiag = hdiag + h
+        del h
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -198,8 +201,7 @@ class GoldenEnergy(CompiledEnergy):
         del w1
         # level 0: i in range(0, n) (per sample)
         bw = knorm.unsqueeze(-1)
-        hdiag = hdiag + bw
-        del bw
+        del knorm
         # level 0: i in range(0, n) (per sample)
         bc_1 = norm.unsqueeze(-1)
         del norm
@@ -208,6 +210,10 @@ class GoldenEnergy(CompiledEnergy):
         del bc_1, w2, x_1
         grad_norm = w_2
         del w_2
-        hdiag = hdiag + (-knorm).unsqueeze(-1)*torch.square(grad_norm)
-        del grad_norm, knorm
+        gload = grad_norm
+        del grad_norm
+        h = bw*(1 - torch.square(gload))
+        del bw, gload
+        hdiag = hdiag + h
+        del h
         return grad, hdiag

@@ -35,7 +35,7 @@ import sympy as sp
 
 from . import functions as F
 from .derivatives import partial, seeded_gradient
-from .ir import (GRADIENT, HDIAG, Accumulate, Adjoint, AdjointInfo, Assign, Broadcast,
+from .ir import (GRADIENT, HDIAG, Accumulate, Addressing, Adjoint, AdjointInfo, Assign, Broadcast,
                  CoincidentAccumulate, DenseAccumulate, InitAdjoint, Kernel, LoadKind, LoadStmt,
                  MatrixDiagonal, PointShift, Reduce, Shape, Vector, VectorKind, frozen_map)
 from .symbols import N
@@ -224,6 +224,19 @@ class _Diagonal:
                                                owner.result), None, stem="knorm")
         kw = self.to_level(k, lv)
         moving = sorted(firsts, key=str)
+        if len(moving) == 1:
+            kind, ld = self.kind(moving[0], lv)
+            if kind == "X" and ld.addressing is Addressing.WHOLE:
+                # each x_i is read at exactly one point: both terms are O(1/t) and cancel
+                # exactly at n = 1 (u_i = +-1), so they are subtracted before they are
+                # scaled by abar / t, never added separately into the diagonal
+                g = self.gradient_of(owner.result)
+                gl = self.sym("gload")
+                self.shapes[gl] = Shape.BOTH
+                self.tail.append(LoadStmt(lv, self.dense_load(gl, g, ld)))
+                f = self.point_value(firsts[moving[0]] ** 2, lv)
+                self.accumulate(lv, ld, kw * (f - gl ** 2))
+                return
         for i, a in enumerate(moving):
             for c in moving[i:]:
                 f = firsts[a] * firsts[c]

@@ -315,10 +315,13 @@ class AckleyEnergy(CompiledEnergy):
         del d_1, norm, w7
         # level 0: j in range(0, n) (per sample)
         bw = knorm.unsqueeze(-1)
-        hdiag = hdiag + bw
-        del bw
-        hdiag = hdiag + (-knorm).unsqueeze(-1)*torch.square(grad_norm)
-        del grad_norm, knorm
+        del knorm
+        gload = grad_norm
+        del grad_norm
+        h_3 = bw*(1 - torch.square(gload))
+        del bw, gload
+        hdiag = hdiag + h_3
+        del h_3
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -389,8 +392,11 @@ class AckleyEnergy(CompiledEnergy):
         del d_1, norm, w7
         # level 0: j in range(0, n) (per sample)
         bw = knorm.unsqueeze(-1)
-        hdiag = hdiag + bw
-        del bw
-        hdiag = hdiag + (-knorm).unsqueeze(-1)*torch.square(grad_norm)
-        del grad_norm, knorm
+        del knorm
+        gload = grad_norm
+        del grad_norm
+        h_3 = bw*(1 - torch.square(gload))
+        del bw, gload
+        hdiag = hdiag + h_3
+        del h_3
         return grad, hdiag
