@@ -10,14 +10,14 @@ import dataclasses
 import pytest
 import sympy as sp
 
-from torchebm.symbolic.compiler import compile_spec
+from torchebm.symbolic.compiler import compile_spec, optimised
 from torchebm.symbolic.derivatives import reverse_mode
 from torchebm.symbolic.diagonal import hessian_diagonal
 from torchebm.symbolic.emit import emit_module
-from torchebm.symbolic.ir import (GRADIENT, HDIAG, HVP, Adjoint, Assign, EnergySpec, Kernel,
-                                  LoadKind, ParamDecl, Program, Shape, Vector, VectorKind,
-                                  frozen_map)
-from torchebm.symbolic.optimise import cse, prune
+from torchebm.symbolic.ir import (GRADIENT, HDIAG, HVP, Adjoint, Assign, EnergySpec, Free,
+                                  Kernel, LoadKind, ParamDecl, Program, Reduce, Shape, Vector,
+                                  VectorKind, frozen_map)
+from torchebm.symbolic.optimise import cse, entry_points, liveness, propagate_copies, prune
 from torchebm.symbolic.tangent import jvp
 
 a, b, c, d, u, y = sp.symbols("a b c d u y", real=True)
@@ -97,6 +97,39 @@ def test_prune_keeps_what_an_output_needs():
     assert [st.target for st in prune(k, [d]).body] == [d]
 
 
+def test_propagate_copies_reads_the_source_and_renames_outputs():
+    k = _kernel([Assign(None, u, a * b), Assign(None, c, u), Assign(None, d, c + 1)], [c, d])
+    before = _snapshot(k)
+    out = propagate_copies(k)
+    assert _snapshot(k) == before
+    assert [st.target for st in out.body] == [u, d]
+    assert out.body[1].expr == u + 1 and out.outputs == (u, d)
+    got = _run(out, {a: 3, b: 5})
+    assert got == {u: 15, d: 16}
+
+
+def test_liveness_frees_each_value_after_its_last_reader():
+    k = _kernel([Assign(None, u, a * b), Assign(None, c, u + 1), Assign(None, y, c * 2),
+                 Assign(None, d, y + a)], [d],
+                {a: Shape.BATCH, u: Shape.BATCH, c: Shape.BATCH, y: Shape.BATCH,
+                 d: Shape.BATCH})
+    before = _snapshot(k)
+    out = liveness(k)
+    assert _snapshot(k) == before
+    kinds = [(type(st).__name__, getattr(st, "target", None) or st.keys) for st in out.body]
+    assert kinds == [("Assign", u), ("Assign", c), ("Free", (u,)), ("Assign", y),
+                     ("Free", (c,)), ("Assign", d), ("Free", (y,))]   # never the output
+
+
+def test_liveness_keeps_scalars_and_frees_a_reduction_with_its_source():
+    k = _kernel([Assign(None, u, a * 2), Assign(None, c, u * b), Reduce(None, y, c, "sum_all"),
+                 Assign(None, d, y + u)], [d],
+                {u: Shape.SCALAR, b: Shape.BOTH, c: Shape.BOTH, y: Shape.BATCH,
+                 d: Shape.BATCH})
+    frees = [st.keys for st in liveness(k).body if isinstance(st, Free)]
+    assert frees == [(c,), (y,)]            # u is a 0-d scalar: nothing worth freeing
+
+
 def _spec(formula, params=()):
     return EnergySpec("IrCase", formula, tuple(params), summary="An IR test case.")
 
@@ -143,10 +176,11 @@ def test_free_stage_order_gives_the_same_source(name):
     diag_second = hessian_diagonal(built.replace(next_symbol=hvp_first.next_symbol), info)
     hvp_second = jvp(built)
     spec, parsed = compiled.spec, compiled.parsed
-    one = emit_module(spec, parsed, cse(built), cse(hvp_first, "_u"),
-                      diag_first and cse(diag_first, "_w")).source
-    two = emit_module(spec, parsed, cse(built), cse(hvp_second, "_u"),
-                      diag_second and cse(diag_second, "_w")).source
+    one = emit_module(spec, parsed, entry_points(optimised(built), optimised(hvp_first, "_u"),
+                                                 diag_first and optimised(diag_first, "_w")))
+    two = emit_module(spec, parsed, entry_points(optimised(built), optimised(hvp_second, "_u"),
+                                                 diag_second and optimised(diag_second, "_w")))
+    one, two = one.source, two.source
     assert one == two
     # and equal to the compiler's own chaining
     assert one == compile_spec(_spec(*CASES[name])).generated.source

@@ -20,7 +20,7 @@ from .diagonal import hessian_diagonal
 from .emit import emit_module
 from .ir import AdjointInfo, EnergySpec, GeneratedSource, Kernel
 from .lower import lower
-from .optimise import cse
+from .optimise import cse, entry_points, propagate_copies
 from .parse import MAX_TREE, Parsed, _tree_size, parse_formula
 from .rewrite import stabilize
 from .symbols import N, size_symbol
@@ -38,6 +38,7 @@ class Compiled:
     info: AdjointInfo | None = None     # what the reverse sweep learnt
     hvp: Kernel | None = None           # Hessian-vector product (None: first order only)
     diagonal: Kernel | None = None      # direct Hessian diagonal (None: not structured)
+    entries: tuple = ()                 # one kernel per generated method
 
     @property
     def has_second_order(self) -> bool:
@@ -101,10 +102,17 @@ def _compile_parsed(spec, parsed, second_order):
     budget.check_work(budget.gradient_work(expr), budget.MAX_GRADIENT_WORK, "the gradient")
     built, info = reverse_mode(program)
     budget.check_statements(built.body, "the gradient", budget.MAX_GRADIENT_NODES)
-    compiled = Compiled(None, parsed, cse(built), spec, built, info)
+    compiled = Compiled(None, parsed, optimised(built), spec, built, info)
     if second_order:
         return with_second_order(compiled)
-    return dataclasses.replace(compiled, generated=emit_module(spec, parsed, compiled.kernel))
+    entries = entry_points(compiled.kernel)
+    return dataclasses.replace(compiled, generated=emit_module(spec, parsed, entries),
+                               entries=entries)
+
+
+def optimised(kernel: Kernel, prefix: str = "_t") -> Kernel:
+    """The passes every kernel gets: CSE, then copy propagation."""
+    return propagate_copies(cse(kernel, prefix))
 
 
 def with_second_order(compiled: Compiled) -> Compiled:
@@ -121,15 +129,17 @@ def with_second_order(compiled: Compiled) -> Compiled:
                           "the Hessian-vector product")
         second = jvp(built)
         budget.check_statements(second.body, "the Hessian-vector product")
-        hvp = cse(second, prefix="_u")
+        hvp = optimised(second, prefix="_u")
         # the diagonal's new symbols continue after the tangent's: unique across kernels
         diagonal = hessian_diagonal(built.replace(next_symbol=second.next_symbol),
                                     compiled.info)
         if diagonal is not None:
             budget.check_statements(diagonal.body, "the Hessian diagonal")
-            diagonal = cse(diagonal, prefix="_w")
-        generated = emit_module(compiled.spec, compiled.parsed, compiled.kernel, hvp, diagonal)
-    return dataclasses.replace(compiled, generated=generated, hvp=hvp, diagonal=diagonal)
+            diagonal = optimised(diagonal, prefix="_w")
+        entries = entry_points(compiled.kernel, hvp, diagonal)
+        generated = emit_module(compiled.spec, compiled.parsed, entries)
+    return dataclasses.replace(compiled, generated=generated, hvp=hvp, diagonal=diagonal,
+                               entries=entries)
 
 
 def compile_spec(spec: EnergySpec, second_order: bool = True) -> Compiled:

@@ -237,6 +237,7 @@ class MatVec:
     vector: str                # name of the result vector
     length: sp.Expr            # its length (rows or columns of A)
     level: int                 # id of the level of the product's points
+    whole: bool = False        # the range covers the matrix's axis (no slice of A)
 
     @property
     def symbol(self) -> sp.Symbol:
@@ -255,6 +256,7 @@ class Level:
     outer: tuple = ()          # ((root symbol, broadcast symbol), ...)
     reductions: tuple = ()
     matvec: MatVec | None = None
+    terms: tuple = ()          # the formula's terms computed here, as text (comments)
 
     @property
     def all_vars(self) -> list:
@@ -484,6 +486,13 @@ class PointShift(Stmt):
 
     def uses(self):
         return tuple(self.source.free_symbols)
+
+
+@dataclass(frozen=True, eq=False)
+class Free(Stmt):
+    """Release values after their last use (``del``): ``keys`` (symbols or
+    :class:`Adjoint` keys) that own memory, with the views that keep it alive."""
+    keys: tuple = ()
 
 
 # -- kernels --------------------------------------------------------------------------------

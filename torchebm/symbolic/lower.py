@@ -31,6 +31,7 @@ from . import functions as F
 from ..errors import EnergySyntaxError
 from .ir import Addressing, Level, Load, LoadKind, MatVec, Program, Reduction, frozen_map
 from .symbols import N, X, size_symbol
+from .sympy_input import formula_from_sympy
 
 _REDUCERS = {F.Sum: "sum", F.Product: "prod", F.LogSumExp: "lse", F.Norm: "norm"}
 
@@ -45,8 +46,9 @@ class _LevelDraft:
     index_values: dict = field(default_factory=dict)   # var -> symbol (float column)
     outer: dict = field(default_factory=dict)          # root symbol -> broadcast symbol
     reductions: list = field(default_factory=list)     # (op, body, result, value)
-    matvec: tuple | None = None                         # MatVec fields but the level
+    matvec: tuple | None = None                         # MatVec fields
     mergeable: bool = True
+    terms: list = field(default_factory=list)           # the formula's terms, as text
 
     @property
     def all_vars(self):
@@ -152,6 +154,7 @@ class _Lowering:
         result, value = self.sym("r" if op == "sum" else op), self.sym("v")
         # a body that is one load is reduced directly (no copy)
         new.reductions.append((op, body, result, body if body.is_Symbol else value))
+        new.terms.append(_term_text(expr))
         self.seen[seen] = result
         if parent is None and level is not None:
             return self.outer(result, level)
@@ -202,8 +205,13 @@ class _Lowering:
         name = f"_mv{len(self.vectors)}"
         rows, cols = self.sizes[matrix]
         value = self.sym("v")
+        _, lo, hi = clause
+        full = cols if row_major else rows
+        whole = sp.expand(lo + offset) == 0 and sp.expand(hi + offset - full) == 0
         hl.matvec = (body, body if body.is_Symbol else value, matrix, row_major, offset,
-                     name, rows if row_major else cols, hl.id)
+                     name, rows if row_major else cols, hl.id, whole)
+        hl.terms.append(f"({_term_text(h)}) @ {matrix}" if not row_major
+                        else f"{matrix} @ ({_term_text(h)})")
         self.vectors[name] = hl.matvec
         self.param_ranks[name] = 1
         return self.load(sp.IndexedBase(name, real=True)[outer_ix], level)
@@ -223,7 +231,16 @@ class _Lowering:
             mv = vectors[draft.matvec[5]] if draft.matvec is not None else None
             frozen[draft.id] = Level(draft.id, parent, clauses, loads,
                                      tuple(draft.index_values.items()),
-                                     tuple(draft.outer.items()), reductions, mv)
+                                     tuple(draft.outer.items()), reductions, mv,
+                                     tuple(draft.terms))
+            if parent is not None and not frozen[draft.id].rectangular:
+                for r in reductions:
+                    if r.op != "sum":
+                        name = {"lse": "logsumexp"}.get(r.op, r.op)
+                        raise EnergySyntaxError(
+                            f"a nested {name}(...) whose range depends on an outer index "
+                            f"cannot be vectorised; make its range independent of the outer "
+                            f"index (mask terms with where(...))")
         roots = tuple(self.freeze_load(ld, None) for ld in self.root_loads.values())
         return Program(energy, tuple(frozen[d.id] for d in self.levels), roots,
                        frozen_map(vectors), frozen_map(self.names), frozen_map(size_subs),
@@ -266,6 +283,16 @@ class _Lowering:
             return self.frozen_vectors[ld.base].length
         size = self.sizes[ld.base][0]
         return size.subs(self.size_subs) if self.size_subs else size
+
+
+def _term_text(expr, limit=80) -> str:
+    """A reduction as the formula says it, shortened to ``limit`` characters."""
+    try:
+        text = formula_from_sympy(expr)
+    except EnergySyntaxError:
+        text = str(expr)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def lower(expr: sp.Expr, param_ranks: dict, sizes: dict, size_subs=None,
