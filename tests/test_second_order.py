@@ -296,3 +296,27 @@ def test_second_derivatives_of_kinked_and_antisymmetric_formulas(formula):
     assert _rel(energy.hessian(x), want) <= RTOL
     assert _rel(energy.hessian_vector_product(x, v), (want @ v.unsqueeze(-1))[..., 0]) <= RTOL
     assert _rel(energy.hessian_diagonal(x), torch.diagonal(want, dim1=-2, dim2=-1)) <= RTOL
+
+
+@pytest.mark.parametrize("x0", [1e-60, -3e-55, 1e-30, 1e-8, 0.3])
+def test_ackley_diagonal_at_one_dimension_near_the_origin(x0):
+    """At n = 1 the norm is |x|: its own curvature (1 - u^2)/|x| is exactly 0, but it
+    was added to the diagonal as two terms of order 1/|x| (about 1e60 here), which
+    cancelled to 0 and took the true value (about 106.5) with them.
+
+    Reference: E(x) = -a exp(-b |x|) - exp(cos(c x)) + a + e for x != 0, so
+    E'' = -a b^2 exp(-b|x|) + c^2 exp(cos cx) (cos cx - sin^2 cx), in 50-digit mpmath.
+    """
+    import mpmath
+    mpmath.mp.dps = 50
+    a, b, c = mpmath.mpf(20), mpmath.mpf("0.2"), 2 * mpmath.pi
+    t = mpmath.mpf(x0)
+    want = (-a * b**2 * mpmath.exp(-b * abs(t))
+            + c**2 * mpmath.exp(mpmath.cos(c * t)) * (mpmath.cos(c * t) - mpmath.sin(c * t)**2))
+    x = torch.tensor([[x0]], dtype=torch.float64)
+    E = AckleyEnergy(a=20.0, b=0.2, c=float(2 * mpmath.pi))
+    got = E.hessian_diagonal(x)
+    assert got.shape == (1, 1)
+    assert abs(float(got[0, 0]) - float(want)) <= 1e-12 * abs(float(want))
+    _, laplacian = E.gradient_and_laplacian(x)       # the shared-pass entry point
+    assert abs(float(laplacian[0]) - float(want)) <= 1e-12 * abs(float(want))

@@ -533,9 +533,9 @@ def test_any_outside_text_gives_a_module_of_the_expected_shape(
         gate.identifier(name, "class name", RESERVED)
     except EnergySyntaxError:
         with pytest.raises(EnergySyntaxError):
-            emit_module(spec, c.parsed, c.statements)
+            emit_module(spec, c.parsed, c.entries)
         return
-    source = emit_module(spec, c.parsed, c.statements).source
+    source = emit_module(spec, c.parsed, c.entries).source
     expected = _top_level(c.generated.source)
     expected[expected.index(("class", c.spec.class_name))] = ("class", name)
     assert _top_level(source) == expected

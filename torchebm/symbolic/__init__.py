@@ -4,11 +4,14 @@ Pipeline, one module per stage::
 
     parse.py        formula text -> SymPy (ast whitelist, never eval)
     rewrite.py      numerically stable rewrites (log1p, logsumexp, safe sqrt)
-    lower.py        SymPy -> vectorised levels (slices, gathers, matvec)
-    derivatives.py  closed-form gradient by the chain rule over levels
-    second.py       Hessian-vector products (forward over reverse), Hessian diagonal
-    optimise.py     common subexpressions, dead code per entry point
-    emit.py         torch source of an nn.Module   (printer.py: one expression)
+    lower.py        SymPy -> vectorised levels (slices, gathers, matvec): ir.Program
+    derivatives.py  closed-form gradient by the chain rule over levels: ir.Kernel
+    tangent.py      Hessian-vector products (forward over reverse)
+    diagonal.py     the Hessian diagonal in closed form
+    optimise.py     Kernel -> Kernel passes: CSE, copies, simplify, prune, liveness
+    emit.py         prints the nn.Module (layout.py, names.py; printer.py: one expression)
+
+    ir.py holds every type one stage hands another, frozen.
     load.py         source -> class, kept for tracebacks and .source
 
 Public: :func:`from_expression`, :class:`EnergySyntaxError`, and the SymPy

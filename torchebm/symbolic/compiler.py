@@ -1,7 +1,10 @@
-"""The pipeline: parse -> rewrite -> lower -> derivatives -> second -> optimise -> emit.
+"""The pipeline: parse -> rewrite -> lower -> derivatives -> tangent, diagonal ->
+optimise -> emit.
 
 :func:`compile_spec` is the one place where the stages are chained; each
-stage is a module of its own with one entry function.
+stage is a module of its own with one entry function, and the stages hand each
+other only the frozen types of ``ir.py`` (a :class:`ir.Program`, then
+:class:`ir.Kernel` s), never their own state.
 """
 
 from __future__ import annotations
@@ -12,28 +15,34 @@ from dataclasses import dataclass
 
 from ..errors import EnergySyntaxError
 from . import budget
-from .derivatives import Statements, build
+from .derivatives import reverse_mode
+from .diagonal import hessian_diagonal
 from .emit import emit_module
-from .ir import EnergySpec, GeneratedSource
+from .ir import AdjointInfo, EnergySpec, GeneratedSource, Kernel
 from .lower import lower
-from .optimise import cse
+from .optimise import cse, entry_points, propagate_copies
 from .parse import MAX_TREE, Parsed, _tree_size, parse_formula
 from .rewrite import stabilize
-from .second import hessian_diagonal, tangent
 from .symbols import N, size_symbol
+from .tangent import jvp
 
 
-@dataclass
+@dataclass(frozen=True)
 class Compiled:
+    """One compile: the module's source and the kernels it was printed from."""
     generated: GeneratedSource
     parsed: Parsed
-    statements: Statements
+    kernel: Kernel                      # energy and gradient, after CSE
     spec: EnergySpec | None = None
-    built: Statements | None = None     # before CSE: what the second-order stages start from
+    built: Kernel | None = None         # before CSE: what the second-order stages start from
+    info: AdjointInfo | None = None     # what the reverse sweep learnt
+    hvp: Kernel | None = None           # Hessian-vector product (None: first order only)
+    diagonal: Kernel | None = None      # direct Hessian diagonal (None: not structured)
+    entries: tuple = ()                 # one kernel per generated method
 
     @property
     def has_second_order(self) -> bool:
-        return self.statements.second is not None
+        return self.hvp is not None
 
 
 def array_ranks(parsed: Parsed) -> dict:
@@ -85,45 +94,52 @@ def _compile_parsed(spec, parsed, second_order):
     subs = unify_sizes(parsed)
     expr = stabilize(parsed.expression.subs(subs) if subs else parsed.expression)
     sizes = {k: tuple(s.subs(subs) for s in v) for k, v in array_sizes(parsed).items()}
-    program = lower(expr, array_ranks(parsed), sizes)
-    program.size_subs = subs
     # a declared positive-definite matrix, and its inverse, are symmetric
     spd = {p.name for p in spec.params if p.constraint == "positive_definite"}
-    program.symmetric = frozenset(spd | {k for k, d in parsed.derived.items()
-                                         if d.op == "inverse" and d.param in spd})
+    symmetric = frozenset(spd | {k for k, d in parsed.derived.items()
+                                 if d.op == "inverse" and d.param in spd})
+    program = lower(expr, array_ranks(parsed), sizes, subs, symmetric)
     budget.check_work(budget.gradient_work(expr), budget.MAX_GRADIENT_WORK, "the gradient")
-    built = build(program)
+    built, info = reverse_mode(program)
     budget.check_statements(built.body, "the gradient", budget.MAX_GRADIENT_NODES)
-    statements = cse(built)
-    statements.second = None
-    compiled = Compiled(None, parsed, statements, spec, built)
+    compiled = Compiled(None, parsed, optimised(built), spec, built, info)
     if second_order:
         return with_second_order(compiled)
-    return dataclasses.replace(compiled, generated=emit_module(spec, parsed, statements))
+    entries = entry_points(compiled.kernel)
+    return dataclasses.replace(compiled, generated=emit_module(spec, parsed, entries),
+                               entries=entries)
+
+
+def optimised(kernel: Kernel, prefix: str = "_t") -> Kernel:
+    """The passes every kernel gets: CSE, then copy propagation."""
+    return propagate_copies(cse(kernel, prefix))
 
 
 def with_second_order(compiled: Compiled) -> Compiled:
     """Add the Hessian-vector product and Hessian diagonal to a first-order compile.
 
     Energy and gradient keep their own CSE; second-order entry points are pruned
-    from a second list, the same statements with their tangents, optimised together.
+    from a second kernel, the same statements with their tangents, optimised together.
     """
     if compiled.has_second_order:
         return compiled
-    built, statements = compiled.built, compiled.statements
+    built = compiled.built
     with budget.guard(compiled.spec.origin):
         budget.check_work(budget.tangent_work(built.body), budget.MAX_TANGENT_WORK,
                           "the Hessian-vector product")
-        second = tangent(built)
+        second = jvp(built)
         budget.check_statements(second.body, "the Hessian-vector product")
-        statements.second = cse(second, prefix="_u").body
-        diagonal = hessian_diagonal(built)
+        hvp = optimised(second, prefix="_u")
+        # the diagonal's new symbols continue after the tangent's: unique across kernels
+        diagonal = hessian_diagonal(built.replace(next_symbol=second.next_symbol),
+                                    compiled.info)
         if diagonal is not None:
-            budget.check_statements(diagonal, "the Hessian diagonal")
-            statements.diagonal = cse(dataclasses.replace(built, body=diagonal),
-                                      prefix="_w").body
-        generated = emit_module(compiled.spec, compiled.parsed, statements)
-    return dataclasses.replace(compiled, generated=generated)
+            budget.check_statements(diagonal.body, "the Hessian diagonal")
+            diagonal = optimised(diagonal, prefix="_w")
+        entries = entry_points(compiled.kernel, hvp, diagonal)
+        generated = emit_module(compiled.spec, compiled.parsed, entries)
+    return dataclasses.replace(compiled, generated=generated, hvp=hvp, diagonal=diagonal,
+                               entries=entries)
 
 
 def compile_spec(spec: EnergySpec, second_order: bool = True) -> Compiled:

@@ -11,19 +11,17 @@ outer result, or handed to a nested level. The result is a list of
 statements, each tagged with the level whose shape it has, that the
 optimise stage shares (CSE) and the emit stage prints.
 
-Shape classes of a value: ``scalar`` (a number or a parameter), ``batch``
-(``[...]``, per sample), ``point`` (``[P]``, per point of a level, the same
-for every sample) and ``both`` (``[..., P]``).
+Shape classes of a value: :class:`ir.Shape`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import sympy as sp
 
 from . import functions as F
-from .lower import Level, Load, MatVec, Program
+from .ir import (GRADIENT, Accumulate, Adjoint, AdjointInfo, Assign, Broadcast, IndexValue, InitAdjoint,
+                 Kernel, Level, LoadKind, LoadStmt, MatVecStmt, OthersProduct, Program, Reduce,
+                 Shape, Vector, VectorKind, frozen_map)
 
 
 def partial(expr, s):
@@ -43,156 +41,13 @@ def norm_weight(value, norm):
     return F.where_else_zero(sp.Ne(norm, 0), F.Ratio, value, norm)
 
 
-def tangent_name(vector: str) -> str:
-    """Name of the tangent of an adjoint or matrix-vector vector (second order)."""
-    return "x.dot" if vector == "x" else vector + "_dot"
-
-
-# -- statements ------------------------------------------------------------------
-@dataclass(eq=False)
-class Stmt:
-    level: Level | None
-
-    def defines(self):
-        return ()
-
-    def uses(self):
-        return ()
-
-
-@dataclass(eq=False)
-class Assign(Stmt):
-    target: sp.Symbol
-    expr: sp.Expr
-
-    def defines(self):
-        return (self.target,)
-
-    def uses(self):
-        return tuple(self.expr.free_symbols)
-
-
-@dataclass(eq=False)
-class LoadStmt(Stmt):
-    load: Load
-
-    def defines(self):
-        return (self.load.symbol,)
-
-    def uses(self):
-        if self.load.kind == "dense":       # a gradient vector (second order)
-            return ("adj:" + self.load.base,)
-        if self.load.kind != "vector":
-            return ()
-        return (tangent_name(self.load.base) if self.load.tangent else self.load.base,)
-
-
-@dataclass(eq=False)
-class IndexValue(Stmt):
-    target: sp.Symbol
-    var: sp.Symbol
-
-    def defines(self):
-        return (self.target,)
-
-
-@dataclass(eq=False)
-class Unary(Stmt):
-    """``target = f(source)`` for a non-elementwise f (the subclass says which)."""
-    target: sp.Symbol
-    source: sp.Symbol
-
-    def defines(self):
-        return (self.target,)
-
-    def uses(self):
-        return (self.source,)
-
-
-@dataclass(eq=False)
-class Broadcast(Unary):
-    """A value of the enclosing level (or the root) repeated over this level's points."""
-
-
-@dataclass(eq=False)
-class Reduce(Unary):
-    """Reduce ``source`` over this level's own points into the enclosing level.
-
-    ``op``: 'sum' | 'prod' | 'lse', or 'sum_all' over every point of the level
-    (an adjoint contribution to a per-sample value).
-    """
-    op: str = "sum"
-
-
-@dataclass(eq=False)
-class OthersProduct(Unary):
-    """Product of all other terms of each segment (prod's gradient, exact with zeros)."""
-
-
-@dataclass(eq=False)
-class MatVecStmt(Stmt):
-    matvec: MatVec
-    adjoint: bool = False      # False: y = h @ A ; True: hbar = ybar @ A^T
-    target: sp.Symbol | None = None
-
-    def defines(self):
-        return (self.target,) if self.adjoint else (self.matvec.vector, self.matvec.symbol)
-
-    def uses(self):
-        return (("adj:" + self.matvec.vector,) if self.adjoint else (self.matvec.value,))
-
-
-@dataclass(eq=False)
-class InitAdjoint(Stmt):
-    vector: str                # 'x' or a matvec vector name
-
-    def defines(self):
-        return ("adj:" + self.vector,)
-
-
-@dataclass(eq=False)
-class Accumulate(Stmt):
-    """``adj:vector[load's indices] += source``; ``like`` names the input whose shape it has."""
-    vector: str
-    load: Load
-    source: sp.Symbol
-    like: str = "x"
-
-    def defines(self):
-        return ("adj:" + self.vector,)
-
-    def uses(self):
-        return ("adj:" + self.vector, self.source)
-
-
-@dataclass
-class Statements:
-    body: list
-    energy: sp.Symbol
-    shapes: dict = field(default_factory=dict)      # symbol -> shape class
-    program: Program | None = None
-    builder: "_Builder | None" = None                # for the second-order stages
-    tangent: set = field(default_factory=set)        # symbols shaped like the tangent v
-    tangent_vectors: dict = field(default_factory=dict)   # tangent vector name -> MatVec
-    second: list = field(default_factory=list)       # statements of the second-order entry points
-    diagonal: list | None = None                     # ... of the direct Hessian diagonal
-    dense_roots: dict = field(default_factory=dict)  # 'x@r' -> r, gradients of per-sample values
-
-
-def join(*classes):
-    batch = any(c in ("batch", "both") for c in classes)
-    point = any(c in ("point", "both") for c in classes)
-    return {(False, False): "scalar", (True, False): "batch",
-            (False, True): "point", (True, True): "both"}[(batch, point)]
-
-
 class _Builder:
-    def __init__(self, program: Program):
+    def __init__(self, program: Program, first_symbol: int = 0):
         self.p = program
         self.out: list = []
         self.shapes: dict = {}
         self.xdep: set = set()
-        self.counter = 0
+        self.counter = first_symbol
         self.partials: dict = {}      # (owner, symbol) -> (constant factor, per-point symbol)
         self.defs: dict = {}          # symbol -> expression, for every Assign
         # recorded by the energy's reverse sweep, for the Hessian diagonal:
@@ -213,7 +68,7 @@ class _Builder:
                 self.shapes[d] = shape
 
     def shape_of(self, expr):
-        return join(*[self.shapes.get(s, "scalar") for s in expr.free_symbols])
+        return Shape.join(*[self.shapes.get(s, Shape.SCALAR) for s in expr.free_symbols])
 
     def assign(self, stem, expr, level, target=None):
         """Emit ``target = expr``; a number or a bare symbol is returned as is (no copy)."""
@@ -227,33 +82,31 @@ class _Builder:
 
     # -- forward ------------------------------------------------------------------
     def forward_level(self, lv: Level):
-        for ld in lv.loads.values():
-            if ld.kind == "x":
-                shape = "both"
+        for ld in lv.loads:
+            if ld.kind is LoadKind.X:
+                shape = Shape.BOTH
                 self.xdep.add(ld.symbol)
-            elif ld.kind == "vector":
+            elif ld.kind is LoadKind.VECTOR:
                 vec = self.p.vectors[ld.base]
-                dep = vec.vector in self.xdep
-                shape = "both" if dep else "point"
+                dep = vec.symbol in self.xdep
+                shape = Shape.BOTH if dep else Shape.POINT
                 if dep:
                     self.xdep.add(ld.symbol)
             else:
-                shape = "point"
+                shape = Shape.POINT
             self.emit(LoadStmt(lv, ld), shape)
-        for var, s in lv.index_values.items():
-            self.emit(IndexValue(lv, s, var), "point")
-        for root_sym, s in lv.outer.items():
-            self.emit(Broadcast(lv, s, root_sym), self.shapes.get(root_sym, "scalar"))
+        for var, s in lv.index_values:
+            self.emit(IndexValue(lv, s, var), Shape.POINT)
+        for root_sym, s in lv.outer:
+            self.emit(Broadcast(lv, s, root_sym), self.shapes.get(root_sym, Shape.SCALAR))
             if root_sym in self.xdep:
                 self.xdep.add(s)
         bodies = [(r.value, r.body, r) for r in lv.reductions]
         if lv.matvec is not None:
             bodies.append((lv.matvec.value, lv.matvec.body, lv.matvec))
-        varying = {s for s, shape in self.shapes.items() if shape in ("point", "both")}
+        varying = {s for s, shape in self.shapes.items() if shape.per_point}
         for value, body, owner in bodies:
-            if body.is_Symbol:      # the body is a load itself: reduce it directly
-                owner.value = body
-            else:
+            if not body.is_Symbol:      # else the body is a load itself, reduced directly
                 self.assign("v", body, lv, target=value)
             computed = []     # (per-point factor, its symbol) of this body's partials
             for s in sorted(body.free_symbols & self.xdep, key=str):
@@ -269,17 +122,17 @@ class _Builder:
         for r in lv.reductions:
             # a source that is not per point is first broadcast to [..., P] (emit's
             # materialize), so only a parameter-only [P] source reduces to a scalar
-            has_batch = self.shape_of(r.value) != "point"
-            shape = ("batch" if has_batch else "scalar") if lv.parent is None else (
-                "both" if has_batch else "point")
+            has_batch = self.shape_of(r.value) is not Shape.POINT
+            shape = (Shape.BATCH if has_batch else Shape.SCALAR) if lv.parent is None else (
+                Shape.BOTH if has_batch else Shape.POINT)
             self.emit(Reduce(lv, r.result, r.value, r.op), shape)
             if r.value in self.xdep:
                 self.xdep.add(r.result)
         if lv.matvec is not None:
             mv = lv.matvec
-            self.emit(MatVecStmt(lv, mv), "both" if mv.value in self.xdep else "point")
+            self.emit(MatVecStmt(lv, mv), Shape.BOTH if mv.value in self.xdep else Shape.POINT)
             if mv.value in self.xdep:
-                self.xdep.add(mv.vector)
+                self.xdep.add(mv.symbol)
 
     def shared_partial(self, const, per_point, lv, computed):
         """``(const, symbol)`` for a partial, reusing an earlier one of the same body that
@@ -295,10 +148,10 @@ class _Builder:
         return const, sym
 
     def forward_root(self):
-        for ld in self.p.root_loads.values():
-            if ld.kind == "x":
+        for ld in self.p.root_loads:
+            if ld.kind is LoadKind.X:
                 self.xdep.add(ld.symbol)
-            self.emit(LoadStmt(None, ld), "batch" if ld.kind == "x" else "scalar")
+            self.emit(LoadStmt(None, ld), Shape.BATCH if ld.kind is LoadKind.X else Shape.SCALAR)
         energy = self.assign("energy", self.p.energy, None)
         root_partials = {}
         for s in sorted(self.p.energy.free_symbols & self.xdep, key=str):
@@ -309,24 +162,25 @@ class _Builder:
         return energy, root_partials
 
     # -- backward -------------------------------------------------------------------
-    def backward(self, root_partials, seeded=False):
+    def backward(self, root_partials, seeded=False, into=GRADIENT):
         """The reverse sweep from ``root_partials`` (root symbol -> adjoint).
 
         ``seeded``: a sweep for the gradient of one per-sample value (the
-        Hessian diagonal needs them) rather than of the energy; it records
-        nothing and stops at matrix-vector products.
+        Hessian diagonal needs them) rather than of the energy, accumulated
+        into ``into``; it records nothing and stops at matrix-vector products.
         """
+        self.into = into
         contrib: dict = {}
         for s, d in root_partials.items():
             contrib.setdefault(s, []).append(d)
-        self.emit(InitAdjoint(None, "x"))
+        self.emit(InitAdjoint(None, into))
         for name, mv in self.p.vectors.items():
-            if mv.vector in self.xdep and not seeded:
-                self.emit(InitAdjoint(None, name))
-        for ld in self.p.root_loads.values():
-            if ld.kind == "x" and ld.symbol in contrib:
-                self.emit(Accumulate(None, "x", ld, self.sum_contrib(contrib.pop(ld.symbol),
-                                                                      None)))
+            if mv.symbol in self.xdep and not seeded:
+                self.emit(InitAdjoint(None, Vector(VectorKind.MATVEC, name)))
+        for ld in self.p.root_loads:
+            if ld.kind is LoadKind.X and ld.symbol in contrib:
+                self.emit(Accumulate(None, into, ld, self.sum_contrib(contrib.pop(ld.symbol),
+                                                                       None)))
         for lv in reversed(self.p.levels):
             self.backward_level(lv, contrib, seeded)
 
@@ -337,12 +191,12 @@ class _Builder:
 
     def broadcast(self, value, lv):
         shape = self.shape_of(value)
-        if shape == "scalar" or (lv.parent is None and not value.is_Symbol):
+        if shape is Shape.SCALAR or (lv.parent is None and not value.is_Symbol):
             return value          # numbers and parameters broadcast by themselves
         target = self.sym("bc")
         self.emit(Broadcast(lv, target, value),
-                  self.shapes.get(value, "scalar") if lv.parent is None else
-                  join(self.shapes.get(value, "scalar"), "point"))
+                  self.shapes.get(value, Shape.SCALAR) if lv.parent is None else
+                  Shape.join(self.shapes.get(value, Shape.SCALAR), Shape.POINT))
         return target
 
     def backward_level(self, lv: Level, contrib, seeded=False):
@@ -368,14 +222,14 @@ class _Builder:
                 bbar = self.assign("w", bbar * norm_weight(r.value, res), lv)
             weights.append((r, bbar))
         mv = lv.matvec
-        if mv is not None and mv.vector in self.xdep and not seeded:
+        if mv is not None and mv.symbol in self.xdep and not seeded:
             ratio = self.symmetric_quadratic_form(lv, mv)
             if ratio is not None:
-                self.shapes[mv.symbol] = "both"
+                self.shapes[mv.symbol] = Shape.BOTH
                 hbar = self.assign("hbar", ratio * mv.symbol, lv)
             else:
                 hbar = self.sym("hbar")
-                self.emit(MatVecStmt(lv, mv, adjoint=True, target=hbar), "both")
+                self.emit(MatVecStmt(lv, mv, adjoint=True, target=hbar), Shape.BOTH)
             self.xdep.add(hbar)
             weights.append((mv, hbar))
         if not weights:
@@ -402,7 +256,8 @@ class _Builder:
         """
         if mv.matrix not in self.p.symmetric:
             return None
-        acc = [st for st in self.out if isinstance(st, Accumulate) and st.vector == mv.vector]
+        acc = [st for st in self.out if isinstance(st, Accumulate)
+               and st.vector == Vector(VectorKind.MATVEC, mv.vector)]
         if len(acc) != 1 or acc[0].level is None or acc[0].level.parent is not None:
             return None
         ld, other = acc[0].load, acc[0].level
@@ -420,7 +275,7 @@ class _Builder:
         if adj is None or h is None or h == 0:
             return None
         ratio = sp.simplify(adj / h)
-        if any(self.shapes.get(s) in ("point", "both") for s in ratio.free_symbols) \
+        if any(self.shapes.get(s, Shape.SCALAR).per_point for s in ratio.free_symbols) \
                 or any(isinstance(s, tuple) for s in ratio.free_symbols):
             return None
         return ratio
@@ -428,7 +283,7 @@ class _Builder:
     def canonical(self, expr, level, rename):
         """``expr`` with level temporaries expanded and loads named by what they read."""
         loads = {ld.symbol: sp.Symbol(f"{ld.base}[{ld.indices[0].xreplace(rename)}]", real=True)
-                 for ld in level.loads.values() if len(ld.indices) == 1}
+                 for ld in level.loads if len(ld.indices) == 1}
         for _ in range(50):
             expanded = expr.xreplace({s: self.defs[s] for s in expr.free_symbols
                                       if s in self.defs})
@@ -436,31 +291,60 @@ class _Builder:
                 break
             expr = expanded
         out = expr.xreplace(loads)
-        if any(self.shapes.get(s) in ("point", "both") for s in out.free_symbols):
+        if any(self.shapes.get(s, Shape.SCALAR).per_point for s in out.free_symbols):
             return None
         return out
 
     def route(self, s, total, lv, contrib):
-        for ld in lv.loads.values():
+        for ld in lv.loads:
             if ld.symbol == s:
-                self.emit(Accumulate(lv, "x" if ld.kind == "x" else ld.base, ld, total))
+                vector = self.into if ld.kind is LoadKind.X else Vector(VectorKind.MATVEC,
+                                                                        ld.base)
+                self.emit(Accumulate(lv, vector, ld, total))
                 return
-        for root_sym, b in lv.outer.items():
+        for root_sym, b in lv.outer:
             if b == s:
                 target = self.sym("rs")
                 shape = self.shape_of(total)
                 self.emit(Reduce(lv, target, total, "sum_all"),
-                          "scalar" if shape == "point" else "batch")
+                          Shape.SCALAR if shape is Shape.POINT else Shape.BATCH)
                 contrib.setdefault(root_sym, []).append(target)
                 return
         contrib.setdefault(s, []).append(total)   # a nested level's result
 
 
-def build(program: Program) -> Statements:
-    """Forward statements, then the reverse sweep, for one lowered program."""
+def reverse_mode(program: Program, name: str = "energy_and_gradient"):
+    """Forward statements, then the reverse sweep (reverse-mode accumulation).
+
+    Returns ``(kernel, info)``: a kernel whose outputs are the energy and the
+    gradient (``Adjoint(GRADIENT)``), and what the sweep learnt that the Hessian
+    diagonal reuses (:class:`ir.AdjointInfo`).
+    """
     b = _Builder(program)
     for lv in program.levels:
         b.forward_level(lv)
     energy, root_partials = b.forward_root()
     b.backward(root_partials)
-    return Statements(b.out, energy, b.shapes, program, builder=b)
+    info = AdjointInfo(frozen_map(b.point_adjoint), frozen_map(b.result_adjoint),
+                       frozen_map(b.first_partials), frozen_map(b.partials), frozenset(b.xdep))
+    kernel = Kernel(name, ("x",), (energy, Adjoint(GRADIENT)), tuple(b.out), program, energy,
+                    frozen_map(b.shapes), next_symbol=b.counter)
+    return kernel, info
+
+
+def seeded_gradient(kernel: Kernel, info: AdjointInfo, result: sp.Symbol, into: Vector):
+    """The reverse sweep of the gradient of one per-sample value ``result`` (a root
+    reduction's result), accumulated into ``into``.
+
+    Returns ``(statements, shapes, next_symbol)``: the sweep, the shapes of the
+    symbols it defines, and the number of the next new symbol (new symbols are
+    numbered from ``kernel.next_symbol``).
+    """
+    b = _Builder(kernel.program, kernel.next_symbol)
+    b.shapes = dict(kernel.shapes)
+    b.xdep = set(info.xdep)
+    b.partials = dict(info.partials)
+    b.defs = {st.target: st.expr for st in kernel.body if isinstance(st, Assign)}
+    b.backward({result: sp.S.One}, seeded=True, into=into)
+    new = {s: shape for s, shape in b.shapes.items() if s not in kernel.shapes}
+    return tuple(b.out), new, b.counter

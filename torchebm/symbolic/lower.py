@@ -29,90 +29,46 @@ import sympy as sp
 
 from . import functions as F
 from ..errors import EnergySyntaxError
-from .symbols import N, X
+from .ir import Addressing, Level, Load, LoadKind, MatVec, Program, Reduction, frozen_map
+from .symbols import N, X, size_symbol
+from .sympy_input import formula_from_sympy
 
 _REDUCERS = {F.Sum: "sum", F.Product: "prod", F.LogSumExp: "lse", F.Norm: "norm"}
 
 
 @dataclass(eq=False)
-class Load:
-    """A tensor read at a level: ``base[indices]`` for every point of the level."""
-    symbol: sp.Symbol
-    base: str                  # 'x', a parameter, a derived key, a constant or a vector
-    indices: tuple             # SymPy integer expressions in the level's index variables
-    kind: str                  # 'x' | 'param' | 'vector'
-    level: "Level | None"      # None: the root (per sample, no point axis)
-    tangent: bool = False      # reads the tangent v (or a tangent vector) instead of the base
-    like: "Load | None" = None # the primal load whose index tensors a tangent load reuses
-
-
-@dataclass(eq=False)
-class Reduction:
-    op: str                    # 'sum' | 'prod' | 'lse'
-    body: sp.Expr
-    result: sp.Symbol          # lives in the parent level (or the root)
-    value: sp.Symbol           # the body's value at the level's points
-
-
-@dataclass(eq=False)
-class Level:
+class _LevelDraft:
+    """A level while it is being lowered (frozen into :class:`ir.Level` at the end)."""
     id: int
-    parent: "Level | None"
+    parent: "_LevelDraft | None"
     clauses: list              # [(var, lo, hi_exclusive)] outermost first
-    loads: dict = field(default_factory=dict)          # (base, indices) -> Load
+    loads: dict = field(default_factory=dict)          # (base, indices) -> _LoadDraft
     index_values: dict = field(default_factory=dict)   # var -> symbol (float column)
     outer: dict = field(default_factory=dict)          # root symbol -> broadcast symbol
-    reductions: list = field(default_factory=list)
-    matvec: "MatVec | None" = None
+    reductions: list = field(default_factory=list)     # (op, body, result, value)
+    matvec: tuple | None = None                         # MatVec fields
     mergeable: bool = True
+    terms: list = field(default_factory=list)           # the formula's terms, as text
 
     @property
     def all_vars(self):
         up = self.parent.all_vars if self.parent else []
         return up + [c[0] for c in self.clauses]
 
-    @property
-    def rectangular(self):
-        """Own bounds independent of every index: points factor as parent x own."""
-        ivars = set(self.all_vars)
-        return all(not ((lo.free_symbols | hi.free_symbols) & ivars)
-                   for _, lo, hi in self.clauses)
-
 
 @dataclass(eq=False)
-class MatVec:
-    """``vector = h @ A[rows, cols]``-style product over a root-parented level."""
-    level: Level
-    body: sp.Expr
-    value: sp.Symbol
-    matrix: str                # parameter or derived key
-    row_major: bool            # True: y_r = sum_j A[r, j + c] h_j ; False: A[j + c, r]
-    offset: sp.Expr            # c
-    vector: str                # name of the result vector
-    length: sp.Expr            # its length (rows or columns of A)
-
-    @property
-    def symbol(self) -> sp.Symbol:
-        """The whole result vector ``[..., length]`` as one symbol."""
-        return sp.Symbol(self.vector, real=True)
-
-
-@dataclass
-class Program:
-    energy: sp.Expr                      # root expression, over root symbols
-    levels: list                         # forward order (children before parents)
-    root_loads: dict                     # (base, indices) -> Load at the root
-    vectors: dict                        # vector name -> MatVec
-    symbol_names: dict = field(default_factory=dict)   # symbol -> readable stem
-    size_subs: dict = field(default_factory=dict)      # sizes known equal to n (checked)
-    symmetric: frozenset = frozenset()                 # matrices known to be symmetric
+class _LoadDraft:
+    symbol: sp.Symbol
+    base: str
+    indices: tuple
+    kind: LoadKind
 
 
 class _Lowering:
     def __init__(self, param_ranks, sizes):
         self.param_ranks = param_ranks   # name -> rank (params, derived, constants)
         self.sizes = sizes               # name -> tuple of SymPy size expressions
-        self.levels: list[Level] = []
+        self.levels: list[_LevelDraft] = []
         self.root_loads: dict = {}
         self.vectors: dict = {}
         self.counter = itertools.count()
@@ -126,9 +82,9 @@ class _Lowering:
         return s
 
     # -- entry ------------------------------------------------------------------
-    def run(self, expr):
+    def run(self, expr, size_subs, symmetric):
         energy = self.lower(expr, None)
-        return Program(energy, self.levels, self.root_loads, self.vectors, self.names)
+        return self.freeze(energy, size_subs, symmetric)
 
     def lower(self, expr, level):
         if isinstance(expr, (sp.Sum, sp.Product)) and type(expr) not in _REDUCERS:
@@ -152,16 +108,15 @@ class _Lowering:
         store = self.root_loads if level is None else level.loads
         key = (base, indices)
         if key not in store:
-            kind = "x" if expr.base == X else (
-                "vector" if base in self.vectors else "param")
-            stem = "x" if kind == "x" else "p"
-            store[key] = Load(self.sym(stem), base, indices, kind, level)
+            kind = LoadKind.X if expr.base == X else (
+                LoadKind.VECTOR if base in self.vectors else LoadKind.PARAM)
+            stem = "x" if kind is LoadKind.X else "p"
+            store[key] = _LoadDraft(self.sym(stem), base, indices, kind)
         return store[key].symbol
 
     def reduction(self, expr, level):
         op = _REDUCERS[type(expr)]
         clauses = [(v, lo, hi + 1) for v, lo, hi in reversed(expr.limits)]
-        own = {c[0] for c in clauses}
         enclosing = set(level.all_vars) if level else set()
         free = expr.free_symbols & enclosing
         parent = level if free else None
@@ -192,16 +147,18 @@ class _Lowering:
                         new, body_expr = lv, body_expr.xreplace(rename)
                         break
         if new is None:
-            new = Level(next(self.level_ids), parent, clauses, mergeable=simple)
+            new = _LevelDraft(next(self.level_ids), parent, clauses, mergeable=simple)
         body = self.lower(body_expr, new)
         if new not in self.levels:
             self.levels.append(new)
-        red = Reduction(op, body, self.sym("r" if op == "sum" else op), self.sym("v"))
-        new.reductions.append(red)
-        self.seen[seen] = red.result
+        result, value = self.sym("r" if op == "sum" else op), self.sym("v")
+        # a body that is one load is reduced directly (no copy)
+        new.reductions.append((op, body, result, body if body.is_Symbol else value))
+        new.terms.append(_term_text(expr))
+        self.seen[seen] = result
         if parent is None and level is not None:
-            return self.outer(red.result, level)
-        return red.result
+            return self.outer(result, level)
+        return result
 
     def outer(self, root_symbol, level):
         if root_symbol not in level.outer:
@@ -242,25 +199,111 @@ class _Lowering:
 
     def matvec(self, match, clause, level):
         matrix, row_major, offset, outer_ix, h = match
-        hl = Level(next(self.level_ids), None, [clause], mergeable=False)
+        hl = _LevelDraft(next(self.level_ids), None, [clause], mergeable=False)
         body = self.lower(h, hl)
         self.levels.append(hl)
         name = f"_mv{len(self.vectors)}"
         rows, cols = self.sizes[matrix]
-        mv = MatVec(hl, body, self.sym("v"), matrix, row_major, offset, name,
-                    rows if row_major else cols)
-        hl.matvec = mv
-        self.vectors[name] = mv
+        value = self.sym("v")
+        _, lo, hi = clause
+        full = cols if row_major else rows
+        whole = sp.expand(lo + offset) == 0 and sp.expand(hi + offset - full) == 0
+        hl.matvec = (body, body if body.is_Symbol else value, matrix, row_major, offset,
+                     name, rows if row_major else cols, hl.id, whole)
+        hl.terms.append(f"({_term_text(h)}) @ {matrix}" if not row_major
+                        else f"{matrix} @ ({_term_text(h)})")
+        self.vectors[name] = hl.matvec
         self.param_ranks[name] = 1
         return self.load(sp.IndexedBase(name, real=True)[outer_ix], level)
 
+    # -- the frozen program -----------------------------------------------------------------
+    def freeze(self, energy, size_subs, symmetric):
+        """The drafts as a frozen :class:`Program`, every load's addressing decided."""
+        self.size_subs = dict(size_subs)
+        vectors = {name: MatVec(*fields) for name, fields in self.vectors.items()}
+        self.frozen_vectors = vectors
+        frozen = {}
+        for draft in sorted(self.levels, key=lambda d: d.id):   # parents first
+            parent = frozen[draft.parent.id] if draft.parent is not None else None
+            clauses = tuple(draft.clauses)
+            loads = tuple(self.freeze_load(ld, draft) for ld in draft.loads.values())
+            reductions = tuple(Reduction(*r) for r in draft.reductions)
+            mv = vectors[draft.matvec[5]] if draft.matvec is not None else None
+            frozen[draft.id] = Level(draft.id, parent, clauses, loads,
+                                     tuple(draft.index_values.items()),
+                                     tuple(draft.outer.items()), reductions, mv,
+                                     tuple(draft.terms))
+            if parent is not None and not frozen[draft.id].rectangular:
+                for r in reductions:
+                    if r.op != "sum":
+                        name = {"lse": "logsumexp"}.get(r.op, r.op)
+                        raise EnergySyntaxError(
+                            f"a nested {name}(...) whose range depends on an outer index "
+                            f"cannot be vectorised; make its range independent of the outer "
+                            f"index (mask terms with where(...))")
+        roots = tuple(self.freeze_load(ld, None) for ld in self.root_loads.values())
+        return Program(energy, tuple(frozen[d.id] for d in self.levels), roots,
+                       frozen_map(vectors), frozen_map(self.names), frozen_map(size_subs),
+                       frozenset(symmetric))
 
-def lower(expr: sp.Expr, param_ranks: dict, sizes: dict) -> Program:
-    """Lower a scalar energy to levels. ``sizes`` maps array names to size expressions."""
+    def freeze_load(self, ld, level):
+        """Decide how a load is addressed: an element at the root, else a unit-stride slice
+        (the whole axis when it covers it) in a one-range level, else a gather."""
+        if level is None:
+            return Load(ld.symbol, ld.base, ld.indices, ld.kind, Addressing.ELEMENT)
+        off = self.slice_offset(ld, level)
+        if off is None:
+            return Load(ld.symbol, ld.base, ld.indices, ld.kind, Addressing.GATHER)
+        _, lo, hi = level.clauses[0]
+        whole = sp.simplify(lo + off) == 0 and sp.simplify(hi + off - self.size_of(ld)) == 0
+        return Load(ld.symbol, ld.base, ld.indices, ld.kind,
+                    Addressing.WHOLE if whole else Addressing.SLICE, off)
+
+    def slice_offset(self, ld, level):
+        """Offset c when a load reads base[i + c] with unit stride in a one-range level."""
+        if level.parent is not None or len(level.clauses) != 1 or len(ld.indices) != 1:
+            return None
+        if ld.kind is LoadKind.PARAM and self.param_ranks.get(ld.base, 1) != 1:
+            return None
+        var = level.clauses[0][0]
+        off = sp.expand(ld.indices[0] - var)
+        if var in off.free_symbols or any(isinstance(a, (sp.Mod, sp.floor))
+                                          for a in sp.preorder_traversal(off)):
+            return None
+        sizes = {N} | {size_symbol(name, axis) for name in self.sizes for axis in (0, 1)}
+        if off.free_symbols - sizes:
+            return None
+        return off
+
+    def size_of(self, ld):
+        """The length of the axis a one-index load reads."""
+        if ld.kind is LoadKind.X:
+            return N
+        if ld.kind is LoadKind.VECTOR:
+            return self.frozen_vectors[ld.base].length
+        size = self.sizes[ld.base][0]
+        return size.subs(self.size_subs) if self.size_subs else size
+
+
+def _term_text(expr, limit=80) -> str:
+    """A reduction as the formula says it, shortened to ``limit`` characters."""
     try:
-        return _Lowering(dict(param_ranks), sizes).run(expr)
+        text = formula_from_sympy(expr)
+    except EnergySyntaxError:
+        text = str(expr)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def lower(expr: sp.Expr, param_ranks: dict, sizes: dict, size_subs=None,
+          symmetric=frozenset()) -> Program:
+    """Lower a scalar energy to levels. ``sizes`` maps array names to size expressions;
+    ``size_subs``, sizes checked equal to ``n`` (or another size); ``symmetric``, the
+    matrices known to be symmetric."""
+    try:
+        return _Lowering(dict(param_ranks), sizes).run(expr, size_subs or {}, symmetric)
     except RecursionError:
         raise EnergySyntaxError("the formula is nested too deeply to compile") from None
 
 
-__all__ = ["Load", "Level", "MatVec", "Program", "Reduction", "lower", "N"]
+__all__ = ["lower"]

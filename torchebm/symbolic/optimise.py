@@ -14,16 +14,20 @@ import dataclasses
 
 import sympy as sp
 
-from .derivatives import Assign, Statements, join
+from .ir import (GRADIENT, HDIAG, Addressing, Adjoint, Assign, Broadcast, Free, IndexValue,
+                 Kernel, LoadKind, LoadStmt, MatrixDiagonal, MatVec, PointShift, Shape, Vector,
+                 VectorKind, frozen_map, tangent_vector_name)
 
 
-def cse(statements: Statements, prefix: str = "_t") -> Statements:
+def cse(kernel: Kernel, prefix: str = "_t") -> Kernel:
     """Common-subexpression elimination over each run of same-level assignments.
 
-    ``prefix`` names the temporaries; blocks optimised separately use different ones.
+    ``prefix`` names the temporaries; kernels optimised separately use different ones.
+    Returns a new kernel (``kernel`` is not changed).
     """
     out, run = [], []
     names = sp.numbered_symbols(prefix, real=True)
+    shapes, tangent = dict(kernel.shapes), set(kernel.tangent)
 
     def flush():
         if not run:
@@ -32,16 +36,15 @@ def cse(statements: Statements, prefix: str = "_t") -> Statements:
         temps, reduced = sp.cse(exprs, symbols=names, optimizations=None)
         level = run[0].level
         for t, e in temps:
-            statements.shapes[t] = join(*[statements.shapes.get(s, "scalar")
-                                          for s in e.free_symbols])
-            if e.free_symbols & statements.tangent:
-                statements.tangent.add(t)
+            shapes[t] = Shape.join(*[shapes.get(s, Shape.SCALAR) for s in e.free_symbols])
+            if e.free_symbols & tangent:
+                tangent.add(t)
         items = [Assign(level, t, e) for t, e in temps]
         items += [Assign(level, a.target, e) for a, e in zip(run, reduced)]
         out.extend(_dependency_order(items))
         run.clear()
 
-    for st in statements.body:
+    for st in kernel.body:
         if isinstance(st, Assign) and (not run or run[0].level is st.level):
             run.append(st)
             continue
@@ -51,7 +54,8 @@ def cse(statements: Statements, prefix: str = "_t") -> Statements:
         else:
             out.append(st)
     flush()
-    return dataclasses.replace(statements, body=out)
+    return kernel.replace(body=tuple(out), shapes=frozen_map(shapes),
+                          tangent=frozenset(tangent))
 
 
 def _dependency_order(items: list) -> list:
@@ -85,13 +89,136 @@ def _dependency_order(items: list) -> list:
     return order
 
 
-def prune(body: list, outputs) -> list:
-    """Keep only the statements that the outputs depend on (dead-code elimination)."""
+def prune(kernel: Kernel, outputs=None, name: str | None = None) -> Kernel:
+    """Keep only the statements that ``outputs`` (default: the kernel's) depend on
+    (dead-code elimination): an entry point that computes part of a kernel."""
+    outputs = kernel.outputs if outputs is None else tuple(outputs)
     needed = set(outputs)
     kept = []
-    for st in reversed(body):
+    for st in reversed(kernel.body):
         if any(d in needed for d in st.defines()):
             kept.append(st)
             needed.update(st.uses())
     kept.reverse()
-    return kept
+    return kernel.replace(name=name or kernel.name, outputs=outputs, body=tuple(kept))
+
+
+# -- copies and liveness ---------------------------------------------------------------
+def _rename(st, mapping):
+    """``st`` with the symbols it reads renamed by ``mapping`` (a new statement if any)."""
+    changes = {}
+    for f in dataclasses.fields(st):
+        value = getattr(st, f.name)
+        if isinstance(value, sp.Basic):
+            new = value.xreplace(mapping)
+        elif isinstance(value, MatVec):
+            new = dataclasses.replace(value, value=value.value.xreplace(mapping))
+        else:
+            continue
+        if new is not value and new != value:
+            changes[f.name] = new
+    return dataclasses.replace(st, **changes) if changes else st
+
+
+def propagate_copies(kernel: Kernel) -> Kernel:
+    """Drop copies ``a = b`` (left by CSE) and read ``b`` wherever ``a`` was read.
+
+    Every symbol is assigned once, so the rename is exact; outputs and the
+    recorded roots of dense gradients are renamed too.
+    """
+    mapping = {}
+    for st in kernel.body:
+        if isinstance(st, Assign) and st.expr.is_Symbol:
+            mapping[st.target] = mapping.get(st.expr, st.expr)
+    if not mapping:
+        return kernel
+    body = tuple(_rename(st, mapping) for st in kernel.body
+                 if not (isinstance(st, Assign) and st.target in mapping))
+    outputs = tuple(o.xreplace(mapping) if isinstance(o, sp.Basic) else o
+                    for o in kernel.outputs)
+    return kernel.replace(body=body, outputs=outputs, energy=kernel.energy.xreplace(mapping),
+                          dense_roots=frozen_map({v: s.xreplace(mapping)
+                                                  for v, s in kernel.dense_roots.items()}))
+
+
+def _storage(st, key, root):
+    """The value whose memory ``key`` (defined by ``st``) holds: itself when it owns
+    fresh memory, the owner when it is a view or the same tensor, None for inputs,
+    parameters and layout tensors (never freed)."""
+    def of(k):
+        return root.get(k)
+    if isinstance(key, Adjoint):
+        return root.get(key, key)
+    if isinstance(st, Assign):
+        return of(st.expr) if st.expr.is_Symbol else key
+    if isinstance(st, LoadStmt):
+        ld = st.load
+        if ld.addressing is Addressing.GATHER:
+            return key
+        if ld.kind is LoadKind.VECTOR:
+            name = tangent_vector_name(ld.base) if ld.tangent else ld.base
+            return of(sp.Symbol(name, real=True))
+        if ld.kind is LoadKind.DENSE:
+            return of(Adjoint(Vector(VectorKind.DENSE, ld.base)))
+        return None
+    if isinstance(st, (IndexValue, MatrixDiagonal)):
+        return None
+    if isinstance(st, Broadcast):       # a view (the gather case is decided by liveness)
+        return of(st.source)
+    if isinstance(st, PointShift):
+        return of(st.source) if st.source.is_Symbol else key
+    return key          # reductions, products, matrix-vector products: fresh tensors
+
+
+def liveness(kernel: Kernel) -> Kernel:
+    """Insert :class:`ir.Free` statements: each value that owns memory is released
+    (with its views) after the last statement that reads it, so the peak memory is
+    that of the values alive at once, not of every temporary (as torch.fx does).
+    Outputs, inputs, parameters and per-sample values of scalar shape are kept."""
+    root, members, last = {}, {}, {}
+    for k, st in enumerate(kernel.body):
+        for key in st.defines():
+            if key not in root:
+                if (isinstance(st, Broadcast) and st.level.parent is not None
+                        and kernel.shapes.get(st.source, Shape.SCALAR).per_point):
+                    root[key] = key             # a gather over the parent's points
+                else:
+                    root[key] = _storage(st, key, root)
+            r = root[key]
+            if r is not None:
+                members.setdefault(r, [])
+                if key not in members[r]:
+                    members[r].append(key)
+                last[r] = k
+        for key in st.uses():
+            r = root.get(key)
+            if r is not None:
+                last[r] = k
+    keep = {root.get(o, o) for o in kernel.outputs}
+    frees: dict = {}
+    for r, k in last.items():
+        shape = Shape.BOTH if isinstance(r, Adjoint) else kernel.shapes.get(r, Shape.SCALAR)
+        if r in keep or shape is Shape.SCALAR:
+            continue
+        frees.setdefault(k, []).extend(members[r])
+    body = []
+    for k, st in enumerate(kernel.body):
+        body.append(st)
+        if k in frees:
+            body.append(Free(None, tuple(frees[k])))
+    return kernel.replace(body=tuple(body))
+
+
+def entry_points(kernel: Kernel, hvp: Kernel | None = None,
+                 diagonal: Kernel | None = None) -> tuple:
+    """One kernel per generated method, each pruned to its outputs and with its
+    values freed after their last use."""
+    energy, grad = kernel.energy, Adjoint(GRADIENT)
+    entries = [prune(kernel, [energy], "energy"), prune(kernel, [grad], "gradient"),
+               prune(kernel, [energy, grad], "energy_and_gradient")]
+    if hvp is not None:
+        entries.append(prune(hvp, name="hessian_vector_product"))
+        if diagonal is not None:
+            entries += [prune(diagonal, [Adjoint(HDIAG)], "hessian_diagonal"),
+                        prune(diagonal, name="gradient_and_hessian_diagonal")]
+    return tuple(liveness(k) for k in entries)

@@ -32,7 +32,8 @@ import sympy as sp
 
 from . import functions as F
 from ..errors import EnergySyntaxError
-from .symbols import (CONSTANTS, N, X, Derived, ParamSpec, depends_on_x, index_symbol,
+from .ir import Derived, ParamSpec, Parsed, frozen_map
+from .symbols import (CONSTANTS, N, X, depends_on_x, index_symbol,
                       param_base, param_symbol, size_symbol)
 
 #: Reductions of the language (a vector or a generator in, a scalar out).
@@ -94,17 +95,6 @@ class Matrix:
     what: str
     param: str | None = None          # the parameter it is (for inverse/logdet)
     transposed: bool = False
-
-
-@dataclass
-class Parsed:
-    """What the parse stage hands on: the energy and what it refers to."""
-    expression: sp.Expr
-    params: dict[str, ParamSpec]
-    derived: dict[str, Derived]
-    constants: dict[str, tuple]
-    size_checks: list[tuple[sp.Expr, sp.Expr, str]] = field(default_factory=list)
-    source: str = ""
 
 
 def parse_formula(text: str, param_ranks: dict[str, int] | None = None,
@@ -306,7 +296,8 @@ class _Parser:
                     f"{one_based_note(self.params)}" if intents else "")
             self.error(f"the energy does not depend on x; an energy must be a function of the "
                        f"sample x{hint}", last.value)
-        return Parsed(energy, self.params, self.derived, self.constants, self.size_checks, self.text)
+        return Parsed(energy, frozen_map(self.params), frozen_map(self.derived),
+                      frozen_map(self.constants), tuple(self.size_checks), self.text)
 
     def visit(self, node):
         method = getattr(self, "visit_" + type(node).__name__, None)

@@ -20,28 +20,11 @@ are renamed only in the emitted Python.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import sympy as sp
 
 X = sp.IndexedBase("x", real=True)
 N = sp.Symbol("n", integer=True, nonnegative=True)
 CONSTANTS = {"pi": sp.pi, "e": sp.E, "inf": sp.oo}
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """A named parameter of a formula: 0 scalar, 1 vector, 2 matrix."""
-    name: str
-    rank: int
-
-
-@dataclass(frozen=True)
-class Derived:
-    """A parameter-only quantity such as ``inverse(S)``: computed once per value."""
-    key: str        # 'inverse(S)'
-    op: str         # 'inverse' | 'logdet' | 'det' | 'trace'
-    param: str      # 'S'
 
 
 def param_symbol(name: str) -> sp.Symbol:

@@ -5,7 +5,6 @@ import torch
 
 from torchebm.core import _runtime as _rt
 from torchebm.core.base import CompiledEnergy
-from torchebm.errors import ShapeError
 
 _rt_points = _rt.points
 
@@ -78,36 +77,32 @@ class LennardJonesEnergy(CompiledEnergy):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
         _rt.check_size(3*((n) // (3)), n, 'x has n = {b} coordinates, which is not a multiple of the particle dimension 3 (particles=3): x must be N particles of 3 coordinates, [..., N*3]; {b} - {a} coordinates are left over'.format(a=3*((n) // (3)), b=n))
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         _count = 1
         _s, _j = _rt.expand(_count, 0, ((n) // (3)), device)
         _c1_i5 = _j
-        _seg = _s
         _count = _j.numel()
         lay["P1"] = _count
         lay["idx_x_1_0"] = _rt.check_index(_rt.as_index(3*_c1_i5, _count, device), n, 'x[3*i5]', n)
         lay["idx_x_2_0"] = _rt.check_index(_rt.as_index(3*_c1_i5 + 1, _count, device), n, 'x[3*i5 + 1]', n)
         lay["idx_x_3_0"] = _rt.check_index(_rt.as_index(3*_c1_i5 + 2, _count, device), n, 'x[3*i5 + 2]', n)
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         _count = 1
         _s, _j = _rt.expand(_count, 0, ((n) // (3)), device)
         _c0_i = _j
-        _seg = _s
         _count = _j.numel()
         lay["P0"] = _count
         lay["idx_x_4_0"] = _rt.check_index(_rt.as_index(3*_c0_i, _count, device), n, 'x[3*i]', n)
         lay["idx_x_5_0"] = _rt.check_index(_rt.as_index(3*_c0_i + 1, _count, device), n, 'x[3*i + 1]', n)
         lay["idx_x_6_0"] = _rt.check_index(_rt.as_index(3*_c0_i + 2, _count, device), n, 'x[3*i + 2]', n)
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         _count = 1
         _s, _j = _rt.expand(_count, 0, ((n) // (3)), device)
         _c2_i = _j
-        _seg = _s
         _count = _j.numel()
         _s, _j = _rt.expand(_count, _c2_i + 1, ((n) // (3)), device)
         _c2_i = _c2_i[_s]
         _c2_j = _j
-        _seg = _seg[_s]
         _count = _j.numel()
         lay["P2"] = _count
         lay["idx_x_7_0"] = _rt.check_index(_rt.as_index(3*_c2_j, _count, device), n, 'x[3*j]', n)
@@ -152,7 +147,7 @@ class LennardJonesEnergy(CompiledEnergy):
         _ic = _rt.as_index(3*_c2_i + 2, _count, device)
         lay["co2_9"] = torch.nonzero(_ia == _ic).flatten()
         lay["co2_9_at"] = _ia[lay["co2_9"]]
-        lay["width"] = max(n, max(((n) // (3)), 0), lay["P2"])
+        lay["width"] = max(n, lay["P2"])
         return lay
 
     def _energy(self, x, lay, der):
@@ -162,7 +157,7 @@ class LennardJonesEnergy(CompiledEnergy):
         rm = self.rm.to(x.dtype)
         oscillator_scale = self.oscillator_scale.to(x.dtype)
         n_float = x.new_tensor(n, dtype=torch.float64)
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
         x_3 = x[..., lay["idx_x_3_0"]]
@@ -172,28 +167,25 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_2
         r_2 = x_3.sum(-1)
         del x_3
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         x_4 = x[..., lay["idx_x_4_0"]]
         x_5 = x[..., lay["idx_x_5_0"]]
         x_6 = x[..., lay["idx_x_6_0"]]
         b = r.unsqueeze(-1)
-        del r
         b_1 = r_1.unsqueeze(-1)
-        del r_1
         b_2 = r_2.unsqueeze(-1)
-        del r_2
         t0 = 1/((n_float) // (3))
         t1 = x_6 - t0*b_2
-        del b_2, x_6
+        del r_2, b_2, x_6
         t2 = x_4 - t0*b
-        del b, x_4
+        del r, b, x_4
         t3 = x_5 - t0*b_1
-        del b_1, t0, x_5
+        del r_1, b_1, x_5
         v_1 = torch.square(t1) + torch.square(t2) + torch.square(t3)
         del t1, t2, t3
         r_3 = v_1.sum(-1)
         del v_1
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         x_7 = x[..., lay["idx_x_7_0"]]
         x_8 = x[..., lay["idx_x_8_0"]]
         x_9 = x[..., lay["idx_x_9_0"]]
@@ -207,7 +199,7 @@ class LennardJonesEnergy(CompiledEnergy):
         t7 = -t6
         del t6
         t8 = _rt.guard(t4, x_9) - _rt.guard(t4, x_10)
-        del x_10, x_9
+        del x_9, x_10
         t9 = -t8
         del t8
         t10 = _rt.guard(t4, x_11) - _rt.guard(t4, x_12)
@@ -215,17 +207,17 @@ class LennardJonesEnergy(CompiledEnergy):
         t11 = -t10
         del t10
         t12 = torch.square(t11) + torch.square(t7) + torch.square(t9)
-        del t11, t7, t9
+        del t7, t9, t11
         t13 = 1/(t12*t12*t12)
         del t12
         t14 = _rt.guard(t4, eps)
         v_2 = torch.where(t4, t13*t14*t5*(t13*t5 - 2), x.new_tensor(math.inf))
-        del t13, t14, t4, t5
+        del t4, t5, t13, t14
         r_4 = v_2.sum(-1)
         del v_2
         t16 = oscillator_scale/2
         energy_1 = r_4 + t16*r_3
-        del r_3, r_4, t16
+        del r_3, r_4
         return energy_1
 
     def _gradient(self, x, lay, der):
@@ -235,7 +227,7 @@ class LennardJonesEnergy(CompiledEnergy):
         rm = self.rm.to(x.dtype)
         oscillator_scale = self.oscillator_scale.to(x.dtype)
         n_float = x.new_tensor(n, dtype=torch.float64)
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
         x_3 = x[..., lay["idx_x_3_0"]]
@@ -245,24 +237,21 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_2
         r_2 = x_3.sum(-1)
         del x_3
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         x_4 = x[..., lay["idx_x_4_0"]]
         x_5 = x[..., lay["idx_x_5_0"]]
         x_6 = x[..., lay["idx_x_6_0"]]
         b = r.unsqueeze(-1)
-        del r
         b_1 = r_1.unsqueeze(-1)
-        del r_1
         b_2 = r_2.unsqueeze(-1)
-        del r_2
         t0 = 1/((n_float) // (3))
         t1 = x_6 - t0*b_2
-        del b_2, x_6
+        del r_2, b_2, x_6
         t2 = x_4 - t0*b
-        del b, x_4
+        del r, b, x_4
         t3 = x_5 - t0*b_1
-        del b_1, t0, x_5
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
+        del r_1, b_1, x_5
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         x_7 = x[..., lay["idx_x_7_0"]]
         x_8 = x[..., lay["idx_x_8_0"]]
         x_9 = x[..., lay["idx_x_9_0"]]
@@ -275,7 +264,7 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_7, x_8
         t7 = -t6
         t8 = _rt.guard(t4, x_9) - _rt.guard(t4, x_10)
-        del x_10, x_9
+        del x_9, x_10
         t9 = -t8
         t10 = _rt.guard(t4, x_11) - _rt.guard(t4, x_12)
         del x_11, x_12
@@ -284,79 +273,72 @@ class LennardJonesEnergy(CompiledEnergy):
         t13 = 1/(t12*t12*t12)
         t14 = _rt.guard(t4, eps)
         t15 = 6*t14*t5*(2*t13*t5 - 2)/torch.pow(t12, 4)
-        del t12, t13, t14, t5
-        d_3 = torch.where(t4, t15*t7, x.new_tensor(0))
+        del t5, t12, t13, t14
+        d = torch.where(t4, t15*t7, x.new_tensor(0))
         del t7
-        d_4 = torch.where(t4, t15*t6, x.new_tensor(0))
+        d_1 = torch.where(t4, t15*t6, x.new_tensor(0))
         del t6
-        d_5 = torch.where(t4, t15*t9, x.new_tensor(0))
+        d_2 = torch.where(t4, t15*t9, x.new_tensor(0))
         del t9
-        d_6 = torch.where(t4, t15*t8, x.new_tensor(0))
+        d_3 = torch.where(t4, t15*t8, x.new_tensor(0))
         del t8
-        d_7 = torch.where(t4, t11*t15, x.new_tensor(0))
+        d_4 = torch.where(t4, t11*t15, x.new_tensor(0))
         del t11
-        d_8 = torch.where(t4, t10*t15, x.new_tensor(0))
-        del t10, t15, t4
+        d_5 = torch.where(t4, t10*t15, x.new_tensor(0))
+        del t4, t10, t15
         t16 = oscillator_scale/2
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         grad = torch.zeros_like(x)
-        grad = grad.index_add(-1, lay["idx_x_7_0"], d_3)
+        grad = grad.index_add(-1, lay["idx_x_7_0"], d)
+        del d
+        grad = grad.index_add(-1, lay["idx_x_8_0"], d_1)
+        del d_1
+        grad = grad.index_add(-1, lay["idx_x_9_0"], d_2)
+        del d_2
+        grad = grad.index_add(-1, lay["idx_x_10_0"], d_3)
         del d_3
-        grad = grad.index_add(-1, lay["idx_x_8_0"], d_4)
+        grad = grad.index_add(-1, lay["idx_x_11_0"], d_4)
         del d_4
-        grad = grad.index_add(-1, lay["idx_x_9_0"], d_5)
+        grad = grad.index_add(-1, lay["idx_x_12_0"], d_5)
         del d_5
-        grad = grad.index_add(-1, lay["idx_x_10_0"], d_6)
-        del d_6
-        grad = grad.index_add(-1, lay["idx_x_11_0"], d_7)
-        del d_7
-        grad = grad.index_add(-1, lay["idx_x_12_0"], d_8)
-        del d_8
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         w = -2*t16/((n_float) // (3))
         g = w*t1
-        del w
         rs = g.sum(-1)
         del g
         w_1 = -2*t16/((n_float) // (3))
         g_1 = w_1*t2
-        del w_1
         rs_1 = g_1.sum(-1)
         del g_1
         w_2 = -2*t16/((n_float) // (3))
         g_2 = w_2*t3
-        del w_2
         rs_2 = g_2.sum(-1)
         del g_2
         w_3 = 2*t16
         g_3 = w_3*t1
-        del t1, w_3
+        del t1
         grad = grad.index_add(-1, lay["idx_x_6_0"], g_3)
         del g_3
         w_4 = 2*t16
         g_4 = w_4*t2
-        del t2, w_4
+        del t2
         grad = grad.index_add(-1, lay["idx_x_4_0"], g_4)
         del g_4
         w_5 = 2*t16
-        del t16
         g_5 = w_5*t3
-        del t3, w_5
+        del t3
         grad = grad.index_add(-1, lay["idx_x_5_0"], g_5)
         del g_5
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         bc = rs_1.unsqueeze(-1)
-        del rs_1
         bc_1 = rs_2.unsqueeze(-1)
-        del rs_2
         bc_2 = rs.unsqueeze(-1)
-        del rs
-        grad = grad.index_add(-1, lay["idx_x_1_0"], _rt_points(bc, x, max(((n) // (3)), 0)))
-        del bc
-        grad = grad.index_add(-1, lay["idx_x_3_0"], _rt_points(bc_2, x, max(((n) // (3)), 0)))
-        del bc_2
-        grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, max(((n) // (3)), 0)))
-        del bc_1
+        grad = grad.index_add(-1, lay["idx_x_1_0"], _rt_points(bc, x, ((n) // (3))))
+        del rs_1, bc
+        grad = grad.index_add(-1, lay["idx_x_3_0"], _rt_points(bc_2, x, ((n) // (3))))
+        del rs, bc_2
+        grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, ((n) // (3))))
+        del rs_2, bc_1
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -366,7 +348,7 @@ class LennardJonesEnergy(CompiledEnergy):
         rm = self.rm.to(x.dtype)
         oscillator_scale = self.oscillator_scale.to(x.dtype)
         n_float = x.new_tensor(n, dtype=torch.float64)
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
         x_3 = x[..., lay["idx_x_3_0"]]
@@ -376,27 +358,24 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_2
         r_2 = x_3.sum(-1)
         del x_3
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         x_4 = x[..., lay["idx_x_4_0"]]
         x_5 = x[..., lay["idx_x_5_0"]]
         x_6 = x[..., lay["idx_x_6_0"]]
         b = r.unsqueeze(-1)
-        del r
         b_1 = r_1.unsqueeze(-1)
-        del r_1
         b_2 = r_2.unsqueeze(-1)
-        del r_2
         t0 = 1/((n_float) // (3))
         t1 = x_6 - t0*b_2
-        del b_2, x_6
+        del r_2, b_2, x_6
         t2 = x_4 - t0*b
-        del b, x_4
+        del r, b, x_4
         t3 = x_5 - t0*b_1
-        del b_1, t0, x_5
+        del r_1, b_1, x_5
         v_1 = torch.square(t1) + torch.square(t2) + torch.square(t3)
         r_3 = v_1.sum(-1)
         del v_1
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         x_7 = x[..., lay["idx_x_7_0"]]
         x_8 = x[..., lay["idx_x_8_0"]]
         x_9 = x[..., lay["idx_x_9_0"]]
@@ -409,7 +388,7 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_7, x_8
         t7 = -t6
         t8 = _rt.guard(t4, x_9) - _rt.guard(t4, x_10)
-        del x_10, x_9
+        del x_9, x_10
         t9 = -t8
         t10 = _rt.guard(t4, x_11) - _rt.guard(t4, x_12)
         del x_11, x_12
@@ -420,83 +399,76 @@ class LennardJonesEnergy(CompiledEnergy):
         t15 = 6*t14*t5*(2*t13*t5 - 2)/torch.pow(t12, 4)
         del t12
         v_2 = torch.where(t4, t13*t14*t5*(t13*t5 - 2), x.new_tensor(math.inf))
-        del t13, t14, t5
-        d_3 = torch.where(t4, t15*t7, x.new_tensor(0))
+        del t5, t13, t14
+        d = torch.where(t4, t15*t7, x.new_tensor(0))
         del t7
-        d_4 = torch.where(t4, t15*t6, x.new_tensor(0))
+        d_1 = torch.where(t4, t15*t6, x.new_tensor(0))
         del t6
-        d_5 = torch.where(t4, t15*t9, x.new_tensor(0))
+        d_2 = torch.where(t4, t15*t9, x.new_tensor(0))
         del t9
-        d_6 = torch.where(t4, t15*t8, x.new_tensor(0))
+        d_3 = torch.where(t4, t15*t8, x.new_tensor(0))
         del t8
-        d_7 = torch.where(t4, t11*t15, x.new_tensor(0))
+        d_4 = torch.where(t4, t11*t15, x.new_tensor(0))
         del t11
-        d_8 = torch.where(t4, t10*t15, x.new_tensor(0))
-        del t10, t15, t4
+        d_5 = torch.where(t4, t10*t15, x.new_tensor(0))
+        del t4, t10, t15
         r_4 = v_2.sum(-1)
         del v_2
         t16 = oscillator_scale/2
         energy_1 = r_4 + t16*r_3
         del r_3, r_4
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         grad = torch.zeros_like(x)
-        grad = grad.index_add(-1, lay["idx_x_7_0"], d_3)
+        grad = grad.index_add(-1, lay["idx_x_7_0"], d)
+        del d
+        grad = grad.index_add(-1, lay["idx_x_8_0"], d_1)
+        del d_1
+        grad = grad.index_add(-1, lay["idx_x_9_0"], d_2)
+        del d_2
+        grad = grad.index_add(-1, lay["idx_x_10_0"], d_3)
         del d_3
-        grad = grad.index_add(-1, lay["idx_x_8_0"], d_4)
+        grad = grad.index_add(-1, lay["idx_x_11_0"], d_4)
         del d_4
-        grad = grad.index_add(-1, lay["idx_x_9_0"], d_5)
+        grad = grad.index_add(-1, lay["idx_x_12_0"], d_5)
         del d_5
-        grad = grad.index_add(-1, lay["idx_x_10_0"], d_6)
-        del d_6
-        grad = grad.index_add(-1, lay["idx_x_11_0"], d_7)
-        del d_7
-        grad = grad.index_add(-1, lay["idx_x_12_0"], d_8)
-        del d_8
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         w = -2*t16/((n_float) // (3))
         g = w*t1
-        del w
         rs = g.sum(-1)
         del g
         w_1 = -2*t16/((n_float) // (3))
         g_1 = w_1*t2
-        del w_1
         rs_1 = g_1.sum(-1)
         del g_1
         w_2 = -2*t16/((n_float) // (3))
         g_2 = w_2*t3
-        del w_2
         rs_2 = g_2.sum(-1)
         del g_2
         w_3 = 2*t16
         g_3 = w_3*t1
-        del t1, w_3
+        del t1
         grad = grad.index_add(-1, lay["idx_x_6_0"], g_3)
         del g_3
         w_4 = 2*t16
         g_4 = w_4*t2
-        del t2, w_4
+        del t2
         grad = grad.index_add(-1, lay["idx_x_4_0"], g_4)
         del g_4
         w_5 = 2*t16
-        del t16
         g_5 = w_5*t3
-        del t3, w_5
+        del t3
         grad = grad.index_add(-1, lay["idx_x_5_0"], g_5)
         del g_5
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         bc = rs_1.unsqueeze(-1)
-        del rs_1
         bc_1 = rs_2.unsqueeze(-1)
-        del rs_2
         bc_2 = rs.unsqueeze(-1)
-        del rs
-        grad = grad.index_add(-1, lay["idx_x_1_0"], _rt_points(bc, x, max(((n) // (3)), 0)))
-        del bc
-        grad = grad.index_add(-1, lay["idx_x_3_0"], _rt_points(bc_2, x, max(((n) // (3)), 0)))
-        del bc_2
-        grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, max(((n) // (3)), 0)))
-        del bc_1
+        grad = grad.index_add(-1, lay["idx_x_1_0"], _rt_points(bc, x, ((n) // (3))))
+        del rs_1, bc
+        grad = grad.index_add(-1, lay["idx_x_3_0"], _rt_points(bc_2, x, ((n) // (3))))
+        del rs, bc_2
+        grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, ((n) // (3))))
+        del rs_2, bc_1
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
@@ -506,7 +478,7 @@ class LennardJonesEnergy(CompiledEnergy):
         rm = self.rm.to(x.dtype)
         oscillator_scale = self.oscillator_scale.to(x.dtype)
         n_float = x.new_tensor(n, dtype=torch.float64)
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         xdot = v[..., lay["idx_x_1_0"]]
         xdot_1 = v[..., lay["idx_x_2_0"]]
         xdot_2 = v[..., lay["idx_x_3_0"]]
@@ -516,30 +488,27 @@ class LennardJonesEnergy(CompiledEnergy):
         del xdot_1
         dot_2 = xdot_2.sum(-1)
         del xdot_2
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         xdot_3 = v[..., lay["idx_x_4_0"]]
         xdot_4 = v[..., lay["idx_x_5_0"]]
         xdot_5 = v[..., lay["idx_x_6_0"]]
         dot_3 = dot.unsqueeze(-1)
-        del dot
         dot_4 = dot_1.unsqueeze(-1)
-        del dot_1
         dot_5 = dot_2.unsqueeze(-1)
-        del dot_2
         u0 = 1/((n_float) // (3))
         u7 = u0*dot_3
-        del dot_3
+        del dot, dot_3
         u8 = u0*dot_4
-        del dot_4
+        del dot_1, dot_4
         u9 = u0*dot_5
-        del dot_5, u0
-        dot_7 = xdot_5 - u9
-        del u9, xdot_5
-        dot_8 = xdot_3 - u7
-        del u7, xdot_3
-        dot_9 = xdot_4 - u8
-        del u8, xdot_4
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
+        del dot_2, dot_5
+        dot_6 = xdot_5 - u9
+        del xdot_5, u9
+        dot_7 = xdot_3 - u7
+        del xdot_3, u7
+        dot_8 = xdot_4 - u8
+        del xdot_4, u8
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         x_7 = x[..., lay["idx_x_7_0"]]
         xdot_6 = v[..., lay["idx_x_7_0"]]
         x_8 = x[..., lay["idx_x_8_0"]]
@@ -622,80 +591,71 @@ class LennardJonesEnergy(CompiledEnergy):
         del u41
         u61 = u23*u45
         del u23, u45
-        dot_12 = xdot_6*torch.where(u10, u49 + u30*u42 + u46*u51, x.new_tensor(0)) + xdot_7*torch.where(u10, u40 + u29*u42 + u46*u50, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u42 + u44*u46, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u42 + u43*u46, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u42 + u46*u48, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u42 + u46*u47, x.new_tensor(0))
+        dot_9 = xdot_6*torch.where(u10, u49 + u30*u42 + u46*u51, x.new_tensor(0)) + xdot_7*torch.where(u10, u40 + u29*u42 + u46*u50, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u42 + u44*u46, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u42 + u43*u46, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u42 + u46*u48, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u42 + u46*u47, x.new_tensor(0))
         del u42, u46
-        dot_13 = xdot_6*torch.where(u10, u40 + u30*u52 + u51*u53, x.new_tensor(0)) + xdot_7*torch.where(u10, u49 + u29*u52 + u50*u53, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u52 + u44*u53, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u52 + u43*u53, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u52 + u48*u53, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u52 + u47*u53, x.new_tensor(0))
+        dot_10 = xdot_6*torch.where(u10, u40 + u30*u52 + u51*u53, x.new_tensor(0)) + xdot_7*torch.where(u10, u49 + u29*u52 + u50*u53, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u52 + u44*u53, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u52 + u43*u53, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u52 + u48*u53, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u52 + u47*u53, x.new_tensor(0))
         del u52, u53
-        dot_14 = xdot_6*torch.where(u10, u30*u54 + u51*u55, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u54 + u50*u55, x.new_tensor(0)) + xdot_8*torch.where(u10, u49 + u36*u54 + u44*u55, x.new_tensor(0)) + xdot_9*torch.where(u10, u40 + u35*u54 + u43*u55, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u54 + u48*u55, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u54 + u47*u55, x.new_tensor(0))
+        dot_11 = xdot_6*torch.where(u10, u30*u54 + u51*u55, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u54 + u50*u55, x.new_tensor(0)) + xdot_8*torch.where(u10, u49 + u36*u54 + u44*u55, x.new_tensor(0)) + xdot_9*torch.where(u10, u40 + u35*u54 + u43*u55, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u54 + u48*u55, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u54 + u47*u55, x.new_tensor(0))
         del u54, u55
-        dot_15 = xdot_6*torch.where(u10, u30*u56 + u51*u57, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u56 + u50*u57, x.new_tensor(0)) + xdot_8*torch.where(u10, u40 + u36*u56 + u44*u57, x.new_tensor(0)) + xdot_9*torch.where(u10, u49 + u35*u56 + u43*u57, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u56 + u48*u57, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u56 + u47*u57, x.new_tensor(0))
+        dot_12 = xdot_6*torch.where(u10, u30*u56 + u51*u57, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u56 + u50*u57, x.new_tensor(0)) + xdot_8*torch.where(u10, u40 + u36*u56 + u44*u57, x.new_tensor(0)) + xdot_9*torch.where(u10, u49 + u35*u56 + u43*u57, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u56 + u48*u57, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u56 + u47*u57, x.new_tensor(0))
         del u56, u57
-        dot_16 = xdot_6*torch.where(u10, u30*u58 + u51*u59, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u58 + u50*u59, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u58 + u44*u59, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u58 + u43*u59, x.new_tensor(0)) + xdot_10*torch.where(u10, u49 + u38*u58 + u48*u59, x.new_tensor(0)) + xdot_11*torch.where(u10, u40 + u37*u58 + u47*u59, x.new_tensor(0))
+        dot_13 = xdot_6*torch.where(u10, u30*u58 + u51*u59, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u58 + u50*u59, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u58 + u44*u59, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u58 + u43*u59, x.new_tensor(0)) + xdot_10*torch.where(u10, u49 + u38*u58 + u48*u59, x.new_tensor(0)) + xdot_11*torch.where(u10, u40 + u37*u58 + u47*u59, x.new_tensor(0))
         del u58, u59
-        dot_17 = xdot_6*torch.where(u10, u30*u60 + u51*u61, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u60 + u50*u61, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u60 + u44*u61, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u60 + u43*u61, x.new_tensor(0)) + xdot_10*torch.where(u10, u40 + u38*u60 + u48*u61, x.new_tensor(0)) + xdot_11*torch.where(u10, u49 + u37*u60 + u47*u61, x.new_tensor(0))
-        del u10, u29, u30, u35, u36, u37, u38, u40, u43, u44, u47, u48, u49, u50, u51, u60, u61, xdot_10, xdot_11, xdot_6, xdot_7, xdot_8, xdot_9
+        dot_14 = xdot_6*torch.where(u10, u30*u60 + u51*u61, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u60 + u50*u61, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u60 + u44*u61, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u60 + u43*u61, x.new_tensor(0)) + xdot_10*torch.where(u10, u40 + u38*u60 + u48*u61, x.new_tensor(0)) + xdot_11*torch.where(u10, u49 + u37*u60 + u47*u61, x.new_tensor(0))
+        del xdot_6, xdot_7, xdot_8, xdot_9, xdot_10, xdot_11, u10, u29, u30, u35, u36, u37, u38, u40, u43, u44, u47, u48, u49, u50, u51, u60, u61
         u62 = oscillator_scale/2
-        t16 = u62
-        del u62
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         hvp = torch.zeros_like(v)
-        hvp = hvp.index_add(-1, lay["idx_x_7_0"], dot_12)
+        hvp = hvp.index_add(-1, lay["idx_x_7_0"], dot_9)
+        del dot_9
+        hvp = hvp.index_add(-1, lay["idx_x_8_0"], dot_10)
+        del dot_10
+        hvp = hvp.index_add(-1, lay["idx_x_9_0"], dot_11)
+        del dot_11
+        hvp = hvp.index_add(-1, lay["idx_x_10_0"], dot_12)
         del dot_12
-        hvp = hvp.index_add(-1, lay["idx_x_8_0"], dot_13)
+        hvp = hvp.index_add(-1, lay["idx_x_11_0"], dot_13)
         del dot_13
-        hvp = hvp.index_add(-1, lay["idx_x_9_0"], dot_14)
+        hvp = hvp.index_add(-1, lay["idx_x_12_0"], dot_14)
         del dot_14
-        hvp = hvp.index_add(-1, lay["idx_x_10_0"], dot_15)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
+        w = -2*u62/((n_float) // (3))
+        dot_15 = w*dot_6
+        dot_16 = dot_15.sum(-1)
         del dot_15
-        hvp = hvp.index_add(-1, lay["idx_x_11_0"], dot_16)
-        del dot_16
-        hvp = hvp.index_add(-1, lay["idx_x_12_0"], dot_17)
+        w_1 = -2*u62/((n_float) // (3))
+        dot_17 = w_1*dot_7
+        dot_18 = dot_17.sum(-1)
         del dot_17
-        # level 0: i in range(0, floor(n/3)) (per sample)
-        w = -2*t16/((n_float) // (3))
-        dot_20 = w*dot_7
-        del w
-        dot_21 = dot_20.sum(-1)
-        del dot_20
-        w_1 = -2*t16/((n_float) // (3))
-        dot_22 = w_1*dot_8
-        del w_1
-        dot_23 = dot_22.sum(-1)
-        del dot_22
-        w_2 = -2*t16/((n_float) // (3))
-        dot_24 = w_2*dot_9
-        del w_2
-        dot_25 = dot_24.sum(-1)
-        del dot_24
-        w_3 = 2*t16
-        dot_26 = w_3*dot_7
-        del dot_7, w_3
-        hvp = hvp.index_add(-1, lay["idx_x_6_0"], dot_26)
-        del dot_26
-        w_4 = 2*t16
-        dot_27 = w_4*dot_8
-        del dot_8, w_4
-        hvp = hvp.index_add(-1, lay["idx_x_4_0"], dot_27)
-        del dot_27
-        w_5 = 2*t16
-        del t16
-        dot_28 = w_5*dot_9
-        del dot_9, w_5
-        hvp = hvp.index_add(-1, lay["idx_x_5_0"], dot_28)
-        del dot_28
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
-        dot_29 = dot_23.unsqueeze(-1)
-        del dot_23
-        dot_30 = dot_25.unsqueeze(-1)
-        del dot_25
-        dot_31 = dot_21.unsqueeze(-1)
+        w_2 = -2*u62/((n_float) // (3))
+        dot_19 = w_2*dot_8
+        dot_20 = dot_19.sum(-1)
+        del dot_19
+        w_3 = 2*u62
+        dot_21 = w_3*dot_6
+        del dot_6
+        hvp = hvp.index_add(-1, lay["idx_x_6_0"], dot_21)
         del dot_21
-        hvp = hvp.index_add(-1, lay["idx_x_1_0"], _rt_points(dot_29, v, max(((n) // (3)), 0)))
-        del dot_29
-        hvp = hvp.index_add(-1, lay["idx_x_3_0"], _rt_points(dot_31, v, max(((n) // (3)), 0)))
-        del dot_31
-        hvp = hvp.index_add(-1, lay["idx_x_2_0"], _rt_points(dot_30, v, max(((n) // (3)), 0)))
-        del dot_30
+        w_4 = 2*u62
+        dot_22 = w_4*dot_7
+        del dot_7
+        hvp = hvp.index_add(-1, lay["idx_x_4_0"], dot_22)
+        del dot_22
+        w_5 = 2*u62
+        dot_23 = w_5*dot_8
+        del dot_8
+        hvp = hvp.index_add(-1, lay["idx_x_5_0"], dot_23)
+        del dot_23
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
+        dot_24 = dot_18.unsqueeze(-1)
+        dot_25 = dot_20.unsqueeze(-1)
+        dot_26 = dot_16.unsqueeze(-1)
+        hvp = hvp.index_add(-1, lay["idx_x_1_0"], _rt_points(dot_24, v, ((n) // (3))))
+        del dot_18, dot_24
+        hvp = hvp.index_add(-1, lay["idx_x_3_0"], _rt_points(dot_26, v, ((n) // (3))))
+        del dot_16, dot_26
+        hvp = hvp.index_add(-1, lay["idx_x_2_0"], _rt_points(dot_25, v, ((n) // (3))))
+        del dot_20, dot_25
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -705,20 +665,11 @@ class LennardJonesEnergy(CompiledEnergy):
         rm = self.rm.to(x.dtype)
         oscillator_scale = self.oscillator_scale.to(x.dtype)
         n_float = x.new_tensor(n, dtype=torch.float64)
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         w4 = ((n_float) // (3))
         w5 = 2/torch.square(w4)
         w6 = -2/w4
-        del w4
-        h2 = w5
-        h2_1 = w6
-        h2_2 = w5
-        h2_3 = w6
-        h2_4 = w5
-        del w5
-        h2_5 = w6
-        del w6
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         x_7 = x[..., lay["idx_x_7_0"]]
         x_8 = x[..., lay["idx_x_8_0"]]
         x_9 = x[..., lay["idx_x_9_0"]]
@@ -784,142 +735,130 @@ class LennardJonesEnergy(CompiledEnergy):
         w59 = w33*w36
         w60 = w33*w43
         del w33
-        h2_6 = torch.where(w19, w41 - w22*w37 - w42*w44, x.new_tensor(0))
-        h2_7 = torch.where(w19, w40 + w22*w37 + w42*w44, x.new_tensor(0))
-        h2_8 = torch.where(w19, w37*w45 + w44*w46, x.new_tensor(0))
-        h2_9 = torch.where(w19, w37*w47 + w44*w48, x.new_tensor(0))
+        h2 = torch.where(w19, w41 - w22*w37 - w42*w44, x.new_tensor(0))
+        h2_1 = torch.where(w19, w40 + w22*w37 + w42*w44, x.new_tensor(0))
+        h2_2 = torch.where(w19, w37*w45 + w44*w46, x.new_tensor(0))
+        h2_3 = torch.where(w19, w37*w47 + w44*w48, x.new_tensor(0))
         del w37, w44
-        h2_10 = torch.where(w19, w41 + w22*w49 + w42*w50, x.new_tensor(0))
+        h2_4 = torch.where(w19, w41 + w22*w49 + w42*w50, x.new_tensor(0))
         del w22, w42
-        h2_11 = torch.where(w19, w49*w51 + w50*w52, x.new_tensor(0))
-        h2_12 = torch.where(w19, w49*w53 + w50*w54, x.new_tensor(0))
+        h2_5 = torch.where(w19, w49*w51 + w50*w52, x.new_tensor(0))
+        h2_6 = torch.where(w19, w49*w53 + w50*w54, x.new_tensor(0))
         del w49, w50
-        h2_13 = torch.where(w19, w41 + w51*w55 + w52*w56, x.new_tensor(0))
+        h2_7 = torch.where(w19, w41 + w51*w55 + w52*w56, x.new_tensor(0))
         del w51, w52
-        h2_14 = torch.where(w19, w40 + w45*w55 + w46*w56, x.new_tensor(0))
-        h2_15 = torch.where(w19, w47*w55 + w48*w56, x.new_tensor(0))
+        h2_8 = torch.where(w19, w40 + w45*w55 + w46*w56, x.new_tensor(0))
+        h2_9 = torch.where(w19, w47*w55 + w48*w56, x.new_tensor(0))
         del w55, w56
-        h2_16 = torch.where(w19, w41 + w45*w57 + w46*w58, x.new_tensor(0))
+        h2_10 = torch.where(w19, w41 + w45*w57 + w46*w58, x.new_tensor(0))
         del w45, w46
-        h2_17 = torch.where(w19, w53*w57 + w54*w58, x.new_tensor(0))
+        h2_11 = torch.where(w19, w53*w57 + w54*w58, x.new_tensor(0))
         del w57, w58
-        h2_18 = torch.where(w19, w41 + w53*w59 + w54*w60, x.new_tensor(0))
+        h2_12 = torch.where(w19, w41 + w53*w59 + w54*w60, x.new_tensor(0))
         del w53, w54
-        h2_19 = torch.where(w19, w40 + w47*w59 + w48*w60, x.new_tensor(0))
+        h2_13 = torch.where(w19, w40 + w47*w59 + w48*w60, x.new_tensor(0))
         del w40, w59, w60
-        h2_20 = torch.where(w19, w41 + w32*w36*w47 + w32*w43*w48, x.new_tensor(0))
+        h2_14 = torch.where(w19, w41 + w32*w36*w47 + w32*w43*w48, x.new_tensor(0))
         del w19, w32, w36, w41, w43, w47, w48
         w61 = oscillator_scale/2
-        t16 = w61
-        del w61
-        # level 0: i in range(0, floor(n/3)) (per sample)
-        h = t16*h2
-        del h2
-        hs = _rt_points(h, x, max(((n) // (3)), 0)).sum(-1)
-        del h
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
+        h = w5*w61
+        hs = _rt_points(h, x, ((n) // (3))).sum(-1)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_2 = torch.zeros_like(x)
-        grad_r_2 = grad_r_2.index_add(-1, lay["idx_x_3_0"], _rt_points(1, x, max(((n) // (3)), 0)))
+        grad_r_2 = grad_r_2.index_add(-1, lay["idx_x_3_0"], _rt_points(1, x, ((n) // (3))))
         hdiag = hs.unsqueeze(-1)*torch.square(grad_r_2)
         del hs
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         gload = grad_r_2[..., lay["idx_x_6_0"]]
         del grad_r_2
-        h_1 = 2*t16*h2_1*gload
-        del gload, h2_1
+        h_1 = 2*w6*w61*gload
+        del gload
         hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], h_1)
         del h_1
-        h_2 = t16*h2_2
-        del h2_2
-        hs_1 = _rt_points(h_2, x, max(((n) // (3)), 0)).sum(-1)
-        del h_2
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        h_2 = w5*w61
+        hs_1 = _rt_points(h_2, x, ((n) // (3))).sum(-1)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r = torch.zeros_like(x)
-        grad_r = grad_r.index_add(-1, lay["idx_x_1_0"], _rt_points(1, x, max(((n) // (3)), 0)))
+        grad_r = grad_r.index_add(-1, lay["idx_x_1_0"], _rt_points(1, x, ((n) // (3))))
         hdiag = hdiag + hs_1.unsqueeze(-1)*torch.square(grad_r)
         del hs_1
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         gload_1 = grad_r[..., lay["idx_x_4_0"]]
         del grad_r
-        h_3 = 2*t16*h2_3*gload_1
-        del gload_1, h2_3
+        h_3 = 2*w6*w61*gload_1
+        del gload_1
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h_3)
         del h_3
-        h_4 = t16*h2_4
-        del h2_4
-        hs_2 = _rt_points(h_4, x, max(((n) // (3)), 0)).sum(-1)
-        del h_4
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        h_4 = w5*w61
+        hs_2 = _rt_points(h_4, x, ((n) // (3))).sum(-1)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_1 = torch.zeros_like(x)
-        grad_r_1 = grad_r_1.index_add(-1, lay["idx_x_2_0"], _rt_points(1, x, max(((n) // (3)), 0)))
+        grad_r_1 = grad_r_1.index_add(-1, lay["idx_x_2_0"], _rt_points(1, x, ((n) // (3))))
         hdiag = hdiag + hs_2.unsqueeze(-1)*torch.square(grad_r_1)
         del hs_2
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         gload_2 = grad_r_1[..., lay["idx_x_5_0"]]
         del grad_r_1
-        h_5 = 2*t16*h2_5*gload_2
-        del gload_2, h2_5
+        h_5 = 2*w6*w61*gload_2
+        del gload_2
         hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], h_5)
         del h_5
-        h_6 = 2*t16
-        hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], _rt_points(h_6, x, max(((n) // (3)), 0)))
-        del h_6
-        h_7 = 2*t16
-        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], _rt_points(h_7, x, max(((n) // (3)), 0)))
-        del h_7
-        h_8 = 2*t16
-        del t16
-        hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], _rt_points(h_8, x, max(((n) // (3)), 0)))
-        del h_8
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
-        hdiag = hdiag.index_add(-1, lay["idx_x_7_0"], h2_6)
-        del h2_6
-        h_9 = 2*h2_7
-        del h2_7
+        h_6 = 2*w61
+        hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], _rt_points(h_6, x, ((n) // (3))))
+        h_7 = 2*w61
+        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], _rt_points(h_7, x, ((n) // (3))))
+        h_8 = 2*w61
+        hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], _rt_points(h_8, x, ((n) // (3))))
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
+        hdiag = hdiag.index_add(-1, lay["idx_x_7_0"], h2)
+        del h2
+        h_9 = 2*h2_1
+        del h2_1
         hdiag = hdiag.index_add(-1, lay["co2_1_at"], h_9[..., lay["co2_1"]])
         del h_9
-        h_10 = 2*h2_8
-        del h2_8
+        h_10 = 2*h2_2
+        del h2_2
         hdiag = hdiag.index_add(-1, lay["co2_2_at"], h_10[..., lay["co2_2"]])
         del h_10
-        h_11 = 2*h2_9
-        del h2_9
+        h_11 = 2*h2_3
+        del h2_3
         hdiag = hdiag.index_add(-1, lay["co2_3_at"], h_11[..., lay["co2_3"]])
         del h_11
-        hdiag = hdiag.index_add(-1, lay["idx_x_8_0"], h2_10)
-        del h2_10
-        h_12 = 2*h2_11
-        del h2_11
+        hdiag = hdiag.index_add(-1, lay["idx_x_8_0"], h2_4)
+        del h2_4
+        h_12 = 2*h2_5
+        del h2_5
         hdiag = hdiag.index_add(-1, lay["co2_4_at"], h_12[..., lay["co2_4"]])
         del h_12
-        h_13 = 2*h2_12
-        del h2_12
+        h_13 = 2*h2_6
+        del h2_6
         hdiag = hdiag.index_add(-1, lay["co2_5_at"], h_13[..., lay["co2_5"]])
         del h_13
-        hdiag = hdiag.index_add(-1, lay["idx_x_9_0"], h2_13)
-        del h2_13
-        h_14 = 2*h2_14
-        del h2_14
+        hdiag = hdiag.index_add(-1, lay["idx_x_9_0"], h2_7)
+        del h2_7
+        h_14 = 2*h2_8
+        del h2_8
         hdiag = hdiag.index_add(-1, lay["co2_6_at"], h_14[..., lay["co2_6"]])
         del h_14
-        h_15 = 2*h2_15
-        del h2_15
+        h_15 = 2*h2_9
+        del h2_9
         hdiag = hdiag.index_add(-1, lay["co2_7_at"], h_15[..., lay["co2_7"]])
         del h_15
-        hdiag = hdiag.index_add(-1, lay["idx_x_10_0"], h2_16)
-        del h2_16
-        h_16 = 2*h2_17
-        del h2_17
+        hdiag = hdiag.index_add(-1, lay["idx_x_10_0"], h2_10)
+        del h2_10
+        h_16 = 2*h2_11
+        del h2_11
         hdiag = hdiag.index_add(-1, lay["co2_8_at"], h_16[..., lay["co2_8"]])
         del h_16
-        hdiag = hdiag.index_add(-1, lay["idx_x_11_0"], h2_18)
-        del h2_18
-        h_17 = 2*h2_19
-        del h2_19
+        hdiag = hdiag.index_add(-1, lay["idx_x_11_0"], h2_12)
+        del h2_12
+        h_17 = 2*h2_13
+        del h2_13
         hdiag = hdiag.index_add(-1, lay["co2_9_at"], h_17[..., lay["co2_9"]])
         del h_17
-        hdiag = hdiag.index_add(-1, lay["idx_x_12_0"], h2_20)
-        del h2_20
+        hdiag = hdiag.index_add(-1, lay["idx_x_12_0"], h2_14)
+        del h2_14
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -929,7 +868,7 @@ class LennardJonesEnergy(CompiledEnergy):
         rm = self.rm.to(x.dtype)
         oscillator_scale = self.oscillator_scale.to(x.dtype)
         n_float = x.new_tensor(n, dtype=torch.float64)
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
         x_3 = x[..., lay["idx_x_3_0"]]
@@ -939,42 +878,24 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_2
         r_2 = x_3.sum(-1)
         del x_3
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         x_4 = x[..., lay["idx_x_4_0"]]
         x_5 = x[..., lay["idx_x_5_0"]]
         x_6 = x[..., lay["idx_x_6_0"]]
         b = r.unsqueeze(-1)
-        del r
         b_1 = r_1.unsqueeze(-1)
-        del r_1
         b_2 = r_2.unsqueeze(-1)
-        del r_2
         w0 = 1/((n_float) // (3))
         w1 = x_6 - w0*b_2
-        del b_2, x_6
+        del r_2, b_2, x_6
         w2 = x_4 - w0*b
-        del b, x_4
+        del r, b, x_4
         w3 = x_5 - w0*b_1
-        del b_1, w0, x_5
-        t1 = w1
-        del w1
-        t2 = w2
-        del w2
-        t3 = w3
-        del w3
+        del r_1, b_1, x_5
         w4 = ((n_float) // (3))
         w5 = 2/torch.square(w4)
         w6 = -2/w4
-        del w4
-        h2 = w5
-        h2_1 = w6
-        h2_2 = w5
-        h2_3 = w6
-        h2_4 = w5
-        del w5
-        h2_5 = w6
-        del w6
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         x_7 = x[..., lay["idx_x_7_0"]]
         x_8 = x[..., lay["idx_x_8_0"]]
         x_9 = x[..., lay["idx_x_9_0"]]
@@ -993,19 +914,19 @@ class LennardJonesEnergy(CompiledEnergy):
         w16 = 1/(w15*w15*w15)
         w17 = _rt.guard(w7, eps)
         w18 = 6*w17*w8*(2*w16*w8 - 2)/torch.pow(w15, 4)
-        del w15, w16, w17, w8
-        d_3 = torch.where(w7, w10*w18, x.new_tensor(0))
+        del w8, w15, w16, w17
+        d = torch.where(w7, w10*w18, x.new_tensor(0))
         del w10
-        d_4 = torch.where(w7, w18*w9, x.new_tensor(0))
+        d_1 = torch.where(w7, w18*w9, x.new_tensor(0))
         del w9
-        d_5 = torch.where(w7, w12*w18, x.new_tensor(0))
+        d_2 = torch.where(w7, w12*w18, x.new_tensor(0))
         del w12
-        d_6 = torch.where(w7, w11*w18, x.new_tensor(0))
+        d_3 = torch.where(w7, w11*w18, x.new_tensor(0))
         del w11
-        d_7 = torch.where(w7, w14*w18, x.new_tensor(0))
+        d_4 = torch.where(w7, w14*w18, x.new_tensor(0))
         del w14
-        d_8 = torch.where(w7, w13*w18, x.new_tensor(0))
-        del w13, w18, w7
+        d_5 = torch.where(w7, w13*w18, x.new_tensor(0))
+        del w7, w13, w18
         w19 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
         w20 = _rt.guard(w19, x_7)
         del x_7
@@ -1065,198 +986,180 @@ class LennardJonesEnergy(CompiledEnergy):
         w59 = w33*w36
         w60 = w33*w43
         del w33
-        h2_6 = torch.where(w19, w41 - w22*w37 - w42*w44, x.new_tensor(0))
-        h2_7 = torch.where(w19, w40 + w22*w37 + w42*w44, x.new_tensor(0))
-        h2_8 = torch.where(w19, w37*w45 + w44*w46, x.new_tensor(0))
-        h2_9 = torch.where(w19, w37*w47 + w44*w48, x.new_tensor(0))
+        h2 = torch.where(w19, w41 - w22*w37 - w42*w44, x.new_tensor(0))
+        h2_1 = torch.where(w19, w40 + w22*w37 + w42*w44, x.new_tensor(0))
+        h2_2 = torch.where(w19, w37*w45 + w44*w46, x.new_tensor(0))
+        h2_3 = torch.where(w19, w37*w47 + w44*w48, x.new_tensor(0))
         del w37, w44
-        h2_10 = torch.where(w19, w41 + w22*w49 + w42*w50, x.new_tensor(0))
+        h2_4 = torch.where(w19, w41 + w22*w49 + w42*w50, x.new_tensor(0))
         del w22, w42
-        h2_11 = torch.where(w19, w49*w51 + w50*w52, x.new_tensor(0))
-        h2_12 = torch.where(w19, w49*w53 + w50*w54, x.new_tensor(0))
+        h2_5 = torch.where(w19, w49*w51 + w50*w52, x.new_tensor(0))
+        h2_6 = torch.where(w19, w49*w53 + w50*w54, x.new_tensor(0))
         del w49, w50
-        h2_13 = torch.where(w19, w41 + w51*w55 + w52*w56, x.new_tensor(0))
+        h2_7 = torch.where(w19, w41 + w51*w55 + w52*w56, x.new_tensor(0))
         del w51, w52
-        h2_14 = torch.where(w19, w40 + w45*w55 + w46*w56, x.new_tensor(0))
-        h2_15 = torch.where(w19, w47*w55 + w48*w56, x.new_tensor(0))
+        h2_8 = torch.where(w19, w40 + w45*w55 + w46*w56, x.new_tensor(0))
+        h2_9 = torch.where(w19, w47*w55 + w48*w56, x.new_tensor(0))
         del w55, w56
-        h2_16 = torch.where(w19, w41 + w45*w57 + w46*w58, x.new_tensor(0))
+        h2_10 = torch.where(w19, w41 + w45*w57 + w46*w58, x.new_tensor(0))
         del w45, w46
-        h2_17 = torch.where(w19, w53*w57 + w54*w58, x.new_tensor(0))
+        h2_11 = torch.where(w19, w53*w57 + w54*w58, x.new_tensor(0))
         del w57, w58
-        h2_18 = torch.where(w19, w41 + w53*w59 + w54*w60, x.new_tensor(0))
+        h2_12 = torch.where(w19, w41 + w53*w59 + w54*w60, x.new_tensor(0))
         del w53, w54
-        h2_19 = torch.where(w19, w40 + w47*w59 + w48*w60, x.new_tensor(0))
+        h2_13 = torch.where(w19, w40 + w47*w59 + w48*w60, x.new_tensor(0))
         del w40, w59, w60
-        h2_20 = torch.where(w19, w41 + w32*w36*w47 + w32*w43*w48, x.new_tensor(0))
+        h2_14 = torch.where(w19, w41 + w32*w36*w47 + w32*w43*w48, x.new_tensor(0))
         del w19, w32, w36, w41, w43, w47, w48
         w61 = oscillator_scale/2
-        t16 = w61
-        del w61
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         grad = torch.zeros_like(x)
-        grad = grad.index_add(-1, lay["idx_x_7_0"], d_3)
+        grad = grad.index_add(-1, lay["idx_x_7_0"], d)
+        del d
+        grad = grad.index_add(-1, lay["idx_x_8_0"], d_1)
+        del d_1
+        grad = grad.index_add(-1, lay["idx_x_9_0"], d_2)
+        del d_2
+        grad = grad.index_add(-1, lay["idx_x_10_0"], d_3)
         del d_3
-        grad = grad.index_add(-1, lay["idx_x_8_0"], d_4)
+        grad = grad.index_add(-1, lay["idx_x_11_0"], d_4)
         del d_4
-        grad = grad.index_add(-1, lay["idx_x_9_0"], d_5)
+        grad = grad.index_add(-1, lay["idx_x_12_0"], d_5)
         del d_5
-        grad = grad.index_add(-1, lay["idx_x_10_0"], d_6)
-        del d_6
-        grad = grad.index_add(-1, lay["idx_x_11_0"], d_7)
-        del d_7
-        grad = grad.index_add(-1, lay["idx_x_12_0"], d_8)
-        del d_8
-        # level 0: i in range(0, floor(n/3)) (per sample)
-        w = -2*t16/((n_float) // (3))
-        g = w*t1
-        del w
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
+        w = -2*w61/((n_float) // (3))
+        g = w*w1
         rs = g.sum(-1)
         del g
-        w_1 = -2*t16/((n_float) // (3))
-        g_1 = w_1*t2
-        del w_1
+        w_1 = -2*w61/((n_float) // (3))
+        g_1 = w_1*w2
         rs_1 = g_1.sum(-1)
         del g_1
-        w_2 = -2*t16/((n_float) // (3))
-        g_2 = w_2*t3
-        del w_2
+        w_2 = -2*w61/((n_float) // (3))
+        g_2 = w_2*w3
         rs_2 = g_2.sum(-1)
         del g_2
-        w_3 = 2*t16
-        g_3 = w_3*t1
-        del t1, w_3
+        w_3 = 2*w61
+        g_3 = w_3*w1
+        del w1
         grad = grad.index_add(-1, lay["idx_x_6_0"], g_3)
         del g_3
-        w_4 = 2*t16
-        g_4 = w_4*t2
-        del t2, w_4
+        w_4 = 2*w61
+        g_4 = w_4*w2
+        del w2
         grad = grad.index_add(-1, lay["idx_x_4_0"], g_4)
         del g_4
-        w_5 = 2*t16
-        g_5 = w_5*t3
-        del t3, w_5
+        w_5 = 2*w61
+        g_5 = w_5*w3
+        del w3
         grad = grad.index_add(-1, lay["idx_x_5_0"], g_5)
         del g_5
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         bc = rs_1.unsqueeze(-1)
-        del rs_1
         bc_1 = rs_2.unsqueeze(-1)
-        del rs_2
         bc_2 = rs.unsqueeze(-1)
-        del rs
-        grad = grad.index_add(-1, lay["idx_x_1_0"], _rt_points(bc, x, max(((n) // (3)), 0)))
-        del bc
-        grad = grad.index_add(-1, lay["idx_x_3_0"], _rt_points(bc_2, x, max(((n) // (3)), 0)))
-        del bc_2
-        grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, max(((n) // (3)), 0)))
-        del bc_1
-        # level 0: i in range(0, floor(n/3)) (per sample)
-        h = t16*h2
-        del h2
-        hs = _rt_points(h, x, max(((n) // (3)), 0)).sum(-1)
-        del h
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        grad = grad.index_add(-1, lay["idx_x_1_0"], _rt_points(bc, x, ((n) // (3))))
+        del rs_1, bc
+        grad = grad.index_add(-1, lay["idx_x_3_0"], _rt_points(bc_2, x, ((n) // (3))))
+        del rs, bc_2
+        grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, ((n) // (3))))
+        del rs_2, bc_1
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
+        h = w5*w61
+        hs = _rt_points(h, x, ((n) // (3))).sum(-1)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_2 = torch.zeros_like(x)
-        grad_r_2 = grad_r_2.index_add(-1, lay["idx_x_3_0"], _rt_points(1, x, max(((n) // (3)), 0)))
+        grad_r_2 = grad_r_2.index_add(-1, lay["idx_x_3_0"], _rt_points(1, x, ((n) // (3))))
         hdiag = hs.unsqueeze(-1)*torch.square(grad_r_2)
         del hs
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         gload = grad_r_2[..., lay["idx_x_6_0"]]
         del grad_r_2
-        h_1 = 2*t16*h2_1*gload
-        del gload, h2_1
+        h_1 = 2*w6*w61*gload
+        del gload
         hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], h_1)
         del h_1
-        h_2 = t16*h2_2
-        del h2_2
-        hs_1 = _rt_points(h_2, x, max(((n) // (3)), 0)).sum(-1)
-        del h_2
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        h_2 = w5*w61
+        hs_1 = _rt_points(h_2, x, ((n) // (3))).sum(-1)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r = torch.zeros_like(x)
-        grad_r = grad_r.index_add(-1, lay["idx_x_1_0"], _rt_points(1, x, max(((n) // (3)), 0)))
+        grad_r = grad_r.index_add(-1, lay["idx_x_1_0"], _rt_points(1, x, ((n) // (3))))
         hdiag = hdiag + hs_1.unsqueeze(-1)*torch.square(grad_r)
         del hs_1
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         gload_1 = grad_r[..., lay["idx_x_4_0"]]
         del grad_r
-        h_3 = 2*t16*h2_3*gload_1
-        del gload_1, h2_3
+        h_3 = 2*w6*w61*gload_1
+        del gload_1
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h_3)
         del h_3
-        h_4 = t16*h2_4
-        del h2_4
-        hs_2 = _rt_points(h_4, x, max(((n) // (3)), 0)).sum(-1)
-        del h_4
-        # level 1: i5 in range(0, floor(n/3)) (per sample)
+        h_4 = w5*w61
+        hs_2 = _rt_points(h_4, x, ((n) // (3))).sum(-1)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_1 = torch.zeros_like(x)
-        grad_r_1 = grad_r_1.index_add(-1, lay["idx_x_2_0"], _rt_points(1, x, max(((n) // (3)), 0)))
+        grad_r_1 = grad_r_1.index_add(-1, lay["idx_x_2_0"], _rt_points(1, x, ((n) // (3))))
         hdiag = hdiag + hs_2.unsqueeze(-1)*torch.square(grad_r_1)
         del hs_2
-        # level 0: i in range(0, floor(n/3)) (per sample)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         gload_2 = grad_r_1[..., lay["idx_x_5_0"]]
         del grad_r_1
-        h_5 = 2*t16*h2_5*gload_2
-        del gload_2, h2_5
+        h_5 = 2*w6*w61*gload_2
+        del gload_2
         hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], h_5)
         del h_5
-        h_6 = 2*t16
-        hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], _rt_points(h_6, x, max(((n) // (3)), 0)))
-        del h_6
-        h_7 = 2*t16
-        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], _rt_points(h_7, x, max(((n) // (3)), 0)))
-        del h_7
-        h_8 = 2*t16
-        del t16
-        hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], _rt_points(h_8, x, max(((n) // (3)), 0)))
-        del h_8
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample)
-        hdiag = hdiag.index_add(-1, lay["idx_x_7_0"], h2_6)
-        del h2_6
-        h_9 = 2*h2_7
-        del h2_7
+        h_6 = 2*w61
+        hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], _rt_points(h_6, x, ((n) // (3))))
+        h_7 = 2*w61
+        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], _rt_points(h_7, x, ((n) // (3))))
+        h_8 = 2*w61
+        hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], _rt_points(h_8, x, ((n) // (3))))
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
+        hdiag = hdiag.index_add(-1, lay["idx_x_7_0"], h2)
+        del h2
+        h_9 = 2*h2_1
+        del h2_1
         hdiag = hdiag.index_add(-1, lay["co2_1_at"], h_9[..., lay["co2_1"]])
         del h_9
-        h_10 = 2*h2_8
-        del h2_8
+        h_10 = 2*h2_2
+        del h2_2
         hdiag = hdiag.index_add(-1, lay["co2_2_at"], h_10[..., lay["co2_2"]])
         del h_10
-        h_11 = 2*h2_9
-        del h2_9
+        h_11 = 2*h2_3
+        del h2_3
         hdiag = hdiag.index_add(-1, lay["co2_3_at"], h_11[..., lay["co2_3"]])
         del h_11
-        hdiag = hdiag.index_add(-1, lay["idx_x_8_0"], h2_10)
-        del h2_10
-        h_12 = 2*h2_11
-        del h2_11
+        hdiag = hdiag.index_add(-1, lay["idx_x_8_0"], h2_4)
+        del h2_4
+        h_12 = 2*h2_5
+        del h2_5
         hdiag = hdiag.index_add(-1, lay["co2_4_at"], h_12[..., lay["co2_4"]])
         del h_12
-        h_13 = 2*h2_12
-        del h2_12
+        h_13 = 2*h2_6
+        del h2_6
         hdiag = hdiag.index_add(-1, lay["co2_5_at"], h_13[..., lay["co2_5"]])
         del h_13
-        hdiag = hdiag.index_add(-1, lay["idx_x_9_0"], h2_13)
-        del h2_13
-        h_14 = 2*h2_14
-        del h2_14
+        hdiag = hdiag.index_add(-1, lay["idx_x_9_0"], h2_7)
+        del h2_7
+        h_14 = 2*h2_8
+        del h2_8
         hdiag = hdiag.index_add(-1, lay["co2_6_at"], h_14[..., lay["co2_6"]])
         del h_14
-        h_15 = 2*h2_15
-        del h2_15
+        h_15 = 2*h2_9
+        del h2_9
         hdiag = hdiag.index_add(-1, lay["co2_7_at"], h_15[..., lay["co2_7"]])
         del h_15
-        hdiag = hdiag.index_add(-1, lay["idx_x_10_0"], h2_16)
-        del h2_16
-        h_16 = 2*h2_17
-        del h2_17
+        hdiag = hdiag.index_add(-1, lay["idx_x_10_0"], h2_10)
+        del h2_10
+        h_16 = 2*h2_11
+        del h2_11
         hdiag = hdiag.index_add(-1, lay["co2_8_at"], h_16[..., lay["co2_8"]])
         del h_16
-        hdiag = hdiag.index_add(-1, lay["idx_x_11_0"], h2_18)
-        del h2_18
-        h_17 = 2*h2_19
-        del h2_19
+        hdiag = hdiag.index_add(-1, lay["idx_x_11_0"], h2_12)
+        del h2_12
+        h_17 = 2*h2_13
+        del h2_13
         hdiag = hdiag.index_add(-1, lay["co2_9_at"], h_17[..., lay["co2_9"]])
         del h_17
-        hdiag = hdiag.index_add(-1, lay["idx_x_12_0"], h2_20)
-        del h2_20
+        hdiag = hdiag.index_add(-1, lay["idx_x_12_0"], h2_14)
+        del h2_14
         return grad, hdiag
