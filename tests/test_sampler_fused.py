@@ -1,9 +1,12 @@
 """Fused sampler steps (``sample(..., compile=True)``) against the eager samplers.
 
-The fused step draws its random numbers outside the compiled graph, from the
-same stream and in the same order as eager mode, so the two must give the same
-chains up to floating-point rounding: here in float64, on few chains and steps,
-where rounding cannot flip an accept decision. Eager mode itself is checked
+With ``rng="philox"`` (the default of ``compile=True``) the fused step computes its
+random numbers in the graph from the counter-based stream, the same pure function
+that eager mode runs with ``rng="philox"``; with ``rng="torch"`` it takes them from
+torch's generator, drawn outside the graph in eager mode's order. Either way the
+fused and eager runs must give the same chains up to floating-point rounding: here
+in float64, on few chains and steps, where rounding cannot flip an accept decision.
+(That Philox and torch streams give the same law is tested in test_philox.py.) Eager mode itself is checked
 against hand-written update rules and known laws in test_sampler_contract.py
 and test_samplers.py. torch.compile takes seconds per graph: these tests are
 marked slow and kept few.
@@ -40,11 +43,13 @@ CASES = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_fused_chains_equal_eager_chains(case):
+@pytest.mark.parametrize("case,rng", [("langevin", "philox"), ("mala", "philox"),
+                                      ("hmc", "philox"), ("mala", "torch")])
+def test_fused_chains_equal_eager_chains(case, rng):
     make, kwargs = CASES[case]
-    eager, d_eager = make().sample(x=_x0(), return_diagnostics=True, **kwargs)
-    fused, d_fused = make().sample(x=_x0(), return_diagnostics=True, compile=True, **kwargs)
+    eager, d_eager = make().sample(x=_x0(), return_diagnostics=True, rng=rng, **kwargs)
+    fused, d_fused = make().sample(x=_x0(), return_diagnostics=True, compile=True,
+                                   rng=None if rng == "philox" else rng, **kwargs)
     torch.testing.assert_close(fused, eager, rtol=1e-10, atol=1e-10)
     final = eager if eager.dim() == 2 else eager[:, -1]
     assert not torch.allclose(final, _x0())                       # the chains moved
