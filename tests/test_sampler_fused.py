@@ -65,16 +65,25 @@ def test_fused_chains_equal_eager_chains(case, rng):
 @pytest.mark.slow
 def test_compiled_step_is_reused_and_draws_follow_the_generator():
     """A second call with the same shapes compiles nothing; the same seed gives the same
-    chains, another seed other chains; the global RNG is left alone."""
+    chains, another seed other chains; the global RNG is left alone. The steps run as an
+    Inductor graph called directly (no Dynamo frame per call)."""
     from torch._dynamo.utils import counters
+
+    from torchebm.samplers import mcmc
     sampler = LangevinDynamics(HarmonicEnergy(), step_size=0.1)
     x = torch.zeros(4, 2, dtype=T)
-    a = sampler.sample(x=x, n_steps=16, compile=True, generator=torch.Generator().manual_seed(1))
-    graphs = counters["stats"]["unique_graphs"]
+    direct = set(mcmc._DIRECT)
+    a = sampler.sample(x=x, n_steps=4, thin=2, return_trajectory=True,
+                       compile=True, generator=torch.Generator().manual_seed(1))
+    new = [mcmc._DIRECT[k] for k in set(mcmc._DIRECT) - direct]
+    assert len(new) == 1 and new[0] is not False                  # compiled, called directly
+    graphs, direct = counters["stats"]["unique_graphs"], set(mcmc._DIRECT)
     state = torch.get_rng_state()
-    b = sampler.sample(x=x, n_steps=16, compile=True, generator=torch.Generator().manual_seed(1))
-    c = sampler.sample(x=x, n_steps=16, compile=True, generator=torch.Generator().manual_seed(2))
-    assert counters["stats"]["unique_graphs"] == graphs
+    b = sampler.sample(x=x, n_steps=4, thin=2, return_trajectory=True,
+                       compile=True, generator=torch.Generator().manual_seed(1))
+    c = sampler.sample(x=x, n_steps=4, thin=2, return_trajectory=True,
+                       compile=True, generator=torch.Generator().manual_seed(2))
+    assert counters["stats"]["unique_graphs"] == graphs and set(mcmc._DIRECT) == direct
     assert torch.equal(torch.get_rng_state(), state)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(a, c)
@@ -87,3 +96,16 @@ def test_compile_refuses_hand_written_energies():
 
     with pytest.raises(ValueError, match="hand-written.*compile=False"):
         MALA(Quadratic(), seed=0).sample(x=torch.zeros(2, 2), n_steps=3, compile=True)
+
+
+def test_the_direct_graph_signature_holds_the_samplers_plain_settings():
+    """A traced step bakes in plain attributes (HMC's leapfrog count, Langevin's clamp):
+    they are part of the compiled graph's signature, so changing one compiles anew."""
+    from torchebm.samplers.mcmc import _plain_config
+    hmc = HamiltonianMonteCarlo(DoubleWellEnergy(), step_size=0.1, n_leapfrog_steps=3)
+    before = _plain_config(hmc)
+    assert ("n_leapfrog_steps", 3) in before
+    hmc.n_leapfrog_steps = 4
+    assert _plain_config(hmc) != before
+    langevin = LangevinDynamics(DoubleWellEnergy(), clamp=(-2, 2))
+    assert ("clamp", (-2.0, 2.0)) in _plain_config(langevin)

@@ -20,7 +20,10 @@ torch.func transforms and other compiled code; otherwise the caller uses its
 
 from __future__ import annotations
 
+import inspect
 import threading
+import types
+import warnings
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
@@ -28,27 +31,39 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 #: most compiled signatures kept per energy (each holds an Inductor kernel)
 MAX_SIGNATURES = 32
 
+#: Vector width (bits) of Inductor's C++ kernels here (its ``cpp.simdlen``; None: the
+#: widest the CPU has). 256 (AVX2) as LLVM prefers on Intel CPUs with AVX-512: on this
+#: project's machine Inductor's 512-bit kernels ran an elementwise gradient at 4096 x 64
+#: about 5 times slower than 256-bit ones (benchmarks/bench_samplers.py). No effect on GPUs.
+CPU_SIMD_BITS = 256
 
-class _Bound:
-    """``self`` of a generated method while it is traced: the module's parameters and
-    buffers are the traced inputs ``tensors``; every other attribute is the module's."""
 
-    def __init__(self, module, tensors):
+class Bound:
+    """``self`` of a method while it is traced: the attributes in ``values`` (the
+    module's parameters and buffers as traced inputs) replace the module's; methods
+    defined on the module's class are bound to this object (so that they read the
+    same values); every other attribute is the module's."""
+
+    def __init__(self, module, values):
         self.__dict__["_module"] = module
-        self.__dict__.update(tensors)
+        self.__dict__.update(values)
 
     def __getattr__(self, name):
-        return getattr(self.__dict__["_module"], name)
+        module = self.__dict__["_module"]
+        attr = inspect.getattr_static(type(module), name, None)
+        if isinstance(attr, types.FunctionType):
+            return types.MethodType(attr, self)
+        return getattr(module, name)
 
 
-def _state(module):
+def state(module):
     """``(names, tensors)`` of the module's own parameters and buffers."""
     items = [(k, v) for k, v in list(module._parameters.items()) + list(module._buffers.items())
              if v is not None]
     return tuple(k for k, _ in items), [v for _, v in items]
 
 
-def _signature(leaves):
+def signature(leaves):
     out = []
     for v in leaves:
         if isinstance(v, torch.Tensor):
@@ -56,6 +71,27 @@ def _signature(leaves):
         else:
             out.append(v)
     return tuple(out)
+
+
+def inductor_options() -> dict:
+    """Inductor settings of the graphs compiled here (and of the fused sampler steps)."""
+    return {"cpp.simdlen": CPU_SIMD_BITS}
+
+
+def compile_graph(fn, example):
+    """``fn`` (pure tensor code of positional tensors) traced with ``make_fx`` on the
+    tensors ``example`` (under no_grad) and compiled by Inductor: a callable taking
+    tensors of the same shapes, strides, dtypes and devices; None if either step fails
+    (the caller's ``torch.compile`` path then runs, and reports any error)."""
+    import torch._inductor
+    from torch.fx.experimental.proxy_tensor import make_fx
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)     # torch-internal deprecations
+            graph = make_fx(fn)(*example)
+            return torch._inductor.compile(graph, list(example), inductor_options())
+    except Exception:        # noqa: BLE001 - reported by the torch.compile path
+        return None
 
 
 class DirectCalls:
@@ -75,7 +111,7 @@ class DirectCalls:
         x = args[0]
         if type(x) is not torch.Tensor or torch.compiler.is_compiling():
             return NotImplemented
-        names, states = _state(module)
+        names, states = state(module)
         if torch.is_grad_enabled() and (any(s.requires_grad for s in states) or any(
                 isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
             return NotImplemented
@@ -85,7 +121,7 @@ class DirectCalls:
         leaves, spec = tree_flatten(args)
         method = getattr(type(module), name)
         try:
-            key = (method, names, _signature(states), spec, _signature(leaves))
+            key = (method, names, signature(states), spec, signature(leaves))
             entry = self._graphs.get(key)
         except TypeError:           # an unhashable Python value in the layout
             return NotImplemented
@@ -105,9 +141,6 @@ class DirectCalls:
     @staticmethod
     def _build(module, method, names, states, leaves, spec):
         """``(compiled graph, positions of the tensor leaves)``, or False if it fails."""
-        import torch._inductor
-        from torch.fx.experimental.proxy_tensor import make_fx
-
         positions = [i for i, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
         count = len(states)
 
@@ -115,15 +148,12 @@ class DirectCalls:
             values = list(leaves)
             for i, t in zip(positions, inputs[count:]):
                 values[i] = t
-            bound = _Bound(module, dict(zip(names, inputs[:count])))
+            bound = Bound(module, dict(zip(names, inputs[:count])))
             return method(bound, *tree_unflatten(values, spec))
 
         example = [*states, *[leaves[i] for i in positions]]
-        try:
-            with torch.no_grad():
-                graph = make_fx(pure)(*example)
-                compiled = torch._inductor.compile(graph, example)
-        except Exception:        # noqa: BLE001 - the caller's torch.compile path reports it
+        compiled = compile_graph(pure, example)
+        if compiled is None:
             return False
         return compiled, positions
 

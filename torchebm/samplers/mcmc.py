@@ -748,11 +748,13 @@ class BaseSampler(nn.Module):
                 None if stream is None else stream.index)
 
     def _fused_step(self, x, chunk, counter=False):
-        """The compiled ``chunk`` steps for chains like ``x``, as a function of ``self`` and
-        the step's tensors. One compiled function per (sampler class, chunk, shape, dtype,
-        device), each from its own copy of :meth:`_fused_body`'s code: torch.compile keeps
-        its graphs per code object and allows only a few per object, so samplers used
-        with many shapes would otherwise exhaust that limit."""
+        """The compiled ``chunk`` steps for chains like ``x``, as a function of the step's
+        tensors. Called directly as an Inductor graph (:func:`_direct_fused`: no Dynamo
+        frame and guards per call) when it traces; else through ``torch.compile``: one
+        compiled function per (sampler class, chunk, shape, dtype, device, rng), each from
+        its own copy of :meth:`_fused_body`'s code (torch.compile keeps its graphs per code
+        object and allows only a few per object, so samplers used with many shapes would
+        otherwise exhaust that limit)."""
         _, lay, der = self.energy._inputs(x)
         self._fused_inputs = (lay, der)
         key = (type(self), chunk, tuple(x.shape), x.dtype, x.device, counter)
@@ -761,11 +763,17 @@ class BaseSampler(nn.Module):
             body = BaseSampler._fused_body
             copy = types.FunctionType(body.__code__.replace(), body.__globals__, body.__name__,
                                       body.__defaults__, body.__closure__)
-            fn = torch.compile(copy, fullgraph=True, dynamic=False)
+            from ..core._direct import inductor_options
+            fn = torch.compile(copy, fullgraph=True, dynamic=False, options=inductor_options())
             if len(_FUSED) >= 64:
                 _FUSED.pop(next(iter(_FUSED)))
             _FUSED[key] = fn
-        return functools.partial(fn, self)
+        dynamo = functools.partial(fn, self)
+
+        def run(*args):
+            out = _direct_fused(self, args, lay, der)
+            return dynamo(*args) if out is None else out
+        return run
 
     # -- chains across processes ----------------------------------------------------------
     def _rank_stream(self, generator, gen, device, x, n_samples):
@@ -823,6 +831,64 @@ class BaseSampler(nn.Module):
 
 
 _FUSED: dict = {}      # (sampler class, chunk, shape, dtype, device, rng) -> compiled steps
+
+
+_DIRECT: dict = {}     # signature of a fused call -> (Inductor graph, tensor positions) or False
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def _plain_config(obj):
+    """The plain Python attributes of ``obj`` (numbers, strings, None and tuples of them):
+    what a traced step bakes in besides its tensors (Langevin's clamp, HMC's leapfrog
+    count), hence part of the compiled graph's signature."""
+    return tuple((k, v) for k, v in sorted(vars(obj).items())
+                 if isinstance(v, _SIMPLE) or (isinstance(v, tuple) and
+                                               all(isinstance(i, _SIMPLE) for i in v)))
+
+
+def _direct_fused(sampler, args, lay, der):
+    """:meth:`BaseSampler._fused_body` on ``args`` as an Inductor graph called directly,
+    compiled once per signature (sampler and energy classes and plain attributes, the
+    shapes, strides, dtypes and devices of every tensor, the Python values among the
+    arguments); the energy's parameters and buffers, the layout and the parameter-only
+    values are graph inputs. None when it does not apply (inside other compiled code)
+    or the body does not trace; the caller then runs the ``torch.compile`` function."""
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    from ..core._direct import Bound, compile_graph, signature, state
+    energy = sampler.energy
+    if torch.compiler.is_compiling():
+        return None
+    names, states = state(energy)
+    leaves, spec = tree_flatten((args, lay, der))
+    try:
+        key = (type(sampler), _plain_config(sampler), type(energy), _plain_config(energy),
+               names, signature(states), spec, signature(leaves))
+        entry = _DIRECT.get(key)
+    except TypeError:           # an unhashable Python value
+        return None
+    if entry is None:
+        positions = [i for i, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
+        count = len(states)
+
+        def pure(*inputs):
+            values = list(leaves)
+            for i, t in zip(positions, inputs[count:]):
+                values[i] = t
+            call_args, lay_t, der_t = tree_unflatten(values, spec)
+            bound = Bound(sampler, {"energy": Bound(energy, dict(zip(names, inputs[:count]))),
+                                    "_fused_inputs": (lay_t, der_t)})
+            return BaseSampler._fused_body(bound, *call_args)
+
+        compiled = compile_graph(pure, [*states, *[leaves[i] for i in positions]])
+        entry = False if compiled is None else (compiled, positions)
+        if len(_DIRECT) >= 64:
+            _DIRECT.pop(next(iter(_DIRECT)))
+        _DIRECT[key] = entry
+    if entry is False:
+        return None
+    compiled, positions = entry
+    return compiled(*states, *[leaves[i] for i in positions])
 
 
 def _chunk(period, most):
