@@ -23,8 +23,8 @@ gloo: MALA on DoubleWell over 1, 2 and 4 processes (``torch.multiprocessing``, g
 jax: ``gradient`` of the compiled energy (``energy.compile()``, fused closed form) and
     ``jax.jit(jax.grad(sum of energies))`` of the same formula written in jax.numpy,
     4096 x 64 float32, microseconds per call: the fastest of interleaved rounds (JAX runs
-    in a worker process pinned to one core, timed between torch's rounds, so that the
-    machine's load hits both alike). ``hand`` is ``torch.compile`` of the gradient
+    in a worker process pinned to one core, timed between torch's rounds, which run
+    pinned to the same core, so that the machine's load hits both alike). ``hand`` is ``torch.compile`` of the gradient
     written by hand, to separate Inductor's code from the call path. JAX is not a
     dependency: the column is printed when ``import jax`` works, here or in the
     interpreter given by ``--jax-python`` (e.g. a separate venv with jax installed).
@@ -253,8 +253,21 @@ def jax_table(args):
     cls = {"DoubleWell": DoubleWellEnergy, "Harmonic": HarmonicEnergy,
            "Rosenbrock": RosenbrockEnergy, "Rastrigin": RastriginEnergy, "Ackley": AckleyEnergy}
     jax_worker = _jax_worker(args, shape)
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None
+    if cores:                                  # torch on the core JAX is pinned to
+        os.sched_setaffinity(0, {min(cores)})
+    try:
+        _jax_rows(args, x, cls, jax_worker, rounds, calls)
+    finally:
+        if cores:
+            os.sched_setaffinity(0, cores)
+        if jax_worker is not None:
+            jax_worker.close()
+
+
+def _jax_rows(args, x, cls, jax_worker, rounds, calls):
     head = "jax jit(grad)" if jax_worker is None else f"jax {jax_worker.version} jit(grad)"
-    print(f"\ngradient at {shape[0]} x {shape[1]} float32, microseconds per call (fastest of "
+    print(f"\ngradient at {x.shape[0]} x {x.shape[1]} float32, microseconds per call (fastest of "
           f"{rounds} interleaved rounds of {calls} calls); hand = torch.compile of the "
           f"gradient written by hand (DoubleWell, Harmonic)")
     print(f"{'energy':11s} {'closed form':>12s} {'fused':>9s} {'hand':>9s} {'autograd':>9s} "
@@ -296,8 +309,6 @@ def jax_table(args):
     if jax_worker is None:
         print("(no JAX column: jax does not import here; pass --jax-python PATH of an "
               "interpreter that has it)")
-    else:
-        jax_worker.close()
 
 
 def adaptation(chains=32, steps=1000, warmup=1000):
