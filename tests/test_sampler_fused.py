@@ -109,3 +109,6 @@ def test_the_direct_graph_signature_holds_the_samplers_plain_settings():
     assert _plain_config(hmc) != before
     langevin = LangevinDynamics(DoubleWellEnergy(), clamp=(-2, 2))
     assert ("clamp", (-2.0, 2.0)) in _plain_config(langevin)
+    # the seed is read outside the step: samplers that differ only there share a graph
+    assert _plain_config(LangevinDynamics(DoubleWellEnergy(), clamp=(-2, 2), seed=5)) == \
+        _plain_config(langevin)

@@ -837,13 +837,19 @@ _DIRECT: dict = {}     # signature of a fused call -> (Inductor graph, tensor po
 _SIMPLE = (bool, int, float, str, type(None))
 
 
+_OUTSIDE_THE_STEP = frozenset({"seed", "n_warmup", "target_accept", "adapt_per_chain",
+                               "adapt_mass", "_adapts"})    # read by sample() and warm-up only
+
+
 def _plain_config(obj):
     """The plain Python attributes of ``obj`` (numbers, strings, None and tuples of them):
     what a traced step bakes in besides its tensors (Langevin's clamp, HMC's leapfrog
-    count), hence part of the compiled graph's signature."""
+    count), hence part of the compiled graph's signature; settings that only ``sample()``
+    and the eager warm-up read (the seed, adaptation) are left out, so that they compile
+    nothing anew."""
     return tuple((k, v) for k, v in sorted(vars(obj).items())
-                 if isinstance(v, _SIMPLE) or (isinstance(v, tuple) and
-                                               all(isinstance(i, _SIMPLE) for i in v)))
+                 if k not in _OUTSIDE_THE_STEP and (isinstance(v, _SIMPLE) or (
+                     isinstance(v, tuple) and all(isinstance(i, _SIMPLE) for i in v))))
 
 
 def _direct_fused(sampler, args, lay, der):
