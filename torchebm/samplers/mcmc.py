@@ -490,10 +490,12 @@ class BaseSampler(nn.Module):
             compile: fused steps. Whole steps (the closed-form energy and
                 gradient, the noise with ``rng="philox"``, the proposal, HMC's
                 leapfrog loop, the accept test, the selects and the diagnostics'
-                sums) run as one ``torch.compile(fullgraph=True, dynamic=False)``
-                graph (Langevin 8 and MALA 4 steps per call when no state is kept
-                in between), compiled on the first call for each shape, dtype and
-                device (seconds) and reused by later calls. Needs an energy
+                sums) run as one graph (Langevin 8 and MALA 4 steps per call when no
+                state is kept in between), traced and compiled by Inductor on the
+                first call for each shape, dtype and device (seconds) and called
+                directly by later calls, without Dynamo's per-call guards (through
+                ``torch.compile(fullgraph=True, dynamic=False)`` if the steps do
+                not trace). Needs an energy
                 compiled from a formula (a ``CompiledEnergy``); warm-up steps of
                 an adapting sampler run eagerly.
             rng: where the step's random numbers come from. ``"torch"`` (the
