@@ -31,11 +31,6 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 #: most compiled signatures kept per energy (each holds an Inductor kernel)
 MAX_SIGNATURES = 32
 
-#: Vector width (bits) of Inductor's C++ kernels here (its ``cpp.simdlen``; None: the
-#: widest the CPU has). 256 (AVX2) as LLVM prefers on Intel CPUs with AVX-512: on this
-#: project's machine Inductor's 512-bit kernels ran an elementwise gradient at 4096 x 64
-#: about 5 times slower than 256-bit ones (benchmarks/bench_samplers.py). No effect on GPUs.
-CPU_SIMD_BITS = 256
 
 
 class Bound:
@@ -73,11 +68,6 @@ def signature(leaves):
     return tuple(out)
 
 
-def inductor_options() -> dict:
-    """Inductor settings of the graphs compiled here (and of the fused sampler steps)."""
-    return {"cpp.simdlen": CPU_SIMD_BITS}
-
-
 def compile_graph(fn, example):
     """``fn`` (pure tensor code of positional tensors) traced with ``make_fx`` on the
     tensors ``example`` (under no_grad) and compiled by Inductor: a callable taking
@@ -89,7 +79,7 @@ def compile_graph(fn, example):
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)     # torch-internal deprecations
             graph = make_fx(fn)(*example)
-            return torch._inductor.compile(graph, list(example), inductor_options())
+            return torch._inductor.compile(graph, list(example))
     except Exception:        # noqa: BLE001 - reported by the torch.compile path
         return None
 

@@ -765,8 +765,7 @@ class BaseSampler(nn.Module):
             body = BaseSampler._fused_body
             copy = types.FunctionType(body.__code__.replace(), body.__globals__, body.__name__,
                                       body.__defaults__, body.__closure__)
-            from ..core._direct import inductor_options
-            fn = torch.compile(copy, fullgraph=True, dynamic=False, options=inductor_options())
+            fn = torch.compile(copy, fullgraph=True, dynamic=False)
             if len(_FUSED) >= 64:
                 _FUSED.pop(next(iter(_FUSED)))
             _FUSED[key] = fn
