@@ -8,21 +8,26 @@ usage: python benchmarks/bench_samplers.py [--threads 1] [--quick] [--only steps
 
 steps: Langevin, MALA and HMC (5 leapfrog steps) on DoubleWell, Rastrigin and the
     Gaussian (a random SPD covariance) at each chains x dim, float32, final states
-    only. Columns, in steps per second (median of 3 interleaved rounds after a
+    only. Columns, in steps per second (fastest of 3 interleaved rounds after a
     warm-up run that compiles): ``eager`` (the samplers as they run by default, closed-form
     gradient), ``fused`` (``sample(..., compile=True)``), ``autograd`` (the same
     energy's generated forward in a hand-written ``BaseEnergyFunction``: a TorchEBM
     energy, gradient by autograd, eager), and ``floor``: one read and one write of
     the state per step (``y.copy_(x)``), the least any step can cost. ``noise`` is
-    the cost of the step's ``torch.randn`` alone, in the same unit.
+    the cost of the step's ``torch.randn`` alone, in the same unit. Eager steps draw
+    with ``torch.randn`` (``rng="torch"``), fused steps compute Philox noise in the
+    graph (``rng="philox"``, the default with ``compile=True``).
 gloo: MALA on DoubleWell over 1, 2 and 4 processes (``torch.multiprocessing``, gloo,
     one thread each): strong scaling (the same 16384 x 16 chains split over the
     ranks) and weak scaling (16384 x 16 chains per rank), gathered at the end.
 jax: ``gradient`` of the compiled energy (``energy.compile()``, fused closed form) and
     ``jax.jit(jax.grad(sum of energies))`` of the same formula written in jax.numpy,
-    4096 x 64 float32, microseconds per call. JAX is not a dependency: the column is
-    printed when ``import jax`` works, here or in the interpreter given by
-    ``--jax-python`` (e.g. a separate venv with jax installed), else skipped.
+    4096 x 64 float32, microseconds per call: the fastest of interleaved rounds (JAX runs
+    in a worker process pinned to one core, timed between torch's rounds, which run
+    pinned to the same core, so that the machine's load hits both alike). ``hand`` is ``torch.compile`` of the gradient
+    written by hand, to separate Inductor's code from the call path. JAX is not a
+    dependency: the column is printed when ``import jax`` works, here or in the
+    interpreter given by ``--jax-python`` (e.g. a separate venv with jax installed).
 adapt: step-size adaptation: MALA on a 100-D Gaussian with variances log-spaced
     from 0.01 to 100 (float64, 32 chains, 1000 kept steps), untuned (the largest
     step of a grid that keeps acceptance above 0.2) against ``target_accept=0.57``
@@ -35,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,18 +87,18 @@ def _sync(x):
     return x
 
 
-def _median_rate(run, steps, repeats=3):
+def _fastest_rate(run, steps, repeats=3):
     run(steps)                                 # warm-up (and compilation)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         run(steps)
         times.append(time.perf_counter() - t)
-    return steps / statistics.median(times)
+    return steps / min(times)
 
 
 def steps_table(args):
-    print(f"\nsteps per second, float32, final states only (median of 3 interleaved rounds); floor = one "
+    print(f"\nsteps per second, float32, final states only (fastest of 3 interleaved rounds); floor = one "
           f"read + one write of the state; noise = torch.randn of the state alone")
     print(f"{'sampler':9s} {'energy':10s} {'chains x dim':>13s} {'eager':>9s} {'fused':>9s} "
           f"{'autograd':>9s} {'floor':>9s} {'noise':>9s} {'fused/eager':>11s} "
@@ -105,8 +109,8 @@ def steps_table(args):
         steps = int(max(8, min(400, budget / (chains * dim)))) // 8 * 8
         x = torch.randn(chains, dim, generator=torch.Generator().manual_seed(1)).to(args.device)
         y = torch.empty_like(x)
-        floor = _median_rate(lambda k: ([y.copy_(x) for _ in range(k)], _sync(x)), steps)
-        noise = _median_rate(lambda k: ([torch.randn(x.shape, device=x.device)
+        floor = _fastest_rate(lambda k: ([y.copy_(x) for _ in range(k)], _sync(x)), steps)
+        noise = _fastest_rate(lambda k: ([torch.randn(x.shape, device=x.device)
                                          for _ in range(k)], _sync(x)), steps)
         for sname in args.samplers.split(","):
             for ename in args.energies.split(","):
@@ -124,7 +128,7 @@ def steps_table(args):
                         t = time.perf_counter()
                         run(steps)
                         times[mode].append(time.perf_counter() - t)
-                rates = {mode: steps / statistics.median(t) for mode, t in times.items()}
+                rates = {mode: steps / min(t) for mode, t in times.items()}
                 print(f"{sname:9s} {ename:10s} {size:>13s} {rates['eager']:9.0f} "
                       f"{rates['fused']:9.0f} {rates['autograd']:9.0f} {floor:9.0f} "
                       f"{noise:9.0f} {rates['fused'] / rates['eager']:11.2f} "
@@ -182,32 +186,52 @@ JAX_FORMULAS = {   # the built-ins' formulas in jax.numpy (defaults of torchebm.
 }
 
 JAX_SCRIPT = r"""
-import json, os, statistics, sys, time
+import json, os, sys, time
 if hasattr(os, "sched_setaffinity"):          # one core, as torch's one thread
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 import jax, jax.numpy as jnp
-formulas, shape, threads = json.loads(sys.argv[1]), tuple(json.loads(sys.argv[2])), sys.argv[3]
+formulas, shape = json.loads(sys.argv[1]), tuple(json.loads(sys.argv[2]))
 x = jax.random.normal(jax.random.PRNGKey(0), shape, dtype=jnp.float32)
-out = {}
+grads = {}
 for name, src in formulas.items():
     energy = eval("lambda x: " + src)
-    g = jax.jit(jax.grad(lambda x: jnp.sum(energy(x))))
-    g(x).block_until_ready()
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(50):
-            r = g(x)
-        r.block_until_ready()
-        times.append((time.perf_counter() - t) / 50)
-    out[name] = statistics.median(times) * 1e6
-print(json.dumps({"version": jax.__version__, "us": out}))
+    grads[name] = jax.jit(jax.grad(lambda x, energy=energy: jnp.sum(energy(x))))
+    grads[name](x).block_until_ready()
+print(json.dumps({"version": jax.__version__}), flush=True)
+for line in sys.stdin:                        # "name calls": seconds per call of one round
+    name, calls = line.split()
+    g = grads[name]
+    t = time.perf_counter()
+    for _ in range(int(calls)):
+        r = g(x)
+    r.block_until_ready()
+    print(json.dumps((time.perf_counter() - t) / int(calls)), flush=True)
 """
 
 
-def _jax_times(args, shape):
-    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                                      " --xla_cpu_multi_thread_eigen=false").strip())
+class _JaxWorker:
+    """A JAX interpreter kept running, timing ``jit(grad)`` rounds on request, so that its
+    rounds interleave with torch's in one run (the machine's load then hits both)."""
+
+    def __init__(self, python, shape):
+        env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                                          " --xla_cpu_multi_thread_eigen=false").strip())
+        self.proc = subprocess.Popen([python, "-c", JAX_SCRIPT, json.dumps(JAX_FORMULAS),
+                                      json.dumps(list(shape))], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        self.version = json.loads(self.proc.stdout.readline())["version"]
+
+    def time(self, name, calls):
+        self.proc.stdin.write(f"{name} {calls}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def _jax_worker(args, shape):
     python = args.jax_python
     if python is None:
         try:
@@ -216,25 +240,40 @@ def _jax_times(args, shape):
         except ImportError:
             return None
     try:
-        res = subprocess.run([python, "-c", JAX_SCRIPT, json.dumps(JAX_FORMULAS),
-                              json.dumps(list(shape)), str(args.threads)], capture_output=True,
-                             text=True, env=env, timeout=600, check=True)
-    except (OSError, subprocess.SubprocessError) as err:
+        return _JaxWorker(python, shape)
+    except (OSError, ValueError, subprocess.SubprocessError) as err:
         print(f"(JAX column skipped: {python} could not run it: {err})")
         return None
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def jax_table(args):
     shape = (4096, 64)
+    rounds, calls = (7, 20) if args.quick else (15, 50)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     cls = {"DoubleWell": DoubleWellEnergy, "Harmonic": HarmonicEnergy,
            "Rosenbrock": RosenbrockEnergy, "Rastrigin": RastriginEnergy, "Ackley": AckleyEnergy}
-    jax_res = _jax_times(args, shape)
-    head = "jax jit(grad)" if jax_res is None else f"jax {jax_res['version']} jit(grad)"
-    print(f"\ngradient at {shape[0]} x {shape[1]} float32, microseconds per call (median)")
-    print(f"{'energy':11s} {'closed form':>12s} {'fused':>9s} {'autograd':>9s} {head:>22s} "
-          f"{'fused/jax':>9s}")
+    jax_worker = _jax_worker(args, shape)
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None
+    if cores:                                  # torch on the core JAX is pinned to
+        os.sched_setaffinity(0, {min(cores)})
+    try:
+        _jax_rows(args, x, cls, jax_worker, rounds, calls)
+    finally:
+        if cores:
+            os.sched_setaffinity(0, cores)
+        if jax_worker is not None:
+            jax_worker.close()
+
+
+def _jax_rows(args, x, cls, jax_worker, rounds, calls):
+    head = "jax jit(grad)" if jax_worker is None else f"jax {jax_worker.version} jit(grad)"
+    print(f"\ngradient at {x.shape[0]} x {x.shape[1]} float32, microseconds per call (fastest of "
+          f"{rounds} interleaved rounds of {calls} calls); hand = torch.compile of the "
+          f"gradient written by hand (DoubleWell, Harmonic)")
+    print(f"{'energy':11s} {'closed form':>12s} {'fused':>9s} {'hand':>9s} {'autograd':>9s} "
+          f"{head:>22s} {'fused/jax':>9s}")
+    hand = {"DoubleWell": torch.compile(lambda x: 8.0 * x * (x * x - 1.0), fullgraph=True),
+            "Harmonic": torch.compile(lambda x: 1.0 * x, fullgraph=True)}
     for name, c in cls.items():
         eager, fused = c(), c().compile()
         xg = x.clone().requires_grad_(True)
@@ -242,23 +281,32 @@ def jax_table(args):
         def autograd():
             torch.autograd.grad(eager(xg).sum(), xg)
 
-        row = {}
-        for label, fn in (("closed", lambda: eager.gradient(x)),
-                          ("fused", lambda: fused.gradient(x)), ("autograd", autograd)):
+        fns = {"closed": lambda: eager.gradient(x), "fused": lambda: fused.gradient(x),
+               "autograd": autograd}
+        if name in hand:
+            fns["hand"] = (lambda h: lambda: h(x))(hand[name])
+        if jax_worker is not None:
+            jax_worker.time(name, 2)
+        for fn in fns.values():
             fn()
-            times = []
-            for _ in range(5):
+        times = {label: [] for label in fns}
+        times["jax"] = []
+        for _ in range(rounds):
+            for label, fn in fns.items():
                 t = time.perf_counter()
-                for _ in range(50):
+                for _ in range(calls):
                     fn()
-                times.append((time.perf_counter() - t) / 50)
-            row[label] = statistics.median(times) * 1e6
-        jx = jax_res["us"][name] if jax_res else None
+                times[label].append((time.perf_counter() - t) / calls)
+            if jax_worker is not None:
+                times["jax"].append(jax_worker.time(name, calls))
+        row = {label: min(t) * 1e6 if t else None for label, t in times.items()}
+        jx = row["jax"]
         jax_text = "-" if jx is None else f"{jx:.1f}"
         ratio = "-" if jx is None else f"{row['fused'] / jx:.2f}"
-        print(f"{name:11s} {row['closed']:12.1f} {row['fused']:9.1f} {row['autograd']:9.1f} "
-              f"{jax_text:>22s} {ratio:>9s}", flush=True)
-    if jax_res is None:
+        hand_text = "-" if row.get("hand") is None else f"{row['hand']:.1f}"
+        print(f"{name:11s} {row['closed']:12.1f} {row['fused']:9.1f} {hand_text:>9s} "
+              f"{row['autograd']:9.1f} {jax_text:>22s} {ratio:>9s}", flush=True)
+    if jax_worker is None:
         print("(no JAX column: jax does not import here; pass --jax-python PATH of an "
               "interpreter that has it)")
 

@@ -1,9 +1,12 @@
 """Fused sampler steps (``sample(..., compile=True)``) against the eager samplers.
 
-The fused step draws its random numbers outside the compiled graph, from the
-same stream and in the same order as eager mode, so the two must give the same
-chains up to floating-point rounding: here in float64, on few chains and steps,
-where rounding cannot flip an accept decision. Eager mode itself is checked
+With ``rng="philox"`` (the default of ``compile=True``) the fused step computes its
+random numbers in the graph from the counter-based stream, the same pure function
+that eager mode runs with ``rng="philox"``; with ``rng="torch"`` it takes them from
+torch's generator, drawn outside the graph in eager mode's order. Either way the
+fused and eager runs must give the same chains up to floating-point rounding: here
+in float64, on few chains and steps, where rounding cannot flip an accept decision.
+(That Philox and torch streams give the same law is tested in test_philox.py.) Eager mode itself is checked
 against hand-written update rules and known laws in test_sampler_contract.py
 and test_samplers.py. torch.compile takes seconds per graph: these tests are
 marked slow and kept few.
@@ -40,11 +43,13 @@ CASES = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_fused_chains_equal_eager_chains(case):
+@pytest.mark.parametrize("case,rng", [("langevin", "philox"), ("mala", "philox"),
+                                      ("hmc", "philox"), ("mala", "torch")])
+def test_fused_chains_equal_eager_chains(case, rng):
     make, kwargs = CASES[case]
-    eager, d_eager = make().sample(x=_x0(), return_diagnostics=True, **kwargs)
-    fused, d_fused = make().sample(x=_x0(), return_diagnostics=True, compile=True, **kwargs)
+    eager, d_eager = make().sample(x=_x0(), return_diagnostics=True, rng=rng, **kwargs)
+    fused, d_fused = make().sample(x=_x0(), return_diagnostics=True, compile=True,
+                                   rng=None if rng == "philox" else rng, **kwargs)
     torch.testing.assert_close(fused, eager, rtol=1e-10, atol=1e-10)
     final = eager if eager.dim() == 2 else eager[:, -1]
     assert not torch.allclose(final, _x0())                       # the chains moved
@@ -60,16 +65,25 @@ def test_fused_chains_equal_eager_chains(case):
 @pytest.mark.slow
 def test_compiled_step_is_reused_and_draws_follow_the_generator():
     """A second call with the same shapes compiles nothing; the same seed gives the same
-    chains, another seed other chains; the global RNG is left alone."""
+    chains, another seed other chains; the global RNG is left alone. The steps run as an
+    Inductor graph called directly (no Dynamo frame per call)."""
     from torch._dynamo.utils import counters
+
+    from torchebm.samplers import mcmc
     sampler = LangevinDynamics(HarmonicEnergy(), step_size=0.1)
     x = torch.zeros(4, 2, dtype=T)
-    a = sampler.sample(x=x, n_steps=16, compile=True, generator=torch.Generator().manual_seed(1))
-    graphs = counters["stats"]["unique_graphs"]
+    direct = set(mcmc._DIRECT)
+    a = sampler.sample(x=x, n_steps=4, thin=2, return_trajectory=True,
+                       compile=True, generator=torch.Generator().manual_seed(1))
+    new = [mcmc._DIRECT[k] for k in set(mcmc._DIRECT) - direct]
+    assert len(new) == 1 and new[0] is not False                  # compiled, called directly
+    graphs, direct = counters["stats"]["unique_graphs"], set(mcmc._DIRECT)
     state = torch.get_rng_state()
-    b = sampler.sample(x=x, n_steps=16, compile=True, generator=torch.Generator().manual_seed(1))
-    c = sampler.sample(x=x, n_steps=16, compile=True, generator=torch.Generator().manual_seed(2))
-    assert counters["stats"]["unique_graphs"] == graphs
+    b = sampler.sample(x=x, n_steps=4, thin=2, return_trajectory=True,
+                       compile=True, generator=torch.Generator().manual_seed(1))
+    c = sampler.sample(x=x, n_steps=4, thin=2, return_trajectory=True,
+                       compile=True, generator=torch.Generator().manual_seed(2))
+    assert counters["stats"]["unique_graphs"] == graphs and set(mcmc._DIRECT) == direct
     assert torch.equal(torch.get_rng_state(), state)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(a, c)
@@ -82,3 +96,19 @@ def test_compile_refuses_hand_written_energies():
 
     with pytest.raises(ValueError, match="hand-written.*compile=False"):
         MALA(Quadratic(), seed=0).sample(x=torch.zeros(2, 2), n_steps=3, compile=True)
+
+
+def test_the_direct_graph_signature_holds_the_samplers_plain_settings():
+    """A traced step bakes in plain attributes (HMC's leapfrog count, Langevin's clamp):
+    they are part of the compiled graph's signature, so changing one compiles anew."""
+    from torchebm.samplers.mcmc import _plain_config
+    hmc = HamiltonianMonteCarlo(DoubleWellEnergy(), step_size=0.1, n_leapfrog_steps=3)
+    before = _plain_config(hmc)
+    assert ("n_leapfrog_steps", 3) in before
+    hmc.n_leapfrog_steps = 4
+    assert _plain_config(hmc) != before
+    langevin = LangevinDynamics(DoubleWellEnergy(), clamp=(-2, 2))
+    assert ("clamp", (-2.0, 2.0)) in _plain_config(langevin)
+    # the seed is read outside the step: samplers that differ only there share a graph
+    assert _plain_config(LangevinDynamics(DoubleWellEnergy(), clamp=(-2, 2), seed=5)) == \
+        _plain_config(langevin)

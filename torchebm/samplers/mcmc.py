@@ -30,6 +30,7 @@ from torch import nn
 
 from ..core.base import BaseEnergyFunction
 from .diagnostics import effective_sample_size, split_rhat
+from .philox import CounterRNG
 from .schedulers import BaseScheduler, ConstantScheduler
 
 RHAT_LIMIT = 1.01          # Vehtari, Gelman, Simpson, Carpenter, Burkner (2021)
@@ -196,6 +197,21 @@ def _bc(t, x):
 
 def _sqrt(t):
     return math.sqrt(t) if isinstance(t, float) else torch.sqrt(t)
+
+
+def _normal(x, gen):
+    """Standard normals shaped as ``x``: from ``gen`` (a ``torch.Generator`` or None for the
+    global RNG) or from a :class:`~torchebm.samplers.philox.CounterRNG`."""
+    if isinstance(gen, CounterRNG):
+        return gen.normal(x.shape, x.dtype, x.device)
+    return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen)
+
+
+def _uniform(x, gen):
+    """Uniforms ``[chains]`` for the accept test, from ``gen`` as :func:`_normal`."""
+    if isinstance(gen, CounterRNG):
+        return gen.uniform(x.shape[:1], x.dtype, x.device)
+    return torch.rand(x.shape[:1], device=x.device, dtype=x.dtype, generator=gen)
 
 
 def _bc_bool(mask, x):
@@ -472,7 +488,7 @@ class BaseSampler(nn.Module):
                return_diagnostics: bool = False, reset_schedulers: bool = True, *,
                model_kwargs: dict | None = None, generator: torch.Generator | None = None,
                progress: bool | None = None, compile: bool = False, distributed: bool = False,
-               gather: bool = True):
+               gather: bool = True, rng: str | None = None):
         """Run chains for ``n_steps`` steps (TorchEBM's signature and positional order).
 
         Args:
@@ -497,17 +513,29 @@ class BaseSampler(nn.Module):
             generator: a private random stream for this call (else the sampler's
                 ``seed``/``generator``, else torch's global RNG).
             progress: a tqdm progress bar; default only when stderr is a terminal.
-            compile: fused steps. One whole step (the closed-form energy and
-                gradient, the proposal, HMC's leapfrog loop, the accept test, the
-                selects and the diagnostics' sums) runs as one
-                ``torch.compile(fullgraph=True, dynamic=False)`` graph, compiled
-                on the first call for each shape, dtype and device (seconds) and
-                reused by later calls on this sampler. The random numbers are
-                drawn outside the graph from the same stream, in the same order,
-                as in eager mode, so fused and eager runs with the same seed give
-                the same chains up to floating-point rounding. Needs an energy
+            compile: fused steps. Whole steps (the closed-form energy and
+                gradient, the noise with ``rng="philox"``, the proposal, HMC's
+                leapfrog loop, the accept test, the selects and the diagnostics'
+                sums) run as one graph (Langevin 8 and MALA 4 steps per call when no
+                state is kept in between), traced and compiled by Inductor on the
+                first call for each shape, dtype and device (seconds) and called
+                directly by later calls, without Dynamo's per-call guards (through
+                ``torch.compile(fullgraph=True, dynamic=False)`` if the steps do
+                not trace). Needs an energy
                 compiled from a formula (a ``CompiledEnergy``); warm-up steps of
                 an adapting sampler run eagerly.
+            rng: where the step's random numbers come from. ``"torch"`` (the
+                default without ``compile``): ``torch.randn`` / ``torch.rand`` from
+                the stream (``generator``, ``seed`` or torch's global RNG), drawn
+                outside the compiled graph when fused. ``"philox"`` (the default
+                with ``compile=True``): a counter-based Philox4x32-10 stream in
+                tensor ops (:mod:`torchebm.samplers.philox`), keyed by two 32-bit
+                words drawn once per call from that stream, then a pure function of
+                (key, draw number, element index) that the fused graph computes in
+                the same pass as the step. Eager and fused runs with the same
+                ``rng`` and seed give the same chains up to floating-point rounding
+                (which can, rarely, flip one accept decision in float32); runs with
+                different ``rng`` have the same law but other draws.
             distributed: split the chains over the ranks of the initialised
                 ``torch.distributed`` process group (gloo on CPU, NCCL on GPUs).
                 ``n_samples`` (or ``x``'s first dimension, the same ``x`` on every
@@ -531,7 +559,8 @@ class BaseSampler(nn.Module):
                 ``thin < 1``, non-empty ``model_kwargs``, a step-size or mass that does
                 not fit, starting energies that are not finite, ``compile=True`` with an
                 energy that is not compiled from a formula, fewer chains than ranks,
-                ``dim`` or ``n_samples`` that contradict ``x``.
+                ``dim`` or ``n_samples`` that contradict ``x``, an ``rng`` other than
+                None, ``"torch"`` and ``"philox"``.
             RuntimeError: ``distributed=True`` without an initialised process group.
         """
         if model_kwargs:
@@ -544,6 +573,12 @@ class BaseSampler(nn.Module):
         if return_trajectory and thin > n_steps:
             warnings.warn(f"thin = {thin} > n_steps = {n_steps}: the trajectory keeps no state "
                           f"(n_steps // thin = 0); lower thin", UserWarning, stacklevel=2)
+        if rng is None:
+            rng = "philox" if compile else "torch"
+        if rng not in ("torch", "philox"):
+            raise ValueError(f"rng must be 'torch' (torch.randn from the generator) or 'philox' "
+                             f"(the counter-based stream of torchebm.samplers.philox), got "
+                             f"{rng!r}")
         if compile:
             from ..core.base import CompiledEnergy
             if not isinstance(self.energy, CompiledEnergy):
@@ -576,6 +611,8 @@ class BaseSampler(nn.Module):
                 f"them. Start them inside the domain (pass x=)")
         state = (x, e, g)
         chains = x.shape[0]
+        if rng == "philox":          # the key: one draw from the stream, after the start
+            gen = CounterRNG.from_generator(gen, x.device)
         self._check_mass(x)
         h_fixed, inv_mass = None, self._inverse_mass(x)
         if self._adapts:
@@ -598,28 +635,40 @@ class BaseSampler(nn.Module):
             from tqdm.auto import tqdm
             bar = tqdm(total=n_steps, desc=type(self).__name__, unit="step")
         chunk = _chunk(thin if keep else 0, self._fused_chunk) if compile else 1
-        fused = self._fused_step(x, chunk) if compile else None
+        counter = isinstance(gen, CounterRNG)
+        fused = self._fused_step(x, chunk, counter) if compile else None
+        made = {}
+
+        def per_call(values):          # a call's step sizes as a tensor; constant ones made once
+            t = made.get(tuple(values))
+            if t is None:
+                if len(made) > 8:
+                    made.clear()
+                t = made[tuple(values)] = torch.tensor(values, dtype=x.dtype, device=x.device)
+            return t
+
         with torch.no_grad():
             k = 0
             while k < n_steps:
                 k_before = k
                 if fused is not None and k % chunk == 0 and k + chunk <= n_steps:
-                    # ``chunk`` steps in one compiled call; the draws are made here, step by
-                    # step, in eager mode's order
-                    hs, extras, draws = [], [], []
+                    # ``chunk`` steps in one compiled call; torch's draws are made here, step
+                    # by step, in eager mode's order; Philox's in the graph
+                    hs, extras, draws = [], [], chunk if counter else []
                     for _ in range(chunk):
                         hs.append(h_fixed if h_fixed is not None else
                                   float(self.get_scheduled_value("step_size")))
                         extras.append(self._extra())
-                        draws.append(self._draw(state[0], gen))
+                        if not counter:
+                            draws.append(self._draw(state[0], gen))
                         self.step_schedulers()
-                    h_arg = h_fixed if h_fixed is not None else torch.tensor(
-                        hs, dtype=x.dtype, device=x.device)
-                    extra_arg = None if extras[0] is None else torch.tensor(
-                        extras, dtype=x.dtype, device=x.device)
-                    *state, acc_count, nonfinite, rows = fused(
+                    h_arg = h_fixed if h_fixed is not None else per_call(hs)
+                    extra_arg = None if extras[0] is None else per_call(extras)
+                    *state, acc_count, nonfinite, rows, index = fused(
                         *state, h_arg, h_fixed is None, extra_arg, inv_mass, draws, acc_count,
-                        nonfinite)
+                        nonfinite, gen.key if counter else None, gen.index if counter else None)
+                    if counter:
+                        gen.index = index
                     state = tuple(state)
                     stats[k:k + chunk] = rows
                     adjusted = not isinstance(self, LangevinDynamics)
@@ -694,23 +743,28 @@ class BaseSampler(nn.Module):
         return out, diag
 
     # -- fused steps -----------------------------------------------------------------------
-    def _fused_body(self, x, e, g, h, per_step, extra, inv_mass, draws, acc_count, nonfinite):
-        """``len(draws)`` steps as pure tensor code (compiled by :meth:`_fused_step`): the
-        moves, then the diagnostics' running sums. ``h``: ``[steps]`` step sizes, or a
+    def _fused_body(self, x, e, g, h, per_step, extra, inv_mass, draws, acc_count, nonfinite,
+                    key, index):
+        """Several steps as pure tensor code (compiled by :meth:`_fused_step`): the
+        moves, then the diagnostics' running sums. ``draws``: a list of each step's
+        :meth:`_draw` tuples, or the number of steps when the draws come from the Philox
+        stream ``(key [2], index [])`` (computed here). ``h``: ``[steps]`` step sizes, or a
         per-chain ``[chains]`` / ``[1]`` tensor for every step (``per_step`` False);
-        ``extra``: ``[steps]`` or
-        None. Returns ``(x, E, dE/dx, acc_count, nonfinite, rows)``, ``rows [steps, 3]`` =
-        (sum of finite energies, finite chains, accepted chains) per step, float64."""
+        ``extra``: ``[steps]`` or None. Returns ``(x, E, dE/dx, acc_count, nonfinite, rows,
+        index)``, ``rows [steps, 3]`` = (sum of finite energies, finite chains, accepted
+        chains) per step, float64, and the stream's next draw number (None without one)."""
         energy = self.energy
         lay, der = self._fused_inputs
 
         def evaluate(y):
             return energy._energy_and_gradient(y, lay, der)
 
+        stream = None if key is None else CounterRNG(key, index)
         rows = []
-        for i, d in enumerate(draws):
+        for i in range(draws if stream is not None else len(draws)):
             hi = h[i] if per_step else h
             ex = None if extra is None else extra[i]
+            d = self._draw(x, stream) if stream is not None else draws[i]
             (x, e, g), accepted, _ = self._move((x, e, g), hi, inv_mass, d, evaluate, ex)
             finite = torch.isfinite(e)
             nonfinite = nonfinite | ~finite
@@ -721,17 +775,20 @@ class BaseSampler(nn.Module):
                 n_acc = accepted.sum().to(torch.float64)
             rows.append(torch.stack([torch.where(finite, e, 0).sum(dtype=torch.float64),
                                      finite.sum().to(torch.float64), n_acc]))
-        return x, e, g, acc_count, nonfinite, torch.stack(rows)
+        return (x, e, g, acc_count, nonfinite, torch.stack(rows),
+                None if stream is None else stream.index)
 
-    def _fused_step(self, x, chunk):
-        """The compiled ``chunk`` steps for chains like ``x``, as a function of ``self`` and
-        the step's tensors. One compiled function per (sampler class, chunk, shape, dtype,
-        device), each from its own copy of :meth:`_fused_body`'s code: torch.compile keeps
-        its graphs per code object and allows only a few per object, so samplers used
-        with many shapes would otherwise exhaust that limit."""
+    def _fused_step(self, x, chunk, counter=False):
+        """The compiled ``chunk`` steps for chains like ``x``, as a function of the step's
+        tensors. Called directly as an Inductor graph (:func:`_direct_fused`: no Dynamo
+        frame and guards per call) when it traces; else through ``torch.compile``: one
+        compiled function per (sampler class, chunk, shape, dtype, device, rng), each from
+        its own copy of :meth:`_fused_body`'s code (torch.compile keeps its graphs per code
+        object and allows only a few per object, so samplers used with many shapes would
+        otherwise exhaust that limit)."""
         _, lay, der = self.energy._inputs(x)
         self._fused_inputs = (lay, der)
-        key = (type(self), chunk, tuple(x.shape), x.dtype, x.device)
+        key = (type(self), chunk, tuple(x.shape), x.dtype, x.device, counter)
         fn = _FUSED.get(key)
         if fn is None:
             body = BaseSampler._fused_body
@@ -741,7 +798,12 @@ class BaseSampler(nn.Module):
             if len(_FUSED) >= 64:
                 _FUSED.pop(next(iter(_FUSED)))
             _FUSED[key] = fn
-        return functools.partial(fn, self)
+        dynamo = functools.partial(fn, self)
+
+        def run(*args):
+            out = _direct_fused(self, args, lay, der)
+            return dynamo(*args) if out is None else out
+        return run
 
     # -- chains across processes ----------------------------------------------------------
     def _rank_stream(self, generator, gen, device, x, n_samples):
@@ -798,7 +860,71 @@ class BaseSampler(nn.Module):
         pass
 
 
-_FUSED: dict = {}      # (sampler class, chunk, shape, dtype, device) -> compiled steps
+_FUSED: dict = {}      # (sampler class, chunk, shape, dtype, device, rng) -> compiled steps
+
+
+_DIRECT: dict = {}     # signature of a fused call -> (Inductor graph, tensor positions) or False
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+_OUTSIDE_THE_STEP = frozenset({"seed", "n_warmup", "target_accept", "adapt_per_chain",
+                               "adapt_mass", "_adapts"})    # read by sample() and warm-up only
+
+
+def _plain_config(obj):
+    """The plain Python attributes of ``obj`` (numbers, strings, None and tuples of them):
+    what a traced step bakes in besides its tensors (Langevin's clamp, HMC's leapfrog
+    count), hence part of the compiled graph's signature; settings that only ``sample()``
+    and the eager warm-up read (the seed, adaptation) are left out, so that they compile
+    nothing anew."""
+    return tuple((k, v) for k, v in sorted(vars(obj).items())
+                 if k not in _OUTSIDE_THE_STEP and (isinstance(v, _SIMPLE) or (
+                     isinstance(v, tuple) and all(isinstance(i, _SIMPLE) for i in v))))
+
+
+def _direct_fused(sampler, args, lay, der):
+    """:meth:`BaseSampler._fused_body` on ``args`` as an Inductor graph called directly,
+    compiled once per signature (sampler and energy classes and plain attributes, the
+    shapes, strides, dtypes and devices of every tensor, the Python values among the
+    arguments); the energy's parameters and buffers, the layout and the parameter-only
+    values are graph inputs. None when it does not apply (inside other compiled code)
+    or the body does not trace; the caller then runs the ``torch.compile`` function."""
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    from ..core._direct import Bound, compile_graph, signature, state
+    energy = sampler.energy
+    if torch.compiler.is_compiling():
+        return None
+    names, states = state(energy)
+    leaves, spec = tree_flatten((args, lay, der))
+    try:
+        key = (type(sampler), _plain_config(sampler), type(energy), _plain_config(energy),
+               names, signature(states), spec, signature(leaves))
+        entry = _DIRECT.get(key)
+    except TypeError:           # an unhashable Python value
+        return None
+    if entry is None:
+        positions = [i for i, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
+        count = len(states)
+
+        def pure(*inputs):
+            values = list(leaves)
+            for i, t in zip(positions, inputs[count:]):
+                values[i] = t
+            call_args, lay_t, der_t = tree_unflatten(values, spec)
+            bound = Bound(sampler, {"energy": Bound(energy, dict(zip(names, inputs[:count]))),
+                                    "_fused_inputs": (lay_t, der_t)})
+            return BaseSampler._fused_body(bound, *call_args)
+
+        compiled = compile_graph(pure, [*states, *[leaves[i] for i in positions]])
+        entry = False if compiled is None else (compiled, positions)
+        if len(_DIRECT) >= 64:
+            _DIRECT.pop(next(iter(_DIRECT)))
+        _DIRECT[key] = entry
+    if entry is False:
+        return None
+    compiled, positions = entry
+    return compiled(*states, *[leaves[i] for i in positions])
 
 
 def _chunk(period, most):
@@ -979,7 +1105,7 @@ class LangevinDynamics(BaseSampler):
         return self.get_scheduled_value("noise_scale")
 
     def _draw(self, x, gen):
-        return (torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen),)
+        return (_normal(x, gen),)
 
     def _extra(self):
         return self.get_scheduled_value("noise_scale")
@@ -1036,8 +1162,7 @@ class MALA(_Adaptive):
         self._setup_adaptation(target_accept, n_warmup, adapt_per_chain, adapt_mass, mass)
 
     def _draw(self, x, gen):
-        return (torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen),
-                torch.rand(x.shape[:1], device=x.device, dtype=x.dtype, generator=gen))
+        return _normal(x, gen), _uniform(x, gen)
 
     def _move(self, state, h, inv_mass, draws, evaluate, extra):
         x, e, g = state
@@ -1103,8 +1228,7 @@ class HamiltonianMonteCarlo(_Adaptive):
         return self.n_leapfrog_steps
 
     def _draw(self, x, gen):
-        return (torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen),
-                torch.rand(x.shape[:1], device=x.device, dtype=x.dtype, generator=gen))
+        return _normal(x, gen), _uniform(x, gen)
 
     def _move(self, state, h, inv_mass, draws, evaluate, extra):
         x, e, g = state
