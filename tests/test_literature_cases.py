@@ -6,17 +6,14 @@ the expected energies and gradients; "raises" cases must give a ValueError
 before anything runs.
 """
 
-import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from torchebm.symbolic import from_expression
 
-CASES = json.loads((Path(__file__).parent / "data" / "literature_cases.json").read_text())
-
+from .cases import LITERATURE
 
 def _params(p):
     return {k: (torch.tensor(v, dtype=torch.float64) if isinstance(v, list) else float(v))
@@ -30,7 +27,7 @@ def _close(got, want, tol):
     assert ((got - want).abs() <= tol["atol"] + tol["rtol"] * want.abs()).all(), (got, want)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+@pytest.mark.parametrize("case", LITERATURE, ids=[c["id"] for c in LITERATURE])
 def test_literature_case(case, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)        # a side effect would land here
     x = torch.tensor(case["points"], dtype=torch.float64)
