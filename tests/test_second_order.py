@@ -210,6 +210,7 @@ def test_hand_written_energies_fall_back_to_autograd():
         energy.hessian(torch.randn(10, 4), max_elements=5)
 
 
+@pytest.mark.slow
 def test_fused_mode_second_order():
     eager = from_expression("sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 for i in range(n-1))",
                             a=1.0, b=100.0)

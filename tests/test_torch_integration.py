@@ -14,6 +14,7 @@ from torchebm.symbolic import api
 from .cases import COMPILED
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("formula,params", COMPILED, ids=[f[:20] for f, _ in COMPILED])
 def test_fused_mode_compiles_without_graph_breaks(formula, params):
     x = torch.randn(16, 4, dtype=torch.float64)
@@ -30,6 +31,7 @@ def test_fused_mode_compiles_without_graph_breaks(formula, params):
     torch.testing.assert_close(fused.laplacian(x), eager.laplacian(x))
 
 
+@pytest.mark.slow
 def test_torch_compile_of_the_module():
     energy = RosenbrockEnergy()
     x = torch.randn(8, 5)
@@ -73,6 +75,8 @@ def test_to_and_double_move_buffers():
 
 
 def test_compile_cache_is_thread_safe_and_bounded(monkeypatch):
+    from collections import OrderedDict
+    monkeypatch.setattr(api, "_cache", OrderedDict())   # the shared classes stay cached
     classes = []
 
     def work():
