@@ -24,13 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 T = torch.float64
 
 
-def _cli(args, cwd):
-    """The command line in a fresh interpreter (what a user's shell runs)."""
-    return subprocess.run([sys.executable, "-m", "torchebm.symbolic", *args], cwd=cwd,
-                          capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-
 def _main(args, capsys):
     """The command line in this process (argument checks need no fresh interpreter, which
     costs seconds of imports): its exit status and what it wrote to stderr."""
@@ -42,34 +35,37 @@ def _main(args, capsys):
 
 
 # -- code injection: the three routes of the issue ---------------------------------------------
-def test_class_name_from_the_command_line_cannot_inject_code(tmp_path):
+def test_class_name_from_the_command_line_cannot_inject_code(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     name = 'X(CompiledEnergy):\n    pass\nimport os; os.system("touch marker")\nclass E'
-    proc = _cli(["show", "sum(x**2)", "--name", name, "-o", "e.py"], tmp_path)
-    assert proc.returncode == 2 and "is not a Python identifier" in proc.stderr
+    status, err = _main(["show", "sum(x**2)", "--name", name, "-o", "e.py"], capsys)
+    assert status == 2 and "is not a Python identifier" in err
     assert not (tmp_path / "e.py").exists() and not (tmp_path / "marker").exists()
 
 
-def test_definition_fields_cannot_inject_code(tmp_path):
+def test_definition_fields_cannot_inject_code(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "f.toml").write_text(
         'name = "F"\nformula = "sum(x**2)"\n'
         'max_dim = "9 or __import__(\'os\').system(\'touch marker\')"\n')
-    proc = _cli(["verify", "f.toml", "--dims", "2"], tmp_path)
-    assert proc.returncode == 2
-    assert "f.toml:3: 'max_dim' must be an integer" in proc.stderr
+    status, err = _main(["verify", "f.toml", "--dims", "2"], capsys)
+    assert status == 2
+    assert "f.toml:3: 'max_dim' must be an integer" in err
     assert not (tmp_path / "marker").exists()
 
 
-def test_definition_file_names_cannot_inject_code(tmp_path):
+def test_definition_file_names_cannot_inject_code(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     defs = tmp_path / "defs"
     defs.mkdir()
     (defs / "e\nimport os; os.system('touch marker')\n.toml").write_text(
         'name = "E"\nformula = "sum(x**2)"\n')
-    proc = _cli(["verify", str(defs)], tmp_path)
-    assert proc.returncode == 2 and "a definition file is named like" in proc.stderr
-    proc = _cli(["build", "--definitions", str(defs), "--output", str(tmp_path / "out")],
-                tmp_path)
-    assert proc.returncode == 2 and not (tmp_path / "out").exists()
-    assert not (tmp_path / "marker").exists()
+    status, err = _main(["verify", str(defs)], capsys)
+    assert status == 2 and "a definition file is named like" in err
+    status, err = _main(["build", "--definitions", str(defs), "--output", str(tmp_path / "out")],
+                        capsys)
+    assert status == 2 and "a definition file is named like" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "marker").exists()
 
 
 def test_generated_names_never_alias_parameters():
