@@ -178,6 +178,20 @@ def test_more_random_formulas_agree_with_oracles(monkeypatch):
     _draw_and_check(max(settings().max_examples - QUICK_FORMULAS, 1), monkeypatch, stream=2)
 
 
+def test_a_fuzz_run_that_compares_nothing_fails(monkeypatch):
+    """The tally is what makes the fuzz mean something: with every formula drawn but none
+    compared (as when all rows fall outside the domain) the run fails and says so."""
+    import sys
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "check_random_formula", lambda *args: 0)
+    with pytest.raises(AssertionError, match="only 0 of 5 drawn formulas were compared"):
+        _draw_and_check(5, monkeypatch, stream=3)
+    calls = []
+    monkeypatch.setattr(module, "check_random_formula", lambda *args: calls.append(1) or 4)
+    _draw_and_check(5, monkeypatch, stream=3)              # all compared: passes
+    assert len(calls) == 5
+
+
 def check_random_formula(formula, n, seed, a, b):
     """One drawn formula against autograd, ``torch.func.grad`` and autograd Hessians of its
     forward (every row where both sides are finite) and its energy at row 0 against the
@@ -270,9 +284,10 @@ def _same_with_nan(a, b):
 
 def _check_func_grad(energy, formula, x, g):
     """``torch.func.grad`` of the forward (the third path) vs the closed form, per row
-    where both are finite."""
-    fn = torch.func.grad(lambda z: energy(z.unsqueeze(0)).sum())
-    return sum(_agree(formula, k, x, g[k], fn(x[k]), "torch.func.grad")
+    where both are finite. One transform over the batch: the rows are independent, so the
+    gradient of their sum holds each row's gradient (a non-finite row stays in its row)."""
+    fg = torch.func.grad(lambda z: energy(z).sum())(x)
+    return sum(_agree(formula, k, x, g[k], fg[k], "torch.func.grad")
                for k in range(x.shape[0]))
 
 
