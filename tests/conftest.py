@@ -10,8 +10,8 @@ Note on randomized tests: every random point comes from a seeded
 * ``long`` (``TORCHEBM_HYPOTHESIS=long`` or ``--hypothesis-profile=long``): 5000
   examples per property, random draws, for hunting bugs by hand.
 
-Tests marked ``slow`` (torch.compile, several processes, the long fuzz) run in a plain
-``python -m pytest``; ``-m "not slow"`` leaves them out.
+Tests marked ``slow`` (torch.compile, other processes, long runs: see tests/README.md)
+run in a plain ``python -m pytest``; ``-m "not slow"`` leaves them out.
 """
 
 import os

@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from torchebm.symbolic.build import DEFINITIONS, OUTPUT, build, generate
 
 
@@ -50,6 +52,7 @@ def test_generation_is_deterministic(tmp_path):
     assert generate(definitions) == generate(definitions)
 
 
+@pytest.mark.slow
 def test_command_line_check():
     # another process with a fixed hash seed: set and dict orders differ from this one's
     env = dict(os.environ, PYTHONHASHSEED="12345")
