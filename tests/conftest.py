@@ -1,9 +1,17 @@
 """Shared test settings: float64 by default in references, fixed seeds, hypothesis profiles.
 
 Note on randomized tests: every random point comes from a seeded
-``torch.Generator`` so failures reproduce; hypothesis runs with the "ci"
-profile (derandomized) unless ``--hypothesis-profile=long`` or
-``TORCHEBM_HYPOTHESIS=long`` asks for the long run.
+``torch.Generator`` so failures reproduce. Hypothesis runs with one of two profiles:
+
+* ``ci`` (the default): 300 examples per property, derandomized (the same draws on
+  every run and machine, no example database written). The formula fuzz of
+  ``test_fuzz.py`` splits its 300 formulas into a quick run of 100 and a run of 200
+  marked ``slow``; the parser properties ask for 100 to 300 strings of their own.
+* ``long`` (``TORCHEBM_HYPOTHESIS=long`` or ``--hypothesis-profile=long``): 5000
+  examples per property, random draws, for hunting bugs by hand.
+
+Tests marked ``slow`` (torch.compile, other processes, long runs: see tests/README.md)
+run in a plain ``python -m pytest``; ``-m "not slow"`` leaves them out.
 """
 
 import os
@@ -13,7 +21,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
+                          database=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=5000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("TORCHEBM_HYPOTHESIS", "ci"))

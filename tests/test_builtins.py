@@ -9,9 +9,9 @@ import torch
 from torchebm.core import (BaseEnergyFunction, BoothEnergy, GaussianEnergy, HimmelblauEnergy,
                            RosenbrockEnergy)
 
-from .examples import EXAMPLES, example_id
+from .cases import BUILTINS, example_id
 
-CASES = [(ex, n) for ex in EXAMPLES for n in ex.dims]
+CASES = [(ex, n) for ex in BUILTINS for n in ex.dims]
 
 
 def _points(n, gen, batch=(7,)):
@@ -51,7 +51,7 @@ def test_gradcheck_of_closed_form(ex, n, gen):
     assert torch.autograd.gradcheck(lambda t: energy(t), (xg,))
 
 
-@pytest.mark.parametrize("ex", EXAMPLES, ids=example_id)
+@pytest.mark.parametrize("ex", BUILTINS, ids=example_id)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gradient_finite_at_minimisers_and_random_points(ex, dtype, gen):
     n = ex.dims[-1]
@@ -67,7 +67,7 @@ def test_gradient_finite_at_minimisers_and_random_points(ex, dtype, gen):
         assert abs(float(e) - ex.minimum(n)) <= tol * max(1.0, abs(ex.minimum(n)))
 
 
-@pytest.mark.parametrize("ex", EXAMPLES, ids=example_id)
+@pytest.mark.parametrize("ex", BUILTINS, ids=example_id)
 def test_shapes_and_dtypes(ex, gen):
     n = ex.dims[-1]
     energy = ex.cls(**ex.params(n))

@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from torchebm.symbolic.cli import main
 
 
+@pytest.mark.slow
 def test_show_writes_a_module_that_runs_without_sympy(tmp_path):
     path = tmp_path / "my_energy.py"
     assert main(["show", "sum(a*x**2)", "-p", "a=2.0", "--name", "MyEnergy", "-o", str(path)]) == 0

@@ -28,6 +28,7 @@ def test_block_extraction_finds_each_fence():
     assert python_blocks(text) == ["a = 1\n", "b = a + 1\n"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS)
 def test_python_blocks_run_as_written(doc, tmp_path):
     blocks = python_blocks((ROOT / doc).read_text(encoding="utf-8"))

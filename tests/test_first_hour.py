@@ -87,6 +87,7 @@ def test_hints_do_not_fire_on_ordinary_names():
 
 
 # -- 2. E.source is this instance's ------------------------------------------------------------
+@pytest.mark.slow
 def test_source_carries_the_instance_values(tmp_path):
     energy = from_expression("sum(a*x**2 + b*sin(x))", a=1.0, b=0.5)
     src = energy.source

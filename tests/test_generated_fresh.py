@@ -1,8 +1,11 @@
 """The committed built-ins are exactly what definitions/ generates."""
 
+import os
 import shutil
 import subprocess
 import sys
+
+import pytest
 
 from torchebm.symbolic.build import DEFINITIONS, OUTPUT, build, generate
 
@@ -12,23 +15,47 @@ def test_committed_files_are_up_to_date():
     assert build(check=True, echo=lines.append) == 0, lines
 
 
+def _definitions(tmp_path, stems):
+    """A definitions folder holding only ``stems``: the build logic on a few energies
+    (generating all of them takes seconds, and the tests above do it once each)."""
+    folder = tmp_path / "definitions"
+    folder.mkdir()
+    for stem in stems:
+        shutil.copy(DEFINITIONS / f"{stem}.toml", folder)
+    return folder
+
+
 def test_check_fails_and_names_an_edited_file(tmp_path):
+    definitions = _definitions(tmp_path, ["harmonic", "double_well"])
     out = tmp_path / "_generated"
-    shutil.copytree(OUTPUT, out)
+    lines = []
+    assert build(check=False, definitions=definitions, output=out, echo=lines.append) == 0
+    for name in ("harmonic.py", "double_well.py"):                     # as committed
+        assert (out / name).read_text() == (OUTPUT / name).read_text()
+    assert build(check=True, definitions=definitions, output=out, echo=lines.append) == 0
     target = out / "harmonic.py"
     target.write_text(target.read_text().replace("0.5", "0.25"))
     lines = []
-    assert build(check=True, output=out, echo=lines.append) == 1
+    assert build(check=True, definitions=definitions, output=out, echo=lines.append) == 1
     assert any("harmonic.py" in ln for ln in lines)
-    assert build(check=False, output=out, echo=lines.append) == 0   # rewrites it
-    assert build(check=True, output=out, echo=lines.append) == 0
+    assert not any("double_well.py" in ln for ln in lines)
+    assert build(check=False, definitions=definitions, output=out, echo=lines.append) == 0
+    assert build(check=True, definitions=definitions, output=out, echo=lines.append) == 0
+    assert target.read_text() == (OUTPUT / "harmonic.py").read_text()   # rewritten
 
 
-def test_generation_is_deterministic():
-    assert generate(DEFINITIONS) == generate(DEFINITIONS)
+def test_generation_is_deterministic(tmp_path):
+    """Twice in one process on energies with matrices, gathers and reductions (across
+    processes, with another hash seed: test_command_line_check against the files this
+    process compared in test_committed_files_are_up_to_date)."""
+    definitions = _definitions(tmp_path, ["gaussian", "rosenbrock", "ackley"])
+    assert generate(definitions) == generate(definitions)
 
 
+@pytest.mark.slow
 def test_command_line_check():
+    # another process with a fixed hash seed: set and dict orders differ from this one's
+    env = dict(os.environ, PYTHONHASHSEED="12345")
     proc = subprocess.run([sys.executable, "-m", "torchebm.symbolic", "build", "--check"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -18,24 +18,10 @@ import pytest
 from torchebm.symbolic.compiler import compile_spec
 from torchebm.symbolic.ir import EnergySpec, ParamDecl
 
+from .cases import GOLDEN as FORMULAS      # name -> (formula, {param: rank})
+
 GOLDEN = Path(__file__).parent / "golden"
 ACCEPT = os.environ.get("TORCHEBM_ACCEPT") == "1"
-
-# name -> (formula, {param: rank})
-FORMULAS = {
-    "elementwise": ("sum(a*x**2 + b*sin(x))", {"a": 0, "b": 0}),
-    "neighbours": ("sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 for i in range(n - 1))",
-                   {"a": 0, "b": 0}),
-    "periodic": ("sum(-2*kappa*x[i]*x[(i+1) % n] + x[i]**2 for i in range(n))", {"kappa": 0}),
-    "pairs": ("sum(4*eps*((s/(x[j]-x[i]))**12 - (s/(x[j]-x[i]))**6) "
-              "for i in range(n) for j in range(i+1, n))", {"eps": 0, "s": 0}),
-    "mixture": ("-logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))",
-                {"w": 1, "M": 2, "s": 0}),
-    "quadratic_form": ("0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)", {"mu": 1, "S": 2}),
-    "where_prod": ("sum(where(x > 0, sqrt(x), -x)) + prod(cos(x))", {}),
-    "norm_component": ("norm(x) + x[0]*x[-1]", {}),
-}
-
 
 def _source(name):
     formula, ranks = FORMULAS[name]

@@ -13,6 +13,8 @@ import torch
 
 from torchebm.symbolic import from_expression
 
+from .cases import FORMULAS, KINKS
+
 F64 = torch.float64
 mpmath.mp.dps = 50
 
@@ -280,38 +282,6 @@ def test_maximum_tie_gives_autograd_to_the_first_argument():
     torch.testing.assert_close(energy.gradient(x), ag, rtol=0, atol=0)
 
 
-# formula, params, points at kinks, branch points, zeros and extremes
-CORPUS = [
-    ("sum(x**a)", {"a": 2.0}, [[0.0, 1.0, -2.0]]),
-    ("sum(abs(x)**p)", {"p": 1.5}, [[0.0, 4.0, -1.0]]),
-    ("sum(x**2)**0.75", {}, [[0.0, 0.0], [3.0, 4.0]]),
-    ("sum(x**2)**1.5", {}, [[0.0, 0.0], [1.0, -2.0]]),
-    ("norm(x)", {}, [[0.0, 0.0], [3e-200, 4e-200], [3e200, 4e200]]),
-    ("norm(x)**1.5 + norm(x - 1)", {}, [[0.0, 0.0], [1.0, 1.0]]),
-    # (at 1e-200 the Hessian of atan2, 2 x y / r**4, is 5e399: out of range)
-    ("atan2(x[0], x[1])", {}, [[0.0, 0.0], [1e-100, 1e-100], [1.0, -1.0]]),
-    ("hypot(x[0], x[1])", {}, [[0.0, 0.0], [3e-200, 4e-200]]),
-    ("sum(log(sigmoid(x)))", {}, [[-1000.0, 0.0, 1000.0]]),
-    ("sum(log(1 - sigmoid(x)))", {}, [[-1000.0, 0.0, 1000.0]]),
-    ("sum(log(cosh(x)))", {}, [[1000.0, -1000.0, 0.0], [400.0, -400.0, 0.5]]),
-    ("sum(softplus(x))", {}, [[-1000.0, 0.0, 1000.0]]),
-    ("sum(log(1 + exp(x)))", {}, [[-1000.0, 0.0, 1000.0]]),
-    ("sum(where(x > 0, sqrt(x), -x))", {}, [[-1.0, 0.0, 4.0]]),
-    ("sum(where(x > 0, log(x), x))", {}, [[-1.0, 0.0, 2.0]]),
-    ("sum(where(abs(x) <= 1, 0.5*x**2, abs(x) - 0.5))", {}, [[-1.0, 0.0, 1.0, 3.0]]),
-    ("sum(maximum(x, 0)) + minimum(x[0], x[1])", {}, [[0.0, 0.0], [1.0, -1.0]]),
-    ("sum(abs(x)) + sum(sign(x)*x**2)", {}, [[0.0, -1.0]]),
-    ("prod(x)", {}, [[0.0, 2.0, 3.0], [0.0, 0.0, 3.0]]),
-    ("sqrt(mean(x**2))", {}, [[0.0, 0.0]]),
-    ("-20*exp(-0.2*sqrt(mean(x**2))) - exp(mean(cos(2*pi*x))) + 20 + e", {},
-     [[0.0, 0.0], [1.0, -0.5]]),
-    ("logsumexp(x) + logaddexp(x[0], 0)", {}, [[-1000.0, 1000.0], [0.0, 0.0]]),
-    ("sum(log_ndtr(x))", {}, [[-30.0, 0.0, 5.0]]),
-    ("sum(clamp(x, -1, 1)**2)", {}, [[-1.0, 1.0, 2.0]]),
-    ("sum((x[i] - x[j])**2 for i in range(n) for j in range(i + 1, n))", {}, [[0.0, 0.0, 1.0]]),
-]
-
-
 def _finite_rows(*tensors):
     ok = torch.ones(tensors[0].shape[0], dtype=torch.bool)
     for v in tensors:
@@ -319,7 +289,7 @@ def _finite_rows(*tensors):
     return ok
 
 
-@pytest.mark.parametrize("formula, params, points", CORPUS)
+@pytest.mark.parametrize("formula, params, points", KINKS)
 def test_autograd_and_func_of_forward_match_closed_forms(formula, params, points):
     energy = from_expression(formula, **params)
     x = t(points)
@@ -364,8 +334,7 @@ def _special_rows(n):
 
 
 def _formula_cases():
-    from tests.test_formulas import CASES as FORMULA_CASES
-    return [(c[0], c[1], c[2], n) for c in FORMULA_CASES for n in c[4]]
+    return [(c.id, c.formula, c.params, n) for c in FORMULAS for n in c.dims]
 
 
 @pytest.mark.parametrize("cid, formula, params, n", _formula_cases(),

@@ -16,7 +16,7 @@ from torchebm.core import (AckleyEnergy, BaseEnergyFunction, DoubleWellEnergy, G
 from torchebm.errors import MemoryLimitError, ShapeError
 from torchebm.symbolic import from_expression
 
-from .examples import EXAMPLES, example_id
+from .cases import BUILTINS, SECOND_ORDER_KINKED, example_id
 
 RTOL = 1e-9
 
@@ -30,7 +30,7 @@ def _reference_hessian(fn, x):
                         for k in range(x.shape[0])])
 
 
-@pytest.mark.parametrize("ex", EXAMPLES, ids=example_id)
+@pytest.mark.parametrize("ex", BUILTINS, ids=example_id)
 def test_builtins_match_autograd_of_their_reference_formulas(ex):
     for n in ex.dims:
         params = ex.params(n)
@@ -210,6 +210,7 @@ def test_hand_written_energies_fall_back_to_autograd():
         energy.hessian(torch.randn(10, 4), max_elements=5)
 
 
+@pytest.mark.slow
 def test_fused_mode_second_order():
     eager = from_expression("sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 for i in range(n-1))",
                             a=1.0, b=100.0)
@@ -275,18 +276,7 @@ def test_kinks_of_functions_of_functions():
                                                         dtype=torch.float64))
 
 
-@pytest.mark.parametrize("formula", [
-    "maximum(x[0], x[-1]) * x[1]",                 # a partial that is 0 for some loads
-    "sum(x*maximum(sum(x**2), mean(x)))",
-    "logsumexp(maximum(x, sum(x)))",
-    "sum(abs(x - mean(x))**3)",                    # sign of an expression with 1/n
-    "logsumexp(sum(x**2) for k in range(3))",      # a per-sample body, the same at each k
-    "sum(x[i]*(A @ x)[i] for i in range(1, n))",   # a matrix diagonal over a shorter range
-    "sum(x[i+1]*(A @ x)[i] for i in range(n-1))",
-    "prod(sum(x**2) for k in range(3))",
-    "sum(4*((1/(x[j] - x[i]))**12 - (1/(x[j] - x[i]))**6) "
-    "for i in range(n) for j in range(i + 1, n))",  # partials equal up to sign, shared
-])
+@pytest.mark.parametrize("formula", SECOND_ORDER_KINKED)
 def test_second_derivatives_of_kinked_and_antisymmetric_formulas(formula):
     a = torch.tensor([[1.0, 0.5, -0.3], [0.2, -1.0, 0.7], [0.4, 0.1, 2.0]], dtype=torch.float64)
     energy = from_expression(formula, **({"A": a} if "A" in formula else {}))

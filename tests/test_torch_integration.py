@@ -11,17 +11,11 @@ from torchebm.errors import DeviceError
 from torchebm.symbolic import from_expression
 from torchebm.symbolic import api
 
-FORMULAS = [
-    ("sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 for i in range(n-1))", {}),
-    ("sum((x[i] - x[j])**2 for i in range(n) for j in range(i+1, n))", {}),
-    ("0.5*(x - m) @ inverse(S) @ (x - m)", {"m": torch.zeros(4), "S": 2 * torch.eye(4)}),
-    ("-logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2) for k in range(len(w)))",
-     {"w": torch.full((3,), 1 / 3), "M": torch.randn(3, 4)}),
-    ("prod(cos(x)) + sum(where(x > 0, sqrt(x), -x))", {}),
-]
+from .cases import COMPILED
 
 
-@pytest.mark.parametrize("formula,params", FORMULAS, ids=[f[:20] for f, _ in FORMULAS])
+@pytest.mark.slow
+@pytest.mark.parametrize("formula,params", COMPILED, ids=[f[:20] for f, _ in COMPILED])
 def test_fused_mode_compiles_without_graph_breaks(formula, params):
     x = torch.randn(16, 4, dtype=torch.float64)
     eager = from_expression(formula, params=params)
@@ -37,6 +31,7 @@ def test_fused_mode_compiles_without_graph_breaks(formula, params):
     torch.testing.assert_close(fused.laplacian(x), eager.laplacian(x))
 
 
+@pytest.mark.slow
 def test_torch_compile_of_the_module():
     energy = RosenbrockEnergy()
     x = torch.randn(8, 5)
@@ -80,6 +75,8 @@ def test_to_and_double_move_buffers():
 
 
 def test_compile_cache_is_thread_safe_and_bounded(monkeypatch):
+    from collections import OrderedDict
+    monkeypatch.setattr(api, "_cache", OrderedDict())   # the shared classes stay cached
     classes = []
 
     def work():

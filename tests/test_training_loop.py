@@ -120,6 +120,7 @@ def test_fit_errors():
         fit(trainable, torch.randn(8, 2), lambda b: trainable(b).mean() * float("nan"))
 
 
+@pytest.mark.slow
 def test_mixture_example_recovers_the_means(tmp_path):
     path = Path(__file__).parent.parent / "examples" / "fit_mixture.py"
     spec = importlib.util.spec_from_file_location("fit_mixture", path)
