@@ -359,7 +359,7 @@ class CompiledEnergy(BaseEnergyFunction):
     def __init__(self):
         super().__init__()
         self._layout_cache: dict = {}
-        self._sites: dict = {}     # (n, dtype, device, layout) of x -> _Site (the fast path)
+        self._sites: dict = {}     # (n, dtype, is_cpu) of x -> _Site (the fast path)
         self._fused: dict | None = None
         self._cache_lock = threading.Lock()
         self.register_load_state_dict_post_hook(CompiledEnergy._validate_after_load)
@@ -739,9 +739,6 @@ class CompiledEnergy(BaseEnergyFunction):
             self._sites.clear()
         self._sites[given.shape[-1], given.dtype, given.is_cpu] = site
         return x, lay, None if self._derive is None else self._derived(site, tensors, x)
-
-    def _run(self, name, x):
-        return self._call(name, *self._inputs(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Energy of ``x: [..., n]`` -> ``[...]`` (``[n]`` -> ``[1]``)."""
