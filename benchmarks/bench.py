@@ -2,6 +2,9 @@
 
 usage: python benchmarks/bench.py [--quick] [--threads 1] [--fused] [--filter NAME]
        python benchmarks/bench.py --second-order [--filter NAME]
+       python benchmarks/bench.py --hand [--filter NAME]     (hand-written, per call)
+       python benchmarks/bench.py --per-call
+       python benchmarks/bench.py --jax [--jax-python /path/to/venv/bin/python]
 
 For each energy and (B, n) and dtype it times, interleaved and repeated
 (median of rounds): the closed-form ``gradient``, autograd of the generated
@@ -18,11 +21,32 @@ through the gradient's graph and the trace of ``torch.func.hessian``), the
 closed-form ``hessian_vector_product`` against a double-backward HVP, and the
 closed-form ``hessian`` against ``torch.func.hessian``. The autograd baselines
 differentiate the generated ``_energy`` directly (no input checks).
+
+``--hand`` times, side by side in one run, the ``gradient`` of every built-in
+against the gradient an expert writes by hand in eager torch (written out in
+:func:`hand_written`, each checked against ours before it is timed), at 4096 x 64
+float32 (the 2-D built-ins at 4096 x 2, Lennard-Jones at 4096 x 63), and prints
+ours/hand (the goal is at most 1.2x); then the per-call figure.
+
+``--per-call`` times ``HarmonicEnergy().gradient(x)`` on ``x [4, 2]`` float32
+against one torch elementwise op on the same batch (``k * x``, ``k`` a 0-d
+tensor), with its parts: the generated ``_gradient`` alone, the runtime's checks
+(``_inputs``), and the same call on a class whose generated gradient is the one
+op ``der["2*(0.5*k)"] * x`` (parameter-only arithmetic in ``_derive``). The goal
+is at most 3x. Fastest of interleaved rounds (other jobs only add time).
+
+``--jax`` times ``jax.jit(jax.grad(sum of energies))`` of the same formulas
+(written in jax.numpy in :data:`JAX_FORMULAS`) beside our eager and fused
+(``energy.compile()``) gradient at 64 x 2, 1000 x 64 and 4096 x 64 float32 on one
+CPU thread; JAX runs in a separate process pinned to one core (this interpreter
+if jax imports here, else ``--jax-python``) and its gradient is compared with
+ours before a row is printed. JAX is never a dependency.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -234,6 +258,345 @@ def compile_times(rounds=5):
           f"(SymPy imported: {sympy_loaded})")
 
 
+# -- side by side with an expert's hand-written closed forms ------------------------------------
+def hand_written(n, dtype):
+    """``{name: (energy, gradient function)}``: every built-in at its default parameters
+    and the gradient an expert writes by hand in eager torch for that formula
+    (constants folded into Python floats, parameter-only algebra done once, shared
+    subexpressions reused). Pair energies read ``x`` as ``[B, n // d, d]`` particles."""
+    import math as m
+    from torchebm.core import (BoothEnergy, HimmelblauEnergy, LennardJonesEnergy,
+                               ManyWellEnergy, MultiDoubleWellEnergy, StyblinskiTangEnergy)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, dtype=torch.float64, generator=g)
+    cov = a @ a.T / n + torch.eye(n, dtype=torch.float64)
+    mean64 = torch.randn(n, dtype=torch.float64, generator=g)
+    precision = torch.linalg.inv(cov).to(dtype)
+    precision = 0.5 * (precision + precision.T)
+    mean = mean64.to(dtype)
+
+    def gaussian(x):                               # E = 0.5 (x - m) P (x - m)
+        return (x - mean) @ precision
+
+    def harmonic(x):                               # E = 0.5 k sum(x^2), k = 1
+        return 1.0 * x
+
+    def double_well(x):                            # E = 2 sum((x^2 - 1)^2)
+        return 8.0 * x * (x * x - 1.0)
+
+    def rosenbrock(x):                             # sum 100 (x[i+1] - x[i]^2)^2 + (1 - x[i])^2
+        x0, x1 = x[..., :-1], x[..., 1:]
+        t = x1 - x0 * x0
+        grad = torch.zeros_like(x)
+        grad[..., :-1] = -400.0 * x0 * t - 2.0 * (1.0 - x0)
+        grad[..., 1:] += 200.0 * t
+        return grad
+
+    def rastrigin(x):                              # 10 n + sum(x^2 - 10 cos(2 pi x))
+        return 2.0 * x + (20.0 * m.pi) * torch.sin((2.0 * m.pi) * x)
+
+    def ackley(x):          # -20 exp(-0.2 sqrt(mean x^2)) - exp(mean cos(2 pi x)) + 20 + e
+        k = x.shape[-1]
+        c = 2.0 * m.pi
+        r = x.square().mean(-1, keepdim=True).sqrt()
+        cx = c * x
+        s = torch.cos(cx).mean(-1, keepdim=True)
+        return (4.0 / k) * torch.exp(-0.2 * r) / r * x + (c / k) * torch.exp(s) * torch.sin(cx)
+
+    def styblinski_tang(x):                        # 0.5 sum(x^4 - 16 x^2 + 5 x)
+        return x * (2.0 * x * x - 16.0) + 2.5
+
+    def booth(x):            # (x0 + 2 x1 - 7)^2 + (2 x0 + x1 - 5)^2
+        x0, x1 = x[..., 0], x[..., 1]
+        u, v = x0 + 2.0 * x1 - 7.0, 2.0 * x0 + x1 - 5.0
+        return torch.stack([2.0 * u + 4.0 * v, 4.0 * u + 2.0 * v], -1)
+
+    def himmelblau(x):       # (x0^2 + x1 - 11)^2 + (x0 + x1^2 - 7)^2
+        x0, x1 = x[..., 0], x[..., 1]
+        u, v = x0 * x0 + x1 - 11.0, x0 + x1 * x1 - 7.0
+        return torch.stack([4.0 * x0 * u + 2.0 * v, 2.0 * u + 4.0 * x1 * v], -1)
+
+    def many_well(x):        # per pair (y, z): y^4 - 6 y^2 - 0.5 y + 0.5 z^2
+        p = x.unflatten(-1, (-1, 2))
+        y = p[..., 0]
+        return torch.stack([y * (4.0 * y * y - 12.0) - 0.5, p[..., 1]], -1).flatten(-2)
+
+    def pair_terms(x, d):
+        p = x.unflatten(-1, (-1, d))
+        diff = p.unsqueeze(-2) - p.unsqueeze(-3)              # [B, N, N, d]
+        r = torch.linalg.vector_norm(diff, dim=-1)            # [B, N, N], 0 on the diagonal
+        return p, diff, r
+
+    def multi_double_well(x):   # sum over i < j of 0.9 (r - 4)^4 - 4 (r - 4)^2
+        _, diff, r = pair_terms(x, 2)
+        u = r - 4.0
+        f = (3.6 * u * u - 8.0) * u / r                       # f'(r) / r
+        f = f.masked_fill(r == 0, 0.0)
+        return (f.unsqueeze(-1) * diff).sum(-2).flatten(-2)
+
+    def lennard_jones(x):       # sum over i < j of (1/r)^6 ((1/r)^6 - 2) + 0.5 sum |x_i - c|^2
+        p, diff, r = pair_terms(x, 3)
+        s6 = r.pow(-6)
+        f = 12.0 * s6 * (1.0 - s6) / (r * r)                  # u'(r) / r
+        f = f.masked_fill(r == 0, 0.0)
+        grad = (f.unsqueeze(-1) * diff).sum(-2) + (p - p.mean(-2, keepdim=True))
+        return grad.flatten(-2)
+
+    out = {
+        "DoubleWell": (DoubleWellEnergy(), double_well),
+        "Harmonic": (HarmonicEnergy(), harmonic),
+        "Rosenbrock": (RosenbrockEnergy(), rosenbrock),
+        "Rastrigin": (RastriginEnergy(), rastrigin),
+        "Ackley": (AckleyEnergy(), ackley),
+        "StyblinskiTang": (StyblinskiTangEnergy(), styblinski_tang),
+        "Gaussian": (GaussianEnergy(mean64, cov), gaussian),
+        "ManyWell": (ManyWellEnergy(dim=n), many_well) if n % 2 == 0 else None,
+        "Booth": (BoothEnergy(), booth),
+        "Himmelblau": (HimmelblauEnergy(), himmelblau),
+        "MultiDoubleWell": (MultiDoubleWellEnergy(n_particles=n // 2), multi_double_well)
+        if n % 2 == 0 and n >= 4 else None,
+        "LennardJones": (LennardJonesEnergy(n_particles=n // 3), lennard_jones)
+        if n % 3 == 0 else None,
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+#: the size each built-in is measured at for ``(B, n)``: the 2-D ones take n = 2, and
+#: Lennard-Jones the largest multiple of 3 (particles in 3-D)
+def _size_for(name, n):
+    return 2 if name in ("Booth", "Himmelblau") else 3 * (n // 3) if name == "LennardJones" \
+        else n
+
+
+def _check_same(name, ours, theirs):
+    """The hand-written gradient agrees with ours (float32: relative to the row's size)."""
+    scale = theirs.abs().amax(-1, keepdim=True).clamp_min(1.0)
+    err = float(((ours - theirs).abs() / scale).max())
+    if not err <= 1e-4:
+        raise SystemExit(f"{name}: the hand-written gradient differs from ours by {err:.3g} "
+                         f"(relative to each row's largest entry); fix the benchmark first")
+
+
+def median_times(fns, rounds=11, budget=2e-3, fastest=False):
+    """Median (or fastest) seconds per call of each function, in interleaved rounds."""
+    inner = {}
+    for k, fn in fns.items():
+        fn()
+        t = time.perf_counter()
+        fn()
+        once = time.perf_counter() - t
+        inner[k] = min(2000, max(1, int(budget / max(once, 1e-7))))
+    samples = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(inner[k]):
+                fn()
+            samples[k].append((time.perf_counter() - t) / inner[k])
+    return {k: (min if fastest else statistics.median)(v) for k, v in samples.items()}
+
+
+def hand_written_table(shape=(4096, 64), dtype=torch.float32, filter_=""):
+    """Our ``gradient`` beside the hand-written closed form, in one run."""
+    B, n = shape
+    print(f"\ngradient beside an expert's hand-written eager closed form, {B} x n {dtype}, "
+          f"threads = {torch.get_num_threads()}, fastest of 11 interleaved rounds; times in us")
+    print(f"{'energy':16s} {'n':>4s} {'ours':>9s} {'hand':>9s} {'ours/hand':>9s}")
+    ratios = []
+    names = list(hand_written(n, dtype)) + ["LennardJones"] * (n % 3 != 0)
+    for name in names:
+        if filter_ and filter_.lower() not in name.lower():
+            continue
+        k = _size_for(name, n)
+        energy, hand = hand_written(k, dtype)[name]
+        scale = 2.0 if name == "LennardJones" else 1.0        # spread the particles apart
+        x = scale * torch.randn(B, k, dtype=dtype, generator=torch.Generator().manual_seed(1))
+        _check_same(name, energy.gradient(x), hand(x))
+        med = median_times({"ours": lambda: energy.gradient(x), "hand": lambda: hand(x)},
+                           fastest=True)
+        ratios.append(med["ours"] / med["hand"])
+        print(f"{name:16s} {k:4d} {med['ours'] * 1e6:9.1f} {med['hand'] * 1e6:9.1f} "
+              f"{ratios[-1]:8.2f}x", flush=True)
+    if ratios:
+        print(f"ours/hand: best {min(ratios):.2f}x, worst {max(ratios):.2f}x "
+              f"(goal: at most 1.2x everywhere)")
+
+
+def per_call_table(rounds=15):
+    """What one call costs on a tiny batch: ``gradient`` on ``[4, 2]`` against one torch op."""
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(2))
+    k = torch.tensor(1.0)
+    energy = HarmonicEnergy()
+    _, lay, der = energy._inputs(x)
+
+    class OneOp(HarmonicEnergy):
+        """Harmonic as generated code reads once ``0.5*k*2`` is a derived value: one op."""
+
+        def _derive(self):
+            return {"2*(0.5*k)": 2 * (0.5 * self.k)}
+
+        def _gradient(self, x, lay, der):
+            return der["2*(0.5*k)"] * x
+
+    one_op = OneOp()
+
+    def generated():          # as gradient runs it: grad mode off (toggled the same way)
+        enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            return energy._gradient(x, lay, der)
+        finally:
+            torch._C._set_grad_enabled(enabled)
+
+    torch.testing.assert_close(one_op.gradient(x), k * x)
+    fns = {"k * x": lambda: k * x,
+           "gradient": lambda: energy.gradient(x),
+           "gradient, one-op generated code": lambda: one_op.gradient(x),
+           "generated _gradient": generated,
+           "checks (_inputs)": lambda: energy._inputs(x),
+           "forward": lambda: energy(x)}
+    torch.testing.assert_close(energy.gradient(x), k * x)
+    samples = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):                      # interleaved: the ratio is of one moment
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(2000):
+                fn()
+            samples[name].append((time.perf_counter() - t) / 2000)
+    # the fastest round: on a shared machine the other jobs only ever add time
+    med = {name: min(v) for name, v in samples.items()}
+    op = med["k * x"]
+    print(f"\nper call on x [4, 2] float32, threads = {torch.get_num_threads()}, fastest of "
+          f"{rounds} interleaved rounds of 2000 calls")
+    for name in fns:
+        print(f"  {name:32s} {med[name] * 1e6:7.2f} us  {med[name] / op:5.2f}x one op")
+    runtime = med["gradient"] - med["generated _gradient"]     # the runtime's share
+    print(f"  {'runtime (checks, caches, grad)':32s} {runtime * 1e6:7.2f} us  "
+          f"{runtime / op:5.2f}x one op")
+    print(f"HarmonicEnergy().gradient(x) / (k * x): {med['gradient'] / op:.2f}x (goal: at most "
+          f"3x); with one-op generated code: "
+          f"{med['gradient, one-op generated code'] / op:.2f}x")
+
+
+# -- JAX, only where it imports ----------------------------------------------------------------
+JAX_FORMULAS = {   # the built-ins' formulas in jax.numpy, defaults of torchebm.core
+    "DoubleWell": "2.0*jnp.sum((x**2 - 1.0)**2, -1)",
+    "Harmonic": "0.5*jnp.sum(x**2, -1)",
+    "Rosenbrock": "jnp.sum(100.0*(x[..., 1:] - x[..., :-1]**2)**2 + (1.0 - x[..., :-1])**2, -1)",
+    "Rastrigin": "10.0*x.shape[-1] + jnp.sum(x**2 - 10.0*jnp.cos(2*jnp.pi*x), -1)",
+    "Ackley": ("-20.0*jnp.exp(-0.2*jnp.sqrt(jnp.mean(x**2, -1))) "
+               "- jnp.exp(jnp.mean(jnp.cos(2*jnp.pi*x), -1)) + 20.0 + jnp.e"),
+    "StyblinskiTang": "0.5*jnp.sum(x**4 - 16.0*x**2 + 5.0*x, -1)",
+    "Gaussian": "0.5*jnp.sum((x - mean) * ((x - mean) @ P), -1)",
+}
+
+JAX_SCRIPT = r"""
+import json, os, statistics, sys, time
+if hasattr(os, "sched_setaffinity"):          # one core, as torch's one thread
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+import numpy as np
+import jax, jax.numpy as jnp
+job = json.load(open(sys.argv[1]))
+out = {}
+for shape_text, arrays in job["shapes"].items():
+    shape = tuple(json.loads(shape_text))
+    x = jnp.asarray(np.asarray(arrays["x"], dtype=np.float32))
+    mean = jnp.asarray(np.asarray(arrays["mean"], dtype=np.float32))
+    P = jnp.asarray(np.asarray(arrays["P"], dtype=np.float32))
+    for name, src in job["formulas"].items():
+        energy = eval("lambda x: " + src, {"jnp": jnp, "mean": mean, "P": P})
+        g = jax.jit(jax.grad(lambda x: jnp.sum(energy(x))))
+        r = g(x).block_until_ready()
+        t = time.perf_counter()
+        g(x).block_until_ready()
+        inner = max(1, min(2000, int(2e-3 / max(time.perf_counter() - t, 1e-7))))
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            for _ in range(inner):
+                r = g(x)
+            r.block_until_ready()
+            times.append((time.perf_counter() - t) / inner)
+        out[f"{name} {shape_text}"] = {"us": min(times) * 1e6,
+                                       "grad": np.asarray(r[:2]).tolist()}
+print(json.dumps({"version": jax.__version__, "results": out}))
+"""
+
+
+def _jax_results(python, shapes, inputs, names):
+    """Run :data:`JAX_SCRIPT` in ``python`` (this interpreter if jax imports here)."""
+    import json
+    import subprocess
+    import tempfile
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                                      " --xla_cpu_multi_thread_eigen=false").strip(),
+               JAX_PLATFORMS="cpu")
+    job = {"formulas": {name: JAX_FORMULAS[name] for name in names},
+           "shapes": {json.dumps(list(s)): {k: v.tolist() for k, v in inputs[s].items()}
+                      for s in shapes}}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    try:
+        res = subprocess.run([python, "-c", JAX_SCRIPT, f.name], capture_output=True,
+                             text=True, env=env, timeout=1800)
+    finally:
+        os.unlink(f.name)
+    if res.returncode != 0:
+        print(f"(JAX part skipped: {python} failed: {res.stderr.strip().splitlines()[-1:]})")
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def jax_table(jax_python=None, shapes=((64, 2), (1000, 64), (4096, 64)), filter_=""):
+    """``jax.jit(jax.grad(...))`` of the same energies beside our eager and fused gradient."""
+    python = jax_python
+    if python is None:
+        import importlib.util
+        if importlib.util.find_spec("jax") is not None:
+            python = sys.executable
+        else:
+            print("(no JAX part: jax does not import here; pass --jax-python PATH of an "
+                  "interpreter that has it, e.g. a separate venv)")
+            return
+    inputs, ours = {}, {}
+    for B, n in shapes:
+        x = torch.randn(B, n, generator=torch.Generator().manual_seed(3))
+        gauss, _ = hand_written(n, torch.float32)["Gaussian"]
+        inputs[B, n] = {"x": x, "mean": gauss.mean.float(),
+                        "P": torch.linalg.inv(gauss.cov).float()}
+        builtins = {name: e for name, (e, _) in hand_written(n, torch.float32).items()
+                    if name in JAX_FORMULAS and (not filter_ or filter_.lower() in name.lower())}
+        for name, energy in builtins.items():
+            fused = copy.deepcopy(energy).compile()
+            t = time.perf_counter()
+            fused.gradient(x)
+            compile_s = time.perf_counter() - t
+            med = median_times({"eager": lambda: energy.gradient(x),
+                                "fused": lambda: fused.gradient(x)}, fastest=True)
+            ours[name, (B, n)] = (med, compile_s, energy.gradient(x)[:2])
+    jx = _jax_results(python, shapes, inputs, sorted({name for name, _ in ours}))
+    if jx is None:
+        return
+    print(f"\ngradient, microseconds per call (fastest of 7-11 rounds), float32, one thread; jax "
+          f"{jx['version']} jax.jit(jax.grad(sum of energies)) in a separate process on one "
+          f"core; ours: eager closed form and fused (energy.compile())")
+    print(f"{'energy':16s} {'B x n':>9s} {'eager':>9s} {'fused':>9s} {'jax':>9s} "
+          f"{'eager/jax':>9s} {'fused/jax':>9s}")
+    for (name, (B, n)), (med, compile_s, g) in ours.items():
+        r = jx["results"].get(f"{name} [{B}, {n}]")
+        if r is None:
+            continue
+        want = torch.tensor(r["grad"])
+        if not torch.allclose(g, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()) + 1e-6):
+            print(f"{name}: JAX's gradient differs from ours; the row is left out")
+            continue
+        e, f_ = med["eager"] * 1e6, med["fused"] * 1e6
+        print(f"{name:16s} {f'{B}x{n}':>9s} {e:9.1f} {f_:9.1f} {r['us']:9.1f} "
+              f"{e / r['us']:8.2f}x {f_ / r['us']:8.2f}x", flush=True)
+
+
 def main():
     _stable_allocator()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -247,8 +610,27 @@ def main():
                     help="also report peak extra memory of gradient / size of x")
     ap.add_argument("--second-order", action="store_true",
                     help="only time laplacian, hessian_vector_product and hessian")
+    ap.add_argument("--hand", action="store_true",
+                    help="only the gradient of every built-in beside a hand-written closed form "
+                         "(4096 x 64 float32) and the per-call figure")
+    ap.add_argument("--per-call", action="store_true",
+                    help="only the per-call figure: gradient on [4, 2] against one torch op")
+    ap.add_argument("--jax", action="store_true",
+                    help="only jax.jit(jax.grad) beside our eager and fused gradient at 64 x 2, "
+                         "1000 x 64 and 4096 x 64 (where jax imports, here or in --jax-python)")
+    ap.add_argument("--jax-python", default=None,
+                    help="a Python interpreter with jax installed, for --jax")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.hand or args.per_call or args.jax:
+        print(f"torch {torch.__version__}, threads = {torch.get_num_threads()}")
+        if args.hand:
+            hand_written_table(filter_=args.filter)
+        if args.hand or args.per_call:
+            per_call_table()
+        if args.jax:
+            jax_table(args.jax_python, filter_=args.filter)
+        return
     if args.compile_time:
         compile_times()
         return

@@ -9,8 +9,10 @@ energy ``[1]`` and gradient ``[1, n]`` (TorchEBM's convention).
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
 import math
+import operator
 import threading
 
 import torch
@@ -85,9 +87,51 @@ def _transform_level(values) -> bool:
                                        for v in values)
 
 
+_NO_CONTEXT = contextlib.nullcontext()
+_Tensor = torch.Tensor
+_grad_enabled = torch.is_grad_enabled
+_set_grad_enabled = torch._C._set_grad_enabled   # no_grad without a context object per call
+_is_compiling = torch.compiler.is_compiling
+
+
 def _maybe_no_grad(create_graph):
-    import contextlib
-    return contextlib.nullcontext() if create_graph else torch.no_grad()
+    return _NO_CONTEXT if create_graph else torch.no_grad()
+
+
+class _Site:
+    """What a call with ``x`` of one ``(n, dtype, is_cpu)`` needs besides ``x``.
+
+    Built by the checked path (:meth:`CompiledEnergy._inputs_checked`) once every
+    check has passed. The fast path uses it while ``x`` is dense and on
+    ``x_device``, the parameters are the entries ``attrs`` of the module's
+    ``tables`` (``_buffers`` or ``_parameters``), the first stays on ``device``
+    and those of rank > 0 keep their ``arrays`` shapes (``(index, shape)``).
+    ``derived`` is ``(items, snapshot, values)``: the parameters' content when the
+    derived ``values`` (cast to this dtype and device) were computed, as Python
+    floats (``items``, when every parameter is a CPU scalar: the cheapest
+    comparison) or tensor copies (``snapshot``). One tuple, replaced whole, so
+    that a reader never pairs new content with old values.
+    """
+
+    __slots__ = ("lay", "width", "x_device", "attrs", "tables", "device", "arrays",
+                 "generation", "derived")
+
+    def __init__(self, lay, x_device, attrs, tables, tensors, generation):
+        self.lay = lay
+        self.width = lay["width"]
+        self.x_device = x_device
+        self.attrs = attrs
+        self.tables = tables
+        self.device = tensors[0].device if tensors else None
+        self.arrays = tuple((i, t.shape) for i, t in enumerate(tensors) if t.dim())
+        self.generation = generation
+        self.derived = None
+
+
+_STRIDED = torch.strided
+_getitem = dict.__getitem__
+_item = torch.Tensor.item
+_requires_grad = operator.attrgetter("requires_grad")
 
 
 def _one_sample_is_a_batch(module, args):
@@ -315,7 +359,7 @@ class CompiledEnergy(BaseEnergyFunction):
     def __init__(self):
         super().__init__()
         self._layout_cache: dict = {}
-        self._derived_cache: dict = {}
+        self._sites: dict = {}     # (n, dtype, is_cpu) of x -> _Site (the fast path)
         self._fused: dict | None = None
         self._cache_lock = threading.Lock()
         self.register_load_state_dict_post_hook(CompiledEnergy._validate_after_load)
@@ -326,8 +370,7 @@ class CompiledEnergy(BaseEnergyFunction):
         for name, attr, _ in module.param_specs:
             constraint = module.param_constraints.get(name, "real")
             _check_constraint(type(module).__name__, name, getattr(module, attr), constraint)
-        module._layout_cache.clear()
-        module._derived_cache.clear()
+        module._clear_caches()
 
     # -- size of x ------------------------------------------------------------------------
     def _set_particles(self, n_particles, dim):
@@ -465,28 +508,58 @@ class CompiledEnergy(BaseEnergyFunction):
                     self._layout_cache[key] = lay
         return lay
 
-    def _get_derived(self, x):
-        """Parameter-only values (``inverse(S)``, ``logdet(S)``), cached by parameter content.
+    def _clear_caches(self):
+        """Forget layouts, sites and derived values (a parameter was replaced or moved)."""
+        self._layout_cache.clear()
+        self._sites.clear()
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .double() / .cuda() move or cast the parameters: start the caches afresh
+        out = super()._apply(fn, *args, **kwargs)
+        if "_sites" in self.__dict__:
+            self._clear_caches()
+        return out
+
+    def _derive_now(self, x):
+        """``_derive()``'s values cast to ``x``'s dtype and device (uncached)."""
+        dtype, device = x.dtype, x.device
+        return {k: v.to(device=device, dtype=dtype) if isinstance(v, _Tensor) else v
+                for k, v in (self._derive() or {}).items()}
+
+    def _derived(self, site, tensors, x):
+        """Parameter-only values (``inverse(S)``, ``0.5*k``) for ``x``'s dtype and device,
+        cached in ``site`` by parameter content.
 
         The cache compares the parameters with a copy taken when the values were
         derived, so no write goes unseen: ``E.S.data.mul_(2)``, ``E.S.data = ...``
-        and writes through a NumPy view do not bump a version counter, but they
-        change the content. The comparison costs one pass over the parameters,
-        far less than the factorisation it saves.
+        and writes through a NumPy view bump no version counter, but they change
+        the content. The comparison is skipped when ``_derive`` gave nothing; for
+        CPU scalar parameters it is one ``item()`` each, otherwise one
+        ``torch.equal`` per parameter, far less than the factorisation it saves.
+        Never cached when the graph to a parameter that requires grad is wanted, or
+        inside a ``torch.func`` transform; never called while ``torch.compile`` traces.
         """
-        sources = [getattr(self, attr) for _, attr, _ in self.param_specs]
-        grad_mode = torch.is_grad_enabled() and any(s.requires_grad for s in sources)
-        key = (x.dtype, x.device)
-        if not grad_mode:
-            hit = self._derived_cache.get("value")
-            if (hit is not None and hit[0] == key and len(hit[1]) == len(sources)
-                    and all(a.shape == b.shape and a.device == b.device and torch.equal(a, b)
-                            for a, b in zip(sources, hit[1]))):
-                return hit[2]
-        values = {k: v.to(device=x.device, dtype=x.dtype) for k, v in self._derive().items()}
-        if not grad_mode and not _transform_level(values.values()):
-            snapshot = [s.detach().clone() for s in sources]
-            self._derived_cache["value"] = (key, snapshot, values)
+        hit = site.derived
+        if hit is not None and not (_grad_enabled() and any(map(_requires_grad, tensors))):
+            items, snapshot, values = hit
+            if not values:
+                return values                # nothing depends on the parameters
+            try:
+                if items is not None:
+                    if list(map(_item, tensors)) == items:
+                        return values
+                elif all(map(torch.equal, tensors, snapshot)):
+                    return values
+            except RuntimeError:             # another device or dtype, a transform's tensor
+                pass
+        values = self._derive_now(x)
+        if ((_grad_enabled() and any(map(_requires_grad, tensors)))
+                or _transform_level(values.values()) or _transform_level(tensors)):
+            return values                    # with a graph, or inside a transform
+        snapshot = [t.detach().clone() for t in tensors]
+        items = ([float(c) for c in snapshot]
+                 if all(c.dim() == 0 and c.device.type == "cpu" for c in snapshot) else None)
+        site.derived = (items, snapshot, values)
         return values
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -510,8 +583,7 @@ class CompiledEnergy(BaseEnergyFunction):
                         t.copy_(saved)
                     else:
                         t.data = saved
-            self._layout_cache.clear()
-            self._derived_cache.clear()
+            self._clear_caches()
             raise
 
     def __setattr__(self, name, value):
@@ -544,8 +616,7 @@ class CompiledEnergy(BaseEnergyFunction):
                 table = self._parameters if trainable else self._buffers
                 table[attr] = (nn.Parameter(new.to(device=current.device)) if trainable
                                else new.to(device=current.device))
-        self._layout_cache.clear()
-        self._derived_cache.clear()
+        self._clear_caches()
 
     def _check_device(self, x):
         if x.shape[-1] == 0:
@@ -587,24 +658,91 @@ class CompiledEnergy(BaseEnergyFunction):
             pending()
 
     def _inputs(self, x, second=False):
-        """Validated batch, layout (index tensors, checks) and parameter-only values."""
+        """``(x as a batch, layout, parameter-only values)`` for the generated code.
+
+        The fast path: one dictionary lookup on ``(n, dtype, is_cpu)`` of ``x``
+        finds a :class:`_Site` that :meth:`_inputs_checked` made after every check
+        passed. It serves while ``x`` is a dense tensor on the site's device, the
+        parameters keep their device and array shapes (compared per call) and the
+        class its layout code; the memory guard (it depends on the batch) runs per
+        call. Anything else (a new kind of ``x``, a moved or reshaped parameter, a
+        non-tensor, a 0-d tensor) takes the checked path, which raises the errors.
+
+        Raises:
+            TypeError, ShapeError, DeviceError, MemoryLimitError: see
+                :meth:`_inputs_checked`.
+        """
         if second and self._second_order is not None:
             self._ensure_second_order()
+        try:
+            shape = x.shape
+            n = shape[-1]
+            cpu = x.is_cpu
+            site = self._sites.get((n, x.dtype, cpu))
+        except (AttributeError, IndexError, TypeError):
+            site = None
+        if (site is None or site.generation != self._layout_generation or _is_compiling()
+                or not isinstance(x, _Tensor) or x.layout is not _STRIDED
+                or (not cpu and x.device != site.x_device)):
+            return self._inputs_checked(x)
+        if site.attrs:
+            try:
+                tensors = list(map(_getitem, site.tables, site.attrs))
+            except KeyError:                 # a parameter moved between tables or went
+                return self._inputs_checked(x)
+            if (not tensors[0].is_cpu) if cpu else (tensors[0].device != site.device):
+                return self._inputs_checked(x)
+            for i, size in site.arrays:
+                if tensors[i].shape != size:
+                    return self._inputs_checked(x)
+        else:
+            tensors = ()
+        if len(shape) == 1:
+            x = x.unsqueeze(0)
+        if site.width > n:
+            self._check_level_size(x, site.width)
+        if self._derive is None:
+            return x, site.lay, None
+        hit = site.derived
+        if hit is not None and not _grad_enabled():      # the common hit, inlined
+            items, _, values = hit
+            if not values or (items is not None and list(map(_item, tensors)) == items):
+                return x, site.lay, values
+        return x, site.lay, self._derived(site, tensors, x)
+
+    def _inputs_checked(self, x):
+        """:meth:`_inputs` with every check, and the :class:`_Site` that skips them next time.
+
+        Raises:
+            TypeError: x not a dense floating-point tensor.
+            ShapeError: a 0-d x, n = 0, or n that the formula or parameters do not fit.
+            DeviceError: x on another device than the parameters.
+            MemoryLimitError: the widest sum's temporaries exceed ``max_level_elements``.
+        """
+        given = x
         x = _as_batch(x)
         self._check_device(x)
         lay = self._get_layout(x)            # first: it checks sizes (square matrices, ...)
         width = lay["width"]
         if width > x.shape[-1]:
             self._check_level_size(x, width)
-        der = self._get_derived(x) if self._derive is not None else None
-        return x, lay, der
-
-    def _run(self, name, x):
-        return self._call(name, *self._inputs(x))
+        attrs = tuple(attr for _, attr, _ in self.param_specs)
+        tables = tuple(self._buffers if a in self._buffers else self._parameters
+                       for a in attrs)
+        tensors = [table[a] for table, a in zip(tables, attrs)]
+        if _is_compiling() or _transform_level(lay.values()):
+            # traced (the derived values join the graph), or a layout made inside a
+            # torch.func transform: nothing to keep
+            return x, lay, None if self._derive is None else self._derive_now(x)
+        site = _Site(lay, x.device, attrs, tables, tensors, self._layout_generation)
+        if len(self._sites) >= 64:
+            self._sites.clear()
+        self._sites[given.shape[-1], given.dtype, given.is_cpu] = site
+        return x, lay, None if self._derive is None else self._derived(site, tensors, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Energy of ``x: [..., n]`` -> ``[...]`` (``[n]`` -> ``[1]``)."""
-        return self._run("_energy", x)
+        return self._call("_energy", *self._inputs(x))
 
     def gradient(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """Closed-form ``dE/dx`` of ``x: [..., n]`` -> ``[..., n]``.
@@ -613,16 +751,24 @@ class CompiledEnergy(BaseEnergyFunction):
         ``x`` and the parameters (for score matching or training).
         """
         if create_graph:
-            return self._run("_gradient", x)
-        with torch.no_grad():
-            return self._run("_gradient", x)
+            return self._call("_gradient", *self._inputs(x))
+        enabled = _grad_enabled()
+        _set_grad_enabled(False)
+        try:
+            return self._call("_gradient", *self._inputs(x))
+        finally:
+            _set_grad_enabled(enabled)
 
     def energy_and_gradient(self, x: torch.Tensor, create_graph: bool = False):
         """``(E(x) [...], dE/dx [..., n])`` from one pass sharing subexpressions."""
         if create_graph:
-            return self._run("_energy_and_gradient", x)
-        with torch.no_grad():
-            return self._run("_energy_and_gradient", x)
+            return self._call("_energy_and_gradient", *self._inputs(x))
+        enabled = _grad_enabled()
+        _set_grad_enabled(False)
+        try:
+            return self._call("_energy_and_gradient", *self._inputs(x))
+        finally:
+            _set_grad_enabled(enabled)
 
     def hessian_vector_product(self, x: torch.Tensor, v: torch.Tensor,
                                create_graph: bool = False) -> torch.Tensor:
@@ -808,6 +954,9 @@ class CompiledEnergy(BaseEnergyFunction):
         return _compiler_hook("rebuild"), (*rebuild, state, trainable)
 
     def __setstate__(self, state):
+        state = dict(state)
+        state.pop("_derived_cache", None)    # a pickle from before the per-site caches
+        state["_sites"] = {}
         super().__setstate__(state)
         self._cache_lock = threading.Lock()
 
@@ -815,7 +964,7 @@ class CompiledEnergy(BaseEnergyFunction):
         state = self.__dict__.copy()
         state.pop("_cache_lock", None)
         state["_layout_cache"] = {}
-        state["_derived_cache"] = {}
+        state["_sites"] = {}
         state["_fused"] = None
         state["_direct"] = None
         return state
