@@ -278,3 +278,49 @@ def test_torch_compile_traces_the_call_and_its_derived_values():
     energy.k.data.fill_(2.0)                             # the graph reads k, not a stale copy
     torch.testing.assert_close(fn(x), torch.tensor([[2.0, -4.0]], dtype=T))
     assert torch.is_grad_enabled()
+
+
+# -- found by the attack pass ------------------------------------------------------------------
+
+def test_second_order_after_a_first_order_call_sees_the_new_derived_values():
+    """The deferred second-order compile replaces ``_derive`` (more parameter-only
+    values); the cached values of the first-order call must not be served to it."""
+    E = from_expression("sum(a*x**2 + b*sin(x))", a=1.3, b=0.7)
+    x = torch.tensor([[0.3, -1.2, 2.0]], dtype=T)
+    E(x), E.gradient(x), E.energy_and_gradient(x)
+    want = (2 * 1.3 - 0.7 * torch.sin(x)).sum(-1)
+    torch.testing.assert_close(E.laplacian(x), want)
+    torch.testing.assert_close(E.hessian_diagonal(x), 2 * 1.3 - 0.7 * torch.sin(x))
+    other = from_expression("sum(a*x**2 + b*sin(x))", a=2.0, b=-1.0)   # same class
+    torch.testing.assert_close(other.laplacian(x), (4.0 + torch.sin(x)).sum(-1))
+
+
+def test_torch_func_differentiates_the_closed_form_derivatives():
+    """jacrev/grad over E.gradient, E.laplacian (default flags) give the Hessian and the
+    third derivative, not zeros (torch.func respects an inner no_grad)."""
+    from torch.func import grad, jacrev, vmap
+    E = from_expression("sum(a*x**2 + b*sin(x))", a=1.3, b=0.7)
+    x = torch.tensor([0.3, -1.2], dtype=T)
+    hess = jacrev(lambda z: E.gradient(z)[0])(x)
+    torch.testing.assert_close(hess, torch.diag(2 * 1.3 - 0.7 * torch.sin(x)))
+    third = grad(lambda z: E.laplacian(z)[0])(x)
+    torch.testing.assert_close(third, -0.7 * torch.cos(x))
+    hvp = jacrev(lambda z: E.hessian_vector_product(z, torch.ones_like(z))[0])(x)
+    torch.testing.assert_close(hvp, torch.diag(-0.7 * torch.cos(x)))
+    batch = torch.tensor([[0.3, -1.2], [1.0, 0.5]], dtype=T)
+    per_sample = vmap(jacrev(lambda z: E.gradient(z)[0]))(batch)
+    torch.testing.assert_close(per_sample[1], torch.diag(2 * 1.3 - 0.7 * torch.sin(batch[1])))
+    assert not E.gradient(x.requires_grad_(True)).requires_grad   # outside: still detached
+
+
+@pytest.mark.parametrize("start", [0.0, -0.0, float("nan")])
+def test_derived_cache_compares_bits(start):
+    """A parameter flipped in place from 0.0 to -0.0 (or NaN to a number) changes what
+    atan2 gives; float equality would not see the flip."""
+    E = from_expression("sum(x**2) + atan2(t, -1.0)", t=start)
+    x = torch.zeros(1, 2, dtype=T)
+    E(x)
+    for value in (-0.0, 0.0, 1.0, float("nan"), -0.0):
+        E.t.data.fill_(value)
+        want = torch.atan2(torch.tensor(value, dtype=T), torch.tensor(-1.0, dtype=T))
+        torch.testing.assert_close(E(x)[0], want, equal_nan=True)

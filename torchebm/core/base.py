@@ -82,13 +82,42 @@ def _transform_level(values) -> bool:
     Tensors made inside ``torch.func.hessian`` (even ``arange``) are wrapped for
     that transform's level; cached and reused after it, they fail ("escaped?").
     """
-    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return wrapped is not None and any(isinstance(v, torch.Tensor) and wrapped(v)
-                                       for v in values)
+    return _in_transform(*values)
+
+
+_Tensor = torch.Tensor
+_IS_WRAPPED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+
+
+def _in_transform(*tensors) -> bool:
+    """True when a tensor is traced by torch.func (grad, jacrev, jvp, vmap, hessian): then
+    derivatives keep their graph whatever ``create_graph`` says, because torch.func
+    respects an inner ``no_grad`` and would differentiate a detached result to zero."""
+    if _IS_WRAPPED is None or torch.compiler.is_compiling():   # Dynamo cannot trace it
+        return False
+    return any(isinstance(t, _Tensor) and _IS_WRAPPED(t) for t in tensors)
+
+
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(a, b) -> bool:
+    """``a`` and ``b`` hold the same bits: unlike ``torch.equal``, -0.0 differs from 0.0
+    (``atan2``, ``1/t`` tell them apart) and a NaN equals itself."""
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+        return False
+    if a.is_floating_point() and a.element_size() in _BITS:
+        bits = _BITS[a.element_size()]
+        return torch.equal(a.contiguous().view(bits), b.contiguous().view(bits))
+    return torch.equal(a, b)
+
+
+def _plain_float(v: float) -> bool:
+    """A float that ``==`` compares exactly: not a zero (its sign is lost) nor a NaN."""
+    return v == v and v != 0.0
 
 
 _NO_CONTEXT = contextlib.nullcontext()
-_Tensor = torch.Tensor
 _grad_enabled = torch.is_grad_enabled
 _set_grad_enabled = torch._C._set_grad_enabled   # no_grad without a context object per call
 _is_compiling = torch.compiler.is_compiling
@@ -548,7 +577,7 @@ class CompiledEnergy(BaseEnergyFunction):
                 if items is not None:
                     if list(map(_item, tensors)) == items:
                         return values
-                elif all(map(torch.equal, tensors, snapshot)):
+                elif all(map(_same_bits, tensors, snapshot)):
                     return values
             except RuntimeError:             # another device or dtype, a transform's tensor
                 pass
@@ -559,6 +588,8 @@ class CompiledEnergy(BaseEnergyFunction):
         snapshot = [t.detach().clone() for t in tensors]
         items = ([float(c) for c in snapshot]
                  if all(c.dim() == 0 and c.device.type == "cpu" for c in snapshot) else None)
+        if items is not None and not all(map(_plain_float, items)):
+            items = None        # -0.0 equals 0.0 and nan equals nothing as floats: use bits
         site.derived = (items, snapshot, values)
         return values
 
@@ -748,9 +779,11 @@ class CompiledEnergy(BaseEnergyFunction):
         """Closed-form ``dE/dx`` of ``x: [..., n]`` -> ``[..., n]``.
 
         Detached unless ``create_graph=True``, which keeps the graph through
-        ``x`` and the parameters (for score matching or training).
+        ``x`` and the parameters (for score matching or training). Inside a
+        ``torch.func`` transform (``jacrev(E.gradient)``, ``hessian``, ``vmap``)
+        the graph is always kept, so that the transform differentiates it.
         """
-        if create_graph:
+        if create_graph or _in_transform(x):
             return self._call("_gradient", *self._inputs(x))
         enabled = _grad_enabled()
         _set_grad_enabled(False)
@@ -761,7 +794,7 @@ class CompiledEnergy(BaseEnergyFunction):
 
     def energy_and_gradient(self, x: torch.Tensor, create_graph: bool = False):
         """``(E(x) [...], dE/dx [..., n])`` from one pass sharing subexpressions."""
-        if create_graph:
+        if create_graph or _in_transform(x):
             return self._call("_energy_and_gradient", *self._inputs(x))
         enabled = _grad_enabled()
         _set_grad_enabled(False)
@@ -782,7 +815,7 @@ class CompiledEnergy(BaseEnergyFunction):
         """
         x, lay, der = self._inputs(x, second=True)
         v = _as_direction(x, v)
-        with _maybe_no_grad(create_graph):
+        with _maybe_no_grad(create_graph or _in_transform(x, v)):
             return self._call("_hessian_vector_product", x, v, lay, der)
 
     def hessian(self, x: torch.Tensor, max_elements: int | None = None,
@@ -804,7 +837,7 @@ class CompiledEnergy(BaseEnergyFunction):
         self._check_hessian_size(x, max_elements, lay["width"])
         n = x.shape[-1]
         eye = torch.eye(n, dtype=x.dtype, device=x.device).expand(x.shape[:-1] + (n, n))
-        with _maybe_no_grad(create_graph):
+        with _maybe_no_grad(create_graph or _in_transform(x)):
             return self._call("_hessian_vector_product", x.unsqueeze(-2), eye, lay, der)
 
     def hessian_diagonal(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
@@ -817,7 +850,7 @@ class CompiledEnergy(BaseEnergyFunction):
         vectors, in chunks of at most :attr:`max_hessian_elements` elements.
         """
         x, lay, der = self._inputs(x, second=True)
-        with _maybe_no_grad(create_graph):
+        with _maybe_no_grad(create_graph or _in_transform(x)):
             if self.structured_hessian_diagonal:
                 return self._call("_hessian_diagonal", x, lay, der)
             return self._diagonal_from_products(x, lay, der)
@@ -829,7 +862,7 @@ class CompiledEnergy(BaseEnergyFunction):
     def gradient_and_laplacian(self, x: torch.Tensor, create_graph: bool = False):
         """``(dE/dx [..., n], laplacian [...])`` sharing one forward pass (score matching)."""
         x, lay, der = self._inputs(x, second=True)
-        with _maybe_no_grad(create_graph):
+        with _maybe_no_grad(create_graph or _in_transform(x)):
             if self.structured_hessian_diagonal:
                 grad, diag = self._call("_gradient_and_hessian_diagonal", x, lay, der)
             else:
