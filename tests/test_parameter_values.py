@@ -67,3 +67,13 @@ def test_typo_inside_a_reduction_keeps_its_hint(formula, hint):
 def test_a_plain_scalar_inside_a_reduction_says_to_drop_it():
     with pytest.raises(EnergySyntaxError, match="for scalars use the function itself"):
         from_expression("sum(a)", a=1.0)
+
+
+@pytest.mark.parametrize("formula, what", [
+    ("sum(x[(i+1) % 0] for i in range(n))", "'% 0' divides by zero"),
+    ("sum(x[(i+1) % (n-n)] for i in range(n))", "'% 0' divides by zero"),
+    ("sum(x[i // 0] for i in range(n))", "'// 0' divides by zero"),
+])
+def test_index_arithmetic_by_zero_is_a_formula_error(formula, what):
+    with pytest.raises(EnergySyntaxError, match=what):
+        from_expression(formula)

@@ -517,11 +517,15 @@ class _Parser:
     def modulo(self, a, b):
         if not (_is_integer_expr(a) and _is_integer_expr(b)):
             self.error("'%' is only for index arithmetic such as x[(i+1) % n]")
+        if b == 0:
+            self.error("'% 0' divides by zero; the modulus must be a positive size, e.g. % n")
         return sp.Mod(a, b)
 
     def floordiv(self, a, b):
         if not (_is_integer_expr(a) and _is_integer_expr(b)):
             self.error("'//' is only for index arithmetic such as x[i // 2]")
+        if b == 0:
+            self.error("'// 0' divides by zero; divide an index by a positive number")
         return sp.floor(a / b)
 
     def visit_UnaryOp(self, node):
