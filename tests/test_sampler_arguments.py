@@ -65,3 +65,24 @@ def test_low_ess_warning_states_the_rule(chains, limit, rule):
                        n_chains=chains).summary()
     assert f"1 of 2 dimensions have an effective sample size below {limit}, the minimum" in text
     assert rule in text and "(min 150)" in text
+
+
+@pytest.mark.parametrize("sampler_cls", ["LangevinDynamics", "MALA", "HamiltonianMonteCarlo"])
+def test_empty_batch_and_bad_dims_are_refused_clearly(sampler_cls):
+    import torchebm.samplers as samplers
+    s = getattr(samplers, sampler_cls)(DoubleWellEnergy(), step_size=0.01)
+    with pytest.raises(ValueError, match=r"x holds no chains \(shape \[0, 3\]\)"):
+        s.sample(torch.zeros(0, 3), n_steps=1)
+    for dim in (3.0, True, 0, (2, 0), ()):
+        with pytest.raises(ValueError, match="dim must be a positive int"):
+            s.sample(dim=dim, n_steps=1)
+
+
+def test_seeds_numpy_ints_and_range():
+    import numpy as np
+    a = LangevinDynamics(DoubleWellEnergy(), step_size=0.01, seed=np.int64(3))
+    b = LangevinDynamics(DoubleWellEnergy(), step_size=0.01, seed=3)
+    torch.testing.assert_close(a.sample(dim=2, n_steps=3), b.sample(dim=2, n_steps=3))
+    for bad in (2**70, -1):
+        with pytest.raises(ValueError, match=r"seed must be in 0 \.\. 2\*\*63 - 1"):
+            LangevinDynamics(DoubleWellEnergy(), step_size=0.01, seed=bad)

@@ -175,11 +175,22 @@ def _positive(name, value):
     return float(value)
 
 
+def _check_dim(dim):
+    """``dim`` is a positive int or a tuple of them (not a bool, not a float)."""
+    parts = dim if isinstance(dim, (tuple, list, torch.Size)) else (dim,)
+    if not parts or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                            and d > 0 for d in parts):
+        raise ValueError(f"dim must be a positive int or a tuple of positive ints, got {dim!r}")
+
+
 def _agrees_with_x(x, dim, n_samples):
     """``dim`` and ``n_samples`` given beside ``x`` must describe it (they are ignored
     otherwise, which would hide a mistake)."""
     chains, shape = (1, tuple(x.shape)) if x.dim() == 1 else (x.shape[0], tuple(x.shape[1:]))
+    if x.dim() >= 1 and chains == 0:
+        raise ValueError(f"x holds no chains (shape {list(x.shape)}); give at least one")
     if dim is not None:
+        _check_dim(dim)
         want = (dim,) if isinstance(dim, numbers.Integral) else tuple(dim)
         if shape != want:
             raise ValueError(f"dim = {dim!r} contradicts x, whose samples have shape "
@@ -313,8 +324,11 @@ class BaseSampler(nn.Module):
                             f"subclass torchebm.core.BaseEnergyFunction and implement forward")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating torch.dtype, not {dtype!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+        if seed is not None and not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be in 0 .. 2**63 - 1 (a torch.Generator seed), got {seed}")
+        seed = None if seed is None else int(seed)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, not {type(generator).__name__}")
         if seed is not None and generator is not None:
@@ -466,9 +480,8 @@ class BaseSampler(nn.Module):
                        if not self.infers_dim else "the energy does not fix its dimension")
                 raise ValueError(f"dim must be provided when x is None ({why}): pass dim=n, "
                                  f"or x [chains, n]")
-        shape = (dim,) if isinstance(dim, numbers.Integral) else tuple(dim)
-        if not shape or not all(isinstance(d, numbers.Integral) and d > 0 for d in shape):
-            raise ValueError(f"dim must be a positive int or a tuple of positive ints, got {dim!r}")
+        _check_dim(dim)
+        shape = (int(dim),) if isinstance(dim, numbers.Integral) else tuple(map(int, dim))
         return torch.randn(n_samples, *shape, dtype=self.dtype, device=self.device, generator=gen)
 
     def _generator(self, generator, device):
