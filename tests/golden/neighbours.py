@@ -53,11 +53,23 @@ class GoldenEnergy(CompiledEnergy):
         lay["width"] = n
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "a": self.a,
+            "b": self.b,
+            "c": -self.a,
+            "c_1": -2*self.b,
+            "c_2": -4*self.b,
+            "c_3": 8*self.b,
+            "w": 2*self.b,
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        b = self.b.to(x.dtype)
-        a = self.a.to(x.dtype)
+        b = der["b"]
+        a = der["a"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
@@ -71,18 +83,18 @@ class GoldenEnergy(CompiledEnergy):
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        b = self.b.to(x.dtype)
-        a = self.a.to(x.dtype)
+        c = der["c"]
+        c_1 = der["c_1"]
+        w = der["w"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         t0 = x_2 - torch.square(x_1)
-        d = x_1 - a - 2*b*t0*x_1
+        d = x_1 + c_1*t0*x_1 + c
         g = 2*d
         del d
         grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
-        w = 2*b
         g_1 = w*t0
         del t0
         grad = grad + _rt.pad_slice(g_1, 1, n, n)
@@ -92,21 +104,23 @@ class GoldenEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        b = self.b.to(x.dtype)
-        a = self.a.to(x.dtype)
+        b = der["b"]
+        a = der["a"]
+        c = der["c"]
+        c_1 = der["c_1"]
+        w = der["w"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         t0 = x_2 - torch.square(x_1)
         v_1 = torch.square(a - x_1) + b*torch.square(t0)
-        d = x_1 - a - 2*b*t0*x_1
+        d = x_1 + c_1*t0*x_1 + c
         r = v_1.sum(-1)
         del v_1
         g = 2*d
         del d
         grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
-        w = 2*b
         g_1 = w*t0
         del t0
         grad = grad + _rt.pad_slice(g_1, 1, n, n)
@@ -116,7 +130,8 @@ class GoldenEnergy(CompiledEnergy):
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
         n = x.shape[-1]
-        b = self.b.to(x.dtype)
+        b = der["b"]
+        w = der["w"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         xdot = v[..., 0:n - 1]
@@ -127,16 +142,13 @@ class GoldenEnergy(CompiledEnergy):
         u2 = b*xdot_1
         u3 = b*u1
         del u1
-        u4 = 2*x_1
-        dot = xdot*(4*b*u0 + 1 - 2*u3) - u2*u4
+        dot = xdot*(4*b*u0 + 1 - 2*u3) - 2*u2*x_1
         del u0, u2, u3
-        dot_1 = xdot_1 - u4*xdot
-        del u4
+        dot_1 = xdot_1 - 2*x_1*xdot
         dot_2 = 2*dot
         del dot
         hvp = _rt.pad_slice(dot_2, 0, n - 1, n)
         del dot_2
-        w = 2*b
         dot_3 = w*dot_1
         del dot_1
         hvp = hvp + _rt.pad_slice(dot_3, 1, n, n)
@@ -146,43 +158,45 @@ class GoldenEnergy(CompiledEnergy):
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        b = self.b.to(x.dtype)
+        w = der["w"]
+        c_2 = der["c_2"]
+        c_3 = der["c_3"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         w1 = torch.square(x_1)
-        h2 = 8*b*w1 + 2 - 4*b*(x_2 - w1)
+        h2 = c_2*(x_2 - w1) + c_3*w1 + 2
         del w1
-        h2_1 = 2*b
         hdiag = _rt.pad_slice(h2, 0, n - 1, n)
         del h2
-        hdiag = hdiag + _rt.pad_slice(_rt_points(h2_1, x, max(0, n - 1)), 1, n, n)
+        hdiag = hdiag + _rt.pad_slice(_rt_points(w, x, max(0, n - 1)), 1, n, n)
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
-        b = self.b.to(x.dtype)
-        a = self.a.to(x.dtype)
+        c = der["c"]
+        c_1 = der["c_1"]
+        w = der["w"]
+        c_2 = der["c_2"]
+        c_3 = der["c_3"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         w0 = x_2 - torch.square(x_1)
-        d = x_1 - a - 2*b*w0*x_1
+        d = x_1 + c_1*w0*x_1 + c
         w1 = torch.square(x_1)
-        h2 = 8*b*w1 + 2 - 4*b*(x_2 - w1)
+        h2 = c_2*(x_2 - w1) + c_3*w1 + 2
         del w1
-        h2_1 = 2*b
         g = 2*d
         del d
         grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
-        w = 2*b
         g_1 = w*w0
         del w0
         grad = grad + _rt.pad_slice(g_1, 1, n, n)
         del g_1
         hdiag = _rt.pad_slice(h2, 0, n - 1, n)
         del h2
-        hdiag = hdiag + _rt.pad_slice(_rt_points(h2_1, x, max(0, n - 1)), 1, n, n)
+        hdiag = hdiag + _rt.pad_slice(_rt_points(w, x, max(0, n - 1)), 1, n, n)
         return grad, hdiag

@@ -200,10 +200,12 @@ def layout_method(em) -> str:
 
 
 def derive_method(em) -> str:
-    """The ``_derive()`` method: parameter-only values, or '' when there are none."""
+    """The ``_derive()`` method, or '' when there is nothing to derive: parameter-only
+    values (linear algebra, the parameters themselves and products of them), which the
+    runtime computes once per parameter value and casts to x's dtype and device."""
     items = [f'"{key}": _rt.{d.op}(self.{em.params[d.param]}),'
              for key, d in em.parsed.derived.items()]
-    items += [f'"{key}": {code},' for key, code in em.derived_values.items()]
+    items += [f'"{key}": {code},' for key, code in sorted(em.derived_values.items())]
     if not items:
         return ""
     return ("    def _derive(self):\n"

@@ -107,12 +107,22 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         lay["width"] = max(n, lay["P0"])
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "a": self.a,
+            "b": self.b,
+            "c": self.c,
+            "c_1": -self.offset,
+            "c_4": 4*self.b,
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        a = self.a.to(x.dtype)
-        offset = self.offset.to(x.dtype)
-        b = self.b.to(x.dtype)
-        c = self.c.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        c_1 = der["c_1"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
@@ -120,15 +130,11 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_4 = x[..., lay["idx_x_4_0"]]
         t0 = x_1 - x_2
         del x_1, x_2
-        t1 = -t0
-        del t0
         t2 = x_3 - x_4
         del x_3, x_4
-        t3 = -t2
-        del t2
-        t4 = torch.square(t1) + torch.square(t3)
-        del t1, t3
-        t5 = _rt.safe_sqrt(t4) - offset
+        t4 = torch.square(t0) + torch.square(t2)
+        del t0, t2
+        t5 = _rt.safe_sqrt(t4) + c_1
         del t4
         t6 = torch.square(t5)
         v_1 = b*t6 + a*torch.pow(t5, 4) + c
@@ -139,9 +145,9 @@ class MultiDoubleWellEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        a = self.a.to(x.dtype)
-        offset = self.offset.to(x.dtype)
-        b = self.b.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c_1 = der["c_1"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
@@ -149,24 +155,20 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_4 = x[..., lay["idx_x_4_0"]]
         t0 = x_1 - x_2
         del x_1, x_2
-        t1 = -t0
         t2 = x_3 - x_4
         del x_3, x_4
-        t3 = -t2
-        t4 = torch.square(t1) + torch.square(t3)
-        t5 = _rt.safe_sqrt(t4) - offset
+        t4 = torch.square(t0) + torch.square(t2)
+        t5 = _rt.safe_sqrt(t4) + c_1
         t6 = torch.square(t5)
         t7 = (t4 != 0)
         t8 = t5*(2*a*t6 + b)*torch.where(t7, torch.rsqrt(_rt.guard(t7, t4))/2, x.new_tensor(0))
         del t4, t5, t6, t7
         d = t0*t8
+        d_1 = -t0*t8
         del t0
-        d_1 = t1*t8
-        del t1
         d_2 = t2*t8
-        del t2
-        d_3 = t3*t8
-        del t3, t8
+        d_3 = -t2*t8
+        del t2, t8
         g = 4*d
         del d
         grad = torch.zeros_like(x)
@@ -188,10 +190,10 @@ class MultiDoubleWellEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        a = self.a.to(x.dtype)
-        offset = self.offset.to(x.dtype)
-        b = self.b.to(x.dtype)
-        c = self.c.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        c_1 = der["c_1"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
@@ -199,12 +201,10 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_4 = x[..., lay["idx_x_4_0"]]
         t0 = x_1 - x_2
         del x_1, x_2
-        t1 = -t0
         t2 = x_3 - x_4
         del x_3, x_4
-        t3 = -t2
-        t4 = torch.square(t1) + torch.square(t3)
-        t5 = _rt.safe_sqrt(t4) - offset
+        t4 = torch.square(t0) + torch.square(t2)
+        t5 = _rt.safe_sqrt(t4) + c_1
         t6 = torch.square(t5)
         t7 = (t4 != 0)
         t8 = t5*(2*a*t6 + b)*torch.where(t7, torch.rsqrt(_rt.guard(t7, t4))/2, x.new_tensor(0))
@@ -212,13 +212,11 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         v_1 = b*t6 + a*torch.pow(t5, 4) + c
         del t5, t6
         d = t0*t8
+        d_1 = -t0*t8
         del t0
-        d_1 = t1*t8
-        del t1
         d_2 = t2*t8
-        del t2
-        d_3 = t3*t8
-        del t3, t8
+        d_3 = -t2*t8
+        del t2, t8
         r = v_1.sum(-1)
         del v_1
         g = 4*d
@@ -242,9 +240,9 @@ class MultiDoubleWellEnergy(CompiledEnergy):
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
-        a = self.a.to(x.dtype)
-        offset = self.offset.to(x.dtype)
-        b = self.b.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c_1 = der["c_1"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         xdot = v[..., lay["idx_x_1_0"]]
@@ -255,11 +253,9 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_4 = x[..., lay["idx_x_4_0"]]
         xdot_3 = v[..., lay["idx_x_4_0"]]
         u0 = x_1 - x_2
-        u1 = -u0
         u2 = x_3 - x_4
-        u3 = -u2
-        u4 = torch.square(u1) + torch.square(u3)
-        u5 = _rt.safe_sqrt(u4) - offset
+        u4 = torch.square(u0) + torch.square(u2)
+        u5 = _rt.safe_sqrt(u4) + c_1
         u6 = torch.square(u5)
         u7 = (u4 != 0)
         u8 = _rt.guard(u7, u4)
@@ -267,10 +263,8 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         u9 = torch.where(u7, torch.rsqrt(u8)/2, x.new_tensor(0))
         u10 = 2*x_1 - 2*x_2
         del x_1, x_2
-        u11 = -u10
-        u15 = 2*x_3 - 2*x_4
+        u16 = 2*x_3 - 2*x_4
         del x_3, x_4
-        u17 = -u15
         u20 = a*u6
         del u6
         u21 = 2*u20 + b
@@ -287,36 +281,33 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         u28 = u0*u27
         u29 = 1/(4*torch.pow(u8, 1.5))
         del u8
-        u30 = torch.where(u7, -u29*_rt.guard(u7, u15), x.new_tensor(0))
+        u30 = torch.where(u7, -u29*_rt.guard(u7, u16), x.new_tensor(0))
         u31 = u0*u22
-        del u0
-        u32 = torch.where(u7, -u29*_rt.guard(u7, u17), x.new_tensor(0))
+        u32 = torch.where(u7, -u29*_rt.guard(u7, -u16), x.new_tensor(0))
         u33 = torch.where(u7, -u29*_rt.guard(u7, u10), x.new_tensor(0))
-        u34 = -u23
-        u35 = torch.where(u7, -u29*_rt.guard(u7, u11), x.new_tensor(0))
+        u35 = torch.where(u7, -u29*_rt.guard(u7, -u10), x.new_tensor(0))
         del u7, u29
-        u36 = u1*u25
-        u37 = u1*u27
-        u38 = u1*u22
-        del u1
+        u36 = -u0*u25
+        u37 = -u0*u27
+        u38 = -u0*u22
+        del u0
         u39 = u2*u25
         u40 = u2*u27
         u41 = u2*u22
-        del u2
-        u42 = u25*u3
+        u42 = -u2*u25
         del u25
-        u43 = u27*u3
+        u43 = -u2*u27
         del u27
-        u44 = u22*u3
-        del u3, u22
-        dot = xdot_1*(u34 + u11*u26 + u11*u28 + u31*u35) + xdot_2*(u15*u26 + u15*u28 + u30*u31) + xdot_3*(u17*u26 + u17*u28 + u31*u32) + xdot*(u23 + u10*u26 + u10*u28 + u31*u33)
+        u44 = -u2*u22
+        del u2, u22
+        dot = xdot*(u23 + u10*u26 + u10*u28 + u31*u33) + xdot_1*(u31*u35 - u23 - u10*u26 - u10*u28) + xdot_2*(u16*u26 + u16*u28 + u30*u31) + xdot_3*(u31*u32 - u16*u26 - u16*u28)
         del u26, u28, u31
-        dot_1 = xdot_1*(u23 + u11*u36 + u11*u37 + u35*u38) + xdot_2*(u15*u36 + u15*u37 + u30*u38) + xdot_3*(u17*u36 + u17*u37 + u32*u38) + xdot*(u34 + u10*u36 + u10*u37 + u33*u38)
+        dot_1 = xdot*(u10*u36 + u10*u37 + u33*u38 - u23) + xdot_1*(u23 + u35*u38 - u10*u36 - u10*u37) + xdot_2*(u16*u36 + u16*u37 + u30*u38) + xdot_3*(u32*u38 - u16*u36 - u16*u37)
         del u36, u37, u38
-        dot_2 = xdot_1*(u11*u39 + u11*u40 + u35*u41) + xdot_2*(u23 + u15*u39 + u15*u40 + u30*u41) + xdot_3*(u34 + u17*u39 + u17*u40 + u32*u41) + xdot*(u10*u39 + u10*u40 + u33*u41)
+        dot_2 = xdot*(u10*u39 + u10*u40 + u33*u41) + xdot_1*(u35*u41 - u10*u39 - u10*u40) + xdot_2*(u23 + u16*u39 + u16*u40 + u30*u41) + xdot_3*(u32*u41 - u23 - u16*u39 - u16*u40)
         del u39, u40, u41
-        dot_3 = xdot_1*(u11*u42 + u11*u43 + u35*u44) + xdot_2*(u34 + u15*u42 + u15*u43 + u30*u44) + xdot_3*(u23 + u17*u42 + u17*u43 + u32*u44) + xdot*(u10*u42 + u10*u43 + u33*u44)
-        del xdot, xdot_1, xdot_2, xdot_3, u10, u11, u15, u17, u23, u30, u32, u33, u34, u35, u42, u43, u44
+        dot_3 = xdot*(u10*u42 + u10*u43 + u33*u44) + xdot_1*(u35*u44 - u10*u42 - u10*u43) + xdot_2*(u16*u42 + u16*u43 + u30*u44 - u23) + xdot_3*(u23 + u32*u44 - u16*u42 - u16*u43)
+        del xdot, xdot_1, xdot_2, xdot_3, u10, u16, u23, u30, u32, u33, u35, u42, u43, u44
         dot_4 = 4*dot
         del dot
         hvp = torch.zeros_like(v)
@@ -338,9 +329,9 @@ class MultiDoubleWellEnergy(CompiledEnergy):
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
-        a = self.a.to(x.dtype)
-        offset = self.offset.to(x.dtype)
-        b = self.b.to(x.dtype)
+        a = der["a"]
+        c_1 = der["c_1"]
+        c_4 = der["c_4"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
@@ -349,19 +340,17 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w9 = 2*x_1 - 2*x_2
         w10 = x_1 - x_2
         del x_1, x_2
-        w11 = -w10
         w12 = x_3 - x_4
-        w13 = -w12
-        w14 = torch.square(w11) + torch.square(w13)
+        w14 = torch.square(w10) + torch.square(w12)
         w15 = (w14 != 0)
         w16 = _rt.guard(w15, w14)
         w17 = torch.where(w15, 1/(4*w16), x.new_tensor(0))
-        w18 = _rt.safe_sqrt(w14) - offset
+        w18 = _rt.safe_sqrt(w14) + c_1
         del w14
         w19 = a*torch.square(w18)
         w20 = 16*w17*w19
         w21 = w10*w20
-        w22 = 8*w19 + 4*b
+        w22 = 8*w19 + c_4
         del w19
         w23 = w17*w22
         del w17
@@ -372,39 +361,34 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w27 = 1/(4*torch.pow(w16, 1.5))
         del w16
         w28 = w10*w25
-        del w10
-        w29 = -w9
-        w30 = -w26
-        w31 = torch.where(w15, -w27*_rt.guard(w15, w29), x.new_tensor(0))
+        w31 = torch.where(w15, -w27*_rt.guard(w15, -w9), x.new_tensor(0))
         w32 = 2*x_3 - 2*x_4
         del x_3, x_4
-        w33 = -w32
-        w34 = torch.where(w15, -w27*_rt.guard(w15, w33), x.new_tensor(0))
-        w35 = w11*w20
-        w36 = w11*w23
-        w37 = w11*w25
-        del w11
+        w34 = torch.where(w15, -w27*_rt.guard(w15, -w32), x.new_tensor(0))
+        w35 = -w10*w20
+        w36 = -w10*w23
+        w37 = -w10*w25
+        del w10
         w38 = torch.where(w15, -w27*_rt.guard(w15, w32), x.new_tensor(0))
         w39 = w12*w20
         w40 = w12*w23
         w41 = w12*w25
-        del w12
-        w42 = w13*w33
+        w42 = w12*w32
         h2 = w26 + w21*w9 + w24*w9 + w28*torch.where(w15, -w27*_rt.guard(w15, w9), x.new_tensor(0))
-        del w9, w15, w27
-        h2_1 = w30 + w21*w29 + w24*w29 + w28*w31
-        h2_2 = w21*w33 + w24*w33 + w28*w34
+        del w15, w27
+        h2_1 = w28*w31 - w26 - w21*w9 - w24*w9
+        h2_2 = w28*w34 - w21*w32 - w24*w32
         del w21, w24, w28
-        h2_3 = w26 + w29*w35 + w29*w36 + w31*w37
-        del w29, w31
+        h2_3 = w26 + w31*w37 - w35*w9 - w36*w9
+        del w9, w31
         h2_4 = w32*w35 + w32*w36 + w37*w38
         del w35, w36, w37
         h2_5 = w26 + w32*w39 + w32*w40 + w38*w41
-        del w32, w38
-        h2_6 = w30 + w33*w39 + w33*w40 + w34*w41
-        del w30, w33, w39, w40, w41
-        h2_7 = w26 + w20*w42 + w23*w42 + w13*w25*w34
-        del w13, w20, w23, w25, w26, w34, w42
+        del w38
+        h2_6 = w34*w41 - w26 - w32*w39 - w32*w40
+        del w32, w39, w40, w41
+        h2_7 = w26 + w20*w42 + w23*w42 - w12*w25*w34
+        del w12, w20, w23, w25, w26, w34, w42
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2
@@ -434,48 +418,43 @@ class MultiDoubleWellEnergy(CompiledEnergy):
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
-        a = self.a.to(x.dtype)
-        offset = self.offset.to(x.dtype)
-        b = self.b.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c_1 = der["c_1"]
+        c_4 = der["c_4"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
         x_3 = x[..., lay["idx_x_3_0"]]
         x_4 = x[..., lay["idx_x_4_0"]]
         w0 = x_1 - x_2
-        w1 = -w0
         w2 = x_3 - x_4
-        w3 = -w2
-        w4 = torch.square(w1) + torch.square(w3)
-        w5 = _rt.safe_sqrt(w4) - offset
+        w4 = torch.square(w0) + torch.square(w2)
+        w5 = _rt.safe_sqrt(w4) + c_1
         w6 = torch.square(w5)
         w7 = (w4 != 0)
         w8 = w5*(2*a*w6 + b)*torch.where(w7, torch.rsqrt(_rt.guard(w7, w4))/2, x.new_tensor(0))
         del w4, w5, w6, w7
         d = w0*w8
+        d_1 = -w0*w8
         del w0
-        d_1 = w1*w8
-        del w1
         d_2 = w2*w8
-        del w2
-        d_3 = w3*w8
-        del w3, w8
+        d_3 = -w2*w8
+        del w2, w8
         w9 = 2*x_1 - 2*x_2
         w10 = x_1 - x_2
         del x_1, x_2
-        w11 = -w10
         w12 = x_3 - x_4
-        w13 = -w12
-        w14 = torch.square(w11) + torch.square(w13)
+        w14 = torch.square(w10) + torch.square(w12)
         w15 = (w14 != 0)
         w16 = _rt.guard(w15, w14)
         w17 = torch.where(w15, 1/(4*w16), x.new_tensor(0))
-        w18 = _rt.safe_sqrt(w14) - offset
+        w18 = _rt.safe_sqrt(w14) + c_1
         del w14
         w19 = a*torch.square(w18)
         w20 = 16*w17*w19
         w21 = w10*w20
-        w22 = 8*w19 + 4*b
+        w22 = 8*w19 + c_4
         del w19
         w23 = w17*w22
         del w17
@@ -486,39 +465,34 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w27 = 1/(4*torch.pow(w16, 1.5))
         del w16
         w28 = w10*w25
-        del w10
-        w29 = -w9
-        w30 = -w26
-        w31 = torch.where(w15, -w27*_rt.guard(w15, w29), x.new_tensor(0))
+        w31 = torch.where(w15, -w27*_rt.guard(w15, -w9), x.new_tensor(0))
         w32 = 2*x_3 - 2*x_4
         del x_3, x_4
-        w33 = -w32
-        w34 = torch.where(w15, -w27*_rt.guard(w15, w33), x.new_tensor(0))
-        w35 = w11*w20
-        w36 = w11*w23
-        w37 = w11*w25
-        del w11
+        w34 = torch.where(w15, -w27*_rt.guard(w15, -w32), x.new_tensor(0))
+        w35 = -w10*w20
+        w36 = -w10*w23
+        w37 = -w10*w25
+        del w10
         w38 = torch.where(w15, -w27*_rt.guard(w15, w32), x.new_tensor(0))
         w39 = w12*w20
         w40 = w12*w23
         w41 = w12*w25
-        del w12
-        w42 = w13*w33
+        w42 = w12*w32
         h2 = w26 + w21*w9 + w24*w9 + w28*torch.where(w15, -w27*_rt.guard(w15, w9), x.new_tensor(0))
-        del w9, w15, w27
-        h2_1 = w30 + w21*w29 + w24*w29 + w28*w31
-        h2_2 = w21*w33 + w24*w33 + w28*w34
+        del w15, w27
+        h2_1 = w28*w31 - w26 - w21*w9 - w24*w9
+        h2_2 = w28*w34 - w21*w32 - w24*w32
         del w21, w24, w28
-        h2_3 = w26 + w29*w35 + w29*w36 + w31*w37
-        del w29, w31
+        h2_3 = w26 + w31*w37 - w35*w9 - w36*w9
+        del w9, w31
         h2_4 = w32*w35 + w32*w36 + w37*w38
         del w35, w36, w37
         h2_5 = w26 + w32*w39 + w32*w40 + w38*w41
-        del w32, w38
-        h2_6 = w30 + w33*w39 + w33*w40 + w34*w41
-        del w30, w33, w39, w40, w41
-        h2_7 = w26 + w20*w42 + w23*w42 + w13*w25*w34
-        del w13, w20, w23, w25, w26, w34, w42
+        del w38
+        h2_6 = w34*w41 - w26 - w32*w39 - w32*w40
+        del w32, w39, w40, w41
+        h2_7 = w26 + w20*w42 + w23*w42 - w12*w25*w34
+        del w12, w20, w23, w25, w26, w34, w42
         g = 4*d
         del d
         grad = torch.zeros_like(x)

@@ -50,14 +50,24 @@ class RastriginEnergy(CompiledEnergy):
         lay["width"] = n
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "a": self.a,
+            "c": -self.a,
+            "c_1": 3.141592653589793*self.a,
+            "c_2": 4*9.869604401089358*self.a,
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        a = self.a.to(x.dtype)
+        a = der["a"]
+        c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         t0 = 2*3.141592653589793*x
-        v_1 = torch.square(x) - a*torch.cos(t0)
+        v_1 = torch.square(x) + c*torch.cos(t0)
         del t0
         r = v_1.sum(-1)
         del v_1
@@ -67,26 +77,27 @@ class RastriginEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        a = self.a.to(x.dtype)
+        c_1 = der["c_1"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         t0 = 2*3.141592653589793*x
-        d = x + 3.141592653589793*a*torch.sin(t0)
+        d = x + c_1*torch.sin(t0)
         del t0
         g = 2*d
         del d
         grad = g
-        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        a = self.a.to(x.dtype)
+        a = der["a"]
+        c = der["c"]
+        c_1 = der["c_1"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         t0 = 2*3.141592653589793*x
-        v_1 = torch.square(x) - a*torch.cos(t0)
-        d = x + 3.141592653589793*a*torch.sin(t0)
+        v_1 = torch.square(x) + c*torch.cos(t0)
+        d = x + c_1*torch.sin(t0)
         del t0
         r = v_1.sum(-1)
         del v_1
@@ -96,16 +107,13 @@ class RastriginEnergy(CompiledEnergy):
         g = 2*d
         del d
         grad = g
-        del g
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
-        a = self.a.to(x.dtype)
+        a = der["a"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
-        u0 = 2*x
-        u1 = 3.141592653589793*u0
-        del u0
+        u1 = 2*3.141592653589793*x
         u2 = a*torch.cos(u1)
         del u1
         dot = v*(2*9.869604401089358*u2 + 1)
@@ -113,30 +121,27 @@ class RastriginEnergy(CompiledEnergy):
         dot_1 = 2*dot
         del dot
         hvp = dot_1
-        del dot_1
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
-        a = self.a.to(x.dtype)
+        c_2 = der["c_2"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
-        h2 = 4*9.869604401089358*a*torch.cos(2*3.141592653589793*x) + 2
+        h2 = c_2*torch.cos(2*3.141592653589793*x) + 2
         hdiag = h2
-        del h2
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
-        a = self.a.to(x.dtype)
+        c_1 = der["c_1"]
+        c_2 = der["c_2"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         w0 = 2*3.141592653589793*x
-        d = x + 3.141592653589793*a*torch.sin(w0)
+        d = x + c_1*torch.sin(w0)
         del w0
-        h2 = 4*9.869604401089358*a*torch.cos(2*3.141592653589793*x) + 2
+        h2 = c_2*torch.cos(2*3.141592653589793*x) + 2
         g = 2*d
         del d
         grad = g
-        del g
         hdiag = h2
-        del h2
         return grad, hdiag

@@ -61,7 +61,6 @@ class StyblinskiTangEnergy(CompiledEnergy):
         g = 0.5*d
         del d
         grad = g
-        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -77,7 +76,6 @@ class StyblinskiTangEnergy(CompiledEnergy):
         g = 0.5*d
         del d
         grad = g
-        del g
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
@@ -89,7 +87,6 @@ class StyblinskiTangEnergy(CompiledEnergy):
         dot_1 = 0.5*dot
         del dot
         hvp = dot_1
-        del dot_1
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -99,7 +96,6 @@ class StyblinskiTangEnergy(CompiledEnergy):
         h = 0.5*h2
         del h2
         hdiag = h
-        del h
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -110,9 +106,7 @@ class StyblinskiTangEnergy(CompiledEnergy):
         g = 0.5*d
         del d
         grad = g
-        del g
         h = 0.5*h2
         del h2
         hdiag = h
-        del h
         return grad, hdiag
