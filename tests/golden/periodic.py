@@ -88,10 +88,8 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x[..., lay["idx_x_1_0"]]
         t0 = kappa*x_1
         del x_1
-        d = x - t0
+        g = 2*x - 2*t0
         del t0
-        g = 2*d
-        del d
         grad = g
         g_1 = w*x
         grad = grad.index_add(-1, lay["idx_x_1_0"], g_1)
@@ -107,12 +105,10 @@ class GoldenEnergy(CompiledEnergy):
         t0 = kappa*x_1
         del x_1
         v_1 = torch.square(x) - 2*t0*x
-        d = x - t0
-        del t0
         r = v_1.sum(-1)
         del v_1
-        g = 2*d
-        del d
+        g = 2*x - 2*t0
+        del t0
         grad = g
         g_1 = w*x
         grad = grad.index_add(-1, lay["idx_x_1_0"], g_1)
@@ -127,14 +123,12 @@ class GoldenEnergy(CompiledEnergy):
         xdot = v[..., lay["idx_x_1_0"]]
         u2 = kappa*xdot
         del xdot
-        dot = v - u2
+        dot = 2*v - 2*u2
         del u2
-        dot_1 = 2*dot
-        del dot
-        hvp = dot_1
-        dot_2 = w*v
-        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_2)
-        del dot_2
+        hvp = dot
+        dot_1 = w*v
+        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_1)
+        del dot_1
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -156,10 +150,8 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x[..., lay["idx_x_1_0"]]
         w0 = kappa*x_1
         del x_1
-        d = x - w0
+        g = 2*x - 2*w0
         del w0
-        g = 2*d
-        del d
         grad = g
         g_1 = w*x
         grad = grad.index_add(-1, lay["idx_x_1_0"], g_1)

@@ -199,20 +199,25 @@ class ModuleEmitter(ModuleNames):
         return lines + [f'{acc} = {acc}.index_add(-1, lay["{st.key}_at"], '
                         f'{src}[..., lay["{st.key}"]])']
 
+    def _span(self, start, lv) -> str:
+        """``start:start + points`` of a one-range level, the count simplified."""
+        count = sp.Max(lv.clauses[0][2] - lv.clauses[0][1], 0)
+        if isinstance(count, sp.Max):       # max(n - 1, 0): a Python max
+            end = self.points(lv) if start == 0 else f"{self.code(start)} + {self.points(lv)}"
+        else:
+            end = self.code(start + count)
+        return f"{self.code(start)}:{end}"
+
     def _emit_MatrixDiagonal(self, st):
-        count = sp.Max(st.level.clauses[0][2] - st.level.clauses[0][1], 0)
         r0, c0 = self.canon(st.row0), self.canon(st.col0)
-        rows = f"{self.code(r0)}:{self.code(r0 + count)}"
-        cols = f"{self.code(c0)}:{self.code(c0 + count)}"
         return [f"{self.names[st.target]} = torch.diagonal({self.params[st.matrix]}"
-                f"[{rows}, {cols}])"]
+                f"[{self._span(r0, st.level)}, {self._span(c0, st.level)}])"]
 
     def _emit_PointShift(self, st):
-        src, start = self.ref(st.source), self.code(st.start)
+        src = self.ref(st.source)
         if st.start == 0 and self.points(st.level) == self.points(st.source_level):
             return [f"{self.names[st.target]} = {src}"]
-        end = self.code(st.start + sp.Max(st.level.clauses[0][2] - st.level.clauses[0][1], 0))
-        return [f"{self.names[st.target]} = {src}[..., {start}:{end}]"]
+        return [f"{self.names[st.target]} = {src}[..., {self._span(st.start, st.level)}]"]
 
     def _emit_InitAdjoint(self, st):
         return []  # the first accumulation creates the adjoint (see _emit_Accumulate)

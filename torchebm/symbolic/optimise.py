@@ -349,11 +349,23 @@ def _unit_factors(expr):
 
 def _fold_scales(kernel):
     """Substitute ``u = c*s`` (c a number) into the assignments that read ``u``:
-    ``2.0*(0.5*u)`` is ``u``; a chain of scalings is one multiplication."""
+    ``2.0*(0.5*u)`` is ``u``; a chain of scalings is one multiplication. A scaling of
+    a sum read nowhere else is distributed into it (``0.5*(4*x**3 - 32*x + 5)`` is one
+    pass, not two)."""
+    uses: dict = {}
+    for st in kernel.body:
+        for key in st.uses():
+            uses[key] = uses.get(key, 0) + 1
+    sums = {st.target: st.expr for st in kernel.body if isinstance(st, Assign)
+            and isinstance(st.expr, sp.Add) and uses.get(st.target) == 1
+            and st.target not in kernel.outputs}
     scaled, body = {}, []
     for st in kernel.body:
         if isinstance(st, Assign):
             expr = st.expr.xreplace(scaled) if st.expr.free_symbols & scaled.keys() else st.expr
+            c, rest = expr.as_coeff_Mul() if isinstance(expr, sp.Expr) else (None, None)
+            if c is not None and c.is_Number and rest in sums:
+                expr = sp.expand_mul(c * sums[rest], deep=False)
             expr = _unit_factors(expr)
             if expr != st.expr:
                 st = dataclasses.replace(st, expr=expr)

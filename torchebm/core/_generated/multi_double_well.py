@@ -263,8 +263,10 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         u9 = torch.where(u7, torch.rsqrt(u8)/2, x.new_tensor(0))
         u10 = 2*x_1 - 2*x_2
         del x_1, x_2
+        u14 = -u10
         u16 = 2*x_3 - 2*x_4
         del x_3, x_4
+        u18 = -u16
         u20 = a*u6
         del u6
         u21 = 2*u20 + b
@@ -285,6 +287,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         u31 = u0*u22
         u32 = torch.where(u7, -u29*_rt.guard(u7, -u16), x.new_tensor(0))
         u33 = torch.where(u7, -u29*_rt.guard(u7, u10), x.new_tensor(0))
+        u34 = -u23
         u35 = torch.where(u7, -u29*_rt.guard(u7, -u10), x.new_tensor(0))
         del u7, u29
         u36 = -u0*u25
@@ -300,31 +303,23 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         del u27
         u44 = -u2*u22
         del u2, u22
-        dot = xdot*(u23 + u10*u26 + u10*u28 + u31*u33) + xdot_1*(u31*u35 - u23 - u10*u26 - u10*u28) + xdot_2*(u16*u26 + u16*u28 + u30*u31) + xdot_3*(u31*u32 - u16*u26 - u16*u28)
+        dot = 4*xdot*(u23 + u10*u26 + u10*u28 + u31*u33) + 4*xdot_1*(u34 + u14*u26 + u14*u28 + u31*u35) + 4*xdot_2*(u16*u26 + u16*u28 + u30*u31) + 4*xdot_3*(u18*u26 + u18*u28 + u31*u32)
         del u26, u28, u31
-        dot_1 = xdot*(u10*u36 + u10*u37 + u33*u38 - u23) + xdot_1*(u23 + u35*u38 - u10*u36 - u10*u37) + xdot_2*(u16*u36 + u16*u37 + u30*u38) + xdot_3*(u32*u38 - u16*u36 - u16*u37)
-        del u36, u37, u38
-        dot_2 = xdot*(u10*u39 + u10*u40 + u33*u41) + xdot_1*(u35*u41 - u10*u39 - u10*u40) + xdot_2*(u23 + u16*u39 + u16*u40 + u30*u41) + xdot_3*(u32*u41 - u23 - u16*u39 - u16*u40)
-        del u39, u40, u41
-        dot_3 = xdot*(u10*u42 + u10*u43 + u33*u44) + xdot_1*(u35*u44 - u10*u42 - u10*u43) + xdot_2*(u16*u42 + u16*u43 + u30*u44 - u23) + xdot_3*(u23 + u32*u44 - u16*u42 - u16*u43)
-        del xdot, xdot_1, xdot_2, xdot_3, u10, u16, u23, u30, u32, u33, u35, u42, u43, u44
-        dot_4 = 4*dot
-        del dot
         hvp = torch.zeros_like(v)
-        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_4)
-        del dot_4
-        dot_5 = 4*dot_1
+        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot)
+        del dot
+        dot_1 = 4*xdot*(u34 + u10*u36 + u10*u37 + u33*u38) + 4*xdot_1*(u23 + u14*u36 + u14*u37 + u35*u38) + 4*xdot_2*(u16*u36 + u16*u37 + u30*u38) + 4*xdot_3*(u18*u36 + u18*u37 + u32*u38)
+        del u36, u37, u38
+        hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_1)
         del dot_1
-        hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_5)
-        del dot_5
-        dot_6 = 4*dot_2
+        dot_2 = 4*xdot*(u10*u39 + u10*u40 + u33*u41) + 4*xdot_1*(u14*u39 + u14*u40 + u35*u41) + 4*xdot_2*(u23 + u16*u39 + u16*u40 + u30*u41) + 4*xdot_3*(u34 + u18*u39 + u18*u40 + u32*u41)
+        del u39, u40, u41
+        hvp = hvp.index_add(-1, lay["idx_x_3_0"], dot_2)
         del dot_2
-        hvp = hvp.index_add(-1, lay["idx_x_3_0"], dot_6)
-        del dot_6
-        dot_7 = 4*dot_3
+        dot_3 = 4*xdot*(u10*u42 + u10*u43 + u33*u44) + 4*xdot_1*(u14*u42 + u14*u43 + u35*u44) + 4*xdot_2*(u34 + u16*u42 + u16*u43 + u30*u44) + 4*xdot_3*(u23 + u18*u42 + u18*u43 + u32*u44)
+        del xdot, xdot_1, xdot_2, xdot_3, u10, u14, u16, u18, u23, u30, u32, u33, u34, u35, u42, u43, u44
+        hvp = hvp.index_add(-1, lay["idx_x_4_0"], dot_3)
         del dot_3
-        hvp = hvp.index_add(-1, lay["idx_x_4_0"], dot_7)
-        del dot_7
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -361,9 +356,12 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w27 = 1/(4*torch.pow(w16, 1.5))
         del w16
         w28 = w10*w25
+        w29 = -w9
+        w30 = -w26
         w31 = torch.where(w15, -w27*_rt.guard(w15, -w9), x.new_tensor(0))
         w32 = 2*x_3 - 2*x_4
         del x_3, x_4
+        w33 = -w32
         w34 = torch.where(w15, -w27*_rt.guard(w15, -w32), x.new_tensor(0))
         w35 = -w10*w20
         w36 = -w10*w23
@@ -376,44 +374,36 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w42 = w12*w32
         h2 = w26 + w21*w9 + w24*w9 + w28*torch.where(w15, -w27*_rt.guard(w15, w9), x.new_tensor(0))
         del w15, w27
-        h2_1 = w28*w31 - w26 - w21*w9 - w24*w9
-        h2_2 = w28*w34 - w21*w32 - w24*w32
-        del w21, w24, w28
-        h2_3 = w26 + w31*w37 - w35*w9 - w36*w9
-        del w9, w31
-        h2_4 = w32*w35 + w32*w36 + w37*w38
-        del w35, w36, w37
-        h2_5 = w26 + w32*w39 + w32*w40 + w38*w41
-        del w38
-        h2_6 = w34*w41 - w26 - w32*w39 - w32*w40
-        del w32, w39, w40, w41
-        h2_7 = w26 + w20*w42 + w23*w42 - w12*w25*w34
-        del w12, w20, w23, w25, w26, w34, w42
+        h2_1 = w26 + w31*w37 - w35*w9 - w36*w9
+        del w9
+        h2_2 = w26 + w32*w39 + w32*w40 + w38*w41
+        h2_3 = w26 + w20*w42 + w23*w42 - w12*w25*w34
+        del w12, w20, w23, w25, w26, w42
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2
-        h = 2*h2_1
-        del h2_1
+        h = 2*w30 + 2*w21*w29 + 2*w24*w29 + 2*w28*w31
+        del w29, w31
         hdiag = hdiag.index_add(-1, lay["co0_1_at"], h[..., lay["co0_1"]])
         del h
-        h_1 = 2*h2_2
-        del h2_2
+        h_1 = 2*w21*w33 + 2*w24*w33 + 2*w28*w34
+        del w21, w24, w28
         hdiag = hdiag.index_add(-1, lay["co0_2_at"], h_1[..., lay["co0_2"]])
         del h_1
-        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_3)
-        del h2_3
-        h_2 = 2*h2_4
-        del h2_4
+        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_1)
+        del h2_1
+        h_2 = 2*w32*w35 + 2*w32*w36 + 2*w37*w38
+        del w32, w35, w36, w37, w38
         hdiag = hdiag.index_add(-1, lay["co0_3_at"], h_2[..., lay["co0_3"]])
         del h_2
-        hdiag = hdiag.index_add(-1, lay["idx_x_3_0"], h2_5)
-        del h2_5
-        h_3 = 2*h2_6
-        del h2_6
+        hdiag = hdiag.index_add(-1, lay["idx_x_3_0"], h2_2)
+        del h2_2
+        h_3 = 2*w30 + 2*w33*w39 + 2*w33*w40 + 2*w34*w41
+        del w30, w33, w34, w39, w40, w41
         hdiag = hdiag.index_add(-1, lay["co0_4_at"], h_3[..., lay["co0_4"]])
         del h_3
-        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h2_7)
-        del h2_7
+        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h2_3)
+        del h2_3
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -465,9 +455,12 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w27 = 1/(4*torch.pow(w16, 1.5))
         del w16
         w28 = w10*w25
+        w29 = -w9
+        w30 = -w26
         w31 = torch.where(w15, -w27*_rt.guard(w15, -w9), x.new_tensor(0))
         w32 = 2*x_3 - 2*x_4
         del x_3, x_4
+        w33 = -w32
         w34 = torch.where(w15, -w27*_rt.guard(w15, -w32), x.new_tensor(0))
         w35 = -w10*w20
         w36 = -w10*w23
@@ -480,19 +473,11 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w42 = w12*w32
         h2 = w26 + w21*w9 + w24*w9 + w28*torch.where(w15, -w27*_rt.guard(w15, w9), x.new_tensor(0))
         del w15, w27
-        h2_1 = w28*w31 - w26 - w21*w9 - w24*w9
-        h2_2 = w28*w34 - w21*w32 - w24*w32
-        del w21, w24, w28
-        h2_3 = w26 + w31*w37 - w35*w9 - w36*w9
-        del w9, w31
-        h2_4 = w32*w35 + w32*w36 + w37*w38
-        del w35, w36, w37
-        h2_5 = w26 + w32*w39 + w32*w40 + w38*w41
-        del w38
-        h2_6 = w34*w41 - w26 - w32*w39 - w32*w40
-        del w32, w39, w40, w41
-        h2_7 = w26 + w20*w42 + w23*w42 - w12*w25*w34
-        del w12, w20, w23, w25, w26, w34, w42
+        h2_1 = w26 + w31*w37 - w35*w9 - w36*w9
+        del w9
+        h2_2 = w26 + w32*w39 + w32*w40 + w38*w41
+        h2_3 = w26 + w20*w42 + w23*w42 - w12*w25*w34
+        del w12, w20, w23, w25, w26, w42
         g = 4*d
         del d
         grad = torch.zeros_like(x)
@@ -513,26 +498,26 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2
-        h = 2*h2_1
-        del h2_1
+        h = 2*w30 + 2*w21*w29 + 2*w24*w29 + 2*w28*w31
+        del w29, w31
         hdiag = hdiag.index_add(-1, lay["co0_1_at"], h[..., lay["co0_1"]])
         del h
-        h_1 = 2*h2_2
-        del h2_2
+        h_1 = 2*w21*w33 + 2*w24*w33 + 2*w28*w34
+        del w21, w24, w28
         hdiag = hdiag.index_add(-1, lay["co0_2_at"], h_1[..., lay["co0_2"]])
         del h_1
-        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_3)
-        del h2_3
-        h_2 = 2*h2_4
-        del h2_4
+        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_1)
+        del h2_1
+        h_2 = 2*w32*w35 + 2*w32*w36 + 2*w37*w38
+        del w32, w35, w36, w37, w38
         hdiag = hdiag.index_add(-1, lay["co0_3_at"], h_2[..., lay["co0_3"]])
         del h_2
-        hdiag = hdiag.index_add(-1, lay["idx_x_3_0"], h2_5)
-        del h2_5
-        h_3 = 2*h2_6
-        del h2_6
+        hdiag = hdiag.index_add(-1, lay["idx_x_3_0"], h2_2)
+        del h2_2
+        h_3 = 2*w30 + 2*w33*w39 + 2*w33*w40 + 2*w34*w41
+        del w30, w33, w34, w39, w40, w41
         hdiag = hdiag.index_add(-1, lay["co0_4_at"], h_3[..., lay["co0_4"]])
         del h_3
-        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h2_7)
-        del h2_7
+        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h2_3)
+        del h2_3
         return grad, hdiag

@@ -55,8 +55,8 @@ class RastriginEnergy(CompiledEnergy):
         return {
             "a": self.a,
             "c": -self.a,
-            "c_1": 3.141592653589793*self.a,
-            "c_2": 4*9.869604401089358*self.a,
+            "c_2": 2*3.141592653589793*self.a,
+            "c_3": 4*9.869604401089358*self.a,
         }
 
     def _energy(self, x, lay, der):
@@ -77,13 +77,11 @@ class RastriginEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        c_1 = der["c_1"]
+        c_2 = der["c_2"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         t0 = 2*3.141592653589793*x
-        d = x + c_1*torch.sin(t0)
+        g = 2*x + c_2*torch.sin(t0)
         del t0
-        g = 2*d
-        del d
         grad = g
         return grad
 
@@ -92,20 +90,18 @@ class RastriginEnergy(CompiledEnergy):
         n = x.shape[-1]
         a = der["a"]
         c = der["c"]
-        c_1 = der["c_1"]
+        c_2 = der["c_2"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         t0 = 2*3.141592653589793*x
         v_1 = torch.square(x) + c*torch.cos(t0)
-        d = x + c_1*torch.sin(t0)
-        del t0
         r = v_1.sum(-1)
         del v_1
         energy_1 = r + a*n_float
         del r
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
-        g = 2*d
-        del d
+        g = 2*x + c_2*torch.sin(t0)
+        del t0
         grad = g
         return energy_1, grad
 
@@ -125,23 +121,21 @@ class RastriginEnergy(CompiledEnergy):
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
-        c_2 = der["c_2"]
+        c_3 = der["c_3"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
-        h2 = c_2*torch.cos(2*3.141592653589793*x) + 2
+        h2 = c_3*torch.cos(2*3.141592653589793*x) + 2
         hdiag = h2
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
-        c_1 = der["c_1"]
         c_2 = der["c_2"]
+        c_3 = der["c_3"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         w0 = 2*3.141592653589793*x
-        d = x + c_1*torch.sin(w0)
+        h2 = c_3*torch.cos(2*3.141592653589793*x) + 2
+        g = 2*x + c_2*torch.sin(w0)
         del w0
-        h2 = c_2*torch.cos(2*3.141592653589793*x) + 2
-        g = 2*d
-        del d
         grad = g
         hdiag = h2
         return grad, hdiag

@@ -66,10 +66,9 @@ class RosenbrockEnergy(CompiledEnergy):
         return {
             "a": self.a,
             "b": self.b,
-            "c": -self.a,
-            "c_1": -2*self.b,
-            "c_2": -4*self.b,
-            "c_3": 8*self.b,
+            "c_2": -2*self.a,
+            "c_3": -4*self.b,
+            "c_4": 8*self.b,
             "w": 2*self.b,
         }
 
@@ -91,16 +90,14 @@ class RosenbrockEnergy(CompiledEnergy):
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        c = der["c"]
-        c_1 = der["c_1"]
+        c_2 = der["c_2"]
+        c_3 = der["c_3"]
         w = der["w"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         t0 = x_2 - torch.square(x_1)
-        d = x_1 + c_1*t0*x_1 + c
-        g = 2*d
-        del d
+        g = 2*x_1 + c_3*t0*x_1 + c_2
         grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
         g_1 = w*t0
@@ -114,19 +111,17 @@ class RosenbrockEnergy(CompiledEnergy):
         n = x.shape[-1]
         b = der["b"]
         a = der["a"]
-        c = der["c"]
-        c_1 = der["c_1"]
+        c_2 = der["c_2"]
+        c_3 = der["c_3"]
         w = der["w"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         t0 = x_2 - torch.square(x_1)
         v_1 = torch.square(a - x_1) + b*torch.square(t0)
-        d = x_1 + c_1*t0*x_1 + c
         r = v_1.sum(-1)
         del v_1
-        g = 2*d
-        del d
+        g = 2*x_1 + c_3*t0*x_1 + c_2
         grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
         g_1 = w*t0
@@ -150,30 +145,29 @@ class RosenbrockEnergy(CompiledEnergy):
         u2 = b*xdot_1
         u3 = b*u1
         del u1
-        dot = xdot*(4*b*u0 + 1 - 2*u3) - 2*u2*x_1
-        del u0, u2, u3
-        dot_1 = xdot_1 - 2*x_1*xdot
-        dot_2 = 2*dot
-        del dot
-        hvp = _rt.pad_slice(dot_2, 0, n - 1, n)
-        del dot_2
-        dot_3 = w*dot_1
+        u4 = 2*x_1
+        dot = xdot_1 - 2*x_1*xdot
+        dot_1 = 2*xdot*(4*b*u0 + 1 - 2*u3) - 2*u2*u4
+        del u0, u2, u3, u4
+        hvp = _rt.pad_slice(dot_1, 0, n - 1, n)
         del dot_1
-        hvp = hvp + _rt.pad_slice(dot_3, 1, n, n)
-        del dot_3
+        dot_2 = w*dot
+        del dot
+        hvp = hvp + _rt.pad_slice(dot_2, 1, n, n)
+        del dot_2
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        w = der["w"]
-        c_2 = der["c_2"]
         c_3 = der["c_3"]
+        w = der["w"]
+        c_4 = der["c_4"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         w1 = torch.square(x_1)
-        h2 = c_2*(x_2 - w1) + c_3*w1 + 2
+        h2 = c_3*(x_2 - w1) + c_4*w1 + 2
         del w1
         hdiag = _rt.pad_slice(h2, 0, n - 1, n)
         del h2
@@ -183,21 +177,18 @@ class RosenbrockEnergy(CompiledEnergy):
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
-        c = der["c"]
-        c_1 = der["c_1"]
-        w = der["w"]
         c_2 = der["c_2"]
         c_3 = der["c_3"]
+        w = der["w"]
+        c_4 = der["c_4"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         w0 = x_2 - torch.square(x_1)
-        d = x_1 + c_1*w0*x_1 + c
         w1 = torch.square(x_1)
-        h2 = c_2*(x_2 - w1) + c_3*w1 + 2
+        h2 = c_3*(x_2 - w1) + c_4*w1 + 2
         del w1
-        g = 2*d
-        del d
+        g = 2*x_1 + c_3*w0*x_1 + c_2
         grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
         g_1 = w*w0
