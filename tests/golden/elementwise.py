@@ -47,19 +47,10 @@ class GoldenEnergy(CompiledEnergy):
         lay["width"] = n
         return lay
 
-    def _derive(self):
-        """Parameter-only quantities, recomputed when a parameter changes."""
-        return {
-            "a": self.a,
-            "b": self.b,
-            "c": 2*self.a,
-            "c_1": -self.b,
-        }
-
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        a = der["a"]
-        b = der["b"]
+        a = self.a.to(x.dtype)
+        b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
         v_1 = a*torch.square(x) + b*torch.sin(x)
         r = v_1.sum(-1)
@@ -68,21 +59,20 @@ class GoldenEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        b = der["b"]
-        c = der["c"]
+        a = self.a.to(x.dtype)
+        b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
-        d = c*x + b*torch.cos(x)
+        d = b*torch.cos(x) + 2*a*x
         grad = d
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        a = der["a"]
-        b = der["b"]
-        c = der["c"]
+        a = self.a.to(x.dtype)
+        b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
         v_1 = a*torch.square(x) + b*torch.sin(x)
-        d = c*x + b*torch.cos(x)
+        d = b*torch.cos(x) + 2*a*x
         r = v_1.sum(-1)
         del v_1
         grad = d
@@ -90,8 +80,8 @@ class GoldenEnergy(CompiledEnergy):
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
-        a = der["a"]
-        b = der["b"]
+        a = self.a.to(x.dtype)
+        b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
         u0 = b*torch.sin(x)
         dot = v*(2*a - u0)
@@ -101,21 +91,20 @@ class GoldenEnergy(CompiledEnergy):
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
-        c = der["c"]
-        c_1 = der["c_1"]
+        a = self.a.to(x.dtype)
+        b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
-        h2 = c_1*torch.sin(x) + c
+        h2 = 2*a - b*torch.sin(x)
         hdiag = h2
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
-        b = der["b"]
-        c = der["c"]
-        c_1 = der["c_1"]
+        a = self.a.to(x.dtype)
+        b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
-        d = c*x + b*torch.cos(x)
-        h2 = c_1*torch.sin(x) + c
+        d = b*torch.cos(x) + 2*a*x
+        h2 = 2*a - b*torch.sin(x)
         grad = d
         hdiag = h2
         return grad, hdiag

@@ -69,12 +69,11 @@ class GaussianEnergy(CompiledEnergy):
         """Parameter-only quantities, recomputed when a parameter changes."""
         return {
             "inverse(cov)": _rt.inverse(self.cov),
-            "mean": self.mean,
         }
 
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        mean = der["mean"]
+        mean = self.mean.to(x.dtype)
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
         h = x - mean
@@ -90,7 +89,7 @@ class GaussianEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        mean = der["mean"]
+        mean = self.mean.to(x.dtype)
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
         h = x - mean
@@ -101,7 +100,7 @@ class GaussianEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        mean = der["mean"]
+        mean = self.mean.to(x.dtype)
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
         h = x - mean
@@ -137,7 +136,7 @@ class GaussianEnergy(CompiledEnergy):
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
-        mean = der["mean"]
+        mean = self.mean.to(x.dtype)
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
         h_1 = x - mean

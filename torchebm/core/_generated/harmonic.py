@@ -53,27 +53,20 @@ class HarmonicEnergy(CompiledEnergy):
         lay["width"] = n
         return lay
 
-    def _derive(self):
-        """Parameter-only quantities, recomputed when a parameter changes."""
-        return {
-            "k": self.k,
-            "t0": 0.5*self.k,
-        }
-
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        t0 = der["t0"]
+        k = self.k.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         v_1 = torch.square(x)
         r = v_1.sum(-1)
         del v_1
-        energy_1 = t0*r
+        energy_1 = 0.5*k*r
         del r
         return energy_1
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        k = der["k"]
+        k = self.k.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         g = k*x
         grad = g
@@ -81,13 +74,12 @@ class HarmonicEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        k = der["k"]
-        t0 = der["t0"]
+        k = self.k.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         v_1 = torch.square(x)
         r = v_1.sum(-1)
         del v_1
-        energy_1 = t0*r
+        energy_1 = 0.5*k*r
         del r
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         g = k*x
@@ -96,7 +88,7 @@ class HarmonicEnergy(CompiledEnergy):
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
-        k = der["k"]
+        k = self.k.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         dot = k*v
         hvp = dot
@@ -105,7 +97,7 @@ class HarmonicEnergy(CompiledEnergy):
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        k = der["k"]
+        k = self.k.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         hdiag = _rt_points(k, x, n).clone()
         return hdiag
@@ -113,7 +105,7 @@ class HarmonicEnergy(CompiledEnergy):
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
-        k = der["k"]
+        k = self.k.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         g = k*x
         grad = g
