@@ -17,7 +17,8 @@ from torchebm.symbolic.emit import emit_module
 from torchebm.symbolic.ir import (GRADIENT, HDIAG, HVP, Adjoint, Assign, EnergySpec, Free,
                                   Kernel, LoadKind, ParamDecl, Program, Reduce, Shape, Vector,
                                   VectorKind, frozen_map)
-from torchebm.symbolic.optimise import cse, entry_points, liveness, propagate_copies, prune
+from torchebm.symbolic.optimise import (cse, entry_points, liveness,
+                                        propagate_copies, prune, simplify)
 from torchebm.symbolic.tangent import jvp
 
 a, b, c, d, u, y = sp.symbols("a b c d u y", real=True)
@@ -151,7 +152,7 @@ def test_stages_do_not_change_their_inputs(name):
     compiled = _stages(name)
     built, info = compiled.built, compiled.info
     before = _snapshot(built)
-    hvp = jvp(built)
+    hvp = jvp(built.replace(next_symbol=compiled.kernel.next_symbol))
     diagonal = hessian_diagonal(built.replace(next_symbol=hvp.next_symbol), info)
     cse(built)
     assert _snapshot(built) == before
@@ -168,21 +169,23 @@ def test_stages_do_not_change_their_inputs(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_free_stage_order_gives_the_same_source(name):
     """The tangent and the diagonal both start from the built kernel: computed in either
-    order (the diagonal numbering its symbols after the tangent's), the module is the same."""
+    order (each numbering its symbols where the compiler's order would), the module is
+    the same, and equal to the compiler's own chaining."""
     compiled = _stages(name)
-    built, info = compiled.built, compiled.info
-    hvp_first = jvp(built)
-    diag_first = hessian_diagonal(built.replace(next_symbol=hvp_first.next_symbol), info)
-    diag_second = hessian_diagonal(built.replace(next_symbol=hvp_first.next_symbol), info)
-    hvp_second = jvp(built)
-    spec, parsed = compiled.spec, compiled.parsed
-    one = emit_module(spec, parsed, entry_points(optimised(built), optimised(hvp_first, "_u"),
-                                                 diag_first and optimised(diag_first, "_w")))
-    two = emit_module(spec, parsed, entry_points(optimised(built), optimised(hvp_second, "_u"),
-                                                 diag_second and optimised(diag_second, "_w")))
-    one, two = one.source, two.source
+    built, info, parsed, spec = compiled.built, compiled.info, compiled.parsed, compiled.spec
+    kernel = compiled.kernel
+    second = jvp(built.replace(next_symbol=kernel.next_symbol))
+    hvp = optimised(second, "_u")
+    diag = hessian_diagonal(built.replace(next_symbol=hvp.next_symbol), info)
+    # the other order: the diagonal first (told where the tangent's symbols end)
+    diag_first = hessian_diagonal(built.replace(next_symbol=hvp.next_symbol), info)
+    second_after = jvp(built.replace(next_symbol=kernel.next_symbol))
+    hvp_after = optimised(second_after, "_u")
+    one = emit_module(spec, parsed, entry_points(
+        kernel, hvp, diag and optimised(diag, "_w"))).source
+    two = emit_module(spec, parsed, entry_points(
+        kernel, hvp_after, diag_first and optimised(diag_first, "_w"))).source
     assert one == two
-    # and equal to the compiler's own chaining
     assert one == compile_spec(_spec(*CASES[name])).generated.source
 
 
@@ -201,3 +204,28 @@ def test_reverse_mode_is_deterministic_and_pure():
     k2, _ = reverse_mode(program)
     assert [repr(type(s)) + str(s.defines()) for s in k1.body] == \
         [repr(type(s)) + str(s.defines()) for s in k2.body]
+
+
+def test_simplify_folds_scalings_and_drops_unit_factors():
+    x0 = sp.Symbol("x0", real=True)
+    k = _kernel([Assign(None, u, 2.0 * x0), Assign(None, c, 0.5 * u), Assign(None, d, c * y)],
+                [d], {x0: Shape.BOTH, y: Shape.BOTH})
+    before = _snapshot(k)
+    out = simplify(k)
+    assert _snapshot(k) == before
+    # 0.5*(2.0*x0) is x0 exactly: d reads x0, and the copy c = x0 is gone
+    assert [st.expr for st in out.body if st.target == d] == [x0 * y]
+    assert c not in {st.target for st in out.body}
+
+
+def test_the_gaussian_gradient_is_one_product():
+    """A symmetric quadratic form's gradient: (x - mean) @ P, no scaling passes."""
+    from pathlib import Path
+    import torchebm.core._generated.gaussian as module
+    source = Path(module.__file__).read_text()
+    body = source.split("def _gradient(")[1].split("def ")[0]
+    code = [ln.strip() for ln in body.splitlines()[2:] if ln.strip()
+            and not ln.strip().startswith("#")]
+    assert code == ["mean = self.mean.to(x.dtype)", 'inverse_cov = der["inverse(cov)"]',
+                    "h = x - mean", "mv0 = h @ inverse_cov", "del h", "grad = mv0",
+                    "return grad"]

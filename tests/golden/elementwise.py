@@ -64,7 +64,6 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
         d = b*torch.cos(x) + 2*a*x
         grad = d
-        del d
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -77,7 +76,6 @@ class GoldenEnergy(CompiledEnergy):
         r = v_1.sum(-1)
         del v_1
         grad = d
-        del d
         return r, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
@@ -86,11 +84,9 @@ class GoldenEnergy(CompiledEnergy):
         b = self.b.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
         u0 = b*torch.sin(x)
-        u1 = 2*a
-        dot = v*(u1 - u0)
+        dot = v*(2*a - u0)
         del u0
         hvp = dot
-        del dot
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -100,7 +96,6 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
         h2 = 2*a - b*torch.sin(x)
         hdiag = h2
-        del h2
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -111,7 +106,5 @@ class GoldenEnergy(CompiledEnergy):
         d = b*torch.cos(x) + 2*a*x
         h2 = 2*a - b*torch.sin(x)
         grad = d
-        del d
         hdiag = h2
-        del h2
         return grad, hdiag

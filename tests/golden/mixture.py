@@ -120,10 +120,8 @@ class GoldenEnergy(CompiledEnergy):
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bc_1 = w_2[..., lay["seg1"]]
         del w_2
-        w_3 = 2*bc_1
-        del bc_1
-        g = t0*w_3
-        del t0, w_3
+        g = 2*bc_1*t0
+        del t0, bc_1
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
@@ -156,10 +154,8 @@ class GoldenEnergy(CompiledEnergy):
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bc_1 = w_2[..., lay["seg1"]]
         del w_2
-        w_3 = 2*bc_1
-        del bc_1
-        g = t0*w_3
-        del t0, w_3
+        g = 2*bc_1*t0
+        del t0, bc_1
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
@@ -190,19 +186,18 @@ class GoldenEnergy(CompiledEnergy):
         del dot_1
         lse = _rt.logsumexp(v_2)
         res = lse.unsqueeze(-1)
-        w_4 = dot_2*torch.exp(v_2 - res)
-        dot_3 = w_4.sum(-1)
-        del w_4
+        w_3 = dot_2*torch.exp(v_2 - res)
+        dot_3 = w_3.sum(-1)
+        del w_3
         bc = lse.unsqueeze(-1)
         dot_4 = dot_3.unsqueeze(-1)
         u2 = torch.exp(v_2 - bc)
         del v_2, lse, res, bc
         u3 = 0.5/torch.square(s)
-        w_1 = -u2
         dot_5 = u2*(dot_4 - dot_2)
-        del dot_2, dot_3, dot_4, u2
-        w_2 = -u3*w_1
-        del w_1
+        del dot_2, dot_3, dot_4
+        w_2 = u3*u2
+        del u2
         dot_6 = -u3*dot_5
         del dot_5
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
@@ -210,15 +205,11 @@ class GoldenEnergy(CompiledEnergy):
         del w_2
         dot_7 = dot_6[..., lay["seg1"]]
         del dot_6
-        w_3 = 2*bc_1
-        del bc_1
-        dot_8 = 2*dot_7
-        del dot_7
-        dot_9 = dot_8*u0 + w_3*xdot
-        del xdot, u0, w_3, dot_8
+        dot_8 = 2*bc_1*xdot + 2*dot_7*u0
+        del xdot, u0, bc_1, dot_7
         hvp = torch.zeros_like(v)
-        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_9)
-        del dot_9
+        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_8)
+        del dot_8
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -251,16 +242,14 @@ class GoldenEnergy(CompiledEnergy):
         del h
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
         bc_2 = lse.unsqueeze(-1)
-        w_5 = torch.exp(v_2 - bc_2)
-        w_6 = -0.5*w_5/torch.square(s)
-        del w_5
+        w_4 = torch.exp(v_2 - bc_2)
+        w_5 = -0.5*w_4/torch.square(s)
+        del w_4
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
-        bc_3 = w_6[..., lay["seg1"]]
-        del w_6
-        w_7 = 2*bc_3
+        bc_3 = w_5[..., lay["seg1"]]
+        del w_5
+        g_1 = 2*bc_3*w0
         del bc_3
-        g_1 = w0*w_7
-        del w_7
         grad_lse = torch.zeros_like(x)
         grad_lse = grad_lse.index_add(-1, lay["idx_x_1_0"], g_1)
         del g_1
@@ -310,9 +299,7 @@ class GoldenEnergy(CompiledEnergy):
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bc_1 = w_2[..., lay["seg1"]]
         del w_2
-        w_3 = 2*bc_1
-        g = w0*w_3
-        del w_3
+        g = 2*bc_1*w0
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
@@ -323,16 +310,14 @@ class GoldenEnergy(CompiledEnergy):
         del h
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
         bc_2 = lse.unsqueeze(-1)
-        w_5 = torch.exp(v_2 - bc_2)
-        w_6 = -0.5*w_5/torch.square(s)
-        del w_5
+        w_4 = torch.exp(v_2 - bc_2)
+        w_5 = -0.5*w_4/torch.square(s)
+        del w_4
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
-        bc_3 = w_6[..., lay["seg1"]]
-        del w_6
-        w_7 = 2*bc_3
+        bc_3 = w_5[..., lay["seg1"]]
+        del w_5
+        g_1 = 2*bc_3*w0
         del bc_3
-        g_1 = w0*w_7
-        del w_7
         grad_lse = torch.zeros_like(x)
         grad_lse = grad_lse.index_add(-1, lay["idx_x_1_0"], g_1)
         del g_1

@@ -77,13 +77,10 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         t0 = x_2 - torch.square(x_1)
-        d = x_1 - a - 2*b*t0*x_1
-        g = 2*d
-        del d
+        g = 2*x_1 - 2*a - 4*b*t0*x_1
         grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
-        w = 2*b
-        g_1 = w*t0
+        g_1 = 2*b*t0
         del t0
         grad = grad + _rt.pad_slice(g_1, 1, n, n)
         del g_1
@@ -99,15 +96,12 @@ class GoldenEnergy(CompiledEnergy):
         x_2 = x[..., 1:n]
         t0 = x_2 - torch.square(x_1)
         v_1 = torch.square(a - x_1) + b*torch.square(t0)
-        d = x_1 - a - 2*b*t0*x_1
         r = v_1.sum(-1)
         del v_1
-        g = 2*d
-        del d
+        g = 2*x_1 - 2*a - 4*b*t0*x_1
         grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
-        w = 2*b
-        g_1 = w*t0
+        g_1 = 2*b*t0
         del t0
         grad = grad + _rt.pad_slice(g_1, 1, n, n)
         del g_1
@@ -128,19 +122,15 @@ class GoldenEnergy(CompiledEnergy):
         u3 = b*u1
         del u1
         u4 = 2*x_1
-        dot = xdot*(4*b*u0 + 1 - 2*u3) - u2*u4
-        del u0, u2, u3
-        dot_1 = xdot_1 - u4*xdot
-        del u4
-        dot_2 = 2*dot
-        del dot
-        hvp = _rt.pad_slice(dot_2, 0, n - 1, n)
-        del dot_2
-        w = 2*b
-        dot_3 = w*dot_1
+        dot = xdot_1 - 2*x_1*xdot
+        dot_1 = 2*xdot*(4*b*u0 + 1 - 2*u3) - 2*u2*u4
+        del u0, u2, u3, u4
+        hvp = _rt.pad_slice(dot_1, 0, n - 1, n)
         del dot_1
-        hvp = hvp + _rt.pad_slice(dot_3, 1, n, n)
-        del dot_3
+        dot_2 = 2*b*dot
+        del dot
+        hvp = hvp + _rt.pad_slice(dot_2, 1, n, n)
+        del dot_2
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -168,17 +158,14 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         w0 = x_2 - torch.square(x_1)
-        d = x_1 - a - 2*b*w0*x_1
         w1 = torch.square(x_1)
         h2 = 8*b*w1 + 2 - 4*b*(x_2 - w1)
         del w1
         h2_1 = 2*b
-        g = 2*d
-        del d
+        g = 2*x_1 - 2*a - 4*b*w0*x_1
         grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
-        w = 2*b
-        g_1 = w*w0
+        g_1 = 2*b*w0
         del w0
         grad = grad + _rt.pad_slice(g_1, 1, n, n)
         del g_1

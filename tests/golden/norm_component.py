@@ -140,9 +140,8 @@ class GoldenEnergy(CompiledEnergy):
         w_2 = torch.where(w2, (_rt.guard(w2, x)/_rt.guard(w2, bc_1)), x.new_tensor(0))
         del norm, bc_1, w2
         grad_norm = w_2
-        del w_2
         h = bw*(1 - torch.square(grad_norm))
-        del knorm, bw, grad_norm
+        del knorm, bw, w_2, grad_norm
         hdiag = hdiag + h
         del h
         return hdiag
@@ -176,9 +175,8 @@ class GoldenEnergy(CompiledEnergy):
         w_2 = torch.where(w2, (_rt.guard(w2, x)/_rt.guard(w2, bc_1)), x.new_tensor(0))
         del norm, bc, bc_1, w2
         grad_norm = w_2
-        del w_2
         h = bw*(1 - torch.square(grad_norm))
-        del knorm, bw, grad_norm
+        del knorm, bw, w_2, grad_norm
         hdiag = hdiag + h
         del h
         return grad, hdiag

@@ -79,14 +79,10 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x[..., lay["idx_x_1_0"]]
         t0 = kappa*x_1
         del x_1
-        d = x - t0
+        g = 2*x - 2*t0
         del t0
-        g = 2*d
-        del d
         grad = g
-        del g
-        w = -2*kappa
-        g_1 = w*x
+        g_1 = -2*kappa*x
         grad = grad.index_add(-1, lay["idx_x_1_0"], g_1)
         del g_1
         return grad
@@ -99,16 +95,12 @@ class GoldenEnergy(CompiledEnergy):
         t0 = kappa*x_1
         del x_1
         v_1 = torch.square(x) - 2*t0*x
-        d = x - t0
-        del t0
         r = v_1.sum(-1)
         del v_1
-        g = 2*d
-        del d
+        g = 2*x - 2*t0
+        del t0
         grad = g
-        del g
-        w = -2*kappa
-        g_1 = w*x
+        g_1 = -2*kappa*x
         grad = grad.index_add(-1, lay["idx_x_1_0"], g_1)
         del g_1
         return r, grad
@@ -120,16 +112,12 @@ class GoldenEnergy(CompiledEnergy):
         xdot = v[..., lay["idx_x_1_0"]]
         u2 = kappa*xdot
         del xdot
-        dot = v - u2
+        dot = 2*v - 2*u2
         del u2
-        dot_1 = 2*dot
-        del dot
-        hvp = dot_1
+        hvp = dot
+        dot_1 = -2*kappa*v
+        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_1)
         del dot_1
-        w = -2*kappa
-        dot_2 = w*v
-        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_2)
-        del dot_2
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -137,9 +125,8 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         kappa = self.kappa.to(x.dtype)
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
-        h2 = -2*kappa
         hdiag = _rt_points(2, x, n).clone()
-        h = 2*h2
+        h = -4*kappa
         hdiag = hdiag.index_add(-1, lay["co0_1_at"], _rt_points(h, x, n)[..., lay["co0_1"]])
         return hdiag
 
@@ -151,18 +138,13 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x[..., lay["idx_x_1_0"]]
         w0 = kappa*x_1
         del x_1
-        d = x - w0
+        g = 2*x - 2*w0
         del w0
-        h2 = -2*kappa
-        g = 2*d
-        del d
         grad = g
-        del g
-        w = -2*kappa
-        g_1 = w*x
+        g_1 = -2*kappa*x
         grad = grad.index_add(-1, lay["idx_x_1_0"], g_1)
         del g_1
         hdiag = _rt_points(2, x, n).clone()
-        h = 2*h2
+        h = -4*kappa
         hdiag = hdiag.index_add(-1, lay["co0_1_at"], _rt_points(h, x, n)[..., lay["co0_1"]])
         return grad, hdiag

@@ -69,15 +69,15 @@ class GoldenEnergy(CompiledEnergy):
         inverse_S = der["inverse(S)"]
         logdet_S = der["logdet(S)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
-        v_1 = 0.5*x - 0.5*mu
-        mv0 = v_1 @ inverse_S
-        del v_1
+        h = x - mu
+        mv0 = h @ inverse_S
+        del h
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
         t0 = x - mu
-        v_2 = mv0*t0
+        v_1 = 0.5*mv0*t0
         del mv0, t0
-        r = v_2.sum(-1)
-        del v_2
+        r = v_1.sum(-1)
+        del v_1
         energy_1 = 0.5*logdet_S + r
         del r
         return energy_1
@@ -87,22 +87,18 @@ class GoldenEnergy(CompiledEnergy):
         mu = self.mu.to(x.dtype)
         inverse_S = der["inverse(S)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
-        v_1 = 0.5*x - 0.5*mu
-        mv0 = v_1 @ inverse_S
-        del v_1
+        h = x - mu
+        mv0 = h @ inverse_S
+        del h
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
         t0 = x - mu
         adj_mv0 = t0
-        del t0
-        grad = mv0
-        del mv0
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
         hbar = adj_mv0 @ inverse_S.mT
-        del adj_mv0
-        w = 0.5*hbar
-        del hbar
-        grad = grad + w
-        del w
+        del t0, adj_mv0
+        acc = 0.5*hbar + 0.5*mv0
+        del mv0, hbar
+        grad = acc
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -111,28 +107,24 @@ class GoldenEnergy(CompiledEnergy):
         inverse_S = der["inverse(S)"]
         logdet_S = der["logdet(S)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
-        v_1 = 0.5*x - 0.5*mu
-        mv0 = v_1 @ inverse_S
-        del v_1
+        h = x - mu
+        mv0 = h @ inverse_S
+        del h
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
         t0 = x - mu
-        v_2 = mv0*t0
-        r = v_2.sum(-1)
-        del v_2
+        v_1 = 0.5*mv0*t0
+        r = v_1.sum(-1)
+        del v_1
         energy_1 = 0.5*logdet_S + r
         del r
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
         adj_mv0 = t0
-        del t0
-        grad = mv0
-        del mv0
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
         hbar = adj_mv0 @ inverse_S.mT
-        del adj_mv0
-        w = 0.5*hbar
-        del hbar
-        grad = grad + w
-        del w
+        del t0, adj_mv0
+        acc = 0.5*hbar + 0.5*mv0
+        del mv0, hbar
+        grad = acc
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
@@ -140,20 +132,15 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         inverse_S = der["inverse(S)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
-        dot = 0.5*v
-        mv0_dot = dot @ inverse_S
-        del dot
+        mv0_dot = v @ inverse_S
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
         adj_mv0_dot = _rt_points(v, v, n).clone()
-        hvp = mv0_dot
-        del mv0_dot
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
-        dot_1 = adj_mv0_dot @ inverse_S.mT
+        dot = adj_mv0_dot @ inverse_S.mT
         del adj_mv0_dot
-        dot_2 = 0.5*dot_1
-        del dot_1
-        hvp = hvp + dot_2
-        del dot_2
+        acc_1 = 0.5*dot + 0.5*mv0_dot
+        del mv0_dot, dot
+        hvp = acc_1
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -162,9 +149,7 @@ class GoldenEnergy(CompiledEnergy):
         inverse_S = der["inverse(S)"]
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
         aii = torch.diagonal(inverse_S[0:n, 0:n])
-        h = 1.0*aii
-        hdiag = _rt_points(h, x, n).clone()
-        del h
+        hdiag = _rt_points(aii, x, n).clone()
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -173,25 +158,19 @@ class GoldenEnergy(CompiledEnergy):
         mu = self.mu.to(x.dtype)
         inverse_S = der["inverse(S)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
-        v_1 = 0.5*x - 0.5*mu
-        mv0 = v_1 @ inverse_S
-        del v_1
+        h_1 = x - mu
+        mv0 = h_1 @ inverse_S
+        del h_1
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
         w0 = x - mu
         adj_mv0 = w0
-        del w0
-        grad = mv0
-        del mv0
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
         hbar = adj_mv0 @ inverse_S.mT
-        del adj_mv0
-        w = 0.5*hbar
-        del hbar
-        grad = grad + w
-        del w
+        del w0, adj_mv0
+        acc_2 = 0.5*hbar + 0.5*mv0
+        del mv0, hbar
+        grad = acc_2
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
         aii = torch.diagonal(inverse_S[0:n, 0:n])
-        h = 1.0*aii
-        hdiag = _rt_points(h, x, n).clone()
-        del h
+        hdiag = _rt_points(aii, x, n).clone()
         return grad, hdiag

@@ -67,12 +67,9 @@ class GoldenEnergy(CompiledEnergy):
         del t0, t1
         others = _rt.others_product(v_1, 1, -1)
         del v_1
-        w = -others
-        del others
-        g = d_1 + d*w
-        del d, d_1, w
+        g = d_1 - d*others
+        del d, d_1, others
         grad = g
-        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -93,12 +90,9 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: j in range(0, n) (per sample): prod(cos(x[j]) for j in range(0, n)); sum(where((x[i] > 0), sqrt(x[i]), -x[i]) for i in range(0, n))
         others = _rt.others_product(v_1, 1, -1)
         del v_1
-        w = -others
-        del others
-        g = d_1 + d*w
-        del d, d_1, w
+        g = d_1 - d*others
+        del d, d_1, others
         grad = g
-        del g
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
@@ -115,12 +109,7 @@ class GoldenEnergy(CompiledEnergy):
         others = _rt.others_product(u0, 1, -1)
         dot_3 = _rt.others_product_tangent(u0, dot, 1, -1)
         del u0, dot
-        w = -others
-        del others
-        dot_4 = -dot_3
-        del dot_3
-        dot_5 = dot_2 + dot_4*u1 + dot_1*w
-        del u1, dot_1, dot_2, w, dot_4
-        hvp = dot_5
-        del dot_5
+        dot_4 = dot_2 - dot_3*u1 - dot_1*others
+        del u1, dot_1, dot_2, others, dot_3
+        hvp = dot_4
         return hvp

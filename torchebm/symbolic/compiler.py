@@ -20,7 +20,7 @@ from .diagonal import hessian_diagonal
 from .emit import emit_module
 from .ir import AdjointInfo, EnergySpec, GeneratedSource, Kernel
 from .lower import lower
-from .optimise import cse, entry_points, propagate_copies
+from .optimise import cse, entry_points, propagate_copies, simplify
 from .parse import MAX_TREE, Parsed, _tree_size, parse_formula
 from .rewrite import stabilize
 from .symbols import N, size_symbol
@@ -111,8 +111,8 @@ def _compile_parsed(spec, parsed, second_order):
 
 
 def optimised(kernel: Kernel, prefix: str = "_t") -> Kernel:
-    """The passes every kernel gets: CSE, then copy propagation."""
-    return propagate_copies(cse(kernel, prefix))
+    """The passes every kernel gets: CSE, copy propagation, simplification."""
+    return simplify(propagate_copies(cse(kernel, prefix)))
 
 
 def with_second_order(compiled: Compiled) -> Compiled:
@@ -127,15 +127,14 @@ def with_second_order(compiled: Compiled) -> Compiled:
     with budget.guard(compiled.spec.origin):
         budget.check_work(budget.tangent_work(built.body), budget.MAX_TANGENT_WORK,
                           "the Hessian-vector product")
-        second = jvp(built)
+        # each stage numbers its new symbols after the previous one's: unique across kernels
+        second = jvp(built.replace(next_symbol=compiled.kernel.next_symbol))
         budget.check_statements(second.body, "the Hessian-vector product")
-        hvp = optimised(second, prefix="_u")
-        # the diagonal's new symbols continue after the tangent's: unique across kernels
-        diagonal = hessian_diagonal(built.replace(next_symbol=second.next_symbol),
-                                    compiled.info)
+        hvp = optimised(second, "_u")
+        diagonal = hessian_diagonal(built.replace(next_symbol=hvp.next_symbol), compiled.info)
         if diagonal is not None:
             budget.check_statements(diagonal.body, "the Hessian diagonal")
-            diagonal = optimised(diagonal, prefix="_w")
+            diagonal = optimised(diagonal, "_w")
         entries = entry_points(compiled.kernel, hvp, diagonal)
         generated = emit_module(compiled.spec, compiled.parsed, entries)
     return dataclasses.replace(compiled, generated=generated, hvp=hvp, diagonal=diagonal,

@@ -23,8 +23,8 @@ import textwrap
 import sympy as sp
 
 from . import gate
-from .ir import (HVP, Addressing, Adjoint, Assign, EnergySpec, Free, GeneratedSource, Kernel,
-                 LoadKind, LoadStmt, Shape, Vector, VectorKind)
+from .ir import (HVP, Addressing, Adjoint, Assign, Broadcast, EnergySpec, Free, GeneratedSource,
+                 Kernel, LoadKind, LoadStmt, Shape, Vector, VectorKind)
 from .layout import derive_method, describe, layout_method
 from .names import RESERVED, ModuleNames, python_name
 
@@ -74,9 +74,9 @@ class ModuleEmitter(ModuleNames):
         for pname, local in self.params.items():
             if (pname in self.parsed.params or pname in self.parsed.constants) and local in words:
                 head.append(f"{local} = self.{local}.to(x.dtype)")
-        for key in list(self.parsed.derived) + list(self.derived_values):
-            if self.params.get(key, key) in words:
-                head.append(f'{self.params.get(key, key)} = der["{key}"]')
+        for key in self.parsed.derived:
+            if self.params[key] in words:
+                head.append(f'{self.params[key]} = der["{key}"]')
         for local, integer in self.as_float.items():
             if local in words:
                 head.append(f"{local} = x.new_tensor({integer}, dtype=torch.float64)")
@@ -185,20 +185,25 @@ class ModuleEmitter(ModuleNames):
         return lines + [f'{acc} = {acc}.index_add(-1, lay["{st.key}_at"], '
                         f'{src}[..., lay["{st.key}"]])']
 
+    def _span(self, start, lv) -> str:
+        """``start:start + points`` of a one-range level, the count simplified."""
+        count = sp.Max(lv.clauses[0][2] - lv.clauses[0][1], 0)
+        if isinstance(count, sp.Max):       # max(n - 1, 0): a Python max
+            end = self.points(lv) if start == 0 else f"{self.code(start)} + {self.points(lv)}"
+        else:
+            end = self.code(start + count)
+        return f"{self.code(start)}:{end}"
+
     def _emit_MatrixDiagonal(self, st):
-        count = sp.Max(st.level.clauses[0][2] - st.level.clauses[0][1], 0)
         r0, c0 = self.canon(st.row0), self.canon(st.col0)
-        rows = f"{self.code(r0)}:{self.code(r0 + count)}"
-        cols = f"{self.code(c0)}:{self.code(c0 + count)}"
         return [f"{self.names[st.target]} = torch.diagonal({self.params[st.matrix]}"
-                f"[{rows}, {cols}])"]
+                f"[{self._span(r0, st.level)}, {self._span(c0, st.level)}])"]
 
     def _emit_PointShift(self, st):
-        src, start = self.ref(st.source), self.code(st.start)
+        src = self.ref(st.source)
         if st.start == 0 and self.points(st.level) == self.points(st.source_level):
             return [f"{self.names[st.target]} = {src}"]
-        end = self.code(st.start + sp.Max(st.level.clauses[0][2] - st.level.clauses[0][1], 0))
-        return [f"{self.names[st.target]} = {src}[..., {start}:{end}]"]
+        return [f"{self.names[st.target]} = {src}[..., {self._span(st.start, st.level)}]"]
 
     def _emit_InitAdjoint(self, st):
         return []  # the first accumulation creates the adjoint (see _emit_Accumulate)
@@ -247,14 +252,17 @@ class ModuleEmitter(ModuleNames):
         return any(sym in st.uses() for st in self.body[self.position + 1:])
 
     def _is_view(self, sym):
-        """True if ``sym`` may be a view of an input (a load, or a copy of one)."""
+        """True if ``sym`` may share memory with an input or be a broadcast view (a load,
+        a broadcast, a copy of one, or an input itself); False for computed values."""
         if not sym.is_Symbol:
             return True
         for st in self.body:
-            if isinstance(st, LoadStmt) and st.load.symbol == sym:
-                return st.load.kind is not LoadKind.VECTOR    # our own product's: fresh
-            if isinstance(st, Assign) and st.target == sym:
-                return st.expr.is_Symbol and self._is_view(st.expr)
+            if sym in st.defines():
+                if isinstance(st, LoadStmt):
+                    return st.load.kind is not LoadKind.VECTOR    # our own product's: fresh
+                if isinstance(st, Assign):
+                    return st.expr.is_Symbol and self._is_view(st.expr)
+                return isinstance(st, Broadcast)
         return True
 
 

@@ -71,7 +71,6 @@ class ModuleNames:
         self.dense_roots = {v: s for k in entries for v, s in k.dense_roots.items()}
         self.coincident = list({st.key: st for k in entries for st in k.body
                                 if isinstance(st, CoincidentAccumulate)}.values())
-        self.derived_values = {}
         self.ns = Namespace()
         self.names: dict = {N: "n"}
         self.pyscalars = {N}

@@ -14,9 +14,9 @@ import dataclasses
 
 import sympy as sp
 
-from .ir import (GRADIENT, HDIAG, Addressing, Adjoint, Assign, Broadcast, Free, IndexValue,
-                 Kernel, LoadKind, LoadStmt, MatrixDiagonal, MatVec, PointShift, Shape, Vector,
-                 VectorKind, frozen_map, tangent_vector_name)
+from .ir import (GRADIENT, HDIAG, Accumulate, Addressing, Adjoint, Assign, Broadcast, Free,
+                 IndexValue, InitAdjoint, Kernel, LoadKind, LoadStmt, MatrixDiagonal, MatVec, MatVecStmt,
+                 PointShift, Shape, Vector, VectorKind, frozen_map, tangent_vector_name)
 
 
 def cse(kernel: Kernel, prefix: str = "_t") -> Kernel:
@@ -148,7 +148,11 @@ def _storage(st, key, root):
     def of(k):
         return root.get(k)
     if isinstance(key, Adjoint):
-        return root.get(key, key)
+        if key in root:
+            return root[key]
+        if isinstance(st, Accumulate) and st.load.addressing is Addressing.WHOLE:
+            return of(st.source) or key     # the first value may be the source itself
+        return key
     if isinstance(st, Assign):
         return of(st.expr) if st.expr.is_Symbol else key
     if isinstance(st, LoadStmt):
@@ -177,7 +181,7 @@ def liveness(kernel: Kernel) -> Kernel:
     Outputs, inputs, parameters and per-sample values of scalar shape are kept."""
     root, members, last = {}, {}, {}
     for k, st in enumerate(kernel.body):
-        for key in st.defines():
+        for key in st.defines() if not isinstance(st, InitAdjoint) else ():
             if key not in root:
                 if (isinstance(st, Broadcast) and st.level.parent is not None
                         and kernel.shapes.get(st.source, Shape.SCALAR).per_point):
@@ -222,3 +226,166 @@ def entry_points(kernel: Kernel, hvp: Kernel | None = None,
             entries += [prune(diagonal, [Adjoint(HDIAG)], "hessian_diagonal"),
                         prune(diagonal, name="gradient_and_hessian_diagonal")]
     return tuple(liveness(k) for k in entries)
+
+
+# -- simplification ------------------------------------------------------------------------
+class _Symbols:
+    """New symbols for a pass, numbered after the kernel's (unique across kernels)."""
+
+    def __init__(self, kernel):
+        self.counter = kernel.next_symbol
+        self.shapes = dict(kernel.shapes)
+        self.tangent = set(kernel.tangent)
+
+    def new(self, stem, shape, like=()):
+        self.counter += 1
+        s = sp.Symbol(f"_{stem}_{self.counter}", real=True)
+        self.shapes[s] = shape
+        if any(u in self.tangent for u in like):
+            self.tangent.add(s)
+        return s
+
+    def done(self, kernel, body, **changes):
+        return kernel.replace(body=tuple(body), shapes=frozen_map(self.shapes),
+                              tangent=frozenset(self.tangent), next_symbol=self.counter,
+                              **changes)
+
+
+def _whole_vector_loads(kernel):
+    """A load of a whole matrix-vector product's vector is that vector: read it by its
+    symbol, so that algebra sees ``y`` and the load of ``y`` as one value."""
+    mapping = {}
+    for st in kernel.body:
+        if (isinstance(st, LoadStmt) and st.load.kind is LoadKind.VECTOR
+                and st.load.addressing is Addressing.WHOLE):
+            name = tangent_vector_name(st.load.base) if st.load.tangent else st.load.base
+            mapping[st.load.symbol] = sp.Symbol(name, real=True)
+    if not mapping:
+        return kernel
+    return kernel.replace(body=tuple(_rename(st, mapping) for st in kernel.body),
+                          outputs=tuple(o.xreplace(mapping) if isinstance(o, sp.Basic) else o
+                                        for o in kernel.outputs))
+
+
+def _pull_matvec_scales(kernel):
+    """``y = (c*u) @ A`` with ``c`` a number becomes ``y' = u @ A`` and ``y = c*y'``
+    where ``y`` is read, so that ``c`` can meet the other constants of its readers
+    (a quadratic form's ``0.5`` and its gradient's ``2``) and cancel."""
+    defs = {st.target: (k, st) for k, st in enumerate(kernel.body) if isinstance(st, Assign)}
+    scale = {}
+    for st in kernel.body:
+        if isinstance(st, MatVecStmt) and not st.adjoint and st.matvec.value in defs:
+            expr = defs[st.matvec.value][1].expr
+            if not isinstance(expr, sp.Expr):
+                continue
+            c, rest = sp.factor_terms(expr).as_coeff_Mul()
+            if c.is_Number and c != 1 and c != 0 and not rest.is_Number:
+                scale[st.matvec.symbol] = (c, rest)
+    if not scale:
+        return kernel
+    syms = _Symbols(kernel)
+    body, mapping = [], {}
+    for st in kernel.body:
+        st = _rename(st, mapping)
+        if isinstance(st, MatVecStmt) and not st.adjoint and st.matvec.symbol in scale:
+            c, rest = scale[st.matvec.symbol]
+            h = syms.new("h", kernel.shapes.get(st.matvec.value, Shape.BOTH),
+                         like=[st.matvec.value])
+            body.append(Assign(st.level, h, rest))
+            body.append(dataclasses.replace(st, matvec=dataclasses.replace(st.matvec, value=h)))
+            y = st.matvec.symbol
+            scaled = syms.new("y", Shape.BOTH, like=[y])
+            body.append(Assign(st.level, scaled, c * y))
+            mapping[y] = scaled
+            continue
+        body.append(st)
+    return syms.done(kernel, body)
+
+
+def _merge_accumulations(kernel):
+    """Whole-vector accumulations into one adjoint become one assignment of their sum
+    (``grad = a; grad = grad + b`` -> ``grad = a + b``, which algebra can simplify)."""
+    groups: dict = {}
+    for k, st in enumerate(kernel.body):
+        if isinstance(st, Accumulate):
+            groups.setdefault(st.vector, []).append(k)
+    merge = {}
+    for vector, positions in groups.items():
+        stmts = [kernel.body[k] for k in positions]
+        if len(stmts) < 2 or any(s.level is None or s.level.parent is not None
+                                 or s.load.addressing is not Addressing.WHOLE for s in stmts):
+            continue
+        key = Adjoint(vector)
+        first, last = positions[0], positions[-1]
+        if any(key in st.uses() and not isinstance(st, Accumulate)
+               for st in kernel.body[first:last]):
+            continue          # read between its accumulations
+        merge[vector] = positions
+    if not merge:
+        return kernel
+    syms = _Symbols(kernel)
+    drop = {k for positions in merge.values() for k in positions[:-1]}
+    body = []
+    for k, st in enumerate(kernel.body):
+        if k in drop:
+            continue
+        if isinstance(st, Accumulate) and st.vector in merge:
+            sources = [kernel.body[j].source for j in merge[st.vector]]
+            total = syms.new("acc", Shape.join(*[syms.shapes.get(s, Shape.SCALAR)
+                                                 for s in sources]), like=sources)
+            body.append(Assign(st.level, total, sp.Add(*sources)))
+            st = dataclasses.replace(st, source=total)
+        body.append(st)
+    return syms.done(kernel, body)
+
+
+def _unit_factors(expr):
+    """``expr`` without multiplications by exactly 1.0 (``1.0*u`` is ``u``)."""
+    if not expr.has(sp.Float):
+        return expr
+    return expr.replace(lambda e: e.is_Mul and e.args[0].is_Float and float(e.args[0]) == 1.0,
+                        lambda e: sp.Mul(*e.args[1:]))
+
+
+def _fold_scales(kernel):
+    """Substitute ``u = c*s`` (c a number) into the assignments that read ``u``:
+    ``2.0*(0.5*u)`` is ``u``; a chain of scalings is one multiplication. A scaling of
+    a sum read nowhere else is distributed into it (``0.5*(4*x**3 - 32*x + 5)`` is one
+    pass, not two)."""
+    uses: dict = {}
+    for st in kernel.body:
+        for key in st.uses():
+            uses[key] = uses.get(key, 0) + 1
+    sums = {st.target: st.expr for st in kernel.body if isinstance(st, Assign)
+            and isinstance(st.expr, sp.Add) and uses.get(st.target) == 1
+            and st.target not in kernel.outputs}
+    scaled, body = {}, []
+    for st in kernel.body:
+        if isinstance(st, Assign):
+            expr = st.expr.xreplace(scaled) if st.expr.free_symbols & scaled.keys() else st.expr
+            c, rest = expr.as_coeff_Mul() if isinstance(expr, sp.Expr) else (None, None)
+            if c is not None and c.is_Number and rest in sums:
+                expr = sp.expand_mul(c * sums[rest], deep=False)
+            expr = _unit_factors(expr)
+            if expr != st.expr:
+                st = dataclasses.replace(st, expr=expr)
+            c, rest = expr.as_coeff_Mul() if isinstance(expr, sp.Expr) else (None, None)
+            if c is not None and c.is_Number and rest.is_Symbol \
+                    and st.target not in kernel.outputs:
+                scaled[st.target] = expr
+        body.append(st)
+    return kernel.replace(body=tuple(body))
+
+
+def simplify(kernel: Kernel) -> Kernel:
+    """Algebraic identities on the statements, each a ``Kernel -> Kernel`` step:
+    whole-vector loads read as the vector, numeric factors pulled out of
+    matrix-vector products, whole-vector accumulations merged into one sum,
+    chains of numeric scalings folded (``2.0*(0.5*u) = u``, ``1.0*u = u``), then
+    copies propagated. The symmetric quadratic form's gradient ``2 * (0.5*(x - m)) @ P``
+    becomes ``(x - m) @ P``: one product, no scaling pass."""
+    for step in (_whole_vector_loads, _pull_matvec_scales, _merge_accumulations, _fold_scales,
+                 propagate_copies):
+        kernel = step(kernel)
+    return kernel
+

@@ -117,7 +117,6 @@ class AckleyEnergy(CompiledEnergy):
         g = w + w_1*d
         del d, w, w_1
         grad = g
-        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -157,7 +156,6 @@ class AckleyEnergy(CompiledEnergy):
         g = w + w_1*d
         del d, w, w_1
         grad = g
-        del g
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
@@ -224,7 +222,6 @@ class AckleyEnergy(CompiledEnergy):
         dot_11 = dot_9 + w_1*dot_1 + dot_10*u2
         del u2, dot_1, dot_9, w_1, dot_10
         hvp = dot_11
-        del dot_11
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -260,33 +257,30 @@ class AckleyEnergy(CompiledEnergy):
         w_3 = torch.where(w6, (_rt.guard(w6, x)/_rt.guard(w6, bc_3)), x.new_tensor(0))
         del w6
         grad_norm = w_3
-        del w_3
         hdiag = h.unsqueeze(-1)*torch.square(grad_norm)
         del h
         h_1 = -torch.exp(r/n_float)/torch.square(n_float)
         del r
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
-        w_4 = -c
-        g_1 = w_4*d
+        g_1 = -c*d
         del d
         grad_r = g_1
-        del g_1
         hdiag = hdiag + h_1.unsqueeze(-1)*torch.square(grad_r)
-        del h_1, grad_r
+        del h_1, g_1, grad_r
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         h_2 = bc*h2
         del h2, d_2, bc
-        hdiag = hdiag + h_2
-        del h_2
         w7 = (norm != 0)
         knorm = torch.where(w7, (_rt.guard(w7, d_1)/_rt.guard(w7, norm)), x.new_tensor(0))
         del norm, bc_3, d_1, w7
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bw = knorm.unsqueeze(-1)
         h_3 = bw*(1 - torch.square(grad_norm))
-        del grad_norm, knorm, bw
-        hdiag = hdiag + h_3
-        del h_3
+        del w_3, grad_norm, knorm, bw
+        acc = h_2 + h_3
+        del h_2, h_3
+        hdiag = hdiag + acc
+        del acc
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -324,7 +318,6 @@ class AckleyEnergy(CompiledEnergy):
         g = w + w_1*d
         del w, w_1
         grad = g
-        del g
         h = -a*torch.square(b)*torch.exp(-b*torch.rsqrt(n_float)*norm)/n_float
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bc_3 = norm.unsqueeze(-1)
@@ -332,31 +325,28 @@ class AckleyEnergy(CompiledEnergy):
         w_3 = torch.where(w6, (_rt.guard(w6, x)/_rt.guard(w6, bc_3)), x.new_tensor(0))
         del w6
         grad_norm = w_3
-        del w_3
         hdiag = h.unsqueeze(-1)*torch.square(grad_norm)
         del h
         h_1 = -torch.exp(r/n_float)/torch.square(n_float)
         del r
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
-        w_4 = -c
-        g_1 = w_4*d
+        g_1 = -c*d
         del d
         grad_r = g_1
-        del g_1
         hdiag = hdiag + h_1.unsqueeze(-1)*torch.square(grad_r)
-        del h_1, grad_r
+        del h_1, g_1, grad_r
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         h_2 = bc*h2
         del h2, d_2, bc
-        hdiag = hdiag + h_2
-        del h_2
         w7 = (norm != 0)
         knorm = torch.where(w7, (_rt.guard(w7, d_1)/_rt.guard(w7, norm)), x.new_tensor(0))
         del norm, bc_2, bc_3, d_1, bc_1, w7
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bw = knorm.unsqueeze(-1)
         h_3 = bw*(1 - torch.square(grad_norm))
-        del grad_norm, knorm, bw
-        hdiag = hdiag + h_3
-        del h_3
+        del w_3, grad_norm, knorm, bw
+        acc = h_2 + h_3
+        del h_2, h_3
+        hdiag = hdiag + acc
+        del acc
         return grad, hdiag

@@ -74,11 +74,9 @@ class DoubleWellEnergy(CompiledEnergy):
         t0 = torch.square(x) - torch.square(b)
         d = t0*x
         del t0
-        w = 4*barrier_height
-        g = w*d
+        g = 4*barrier_height*d
         del d
         grad = g
-        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -95,11 +93,9 @@ class DoubleWellEnergy(CompiledEnergy):
         energy_1 = barrier_height*r
         del r
         # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
-        w = 4*barrier_height
-        g = w*d
+        g = 4*barrier_height*d
         del d
         grad = g
-        del g
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
@@ -111,11 +107,9 @@ class DoubleWellEnergy(CompiledEnergy):
         u1 = -torch.square(b)
         dot = v*(3*u0 + u1)
         del u0
-        w = 4*barrier_height
-        dot_1 = w*dot
+        dot_1 = 4*barrier_height*dot
         del dot
         hvp = dot_1
-        del dot_1
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -127,7 +121,6 @@ class DoubleWellEnergy(CompiledEnergy):
         h = barrier_height*h2
         del h2
         hdiag = h
-        del h
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -139,13 +132,10 @@ class DoubleWellEnergy(CompiledEnergy):
         d = w0*x
         del w0
         h2 = 12*torch.square(x) - 4*torch.square(b)
-        w = 4*barrier_height
-        g = w*d
+        g = 4*barrier_height*d
         del d
         grad = g
-        del g
         h = barrier_height*h2
         del h2
         hdiag = h
-        del h
         return grad, hdiag

@@ -76,15 +76,15 @@ class GaussianEnergy(CompiledEnergy):
         mean = self.mean.to(x.dtype)
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        v_1 = 0.5*x - 0.5*mean
-        mv0 = v_1 @ inverse_cov
-        del v_1
+        h = x - mean
+        mv0 = h @ inverse_cov
+        del h
         # level 0: j in range(0, n) (per sample): Sum((-mean[j] + x[j])*Sum((-0.5*mean[i] + 0.5*x[i])*inverse(cov)[i, j], (i, 0...
         t0 = x - mean
-        v_2 = mv0*t0
+        v_1 = 0.5*mv0*t0
         del mv0, t0
-        r = v_2.sum(-1)
-        del v_2
+        r = v_1.sum(-1)
+        del v_1
         return r
 
     def _gradient(self, x, lay, der):
@@ -92,18 +92,10 @@ class GaussianEnergy(CompiledEnergy):
         mean = self.mean.to(x.dtype)
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        v_1 = 0.5*x - 0.5*mean
-        mv0 = v_1 @ inverse_cov
-        del v_1
-        # level 0: j in range(0, n) (per sample): Sum((-mean[j] + x[j])*Sum((-0.5*mean[i] + 0.5*x[i])*inverse(cov)[i, j], (i, 0...
+        h = x - mean
+        mv0 = h @ inverse_cov
+        del h
         grad = mv0
-        # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        hbar = 2.0*mv0
-        del mv0
-        w = 0.5*hbar
-        del hbar
-        grad = grad + w
-        del w
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -111,41 +103,25 @@ class GaussianEnergy(CompiledEnergy):
         mean = self.mean.to(x.dtype)
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        v_1 = 0.5*x - 0.5*mean
-        mv0 = v_1 @ inverse_cov
-        del v_1
+        h = x - mean
+        mv0 = h @ inverse_cov
+        del h
         # level 0: j in range(0, n) (per sample): Sum((-mean[j] + x[j])*Sum((-0.5*mean[i] + 0.5*x[i])*inverse(cov)[i, j], (i, 0...
         t0 = x - mean
-        v_2 = mv0*t0
+        v_1 = 0.5*mv0*t0
         del t0
-        r = v_2.sum(-1)
-        del v_2
-        grad = mv0
+        r = v_1.sum(-1)
+        del v_1
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        hbar = 2.0*mv0
-        del mv0
-        w = 0.5*hbar
-        del hbar
-        grad = grad + w
-        del w
+        grad = mv0
         return r, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        dot = 0.5*v
-        mv0_dot = dot @ inverse_cov
-        del dot
-        # level 0: j in range(0, n) (per sample): Sum((-mean[j] + x[j])*Sum((-0.5*mean[i] + 0.5*x[i])*inverse(cov)[i, j], (i, 0...
+        mv0_dot = v @ inverse_cov
         hvp = mv0_dot
-        # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        dot_1 = 2.0*mv0_dot
-        del mv0_dot
-        dot_2 = 0.5*dot_1
-        del dot_1
-        hvp = hvp + dot_2
-        del dot_2
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -154,9 +130,7 @@ class GaussianEnergy(CompiledEnergy):
         inverse_cov = der["inverse(cov)"]
         # level 0: j in range(0, n) (per sample): Sum((-mean[j] + x[j])*Sum((-0.5*mean[i] + 0.5*x[i])*inverse(cov)[i, j], (i, 0...
         aii = torch.diagonal(inverse_cov[0:n, 0:n])
-        h = 1.0*aii
-        hdiag = _rt_points(h, x, n).clone()
-        del h
+        hdiag = _rt_points(aii, x, n).clone()
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -165,21 +139,11 @@ class GaussianEnergy(CompiledEnergy):
         mean = self.mean.to(x.dtype)
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        v_1 = 0.5*x - 0.5*mean
-        mv0 = v_1 @ inverse_cov
-        del v_1
-        # level 0: j in range(0, n) (per sample): Sum((-mean[j] + x[j])*Sum((-0.5*mean[i] + 0.5*x[i])*inverse(cov)[i, j], (i, 0...
+        h_1 = x - mean
+        mv0 = h_1 @ inverse_cov
+        del h_1
         grad = mv0
-        # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        hbar = 2.0*mv0
-        del mv0
-        w = 0.5*hbar
-        del hbar
-        grad = grad + w
-        del w
         # level 0: j in range(0, n) (per sample): Sum((-mean[j] + x[j])*Sum((-0.5*mean[i] + 0.5*x[i])*inverse(cov)[i, j], (i, 0...
         aii = torch.diagonal(inverse_cov[0:n, 0:n])
-        h = 1.0*aii
-        hdiag = _rt_points(h, x, n).clone()
-        del h
+        hdiag = _rt_points(aii, x, n).clone()
         return grad, hdiag

@@ -60,20 +60,16 @@ class HarmonicEnergy(CompiledEnergy):
         v_1 = torch.square(x)
         r = v_1.sum(-1)
         del v_1
-        t0 = 0.5*k
-        energy_1 = t0*r
+        energy_1 = 0.5*k*r
         del r
         return energy_1
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         k = self.k.to(x.dtype)
-        t0 = 0.5*k
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
-        w = 2*t0
-        g = w*x
+        g = k*x
         grad = g
-        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -83,47 +79,35 @@ class HarmonicEnergy(CompiledEnergy):
         v_1 = torch.square(x)
         r = v_1.sum(-1)
         del v_1
-        t0 = 0.5*k
-        energy_1 = t0*r
+        energy_1 = 0.5*k*r
         del r
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
-        w = 2*t0
-        g = w*x
+        g = k*x
         grad = g
-        del g
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
         k = self.k.to(x.dtype)
-        u0 = 0.5*k
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
-        w = 2*u0
-        dot = w*v
+        dot = k*v
         hvp = dot
-        del dot
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
         n = x.shape[-1]
         k = self.k.to(x.dtype)
-        w0 = 0.5*k
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
-        h = 2*w0
-        hdiag = _rt_points(h, x, n).clone()
+        hdiag = _rt_points(k, x, n).clone()
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
         k = self.k.to(x.dtype)
-        w0 = 0.5*k
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
-        w = 2*w0
-        g = w*x
+        g = k*x
         grad = g
-        del g
-        h = 2*w0
-        hdiag = _rt_points(h, x, n).clone()
+        hdiag = _rt_points(k, x, n).clone()
         return grad, hdiag

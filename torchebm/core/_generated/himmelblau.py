@@ -113,13 +113,11 @@ class HimmelblauEnergy(CompiledEnergy):
         xdot_1 = v[..., 1]
         u0 = torch.square(x_2)
         u2 = torch.square(x_1)
-        u4 = 4*x_1
-        u6 = 4*x_2
-        u8 = u4 + u6
-        dot = u8*xdot_1 + xdot*(u6 + 12*u2 - 42)
-        del u2, u6
-        dot_1 = u8*xdot + xdot_1*(u4 + 12*u0 - 26)
-        del u0, u4, u8
+        u8 = 4*x_1 + 4*x_2
+        dot = u8*xdot_1 + xdot*(4*x_2 + 12*u2 - 42)
+        del u2
+        dot_1 = u8*xdot + xdot_1*(4*x_1 + 12*u0 - 26)
+        del u0, u8
         hvp = torch.zeros_like(v)
         hvp[..., 0] += dot
         del dot

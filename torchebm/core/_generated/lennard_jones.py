@@ -196,18 +196,12 @@ class LennardJonesEnergy(CompiledEnergy):
         t5 = torch.pow(_rt.guard(t4, rm), 6)
         t6 = _rt.guard(t4, x_7) - _rt.guard(t4, x_8)
         del x_7, x_8
-        t7 = -t6
-        del t6
         t8 = _rt.guard(t4, x_9) - _rt.guard(t4, x_10)
         del x_9, x_10
-        t9 = -t8
-        del t8
         t10 = _rt.guard(t4, x_11) - _rt.guard(t4, x_12)
         del x_11, x_12
-        t11 = -t10
-        del t10
-        t12 = torch.square(t11) + torch.square(t7) + torch.square(t9)
-        del t7, t9, t11
+        t12 = torch.square(t10) + torch.square(t6) + torch.square(t8)
+        del t6, t8, t10
         t13 = 1/(t12*t12*t12)
         del t12
         t14 = _rt.guard(t4, eps)
@@ -215,8 +209,7 @@ class LennardJonesEnergy(CompiledEnergy):
         del t4, t5, t13, t14
         r_4 = v_2.sum(-1)
         del v_2
-        t16 = oscillator_scale/2
-        energy_1 = r_4 + t16*r_3
+        energy_1 = r_4 + oscillator_scale*r_3/2
         del r_3, r_4
         return energy_1
 
@@ -262,32 +255,24 @@ class LennardJonesEnergy(CompiledEnergy):
         t5 = torch.pow(_rt.guard(t4, rm), 6)
         t6 = _rt.guard(t4, x_7) - _rt.guard(t4, x_8)
         del x_7, x_8
-        t7 = -t6
         t8 = _rt.guard(t4, x_9) - _rt.guard(t4, x_10)
         del x_9, x_10
-        t9 = -t8
         t10 = _rt.guard(t4, x_11) - _rt.guard(t4, x_12)
         del x_11, x_12
-        t11 = -t10
-        t12 = torch.square(t11) + torch.square(t7) + torch.square(t9)
+        t12 = torch.square(t10) + torch.square(t6) + torch.square(t8)
         t13 = 1/(t12*t12*t12)
         t14 = _rt.guard(t4, eps)
         t15 = 6*t14*t5*(2*t13*t5 - 2)/torch.pow(t12, 4)
         del t5, t12, t13, t14
-        d = torch.where(t4, t15*t7, x.new_tensor(0))
-        del t7
+        d = torch.where(t4, -t15*t6, x.new_tensor(0))
         d_1 = torch.where(t4, t15*t6, x.new_tensor(0))
         del t6
-        d_2 = torch.where(t4, t15*t9, x.new_tensor(0))
-        del t9
+        d_2 = torch.where(t4, -t15*t8, x.new_tensor(0))
         d_3 = torch.where(t4, t15*t8, x.new_tensor(0))
         del t8
-        d_4 = torch.where(t4, t11*t15, x.new_tensor(0))
-        del t11
+        d_4 = torch.where(t4, -t10*t15, x.new_tensor(0))
         d_5 = torch.where(t4, t10*t15, x.new_tensor(0))
         del t4, t10, t15
-        t16 = oscillator_scale/2
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_7_0"], d)
         del d
@@ -302,30 +287,27 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_12_0"], d_5)
         del d_5
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        w = -2*t16/((n_float) // (3))
+        w = -oscillator_scale/((n_float) // (3))
         g = w*t1
         rs = g.sum(-1)
         del g
-        w_1 = -2*t16/((n_float) // (3))
+        w_1 = -oscillator_scale/((n_float) // (3))
         g_1 = w_1*t2
         rs_1 = g_1.sum(-1)
         del g_1
-        w_2 = -2*t16/((n_float) // (3))
+        w_2 = -oscillator_scale/((n_float) // (3))
         g_2 = w_2*t3
         rs_2 = g_2.sum(-1)
         del g_2
-        w_3 = 2*t16
-        g_3 = w_3*t1
+        g_3 = oscillator_scale*t1
         del t1
         grad = grad.index_add(-1, lay["idx_x_6_0"], g_3)
         del g_3
-        w_4 = 2*t16
-        g_4 = w_4*t2
+        g_4 = oscillator_scale*t2
         del t2
         grad = grad.index_add(-1, lay["idx_x_4_0"], g_4)
         del g_4
-        w_5 = 2*t16
-        g_5 = w_5*t3
+        g_5 = oscillator_scale*t3
         del t3
         grad = grad.index_add(-1, lay["idx_x_5_0"], g_5)
         del g_5
@@ -386,36 +368,29 @@ class LennardJonesEnergy(CompiledEnergy):
         t5 = torch.pow(_rt.guard(t4, rm), 6)
         t6 = _rt.guard(t4, x_7) - _rt.guard(t4, x_8)
         del x_7, x_8
-        t7 = -t6
         t8 = _rt.guard(t4, x_9) - _rt.guard(t4, x_10)
         del x_9, x_10
-        t9 = -t8
         t10 = _rt.guard(t4, x_11) - _rt.guard(t4, x_12)
         del x_11, x_12
-        t11 = -t10
-        t12 = torch.square(t11) + torch.square(t7) + torch.square(t9)
+        t12 = torch.square(t10) + torch.square(t6) + torch.square(t8)
         t13 = 1/(t12*t12*t12)
         t14 = _rt.guard(t4, eps)
         t15 = 6*t14*t5*(2*t13*t5 - 2)/torch.pow(t12, 4)
         del t12
         v_2 = torch.where(t4, t13*t14*t5*(t13*t5 - 2), x.new_tensor(math.inf))
         del t5, t13, t14
-        d = torch.where(t4, t15*t7, x.new_tensor(0))
-        del t7
+        d = torch.where(t4, -t15*t6, x.new_tensor(0))
         d_1 = torch.where(t4, t15*t6, x.new_tensor(0))
         del t6
-        d_2 = torch.where(t4, t15*t9, x.new_tensor(0))
-        del t9
+        d_2 = torch.where(t4, -t15*t8, x.new_tensor(0))
         d_3 = torch.where(t4, t15*t8, x.new_tensor(0))
         del t8
-        d_4 = torch.where(t4, t11*t15, x.new_tensor(0))
-        del t11
+        d_4 = torch.where(t4, -t10*t15, x.new_tensor(0))
         d_5 = torch.where(t4, t10*t15, x.new_tensor(0))
         del t4, t10, t15
         r_4 = v_2.sum(-1)
         del v_2
-        t16 = oscillator_scale/2
-        energy_1 = r_4 + t16*r_3
+        energy_1 = r_4 + oscillator_scale*r_3/2
         del r_3, r_4
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         grad = torch.zeros_like(x)
@@ -432,30 +407,27 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_12_0"], d_5)
         del d_5
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        w = -2*t16/((n_float) // (3))
+        w = -oscillator_scale/((n_float) // (3))
         g = w*t1
         rs = g.sum(-1)
         del g
-        w_1 = -2*t16/((n_float) // (3))
+        w_1 = -oscillator_scale/((n_float) // (3))
         g_1 = w_1*t2
         rs_1 = g_1.sum(-1)
         del g_1
-        w_2 = -2*t16/((n_float) // (3))
+        w_2 = -oscillator_scale/((n_float) // (3))
         g_2 = w_2*t3
         rs_2 = g_2.sum(-1)
         del g_2
-        w_3 = 2*t16
-        g_3 = w_3*t1
+        g_3 = oscillator_scale*t1
         del t1
         grad = grad.index_add(-1, lay["idx_x_6_0"], g_3)
         del g_3
-        w_4 = 2*t16
-        g_4 = w_4*t2
+        g_4 = oscillator_scale*t2
         del t2
         grad = grad.index_add(-1, lay["idx_x_4_0"], g_4)
         del g_4
-        w_5 = 2*t16
-        g_5 = w_5*t3
+        g_5 = oscillator_scale*t3
         del t3
         grad = grad.index_add(-1, lay["idx_x_5_0"], g_5)
         del g_5
@@ -529,82 +501,67 @@ class LennardJonesEnergy(CompiledEnergy):
         u14 = _rt.guard(u10, x_8)
         del x_8
         u15 = u13 - u14
-        u16 = -u15
         u17 = _rt.guard(u10, x_9)
         del x_9
         u18 = _rt.guard(u10, x_10)
         del x_10
         u19 = u17 - u18
-        u20 = -u19
         u21 = _rt.guard(u10, x_11)
         del x_11
         u22 = _rt.guard(u10, x_12)
         del x_12
         u23 = u21 - u22
-        u24 = -u23
-        u25 = torch.square(u16) + torch.square(u20) + torch.square(u24)
+        u25 = torch.square(u15) + torch.square(u19) + torch.square(u23)
         u26 = 1/(u25*u25*u25)
         u27 = _rt.guard(u10, eps)
         u29 = 6*u13 - 6*u14
-        u30 = -u29
         u31 = u27*torch.pow(u11, 12)
         del u11
         u33 = u12/torch.pow(u25, 4)
         u35 = 6*u17 - 6*u18
-        u36 = -u35
         u37 = 6*u21 - 6*u22
-        u38 = -u37
         u39 = 6*u27*(2*u12*u26 - 2)
         del u26, u27
         u40 = u33*u39
         del u33
         u41 = 12*u31/torch.pow(u25, 8)
         del u31
-        u42 = u16*u41
+        u42 = -u15*u41
         u43 = 8*u17 - 8*u18
         del u17, u18
-        u44 = -u43
         u45 = u12*u39/torch.pow(u25, 5)
         del u12, u25, u39
-        u46 = u16*u45
-        del u16
+        u46 = -u15*u45
         u47 = 8*u21 - 8*u22
         del u21, u22
-        u48 = -u47
-        u49 = -u40
         u50 = 8*u13 - 8*u14
         del u13, u14
-        u51 = -u50
         u52 = u15*u41
         u53 = u15*u45
         del u15
-        u54 = u20*u41
-        u55 = u20*u45
-        del u20
+        u54 = -u19*u41
+        u55 = -u19*u45
         u56 = u19*u41
         u57 = u19*u45
         del u19
-        u58 = u24*u41
-        u59 = u24*u45
-        del u24
+        u58 = -u23*u41
+        u59 = -u23*u45
         u60 = u23*u41
         del u41
         u61 = u23*u45
         del u23, u45
-        dot_9 = xdot_6*torch.where(u10, u49 + u30*u42 + u46*u51, x.new_tensor(0)) + xdot_7*torch.where(u10, u40 + u29*u42 + u46*u50, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u42 + u44*u46, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u42 + u43*u46, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u42 + u46*u48, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u42 + u46*u47, x.new_tensor(0))
+        dot_9 = xdot_6*torch.where(u10, -u40 - u29*u42 - u46*u50, x.new_tensor(0)) + xdot_7*torch.where(u10, u40 + u29*u42 + u46*u50, x.new_tensor(0)) + xdot_8*torch.where(u10, -u35*u42 - u43*u46, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u42 + u43*u46, x.new_tensor(0)) + xdot_10*torch.where(u10, -u37*u42 - u46*u47, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u42 + u46*u47, x.new_tensor(0))
         del u42, u46
-        dot_10 = xdot_6*torch.where(u10, u40 + u30*u52 + u51*u53, x.new_tensor(0)) + xdot_7*torch.where(u10, u49 + u29*u52 + u50*u53, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u52 + u44*u53, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u52 + u43*u53, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u52 + u48*u53, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u52 + u47*u53, x.new_tensor(0))
+        dot_10 = xdot_6*torch.where(u10, u40 - u29*u52 - u50*u53, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u52 + u50*u53 - u40, x.new_tensor(0)) + xdot_8*torch.where(u10, -u35*u52 - u43*u53, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u52 + u43*u53, x.new_tensor(0)) + xdot_10*torch.where(u10, -u37*u52 - u47*u53, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u52 + u47*u53, x.new_tensor(0))
         del u52, u53
-        dot_11 = xdot_6*torch.where(u10, u30*u54 + u51*u55, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u54 + u50*u55, x.new_tensor(0)) + xdot_8*torch.where(u10, u49 + u36*u54 + u44*u55, x.new_tensor(0)) + xdot_9*torch.where(u10, u40 + u35*u54 + u43*u55, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u54 + u48*u55, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u54 + u47*u55, x.new_tensor(0))
+        dot_11 = xdot_6*torch.where(u10, -u29*u54 - u50*u55, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u54 + u50*u55, x.new_tensor(0)) + xdot_8*torch.where(u10, -u40 - u35*u54 - u43*u55, x.new_tensor(0)) + xdot_9*torch.where(u10, u40 + u35*u54 + u43*u55, x.new_tensor(0)) + xdot_10*torch.where(u10, -u37*u54 - u47*u55, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u54 + u47*u55, x.new_tensor(0))
         del u54, u55
-        dot_12 = xdot_6*torch.where(u10, u30*u56 + u51*u57, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u56 + u50*u57, x.new_tensor(0)) + xdot_8*torch.where(u10, u40 + u36*u56 + u44*u57, x.new_tensor(0)) + xdot_9*torch.where(u10, u49 + u35*u56 + u43*u57, x.new_tensor(0)) + xdot_10*torch.where(u10, u38*u56 + u48*u57, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u56 + u47*u57, x.new_tensor(0))
+        dot_12 = xdot_6*torch.where(u10, -u29*u56 - u50*u57, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u56 + u50*u57, x.new_tensor(0)) + xdot_8*torch.where(u10, u40 - u35*u56 - u43*u57, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u56 + u43*u57 - u40, x.new_tensor(0)) + xdot_10*torch.where(u10, -u37*u56 - u47*u57, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u56 + u47*u57, x.new_tensor(0))
         del u56, u57
-        dot_13 = xdot_6*torch.where(u10, u30*u58 + u51*u59, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u58 + u50*u59, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u58 + u44*u59, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u58 + u43*u59, x.new_tensor(0)) + xdot_10*torch.where(u10, u49 + u38*u58 + u48*u59, x.new_tensor(0)) + xdot_11*torch.where(u10, u40 + u37*u58 + u47*u59, x.new_tensor(0))
+        dot_13 = xdot_6*torch.where(u10, -u29*u58 - u50*u59, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u58 + u50*u59, x.new_tensor(0)) + xdot_8*torch.where(u10, -u35*u58 - u43*u59, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u58 + u43*u59, x.new_tensor(0)) + xdot_10*torch.where(u10, -u40 - u37*u58 - u47*u59, x.new_tensor(0)) + xdot_11*torch.where(u10, u40 + u37*u58 + u47*u59, x.new_tensor(0))
         del u58, u59
-        dot_14 = xdot_6*torch.where(u10, u30*u60 + u51*u61, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u60 + u50*u61, x.new_tensor(0)) + xdot_8*torch.where(u10, u36*u60 + u44*u61, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u60 + u43*u61, x.new_tensor(0)) + xdot_10*torch.where(u10, u40 + u38*u60 + u48*u61, x.new_tensor(0)) + xdot_11*torch.where(u10, u49 + u37*u60 + u47*u61, x.new_tensor(0))
-        del xdot_6, xdot_7, xdot_8, xdot_9, xdot_10, xdot_11, u10, u29, u30, u35, u36, u37, u38, u40, u43, u44, u47, u48, u49, u50, u51, u60, u61
-        u62 = oscillator_scale/2
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
+        dot_14 = xdot_6*torch.where(u10, -u29*u60 - u50*u61, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u60 + u50*u61, x.new_tensor(0)) + xdot_8*torch.where(u10, -u35*u60 - u43*u61, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u60 + u43*u61, x.new_tensor(0)) + xdot_10*torch.where(u10, u40 - u37*u60 - u47*u61, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u60 + u47*u61 - u40, x.new_tensor(0))
+        del xdot_6, xdot_7, xdot_8, xdot_9, xdot_10, xdot_11, u10, u29, u35, u37, u40, u43, u47, u50, u60, u61
         hvp = torch.zeros_like(v)
         hvp = hvp.index_add(-1, lay["idx_x_7_0"], dot_9)
         del dot_9
@@ -619,30 +576,27 @@ class LennardJonesEnergy(CompiledEnergy):
         hvp = hvp.index_add(-1, lay["idx_x_12_0"], dot_14)
         del dot_14
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        w = -2*u62/((n_float) // (3))
+        w = -oscillator_scale/((n_float) // (3))
         dot_15 = w*dot_6
         dot_16 = dot_15.sum(-1)
         del dot_15
-        w_1 = -2*u62/((n_float) // (3))
+        w_1 = -oscillator_scale/((n_float) // (3))
         dot_17 = w_1*dot_7
         dot_18 = dot_17.sum(-1)
         del dot_17
-        w_2 = -2*u62/((n_float) // (3))
+        w_2 = -oscillator_scale/((n_float) // (3))
         dot_19 = w_2*dot_8
         dot_20 = dot_19.sum(-1)
         del dot_19
-        w_3 = 2*u62
-        dot_21 = w_3*dot_6
+        dot_21 = oscillator_scale*dot_6
         del dot_6
         hvp = hvp.index_add(-1, lay["idx_x_6_0"], dot_21)
         del dot_21
-        w_4 = 2*u62
-        dot_22 = w_4*dot_7
+        dot_22 = oscillator_scale*dot_7
         del dot_7
         hvp = hvp.index_add(-1, lay["idx_x_4_0"], dot_22)
         del dot_22
-        w_5 = 2*u62
-        dot_23 = w_5*dot_8
+        dot_23 = oscillator_scale*dot_8
         del dot_8
         hvp = hvp.index_add(-1, lay["idx_x_5_0"], dot_23)
         del dot_23
@@ -683,36 +637,31 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_8
         w22 = 6*w20 - 6*w21
         w23 = w20 - w21
-        w24 = -w23
         w25 = _rt.guard(w19, eps)
         w26 = _rt.guard(w19, x_9)
         del x_9
         w27 = _rt.guard(w19, x_10)
         del x_10
         w28 = w26 - w27
-        w29 = -w28
         w30 = _rt.guard(w19, x_11)
         del x_11
         w31 = _rt.guard(w19, x_12)
         del x_12
         w32 = w30 - w31
-        w33 = -w32
-        w34 = torch.square(w24) + torch.square(w29) + torch.square(w33)
+        w34 = torch.square(w23) + torch.square(w28) + torch.square(w32)
         w35 = _rt.guard(w19, rm)
         w36 = 12*w25*torch.pow(w35, 12)/torch.pow(w34, 8)
-        w37 = w24*w36
+        w37 = -w23*w36
         w38 = torch.pow(w35, 6)
         del w35
         w39 = 6*w25*w38*(2*w38/(w34*w34*w34) - 2)
         del w25, w38
         w40 = w39/torch.pow(w34, 4)
-        w41 = -w40
         w42 = 8*w20 - 8*w21
         del w20, w21
         w43 = w39/torch.pow(w34, 5)
         del w34, w39
-        w44 = w24*w43
-        del w24
+        w44 = -w23*w43
         w45 = 6*w26 - 6*w27
         w46 = 8*w26 - 8*w27
         del w26, w27
@@ -722,47 +671,38 @@ class LennardJonesEnergy(CompiledEnergy):
         w49 = w23*w36
         w50 = w23*w43
         del w23
-        w51 = -w45
-        w52 = -w46
-        w53 = -w47
-        w54 = -w48
-        w55 = w29*w36
-        w56 = w29*w43
-        del w29
+        w55 = -w28*w36
+        w56 = -w28*w43
         w57 = w28*w36
         w58 = w28*w43
         del w28
-        w59 = w33*w36
-        w60 = w33*w43
-        del w33
-        h2 = torch.where(w19, w41 - w22*w37 - w42*w44, x.new_tensor(0))
+        w59 = -w32*w36
+        w60 = -w32*w43
+        h2 = torch.where(w19, -w40 - w22*w37 - w42*w44, x.new_tensor(0))
         h2_1 = torch.where(w19, w40 + w22*w37 + w42*w44, x.new_tensor(0))
         h2_2 = torch.where(w19, w37*w45 + w44*w46, x.new_tensor(0))
         h2_3 = torch.where(w19, w37*w47 + w44*w48, x.new_tensor(0))
         del w37, w44
-        h2_4 = torch.where(w19, w41 + w22*w49 + w42*w50, x.new_tensor(0))
+        h2_4 = torch.where(w19, w22*w49 + w42*w50 - w40, x.new_tensor(0))
         del w22, w42
-        h2_5 = torch.where(w19, w49*w51 + w50*w52, x.new_tensor(0))
-        h2_6 = torch.where(w19, w49*w53 + w50*w54, x.new_tensor(0))
+        h2_5 = torch.where(w19, -w45*w49 - w46*w50, x.new_tensor(0))
+        h2_6 = torch.where(w19, -w47*w49 - w48*w50, x.new_tensor(0))
         del w49, w50
-        h2_7 = torch.where(w19, w41 + w51*w55 + w52*w56, x.new_tensor(0))
-        del w51, w52
+        h2_7 = torch.where(w19, -w40 - w45*w55 - w46*w56, x.new_tensor(0))
         h2_8 = torch.where(w19, w40 + w45*w55 + w46*w56, x.new_tensor(0))
         h2_9 = torch.where(w19, w47*w55 + w48*w56, x.new_tensor(0))
         del w55, w56
-        h2_10 = torch.where(w19, w41 + w45*w57 + w46*w58, x.new_tensor(0))
+        h2_10 = torch.where(w19, w45*w57 + w46*w58 - w40, x.new_tensor(0))
         del w45, w46
-        h2_11 = torch.where(w19, w53*w57 + w54*w58, x.new_tensor(0))
+        h2_11 = torch.where(w19, -w47*w57 - w48*w58, x.new_tensor(0))
         del w57, w58
-        h2_12 = torch.where(w19, w41 + w53*w59 + w54*w60, x.new_tensor(0))
-        del w53, w54
+        h2_12 = torch.where(w19, -w40 - w47*w59 - w48*w60, x.new_tensor(0))
         h2_13 = torch.where(w19, w40 + w47*w59 + w48*w60, x.new_tensor(0))
-        del w40, w59, w60
-        h2_14 = torch.where(w19, w41 + w32*w36*w47 + w32*w43*w48, x.new_tensor(0))
-        del w19, w32, w36, w41, w43, w47, w48
-        w61 = oscillator_scale/2
+        del w59, w60
+        h2_14 = torch.where(w19, w32*w36*w47 + w32*w43*w48 - w40, x.new_tensor(0))
+        del w19, w32, w36, w40, w43, w47, w48
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        h = w5*w61
+        h = w5*oscillator_scale/2
         hs = _rt_points(h, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_2 = torch.zeros_like(x)
@@ -772,11 +712,11 @@ class LennardJonesEnergy(CompiledEnergy):
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         gload = grad_r_2[..., lay["idx_x_6_0"]]
         del grad_r_2
-        h_1 = 2*w6*w61*gload
+        h_1 = w6*oscillator_scale*gload
         del gload
         hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], h_1)
         del h_1
-        h_2 = w5*w61
+        h_2 = w5*oscillator_scale/2
         hs_1 = _rt_points(h_2, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r = torch.zeros_like(x)
@@ -786,11 +726,11 @@ class LennardJonesEnergy(CompiledEnergy):
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         gload_1 = grad_r[..., lay["idx_x_4_0"]]
         del grad_r
-        h_3 = 2*w6*w61*gload_1
+        h_3 = w6*oscillator_scale*gload_1
         del gload_1
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h_3)
         del h_3
-        h_4 = w5*w61
+        h_4 = w5*oscillator_scale/2
         hs_2 = _rt_points(h_4, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_1 = torch.zeros_like(x)
@@ -800,63 +740,60 @@ class LennardJonesEnergy(CompiledEnergy):
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         gload_2 = grad_r_1[..., lay["idx_x_5_0"]]
         del grad_r_1
-        h_5 = 2*w6*w61*gload_2
+        h_5 = w6*oscillator_scale*gload_2
         del gload_2
         hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], h_5)
         del h_5
-        h_6 = 2*w61
-        hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], _rt_points(h_6, x, ((n) // (3))))
-        h_7 = 2*w61
-        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], _rt_points(h_7, x, ((n) // (3))))
-        h_8 = 2*w61
-        hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], _rt_points(h_8, x, ((n) // (3))))
+        hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], _rt_points(oscillator_scale, x, ((n) // (3))))
+        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], _rt_points(oscillator_scale, x, ((n) // (3))))
+        hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], _rt_points(oscillator_scale, x, ((n) // (3))))
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         hdiag = hdiag.index_add(-1, lay["idx_x_7_0"], h2)
         del h2
-        h_9 = 2*h2_1
+        h_6 = 2*h2_1
         del h2_1
-        hdiag = hdiag.index_add(-1, lay["co2_1_at"], h_9[..., lay["co2_1"]])
-        del h_9
-        h_10 = 2*h2_2
+        hdiag = hdiag.index_add(-1, lay["co2_1_at"], h_6[..., lay["co2_1"]])
+        del h_6
+        h_7 = 2*h2_2
         del h2_2
-        hdiag = hdiag.index_add(-1, lay["co2_2_at"], h_10[..., lay["co2_2"]])
-        del h_10
-        h_11 = 2*h2_3
+        hdiag = hdiag.index_add(-1, lay["co2_2_at"], h_7[..., lay["co2_2"]])
+        del h_7
+        h_8 = 2*h2_3
         del h2_3
-        hdiag = hdiag.index_add(-1, lay["co2_3_at"], h_11[..., lay["co2_3"]])
-        del h_11
+        hdiag = hdiag.index_add(-1, lay["co2_3_at"], h_8[..., lay["co2_3"]])
+        del h_8
         hdiag = hdiag.index_add(-1, lay["idx_x_8_0"], h2_4)
         del h2_4
-        h_12 = 2*h2_5
+        h_9 = 2*h2_5
         del h2_5
-        hdiag = hdiag.index_add(-1, lay["co2_4_at"], h_12[..., lay["co2_4"]])
-        del h_12
-        h_13 = 2*h2_6
+        hdiag = hdiag.index_add(-1, lay["co2_4_at"], h_9[..., lay["co2_4"]])
+        del h_9
+        h_10 = 2*h2_6
         del h2_6
-        hdiag = hdiag.index_add(-1, lay["co2_5_at"], h_13[..., lay["co2_5"]])
-        del h_13
+        hdiag = hdiag.index_add(-1, lay["co2_5_at"], h_10[..., lay["co2_5"]])
+        del h_10
         hdiag = hdiag.index_add(-1, lay["idx_x_9_0"], h2_7)
         del h2_7
-        h_14 = 2*h2_8
+        h_11 = 2*h2_8
         del h2_8
-        hdiag = hdiag.index_add(-1, lay["co2_6_at"], h_14[..., lay["co2_6"]])
-        del h_14
-        h_15 = 2*h2_9
+        hdiag = hdiag.index_add(-1, lay["co2_6_at"], h_11[..., lay["co2_6"]])
+        del h_11
+        h_12 = 2*h2_9
         del h2_9
-        hdiag = hdiag.index_add(-1, lay["co2_7_at"], h_15[..., lay["co2_7"]])
-        del h_15
+        hdiag = hdiag.index_add(-1, lay["co2_7_at"], h_12[..., lay["co2_7"]])
+        del h_12
         hdiag = hdiag.index_add(-1, lay["idx_x_10_0"], h2_10)
         del h2_10
-        h_16 = 2*h2_11
+        h_13 = 2*h2_11
         del h2_11
-        hdiag = hdiag.index_add(-1, lay["co2_8_at"], h_16[..., lay["co2_8"]])
-        del h_16
+        hdiag = hdiag.index_add(-1, lay["co2_8_at"], h_13[..., lay["co2_8"]])
+        del h_13
         hdiag = hdiag.index_add(-1, lay["idx_x_11_0"], h2_12)
         del h2_12
-        h_17 = 2*h2_13
+        h_14 = 2*h2_13
         del h2_13
-        hdiag = hdiag.index_add(-1, lay["co2_9_at"], h_17[..., lay["co2_9"]])
-        del h_17
+        hdiag = hdiag.index_add(-1, lay["co2_9_at"], h_14[..., lay["co2_9"]])
+        del h_14
         hdiag = hdiag.index_add(-1, lay["idx_x_12_0"], h2_14)
         del h2_14
         return hdiag
@@ -905,26 +842,20 @@ class LennardJonesEnergy(CompiledEnergy):
         w7 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
         w8 = torch.pow(_rt.guard(w7, rm), 6)
         w9 = _rt.guard(w7, x_7) - _rt.guard(w7, x_8)
-        w10 = -w9
         w11 = _rt.guard(w7, x_9) - _rt.guard(w7, x_10)
-        w12 = -w11
         w13 = _rt.guard(w7, x_11) - _rt.guard(w7, x_12)
-        w14 = -w13
-        w15 = torch.square(w10) + torch.square(w12) + torch.square(w14)
+        w15 = torch.square(w11) + torch.square(w13) + torch.square(w9)
         w16 = 1/(w15*w15*w15)
         w17 = _rt.guard(w7, eps)
         w18 = 6*w17*w8*(2*w16*w8 - 2)/torch.pow(w15, 4)
         del w8, w15, w16, w17
-        d = torch.where(w7, w10*w18, x.new_tensor(0))
-        del w10
+        d = torch.where(w7, -w18*w9, x.new_tensor(0))
         d_1 = torch.where(w7, w18*w9, x.new_tensor(0))
         del w9
-        d_2 = torch.where(w7, w12*w18, x.new_tensor(0))
-        del w12
+        d_2 = torch.where(w7, -w11*w18, x.new_tensor(0))
         d_3 = torch.where(w7, w11*w18, x.new_tensor(0))
         del w11
-        d_4 = torch.where(w7, w14*w18, x.new_tensor(0))
-        del w14
+        d_4 = torch.where(w7, -w13*w18, x.new_tensor(0))
         d_5 = torch.where(w7, w13*w18, x.new_tensor(0))
         del w7, w13, w18
         w19 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
@@ -934,36 +865,31 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_8
         w22 = 6*w20 - 6*w21
         w23 = w20 - w21
-        w24 = -w23
         w25 = _rt.guard(w19, eps)
         w26 = _rt.guard(w19, x_9)
         del x_9
         w27 = _rt.guard(w19, x_10)
         del x_10
         w28 = w26 - w27
-        w29 = -w28
         w30 = _rt.guard(w19, x_11)
         del x_11
         w31 = _rt.guard(w19, x_12)
         del x_12
         w32 = w30 - w31
-        w33 = -w32
-        w34 = torch.square(w24) + torch.square(w29) + torch.square(w33)
+        w34 = torch.square(w23) + torch.square(w28) + torch.square(w32)
         w35 = _rt.guard(w19, rm)
         w36 = 12*w25*torch.pow(w35, 12)/torch.pow(w34, 8)
-        w37 = w24*w36
+        w37 = -w23*w36
         w38 = torch.pow(w35, 6)
         del w35
         w39 = 6*w25*w38*(2*w38/(w34*w34*w34) - 2)
         del w25, w38
         w40 = w39/torch.pow(w34, 4)
-        w41 = -w40
         w42 = 8*w20 - 8*w21
         del w20, w21
         w43 = w39/torch.pow(w34, 5)
         del w34, w39
-        w44 = w24*w43
-        del w24
+        w44 = -w23*w43
         w45 = 6*w26 - 6*w27
         w46 = 8*w26 - 8*w27
         del w26, w27
@@ -973,46 +899,36 @@ class LennardJonesEnergy(CompiledEnergy):
         w49 = w23*w36
         w50 = w23*w43
         del w23
-        w51 = -w45
-        w52 = -w46
-        w53 = -w47
-        w54 = -w48
-        w55 = w29*w36
-        w56 = w29*w43
-        del w29
+        w55 = -w28*w36
+        w56 = -w28*w43
         w57 = w28*w36
         w58 = w28*w43
         del w28
-        w59 = w33*w36
-        w60 = w33*w43
-        del w33
-        h2 = torch.where(w19, w41 - w22*w37 - w42*w44, x.new_tensor(0))
+        w59 = -w32*w36
+        w60 = -w32*w43
+        h2 = torch.where(w19, -w40 - w22*w37 - w42*w44, x.new_tensor(0))
         h2_1 = torch.where(w19, w40 + w22*w37 + w42*w44, x.new_tensor(0))
         h2_2 = torch.where(w19, w37*w45 + w44*w46, x.new_tensor(0))
         h2_3 = torch.where(w19, w37*w47 + w44*w48, x.new_tensor(0))
         del w37, w44
-        h2_4 = torch.where(w19, w41 + w22*w49 + w42*w50, x.new_tensor(0))
+        h2_4 = torch.where(w19, w22*w49 + w42*w50 - w40, x.new_tensor(0))
         del w22, w42
-        h2_5 = torch.where(w19, w49*w51 + w50*w52, x.new_tensor(0))
-        h2_6 = torch.where(w19, w49*w53 + w50*w54, x.new_tensor(0))
+        h2_5 = torch.where(w19, -w45*w49 - w46*w50, x.new_tensor(0))
+        h2_6 = torch.where(w19, -w47*w49 - w48*w50, x.new_tensor(0))
         del w49, w50
-        h2_7 = torch.where(w19, w41 + w51*w55 + w52*w56, x.new_tensor(0))
-        del w51, w52
+        h2_7 = torch.where(w19, -w40 - w45*w55 - w46*w56, x.new_tensor(0))
         h2_8 = torch.where(w19, w40 + w45*w55 + w46*w56, x.new_tensor(0))
         h2_9 = torch.where(w19, w47*w55 + w48*w56, x.new_tensor(0))
         del w55, w56
-        h2_10 = torch.where(w19, w41 + w45*w57 + w46*w58, x.new_tensor(0))
+        h2_10 = torch.where(w19, w45*w57 + w46*w58 - w40, x.new_tensor(0))
         del w45, w46
-        h2_11 = torch.where(w19, w53*w57 + w54*w58, x.new_tensor(0))
+        h2_11 = torch.where(w19, -w47*w57 - w48*w58, x.new_tensor(0))
         del w57, w58
-        h2_12 = torch.where(w19, w41 + w53*w59 + w54*w60, x.new_tensor(0))
-        del w53, w54
+        h2_12 = torch.where(w19, -w40 - w47*w59 - w48*w60, x.new_tensor(0))
         h2_13 = torch.where(w19, w40 + w47*w59 + w48*w60, x.new_tensor(0))
-        del w40, w59, w60
-        h2_14 = torch.where(w19, w41 + w32*w36*w47 + w32*w43*w48, x.new_tensor(0))
-        del w19, w32, w36, w41, w43, w47, w48
-        w61 = oscillator_scale/2
-        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
+        del w59, w60
+        h2_14 = torch.where(w19, w32*w36*w47 + w32*w43*w48 - w40, x.new_tensor(0))
+        del w19, w32, w36, w40, w43, w47, w48
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_7_0"], d)
         del d
@@ -1027,30 +943,27 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_12_0"], d_5)
         del d_5
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        w = -2*w61/((n_float) // (3))
+        w = -oscillator_scale/((n_float) // (3))
         g = w*w1
         rs = g.sum(-1)
         del g
-        w_1 = -2*w61/((n_float) // (3))
+        w_1 = -oscillator_scale/((n_float) // (3))
         g_1 = w_1*w2
         rs_1 = g_1.sum(-1)
         del g_1
-        w_2 = -2*w61/((n_float) // (3))
+        w_2 = -oscillator_scale/((n_float) // (3))
         g_2 = w_2*w3
         rs_2 = g_2.sum(-1)
         del g_2
-        w_3 = 2*w61
-        g_3 = w_3*w1
+        g_3 = oscillator_scale*w1
         del w1
         grad = grad.index_add(-1, lay["idx_x_6_0"], g_3)
         del g_3
-        w_4 = 2*w61
-        g_4 = w_4*w2
+        g_4 = oscillator_scale*w2
         del w2
         grad = grad.index_add(-1, lay["idx_x_4_0"], g_4)
         del g_4
-        w_5 = 2*w61
-        g_5 = w_5*w3
+        g_5 = oscillator_scale*w3
         del w3
         grad = grad.index_add(-1, lay["idx_x_5_0"], g_5)
         del g_5
@@ -1065,7 +978,7 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, ((n) // (3))))
         del rs_2, bc_1
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        h = w5*w61
+        h = w5*oscillator_scale/2
         hs = _rt_points(h, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_2 = torch.zeros_like(x)
@@ -1075,11 +988,11 @@ class LennardJonesEnergy(CompiledEnergy):
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         gload = grad_r_2[..., lay["idx_x_6_0"]]
         del grad_r_2
-        h_1 = 2*w6*w61*gload
+        h_1 = w6*oscillator_scale*gload
         del gload
         hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], h_1)
         del h_1
-        h_2 = w5*w61
+        h_2 = w5*oscillator_scale/2
         hs_1 = _rt_points(h_2, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r = torch.zeros_like(x)
@@ -1089,11 +1002,11 @@ class LennardJonesEnergy(CompiledEnergy):
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         gload_1 = grad_r[..., lay["idx_x_4_0"]]
         del grad_r
-        h_3 = 2*w6*w61*gload_1
+        h_3 = w6*oscillator_scale*gload_1
         del gload_1
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h_3)
         del h_3
-        h_4 = w5*w61
+        h_4 = w5*oscillator_scale/2
         hs_2 = _rt_points(h_4, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_1 = torch.zeros_like(x)
@@ -1103,63 +1016,60 @@ class LennardJonesEnergy(CompiledEnergy):
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         gload_2 = grad_r_1[..., lay["idx_x_5_0"]]
         del grad_r_1
-        h_5 = 2*w6*w61*gload_2
+        h_5 = w6*oscillator_scale*gload_2
         del gload_2
         hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], h_5)
         del h_5
-        h_6 = 2*w61
-        hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], _rt_points(h_6, x, ((n) // (3))))
-        h_7 = 2*w61
-        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], _rt_points(h_7, x, ((n) // (3))))
-        h_8 = 2*w61
-        hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], _rt_points(h_8, x, ((n) // (3))))
+        hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], _rt_points(oscillator_scale, x, ((n) // (3))))
+        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], _rt_points(oscillator_scale, x, ((n) // (3))))
+        hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], _rt_points(oscillator_scale, x, ((n) // (3))))
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         hdiag = hdiag.index_add(-1, lay["idx_x_7_0"], h2)
         del h2
-        h_9 = 2*h2_1
+        h_6 = 2*h2_1
         del h2_1
-        hdiag = hdiag.index_add(-1, lay["co2_1_at"], h_9[..., lay["co2_1"]])
-        del h_9
-        h_10 = 2*h2_2
+        hdiag = hdiag.index_add(-1, lay["co2_1_at"], h_6[..., lay["co2_1"]])
+        del h_6
+        h_7 = 2*h2_2
         del h2_2
-        hdiag = hdiag.index_add(-1, lay["co2_2_at"], h_10[..., lay["co2_2"]])
-        del h_10
-        h_11 = 2*h2_3
+        hdiag = hdiag.index_add(-1, lay["co2_2_at"], h_7[..., lay["co2_2"]])
+        del h_7
+        h_8 = 2*h2_3
         del h2_3
-        hdiag = hdiag.index_add(-1, lay["co2_3_at"], h_11[..., lay["co2_3"]])
-        del h_11
+        hdiag = hdiag.index_add(-1, lay["co2_3_at"], h_8[..., lay["co2_3"]])
+        del h_8
         hdiag = hdiag.index_add(-1, lay["idx_x_8_0"], h2_4)
         del h2_4
-        h_12 = 2*h2_5
+        h_9 = 2*h2_5
         del h2_5
-        hdiag = hdiag.index_add(-1, lay["co2_4_at"], h_12[..., lay["co2_4"]])
-        del h_12
-        h_13 = 2*h2_6
+        hdiag = hdiag.index_add(-1, lay["co2_4_at"], h_9[..., lay["co2_4"]])
+        del h_9
+        h_10 = 2*h2_6
         del h2_6
-        hdiag = hdiag.index_add(-1, lay["co2_5_at"], h_13[..., lay["co2_5"]])
-        del h_13
+        hdiag = hdiag.index_add(-1, lay["co2_5_at"], h_10[..., lay["co2_5"]])
+        del h_10
         hdiag = hdiag.index_add(-1, lay["idx_x_9_0"], h2_7)
         del h2_7
-        h_14 = 2*h2_8
+        h_11 = 2*h2_8
         del h2_8
-        hdiag = hdiag.index_add(-1, lay["co2_6_at"], h_14[..., lay["co2_6"]])
-        del h_14
-        h_15 = 2*h2_9
+        hdiag = hdiag.index_add(-1, lay["co2_6_at"], h_11[..., lay["co2_6"]])
+        del h_11
+        h_12 = 2*h2_9
         del h2_9
-        hdiag = hdiag.index_add(-1, lay["co2_7_at"], h_15[..., lay["co2_7"]])
-        del h_15
+        hdiag = hdiag.index_add(-1, lay["co2_7_at"], h_12[..., lay["co2_7"]])
+        del h_12
         hdiag = hdiag.index_add(-1, lay["idx_x_10_0"], h2_10)
         del h2_10
-        h_16 = 2*h2_11
+        h_13 = 2*h2_11
         del h2_11
-        hdiag = hdiag.index_add(-1, lay["co2_8_at"], h_16[..., lay["co2_8"]])
-        del h_16
+        hdiag = hdiag.index_add(-1, lay["co2_8_at"], h_13[..., lay["co2_8"]])
+        del h_13
         hdiag = hdiag.index_add(-1, lay["idx_x_11_0"], h2_12)
         del h2_12
-        h_17 = 2*h2_13
+        h_14 = 2*h2_13
         del h2_13
-        hdiag = hdiag.index_add(-1, lay["co2_9_at"], h_17[..., lay["co2_9"]])
-        del h_17
+        hdiag = hdiag.index_add(-1, lay["co2_9_at"], h_14[..., lay["co2_9"]])
+        del h_14
         hdiag = hdiag.index_add(-1, lay["idx_x_12_0"], h2_14)
         del h2_14
         return grad, hdiag

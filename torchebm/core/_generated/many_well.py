@@ -90,10 +90,8 @@ class ManyWellEnergy(CompiledEnergy):
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], d)
         del d
-        g = 1.0*x_2
+        grad = grad.index_add(-1, lay["idx_x_2_0"], x_2)
         del x_2
-        grad = grad.index_add(-1, lay["idx_x_2_0"], g)
-        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -109,10 +107,8 @@ class ManyWellEnergy(CompiledEnergy):
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], d)
         del d
-        g = 1.0*x_2
+        grad = grad.index_add(-1, lay["idx_x_2_0"], x_2)
         del x_2
-        grad = grad.index_add(-1, lay["idx_x_2_0"], g)
-        del g
         return r, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
@@ -128,10 +124,8 @@ class ManyWellEnergy(CompiledEnergy):
         hvp = torch.zeros_like(v)
         hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot)
         del dot
-        dot_1 = 1.0*xdot_1
+        hvp = hvp.index_add(-1, lay["idx_x_2_0"], xdot_1)
         del xdot_1
-        hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_1)
-        del dot_1
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -159,10 +153,8 @@ class ManyWellEnergy(CompiledEnergy):
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], d)
         del d
-        g = 1.0*x_2
+        grad = grad.index_add(-1, lay["idx_x_2_0"], x_2)
         del x_2
-        grad = grad.index_add(-1, lay["idx_x_2_0"], g)
-        del g
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2

@@ -120,14 +120,10 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_4 = x[..., lay["idx_x_4_0"]]
         t0 = x_1 - x_2
         del x_1, x_2
-        t1 = -t0
-        del t0
         t2 = x_3 - x_4
         del x_3, x_4
-        t3 = -t2
-        del t2
-        t4 = torch.square(t1) + torch.square(t3)
-        del t1, t3
+        t4 = torch.square(t0) + torch.square(t2)
+        del t0, t2
         t5 = _rt.safe_sqrt(t4) - offset
         del t4
         t6 = torch.square(t5)
@@ -149,24 +145,20 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_4 = x[..., lay["idx_x_4_0"]]
         t0 = x_1 - x_2
         del x_1, x_2
-        t1 = -t0
         t2 = x_3 - x_4
         del x_3, x_4
-        t3 = -t2
-        t4 = torch.square(t1) + torch.square(t3)
+        t4 = torch.square(t0) + torch.square(t2)
         t5 = _rt.safe_sqrt(t4) - offset
         t6 = torch.square(t5)
         t7 = (t4 != 0)
         t8 = t5*(2*a*t6 + b)*torch.where(t7, torch.rsqrt(_rt.guard(t7, t4))/2, x.new_tensor(0))
         del t4, t5, t6, t7
         d = t0*t8
+        d_1 = -t0*t8
         del t0
-        d_1 = t1*t8
-        del t1
         d_2 = t2*t8
-        del t2
-        d_3 = t3*t8
-        del t3, t8
+        d_3 = -t2*t8
+        del t2, t8
         g = 4*d
         del d
         grad = torch.zeros_like(x)
@@ -199,11 +191,9 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_4 = x[..., lay["idx_x_4_0"]]
         t0 = x_1 - x_2
         del x_1, x_2
-        t1 = -t0
         t2 = x_3 - x_4
         del x_3, x_4
-        t3 = -t2
-        t4 = torch.square(t1) + torch.square(t3)
+        t4 = torch.square(t0) + torch.square(t2)
         t5 = _rt.safe_sqrt(t4) - offset
         t6 = torch.square(t5)
         t7 = (t4 != 0)
@@ -212,13 +202,11 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         v_1 = b*t6 + a*torch.pow(t5, 4) + c
         del t5, t6
         d = t0*t8
+        d_1 = -t0*t8
         del t0
-        d_1 = t1*t8
-        del t1
         d_2 = t2*t8
-        del t2
-        d_3 = t3*t8
-        del t3, t8
+        d_3 = -t2*t8
+        del t2, t8
         r = v_1.sum(-1)
         del v_1
         g = 4*d
@@ -255,10 +243,8 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_4 = x[..., lay["idx_x_4_0"]]
         xdot_3 = v[..., lay["idx_x_4_0"]]
         u0 = x_1 - x_2
-        u1 = -u0
         u2 = x_3 - x_4
-        u3 = -u2
-        u4 = torch.square(u1) + torch.square(u3)
+        u4 = torch.square(u0) + torch.square(u2)
         u5 = _rt.safe_sqrt(u4) - offset
         u6 = torch.square(u5)
         u7 = (u4 != 0)
@@ -289,51 +275,41 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         del u8
         u30 = torch.where(u7, -u29*_rt.guard(u7, u15), x.new_tensor(0))
         u31 = u0*u22
-        del u0
-        u32 = torch.where(u7, -u29*_rt.guard(u7, u17), x.new_tensor(0))
+        u32 = torch.where(u7, -u29*_rt.guard(u7, -u15), x.new_tensor(0))
         u33 = torch.where(u7, -u29*_rt.guard(u7, u10), x.new_tensor(0))
         u34 = -u23
-        u35 = torch.where(u7, -u29*_rt.guard(u7, u11), x.new_tensor(0))
+        u35 = torch.where(u7, -u29*_rt.guard(u7, -u10), x.new_tensor(0))
         del u7, u29
-        u36 = u1*u25
-        u37 = u1*u27
-        u38 = u1*u22
-        del u1
+        u36 = -u0*u25
+        u37 = -u0*u27
+        u38 = -u0*u22
+        del u0
         u39 = u2*u25
         u40 = u2*u27
         u41 = u2*u22
-        del u2
-        u42 = u25*u3
+        u42 = -u2*u25
         del u25
-        u43 = u27*u3
+        u43 = -u2*u27
         del u27
-        u44 = u22*u3
-        del u3, u22
-        dot = xdot_1*(u34 + u11*u26 + u11*u28 + u31*u35) + xdot_2*(u15*u26 + u15*u28 + u30*u31) + xdot_3*(u17*u26 + u17*u28 + u31*u32) + xdot*(u23 + u10*u26 + u10*u28 + u31*u33)
+        u44 = -u2*u22
+        del u2, u22
+        dot = 4*xdot_1*(u34 + u11*u26 + u11*u28 + u31*u35) + 4*xdot_2*(u15*u26 + u15*u28 + u30*u31) + 4*xdot_3*(u17*u26 + u17*u28 + u31*u32) + 4*xdot*(u23 + u10*u26 + u10*u28 + u31*u33)
         del u26, u28, u31
-        dot_1 = xdot_1*(u23 + u11*u36 + u11*u37 + u35*u38) + xdot_2*(u15*u36 + u15*u37 + u30*u38) + xdot_3*(u17*u36 + u17*u37 + u32*u38) + xdot*(u34 + u10*u36 + u10*u37 + u33*u38)
-        del u36, u37, u38
-        dot_2 = xdot_1*(u11*u39 + u11*u40 + u35*u41) + xdot_2*(u23 + u15*u39 + u15*u40 + u30*u41) + xdot_3*(u34 + u17*u39 + u17*u40 + u32*u41) + xdot*(u10*u39 + u10*u40 + u33*u41)
-        del u39, u40, u41
-        dot_3 = xdot_1*(u11*u42 + u11*u43 + u35*u44) + xdot_2*(u34 + u15*u42 + u15*u43 + u30*u44) + xdot_3*(u23 + u17*u42 + u17*u43 + u32*u44) + xdot*(u10*u42 + u10*u43 + u33*u44)
-        del xdot, xdot_1, xdot_2, xdot_3, u10, u11, u15, u17, u23, u30, u32, u33, u34, u35, u42, u43, u44
-        dot_4 = 4*dot
-        del dot
         hvp = torch.zeros_like(v)
-        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_4)
-        del dot_4
-        dot_5 = 4*dot_1
+        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot)
+        del dot
+        dot_1 = 4*xdot_1*(u23 + u11*u36 + u11*u37 + u35*u38) + 4*xdot_2*(u15*u36 + u15*u37 + u30*u38) + 4*xdot_3*(u17*u36 + u17*u37 + u32*u38) + 4*xdot*(u34 + u10*u36 + u10*u37 + u33*u38)
+        del u36, u37, u38
+        hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_1)
         del dot_1
-        hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_5)
-        del dot_5
-        dot_6 = 4*dot_2
+        dot_2 = 4*xdot_1*(u11*u39 + u11*u40 + u35*u41) + 4*xdot_2*(u23 + u15*u39 + u15*u40 + u30*u41) + 4*xdot_3*(u34 + u17*u39 + u17*u40 + u32*u41) + 4*xdot*(u10*u39 + u10*u40 + u33*u41)
+        del u39, u40, u41
+        hvp = hvp.index_add(-1, lay["idx_x_3_0"], dot_2)
         del dot_2
-        hvp = hvp.index_add(-1, lay["idx_x_3_0"], dot_6)
-        del dot_6
-        dot_7 = 4*dot_3
+        dot_3 = 4*xdot_1*(u11*u42 + u11*u43 + u35*u44) + 4*xdot_2*(u34 + u15*u42 + u15*u43 + u30*u44) + 4*xdot_3*(u23 + u17*u42 + u17*u43 + u32*u44) + 4*xdot*(u10*u42 + u10*u43 + u33*u44)
+        del xdot, xdot_1, xdot_2, xdot_3, u10, u11, u15, u17, u23, u30, u32, u33, u34, u35, u42, u43, u44
+        hvp = hvp.index_add(-1, lay["idx_x_4_0"], dot_3)
         del dot_3
-        hvp = hvp.index_add(-1, lay["idx_x_4_0"], dot_7)
-        del dot_7
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -349,10 +325,8 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w9 = 2*x_1 - 2*x_2
         w10 = x_1 - x_2
         del x_1, x_2
-        w11 = -w10
         w12 = x_3 - x_4
-        w13 = -w12
-        w14 = torch.square(w11) + torch.square(w13)
+        w14 = torch.square(w10) + torch.square(w12)
         w15 = (w14 != 0)
         w16 = _rt.guard(w15, w14)
         w17 = torch.where(w15, 1/(4*w16), x.new_tensor(0))
@@ -372,64 +346,54 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w27 = 1/(4*torch.pow(w16, 1.5))
         del w16
         w28 = w10*w25
-        del w10
         w29 = -w9
         w30 = -w26
-        w31 = torch.where(w15, -w27*_rt.guard(w15, w29), x.new_tensor(0))
+        w31 = torch.where(w15, -w27*_rt.guard(w15, -w9), x.new_tensor(0))
         w32 = 2*x_3 - 2*x_4
         del x_3, x_4
         w33 = -w32
-        w34 = torch.where(w15, -w27*_rt.guard(w15, w33), x.new_tensor(0))
-        w35 = w11*w20
-        w36 = w11*w23
-        w37 = w11*w25
-        del w11
+        w34 = torch.where(w15, -w27*_rt.guard(w15, -w32), x.new_tensor(0))
+        w35 = -w10*w20
+        w36 = -w10*w23
+        w37 = -w10*w25
+        del w10
         w38 = torch.where(w15, -w27*_rt.guard(w15, w32), x.new_tensor(0))
         w39 = w12*w20
         w40 = w12*w23
         w41 = w12*w25
-        del w12
-        w42 = w13*w33
+        w42 = w12*w32
         h2 = w26 + w21*w9 + w24*w9 + w28*torch.where(w15, -w27*_rt.guard(w15, w9), x.new_tensor(0))
-        del w9, w15, w27
-        h2_1 = w30 + w21*w29 + w24*w29 + w28*w31
-        h2_2 = w21*w33 + w24*w33 + w28*w34
-        del w21, w24, w28
-        h2_3 = w26 + w29*w35 + w29*w36 + w31*w37
-        del w29, w31
-        h2_4 = w32*w35 + w32*w36 + w37*w38
-        del w35, w36, w37
-        h2_5 = w26 + w32*w39 + w32*w40 + w38*w41
-        del w32, w38
-        h2_6 = w30 + w33*w39 + w33*w40 + w34*w41
-        del w30, w33, w39, w40, w41
-        h2_7 = w26 + w20*w42 + w23*w42 + w13*w25*w34
-        del w13, w20, w23, w25, w26, w34, w42
+        del w15, w27
+        h2_1 = w26 + w31*w37 - w35*w9 - w36*w9
+        del w9
+        h2_2 = w26 + w32*w39 + w32*w40 + w38*w41
+        h2_3 = w26 + w20*w42 + w23*w42 - w12*w25*w34
+        del w12, w20, w23, w25, w26, w42
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2
-        h = 2*h2_1
-        del h2_1
+        h = 2*w30 + 2*w21*w29 + 2*w24*w29 + 2*w28*w31
+        del w29, w31
         hdiag = hdiag.index_add(-1, lay["co0_1_at"], h[..., lay["co0_1"]])
         del h
-        h_1 = 2*h2_2
-        del h2_2
+        h_1 = 2*w21*w33 + 2*w24*w33 + 2*w28*w34
+        del w21, w24, w28
         hdiag = hdiag.index_add(-1, lay["co0_2_at"], h_1[..., lay["co0_2"]])
         del h_1
-        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_3)
-        del h2_3
-        h_2 = 2*h2_4
-        del h2_4
+        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_1)
+        del h2_1
+        h_2 = 2*w32*w35 + 2*w32*w36 + 2*w37*w38
+        del w32, w35, w36, w37, w38
         hdiag = hdiag.index_add(-1, lay["co0_3_at"], h_2[..., lay["co0_3"]])
         del h_2
-        hdiag = hdiag.index_add(-1, lay["idx_x_3_0"], h2_5)
-        del h2_5
-        h_3 = 2*h2_6
-        del h2_6
+        hdiag = hdiag.index_add(-1, lay["idx_x_3_0"], h2_2)
+        del h2_2
+        h_3 = 2*w30 + 2*w33*w39 + 2*w33*w40 + 2*w34*w41
+        del w30, w33, w34, w39, w40, w41
         hdiag = hdiag.index_add(-1, lay["co0_4_at"], h_3[..., lay["co0_4"]])
         del h_3
-        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h2_7)
-        del h2_7
+        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h2_3)
+        del h2_3
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -443,30 +407,24 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_3 = x[..., lay["idx_x_3_0"]]
         x_4 = x[..., lay["idx_x_4_0"]]
         w0 = x_1 - x_2
-        w1 = -w0
         w2 = x_3 - x_4
-        w3 = -w2
-        w4 = torch.square(w1) + torch.square(w3)
+        w4 = torch.square(w0) + torch.square(w2)
         w5 = _rt.safe_sqrt(w4) - offset
         w6 = torch.square(w5)
         w7 = (w4 != 0)
         w8 = w5*(2*a*w6 + b)*torch.where(w7, torch.rsqrt(_rt.guard(w7, w4))/2, x.new_tensor(0))
         del w4, w5, w6, w7
         d = w0*w8
+        d_1 = -w0*w8
         del w0
-        d_1 = w1*w8
-        del w1
         d_2 = w2*w8
-        del w2
-        d_3 = w3*w8
-        del w3, w8
+        d_3 = -w2*w8
+        del w2, w8
         w9 = 2*x_1 - 2*x_2
         w10 = x_1 - x_2
         del x_1, x_2
-        w11 = -w10
         w12 = x_3 - x_4
-        w13 = -w12
-        w14 = torch.square(w11) + torch.square(w13)
+        w14 = torch.square(w10) + torch.square(w12)
         w15 = (w14 != 0)
         w16 = _rt.guard(w15, w14)
         w17 = torch.where(w15, 1/(4*w16), x.new_tensor(0))
@@ -486,39 +444,29 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w27 = 1/(4*torch.pow(w16, 1.5))
         del w16
         w28 = w10*w25
-        del w10
         w29 = -w9
         w30 = -w26
-        w31 = torch.where(w15, -w27*_rt.guard(w15, w29), x.new_tensor(0))
+        w31 = torch.where(w15, -w27*_rt.guard(w15, -w9), x.new_tensor(0))
         w32 = 2*x_3 - 2*x_4
         del x_3, x_4
         w33 = -w32
-        w34 = torch.where(w15, -w27*_rt.guard(w15, w33), x.new_tensor(0))
-        w35 = w11*w20
-        w36 = w11*w23
-        w37 = w11*w25
-        del w11
+        w34 = torch.where(w15, -w27*_rt.guard(w15, -w32), x.new_tensor(0))
+        w35 = -w10*w20
+        w36 = -w10*w23
+        w37 = -w10*w25
+        del w10
         w38 = torch.where(w15, -w27*_rt.guard(w15, w32), x.new_tensor(0))
         w39 = w12*w20
         w40 = w12*w23
         w41 = w12*w25
-        del w12
-        w42 = w13*w33
+        w42 = w12*w32
         h2 = w26 + w21*w9 + w24*w9 + w28*torch.where(w15, -w27*_rt.guard(w15, w9), x.new_tensor(0))
-        del w9, w15, w27
-        h2_1 = w30 + w21*w29 + w24*w29 + w28*w31
-        h2_2 = w21*w33 + w24*w33 + w28*w34
-        del w21, w24, w28
-        h2_3 = w26 + w29*w35 + w29*w36 + w31*w37
-        del w29, w31
-        h2_4 = w32*w35 + w32*w36 + w37*w38
-        del w35, w36, w37
-        h2_5 = w26 + w32*w39 + w32*w40 + w38*w41
-        del w32, w38
-        h2_6 = w30 + w33*w39 + w33*w40 + w34*w41
-        del w30, w33, w39, w40, w41
-        h2_7 = w26 + w20*w42 + w23*w42 + w13*w25*w34
-        del w13, w20, w23, w25, w26, w34, w42
+        del w15, w27
+        h2_1 = w26 + w31*w37 - w35*w9 - w36*w9
+        del w9
+        h2_2 = w26 + w32*w39 + w32*w40 + w38*w41
+        h2_3 = w26 + w20*w42 + w23*w42 - w12*w25*w34
+        del w12, w20, w23, w25, w26, w42
         g = 4*d
         del d
         grad = torch.zeros_like(x)
@@ -539,26 +487,26 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2
-        h = 2*h2_1
-        del h2_1
+        h = 2*w30 + 2*w21*w29 + 2*w24*w29 + 2*w28*w31
+        del w29, w31
         hdiag = hdiag.index_add(-1, lay["co0_1_at"], h[..., lay["co0_1"]])
         del h
-        h_1 = 2*h2_2
-        del h2_2
+        h_1 = 2*w21*w33 + 2*w24*w33 + 2*w28*w34
+        del w21, w24, w28
         hdiag = hdiag.index_add(-1, lay["co0_2_at"], h_1[..., lay["co0_2"]])
         del h_1
-        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_3)
-        del h2_3
-        h_2 = 2*h2_4
-        del h2_4
+        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_1)
+        del h2_1
+        h_2 = 2*w32*w35 + 2*w32*w36 + 2*w37*w38
+        del w32, w35, w36, w37, w38
         hdiag = hdiag.index_add(-1, lay["co0_3_at"], h_2[..., lay["co0_3"]])
         del h_2
-        hdiag = hdiag.index_add(-1, lay["idx_x_3_0"], h2_5)
-        del h2_5
-        h_3 = 2*h2_6
-        del h2_6
+        hdiag = hdiag.index_add(-1, lay["idx_x_3_0"], h2_2)
+        del h2_2
+        h_3 = 2*w30 + 2*w33*w39 + 2*w33*w40 + 2*w34*w41
+        del w30, w33, w34, w39, w40, w41
         hdiag = hdiag.index_add(-1, lay["co0_4_at"], h_3[..., lay["co0_4"]])
         del h_3
-        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h2_7)
-        del h2_7
+        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h2_3)
+        del h2_3
         return grad, hdiag

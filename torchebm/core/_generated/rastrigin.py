@@ -70,12 +70,9 @@ class RastriginEnergy(CompiledEnergy):
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         t0 = 2*3.141592653589793*x
-        d = x + 3.141592653589793*a*torch.sin(t0)
+        g = 2*x + 2*3.141592653589793*a*torch.sin(t0)
         del t0
-        g = 2*d
-        del d
         grad = g
-        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -86,26 +83,21 @@ class RastriginEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         t0 = 2*3.141592653589793*x
         v_1 = torch.square(x) - a*torch.cos(t0)
-        d = x + 3.141592653589793*a*torch.sin(t0)
-        del t0
         r = v_1.sum(-1)
         del v_1
         energy_1 = r + a*n_float
         del r
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
-        g = 2*d
-        del d
+        g = 2*x + 2*3.141592653589793*a*torch.sin(t0)
+        del t0
         grad = g
-        del g
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
-        u0 = 2*x
-        u1 = 3.141592653589793*u0
-        del u0
+        u1 = 2*3.141592653589793*x
         u2 = a*torch.cos(u1)
         del u1
         dot = v*(2*9.869604401089358*u2 + 1)
@@ -113,7 +105,6 @@ class RastriginEnergy(CompiledEnergy):
         dot_1 = 2*dot
         del dot
         hvp = dot_1
-        del dot_1
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -122,7 +113,6 @@ class RastriginEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         h2 = 4*9.869604401089358*a*torch.cos(2*3.141592653589793*x) + 2
         hdiag = h2
-        del h2
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -130,13 +120,9 @@ class RastriginEnergy(CompiledEnergy):
         a = self.a.to(x.dtype)
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         w0 = 2*3.141592653589793*x
-        d = x + 3.141592653589793*a*torch.sin(w0)
-        del w0
         h2 = 4*9.869604401089358*a*torch.cos(2*3.141592653589793*x) + 2
-        g = 2*d
-        del d
+        g = 2*x + 2*3.141592653589793*a*torch.sin(w0)
+        del w0
         grad = g
-        del g
         hdiag = h2
-        del h2
         return grad, hdiag

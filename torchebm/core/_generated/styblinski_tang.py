@@ -57,27 +57,21 @@ class StyblinskiTangEnergy(CompiledEnergy):
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         # level 0: i in range(0, n) (per sample): sum((x[i])**(4) - 16*(x[i])**(2) + 5*x[i] for i in range(0, n))
-        d = 4*(x*x*x) + 5 - 32*x
-        g = 0.5*d
-        del d
+        g = 2.0*(x*x*x) + 2.5 - 16.0*x
         grad = g
-        del g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         # level 0: i in range(0, n) (per sample): sum((x[i])**(4) - 16*(x[i])**(2) + 5*x[i] for i in range(0, n))
         v_1 = torch.pow(x, 4) + 5*x - 16*torch.square(x)
-        d = 4*(x*x*x) + 5 - 32*x
         r = v_1.sum(-1)
         del v_1
         energy_1 = 0.5*r
         del r
         # level 0: i in range(0, n) (per sample): sum((x[i])**(4) - 16*(x[i])**(2) + 5*x[i] for i in range(0, n))
-        g = 0.5*d
-        del d
+        g = 2.0*(x*x*x) + 2.5 - 16.0*x
         grad = g
-        del g
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
@@ -89,30 +83,20 @@ class StyblinskiTangEnergy(CompiledEnergy):
         dot_1 = 0.5*dot
         del dot
         hvp = dot_1
-        del dot_1
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
         # level 0: i in range(0, n) (per sample): sum((x[i])**(4) - 16*(x[i])**(2) + 5*x[i] for i in range(0, n))
-        h2 = 12*torch.square(x) - 32
-        h = 0.5*h2
-        del h2
+        h = 6.0*torch.square(x) - 16.0
         hdiag = h
-        del h
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         # level 0: i in range(0, n) (per sample): sum((x[i])**(4) - 16*(x[i])**(2) + 5*x[i] for i in range(0, n))
-        d = 4*(x*x*x) + 5 - 32*x
-        h2 = 12*torch.square(x) - 32
-        g = 0.5*d
-        del d
+        g = 2.0*(x*x*x) + 2.5 - 16.0*x
         grad = g
-        del g
-        h = 0.5*h2
-        del h2
+        h = 6.0*torch.square(x) - 16.0
         hdiag = h
-        del h
         return grad, hdiag
