@@ -26,7 +26,7 @@ class DerivedHarmonic(HarmonicEnergy):
 
     def _derive(self):
         DerivedHarmonic.calls += 1
-        return {"2*(0.5*k)": 2 * (0.5 * self.k)}
+        return {**super()._derive(), "2*(0.5*k)": 2 * (0.5 * self.k)}
 
     def _gradient(self, x, lay, der):
         return der["2*(0.5*k)"] * x
@@ -38,8 +38,11 @@ class EmptyDerive(HarmonicEnergy):
     def _derive(self):
         return {}
 
+    def _gradient(self, x, lay, der):
+        return self.k.to(x.dtype) * x
 
-class NoneDerive(HarmonicEnergy):
+
+class NoneDerive(EmptyDerive):
     def _derive(self):
         return None
 

@@ -72,11 +72,21 @@ class GoldenEnergy(CompiledEnergy):
         lay["width"] = max(max(n, w.shape[0]), lay["P1"])
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "M": self.M,
+            "c": -0.5/torch.square(self.s),
+            "h": -1.0/torch.square(self.s),
+            "u1": 0.5/torch.square(self.s),
+            "w": self.w,
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        w = self.w.to(x.dtype)
-        M = self.M.to(x.dtype)
-        s = self.s.to(x.dtype)
+        w = der["w"]
+        M = der["M"]
+        c = der["c"]
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         p = M[lay["idx_p_0"], lay["idx_p_1"]]
         x_1 = x[..., lay["idx_x_1_0"]]
@@ -87,7 +97,7 @@ class GoldenEnergy(CompiledEnergy):
         r = _rt.reduce_points(v_1, "sum", w.shape[0], lay["Q1"])
         del v_1
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
-        v_2 = torch.log(w) - 0.5*r/torch.square(s)
+        v_2 = c*r + torch.log(w)
         del r
         lse = _rt.logsumexp(v_2)
         del v_2
@@ -97,9 +107,9 @@ class GoldenEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        w = self.w.to(x.dtype)
-        M = self.M.to(x.dtype)
-        s = self.s.to(x.dtype)
+        w = der["w"]
+        M = der["M"]
+        c = der["c"]
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         p = M[lay["idx_p_0"], lay["idx_p_1"]]
         x_1 = x[..., lay["idx_x_1_0"]]
@@ -109,13 +119,13 @@ class GoldenEnergy(CompiledEnergy):
         r = _rt.reduce_points(v_1, "sum", w.shape[0], lay["Q1"])
         del v_1
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
-        v_2 = torch.log(w) - 0.5*r/torch.square(s)
+        v_2 = c*r + torch.log(w)
         del r
         lse = _rt.logsumexp(v_2)
         bc = lse.unsqueeze(-1)
         w_1 = -torch.exp(v_2 - bc)
         del v_2, lse, bc
-        w_2 = -0.5*w_1/torch.square(s)
+        w_2 = c*w_1
         del w_1
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bc_1 = w_2[..., lay["seg1"]]
@@ -129,9 +139,9 @@ class GoldenEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        w = self.w.to(x.dtype)
-        M = self.M.to(x.dtype)
-        s = self.s.to(x.dtype)
+        w = der["w"]
+        M = der["M"]
+        c = der["c"]
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         p = M[lay["idx_p_0"], lay["idx_p_1"]]
         x_1 = x[..., lay["idx_x_1_0"]]
@@ -141,7 +151,7 @@ class GoldenEnergy(CompiledEnergy):
         r = _rt.reduce_points(v_1, "sum", w.shape[0], lay["Q1"])
         del v_1
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
-        v_2 = torch.log(w) - 0.5*r/torch.square(s)
+        v_2 = c*r + torch.log(w)
         del r
         lse = _rt.logsumexp(v_2)
         energy_1 = -lse
@@ -149,7 +159,7 @@ class GoldenEnergy(CompiledEnergy):
         bc = lse.unsqueeze(-1)
         w_1 = -torch.exp(v_2 - bc)
         del v_2, lse, bc
-        w_2 = -0.5*w_1/torch.square(s)
+        w_2 = c*w_1
         del w_1
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bc_1 = w_2[..., lay["seg1"]]
@@ -163,9 +173,10 @@ class GoldenEnergy(CompiledEnergy):
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
-        w = self.w.to(x.dtype)
-        M = self.M.to(x.dtype)
-        s = self.s.to(x.dtype)
+        w = der["w"]
+        M = der["M"]
+        c = der["c"]
+        u1 = der["u1"]
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         p = M[lay["idx_p_0"], lay["idx_p_1"]]
         x_1 = x[..., lay["idx_x_1_0"]]
@@ -179,10 +190,9 @@ class GoldenEnergy(CompiledEnergy):
         dot_1 = _rt.reduce_points(dot, "sum", w.shape[0], lay["Q1"])
         del dot
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
-        u1 = 0.5/torch.square(s)
-        v_2 = torch.log(w) - u1*r
+        v_2 = c*r + torch.log(w)
         del r
-        dot_2 = -u1*dot_1
+        dot_2 = c*dot_1
         del dot_1
         lse = _rt.logsumexp(v_2)
         res = lse.unsqueeze(-1)
@@ -193,12 +203,11 @@ class GoldenEnergy(CompiledEnergy):
         dot_4 = dot_3.unsqueeze(-1)
         u2 = torch.exp(v_2 - bc)
         del v_2, lse, res, bc
-        u3 = 0.5/torch.square(s)
         dot_5 = u2*(dot_4 - dot_2)
         del dot_2, dot_3, dot_4
-        w_2 = u3*u2
+        w_2 = u1*u2
         del u2
-        dot_6 = -u3*dot_5
+        dot_6 = c*dot_5
         del dot_5
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bc_1 = w_2[..., lay["seg1"]]
@@ -214,9 +223,10 @@ class GoldenEnergy(CompiledEnergy):
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
-        w = self.w.to(x.dtype)
-        M = self.M.to(x.dtype)
-        s = self.s.to(x.dtype)
+        w = der["w"]
+        M = der["M"]
+        c = der["c"]
+        h = der["h"]
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         p = M[lay["idx_p_0"], lay["idx_p_1"]]
         x_1 = x[..., lay["idx_x_1_0"]]
@@ -226,24 +236,24 @@ class GoldenEnergy(CompiledEnergy):
         r = _rt.reduce_points(v_1, "sum", w.shape[0], lay["Q1"])
         del v_1
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
-        v_2 = torch.log(w) - 0.5*r/torch.square(s)
+        v_2 = c*r + torch.log(w)
         del r
         lse = _rt.logsumexp(v_2)
         bc = lse.unsqueeze(-1)
         w_1 = -torch.exp(v_2 - bc)
-        w_2 = -0.5*w_1/torch.square(s)
+        w_2 = c*w_1
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bc_1 = w_2[..., lay["seg1"]]
         del w_2
-        h = 2*bc_1
+        h_1 = 2*bc_1
         del bc_1
         hdiag = torch.zeros_like(x)
-        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h)
-        del h
+        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h_1)
+        del h_1
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
         bc_2 = lse.unsqueeze(-1)
         w_4 = torch.exp(v_2 - bc_2)
-        w_5 = -0.5*w_4/torch.square(s)
+        w_5 = c*w_4
         del w_4
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bc_3 = w_5[..., lay["seg1"]]
@@ -255,32 +265,30 @@ class GoldenEnergy(CompiledEnergy):
         del g_1
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
         res_1 = lse.unsqueeze(-1)
-        h_1 = torch.exp(v_2 - res_1)
+        h_2 = torch.exp(v_2 - res_1)
         del v_2, lse, bc, bc_2, res_1
-        hs = h_1.sum(-1)
-        del h_1
-        h_2 = 1/hs
+        hs = h_2.sum(-1)
+        del h_2
+        h_3 = 1/hs
         del hs
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
-        bw = h_2.unsqueeze(-1)
-        # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
-        h_3 = -1.0/torch.square(s)
-        # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
+        bw = h_3.unsqueeze(-1)
         bw_1 = w_1[..., lay["seg1"]]
         del w_1
         gload = grad_lse[..., lay["idx_x_1_0"]]
         del grad_lse
-        h_4 = bw*bw_1*torch.square(h_3*w0 - bw*gload)
-        del w0, h_2, bw, bw_1, gload
+        h_4 = bw*bw_1*torch.square(h*w0 - bw*gload)
+        del w0, h_3, bw, bw_1, gload
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h_4)
         del h_4
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
-        w = self.w.to(x.dtype)
-        M = self.M.to(x.dtype)
-        s = self.s.to(x.dtype)
+        w = der["w"]
+        M = der["M"]
+        c = der["c"]
+        h = der["h"]
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         p = M[lay["idx_p_0"], lay["idx_p_1"]]
         x_1 = x[..., lay["idx_x_1_0"]]
@@ -290,12 +298,12 @@ class GoldenEnergy(CompiledEnergy):
         r = _rt.reduce_points(v_1, "sum", w.shape[0], lay["Q1"])
         del v_1
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
-        v_2 = torch.log(w) - 0.5*r/torch.square(s)
+        v_2 = c*r + torch.log(w)
         del r
         lse = _rt.logsumexp(v_2)
         bc = lse.unsqueeze(-1)
         w_1 = -torch.exp(v_2 - bc)
-        w_2 = -0.5*w_1/torch.square(s)
+        w_2 = c*w_1
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bc_1 = w_2[..., lay["seg1"]]
         del w_2
@@ -303,15 +311,15 @@ class GoldenEnergy(CompiledEnergy):
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
-        h = 2*bc_1
+        h_1 = 2*bc_1
         del bc_1
         hdiag = torch.zeros_like(x)
-        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h)
-        del h
+        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h_1)
+        del h_1
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
         bc_2 = lse.unsqueeze(-1)
         w_4 = torch.exp(v_2 - bc_2)
-        w_5 = -0.5*w_4/torch.square(s)
+        w_5 = c*w_4
         del w_4
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bc_3 = w_5[..., lay["seg1"]]
@@ -323,23 +331,20 @@ class GoldenEnergy(CompiledEnergy):
         del g_1
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
         res_1 = lse.unsqueeze(-1)
-        h_1 = torch.exp(v_2 - res_1)
+        h_2 = torch.exp(v_2 - res_1)
         del v_2, lse, bc, bc_2, res_1
-        hs = h_1.sum(-1)
-        del h_1
-        h_2 = 1/hs
+        hs = h_2.sum(-1)
+        del h_2
+        h_3 = 1/hs
         del hs
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
-        bw = h_2.unsqueeze(-1)
-        # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
-        h_3 = -1.0/torch.square(s)
-        # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
+        bw = h_3.unsqueeze(-1)
         bw_1 = w_1[..., lay["seg1"]]
         del w_1
         gload = grad_lse[..., lay["idx_x_1_0"]]
         del grad_lse
-        h_4 = bw*bw_1*torch.square(h_3*w0 - bw*gload)
-        del w0, h_2, bw, bw_1, gload
+        h_4 = bw*bw_1*torch.square(h*w0 - bw*gload)
+        del w0, h_3, bw, bw_1, gload
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h_4)
         del h_4
         return grad, hdiag

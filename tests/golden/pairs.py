@@ -60,17 +60,31 @@ class GoldenEnergy(CompiledEnergy):
         lay["width"] = max(n, lay["P0"])
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "c": torch.pow(self.s, 6),
+            "c_1": 4*self.eps,
+            "c_5": 288*self.eps*torch.pow(self.s, 12),
+            "c_6": 2*torch.pow(self.s, 6),
+            "c_7": 168*self.eps*torch.pow(self.s, 6),
+            "s": self.s,
+            "w": 24*self.eps*torch.pow(self.s, 6),
+            "w_1": -24*self.eps*torch.pow(self.s, 6),
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        eps = self.eps.to(x.dtype)
-        s = self.s.to(x.dtype)
+        s = der["s"]
+        c = der["c"]
+        c_1 = der["c_1"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
         t0 = x_2 - x_1
         del x_1, x_2
-        t1 = torch.pow(s, 6)/torch.pow(t0, 6)
-        v_1 = 4*eps*(torch.pow(s, 12)/torch.pow(t0, 12) - t1)
+        t1 = c/torch.pow(t0, 6)
+        v_1 = c_1*(torch.pow(s, 12)/torch.pow(t0, 12) - t1)
         del t0, t1
         r = v_1.sum(-1)
         del v_1
@@ -78,22 +92,21 @@ class GoldenEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        eps = self.eps.to(x.dtype)
-        s = self.s.to(x.dtype)
+        c = der["c"]
+        w = der["w"]
+        w_1 = der["w_1"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
         t0 = x_2 - x_1
         del x_1, x_2
-        t1 = torch.pow(s, 6)/torch.pow(t0, 6)
+        t1 = c/torch.pow(t0, 6)
         d = (2*t1 - 1)/torch.pow(t0, 7)
         del t0, t1
-        w = 24*eps*torch.pow(s, 6)
         g = w*d
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
-        w_1 = -24*eps*torch.pow(s, 6)
         g_1 = w_1*d
         del d
         grad = grad.index_add(-1, lay["idx_x_2_0"], g_1)
@@ -102,25 +115,26 @@ class GoldenEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        eps = self.eps.to(x.dtype)
-        s = self.s.to(x.dtype)
+        s = der["s"]
+        c = der["c"]
+        c_1 = der["c_1"]
+        w = der["w"]
+        w_1 = der["w_1"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
         t0 = x_2 - x_1
         del x_1, x_2
-        t1 = torch.pow(s, 6)/torch.pow(t0, 6)
-        v_1 = 4*eps*(torch.pow(s, 12)/torch.pow(t0, 12) - t1)
+        t1 = c/torch.pow(t0, 6)
+        v_1 = c_1*(torch.pow(s, 12)/torch.pow(t0, 12) - t1)
         d = (2*t1 - 1)/torch.pow(t0, 7)
         del t0, t1
         r = v_1.sum(-1)
         del v_1
-        w = 24*eps*torch.pow(s, 6)
         g = w*d
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
-        w_1 = -24*eps*torch.pow(s, 6)
         g_1 = w_1*d
         del d
         grad = grad.index_add(-1, lay["idx_x_2_0"], g_1)
@@ -129,8 +143,9 @@ class GoldenEnergy(CompiledEnergy):
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
-        eps = self.eps.to(x.dtype)
-        s = self.s.to(x.dtype)
+        c = der["c"]
+        w = der["w"]
+        w_1 = der["w_1"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
         x_1 = x[..., lay["idx_x_1_0"]]
         xdot = v[..., lay["idx_x_1_0"]]
@@ -138,18 +153,15 @@ class GoldenEnergy(CompiledEnergy):
         xdot_1 = v[..., lay["idx_x_2_0"]]
         u1 = x_2 - x_1
         del x_1, x_2
-        u2 = torch.pow(s, 6)
-        u3 = u2/torch.pow(u1, 6)
+        u3 = c/torch.pow(u1, 6)
         u7 = 2*u3 - 1
         del u3
-        dot = (xdot - xdot_1)*(7*u7/torch.pow(u1, 8) + 12*u2/torch.pow(u1, 14))
+        dot = (xdot - xdot_1)*(7*u7/torch.pow(u1, 8) + 12*c/torch.pow(u1, 14))
         del xdot, xdot_1, u1, u7
-        w = 24*eps*torch.pow(s, 6)
         dot_1 = w*dot
         hvp = torch.zeros_like(v)
         hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_1)
         del dot_1
-        w_1 = -24*eps*torch.pow(s, 6)
         dot_2 = w_1*dot
         del dot
         hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_2)
@@ -158,17 +170,17 @@ class GoldenEnergy(CompiledEnergy):
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
-        eps = self.eps.to(x.dtype)
-        s = self.s.to(x.dtype)
+        c_5 = der["c_5"]
+        c_6 = der["c_6"]
+        c_7 = der["c_7"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
         w2 = x_2 - x_1
         del x_1, x_2
-        w3 = 288*eps*torch.pow(s, 12)/torch.pow(w2, 14)
-        w4 = torch.pow(s, 6)
-        w5 = 2*w4/torch.pow(w2, 6) - 1
-        w6 = 168*w4*eps/torch.pow(w2, 8)
+        w3 = c_5/torch.pow(w2, 14)
+        w5 = c_6/torch.pow(w2, 6) - 1
+        w6 = c_7/torch.pow(w2, 8)
         del w2
         h2 = w3 + w5*w6
         h2_1 = w3 + w5*w6
@@ -182,31 +194,32 @@ class GoldenEnergy(CompiledEnergy):
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
-        eps = self.eps.to(x.dtype)
-        s = self.s.to(x.dtype)
+        c = der["c"]
+        w = der["w"]
+        w_1 = der["w_1"]
+        c_5 = der["c_5"]
+        c_6 = der["c_6"]
+        c_7 = der["c_7"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
         w0 = x_2 - x_1
-        w1 = torch.pow(s, 6)/torch.pow(w0, 6)
+        w1 = c/torch.pow(w0, 6)
         d = (2*w1 - 1)/torch.pow(w0, 7)
         del w0, w1
         w2 = x_2 - x_1
         del x_1, x_2
-        w3 = 288*eps*torch.pow(s, 12)/torch.pow(w2, 14)
-        w4 = torch.pow(s, 6)
-        w5 = 2*w4/torch.pow(w2, 6) - 1
-        w6 = 168*w4*eps/torch.pow(w2, 8)
+        w3 = c_5/torch.pow(w2, 14)
+        w5 = c_6/torch.pow(w2, 6) - 1
+        w6 = c_7/torch.pow(w2, 8)
         del w2
         h2 = w3 + w5*w6
         h2_1 = w3 + w5*w6
         del w3, w5, w6
-        w = 24*eps*torch.pow(s, 6)
         g = w*d
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
-        w_1 = -24*eps*torch.pow(s, 6)
         g_1 = w_1*d
         del d
         grad = grad.index_add(-1, lay["idx_x_2_0"], g_1)

@@ -59,9 +59,17 @@ class GoldenEnergy(CompiledEnergy):
         lay["width"] = n
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "h": -4*self.kappa,
+            "kappa": self.kappa,
+            "w": -2*self.kappa,
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        kappa = self.kappa.to(x.dtype)
+        kappa = der["kappa"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
         t0 = kappa*x_1
@@ -74,7 +82,8 @@ class GoldenEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        kappa = self.kappa.to(x.dtype)
+        kappa = der["kappa"]
+        w = der["w"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
         t0 = kappa*x_1
@@ -82,14 +91,15 @@ class GoldenEnergy(CompiledEnergy):
         g = 2*x - 2*t0
         del t0
         grad = g
-        g_1 = -2*kappa*x
+        g_1 = w*x
         grad = grad.index_add(-1, lay["idx_x_1_0"], g_1)
         del g_1
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        kappa = self.kappa.to(x.dtype)
+        kappa = der["kappa"]
+        w = der["w"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
         t0 = kappa*x_1
@@ -100,14 +110,15 @@ class GoldenEnergy(CompiledEnergy):
         g = 2*x - 2*t0
         del t0
         grad = g
-        g_1 = -2*kappa*x
+        g_1 = w*x
         grad = grad.index_add(-1, lay["idx_x_1_0"], g_1)
         del g_1
         return r, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
-        kappa = self.kappa.to(x.dtype)
+        kappa = der["kappa"]
+        w = der["w"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
         xdot = v[..., lay["idx_x_1_0"]]
         u2 = kappa*xdot
@@ -115,7 +126,7 @@ class GoldenEnergy(CompiledEnergy):
         dot = 2*v - 2*u2
         del u2
         hvp = dot
-        dot_1 = -2*kappa*v
+        dot_1 = w*v
         hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_1)
         del dot_1
         return hvp
@@ -123,17 +134,18 @@ class GoldenEnergy(CompiledEnergy):
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        kappa = self.kappa.to(x.dtype)
+        h = der["h"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
         hdiag = _rt_points(2, x, n).clone()
-        h = -4*kappa
         hdiag = hdiag.index_add(-1, lay["co0_1_at"], _rt_points(h, x, n)[..., lay["co0_1"]])
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
-        kappa = self.kappa.to(x.dtype)
+        kappa = der["kappa"]
+        w = der["w"]
+        h = der["h"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
         w0 = kappa*x_1
@@ -141,10 +153,9 @@ class GoldenEnergy(CompiledEnergy):
         g = 2*x - 2*w0
         del w0
         grad = g
-        g_1 = -2*kappa*x
+        g_1 = w*x
         grad = grad.index_add(-1, lay["idx_x_1_0"], g_1)
         del g_1
         hdiag = _rt_points(2, x, n).clone()
-        h = -4*kappa
         hdiag = hdiag.index_add(-1, lay["co0_1_at"], _rt_points(h, x, n)[..., lay["co0_1"]])
         return grad, hdiag

@@ -61,11 +61,12 @@ class GoldenEnergy(CompiledEnergy):
         return {
             "inverse(S)": _rt.inverse(self.S),
             "logdet(S)": _rt.logdet(self.S),
+            "mu": self.mu,
         }
 
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        mu = self.mu.to(x.dtype)
+        mu = der["mu"]
         inverse_S = der["inverse(S)"]
         logdet_S = der["logdet(S)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
@@ -84,7 +85,7 @@ class GoldenEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        mu = self.mu.to(x.dtype)
+        mu = der["mu"]
         inverse_S = der["inverse(S)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
         h = x - mu
@@ -103,7 +104,7 @@ class GoldenEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        mu = self.mu.to(x.dtype)
+        mu = der["mu"]
         inverse_S = der["inverse(S)"]
         logdet_S = der["logdet(S)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
@@ -155,7 +156,7 @@ class GoldenEnergy(CompiledEnergy):
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
-        mu = self.mu.to(x.dtype)
+        mu = der["mu"]
         inverse_S = der["inverse(S)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
         h_1 = x - mu

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 
 
+import sympy as sp
+
 from ..errors import EnergySyntaxError
 from . import budget
 from .derivatives import reverse_mode
@@ -20,7 +22,7 @@ from .diagonal import hessian_diagonal
 from .emit import emit_module
 from .ir import AdjointInfo, EnergySpec, GeneratedSource, Kernel
 from .lower import lower
-from .optimise import cse, entry_points, propagate_copies, simplify
+from .optimise import cse, entry_points, hoist_parameters, propagate_copies, simplify
 from .parse import MAX_TREE, Parsed, _tree_size, parse_formula
 from .rewrite import stabilize
 from .symbols import N, size_symbol
@@ -102,7 +104,7 @@ def _compile_parsed(spec, parsed, second_order):
     budget.check_work(budget.gradient_work(expr), budget.MAX_GRADIENT_WORK, "the gradient")
     built, info = reverse_mode(program)
     budget.check_statements(built.body, "the gradient", budget.MAX_GRADIENT_NODES)
-    compiled = Compiled(None, parsed, optimised(built), spec, built, info)
+    compiled = Compiled(None, parsed, optimised(built, parsed), spec, built, info)
     if second_order:
         return with_second_order(compiled)
     entries = entry_points(compiled.kernel)
@@ -110,9 +112,11 @@ def _compile_parsed(spec, parsed, second_order):
                                entries=entries)
 
 
-def optimised(kernel: Kernel, prefix: str = "_t") -> Kernel:
-    """The passes every kernel gets: CSE, copy propagation, simplification."""
-    return simplify(propagate_copies(cse(kernel, prefix)))
+def optimised(kernel: Kernel, parsed: Parsed, prefix: str = "_t") -> Kernel:
+    """The passes every kernel gets: CSE, copy propagation, simplification, then the
+    parameter-only values moved to ``_derive``."""
+    params = {sp.Symbol(p.name, real=True) for p in parsed.params.values() if p.rank == 0}
+    return hoist_parameters(simplify(propagate_copies(cse(kernel, prefix))), params)
 
 
 def with_second_order(compiled: Compiled) -> Compiled:
@@ -130,11 +134,11 @@ def with_second_order(compiled: Compiled) -> Compiled:
         # each stage numbers its new symbols after the previous one's: unique across kernels
         second = jvp(built.replace(next_symbol=compiled.kernel.next_symbol))
         budget.check_statements(second.body, "the Hessian-vector product")
-        hvp = optimised(second, "_u")
+        hvp = optimised(second, compiled.parsed, prefix="_u")
         diagonal = hessian_diagonal(built.replace(next_symbol=hvp.next_symbol), compiled.info)
         if diagonal is not None:
             budget.check_statements(diagonal.body, "the Hessian diagonal")
-            diagonal = optimised(diagonal, "_w")
+            diagonal = optimised(diagonal, compiled.parsed, prefix="_w")
         entries = entry_points(compiled.kernel, hvp, diagonal)
         generated = emit_module(compiled.spec, compiled.parsed, entries)
     return dataclasses.replace(compiled, generated=generated, hvp=hvp, diagonal=diagonal,

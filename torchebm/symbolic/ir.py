@@ -502,7 +502,9 @@ class Kernel:
 
     ``outputs``: symbols and :class:`Adjoint` keys. ``shapes``: the shape class
     of every symbol the body defines (others are scalars). ``tangent``: the
-    symbols shaped like the tangent ``v`` rather than ``x``. ``next_symbol``:
+    symbols shaped like the tangent ``v`` rather than ``x``. ``derived``: symbols
+    whose values depend on parameters only, computed once per parameter value and
+    dtype (the generated ``_derive``) instead of in the body. ``next_symbol``:
     the number the next new symbol gets (a stage that adds statements continues
     from it, so symbols stay unique across kernels of one program).
     """
@@ -517,6 +519,7 @@ class Kernel:
     tangent_vectors: MappingProxyType = field(default_factory=frozen_map)  # name -> MatVec
     dense_roots: MappingProxyType = field(default_factory=frozen_map)      # Vector -> symbol
     next_symbol: int = 0
+    derived: MappingProxyType = field(default_factory=frozen_map)  # symbol -> parameter-only
 
     def shape_of(self, expr) -> Shape:
         return Shape.join(*[self.shapes.get(s, Shape.SCALAR) for s in expr.free_symbols])

@@ -3,7 +3,7 @@
 ``_layout(n, device, dtype)`` holds the size checks (an out-of-range
 ``x[i + 1]`` is reported here, once per ``n``) and the index tensors of the
 gathers, cached per ``n`` by the base class. ``_derive()`` holds parameter-only
-values (``inverse(S)``, ``logdet(S)``), cached per parameter value,
+values (``inverse(S)``, ``4*barrier_height``), cached per parameter value,
 dtype and device. Both print from the lowered program; ``emit`` calls them.
 """
 
@@ -200,9 +200,12 @@ def layout_method(em) -> str:
 
 
 def derive_method(em) -> str:
-    """The ``_derive()`` method (parameter-only linear algebra), or '' when there is none."""
+    """The ``_derive()`` method, or '' when there is nothing to derive: parameter-only
+    values (linear algebra, the parameters themselves and products of them), which the
+    runtime computes once per parameter value and casts to x's dtype and device."""
     items = [f'"{key}": _rt.{d.op}(self.{em.params[d.param]}),'
              for key, d in em.parsed.derived.items()]
+    items += [f'"{key}": {code},' for key, code in sorted(em.derived_values.items())]
     if not items:
         return ""
     return ("    def _derive(self):\n"

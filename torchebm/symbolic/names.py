@@ -71,6 +71,7 @@ class ModuleNames:
         self.dense_roots = {v: s for k in entries for v, s in k.dense_roots.items()}
         self.coincident = list({st.key: st for k in entries for st in k.body
                                 if isinstance(st, CoincidentAccumulate)}.values())
+        self.derived_values = {}         # local -> code, printed in _derive when used
         self.ns = Namespace()
         self.names: dict = {N: "n"}
         self.pyscalars = {N}
@@ -104,6 +105,12 @@ class ModuleNames:
         for name in list(self.program.vectors) + list(self.tangent_vectors):
             self.accumulator(Vector(VectorKind.MATVEC, name))
         stems = self.program.symbol_names
+        self.derived = {s: e for k in self.entries for s, e in k.derived.items()}
+        by_value = {}                    # one local per distinct parameter-only value
+        for s, e in self.derived.items():
+            if e not in by_value:
+                by_value[e] = self.ns.create(s.name.lstrip("_").split("_")[0])
+            self.names[s] = by_value[e]
         for k in self.entries:
             for st in k.body:
                 alias = self.alias(st)

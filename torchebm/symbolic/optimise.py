@@ -389,3 +389,61 @@ def simplify(kernel: Kernel) -> Kernel:
         kernel = step(kernel)
     return kernel
 
+
+# -- parameter-only values ------------------------------------------------------------------
+def _hoist_factor(term, params, derived, syms):
+    """``term`` with its parameter-only factor (``0.5*k`` of ``0.5*k*r``) replaced by a
+    derived symbol (one per distinct factor)."""
+    if not term.is_Mul:
+        return term
+    others = term.free_symbols - params - derived.keys()
+    if not others:
+        return term
+    factor, rest = term.as_independent(*others, as_Add=False)
+    if factor.is_Number or factor.is_Symbol or not factor.free_symbols:
+        return term
+    return _derived_symbol(factor, derived, syms) * rest
+
+
+def _derived_symbol(expr, derived, syms):
+    expr = expr.xreplace(dict(derived))
+    for s, e in derived.items():
+        if e == expr:
+            return s
+    s = syms.new("c", Shape.SCALAR)
+    derived[s] = expr
+    return s
+
+
+def hoist_parameters(kernel: Kernel, params) -> Kernel:
+    """Parameter-only values move out of the body into ``kernel.derived`` (the generated
+    ``_derive``, computed once per parameter value and dtype, not per call): whole
+    assignments (``4*barrier_height``, ``-square(b)``) and the parameter-only factor of
+    a product (``0.5*k`` in ``0.5*k*r``). ``params``: the scalar parameters' symbols
+    (never ``n`` or sizes, which ``_derive`` does not know)."""
+    params = frozenset(params)
+    derived = dict(kernel.derived)
+    syms = _Symbols(kernel)
+    body = []
+    for st in kernel.body:
+        if isinstance(st, Assign) and isinstance(st.expr, sp.Expr) and params:
+            free = st.expr.free_symbols
+            if free and free <= params | derived.keys() and st.target not in kernel.outputs:
+                derived[st.target] = st.expr.xreplace(derived)
+                continue
+            terms = sp.Add.make_args(st.expr)
+            fixed = [t for t in terms if t.free_symbols and t.free_symbols <= params
+                     | derived.keys()]
+            rest = [t for t in terms if t not in fixed]
+            if len(fixed) > 1 or (fixed and not fixed[0].is_Symbol):
+                # the parameter-only terms of a sum, one value (``-square(b)``)
+                rest.append(_derived_symbol(sp.Add(*fixed), derived, syms))
+            else:
+                rest += fixed
+            expr = sp.Add(*[_hoist_factor(t, params, derived, syms) for t in rest])
+            if expr != st.expr:
+                st = dataclasses.replace(st, expr=expr)
+        body.append(st)
+    if len(derived) == len(kernel.derived):
+        return kernel
+    return syms.done(kernel, body, derived=frozen_map(derived))

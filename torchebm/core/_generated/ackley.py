@@ -57,12 +57,24 @@ class AckleyEnergy(CompiledEnergy):
         lay["width"] = n
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "a": self.a,
+            "b": self.b,
+            "c": self.c,
+            "c_1": -self.c,
+            "c_3": -torch.square(self.b),
+            "c_4": -torch.square(self.c),
+            "c_5": -self.a*torch.square(self.b),
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        a = self.a.to(x.dtype)
-        b = self.b.to(x.dtype)
-        c = self.c.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         t0 = c*x
@@ -84,9 +96,10 @@ class AckleyEnergy(CompiledEnergy):
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        a = self.a.to(x.dtype)
-        b = self.b.to(x.dtype)
-        c = self.c.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        c_1 = der["c_1"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         t0 = c*x
@@ -112,7 +125,7 @@ class AckleyEnergy(CompiledEnergy):
         t5 = (bc_2 != 0)
         w = bc_1*torch.where(t5, (_rt.guard(t5, x)/_rt.guard(t5, bc_2)), x.new_tensor(0))
         del norm, bc_2, d_1, bc_1, t5
-        w_1 = -c*bc
+        w_1 = c_1*bc
         del d_2, bc
         g = w + w_1*d
         del d, w, w_1
@@ -122,9 +135,10 @@ class AckleyEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        a = self.a.to(x.dtype)
-        b = self.b.to(x.dtype)
-        c = self.c.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        c_1 = der["c_1"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         t0 = c*x
@@ -151,7 +165,7 @@ class AckleyEnergy(CompiledEnergy):
         t5 = (bc_2 != 0)
         w = bc_1*torch.where(t5, (_rt.guard(t5, x)/_rt.guard(t5, bc_2)), x.new_tensor(0))
         del norm, bc_2, d_1, bc_1, t5
-        w_1 = -c*bc
+        w_1 = c_1*bc
         del d_2, bc
         g = w + w_1*d
         del d, w, w_1
@@ -161,9 +175,11 @@ class AckleyEnergy(CompiledEnergy):
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
         n = x.shape[-1]
-        a = self.a.to(x.dtype)
-        b = self.b.to(x.dtype)
-        c = self.c.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        c_1 = der["c_1"]
+        c_3 = der["c_3"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         u0 = c*x
@@ -195,7 +211,7 @@ class AckleyEnergy(CompiledEnergy):
         del u9
         u11 = u5*u6
         d_1 = u8*u10
-        dot_4 = -u5*torch.square(b)*dot_3*u10
+        dot_4 = c_3*u5*dot_3*u10
         del u10
         d_2 = -u11
         del u11
@@ -215,9 +231,9 @@ class AckleyEnergy(CompiledEnergy):
         u15 = torch.where(u12, (u13/u14), x.new_tensor(0))
         dot_9 = dot_7*u15 + bc_1*dot_8*torch.where(u12, -_rt.over_square(u13, u14), x.new_tensor(0)) + bc_1*torch.where(u12, 1/u14, x.new_tensor(0))*v
         del dot_3, dot_8, d_1, bc_1, dot_4, dot_7, u12, u13, u14, u15
-        w_1 = -c*bc
+        w_1 = c_1*bc
         del d_2, bc
-        dot_10 = -c*dot_6
+        dot_10 = c_1*dot_6
         del dot_5, dot_6
         dot_11 = dot_9 + w_1*dot_1 + dot_10*u2
         del u2, dot_1, dot_9, w_1, dot_10
@@ -227,9 +243,12 @@ class AckleyEnergy(CompiledEnergy):
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        a = self.a.to(x.dtype)
-        b = self.b.to(x.dtype)
-        c = self.c.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        c_1 = der["c_1"]
+        c_4 = der["c_4"]
+        c_5 = der["c_5"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         w0 = c*x
@@ -239,7 +258,7 @@ class AckleyEnergy(CompiledEnergy):
         r = v_1.sum(-1)
         del v_1
         norm = _rt.norm(x)
-        h2 = -torch.square(c)*torch.cos(c*x)
+        h2 = c_4*torch.cos(c*x)
         w1 = 1/n_float
         w2 = torch.exp(w1*r)
         w3 = b*torch.rsqrt(n_float)
@@ -250,7 +269,7 @@ class AckleyEnergy(CompiledEnergy):
         del w2
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bc = d_2.unsqueeze(-1)
-        h = -a*torch.square(b)*torch.exp(-b*torch.rsqrt(n_float)*norm)/n_float
+        h = c_5*torch.exp(-b*torch.rsqrt(n_float)*norm)/n_float
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bc_3 = norm.unsqueeze(-1)
         w6 = (bc_3 != 0)
@@ -262,7 +281,7 @@ class AckleyEnergy(CompiledEnergy):
         h_1 = -torch.exp(r/n_float)/torch.square(n_float)
         del r
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
-        g_1 = -c*d
+        g_1 = c_1*d
         del d
         grad_r = g_1
         hdiag = hdiag + h_1.unsqueeze(-1)*torch.square(grad_r)
@@ -286,9 +305,12 @@ class AckleyEnergy(CompiledEnergy):
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
-        a = self.a.to(x.dtype)
-        b = self.b.to(x.dtype)
-        c = self.c.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        c_1 = der["c_1"]
+        c_4 = der["c_4"]
+        c_5 = der["c_5"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         w0 = c*x
@@ -298,7 +320,7 @@ class AckleyEnergy(CompiledEnergy):
         r = v_1.sum(-1)
         del v_1
         norm = _rt.norm(x)
-        h2 = -torch.square(c)*torch.cos(c*x)
+        h2 = c_4*torch.cos(c*x)
         w1 = 1/n_float
         w2 = torch.exp(w1*r)
         w3 = b*torch.rsqrt(n_float)
@@ -314,11 +336,11 @@ class AckleyEnergy(CompiledEnergy):
         w5 = (bc_2 != 0)
         w = bc_1*torch.where(w5, (_rt.guard(w5, x)/_rt.guard(w5, bc_2)), x.new_tensor(0))
         del w5
-        w_1 = -c*bc
+        w_1 = c_1*bc
         g = w + w_1*d
         del w, w_1
         grad = g
-        h = -a*torch.square(b)*torch.exp(-b*torch.rsqrt(n_float)*norm)/n_float
+        h = c_5*torch.exp(-b*torch.rsqrt(n_float)*norm)/n_float
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bc_3 = norm.unsqueeze(-1)
         w6 = (bc_3 != 0)
@@ -330,7 +352,7 @@ class AckleyEnergy(CompiledEnergy):
         h_1 = -torch.exp(r/n_float)/torch.square(n_float)
         del r
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
-        g_1 = -c*d
+        g_1 = c_1*d
         del d
         grad_r = g_1
         hdiag = hdiag + h_1.unsqueeze(-1)*torch.square(grad_r)

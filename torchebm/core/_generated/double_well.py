@@ -52,12 +52,21 @@ class DoubleWellEnergy(CompiledEnergy):
         lay["width"] = n
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "barrier_height": self.barrier_height,
+            "c": -torch.square(self.b),
+            "c_1": -4*torch.square(self.b),
+            "w": 4*self.barrier_height,
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        barrier_height = self.barrier_height.to(x.dtype)
-        b = self.b.to(x.dtype)
+        barrier_height = der["barrier_height"]
+        c = der["c"]
         # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
-        t0 = torch.square(x) - torch.square(b)
+        t0 = torch.square(x) + c
         v_1 = torch.square(t0)
         del t0
         r = v_1.sum(-1)
@@ -68,23 +77,24 @@ class DoubleWellEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        barrier_height = self.barrier_height.to(x.dtype)
-        b = self.b.to(x.dtype)
+        c = der["c"]
+        w = der["w"]
         # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
-        t0 = torch.square(x) - torch.square(b)
+        t0 = torch.square(x) + c
         d = t0*x
         del t0
-        g = 4*barrier_height*d
+        g = w*d
         del d
         grad = g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        barrier_height = self.barrier_height.to(x.dtype)
-        b = self.b.to(x.dtype)
+        barrier_height = der["barrier_height"]
+        c = der["c"]
+        w = der["w"]
         # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
-        t0 = torch.square(x) - torch.square(b)
+        t0 = torch.square(x) + c
         v_1 = torch.square(t0)
         d = t0*x
         del t0
@@ -93,31 +103,30 @@ class DoubleWellEnergy(CompiledEnergy):
         energy_1 = barrier_height*r
         del r
         # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
-        g = 4*barrier_height*d
+        g = w*d
         del d
         grad = g
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
-        barrier_height = self.barrier_height.to(x.dtype)
-        b = self.b.to(x.dtype)
+        c = der["c"]
+        w = der["w"]
         # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
         u0 = torch.square(x)
-        u1 = -torch.square(b)
-        dot = v*(3*u0 + u1)
+        dot = v*(3*u0 + c)
         del u0
-        dot_1 = 4*barrier_height*dot
+        dot_1 = w*dot
         del dot
         hvp = dot_1
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
-        barrier_height = self.barrier_height.to(x.dtype)
-        b = self.b.to(x.dtype)
+        barrier_height = der["barrier_height"]
+        c_1 = der["c_1"]
         # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
-        h2 = 12*torch.square(x) - 4*torch.square(b)
+        h2 = 12*torch.square(x) + c_1
         h = barrier_height*h2
         del h2
         hdiag = h
@@ -125,14 +134,16 @@ class DoubleWellEnergy(CompiledEnergy):
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
-        barrier_height = self.barrier_height.to(x.dtype)
-        b = self.b.to(x.dtype)
+        barrier_height = der["barrier_height"]
+        c = der["c"]
+        w = der["w"]
+        c_1 = der["c_1"]
         # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
-        w0 = torch.square(x) - torch.square(b)
+        w0 = torch.square(x) + c
         d = w0*x
         del w0
-        h2 = 12*torch.square(x) - 4*torch.square(b)
-        g = 4*barrier_height*d
+        h2 = 12*torch.square(x) + c_1
+        g = w*d
         del d
         grad = g
         h = barrier_height*h2

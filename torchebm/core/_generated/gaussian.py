@@ -69,11 +69,12 @@ class GaussianEnergy(CompiledEnergy):
         """Parameter-only quantities, recomputed when a parameter changes."""
         return {
             "inverse(cov)": _rt.inverse(self.cov),
+            "mean": self.mean,
         }
 
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        mean = self.mean.to(x.dtype)
+        mean = der["mean"]
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
         h = x - mean
@@ -89,7 +90,7 @@ class GaussianEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        mean = self.mean.to(x.dtype)
+        mean = der["mean"]
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
         h = x - mean
@@ -100,7 +101,7 @@ class GaussianEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        mean = self.mean.to(x.dtype)
+        mean = der["mean"]
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
         h = x - mean
@@ -136,7 +137,7 @@ class GaussianEnergy(CompiledEnergy):
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
-        mean = self.mean.to(x.dtype)
+        mean = der["mean"]
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
         h_1 = x - mean

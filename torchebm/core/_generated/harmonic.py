@@ -53,20 +53,27 @@ class HarmonicEnergy(CompiledEnergy):
         lay["width"] = n
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "k": self.k,
+            "t0": 0.5*self.k,
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        k = self.k.to(x.dtype)
+        t0 = der["t0"]
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         v_1 = torch.square(x)
         r = v_1.sum(-1)
         del v_1
-        energy_1 = 0.5*k*r
+        energy_1 = t0*r
         del r
         return energy_1
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        k = self.k.to(x.dtype)
+        k = der["k"]
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         g = k*x
         grad = g
@@ -74,12 +81,13 @@ class HarmonicEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        k = self.k.to(x.dtype)
+        k = der["k"]
+        t0 = der["t0"]
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         v_1 = torch.square(x)
         r = v_1.sum(-1)
         del v_1
-        energy_1 = 0.5*k*r
+        energy_1 = t0*r
         del r
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         g = k*x
@@ -88,7 +96,7 @@ class HarmonicEnergy(CompiledEnergy):
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
-        k = self.k.to(x.dtype)
+        k = der["k"]
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         dot = k*v
         hvp = dot
@@ -97,7 +105,7 @@ class HarmonicEnergy(CompiledEnergy):
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        k = self.k.to(x.dtype)
+        k = der["k"]
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         hdiag = _rt_points(k, x, n).clone()
         return hdiag
@@ -105,7 +113,7 @@ class HarmonicEnergy(CompiledEnergy):
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
-        k = self.k.to(x.dtype)
+        k = der["k"]
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         g = k*x
         grad = g

@@ -150,12 +150,22 @@ class LennardJonesEnergy(CompiledEnergy):
         lay["width"] = max(n, lay["P2"])
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "c": -self.oscillator_scale,
+            "eps": self.eps,
+            "oscillator_scale": self.oscillator_scale,
+            "rm": self.rm,
+            "t16": self.oscillator_scale/2,
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        eps = self.eps.to(x.dtype)
-        rm = self.rm.to(x.dtype)
-        oscillator_scale = self.oscillator_scale.to(x.dtype)
+        eps = der["eps"]
+        rm = der["rm"]
+        t16 = der["t16"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
@@ -209,16 +219,17 @@ class LennardJonesEnergy(CompiledEnergy):
         del t4, t5, t13, t14
         r_4 = v_2.sum(-1)
         del v_2
-        energy_1 = r_4 + oscillator_scale*r_3/2
+        energy_1 = r_4 + t16*r_3
         del r_3, r_4
         return energy_1
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        eps = self.eps.to(x.dtype)
-        rm = self.rm.to(x.dtype)
-        oscillator_scale = self.oscillator_scale.to(x.dtype)
+        eps = der["eps"]
+        rm = der["rm"]
+        oscillator_scale = der["oscillator_scale"]
+        c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
@@ -287,15 +298,15 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_12_0"], d_5)
         del d_5
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        w = -oscillator_scale/((n_float) // (3))
+        w = c/((n_float) // (3))
         g = w*t1
         rs = g.sum(-1)
         del g
-        w_1 = -oscillator_scale/((n_float) // (3))
+        w_1 = c/((n_float) // (3))
         g_1 = w_1*t2
         rs_1 = g_1.sum(-1)
         del g_1
-        w_2 = -oscillator_scale/((n_float) // (3))
+        w_2 = c/((n_float) // (3))
         g_2 = w_2*t3
         rs_2 = g_2.sum(-1)
         del g_2
@@ -326,9 +337,11 @@ class LennardJonesEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        eps = self.eps.to(x.dtype)
-        rm = self.rm.to(x.dtype)
-        oscillator_scale = self.oscillator_scale.to(x.dtype)
+        eps = der["eps"]
+        rm = der["rm"]
+        oscillator_scale = der["oscillator_scale"]
+        t16 = der["t16"]
+        c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
@@ -390,7 +403,7 @@ class LennardJonesEnergy(CompiledEnergy):
         del t4, t10, t15
         r_4 = v_2.sum(-1)
         del v_2
-        energy_1 = r_4 + oscillator_scale*r_3/2
+        energy_1 = r_4 + t16*r_3
         del r_3, r_4
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         grad = torch.zeros_like(x)
@@ -407,15 +420,15 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_12_0"], d_5)
         del d_5
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        w = -oscillator_scale/((n_float) // (3))
+        w = c/((n_float) // (3))
         g = w*t1
         rs = g.sum(-1)
         del g
-        w_1 = -oscillator_scale/((n_float) // (3))
+        w_1 = c/((n_float) // (3))
         g_1 = w_1*t2
         rs_1 = g_1.sum(-1)
         del g_1
-        w_2 = -oscillator_scale/((n_float) // (3))
+        w_2 = c/((n_float) // (3))
         g_2 = w_2*t3
         rs_2 = g_2.sum(-1)
         del g_2
@@ -446,9 +459,10 @@ class LennardJonesEnergy(CompiledEnergy):
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
         n = x.shape[-1]
-        eps = self.eps.to(x.dtype)
-        rm = self.rm.to(x.dtype)
-        oscillator_scale = self.oscillator_scale.to(x.dtype)
+        eps = der["eps"]
+        rm = der["rm"]
+        oscillator_scale = der["oscillator_scale"]
+        c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         xdot = v[..., lay["idx_x_1_0"]]
@@ -576,15 +590,15 @@ class LennardJonesEnergy(CompiledEnergy):
         hvp = hvp.index_add(-1, lay["idx_x_12_0"], dot_14)
         del dot_14
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        w = -oscillator_scale/((n_float) // (3))
+        w = c/((n_float) // (3))
         dot_15 = w*dot_6
         dot_16 = dot_15.sum(-1)
         del dot_15
-        w_1 = -oscillator_scale/((n_float) // (3))
+        w_1 = c/((n_float) // (3))
         dot_17 = w_1*dot_7
         dot_18 = dot_17.sum(-1)
         del dot_17
-        w_2 = -oscillator_scale/((n_float) // (3))
+        w_2 = c/((n_float) // (3))
         dot_19 = w_2*dot_8
         dot_20 = dot_19.sum(-1)
         del dot_19
@@ -615,9 +629,10 @@ class LennardJonesEnergy(CompiledEnergy):
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        eps = self.eps.to(x.dtype)
-        rm = self.rm.to(x.dtype)
-        oscillator_scale = self.oscillator_scale.to(x.dtype)
+        eps = der["eps"]
+        rm = der["rm"]
+        oscillator_scale = der["oscillator_scale"]
+        t16 = der["t16"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         w4 = ((n_float) // (3))
@@ -702,7 +717,7 @@ class LennardJonesEnergy(CompiledEnergy):
         h2_14 = torch.where(w19, w32*w36*w47 + w32*w43*w48 - w40, x.new_tensor(0))
         del w19, w32, w36, w40, w43, w47, w48
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        h = w5*oscillator_scale/2
+        h = w5*t16
         hs = _rt_points(h, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_2 = torch.zeros_like(x)
@@ -716,7 +731,7 @@ class LennardJonesEnergy(CompiledEnergy):
         del gload
         hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], h_1)
         del h_1
-        h_2 = w5*oscillator_scale/2
+        h_2 = w5*t16
         hs_1 = _rt_points(h_2, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r = torch.zeros_like(x)
@@ -730,7 +745,7 @@ class LennardJonesEnergy(CompiledEnergy):
         del gload_1
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h_3)
         del h_3
-        h_4 = w5*oscillator_scale/2
+        h_4 = w5*t16
         hs_2 = _rt_points(h_4, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_1 = torch.zeros_like(x)
@@ -801,9 +816,11 @@ class LennardJonesEnergy(CompiledEnergy):
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
-        eps = self.eps.to(x.dtype)
-        rm = self.rm.to(x.dtype)
-        oscillator_scale = self.oscillator_scale.to(x.dtype)
+        eps = der["eps"]
+        rm = der["rm"]
+        oscillator_scale = der["oscillator_scale"]
+        t16 = der["t16"]
+        c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
@@ -943,15 +960,15 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_12_0"], d_5)
         del d_5
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        w = -oscillator_scale/((n_float) // (3))
+        w = c/((n_float) // (3))
         g = w*w1
         rs = g.sum(-1)
         del g
-        w_1 = -oscillator_scale/((n_float) // (3))
+        w_1 = c/((n_float) // (3))
         g_1 = w_1*w2
         rs_1 = g_1.sum(-1)
         del g_1
-        w_2 = -oscillator_scale/((n_float) // (3))
+        w_2 = c/((n_float) // (3))
         g_2 = w_2*w3
         rs_2 = g_2.sum(-1)
         del g_2
@@ -978,7 +995,7 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, ((n) // (3))))
         del rs_2, bc_1
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        h = w5*oscillator_scale/2
+        h = w5*t16
         hs = _rt_points(h, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_2 = torch.zeros_like(x)
@@ -992,7 +1009,7 @@ class LennardJonesEnergy(CompiledEnergy):
         del gload
         hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], h_1)
         del h_1
-        h_2 = w5*oscillator_scale/2
+        h_2 = w5*t16
         hs_1 = _rt_points(h_2, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r = torch.zeros_like(x)
@@ -1006,7 +1023,7 @@ class LennardJonesEnergy(CompiledEnergy):
         del gload_1
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h_3)
         del h_3
-        h_4 = w5*oscillator_scale/2
+        h_4 = w5*t16
         hs_2 = _rt_points(h_4, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_1 = torch.zeros_like(x)

@@ -107,12 +107,22 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         lay["width"] = max(n, lay["P0"])
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "a": self.a,
+            "b": self.b,
+            "c": self.c,
+            "c_1": -self.offset,
+            "c_4": 4*self.b,
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        a = self.a.to(x.dtype)
-        offset = self.offset.to(x.dtype)
-        b = self.b.to(x.dtype)
-        c = self.c.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        c_1 = der["c_1"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
@@ -124,7 +134,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         del x_3, x_4
         t4 = torch.square(t0) + torch.square(t2)
         del t0, t2
-        t5 = _rt.safe_sqrt(t4) - offset
+        t5 = _rt.safe_sqrt(t4) + c_1
         del t4
         t6 = torch.square(t5)
         v_1 = b*t6 + a*torch.pow(t5, 4) + c
@@ -135,9 +145,9 @@ class MultiDoubleWellEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        a = self.a.to(x.dtype)
-        offset = self.offset.to(x.dtype)
-        b = self.b.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c_1 = der["c_1"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
@@ -148,7 +158,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         t2 = x_3 - x_4
         del x_3, x_4
         t4 = torch.square(t0) + torch.square(t2)
-        t5 = _rt.safe_sqrt(t4) - offset
+        t5 = _rt.safe_sqrt(t4) + c_1
         t6 = torch.square(t5)
         t7 = (t4 != 0)
         t8 = t5*(2*a*t6 + b)*torch.where(t7, torch.rsqrt(_rt.guard(t7, t4))/2, x.new_tensor(0))
@@ -180,10 +190,10 @@ class MultiDoubleWellEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        a = self.a.to(x.dtype)
-        offset = self.offset.to(x.dtype)
-        b = self.b.to(x.dtype)
-        c = self.c.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        c_1 = der["c_1"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
@@ -194,7 +204,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         t2 = x_3 - x_4
         del x_3, x_4
         t4 = torch.square(t0) + torch.square(t2)
-        t5 = _rt.safe_sqrt(t4) - offset
+        t5 = _rt.safe_sqrt(t4) + c_1
         t6 = torch.square(t5)
         t7 = (t4 != 0)
         t8 = t5*(2*a*t6 + b)*torch.where(t7, torch.rsqrt(_rt.guard(t7, t4))/2, x.new_tensor(0))
@@ -230,9 +240,9 @@ class MultiDoubleWellEnergy(CompiledEnergy):
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
-        a = self.a.to(x.dtype)
-        offset = self.offset.to(x.dtype)
-        b = self.b.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c_1 = der["c_1"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         xdot = v[..., lay["idx_x_1_0"]]
@@ -245,7 +255,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         u0 = x_1 - x_2
         u2 = x_3 - x_4
         u4 = torch.square(u0) + torch.square(u2)
-        u5 = _rt.safe_sqrt(u4) - offset
+        u5 = _rt.safe_sqrt(u4) + c_1
         u6 = torch.square(u5)
         u7 = (u4 != 0)
         u8 = _rt.guard(u7, u4)
@@ -253,10 +263,10 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         u9 = torch.where(u7, torch.rsqrt(u8)/2, x.new_tensor(0))
         u10 = 2*x_1 - 2*x_2
         del x_1, x_2
-        u11 = -u10
-        u15 = 2*x_3 - 2*x_4
+        u14 = -u10
+        u16 = 2*x_3 - 2*x_4
         del x_3, x_4
-        u17 = -u15
+        u18 = -u16
         u20 = a*u6
         del u6
         u21 = 2*u20 + b
@@ -273,9 +283,9 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         u28 = u0*u27
         u29 = 1/(4*torch.pow(u8, 1.5))
         del u8
-        u30 = torch.where(u7, -u29*_rt.guard(u7, u15), x.new_tensor(0))
+        u30 = torch.where(u7, -u29*_rt.guard(u7, u16), x.new_tensor(0))
         u31 = u0*u22
-        u32 = torch.where(u7, -u29*_rt.guard(u7, -u15), x.new_tensor(0))
+        u32 = torch.where(u7, -u29*_rt.guard(u7, -u16), x.new_tensor(0))
         u33 = torch.where(u7, -u29*_rt.guard(u7, u10), x.new_tensor(0))
         u34 = -u23
         u35 = torch.where(u7, -u29*_rt.guard(u7, -u10), x.new_tensor(0))
@@ -293,30 +303,30 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         del u27
         u44 = -u2*u22
         del u2, u22
-        dot = 4*xdot_1*(u34 + u11*u26 + u11*u28 + u31*u35) + 4*xdot_2*(u15*u26 + u15*u28 + u30*u31) + 4*xdot_3*(u17*u26 + u17*u28 + u31*u32) + 4*xdot*(u23 + u10*u26 + u10*u28 + u31*u33)
+        dot = 4*xdot*(u23 + u10*u26 + u10*u28 + u31*u33) + 4*xdot_1*(u34 + u14*u26 + u14*u28 + u31*u35) + 4*xdot_2*(u16*u26 + u16*u28 + u30*u31) + 4*xdot_3*(u18*u26 + u18*u28 + u31*u32)
         del u26, u28, u31
         hvp = torch.zeros_like(v)
         hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot)
         del dot
-        dot_1 = 4*xdot_1*(u23 + u11*u36 + u11*u37 + u35*u38) + 4*xdot_2*(u15*u36 + u15*u37 + u30*u38) + 4*xdot_3*(u17*u36 + u17*u37 + u32*u38) + 4*xdot*(u34 + u10*u36 + u10*u37 + u33*u38)
+        dot_1 = 4*xdot*(u34 + u10*u36 + u10*u37 + u33*u38) + 4*xdot_1*(u23 + u14*u36 + u14*u37 + u35*u38) + 4*xdot_2*(u16*u36 + u16*u37 + u30*u38) + 4*xdot_3*(u18*u36 + u18*u37 + u32*u38)
         del u36, u37, u38
         hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_1)
         del dot_1
-        dot_2 = 4*xdot_1*(u11*u39 + u11*u40 + u35*u41) + 4*xdot_2*(u23 + u15*u39 + u15*u40 + u30*u41) + 4*xdot_3*(u34 + u17*u39 + u17*u40 + u32*u41) + 4*xdot*(u10*u39 + u10*u40 + u33*u41)
+        dot_2 = 4*xdot*(u10*u39 + u10*u40 + u33*u41) + 4*xdot_1*(u14*u39 + u14*u40 + u35*u41) + 4*xdot_2*(u23 + u16*u39 + u16*u40 + u30*u41) + 4*xdot_3*(u34 + u18*u39 + u18*u40 + u32*u41)
         del u39, u40, u41
         hvp = hvp.index_add(-1, lay["idx_x_3_0"], dot_2)
         del dot_2
-        dot_3 = 4*xdot_1*(u11*u42 + u11*u43 + u35*u44) + 4*xdot_2*(u34 + u15*u42 + u15*u43 + u30*u44) + 4*xdot_3*(u23 + u17*u42 + u17*u43 + u32*u44) + 4*xdot*(u10*u42 + u10*u43 + u33*u44)
-        del xdot, xdot_1, xdot_2, xdot_3, u10, u11, u15, u17, u23, u30, u32, u33, u34, u35, u42, u43, u44
+        dot_3 = 4*xdot*(u10*u42 + u10*u43 + u33*u44) + 4*xdot_1*(u14*u42 + u14*u43 + u35*u44) + 4*xdot_2*(u34 + u16*u42 + u16*u43 + u30*u44) + 4*xdot_3*(u23 + u18*u42 + u18*u43 + u32*u44)
+        del xdot, xdot_1, xdot_2, xdot_3, u10, u14, u16, u18, u23, u30, u32, u33, u34, u35, u42, u43, u44
         hvp = hvp.index_add(-1, lay["idx_x_4_0"], dot_3)
         del dot_3
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
-        a = self.a.to(x.dtype)
-        offset = self.offset.to(x.dtype)
-        b = self.b.to(x.dtype)
+        a = der["a"]
+        c_1 = der["c_1"]
+        c_4 = der["c_4"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
@@ -330,12 +340,12 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w15 = (w14 != 0)
         w16 = _rt.guard(w15, w14)
         w17 = torch.where(w15, 1/(4*w16), x.new_tensor(0))
-        w18 = _rt.safe_sqrt(w14) - offset
+        w18 = _rt.safe_sqrt(w14) + c_1
         del w14
         w19 = a*torch.square(w18)
         w20 = 16*w17*w19
         w21 = w10*w20
-        w22 = 8*w19 + 4*b
+        w22 = 8*w19 + c_4
         del w19
         w23 = w17*w22
         del w17
@@ -398,9 +408,10 @@ class MultiDoubleWellEnergy(CompiledEnergy):
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
-        a = self.a.to(x.dtype)
-        offset = self.offset.to(x.dtype)
-        b = self.b.to(x.dtype)
+        a = der["a"]
+        b = der["b"]
+        c_1 = der["c_1"]
+        c_4 = der["c_4"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
@@ -409,7 +420,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w0 = x_1 - x_2
         w2 = x_3 - x_4
         w4 = torch.square(w0) + torch.square(w2)
-        w5 = _rt.safe_sqrt(w4) - offset
+        w5 = _rt.safe_sqrt(w4) + c_1
         w6 = torch.square(w5)
         w7 = (w4 != 0)
         w8 = w5*(2*a*w6 + b)*torch.where(w7, torch.rsqrt(_rt.guard(w7, w4))/2, x.new_tensor(0))
@@ -428,12 +439,12 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         w15 = (w14 != 0)
         w16 = _rt.guard(w15, w14)
         w17 = torch.where(w15, 1/(4*w16), x.new_tensor(0))
-        w18 = _rt.safe_sqrt(w14) - offset
+        w18 = _rt.safe_sqrt(w14) + c_1
         del w14
         w19 = a*torch.square(w18)
         w20 = 16*w17*w19
         w21 = w10*w20
-        w22 = 8*w19 + 4*b
+        w22 = 8*w19 + c_4
         del w19
         w23 = w17*w22
         del w17

@@ -50,14 +50,24 @@ class RastriginEnergy(CompiledEnergy):
         lay["width"] = n
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "a": self.a,
+            "c": -self.a,
+            "c_2": 2*3.141592653589793*self.a,
+            "c_3": 4*9.869604401089358*self.a,
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        a = self.a.to(x.dtype)
+        a = der["a"]
+        c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         t0 = 2*3.141592653589793*x
-        v_1 = torch.square(x) - a*torch.cos(t0)
+        v_1 = torch.square(x) + c*torch.cos(t0)
         del t0
         r = v_1.sum(-1)
         del v_1
@@ -67,10 +77,10 @@ class RastriginEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        a = self.a.to(x.dtype)
+        c_2 = der["c_2"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         t0 = 2*3.141592653589793*x
-        g = 2*x + 2*3.141592653589793*a*torch.sin(t0)
+        g = 2*x + c_2*torch.sin(t0)
         del t0
         grad = g
         return grad
@@ -78,24 +88,26 @@ class RastriginEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        a = self.a.to(x.dtype)
+        a = der["a"]
+        c = der["c"]
+        c_2 = der["c_2"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         t0 = 2*3.141592653589793*x
-        v_1 = torch.square(x) - a*torch.cos(t0)
+        v_1 = torch.square(x) + c*torch.cos(t0)
         r = v_1.sum(-1)
         del v_1
         energy_1 = r + a*n_float
         del r
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
-        g = 2*x + 2*3.141592653589793*a*torch.sin(t0)
+        g = 2*x + c_2*torch.sin(t0)
         del t0
         grad = g
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
-        a = self.a.to(x.dtype)
+        a = der["a"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         u1 = 2*3.141592653589793*x
         u2 = a*torch.cos(u1)
@@ -109,19 +121,20 @@ class RastriginEnergy(CompiledEnergy):
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
-        a = self.a.to(x.dtype)
+        c_3 = der["c_3"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
-        h2 = 4*9.869604401089358*a*torch.cos(2*3.141592653589793*x) + 2
+        h2 = c_3*torch.cos(2*3.141592653589793*x) + 2
         hdiag = h2
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
-        a = self.a.to(x.dtype)
+        c_2 = der["c_2"]
+        c_3 = der["c_3"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         w0 = 2*3.141592653589793*x
-        h2 = 4*9.869604401089358*a*torch.cos(2*3.141592653589793*x) + 2
-        g = 2*x + 2*3.141592653589793*a*torch.sin(w0)
+        h2 = c_3*torch.cos(2*3.141592653589793*x) + 2
+        g = 2*x + c_2*torch.sin(w0)
         del w0
         grad = g
         hdiag = h2

@@ -61,11 +61,22 @@ class RosenbrockEnergy(CompiledEnergy):
         lay["width"] = n
         return lay
 
+    def _derive(self):
+        """Parameter-only quantities, recomputed when a parameter changes."""
+        return {
+            "a": self.a,
+            "b": self.b,
+            "c_2": -2*self.a,
+            "c_3": -4*self.b,
+            "c_4": 8*self.b,
+            "w": 2*self.b,
+        }
+
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         n = x.shape[-1]
-        b = self.b.to(x.dtype)
-        a = self.a.to(x.dtype)
+        b = der["b"]
+        a = der["a"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
@@ -79,16 +90,17 @@ class RosenbrockEnergy(CompiledEnergy):
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        b = self.b.to(x.dtype)
-        a = self.a.to(x.dtype)
+        c_2 = der["c_2"]
+        c_3 = der["c_3"]
+        w = der["w"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         t0 = x_2 - torch.square(x_1)
-        g = 2*x_1 - 2*a - 4*b*t0*x_1
+        g = 2*x_1 + c_3*t0*x_1 + c_2
         grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
-        g_1 = 2*b*t0
+        g_1 = w*t0
         del t0
         grad = grad + _rt.pad_slice(g_1, 1, n, n)
         del g_1
@@ -97,8 +109,11 @@ class RosenbrockEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         n = x.shape[-1]
-        b = self.b.to(x.dtype)
-        a = self.a.to(x.dtype)
+        b = der["b"]
+        a = der["a"]
+        c_2 = der["c_2"]
+        c_3 = der["c_3"]
+        w = der["w"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
@@ -106,10 +121,10 @@ class RosenbrockEnergy(CompiledEnergy):
         v_1 = torch.square(a - x_1) + b*torch.square(t0)
         r = v_1.sum(-1)
         del v_1
-        g = 2*x_1 - 2*a - 4*b*t0*x_1
+        g = 2*x_1 + c_3*t0*x_1 + c_2
         grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
-        g_1 = 2*b*t0
+        g_1 = w*t0
         del t0
         grad = grad + _rt.pad_slice(g_1, 1, n, n)
         del g_1
@@ -118,7 +133,8 @@ class RosenbrockEnergy(CompiledEnergy):
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
         n = x.shape[-1]
-        b = self.b.to(x.dtype)
+        b = der["b"]
+        w = der["w"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         xdot = v[..., 0:n - 1]
@@ -135,7 +151,7 @@ class RosenbrockEnergy(CompiledEnergy):
         del u0, u2, u3, u4
         hvp = _rt.pad_slice(dot_1, 0, n - 1, n)
         del dot_1
-        dot_2 = 2*b*dot
+        dot_2 = w*dot
         del dot
         hvp = hvp + _rt.pad_slice(dot_2, 1, n, n)
         del dot_2
@@ -144,40 +160,42 @@ class RosenbrockEnergy(CompiledEnergy):
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
         n = x.shape[-1]
-        b = self.b.to(x.dtype)
+        c_3 = der["c_3"]
+        w = der["w"]
+        c_4 = der["c_4"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         w1 = torch.square(x_1)
-        h2 = 8*b*w1 + 2 - 4*b*(x_2 - w1)
+        h2 = c_3*(x_2 - w1) + c_4*w1 + 2
         del w1
-        h2_1 = 2*b
         hdiag = _rt.pad_slice(h2, 0, n - 1, n)
         del h2
-        hdiag = hdiag + _rt.pad_slice(_rt_points(h2_1, x, max(0, n - 1)), 1, n, n)
+        hdiag = hdiag + _rt.pad_slice(_rt_points(w, x, max(0, n - 1)), 1, n, n)
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
-        b = self.b.to(x.dtype)
-        a = self.a.to(x.dtype)
+        c_2 = der["c_2"]
+        c_3 = der["c_3"]
+        w = der["w"]
+        c_4 = der["c_4"]
         # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
         x_1 = x[..., 0:n - 1]
         x_2 = x[..., 1:n]
         w0 = x_2 - torch.square(x_1)
         w1 = torch.square(x_1)
-        h2 = 8*b*w1 + 2 - 4*b*(x_2 - w1)
+        h2 = c_3*(x_2 - w1) + c_4*w1 + 2
         del w1
-        h2_1 = 2*b
-        g = 2*x_1 - 2*a - 4*b*w0*x_1
+        g = 2*x_1 + c_3*w0*x_1 + c_2
         grad = _rt.pad_slice(g, 0, n - 1, n)
         del g
-        g_1 = 2*b*w0
+        g_1 = w*w0
         del w0
         grad = grad + _rt.pad_slice(g_1, 1, n, n)
         del g_1
         hdiag = _rt.pad_slice(h2, 0, n - 1, n)
         del h2
-        hdiag = hdiag + _rt.pad_slice(_rt_points(h2_1, x, max(0, n - 1)), 1, n, n)
+        hdiag = hdiag + _rt.pad_slice(_rt_points(w, x, max(0, n - 1)), 1, n, n)
         return grad, hdiag
