@@ -77,3 +77,11 @@ def test_a_plain_scalar_inside_a_reduction_says_to_drop_it():
 def test_index_arithmetic_by_zero_is_a_formula_error(formula, what):
     with pytest.raises(EnergySyntaxError, match=what):
         from_expression(formula)
+
+
+def test_a_matrix_of_the_wrong_shape_in_a_quadratic_form_names_the_dot_product():
+    from torchebm.errors import ShapeError
+    E = from_expression("0.5*x @ P @ x", P=torch.ones(3, 2))
+    with pytest.raises(ShapeError, match="a dot product needs vectors of equal length, but "
+                                         "the left one has length 2 and the right one 3"):
+        E(torch.ones(1, 3))

@@ -52,7 +52,7 @@ class GoldenEnergy(CompiledEnergy):
         _rt.check_size(n, mu.shape[0], "in 'x - mu', x has length {a} but mu has length {b}; vectors combined elementwise must have equal lengths".format(a=n, b=mu.shape[0]))
         _rt.check_size(S.shape[0], S.shape[1], 'inverse(S) needs a square matrix: S has {a} rows and {b} columns'.format(a=S.shape[0], b=S.shape[1]))
         _rt.check_size(n, S.shape[0], '0.5*(x - mu) @ inverse(S): the vector has length {a} but the matrix has {b} rows'.format(a=n, b=S.shape[0]))
-        _rt.check_size(S.shape[1], n, 'in @, 0.5*(x - mu) @ inverse(S) has length {a} but x - mu has length {b}; vectors combined elementwise must have equal lengths'.format(a=S.shape[1], b=n))
+        _rt.check_size(S.shape[1], n, '0.5*(x - mu) @ inverse(S) @ x - mu: a dot product needs vectors of equal length, but the left one has length {a} and the right one {b}'.format(a=S.shape[1], b=n))
         lay["width"] = n
         return lay
 

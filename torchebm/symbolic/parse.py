@@ -747,7 +747,10 @@ class _Parser:
 
     def matmul(self, a, b, node):
         if isinstance(a, Vector) and isinstance(b, Vector):
-            return self.sum_over(self.elementwise(lambda u, v: u * v, [a, b], "@"))
+            return self.sum_over(self.elementwise(
+                lambda u, v: u * v, [a, b], "@",
+                mismatch=f"{a.what} @ {b.what}: a dot product needs vectors of equal length, "
+                         f"but the left one has length {{a}} and the right one {{b}}"))
         if isinstance(a, Matrix) and isinstance(b, Vector):
             self.check_size(a.cols, b.length, f"{a.what} @ {b.what}: the matrix has {{a}} "
                                               f"columns but the vector has length {{b}}")
@@ -896,7 +899,7 @@ class _Parser:
         return index_symbol(self.fresh_name())
 
     # -- broadcasting -----------------------------------------------------------
-    def elementwise(self, fn, values, what, logic=False, checked=False):
+    def elementwise(self, fn, values, what, logic=False, checked=False, mismatch=None):
         """Apply a scalar function per component; scalars broadcast over vectors.
 
         ``logic``: the operation takes conditions (and/or/not, where's first
@@ -913,7 +916,7 @@ class _Parser:
             return fn(*values)
         length = vectors[0].length
         for v in vectors[1:]:
-            self.check_size(length, v.length,
+            self.check_size(length, v.length, mismatch or
                             f"in {what}, {vectors[0].what} has length {{a}} but {v.what} has "
                             f"length {{b}}; vectors combined elementwise must have equal lengths")
         text = _source(self.node, self.lines) if self.node is not None else what

@@ -61,7 +61,7 @@ class GaussianEnergy(CompiledEnergy):
         _rt.check_size(n, mean.shape[0], "in 'x - mean', x has length {a} but mean has length {b}; vectors combined elementwise must have equal lengths".format(a=n, b=mean.shape[0]))
         _rt.check_size(cov.shape[0], cov.shape[1], 'inverse(cov) needs a square matrix: cov has {a} rows and {b} columns'.format(a=cov.shape[0], b=cov.shape[1]))
         _rt.check_size(n, cov.shape[0], '0.5*(x - mean) @ inverse(cov): the vector has length {a} but the matrix has {b} rows'.format(a=n, b=cov.shape[0]))
-        _rt.check_size(cov.shape[1], n, 'in @, 0.5*(x - mean) @ inverse(cov) has length {a} but x - mean has length {b}; vectors combined elementwise must have equal lengths'.format(a=cov.shape[1], b=n))
+        _rt.check_size(cov.shape[1], n, '0.5*(x - mean) @ inverse(cov) @ x - mean: a dot product needs vectors of equal length, but the left one has length {a} and the right one {b}'.format(a=cov.shape[1], b=n))
         lay["width"] = n
         return lay
 
