@@ -95,7 +95,10 @@ def _in_transform(*tensors) -> bool:
     respects an inner ``no_grad`` and would differentiate a detached result to zero."""
     if _IS_WRAPPED is None or torch.compiler.is_compiling():   # Dynamo cannot trace it
         return False
-    return any(isinstance(t, _Tensor) and _IS_WRAPPED(t) for t in tensors)
+    for t in tensors:                # a loop, not any(generator): this runs every call
+        if isinstance(t, _Tensor) and _IS_WRAPPED(t):
+            return True
+    return False
 
 
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
