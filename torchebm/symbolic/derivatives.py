@@ -37,8 +37,13 @@ def partial(expr, s):
 
 def norm_weight(value, norm):
     """``value / norm``, the derivative of a norm in one term; 0 where the norm is 0 (the
-    kink convention), NaN everywhere when the norm is NaN."""
-    return F.where_else_zero(sp.Ne(norm, 0), F.Ratio, value, norm)
+    kink convention), NaN everywhere when the norm is NaN.
+
+    The guard is on the norm alone, a per-sample scalar: ``value / where(norm != 0,
+    norm, inf)``. A norm of 0 has every component 0, so the quotient is 0 there, and
+    its derivatives (``1/inf``, ``-value/inf**2``) are 0 too: no NaN under autograd,
+    and one pass over the full-size ``value`` instead of three guarded ones."""
+    return F.Ratio(value, sp.Piecewise((norm, sp.Ne(norm, 0)), (sp.oo, True)))
 
 
 class _Builder:
