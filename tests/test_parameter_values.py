@@ -85,3 +85,16 @@ def test_a_matrix_of_the_wrong_shape_in_a_quadratic_form_names_the_dot_product()
     with pytest.raises(ShapeError, match="a dot product needs vectors of equal length, but "
                                          "the left one has length 2 and the right one 3"):
         E(torch.ones(1, 3))
+
+
+def test_a_modulus_that_is_zero_at_this_n_is_a_shape_error_and_labels_keep_parentheses():
+    from torchebm.errors import ShapeError
+    E = from_expression("sum(x[(i+1) % (n-3)] for i in range(n))")
+    with pytest.raises(ShapeError, match="taken modulo 0 at this dimension"):
+        E(torch.ones(1, 3))
+    x = torch.arange(5.0, dtype=torch.float64).unsqueeze(0)
+    # n = 5: indices (i + 1) % 2 for i = 0..4 read x[1], x[0], x[1], x[0], x[1]
+    assert E(x).item() == 3 * 1.0 + 2 * 0.0
+    torch.testing.assert_close(E.gradient(x), torch.tensor([[2.0, 3.0, 0.0, 0.0, 0.0]],
+                                                           dtype=torch.float64))
+    assert "x[(i + 1) % (n - 3)]" in E.source

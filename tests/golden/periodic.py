@@ -51,9 +51,9 @@ class GoldenEnergy(CompiledEnergy):
         _c0_i = _j
         _count = _j.numel()
         lay["P0"] = _count
-        lay["idx_x_1_0"] = _rt.check_index(_rt.as_index((_c0_i + 1) % (n), _count, device), n, 'x[(i + 1) % n]', n)
+        lay["idx_x_1_0"] = _rt.check_index(_rt.as_index(_rt.index_mod(_c0_i + 1, n), _count, device), n, 'x[(i + 1) % n]', n)
         _ia = _rt.as_index(_c0_i, _count, device)
-        _ic = _rt.as_index((_c0_i + 1) % (n), _count, device)
+        _ic = _rt.as_index(_rt.index_mod(_c0_i + 1, n), _count, device)
         lay["co0_1"] = torch.nonzero(_ia == _ic).flatten()
         lay["co0_1_at"] = _ia[lay["co0_1"]]
         lay["width"] = n

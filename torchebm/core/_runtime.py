@@ -396,6 +396,19 @@ def pad_slice(v: torch.Tensor, lo: int, hi: int, size: int) -> torch.Tensor:
     return torch.nn.functional.pad(v, (lo, size - hi))
 
 
+def index_mod(i, m: int):
+    """``i % m`` of index arithmetic (``x[(i + 1) % (n - 3)]``), refusing a modulus of 0.
+
+    Raises:
+        ShapeError: ``m`` is 0 at this dimension (torch would raise a bare
+            ``RuntimeError('ZeroDivisionError')``).
+    """
+    if m == 0:
+        raise ShapeError("an index of the formula is taken modulo 0 at this dimension n; "
+                         "'%' needs a positive modulus: use a larger n, or change the formula")
+    return i % m
+
+
 def as_index(i, count: int, device) -> torch.Tensor:
     """An index expression (an int or a LongTensor over the points) as a LongTensor [P]."""
     return torch.as_tensor(i, dtype=torch.long, device=device).expand(count)

@@ -45,7 +45,9 @@ def what(ld, program) -> str:
 
 def _index_text(e) -> str:
     if isinstance(e, sp.Mod):
-        return f"({_index_text(e.args[0])}) % {_index_text(e.args[1])}"
+        m = e.args[1]
+        mod = _index_text(m) if m.is_Atom else f"({_index_text(m)})"
+        return f"({_index_text(e.args[0])}) % {mod}"
     if isinstance(e, sp.floor):
         num, den = e.args[0].as_numer_denom()
         return f"({num}) // {den}"

@@ -279,7 +279,9 @@ class TorchEnergyPrinter(TorchPrinter):
 
     def _print_Mod(self, expr):
         a, m = expr.args
-        return f"({self._print(a)}) % ({self._print(m)})"
+        if m.is_Integer:
+            return f"({self._print(a)}) % ({self._print(m)})"
+        return f"_rt.index_mod({self._print(a)}, {self._print(m)})"   # 0 at some n: a clear error
 
     def _print_floor(self, expr):
         # floor only comes from the language's integer '//' (indices and bounds)
