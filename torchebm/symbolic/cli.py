@@ -450,15 +450,21 @@ def _speed_energy(cls, spec, fixed, tested, gen):
             and (fixed is None or all(p.rank == 0 for p in spec.params)))
     if not free:
         return largest, tested[largest]
+    _, energy, outside = _energy_at(cls, spec, fixed, SPEED_DIM, gen)
+    return (largest, tested[largest]) if outside is not None else (SPEED_DIM, energy)
+
+
+def _energy_at(cls, spec, fixed, n, gen):
+    """``(params, energy, None)`` built for dimension n (the ``fixed`` parameter values, or
+    ones drawn for n), or ``(params, energy, error)`` when n is outside its domain."""
     params = dict(fixed) if fixed is not None else {
-        d.name: _synthesize(d, SPEED_DIM, gen) for d in spec.params}
-    kwargs = {attr: params[name] for name, attr, _ in cls.param_specs if name in params}
-    energy = cls(**kwargs)
+        d.name: _synthesize(d, n, gen) for d in spec.params}
+    energy = cls(**{attr: params[name] for name, attr, _ in cls.param_specs if name in params})
     try:
-        energy(torch.zeros(1, SPEED_DIM, dtype=torch.float64))
-    except TorchEBMError:
-        return largest, tested[largest]
-    return SPEED_DIM, energy
+        energy(torch.zeros(1, n, dtype=torch.float64))
+    except TorchEBMError as exc:
+        return params, energy, exc
+    return params, energy, None
 
 
 def _synthesize(decl, n, gen):
@@ -521,14 +527,9 @@ def _verify(args):
         cls = load_class(compiled.generated)
         tested = {}
         for n in dims:
-            params = dict(fixed) if fixed is not None else {
-                d.name: _synthesize(d, n, gen) for d in spec.params}
-            kwargs = {attr: params[name] for name, attr, _ in cls.param_specs if name in params}
-            energy = cls(**kwargs)
-            try:
-                energy(torch.zeros(1, n, dtype=torch.float64))
-            except TorchEBMError as exc:     # this n is outside the energy's domain
-                skipped.append(f"{label} n={n}: not checked ({str(exc).splitlines()[0]})")
+            params, energy, outside = _energy_at(cls, spec, fixed, n, gen)
+            if outside is not None:          # this n is outside the energy's domain
+                skipped.append(f"{label} n={n}: not checked ({str(outside).splitlines()[0]})")
                 continue
             checks += verify_energy(label, energy, compiled.parsed, params, n,
                                     points=args.points, seed=args.seed)
