@@ -131,24 +131,30 @@ class DirectCalls:
     @staticmethod
     def _build(module, method, names, states, leaves, spec):
         """``(compiled graph, positions of the tensor leaves)``, or False if it fails."""
-        positions = [i for i, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
-        count = len(states)
-
-        def pure(*inputs):
-            values = list(leaves)
-            for i, t in zip(positions, inputs[count:]):
-                values[i] = t
-            bound = Bound(module, dict(zip(names, inputs[:count])))
-            return method(bound, *tree_unflatten(values, spec))
-
-        example = [*states, *[leaves[i] for i in positions]]
-        compiled = compile_graph(pure, example)
-        if compiled is None:
-            return False
-        return compiled, positions
+        return compile_over_leaves(
+            states, leaves, spec,
+            lambda tensors, tree: method(Bound(module, dict(zip(names, tensors))), *tree))
 
     def clear(self):
         self._graphs.clear()
 
     def __len__(self):
         return len(self._graphs)
+
+
+def compile_over_leaves(states, leaves, spec, body):
+    """Compile ``body(state tensors, arguments)`` with the module's ``states`` and the
+    tensor leaves of the flattened arguments (``leaves``, ``spec``) as graph inputs;
+    the other leaves (Python values) are baked in. ``(compiled, positions of the tensor
+    leaves)``, or False when it cannot be compiled."""
+    positions = [i for i, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
+    count = len(states)
+
+    def pure(*inputs):
+        values = list(leaves)
+        for i, t in zip(positions, inputs[count:]):
+            values[i] = t
+        return body(inputs[:count], tree_unflatten(values, spec))
+
+    compiled = compile_graph(pure, [*states, *[leaves[i] for i in positions]])
+    return False if compiled is None else (compiled, positions)

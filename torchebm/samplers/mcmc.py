@@ -902,9 +902,9 @@ def _direct_fused(sampler, args, lay, der):
     arguments); the energy's parameters and buffers, the layout and the parameter-only
     values are graph inputs. None when it does not apply (inside other compiled code)
     or the body does not trace; the caller then runs the ``torch.compile`` function."""
-    from torch.utils._pytree import tree_flatten, tree_unflatten
+    from torch.utils._pytree import tree_flatten
 
-    from ..core._direct import Bound, compile_graph, signature, state
+    from ..core._direct import Bound, compile_over_leaves, signature, state
     energy = sampler.energy
     if torch.compiler.is_compiling():
         return None
@@ -917,20 +917,13 @@ def _direct_fused(sampler, args, lay, der):
     except TypeError:           # an unhashable Python value
         return None
     if entry is None:
-        positions = [i for i, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
-        count = len(states)
-
-        def pure(*inputs):
-            values = list(leaves)
-            for i, t in zip(positions, inputs[count:]):
-                values[i] = t
-            call_args, lay_t, der_t = tree_unflatten(values, spec)
-            bound = Bound(sampler, {"energy": Bound(energy, dict(zip(names, inputs[:count]))),
+        def body(tensors, tree):
+            call_args, lay_t, der_t = tree
+            bound = Bound(sampler, {"energy": Bound(energy, dict(zip(names, tensors))),
                                     "_fused_inputs": (lay_t, der_t)})
             return BaseSampler._fused_body(bound, *call_args)
 
-        compiled = compile_graph(pure, [*states, *[leaves[i] for i in positions]])
-        entry = False if compiled is None else (compiled, positions)
+        entry = compile_over_leaves(states, leaves, spec, body)
         if len(_DIRECT) >= 64:
             _DIRECT.pop(next(iter(_DIRECT)))
         _DIRECT[key] = entry
