@@ -76,6 +76,29 @@ def test_no_dependence_on_x_names_the_components():
     assert "did you mean" not in str(info.value)
 
 
+def test_errors_about_a_scalar_name_the_scalar_parameter_and_how_to_give_a_value():
+    # a forgotten matrix parameter: '@' of scalars, and the message says why P is a scalar
+    with pytest.raises(EnergySyntaxError) as info:
+        from_expression("x @ P @ x")
+    message = str(info.value)
+    assert "'P' is a scalar parameter because no value was given" in message
+    assert "P=torch.eye(2)" in message and "-p P=[[1,0],[0,1]]" in message
+    # a vector parameter given a number
+    with pytest.raises(EnergySyntaxError) as info:
+        from_expression("sum((x - y)**2) + sum(y**2)", y=2.0)
+    assert "'y' was given a scalar value; pass a vector value instead" in str(info.value)
+    # sum() over a name that is not x: the variable is x
+    with pytest.raises(EnergySyntaxError) as info:
+        from_expression("sum(y**2)")
+    message = str(info.value)
+    assert "'y' is a scalar parameter" in message and "the variable is x" in message
+    # with the values given, both formulas compile and agree with the hand-written energy
+    P = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    X2 = torch.randn(5, 2, dtype=torch.float64)
+    torch.testing.assert_close(from_expression("x @ P @ x", P=P)(X2),
+                               torch.einsum("bi,ij,bj->b", X2, P, X2))
+
+
 def test_hints_do_not_fire_on_ordinary_names():
     from torchebm.symbolic.hints import likely_intent
     for name in ("sigma", "mu", "relax", "ax", "x0", "y0", "lambda", "tax", "kappa"):

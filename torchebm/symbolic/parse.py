@@ -766,7 +766,32 @@ class _Parser:
         if isinstance(a, Matrix) and isinstance(b, Matrix):
             self.error("a matrix @ matrix product is not supported; multiply by vectors, "
                        "e.g. u @ M @ v", node)
-        self.error("'@' multiplies vectors and matrices; use '*' for scalars", node)
+        self.error("'@' multiplies vectors and matrices; use '*' for scalars"
+                   + self.scalar_parameter_hint(node, "a vector or matrix"), node)
+
+    def scalar_parameter_hint(self, node, wanted):
+        """``'; P is a scalar parameter (no value was given) ...'`` for the scalar
+        parameters read under ``node``, so an error about a scalar names its cause."""
+        names = sorted({a.id for a in ast.walk(node) if isinstance(a, ast.Name)
+                        and a.id in self.params and self.params[a.id].rank == 0})
+        if not names:
+            return ""
+        unset = [k for k in names if k not in self.ranks]
+        example, cli = (("torch.ones(2)", "[1,1]") if wanted == "a vector"
+                        else ("torch.eye(2)", "[[1,0],[0,1]]"))
+        given = [k for k in names if k in self.ranks]
+        parts = []
+        if unset:
+            one = len(unset) == 1
+            parts.append(f"{', '.join(map(repr, unset))} {'is a scalar parameter' if one else 'are scalar parameters'} "
+                         f"because no value was given (every bare name other than x and n is a "
+                         f"parameter); give {'it' if one else 'them'} {wanted} value, e.g. "
+                         f"from_expression(formula, {unset[0]}={example}) or, on the command "
+                         f"line, -p {unset[0]}={cli}")
+        if given:
+            parts.append(f"{', '.join(map(repr, given))} {'was' if len(given) == 1 else 'were'} "
+                         f"given a scalar value; pass {wanted} value instead")
+        return "; " + "; ".join(parts)
 
     # -- reductions -----------------------------------------------------------
     def reduction(self, name, node):
@@ -791,6 +816,9 @@ class _Parser:
                         f"{'is' if len(typos) == 1 else 'are'} read as "
                         f"{'a scalar parameter' if len(typos) == 1 else 'scalar parameters'}"
                         if typos else "")
+                if not hint and not isinstance(vec, Matrix):
+                    hint = self.scalar_parameter_hint(arg, "a vector")
+                    hint = hint and hint + "; the variable is x"
                 self.error(f"{name}() reduces a vector, but its argument is a "
                            f"{'matrix' if isinstance(vec, Matrix) else 'scalar'}"
                            f"{hint or '; for scalars use the function itself'}", node)
