@@ -34,6 +34,7 @@ def test_verify_a_formula_and_definitions(capsys):
     assert main(["verify", "sum(x**4 - x**2)", "--dims", "1,3", "--no-speed"]) == 0
     out = capsys.readouterr().out
     assert "grad~autograd" in out and "grad~fd" in out and "energy~mpmath" in out
+    assert "status: max rel err" in out          # the table says what 'ok' compares
     assert main(["verify", "definitions/rosenbrock.toml", "--no-speed"]) == 0
     err = capsys.readouterr().err
     assert "verify [1/1] RosenbrockEnergy: n = 2, 5 ..." in err   # progress, with its time

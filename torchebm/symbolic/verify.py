@@ -265,6 +265,10 @@ def format_table(checks, speedups) -> str:
                      f"{c.max_rel:.2e}", "ok" if c.ok else "FAIL"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    if checks:
+        lines.append("status: max rel err (per point |got - want|_inf / max(|want|_inf, 1)) "
+                     "against the check's tolerance; the special points reach +-1e200, so "
+                     "abs errors there scale with the values")
     for label, shown in short.items():
         if shown.startswith("[") and shown != label:
             lines.append(f"{shown.split(' ', 1)[0]} {' '.join(label.split())}")
