@@ -89,7 +89,7 @@ class GoldenEnergy(CompiledEnergy):
         c = der["c"]
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         p = M[lay["idx_p_0"], lay["idx_p_1"]]
-        x_1 = x[..., lay["idx_x_1_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
         t0 = x_1 - p
         del p, x_1
         v_1 = torch.square(t0)
@@ -112,7 +112,7 @@ class GoldenEnergy(CompiledEnergy):
         c = der["c"]
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         p = M[lay["idx_p_0"], lay["idx_p_1"]]
-        x_1 = x[..., lay["idx_x_1_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
         t0 = x_1 - p
         del p, x_1
         v_1 = torch.square(t0)
@@ -128,7 +128,7 @@ class GoldenEnergy(CompiledEnergy):
         w_2 = c*w_1
         del w_1
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
-        bc_1 = w_2[..., lay["seg1"]]
+        bc_1 = w_2.index_select(-1, lay["seg1"])
         del w_2
         g = 2*bc_1*t0
         del t0, bc_1
@@ -144,7 +144,7 @@ class GoldenEnergy(CompiledEnergy):
         c = der["c"]
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         p = M[lay["idx_p_0"], lay["idx_p_1"]]
-        x_1 = x[..., lay["idx_x_1_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
         t0 = x_1 - p
         del p, x_1
         v_1 = torch.square(t0)
@@ -162,7 +162,7 @@ class GoldenEnergy(CompiledEnergy):
         w_2 = c*w_1
         del w_1
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
-        bc_1 = w_2[..., lay["seg1"]]
+        bc_1 = w_2.index_select(-1, lay["seg1"])
         del w_2
         g = 2*bc_1*t0
         del t0, bc_1
@@ -179,8 +179,8 @@ class GoldenEnergy(CompiledEnergy):
         u1 = der["u1"]
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         p = M[lay["idx_p_0"], lay["idx_p_1"]]
-        x_1 = x[..., lay["idx_x_1_0"]]
-        xdot = v[..., lay["idx_x_1_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        xdot = v.index_select(-1, lay["idx_x_1_0"])
         u0 = x_1 - p
         v_1 = torch.square(u0)
         dot = xdot*(2*x_1 - 2*p)
@@ -210,9 +210,9 @@ class GoldenEnergy(CompiledEnergy):
         dot_6 = c*dot_5
         del dot_5
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
-        bc_1 = w_2[..., lay["seg1"]]
+        bc_1 = w_2.index_select(-1, lay["seg1"])
         del w_2
-        dot_7 = dot_6[..., lay["seg1"]]
+        dot_7 = dot_6.index_select(-1, lay["seg1"])
         del dot_6
         dot_8 = 2*bc_1*xdot + 2*dot_7*u0
         del xdot, u0, bc_1, dot_7
@@ -229,7 +229,7 @@ class GoldenEnergy(CompiledEnergy):
         h = der["h"]
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         p = M[lay["idx_p_0"], lay["idx_p_1"]]
-        x_1 = x[..., lay["idx_x_1_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
         w0 = x_1 - p
         del p, x_1
         v_1 = torch.square(w0)
@@ -243,7 +243,7 @@ class GoldenEnergy(CompiledEnergy):
         w_1 = -torch.exp(v_2 - bc)
         w_2 = c*w_1
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
-        bc_1 = w_2[..., lay["seg1"]]
+        bc_1 = w_2.index_select(-1, lay["seg1"])
         del w_2
         h_1 = 2*bc_1
         del bc_1
@@ -256,7 +256,7 @@ class GoldenEnergy(CompiledEnergy):
         w_5 = c*w_4
         del w_4
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
-        bc_3 = w_5[..., lay["seg1"]]
+        bc_3 = w_5.index_select(-1, lay["seg1"])
         del w_5
         g_1 = 2*bc_3*w0
         del bc_3
@@ -273,9 +273,9 @@ class GoldenEnergy(CompiledEnergy):
         del hs
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bw = h_3.unsqueeze(-1)
-        bw_1 = w_1[..., lay["seg1"]]
+        bw_1 = w_1.index_select(-1, lay["seg1"])
         del w_1
-        gload = grad_lse[..., lay["idx_x_1_0"]]
+        gload = grad_lse.index_select(-1, lay["idx_x_1_0"])
         del grad_lse
         h_4 = bw*bw_1*torch.square(h*w0 - bw*gload)
         del w0, h_3, bw, bw_1, gload
@@ -291,7 +291,7 @@ class GoldenEnergy(CompiledEnergy):
         h = der["h"]
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         p = M[lay["idx_p_0"], lay["idx_p_1"]]
-        x_1 = x[..., lay["idx_x_1_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
         w0 = x_1 - p
         del p, x_1
         v_1 = torch.square(w0)
@@ -305,7 +305,7 @@ class GoldenEnergy(CompiledEnergy):
         w_1 = -torch.exp(v_2 - bc)
         w_2 = c*w_1
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
-        bc_1 = w_2[..., lay["seg1"]]
+        bc_1 = w_2.index_select(-1, lay["seg1"])
         del w_2
         g = 2*bc_1*w0
         grad = torch.zeros_like(x)
@@ -322,7 +322,7 @@ class GoldenEnergy(CompiledEnergy):
         w_5 = c*w_4
         del w_4
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
-        bc_3 = w_5[..., lay["seg1"]]
+        bc_3 = w_5.index_select(-1, lay["seg1"])
         del w_5
         g_1 = 2*bc_3*w0
         del bc_3
@@ -339,9 +339,9 @@ class GoldenEnergy(CompiledEnergy):
         del hs
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bw = h_3.unsqueeze(-1)
-        bw_1 = w_1[..., lay["seg1"]]
+        bw_1 = w_1.index_select(-1, lay["seg1"])
         del w_1
-        gload = grad_lse[..., lay["idx_x_1_0"]]
+        gload = grad_lse.index_select(-1, lay["idx_x_1_0"])
         del grad_lse
         h_4 = bw*bw_1*torch.square(h*w0 - bw*gload)
         del w0, h_3, bw, bw_1, gload

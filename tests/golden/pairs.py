@@ -79,8 +79,8 @@ class GoldenEnergy(CompiledEnergy):
         c = der["c"]
         c_1 = der["c_1"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
         t0 = x_2 - x_1
         del x_1, x_2
         t1 = c/torch.pow(t0, 6)
@@ -96,8 +96,8 @@ class GoldenEnergy(CompiledEnergy):
         w = der["w"]
         w_1 = der["w_1"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
         t0 = x_2 - x_1
         del x_1, x_2
         t1 = c/torch.pow(t0, 6)
@@ -121,8 +121,8 @@ class GoldenEnergy(CompiledEnergy):
         w = der["w"]
         w_1 = der["w_1"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
         t0 = x_2 - x_1
         del x_1, x_2
         t1 = c/torch.pow(t0, 6)
@@ -147,10 +147,10 @@ class GoldenEnergy(CompiledEnergy):
         w = der["w"]
         w_1 = der["w_1"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        xdot = v[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
-        xdot_1 = v[..., lay["idx_x_2_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        xdot = v.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        xdot_1 = v.index_select(-1, lay["idx_x_2_0"])
         u1 = x_2 - x_1
         del x_1, x_2
         u3 = c/torch.pow(u1, 6)
@@ -174,8 +174,8 @@ class GoldenEnergy(CompiledEnergy):
         c_6 = der["c_6"]
         c_7 = der["c_7"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
         w2 = x_2 - x_1
         del x_1, x_2
         w3 = c_5/torch.pow(w2, 14)
@@ -201,8 +201,8 @@ class GoldenEnergy(CompiledEnergy):
         c_6 = der["c_6"]
         c_7 = der["c_7"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
         w0 = x_2 - x_1
         w1 = c/torch.pow(w0, 6)
         d = (2*w1 - 1)/torch.pow(w0, 7)

@@ -71,7 +71,7 @@ class GoldenEnergy(CompiledEnergy):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         kappa = der["kappa"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
-        x_1 = x[..., lay["idx_x_1_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
         t0 = kappa*x_1
         del x_1
         v_1 = torch.square(x) - 2*t0*x
@@ -85,7 +85,7 @@ class GoldenEnergy(CompiledEnergy):
         kappa = der["kappa"]
         w = der["w"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
-        x_1 = x[..., lay["idx_x_1_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
         t0 = kappa*x_1
         del x_1
         g = 2*x - 2*t0
@@ -101,7 +101,7 @@ class GoldenEnergy(CompiledEnergy):
         kappa = der["kappa"]
         w = der["w"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
-        x_1 = x[..., lay["idx_x_1_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
         t0 = kappa*x_1
         del x_1
         v_1 = torch.square(x) - 2*t0*x
@@ -120,7 +120,7 @@ class GoldenEnergy(CompiledEnergy):
         kappa = der["kappa"]
         w = der["w"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
-        xdot = v[..., lay["idx_x_1_0"]]
+        xdot = v.index_select(-1, lay["idx_x_1_0"])
         u2 = kappa*xdot
         del xdot
         dot = 2*v - 2*u2
@@ -147,7 +147,7 @@ class GoldenEnergy(CompiledEnergy):
         w = der["w"]
         h = der["h"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
-        x_1 = x[..., lay["idx_x_1_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
         w0 = kappa*x_1
         del x_1
         g = 2*x - 2*w0

@@ -46,6 +46,54 @@ def norm_weight(value, norm):
     return F.Ratio(value, sp.Piecewise((norm, sp.Ne(norm, 0)), (sp.oo, True)))
 
 
+def masked_factors_out(d, finite):
+    """``where(c, a * f, 0)`` as ``where(c, a, 0) * f`` when ``f`` is finite wherever
+    its symbols are (``finite``: symbols known finite for finite x, such as loads of x).
+
+    A pair energy under ``where(d_ij > 0, ..., inf)`` has partials
+    ``where(c, w * (x_i - x_j), 0)``, one per coordinate; split this way, the
+    per-pair weight ``where(c, w, 0)`` is one shared value (CSE) and each coordinate
+    costs one product instead of a product and a ``where``. The value is unchanged:
+    where ``c`` fails, ``0 * f`` is 0 because ``f`` is finite."""
+    if not (isinstance(d, sp.Piecewise) and len(d.args) == 2 and d.args[1].cond == sp.true
+            and d.args[1].expr == 0 and isinstance(d.args[0].expr, sp.Mul)):
+        return d
+    (expr, cond), _ = d.args
+    out = [f for f in expr.args if not f.is_Number and _finite(f, finite)]
+    if not out:
+        return d
+    keep = sp.Mul(*[f for f in expr.args if not any(f is o for o in out)])
+    sign = -1 if keep.could_extract_minus_sign() else 1     # the sign stays outside, so
+    return sign * sp.Mul(sp.Piecewise((sign * keep, cond), (0, True)), *out)  # x_i, x_j share
+
+
+def _ratio(a, b):
+    """``a / b`` simplified for sign, common factors cancelled first (a ``where`` factor
+    shared by both would otherwise be inverted into ``where(c, 1/w, zoo)``)."""
+    fa, fb = list(sp.Mul.make_args(a)), list(sp.Mul.make_args(b))
+    for f in list(fa):
+        if f in fb and not f.is_Number:
+            fa.remove(f)
+            fb.remove(f)
+    return sp.signsimp(sp.Mul(*fa) / sp.Mul(*fb))
+
+
+def _finite(e, finite) -> bool:
+    """True when ``e`` is finite wherever the symbols in ``finite`` are (a polynomial in
+    them, read through guards)."""
+    if e.is_Number:
+        return bool(e.is_finite)
+    if e.is_Symbol:
+        return e in finite
+    if isinstance(e, F.Guard):
+        return _finite(e.args[0], finite)
+    if isinstance(e, (sp.Add, sp.Mul)):
+        return all(_finite(a, finite) for a in e.args)
+    if isinstance(e, sp.Pow):
+        return (e.exp.is_Integer and e.exp > 0) and _finite(e.base, finite)
+    return False
+
+
 class _Builder:
     def __init__(self, program: Program, first_symbol: int = 0):
         self.p = program
@@ -122,6 +170,10 @@ class _Builder:
                     # per-sample values): the backward pass folds it into the adjoint,
                     # which is [..., 1], instead of multiplying a [..., P] tensor by it
                     const, per_point = d.as_independent(*varying, as_Add=False)
+                    masked = masked_factors_out(per_point, self.finite_symbols(lv))
+                    if masked is not per_point:
+                        more, per_point = masked.as_independent(*varying, as_Add=False)
+                        const = const * more
                     self.partials[(owner, s)] = self.shared_partial(const, per_point, lv,
                                                                     computed)
         for r in lv.reductions:
@@ -139,13 +191,17 @@ class _Builder:
             if mv.value in self.xdep:
                 self.xdep.add(mv.symbol)
 
+    def finite_symbols(self, lv):
+        """Symbols of ``lv`` finite for finite x: its loads of x (per-sample inputs)."""
+        return {ld.symbol for ld in lv.loads if ld.kind is LoadKind.X}
+
     def shared_partial(self, const, per_point, lv, computed):
         """``(const, symbol)`` for a partial, reusing an earlier one of the same body that
         differs by a constant factor: for ``f(x[j] - x[i])``, ``d/dx[i] = -d/dx[j]``, so
         pair energies compute one per-point derivative, not two (and so do their tangents).
         """
         for other, sym in computed:
-            ratio = sp.signsimp(per_point / other)
+            ratio = _ratio(per_point, other)
             if ratio.is_Number and ratio.is_finite and ratio != 0:
                 return const * ratio, sym
         sym = self.assign("d", per_point, lv)

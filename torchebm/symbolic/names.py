@@ -247,6 +247,10 @@ class ModuleNames:
             _, lo, hi = lv.clauses[0]
             return f"{base}[{pre}{self.code(lo + ld.offset)}:{self.code(hi + ld.offset)}]"
         idx = ", ".join(f'lay["{self.index_key(ld, k)}"]' for k in range(len(ld.indices)))
+        if pre and len(ld.indices) == 1:
+            # one index tensor along the last axis: index_select, several times faster on
+            # CPU than advanced indexing x[..., idx] (same values, autograd and vmap)
+            return f"{base}.index_select(-1, {idx})"
         return f"{base}[{pre}{idx}]"
 
     def broadcast_code(self, st) -> str:
@@ -256,5 +260,5 @@ class ModuleNames:
         if shape is Shape.BATCH:        # a per-sample value, the same at every point
             return f"{src}.unsqueeze(-1)"
         # a value per point of the parent level
-        return f'{src}[..., lay["seg{lv.id}"]]' if shape is not Shape.SCALAR else src
+        return f'{src}.index_select(-1, lay["seg{lv.id}"])' if shape is not Shape.SCALAR else src
 

@@ -157,7 +157,7 @@ class LennardJonesEnergy(CompiledEnergy):
             "eps": self.eps,
             "oscillator_scale": self.oscillator_scale,
             "rm": self.rm,
-            "t16": self.oscillator_scale/2,
+            "t13": self.oscillator_scale/2,
         }
 
     def _energy(self, x, lay, der):
@@ -165,12 +165,12 @@ class LennardJonesEnergy(CompiledEnergy):
         n = x.shape[-1]
         eps = der["eps"]
         rm = der["rm"]
-        t16 = der["t16"]
+        t13 = der["t13"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
-        x_3 = x[..., lay["idx_x_3_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_3 = x.index_select(-1, lay["idx_x_3_0"])
         r = x_1.sum(-1)
         del x_1
         r_1 = x_2.sum(-1)
@@ -178,9 +178,9 @@ class LennardJonesEnergy(CompiledEnergy):
         r_2 = x_3.sum(-1)
         del x_3
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        x_4 = x[..., lay["idx_x_4_0"]]
-        x_5 = x[..., lay["idx_x_5_0"]]
-        x_6 = x[..., lay["idx_x_6_0"]]
+        x_4 = x.index_select(-1, lay["idx_x_4_0"])
+        x_5 = x.index_select(-1, lay["idx_x_5_0"])
+        x_6 = x.index_select(-1, lay["idx_x_6_0"])
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
@@ -196,30 +196,30 @@ class LennardJonesEnergy(CompiledEnergy):
         r_3 = v_1.sum(-1)
         del v_1
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
-        x_7 = x[..., lay["idx_x_7_0"]]
-        x_8 = x[..., lay["idx_x_8_0"]]
-        x_9 = x[..., lay["idx_x_9_0"]]
-        x_10 = x[..., lay["idx_x_10_0"]]
-        x_11 = x[..., lay["idx_x_11_0"]]
-        x_12 = x[..., lay["idx_x_12_0"]]
+        x_7 = x.index_select(-1, lay["idx_x_7_0"])
+        x_8 = x.index_select(-1, lay["idx_x_8_0"])
+        x_9 = x.index_select(-1, lay["idx_x_9_0"])
+        x_10 = x.index_select(-1, lay["idx_x_10_0"])
+        x_11 = x.index_select(-1, lay["idx_x_11_0"])
+        x_12 = x.index_select(-1, lay["idx_x_12_0"])
         t4 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
         t5 = torch.pow(_rt.guard(t4, rm), 6)
-        t6 = _rt.guard(t4, x_7) - _rt.guard(t4, x_8)
+        t6 = _rt.guard(t4, x_8) - _rt.guard(t4, x_7)
         del x_7, x_8
-        t8 = _rt.guard(t4, x_9) - _rt.guard(t4, x_10)
+        t7 = _rt.guard(t4, x_10) - _rt.guard(t4, x_9)
         del x_9, x_10
-        t10 = _rt.guard(t4, x_11) - _rt.guard(t4, x_12)
+        t8 = _rt.guard(t4, x_12) - _rt.guard(t4, x_11)
         del x_11, x_12
-        t12 = torch.square(t10) + torch.square(t6) + torch.square(t8)
-        del t6, t8, t10
-        t13 = 1/(t12*t12*t12)
-        del t12
-        t14 = _rt.guard(t4, eps)
-        v_2 = torch.where(t4, t13*t14*t5*(t13*t5 - 2), x.new_tensor(math.inf))
-        del t4, t5, t13, t14
+        t9 = torch.square(t6) + torch.square(t7) + torch.square(t8)
+        del t6, t7, t8
+        t10 = 1/(t9*t9*t9)
+        del t9
+        t11 = _rt.guard(t4, eps)
+        v_2 = torch.where(t4, t10*t11*t5*(t10*t5 - 2), x.new_tensor(math.inf))
+        del t4, t5, t10, t11
         r_4 = v_2.sum(-1)
         del v_2
-        energy_1 = r_4 + t16*r_3
+        energy_1 = r_4 + t13*r_3
         del r_3, r_4
         return energy_1
 
@@ -232,9 +232,9 @@ class LennardJonesEnergy(CompiledEnergy):
         c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
-        x_3 = x[..., lay["idx_x_3_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_3 = x.index_select(-1, lay["idx_x_3_0"])
         r = x_1.sum(-1)
         del x_1
         r_1 = x_2.sum(-1)
@@ -242,9 +242,9 @@ class LennardJonesEnergy(CompiledEnergy):
         r_2 = x_3.sum(-1)
         del x_3
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        x_4 = x[..., lay["idx_x_4_0"]]
-        x_5 = x[..., lay["idx_x_5_0"]]
-        x_6 = x[..., lay["idx_x_6_0"]]
+        x_4 = x.index_select(-1, lay["idx_x_4_0"])
+        x_5 = x.index_select(-1, lay["idx_x_5_0"])
+        x_6 = x.index_select(-1, lay["idx_x_6_0"])
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
@@ -256,72 +256,72 @@ class LennardJonesEnergy(CompiledEnergy):
         t3 = x_5 - t0*b_1
         del r_1, b_1, x_5
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
-        x_7 = x[..., lay["idx_x_7_0"]]
-        x_8 = x[..., lay["idx_x_8_0"]]
-        x_9 = x[..., lay["idx_x_9_0"]]
-        x_10 = x[..., lay["idx_x_10_0"]]
-        x_11 = x[..., lay["idx_x_11_0"]]
-        x_12 = x[..., lay["idx_x_12_0"]]
+        x_7 = x.index_select(-1, lay["idx_x_7_0"])
+        x_8 = x.index_select(-1, lay["idx_x_8_0"])
+        x_9 = x.index_select(-1, lay["idx_x_9_0"])
+        x_10 = x.index_select(-1, lay["idx_x_10_0"])
+        x_11 = x.index_select(-1, lay["idx_x_11_0"])
+        x_12 = x.index_select(-1, lay["idx_x_12_0"])
         t4 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
         t5 = torch.pow(_rt.guard(t4, rm), 6)
-        t6 = _rt.guard(t4, x_7) - _rt.guard(t4, x_8)
+        t6 = _rt.guard(t4, x_8) - _rt.guard(t4, x_7)
         del x_7, x_8
-        t8 = _rt.guard(t4, x_9) - _rt.guard(t4, x_10)
+        t7 = _rt.guard(t4, x_10) - _rt.guard(t4, x_9)
         del x_9, x_10
-        t10 = _rt.guard(t4, x_11) - _rt.guard(t4, x_12)
+        t8 = _rt.guard(t4, x_12) - _rt.guard(t4, x_11)
         del x_11, x_12
-        t12 = torch.square(t10) + torch.square(t6) + torch.square(t8)
-        t13 = 1/(t12*t12*t12)
-        t14 = _rt.guard(t4, eps)
-        t15 = 6*t14*t5*(2*t13*t5 - 2)/torch.pow(t12, 4)
-        del t5, t12, t13, t14
-        d = torch.where(t4, -t15*t6, x.new_tensor(0))
-        d_1 = torch.where(t4, t15*t6, x.new_tensor(0))
+        t9 = torch.square(t6) + torch.square(t7) + torch.square(t8)
+        t10 = 1/(t9*t9*t9)
+        t11 = _rt.guard(t4, eps)
+        t12 = torch.where(t4, 6*t11*t5*(2*t10*t5 - 2)/torch.pow(t9, 4), x.new_tensor(0))
+        del t4, t5, t9, t10, t11
+        d = t12*t6
         del t6
-        d_2 = torch.where(t4, -t15*t8, x.new_tensor(0))
-        d_3 = torch.where(t4, t15*t8, x.new_tensor(0))
-        del t8
-        d_4 = torch.where(t4, -t10*t15, x.new_tensor(0))
-        d_5 = torch.where(t4, t10*t15, x.new_tensor(0))
-        del t4, t10, t15
+        d_1 = t12*t7
+        del t7
+        d_2 = t12*t8
+        del t8, t12
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_7_0"], d)
+        g = -d
         del d
-        grad = grad.index_add(-1, lay["idx_x_8_0"], d_1)
+        grad = grad.index_add(-1, lay["idx_x_8_0"], g)
+        del g
+        grad = grad.index_add(-1, lay["idx_x_9_0"], d_1)
+        g_1 = -d_1
         del d_1
-        grad = grad.index_add(-1, lay["idx_x_9_0"], d_2)
+        grad = grad.index_add(-1, lay["idx_x_10_0"], g_1)
+        del g_1
+        grad = grad.index_add(-1, lay["idx_x_11_0"], d_2)
+        g_2 = -d_2
         del d_2
-        grad = grad.index_add(-1, lay["idx_x_10_0"], d_3)
-        del d_3
-        grad = grad.index_add(-1, lay["idx_x_11_0"], d_4)
-        del d_4
-        grad = grad.index_add(-1, lay["idx_x_12_0"], d_5)
-        del d_5
+        grad = grad.index_add(-1, lay["idx_x_12_0"], g_2)
+        del g_2
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         w = c/((n_float) // (3))
-        g = w*t1
-        rs = g.sum(-1)
-        del g
-        w_1 = c/((n_float) // (3))
-        g_1 = w_1*t2
-        rs_1 = g_1.sum(-1)
-        del g_1
-        w_2 = c/((n_float) // (3))
-        g_2 = w_2*t3
-        rs_2 = g_2.sum(-1)
-        del g_2
-        g_3 = oscillator_scale*t1
-        del t1
-        grad = grad.index_add(-1, lay["idx_x_6_0"], g_3)
+        g_3 = w*t1
+        rs = g_3.sum(-1)
         del g_3
-        g_4 = oscillator_scale*t2
-        del t2
-        grad = grad.index_add(-1, lay["idx_x_4_0"], g_4)
+        w_1 = c/((n_float) // (3))
+        g_4 = w_1*t2
+        rs_1 = g_4.sum(-1)
         del g_4
-        g_5 = oscillator_scale*t3
-        del t3
-        grad = grad.index_add(-1, lay["idx_x_5_0"], g_5)
+        w_2 = c/((n_float) // (3))
+        g_5 = w_2*t3
+        rs_2 = g_5.sum(-1)
         del g_5
+        g_6 = oscillator_scale*t1
+        del t1
+        grad = grad.index_add(-1, lay["idx_x_6_0"], g_6)
+        del g_6
+        g_7 = oscillator_scale*t2
+        del t2
+        grad = grad.index_add(-1, lay["idx_x_4_0"], g_7)
+        del g_7
+        g_8 = oscillator_scale*t3
+        del t3
+        grad = grad.index_add(-1, lay["idx_x_5_0"], g_8)
+        del g_8
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         bc = rs_1.unsqueeze(-1)
         bc_1 = rs_2.unsqueeze(-1)
@@ -340,13 +340,13 @@ class LennardJonesEnergy(CompiledEnergy):
         eps = der["eps"]
         rm = der["rm"]
         oscillator_scale = der["oscillator_scale"]
-        t16 = der["t16"]
+        t13 = der["t13"]
         c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
-        x_3 = x[..., lay["idx_x_3_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_3 = x.index_select(-1, lay["idx_x_3_0"])
         r = x_1.sum(-1)
         del x_1
         r_1 = x_2.sum(-1)
@@ -354,9 +354,9 @@ class LennardJonesEnergy(CompiledEnergy):
         r_2 = x_3.sum(-1)
         del x_3
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        x_4 = x[..., lay["idx_x_4_0"]]
-        x_5 = x[..., lay["idx_x_5_0"]]
-        x_6 = x[..., lay["idx_x_6_0"]]
+        x_4 = x.index_select(-1, lay["idx_x_4_0"])
+        x_5 = x.index_select(-1, lay["idx_x_5_0"])
+        x_6 = x.index_select(-1, lay["idx_x_6_0"])
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
@@ -371,79 +371,79 @@ class LennardJonesEnergy(CompiledEnergy):
         r_3 = v_1.sum(-1)
         del v_1
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
-        x_7 = x[..., lay["idx_x_7_0"]]
-        x_8 = x[..., lay["idx_x_8_0"]]
-        x_9 = x[..., lay["idx_x_9_0"]]
-        x_10 = x[..., lay["idx_x_10_0"]]
-        x_11 = x[..., lay["idx_x_11_0"]]
-        x_12 = x[..., lay["idx_x_12_0"]]
+        x_7 = x.index_select(-1, lay["idx_x_7_0"])
+        x_8 = x.index_select(-1, lay["idx_x_8_0"])
+        x_9 = x.index_select(-1, lay["idx_x_9_0"])
+        x_10 = x.index_select(-1, lay["idx_x_10_0"])
+        x_11 = x.index_select(-1, lay["idx_x_11_0"])
+        x_12 = x.index_select(-1, lay["idx_x_12_0"])
         t4 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
         t5 = torch.pow(_rt.guard(t4, rm), 6)
-        t6 = _rt.guard(t4, x_7) - _rt.guard(t4, x_8)
+        t6 = _rt.guard(t4, x_8) - _rt.guard(t4, x_7)
         del x_7, x_8
-        t8 = _rt.guard(t4, x_9) - _rt.guard(t4, x_10)
+        t7 = _rt.guard(t4, x_10) - _rt.guard(t4, x_9)
         del x_9, x_10
-        t10 = _rt.guard(t4, x_11) - _rt.guard(t4, x_12)
+        t8 = _rt.guard(t4, x_12) - _rt.guard(t4, x_11)
         del x_11, x_12
-        t12 = torch.square(t10) + torch.square(t6) + torch.square(t8)
-        t13 = 1/(t12*t12*t12)
-        t14 = _rt.guard(t4, eps)
-        t15 = 6*t14*t5*(2*t13*t5 - 2)/torch.pow(t12, 4)
-        del t12
-        v_2 = torch.where(t4, t13*t14*t5*(t13*t5 - 2), x.new_tensor(math.inf))
-        del t5, t13, t14
-        d = torch.where(t4, -t15*t6, x.new_tensor(0))
-        d_1 = torch.where(t4, t15*t6, x.new_tensor(0))
+        t9 = torch.square(t6) + torch.square(t7) + torch.square(t8)
+        t10 = 1/(t9*t9*t9)
+        t11 = _rt.guard(t4, eps)
+        t12 = torch.where(t4, 6*t11*t5*(2*t10*t5 - 2)/torch.pow(t9, 4), x.new_tensor(0))
+        del t9
+        v_2 = torch.where(t4, t10*t11*t5*(t10*t5 - 2), x.new_tensor(math.inf))
+        del t4, t5, t10, t11
+        d = t12*t6
         del t6
-        d_2 = torch.where(t4, -t15*t8, x.new_tensor(0))
-        d_3 = torch.where(t4, t15*t8, x.new_tensor(0))
-        del t8
-        d_4 = torch.where(t4, -t10*t15, x.new_tensor(0))
-        d_5 = torch.where(t4, t10*t15, x.new_tensor(0))
-        del t4, t10, t15
+        d_1 = t12*t7
+        del t7
+        d_2 = t12*t8
+        del t8, t12
         r_4 = v_2.sum(-1)
         del v_2
-        energy_1 = r_4 + t16*r_3
+        energy_1 = r_4 + t13*r_3
         del r_3, r_4
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_7_0"], d)
+        g = -d
         del d
-        grad = grad.index_add(-1, lay["idx_x_8_0"], d_1)
+        grad = grad.index_add(-1, lay["idx_x_8_0"], g)
+        del g
+        grad = grad.index_add(-1, lay["idx_x_9_0"], d_1)
+        g_1 = -d_1
         del d_1
-        grad = grad.index_add(-1, lay["idx_x_9_0"], d_2)
+        grad = grad.index_add(-1, lay["idx_x_10_0"], g_1)
+        del g_1
+        grad = grad.index_add(-1, lay["idx_x_11_0"], d_2)
+        g_2 = -d_2
         del d_2
-        grad = grad.index_add(-1, lay["idx_x_10_0"], d_3)
-        del d_3
-        grad = grad.index_add(-1, lay["idx_x_11_0"], d_4)
-        del d_4
-        grad = grad.index_add(-1, lay["idx_x_12_0"], d_5)
-        del d_5
+        grad = grad.index_add(-1, lay["idx_x_12_0"], g_2)
+        del g_2
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         w = c/((n_float) // (3))
-        g = w*t1
-        rs = g.sum(-1)
-        del g
-        w_1 = c/((n_float) // (3))
-        g_1 = w_1*t2
-        rs_1 = g_1.sum(-1)
-        del g_1
-        w_2 = c/((n_float) // (3))
-        g_2 = w_2*t3
-        rs_2 = g_2.sum(-1)
-        del g_2
-        g_3 = oscillator_scale*t1
-        del t1
-        grad = grad.index_add(-1, lay["idx_x_6_0"], g_3)
+        g_3 = w*t1
+        rs = g_3.sum(-1)
         del g_3
-        g_4 = oscillator_scale*t2
-        del t2
-        grad = grad.index_add(-1, lay["idx_x_4_0"], g_4)
+        w_1 = c/((n_float) // (3))
+        g_4 = w_1*t2
+        rs_1 = g_4.sum(-1)
         del g_4
-        g_5 = oscillator_scale*t3
-        del t3
-        grad = grad.index_add(-1, lay["idx_x_5_0"], g_5)
+        w_2 = c/((n_float) // (3))
+        g_5 = w_2*t3
+        rs_2 = g_5.sum(-1)
         del g_5
+        g_6 = oscillator_scale*t1
+        del t1
+        grad = grad.index_add(-1, lay["idx_x_6_0"], g_6)
+        del g_6
+        g_7 = oscillator_scale*t2
+        del t2
+        grad = grad.index_add(-1, lay["idx_x_4_0"], g_7)
+        del g_7
+        g_8 = oscillator_scale*t3
+        del t3
+        grad = grad.index_add(-1, lay["idx_x_5_0"], g_8)
+        del g_8
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         bc = rs_1.unsqueeze(-1)
         bc_1 = rs_2.unsqueeze(-1)
@@ -465,9 +465,9 @@ class LennardJonesEnergy(CompiledEnergy):
         c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
-        xdot = v[..., lay["idx_x_1_0"]]
-        xdot_1 = v[..., lay["idx_x_2_0"]]
-        xdot_2 = v[..., lay["idx_x_3_0"]]
+        xdot = v.index_select(-1, lay["idx_x_1_0"])
+        xdot_1 = v.index_select(-1, lay["idx_x_2_0"])
+        xdot_2 = v.index_select(-1, lay["idx_x_3_0"])
         dot = xdot.sum(-1)
         del xdot
         dot_1 = xdot_1.sum(-1)
@@ -475,9 +475,9 @@ class LennardJonesEnergy(CompiledEnergy):
         dot_2 = xdot_2.sum(-1)
         del xdot_2
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        xdot_3 = v[..., lay["idx_x_4_0"]]
-        xdot_4 = v[..., lay["idx_x_5_0"]]
-        xdot_5 = v[..., lay["idx_x_6_0"]]
+        xdot_3 = v.index_select(-1, lay["idx_x_4_0"])
+        xdot_4 = v.index_select(-1, lay["idx_x_5_0"])
+        xdot_5 = v.index_select(-1, lay["idx_x_6_0"])
         dot_3 = dot.unsqueeze(-1)
         dot_4 = dot_1.unsqueeze(-1)
         dot_5 = dot_2.unsqueeze(-1)
@@ -495,18 +495,18 @@ class LennardJonesEnergy(CompiledEnergy):
         dot_8 = xdot_4 - u8
         del xdot_4, u8
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
-        x_7 = x[..., lay["idx_x_7_0"]]
-        xdot_6 = v[..., lay["idx_x_7_0"]]
-        x_8 = x[..., lay["idx_x_8_0"]]
-        xdot_7 = v[..., lay["idx_x_8_0"]]
-        x_9 = x[..., lay["idx_x_9_0"]]
-        xdot_8 = v[..., lay["idx_x_9_0"]]
-        x_10 = x[..., lay["idx_x_10_0"]]
-        xdot_9 = v[..., lay["idx_x_10_0"]]
-        x_11 = x[..., lay["idx_x_11_0"]]
-        xdot_10 = v[..., lay["idx_x_11_0"]]
-        x_12 = x[..., lay["idx_x_12_0"]]
-        xdot_11 = v[..., lay["idx_x_12_0"]]
+        x_7 = x.index_select(-1, lay["idx_x_7_0"])
+        xdot_6 = v.index_select(-1, lay["idx_x_7_0"])
+        x_8 = x.index_select(-1, lay["idx_x_8_0"])
+        xdot_7 = v.index_select(-1, lay["idx_x_8_0"])
+        x_9 = x.index_select(-1, lay["idx_x_9_0"])
+        xdot_8 = v.index_select(-1, lay["idx_x_9_0"])
+        x_10 = x.index_select(-1, lay["idx_x_10_0"])
+        xdot_9 = v.index_select(-1, lay["idx_x_10_0"])
+        x_11 = x.index_select(-1, lay["idx_x_11_0"])
+        xdot_10 = v.index_select(-1, lay["idx_x_11_0"])
+        x_12 = x.index_select(-1, lay["idx_x_12_0"])
+        xdot_11 = v.index_select(-1, lay["idx_x_12_0"])
         u10 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
         u11 = _rt.guard(u10, rm)
         u12 = torch.pow(u11, 6)
@@ -514,79 +514,75 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_7
         u14 = _rt.guard(u10, x_8)
         del x_8
-        u15 = u13 - u14
-        u17 = _rt.guard(u10, x_9)
+        u15 = u14 - u13
+        u16 = _rt.guard(u10, x_9)
         del x_9
-        u18 = _rt.guard(u10, x_10)
+        u17 = _rt.guard(u10, x_10)
         del x_10
-        u19 = u17 - u18
-        u21 = _rt.guard(u10, x_11)
+        u18 = u17 - u16
+        u19 = _rt.guard(u10, x_11)
         del x_11
-        u22 = _rt.guard(u10, x_12)
+        u20 = _rt.guard(u10, x_12)
         del x_12
-        u23 = u21 - u22
-        u25 = torch.square(u15) + torch.square(u19) + torch.square(u23)
-        u26 = 1/(u25*u25*u25)
-        u27 = _rt.guard(u10, eps)
-        u29 = 6*u13 - 6*u14
-        u31 = u27*torch.pow(u11, 12)
+        u21 = u20 - u19
+        u22 = torch.square(u15) + torch.square(u18) + torch.square(u21)
+        u23 = 1/(u22*u22*u22)
+        u24 = _rt.guard(u10, eps)
+        u26 = 6*u13 - 6*u14
+        u28 = u24*torch.pow(u11, 12)
         del u11
-        u33 = u12/torch.pow(u25, 4)
-        u35 = 6*u17 - 6*u18
-        u37 = 6*u21 - 6*u22
-        u39 = 6*u27*(2*u12*u26 - 2)
-        del u26, u27
-        u40 = u33*u39
-        del u33
-        u41 = 12*u31/torch.pow(u25, 8)
-        del u31
-        u42 = -u15*u41
-        u43 = 8*u17 - 8*u18
-        del u17, u18
-        u45 = u12*u39/torch.pow(u25, 5)
-        del u12, u25, u39
-        u46 = -u15*u45
-        u47 = 8*u21 - 8*u22
-        del u21, u22
+        u30 = u12/torch.pow(u22, 4)
+        u32 = 6*u16 - 6*u17
+        u34 = 6*u19 - 6*u20
+        u36 = 6*u24*(2*u12*u23 - 2)
+        del u23, u24
+        u37 = torch.where(u10, u30*u36, x.new_tensor(0))
+        del u30
+        u38 = 12*u28/torch.pow(u22, 8)
+        del u28
+        u39 = 8*u16 - 8*u17
+        del u16, u17
+        u40 = u12*u36/torch.pow(u22, 5)
+        del u12, u22, u36
+        u41 = torch.where(u10, -u32*u38 - u39*u40, x.new_tensor(0))
+        u42 = u41*xdot_8
+        u43 = torch.where(u10, u32*u38 + u39*u40, x.new_tensor(0))
+        del u32, u39
+        u44 = u43*xdot_9
+        u45 = 8*u19 - 8*u20
+        del u19, u20
+        u46 = torch.where(u10, -u34*u38 - u40*u45, x.new_tensor(0))
+        u47 = u46*xdot_10
+        u48 = torch.where(u10, u34*u38 + u40*u45, x.new_tensor(0))
+        del u34, u45
+        u49 = u48*xdot_11
         u50 = 8*u13 - 8*u14
         del u13, u14
-        u52 = u15*u41
-        u53 = u15*u45
-        del u15
-        u54 = -u19*u41
-        u55 = -u19*u45
-        u56 = u19*u41
-        u57 = u19*u45
-        del u19
-        u58 = -u23*u41
-        u59 = -u23*u45
-        u60 = u23*u41
-        del u41
-        u61 = u23*u45
-        del u23, u45
-        dot_9 = xdot_6*torch.where(u10, -u40 - u29*u42 - u46*u50, x.new_tensor(0)) + xdot_7*torch.where(u10, u40 + u29*u42 + u46*u50, x.new_tensor(0)) + xdot_8*torch.where(u10, -u35*u42 - u43*u46, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u42 + u43*u46, x.new_tensor(0)) + xdot_10*torch.where(u10, -u37*u42 - u46*u47, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u42 + u46*u47, x.new_tensor(0))
-        del u42, u46
-        dot_10 = xdot_6*torch.where(u10, u40 - u29*u52 - u50*u53, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u52 + u50*u53 - u40, x.new_tensor(0)) + xdot_8*torch.where(u10, -u35*u52 - u43*u53, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u52 + u43*u53, x.new_tensor(0)) + xdot_10*torch.where(u10, -u37*u52 - u47*u53, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u52 + u47*u53, x.new_tensor(0))
-        del u52, u53
-        dot_11 = xdot_6*torch.where(u10, -u29*u54 - u50*u55, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u54 + u50*u55, x.new_tensor(0)) + xdot_8*torch.where(u10, -u40 - u35*u54 - u43*u55, x.new_tensor(0)) + xdot_9*torch.where(u10, u40 + u35*u54 + u43*u55, x.new_tensor(0)) + xdot_10*torch.where(u10, -u37*u54 - u47*u55, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u54 + u47*u55, x.new_tensor(0))
-        del u54, u55
-        dot_12 = xdot_6*torch.where(u10, -u29*u56 - u50*u57, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u56 + u50*u57, x.new_tensor(0)) + xdot_8*torch.where(u10, u40 - u35*u56 - u43*u57, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u56 + u43*u57 - u40, x.new_tensor(0)) + xdot_10*torch.where(u10, -u37*u56 - u47*u57, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u56 + u47*u57, x.new_tensor(0))
-        del u56, u57
-        dot_13 = xdot_6*torch.where(u10, -u29*u58 - u50*u59, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u58 + u50*u59, x.new_tensor(0)) + xdot_8*torch.where(u10, -u35*u58 - u43*u59, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u58 + u43*u59, x.new_tensor(0)) + xdot_10*torch.where(u10, -u40 - u37*u58 - u47*u59, x.new_tensor(0)) + xdot_11*torch.where(u10, u40 + u37*u58 + u47*u59, x.new_tensor(0))
-        del u58, u59
-        dot_14 = xdot_6*torch.where(u10, -u29*u60 - u50*u61, x.new_tensor(0)) + xdot_7*torch.where(u10, u29*u60 + u50*u61, x.new_tensor(0)) + xdot_8*torch.where(u10, -u35*u60 - u43*u61, x.new_tensor(0)) + xdot_9*torch.where(u10, u35*u60 + u43*u61, x.new_tensor(0)) + xdot_10*torch.where(u10, u40 - u37*u60 - u47*u61, x.new_tensor(0)) + xdot_11*torch.where(u10, u37*u60 + u47*u61 - u40, x.new_tensor(0))
-        del xdot_6, xdot_7, xdot_8, xdot_9, xdot_10, xdot_11, u10, u29, u35, u37, u40, u43, u47, u50, u60, u61
+        u51 = torch.where(u10, u26*u38 + u40*u50, x.new_tensor(0))
+        u53 = torch.where(u10, -u26*u38 - u40*u50, x.new_tensor(0))
+        del u10, u26, u38, u40, u50
+        u54 = u53*xdot_6
+        u55 = u51*xdot_7
+        dot_9 = u15*u42 + u15*u44 + u15*u47 + u15*u49 + xdot_6*(u15*u53 - u37) + xdot_7*(u37 + u15*u51)
+        del xdot_6, xdot_7, u15, u51, u53
+        dot_10 = u18*u47 + u18*u49 + u18*u54 + u18*u55 + xdot_8*(u18*u41 - u37) + xdot_9*(u37 + u18*u43)
+        del xdot_8, xdot_9, u18, u41, u43, u47, u49
+        dot_11 = u21*u42 + u21*u44 + u21*u54 + u21*u55 + xdot_10*(u21*u46 - u37) + xdot_11*(u37 + u21*u48)
+        del xdot_10, xdot_11, u21, u37, u42, u44, u46, u48, u54, u55
         hvp = torch.zeros_like(v)
         hvp = hvp.index_add(-1, lay["idx_x_7_0"], dot_9)
+        dot_12 = -dot_9
         del dot_9
-        hvp = hvp.index_add(-1, lay["idx_x_8_0"], dot_10)
-        del dot_10
-        hvp = hvp.index_add(-1, lay["idx_x_9_0"], dot_11)
-        del dot_11
-        hvp = hvp.index_add(-1, lay["idx_x_10_0"], dot_12)
+        hvp = hvp.index_add(-1, lay["idx_x_8_0"], dot_12)
         del dot_12
-        hvp = hvp.index_add(-1, lay["idx_x_11_0"], dot_13)
+        hvp = hvp.index_add(-1, lay["idx_x_9_0"], dot_10)
+        dot_13 = -dot_10
+        del dot_10
+        hvp = hvp.index_add(-1, lay["idx_x_10_0"], dot_13)
         del dot_13
+        hvp = hvp.index_add(-1, lay["idx_x_11_0"], dot_11)
+        dot_14 = -dot_11
+        del dot_11
         hvp = hvp.index_add(-1, lay["idx_x_12_0"], dot_14)
         del dot_14
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
@@ -632,92 +628,92 @@ class LennardJonesEnergy(CompiledEnergy):
         eps = der["eps"]
         rm = der["rm"]
         oscillator_scale = der["oscillator_scale"]
-        t16 = der["t16"]
+        t13 = der["t13"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         w4 = ((n_float) // (3))
         w5 = 2/torch.square(w4)
         w6 = -2/w4
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
-        x_7 = x[..., lay["idx_x_7_0"]]
-        x_8 = x[..., lay["idx_x_8_0"]]
-        x_9 = x[..., lay["idx_x_9_0"]]
-        x_10 = x[..., lay["idx_x_10_0"]]
-        x_11 = x[..., lay["idx_x_11_0"]]
-        x_12 = x[..., lay["idx_x_12_0"]]
-        w19 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
-        w20 = _rt.guard(w19, x_7)
+        x_7 = x.index_select(-1, lay["idx_x_7_0"])
+        x_8 = x.index_select(-1, lay["idx_x_8_0"])
+        x_9 = x.index_select(-1, lay["idx_x_9_0"])
+        x_10 = x.index_select(-1, lay["idx_x_10_0"])
+        x_11 = x.index_select(-1, lay["idx_x_11_0"])
+        x_12 = x.index_select(-1, lay["idx_x_12_0"])
+        w16 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
+        w17 = _rt.guard(w16, x_7)
         del x_7
-        w21 = _rt.guard(w19, x_8)
+        w18 = _rt.guard(w16, x_8)
         del x_8
-        w22 = 6*w20 - 6*w21
-        w23 = w20 - w21
-        w25 = _rt.guard(w19, eps)
-        w26 = _rt.guard(w19, x_9)
+        w19 = 6*w17 - 6*w18
+        w20 = w17 - w18
+        w22 = _rt.guard(w16, eps)
+        w23 = _rt.guard(w16, x_9)
         del x_9
-        w27 = _rt.guard(w19, x_10)
+        w24 = _rt.guard(w16, x_10)
         del x_10
-        w28 = w26 - w27
-        w30 = _rt.guard(w19, x_11)
+        w25 = w23 - w24
+        w27 = _rt.guard(w16, x_11)
         del x_11
-        w31 = _rt.guard(w19, x_12)
+        w28 = _rt.guard(w16, x_12)
         del x_12
-        w32 = w30 - w31
-        w34 = torch.square(w23) + torch.square(w28) + torch.square(w32)
-        w35 = _rt.guard(w19, rm)
-        w36 = 12*w25*torch.pow(w35, 12)/torch.pow(w34, 8)
-        w37 = -w23*w36
-        w38 = torch.pow(w35, 6)
-        del w35
-        w39 = 6*w25*w38*(2*w38/(w34*w34*w34) - 2)
-        del w25, w38
-        w40 = w39/torch.pow(w34, 4)
-        w42 = 8*w20 - 8*w21
-        del w20, w21
-        w43 = w39/torch.pow(w34, 5)
-        del w34, w39
-        w44 = -w23*w43
-        w45 = 6*w26 - 6*w27
-        w46 = 8*w26 - 8*w27
-        del w26, w27
-        w47 = 6*w30 - 6*w31
-        w48 = 8*w30 - 8*w31
-        del w30, w31
-        w49 = w23*w36
-        w50 = w23*w43
-        del w23
-        w55 = -w28*w36
-        w56 = -w28*w43
-        w57 = w28*w36
-        w58 = w28*w43
-        del w28
-        w59 = -w32*w36
-        w60 = -w32*w43
-        h2 = torch.where(w19, -w40 - w22*w37 - w42*w44, x.new_tensor(0))
-        h2_1 = torch.where(w19, w40 + w22*w37 + w42*w44, x.new_tensor(0))
-        h2_2 = torch.where(w19, w37*w45 + w44*w46, x.new_tensor(0))
-        h2_3 = torch.where(w19, w37*w47 + w44*w48, x.new_tensor(0))
-        del w37, w44
-        h2_4 = torch.where(w19, w22*w49 + w42*w50 - w40, x.new_tensor(0))
-        del w22, w42
-        h2_5 = torch.where(w19, -w45*w49 - w46*w50, x.new_tensor(0))
-        h2_6 = torch.where(w19, -w47*w49 - w48*w50, x.new_tensor(0))
-        del w49, w50
-        h2_7 = torch.where(w19, -w40 - w45*w55 - w46*w56, x.new_tensor(0))
-        h2_8 = torch.where(w19, w40 + w45*w55 + w46*w56, x.new_tensor(0))
-        h2_9 = torch.where(w19, w47*w55 + w48*w56, x.new_tensor(0))
-        del w55, w56
-        h2_10 = torch.where(w19, w45*w57 + w46*w58 - w40, x.new_tensor(0))
-        del w45, w46
-        h2_11 = torch.where(w19, -w47*w57 - w48*w58, x.new_tensor(0))
-        del w57, w58
-        h2_12 = torch.where(w19, -w40 - w47*w59 - w48*w60, x.new_tensor(0))
-        h2_13 = torch.where(w19, w40 + w47*w59 + w48*w60, x.new_tensor(0))
-        del w59, w60
-        h2_14 = torch.where(w19, w32*w36*w47 + w32*w43*w48 - w40, x.new_tensor(0))
-        del w19, w32, w36, w40, w43, w47, w48
+        w29 = w27 - w28
+        w31 = torch.square(w20) + torch.square(w25) + torch.square(w29)
+        w32 = _rt.guard(w16, rm)
+        w33 = 12*w22*torch.pow(w32, 12)/torch.pow(w31, 8)
+        w34 = -w20*w33
+        w35 = torch.pow(w32, 6)
+        del w32
+        w36 = 6*w22*w35*(2*w35/(w31*w31*w31) - 2)
+        del w22, w35
+        w37 = w36/torch.pow(w31, 4)
+        w39 = 8*w17 - 8*w18
+        del w17, w18
+        w40 = w36/torch.pow(w31, 5)
+        del w31, w36
+        w41 = -w20*w40
+        w42 = 6*w23 - 6*w24
+        w43 = 8*w23 - 8*w24
+        del w23, w24
+        w44 = 6*w27 - 6*w28
+        w45 = 8*w27 - 8*w28
+        del w27, w28
+        w46 = w20*w33
+        w47 = w20*w40
+        del w20
+        w52 = -w25*w33
+        w53 = -w25*w40
+        w54 = w25*w33
+        w55 = w25*w40
+        del w25
+        w56 = -w29*w33
+        w57 = -w29*w40
+        h2 = torch.where(w16, -w37 - w19*w34 - w39*w41, x.new_tensor(0))
+        h2_1 = torch.where(w16, w37 + w19*w34 + w39*w41, x.new_tensor(0))
+        h2_2 = torch.where(w16, w34*w42 + w41*w43, x.new_tensor(0))
+        h2_3 = torch.where(w16, w34*w44 + w41*w45, x.new_tensor(0))
+        del w34, w41
+        h2_4 = torch.where(w16, w19*w46 + w39*w47 - w37, x.new_tensor(0))
+        del w19, w39
+        h2_5 = torch.where(w16, -w42*w46 - w43*w47, x.new_tensor(0))
+        h2_6 = torch.where(w16, -w44*w46 - w45*w47, x.new_tensor(0))
+        del w46, w47
+        h2_7 = torch.where(w16, -w37 - w42*w52 - w43*w53, x.new_tensor(0))
+        h2_8 = torch.where(w16, w37 + w42*w52 + w43*w53, x.new_tensor(0))
+        h2_9 = torch.where(w16, w44*w52 + w45*w53, x.new_tensor(0))
+        del w52, w53
+        h2_10 = torch.where(w16, w42*w54 + w43*w55 - w37, x.new_tensor(0))
+        del w42, w43
+        h2_11 = torch.where(w16, -w44*w54 - w45*w55, x.new_tensor(0))
+        del w54, w55
+        h2_12 = torch.where(w16, -w37 - w44*w56 - w45*w57, x.new_tensor(0))
+        h2_13 = torch.where(w16, w37 + w44*w56 + w45*w57, x.new_tensor(0))
+        del w56, w57
+        h2_14 = torch.where(w16, w29*w33*w44 + w29*w40*w45 - w37, x.new_tensor(0))
+        del w16, w29, w33, w37, w40, w44, w45
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        h = w5*t16
+        h = w5*t13
         hs = _rt_points(h, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_2 = torch.zeros_like(x)
@@ -725,13 +721,13 @@ class LennardJonesEnergy(CompiledEnergy):
         hdiag = hs.unsqueeze(-1)*torch.square(grad_r_2)
         del hs
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        gload = grad_r_2[..., lay["idx_x_6_0"]]
+        gload = grad_r_2.index_select(-1, lay["idx_x_6_0"])
         del grad_r_2
         h_1 = w6*oscillator_scale*gload
         del gload
         hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], h_1)
         del h_1
-        h_2 = w5*t16
+        h_2 = w5*t13
         hs_1 = _rt_points(h_2, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r = torch.zeros_like(x)
@@ -739,13 +735,13 @@ class LennardJonesEnergy(CompiledEnergy):
         hdiag = hdiag + hs_1.unsqueeze(-1)*torch.square(grad_r)
         del hs_1
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        gload_1 = grad_r[..., lay["idx_x_4_0"]]
+        gload_1 = grad_r.index_select(-1, lay["idx_x_4_0"])
         del grad_r
         h_3 = w6*oscillator_scale*gload_1
         del gload_1
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h_3)
         del h_3
-        h_4 = w5*t16
+        h_4 = w5*t13
         hs_2 = _rt_points(h_4, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_1 = torch.zeros_like(x)
@@ -753,7 +749,7 @@ class LennardJonesEnergy(CompiledEnergy):
         hdiag = hdiag + hs_2.unsqueeze(-1)*torch.square(grad_r_1)
         del hs_2
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        gload_2 = grad_r_1[..., lay["idx_x_5_0"]]
+        gload_2 = grad_r_1.index_select(-1, lay["idx_x_5_0"])
         del grad_r_1
         h_5 = w6*oscillator_scale*gload_2
         del gload_2
@@ -819,13 +815,13 @@ class LennardJonesEnergy(CompiledEnergy):
         eps = der["eps"]
         rm = der["rm"]
         oscillator_scale = der["oscillator_scale"]
-        t16 = der["t16"]
+        t13 = der["t13"]
         c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
-        x_3 = x[..., lay["idx_x_3_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_3 = x.index_select(-1, lay["idx_x_3_0"])
         r = x_1.sum(-1)
         del x_1
         r_1 = x_2.sum(-1)
@@ -833,9 +829,9 @@ class LennardJonesEnergy(CompiledEnergy):
         r_2 = x_3.sum(-1)
         del x_3
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        x_4 = x[..., lay["idx_x_4_0"]]
-        x_5 = x[..., lay["idx_x_5_0"]]
-        x_6 = x[..., lay["idx_x_6_0"]]
+        x_4 = x.index_select(-1, lay["idx_x_4_0"])
+        x_5 = x.index_select(-1, lay["idx_x_5_0"])
+        x_6 = x.index_select(-1, lay["idx_x_6_0"])
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
@@ -850,140 +846,140 @@ class LennardJonesEnergy(CompiledEnergy):
         w5 = 2/torch.square(w4)
         w6 = -2/w4
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
-        x_7 = x[..., lay["idx_x_7_0"]]
-        x_8 = x[..., lay["idx_x_8_0"]]
-        x_9 = x[..., lay["idx_x_9_0"]]
-        x_10 = x[..., lay["idx_x_10_0"]]
-        x_11 = x[..., lay["idx_x_11_0"]]
-        x_12 = x[..., lay["idx_x_12_0"]]
+        x_7 = x.index_select(-1, lay["idx_x_7_0"])
+        x_8 = x.index_select(-1, lay["idx_x_8_0"])
+        x_9 = x.index_select(-1, lay["idx_x_9_0"])
+        x_10 = x.index_select(-1, lay["idx_x_10_0"])
+        x_11 = x.index_select(-1, lay["idx_x_11_0"])
+        x_12 = x.index_select(-1, lay["idx_x_12_0"])
         w7 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
         w8 = torch.pow(_rt.guard(w7, rm), 6)
-        w9 = _rt.guard(w7, x_7) - _rt.guard(w7, x_8)
-        w11 = _rt.guard(w7, x_9) - _rt.guard(w7, x_10)
-        w13 = _rt.guard(w7, x_11) - _rt.guard(w7, x_12)
-        w15 = torch.square(w11) + torch.square(w13) + torch.square(w9)
-        w16 = 1/(w15*w15*w15)
-        w17 = _rt.guard(w7, eps)
-        w18 = 6*w17*w8*(2*w16*w8 - 2)/torch.pow(w15, 4)
-        del w8, w15, w16, w17
-        d = torch.where(w7, -w18*w9, x.new_tensor(0))
-        d_1 = torch.where(w7, w18*w9, x.new_tensor(0))
+        w9 = _rt.guard(w7, x_8) - _rt.guard(w7, x_7)
+        w10 = _rt.guard(w7, x_10) - _rt.guard(w7, x_9)
+        w11 = _rt.guard(w7, x_12) - _rt.guard(w7, x_11)
+        w12 = torch.square(w10) + torch.square(w11) + torch.square(w9)
+        w13 = 1/(w12*w12*w12)
+        w14 = _rt.guard(w7, eps)
+        w15 = torch.where(w7, 6*w14*w8*(2*w13*w8 - 2)/torch.pow(w12, 4), x.new_tensor(0))
+        del w7, w8, w12, w13, w14
+        d = w15*w9
         del w9
-        d_2 = torch.where(w7, -w11*w18, x.new_tensor(0))
-        d_3 = torch.where(w7, w11*w18, x.new_tensor(0))
-        del w11
-        d_4 = torch.where(w7, -w13*w18, x.new_tensor(0))
-        d_5 = torch.where(w7, w13*w18, x.new_tensor(0))
-        del w7, w13, w18
-        w19 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
-        w20 = _rt.guard(w19, x_7)
+        d_1 = w10*w15
+        del w10
+        d_2 = w11*w15
+        del w11, w15
+        w16 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
+        w17 = _rt.guard(w16, x_7)
         del x_7
-        w21 = _rt.guard(w19, x_8)
+        w18 = _rt.guard(w16, x_8)
         del x_8
-        w22 = 6*w20 - 6*w21
-        w23 = w20 - w21
-        w25 = _rt.guard(w19, eps)
-        w26 = _rt.guard(w19, x_9)
+        w19 = 6*w17 - 6*w18
+        w20 = w17 - w18
+        w22 = _rt.guard(w16, eps)
+        w23 = _rt.guard(w16, x_9)
         del x_9
-        w27 = _rt.guard(w19, x_10)
+        w24 = _rt.guard(w16, x_10)
         del x_10
-        w28 = w26 - w27
-        w30 = _rt.guard(w19, x_11)
+        w25 = w23 - w24
+        w27 = _rt.guard(w16, x_11)
         del x_11
-        w31 = _rt.guard(w19, x_12)
+        w28 = _rt.guard(w16, x_12)
         del x_12
-        w32 = w30 - w31
-        w34 = torch.square(w23) + torch.square(w28) + torch.square(w32)
-        w35 = _rt.guard(w19, rm)
-        w36 = 12*w25*torch.pow(w35, 12)/torch.pow(w34, 8)
-        w37 = -w23*w36
-        w38 = torch.pow(w35, 6)
-        del w35
-        w39 = 6*w25*w38*(2*w38/(w34*w34*w34) - 2)
-        del w25, w38
-        w40 = w39/torch.pow(w34, 4)
-        w42 = 8*w20 - 8*w21
-        del w20, w21
-        w43 = w39/torch.pow(w34, 5)
-        del w34, w39
-        w44 = -w23*w43
-        w45 = 6*w26 - 6*w27
-        w46 = 8*w26 - 8*w27
-        del w26, w27
-        w47 = 6*w30 - 6*w31
-        w48 = 8*w30 - 8*w31
-        del w30, w31
-        w49 = w23*w36
-        w50 = w23*w43
-        del w23
-        w55 = -w28*w36
-        w56 = -w28*w43
-        w57 = w28*w36
-        w58 = w28*w43
-        del w28
-        w59 = -w32*w36
-        w60 = -w32*w43
-        h2 = torch.where(w19, -w40 - w22*w37 - w42*w44, x.new_tensor(0))
-        h2_1 = torch.where(w19, w40 + w22*w37 + w42*w44, x.new_tensor(0))
-        h2_2 = torch.where(w19, w37*w45 + w44*w46, x.new_tensor(0))
-        h2_3 = torch.where(w19, w37*w47 + w44*w48, x.new_tensor(0))
-        del w37, w44
-        h2_4 = torch.where(w19, w22*w49 + w42*w50 - w40, x.new_tensor(0))
-        del w22, w42
-        h2_5 = torch.where(w19, -w45*w49 - w46*w50, x.new_tensor(0))
-        h2_6 = torch.where(w19, -w47*w49 - w48*w50, x.new_tensor(0))
-        del w49, w50
-        h2_7 = torch.where(w19, -w40 - w45*w55 - w46*w56, x.new_tensor(0))
-        h2_8 = torch.where(w19, w40 + w45*w55 + w46*w56, x.new_tensor(0))
-        h2_9 = torch.where(w19, w47*w55 + w48*w56, x.new_tensor(0))
-        del w55, w56
-        h2_10 = torch.where(w19, w45*w57 + w46*w58 - w40, x.new_tensor(0))
-        del w45, w46
-        h2_11 = torch.where(w19, -w47*w57 - w48*w58, x.new_tensor(0))
-        del w57, w58
-        h2_12 = torch.where(w19, -w40 - w47*w59 - w48*w60, x.new_tensor(0))
-        h2_13 = torch.where(w19, w40 + w47*w59 + w48*w60, x.new_tensor(0))
-        del w59, w60
-        h2_14 = torch.where(w19, w32*w36*w47 + w32*w43*w48 - w40, x.new_tensor(0))
-        del w19, w32, w36, w40, w43, w47, w48
+        w29 = w27 - w28
+        w31 = torch.square(w20) + torch.square(w25) + torch.square(w29)
+        w32 = _rt.guard(w16, rm)
+        w33 = 12*w22*torch.pow(w32, 12)/torch.pow(w31, 8)
+        w34 = -w20*w33
+        w35 = torch.pow(w32, 6)
+        del w32
+        w36 = 6*w22*w35*(2*w35/(w31*w31*w31) - 2)
+        del w22, w35
+        w37 = w36/torch.pow(w31, 4)
+        w39 = 8*w17 - 8*w18
+        del w17, w18
+        w40 = w36/torch.pow(w31, 5)
+        del w31, w36
+        w41 = -w20*w40
+        w42 = 6*w23 - 6*w24
+        w43 = 8*w23 - 8*w24
+        del w23, w24
+        w44 = 6*w27 - 6*w28
+        w45 = 8*w27 - 8*w28
+        del w27, w28
+        w46 = w20*w33
+        w47 = w20*w40
+        del w20
+        w52 = -w25*w33
+        w53 = -w25*w40
+        w54 = w25*w33
+        w55 = w25*w40
+        del w25
+        w56 = -w29*w33
+        w57 = -w29*w40
+        h2 = torch.where(w16, -w37 - w19*w34 - w39*w41, x.new_tensor(0))
+        h2_1 = torch.where(w16, w37 + w19*w34 + w39*w41, x.new_tensor(0))
+        h2_2 = torch.where(w16, w34*w42 + w41*w43, x.new_tensor(0))
+        h2_3 = torch.where(w16, w34*w44 + w41*w45, x.new_tensor(0))
+        del w34, w41
+        h2_4 = torch.where(w16, w19*w46 + w39*w47 - w37, x.new_tensor(0))
+        del w19, w39
+        h2_5 = torch.where(w16, -w42*w46 - w43*w47, x.new_tensor(0))
+        h2_6 = torch.where(w16, -w44*w46 - w45*w47, x.new_tensor(0))
+        del w46, w47
+        h2_7 = torch.where(w16, -w37 - w42*w52 - w43*w53, x.new_tensor(0))
+        h2_8 = torch.where(w16, w37 + w42*w52 + w43*w53, x.new_tensor(0))
+        h2_9 = torch.where(w16, w44*w52 + w45*w53, x.new_tensor(0))
+        del w52, w53
+        h2_10 = torch.where(w16, w42*w54 + w43*w55 - w37, x.new_tensor(0))
+        del w42, w43
+        h2_11 = torch.where(w16, -w44*w54 - w45*w55, x.new_tensor(0))
+        del w54, w55
+        h2_12 = torch.where(w16, -w37 - w44*w56 - w45*w57, x.new_tensor(0))
+        h2_13 = torch.where(w16, w37 + w44*w56 + w45*w57, x.new_tensor(0))
+        del w56, w57
+        h2_14 = torch.where(w16, w29*w33*w44 + w29*w40*w45 - w37, x.new_tensor(0))
+        del w16, w29, w33, w37, w40, w44, w45
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_7_0"], d)
+        g = -d
         del d
-        grad = grad.index_add(-1, lay["idx_x_8_0"], d_1)
+        grad = grad.index_add(-1, lay["idx_x_8_0"], g)
+        del g
+        grad = grad.index_add(-1, lay["idx_x_9_0"], d_1)
+        g_1 = -d_1
         del d_1
-        grad = grad.index_add(-1, lay["idx_x_9_0"], d_2)
+        grad = grad.index_add(-1, lay["idx_x_10_0"], g_1)
+        del g_1
+        grad = grad.index_add(-1, lay["idx_x_11_0"], d_2)
+        g_2 = -d_2
         del d_2
-        grad = grad.index_add(-1, lay["idx_x_10_0"], d_3)
-        del d_3
-        grad = grad.index_add(-1, lay["idx_x_11_0"], d_4)
-        del d_4
-        grad = grad.index_add(-1, lay["idx_x_12_0"], d_5)
-        del d_5
+        grad = grad.index_add(-1, lay["idx_x_12_0"], g_2)
+        del g_2
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         w = c/((n_float) // (3))
-        g = w*w1
-        rs = g.sum(-1)
-        del g
-        w_1 = c/((n_float) // (3))
-        g_1 = w_1*w2
-        rs_1 = g_1.sum(-1)
-        del g_1
-        w_2 = c/((n_float) // (3))
-        g_2 = w_2*w3
-        rs_2 = g_2.sum(-1)
-        del g_2
-        g_3 = oscillator_scale*w1
-        del w1
-        grad = grad.index_add(-1, lay["idx_x_6_0"], g_3)
+        g_3 = w*w1
+        rs = g_3.sum(-1)
         del g_3
-        g_4 = oscillator_scale*w2
-        del w2
-        grad = grad.index_add(-1, lay["idx_x_4_0"], g_4)
+        w_1 = c/((n_float) // (3))
+        g_4 = w_1*w2
+        rs_1 = g_4.sum(-1)
         del g_4
-        g_5 = oscillator_scale*w3
-        del w3
-        grad = grad.index_add(-1, lay["idx_x_5_0"], g_5)
+        w_2 = c/((n_float) // (3))
+        g_5 = w_2*w3
+        rs_2 = g_5.sum(-1)
         del g_5
+        g_6 = oscillator_scale*w1
+        del w1
+        grad = grad.index_add(-1, lay["idx_x_6_0"], g_6)
+        del g_6
+        g_7 = oscillator_scale*w2
+        del w2
+        grad = grad.index_add(-1, lay["idx_x_4_0"], g_7)
+        del g_7
+        g_8 = oscillator_scale*w3
+        del w3
+        grad = grad.index_add(-1, lay["idx_x_5_0"], g_8)
+        del g_8
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         bc = rs_1.unsqueeze(-1)
         bc_1 = rs_2.unsqueeze(-1)
@@ -995,7 +991,7 @@ class LennardJonesEnergy(CompiledEnergy):
         grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, ((n) // (3))))
         del rs_2, bc_1
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        h = w5*t16
+        h = w5*t13
         hs = _rt_points(h, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_2 = torch.zeros_like(x)
@@ -1003,13 +999,13 @@ class LennardJonesEnergy(CompiledEnergy):
         hdiag = hs.unsqueeze(-1)*torch.square(grad_r_2)
         del hs
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        gload = grad_r_2[..., lay["idx_x_6_0"]]
+        gload = grad_r_2.index_select(-1, lay["idx_x_6_0"])
         del grad_r_2
         h_1 = w6*oscillator_scale*gload
         del gload
         hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], h_1)
         del h_1
-        h_2 = w5*t16
+        h_2 = w5*t13
         hs_1 = _rt_points(h_2, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r = torch.zeros_like(x)
@@ -1017,13 +1013,13 @@ class LennardJonesEnergy(CompiledEnergy):
         hdiag = hdiag + hs_1.unsqueeze(-1)*torch.square(grad_r)
         del hs_1
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        gload_1 = grad_r[..., lay["idx_x_4_0"]]
+        gload_1 = grad_r.index_select(-1, lay["idx_x_4_0"])
         del grad_r
         h_3 = w6*oscillator_scale*gload_1
         del gload_1
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h_3)
         del h_3
-        h_4 = w5*t16
+        h_4 = w5*t13
         hs_2 = _rt_points(h_4, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_1 = torch.zeros_like(x)
@@ -1031,7 +1027,7 @@ class LennardJonesEnergy(CompiledEnergy):
         hdiag = hdiag + hs_2.unsqueeze(-1)*torch.square(grad_r_1)
         del hs_2
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        gload_2 = grad_r_1[..., lay["idx_x_5_0"]]
+        gload_2 = grad_r_1.index_select(-1, lay["idx_x_5_0"])
         del grad_r_1
         h_5 = w6*oscillator_scale*gload_2
         del gload_2

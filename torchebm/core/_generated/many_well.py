@@ -72,8 +72,8 @@ class ManyWellEnergy(CompiledEnergy):
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
         v_1 = torch.pow(x_1, 4) + 0.5*torch.square(x_2) - 6*torch.square(x_1) - 0.5*x_1
         del x_1, x_2
         r = v_1.sum(-1)
@@ -83,8 +83,8 @@ class ManyWellEnergy(CompiledEnergy):
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
         d = 4*(x_1*x_1*x_1) - 0.5 - 12*x_1
         del x_1
         grad = torch.zeros_like(x)
@@ -97,8 +97,8 @@ class ManyWellEnergy(CompiledEnergy):
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
         v_1 = torch.pow(x_1, 4) + 0.5*torch.square(x_2) - 6*torch.square(x_1) - 0.5*x_1
         d = 4*(x_1*x_1*x_1) - 0.5 - 12*x_1
         del x_1
@@ -114,9 +114,9 @@ class ManyWellEnergy(CompiledEnergy):
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        xdot = v[..., lay["idx_x_1_0"]]
-        xdot_1 = v[..., lay["idx_x_2_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        xdot = v.index_select(-1, lay["idx_x_1_0"])
+        xdot_1 = v.index_select(-1, lay["idx_x_2_0"])
         u0 = torch.square(x_1)
         del x_1
         dot = xdot*(12*u0 - 12)
@@ -132,7 +132,7 @@ class ManyWellEnergy(CompiledEnergy):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
         n = x.shape[-1]
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        x_1 = x[..., lay["idx_x_1_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
         h2 = 12*torch.square(x_1) - 12
         del x_1
         hdiag = torch.zeros_like(x)
@@ -145,8 +145,8 @@ class ManyWellEnergy(CompiledEnergy):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
         d = 4*(x_1*x_1*x_1) - 0.5 - 12*x_1
         h2 = 12*torch.square(x_1) - 12
         del x_1

@@ -124,21 +124,21 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         c = der["c"]
         c_1 = der["c_1"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
-        x_3 = x[..., lay["idx_x_3_0"]]
-        x_4 = x[..., lay["idx_x_4_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_3 = x.index_select(-1, lay["idx_x_3_0"])
+        x_4 = x.index_select(-1, lay["idx_x_4_0"])
         t0 = x_1 - x_2
         del x_1, x_2
-        t2 = x_3 - x_4
+        t1 = x_3 - x_4
         del x_3, x_4
-        t4 = torch.square(t0) + torch.square(t2)
-        del t0, t2
-        t5 = _rt.safe_sqrt(t4) + c_1
-        del t4
-        t6 = torch.square(t5)
-        v_1 = b*t6 + a*torch.pow(t5, 4) + c
-        del t5, t6
+        t2 = torch.square(t0) + torch.square(t1)
+        del t0, t1
+        t3 = _rt.safe_sqrt(t2) + c_1
+        del t2
+        t4 = torch.square(t3)
+        v_1 = b*t4 + a*torch.pow(t3, 4) + c
+        del t3, t4
         r = v_1.sum(-1)
         del v_1
         return r
@@ -149,41 +149,37 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         b = der["b"]
         c_1 = der["c_1"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
-        x_3 = x[..., lay["idx_x_3_0"]]
-        x_4 = x[..., lay["idx_x_4_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_3 = x.index_select(-1, lay["idx_x_3_0"])
+        x_4 = x.index_select(-1, lay["idx_x_4_0"])
         t0 = x_1 - x_2
         del x_1, x_2
-        t2 = x_3 - x_4
+        t1 = x_3 - x_4
         del x_3, x_4
-        t4 = torch.square(t0) + torch.square(t2)
-        t5 = _rt.safe_sqrt(t4) + c_1
-        t6 = torch.square(t5)
-        t7 = (t4 != 0)
-        t8 = t5*(2*a*t6 + b)*torch.where(t7, torch.rsqrt(_rt.guard(t7, t4))/2, x.new_tensor(0))
-        del t4, t5, t6, t7
-        d = t0*t8
-        d_1 = -t0*t8
+        t2 = torch.square(t0) + torch.square(t1)
+        t3 = _rt.safe_sqrt(t2) + c_1
+        t4 = torch.square(t3)
+        t5 = (t2 != 0)
+        t6 = t3*(2*a*t4 + b)*torch.where(t5, torch.rsqrt(_rt.guard(t5, t2))/2, x.new_tensor(0))
+        del t2, t3, t4, t5
+        d = t0*t6
         del t0
-        d_2 = t2*t8
-        d_3 = -t2*t8
-        del t2, t8
+        d_1 = t1*t6
+        del t1, t6
         g = 4*d
-        del d
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
-        g_1 = 4*d_1
-        del d_1
+        g_1 = -4*d
+        del d
         grad = grad.index_add(-1, lay["idx_x_2_0"], g_1)
         del g_1
-        g_2 = 4*d_2
-        del d_2
+        g_2 = 4*d_1
         grad = grad.index_add(-1, lay["idx_x_3_0"], g_2)
         del g_2
-        g_3 = 4*d_3
-        del d_3
+        g_3 = -4*d_1
+        del d_1
         grad = grad.index_add(-1, lay["idx_x_4_0"], g_3)
         del g_3
         return grad
@@ -195,45 +191,41 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         c = der["c"]
         c_1 = der["c_1"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
-        x_3 = x[..., lay["idx_x_3_0"]]
-        x_4 = x[..., lay["idx_x_4_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_3 = x.index_select(-1, lay["idx_x_3_0"])
+        x_4 = x.index_select(-1, lay["idx_x_4_0"])
         t0 = x_1 - x_2
         del x_1, x_2
-        t2 = x_3 - x_4
+        t1 = x_3 - x_4
         del x_3, x_4
-        t4 = torch.square(t0) + torch.square(t2)
-        t5 = _rt.safe_sqrt(t4) + c_1
-        t6 = torch.square(t5)
-        t7 = (t4 != 0)
-        t8 = t5*(2*a*t6 + b)*torch.where(t7, torch.rsqrt(_rt.guard(t7, t4))/2, x.new_tensor(0))
-        del t4, t7
-        v_1 = b*t6 + a*torch.pow(t5, 4) + c
-        del t5, t6
-        d = t0*t8
-        d_1 = -t0*t8
+        t2 = torch.square(t0) + torch.square(t1)
+        t3 = _rt.safe_sqrt(t2) + c_1
+        t4 = torch.square(t3)
+        t5 = (t2 != 0)
+        t6 = t3*(2*a*t4 + b)*torch.where(t5, torch.rsqrt(_rt.guard(t5, t2))/2, x.new_tensor(0))
+        del t2, t5
+        v_1 = b*t4 + a*torch.pow(t3, 4) + c
+        del t3, t4
+        d = t0*t6
         del t0
-        d_2 = t2*t8
-        d_3 = -t2*t8
-        del t2, t8
+        d_1 = t1*t6
+        del t1, t6
         r = v_1.sum(-1)
         del v_1
         g = 4*d
-        del d
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
-        g_1 = 4*d_1
-        del d_1
+        g_1 = -4*d
+        del d
         grad = grad.index_add(-1, lay["idx_x_2_0"], g_1)
         del g_1
-        g_2 = 4*d_2
-        del d_2
+        g_2 = 4*d_1
         grad = grad.index_add(-1, lay["idx_x_3_0"], g_2)
         del g_2
-        g_3 = 4*d_3
-        del d_3
+        g_3 = -4*d_1
+        del d_1
         grad = grad.index_add(-1, lay["idx_x_4_0"], g_3)
         del g_3
         return r, grad
@@ -244,82 +236,75 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         b = der["b"]
         c_1 = der["c_1"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        xdot = v[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
-        xdot_1 = v[..., lay["idx_x_2_0"]]
-        x_3 = x[..., lay["idx_x_3_0"]]
-        xdot_2 = v[..., lay["idx_x_3_0"]]
-        x_4 = x[..., lay["idx_x_4_0"]]
-        xdot_3 = v[..., lay["idx_x_4_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        xdot = v.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        xdot_1 = v.index_select(-1, lay["idx_x_2_0"])
+        x_3 = x.index_select(-1, lay["idx_x_3_0"])
+        xdot_2 = v.index_select(-1, lay["idx_x_3_0"])
+        x_4 = x.index_select(-1, lay["idx_x_4_0"])
+        xdot_3 = v.index_select(-1, lay["idx_x_4_0"])
         u0 = x_1 - x_2
-        u2 = x_3 - x_4
-        u4 = torch.square(u0) + torch.square(u2)
-        u5 = _rt.safe_sqrt(u4) + c_1
-        u6 = torch.square(u5)
-        u7 = (u4 != 0)
-        u8 = _rt.guard(u7, u4)
-        del u4
-        u9 = torch.where(u7, torch.rsqrt(u8)/2, x.new_tensor(0))
-        u10 = 2*x_1 - 2*x_2
-        del x_1, x_2
-        u14 = -u10
-        u16 = 2*x_3 - 2*x_4
+        u1 = x_3 - x_4
+        u2 = torch.square(u0) + torch.square(u1)
+        u3 = _rt.safe_sqrt(u2) + c_1
+        u4 = torch.square(u3)
+        u5 = (u2 != 0)
+        u6 = _rt.guard(u5, u2)
+        del u2
+        u7 = torch.where(u5, torch.rsqrt(u6)/2, x.new_tensor(0))
+        u8 = 2*x_3 - 2*x_4
         del x_3, x_4
-        u18 = -u16
-        u20 = a*u6
-        del u6
-        u21 = 2*u20 + b
-        u22 = u21*u5
-        del u5
-        u23 = u22*u9
-        del u9
-        u24 = torch.where(u7, 1/(4*u8), x.new_tensor(0))
-        u25 = 4*u20*u24
-        del u20
+        u14 = 2*x_1 - 2*x_2
+        del x_1, x_2
+        u18 = a*u4
+        del u4
+        u19 = 2*u18 + b
+        u20 = u19*u3
+        del u3
+        u21 = u20*u7
+        del u7
+        u22 = torch.where(u5, 1/(4*u6), x.new_tensor(0))
+        u23 = 4*u18*u22
+        del u18
+        u24 = u0*u23
+        u25 = u19*u22
+        del u19, u22
         u26 = u0*u25
-        u27 = u21*u24
-        del u21, u24
-        u28 = u0*u27
-        u29 = 1/(4*torch.pow(u8, 1.5))
-        del u8
-        u30 = torch.where(u7, -u29*_rt.guard(u7, u16), x.new_tensor(0))
-        u31 = u0*u22
-        u32 = torch.where(u7, -u29*_rt.guard(u7, -u16), x.new_tensor(0))
-        u33 = torch.where(u7, -u29*_rt.guard(u7, u10), x.new_tensor(0))
-        u34 = -u23
-        u35 = torch.where(u7, -u29*_rt.guard(u7, -u10), x.new_tensor(0))
-        del u7, u29
-        u36 = -u0*u25
-        u37 = -u0*u27
-        u38 = -u0*u22
+        u27 = 1/(4*torch.pow(u6, 1.5))
+        del u6
+        u28 = torch.where(u5, -u27*_rt.guard(u5, u8), x.new_tensor(0))
+        u29 = u0*u20
         del u0
-        u39 = u2*u25
-        u40 = u2*u27
-        u41 = u2*u22
-        u42 = -u2*u25
+        u30 = torch.where(u5, -u27*_rt.guard(u5, -u8), x.new_tensor(0))
+        u31 = torch.where(u5, -u27*_rt.guard(u5, u14), x.new_tensor(0))
+        u33 = torch.where(u5, -u27*_rt.guard(u5, -u14), x.new_tensor(0))
+        del u5, u27
+        u34 = u1*u23
+        del u23
+        u35 = u1*u25
         del u25
-        u43 = -u2*u27
-        del u27
-        u44 = -u2*u22
-        del u2, u22
-        dot = 4*xdot*(u23 + u10*u26 + u10*u28 + u31*u33) + 4*xdot_1*(u34 + u14*u26 + u14*u28 + u31*u35) + 4*xdot_2*(u16*u26 + u16*u28 + u30*u31) + 4*xdot_3*(u18*u26 + u18*u28 + u31*u32)
-        del u26, u28, u31
+        u36 = u1*u20
+        del u1, u20
+        dot = xdot_2*(u24*u8 + u26*u8 + u28*u29) + xdot_3*(u29*u30 - u24*u8 - u26*u8) + xdot*(u21 + u14*u24 + u14*u26 + u29*u31) + xdot_1*(u29*u33 - u21 - u14*u24 - u14*u26)
+        del u24, u26, u29
+        dot_1 = xdot_2*(u21 + u28*u36 + u34*u8 + u35*u8) + xdot_3*(u30*u36 - u21 - u34*u8 - u35*u8) + xdot*(u14*u34 + u14*u35 + u31*u36) + xdot_1*(u33*u36 - u14*u34 - u14*u35)
+        del xdot, xdot_1, xdot_2, xdot_3, u8, u14, u21, u28, u30, u31, u33, u34, u35, u36
+        dot_2 = 4*dot
         hvp = torch.zeros_like(v)
-        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot)
-        del dot
-        dot_1 = 4*xdot*(u34 + u10*u36 + u10*u37 + u33*u38) + 4*xdot_1*(u23 + u14*u36 + u14*u37 + u35*u38) + 4*xdot_2*(u16*u36 + u16*u37 + u30*u38) + 4*xdot_3*(u18*u36 + u18*u37 + u32*u38)
-        del u36, u37, u38
-        hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_1)
-        del dot_1
-        dot_2 = 4*xdot*(u10*u39 + u10*u40 + u33*u41) + 4*xdot_1*(u14*u39 + u14*u40 + u35*u41) + 4*xdot_2*(u23 + u16*u39 + u16*u40 + u30*u41) + 4*xdot_3*(u34 + u18*u39 + u18*u40 + u32*u41)
-        del u39, u40, u41
-        hvp = hvp.index_add(-1, lay["idx_x_3_0"], dot_2)
+        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot_2)
         del dot_2
-        dot_3 = 4*xdot*(u10*u42 + u10*u43 + u33*u44) + 4*xdot_1*(u14*u42 + u14*u43 + u35*u44) + 4*xdot_2*(u34 + u16*u42 + u16*u43 + u30*u44) + 4*xdot_3*(u23 + u18*u42 + u18*u43 + u32*u44)
-        del xdot, xdot_1, xdot_2, xdot_3, u10, u14, u16, u18, u23, u30, u32, u33, u34, u35, u42, u43, u44
-        hvp = hvp.index_add(-1, lay["idx_x_4_0"], dot_3)
+        dot_3 = -4*dot
+        del dot
+        hvp = hvp.index_add(-1, lay["idx_x_2_0"], dot_3)
         del dot_3
+        dot_4 = 4*dot_1
+        hvp = hvp.index_add(-1, lay["idx_x_3_0"], dot_4)
+        del dot_4
+        dot_5 = -4*dot_1
+        del dot_1
+        hvp = hvp.index_add(-1, lay["idx_x_4_0"], dot_5)
+        del dot_5
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -328,78 +313,78 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         c_1 = der["c_1"]
         c_4 = der["c_4"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
-        x_3 = x[..., lay["idx_x_3_0"]]
-        x_4 = x[..., lay["idx_x_4_0"]]
-        w9 = 2*x_1 - 2*x_2
-        w10 = x_1 - x_2
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_3 = x.index_select(-1, lay["idx_x_3_0"])
+        x_4 = x.index_select(-1, lay["idx_x_4_0"])
+        w7 = 2*x_1 - 2*x_2
+        w8 = x_1 - x_2
         del x_1, x_2
-        w12 = x_3 - x_4
-        w14 = torch.square(w10) + torch.square(w12)
-        w15 = (w14 != 0)
-        w16 = _rt.guard(w15, w14)
-        w17 = torch.where(w15, 1/(4*w16), x.new_tensor(0))
-        w18 = _rt.safe_sqrt(w14) + c_1
-        del w14
-        w19 = a*torch.square(w18)
-        w20 = 16*w17*w19
-        w21 = w10*w20
-        w22 = 8*w19 + c_4
-        del w19
-        w23 = w17*w22
+        w10 = x_3 - x_4
+        w12 = torch.square(w10) + torch.square(w8)
+        w13 = (w12 != 0)
+        w14 = _rt.guard(w13, w12)
+        w15 = torch.where(w13, 1/(4*w14), x.new_tensor(0))
+        w16 = _rt.safe_sqrt(w12) + c_1
+        del w12
+        w17 = a*torch.square(w16)
+        w18 = 16*w15*w17
+        w19 = w18*w8
+        w20 = 8*w17 + c_4
         del w17
-        w24 = w10*w23
-        w25 = w18*w22
-        del w18, w22
-        w26 = w25*torch.where(w15, torch.rsqrt(w16)/2, x.new_tensor(0))
-        w27 = 1/(4*torch.pow(w16, 1.5))
-        del w16
-        w28 = w10*w25
-        w29 = -w9
-        w30 = -w26
-        w31 = torch.where(w15, -w27*_rt.guard(w15, -w9), x.new_tensor(0))
-        w32 = 2*x_3 - 2*x_4
+        w21 = w15*w20
+        del w15
+        w22 = w21*w8
+        w23 = w16*w20
+        del w16, w20
+        w24 = w23*torch.where(w13, torch.rsqrt(w14)/2, x.new_tensor(0))
+        w25 = 1/(4*torch.pow(w14, 1.5))
+        del w14
+        w26 = w23*w8
+        w27 = -w7
+        w28 = -w24
+        w29 = torch.where(w13, -w25*_rt.guard(w13, -w7), x.new_tensor(0))
+        w30 = 2*x_3 - 2*x_4
         del x_3, x_4
-        w33 = -w32
-        w34 = torch.where(w15, -w27*_rt.guard(w15, -w32), x.new_tensor(0))
-        w35 = -w10*w20
-        w36 = -w10*w23
-        w37 = -w10*w25
-        del w10
-        w38 = torch.where(w15, -w27*_rt.guard(w15, w32), x.new_tensor(0))
-        w39 = w12*w20
-        w40 = w12*w23
-        w41 = w12*w25
-        w42 = w12*w32
-        h2 = w26 + w21*w9 + w24*w9 + w28*torch.where(w15, -w27*_rt.guard(w15, w9), x.new_tensor(0))
-        del w15, w27
-        h2_1 = w26 + w31*w37 - w35*w9 - w36*w9
-        del w9
-        h2_2 = w26 + w32*w39 + w32*w40 + w38*w41
-        h2_3 = w26 + w20*w42 + w23*w42 - w12*w25*w34
-        del w12, w20, w23, w25, w26, w42
+        w31 = -w30
+        w32 = torch.where(w13, -w25*_rt.guard(w13, -w30), x.new_tensor(0))
+        w33 = -w18*w8
+        w34 = -w21*w8
+        w35 = -w23*w8
+        del w8
+        w36 = torch.where(w13, -w25*_rt.guard(w13, w30), x.new_tensor(0))
+        w37 = w10*w18
+        w38 = w10*w21
+        w39 = w10*w23
+        w40 = w10*w30
+        h2 = w24 + w19*w7 + w22*w7 + w26*torch.where(w13, -w25*_rt.guard(w13, w7), x.new_tensor(0))
+        del w13, w25
+        h2_1 = w24 + w29*w35 - w33*w7 - w34*w7
+        del w7
+        h2_2 = w24 + w30*w37 + w30*w38 + w36*w39
+        h2_3 = w24 + w18*w40 + w21*w40 - w10*w23*w32
+        del w10, w18, w21, w23, w24, w40
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2
-        h = 2*w30 + 2*w21*w29 + 2*w24*w29 + 2*w28*w31
-        del w29, w31
+        h = 2*w28 + 2*w19*w27 + 2*w22*w27 + 2*w26*w29
+        del w27, w29
         hdiag = hdiag.index_add(-1, lay["co0_1_at"], h[..., lay["co0_1"]])
         del h
-        h_1 = 2*w21*w33 + 2*w24*w33 + 2*w28*w34
-        del w21, w24, w28
+        h_1 = 2*w19*w31 + 2*w22*w31 + 2*w26*w32
+        del w19, w22, w26
         hdiag = hdiag.index_add(-1, lay["co0_2_at"], h_1[..., lay["co0_2"]])
         del h_1
         hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_1)
         del h2_1
-        h_2 = 2*w32*w35 + 2*w32*w36 + 2*w37*w38
-        del w32, w35, w36, w37, w38
+        h_2 = 2*w30*w33 + 2*w30*w34 + 2*w35*w36
+        del w30, w33, w34, w35, w36
         hdiag = hdiag.index_add(-1, lay["co0_3_at"], h_2[..., lay["co0_3"]])
         del h_2
         hdiag = hdiag.index_add(-1, lay["idx_x_3_0"], h2_2)
         del h2_2
-        h_3 = 2*w30 + 2*w33*w39 + 2*w33*w40 + 2*w34*w41
-        del w30, w33, w34, w39, w40, w41
+        h_3 = 2*w28 + 2*w31*w37 + 2*w31*w38 + 2*w32*w39
+        del w28, w31, w32, w37, w38, w39
         hdiag = hdiag.index_add(-1, lay["co0_4_at"], h_3[..., lay["co0_4"]])
         del h_3
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h2_3)
@@ -413,109 +398,105 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         c_1 = der["c_1"]
         c_4 = der["c_4"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
-        x_1 = x[..., lay["idx_x_1_0"]]
-        x_2 = x[..., lay["idx_x_2_0"]]
-        x_3 = x[..., lay["idx_x_3_0"]]
-        x_4 = x[..., lay["idx_x_4_0"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_3 = x.index_select(-1, lay["idx_x_3_0"])
+        x_4 = x.index_select(-1, lay["idx_x_4_0"])
         w0 = x_1 - x_2
-        w2 = x_3 - x_4
-        w4 = torch.square(w0) + torch.square(w2)
-        w5 = _rt.safe_sqrt(w4) + c_1
-        w6 = torch.square(w5)
-        w7 = (w4 != 0)
-        w8 = w5*(2*a*w6 + b)*torch.where(w7, torch.rsqrt(_rt.guard(w7, w4))/2, x.new_tensor(0))
-        del w4, w5, w6, w7
-        d = w0*w8
-        d_1 = -w0*w8
+        w1 = x_3 - x_4
+        w2 = torch.square(w0) + torch.square(w1)
+        w3 = _rt.safe_sqrt(w2) + c_1
+        w4 = torch.square(w3)
+        w5 = (w2 != 0)
+        w6 = w3*(2*a*w4 + b)*torch.where(w5, torch.rsqrt(_rt.guard(w5, w2))/2, x.new_tensor(0))
+        del w2, w3, w4, w5
+        d = w0*w6
         del w0
-        d_2 = w2*w8
-        d_3 = -w2*w8
-        del w2, w8
-        w9 = 2*x_1 - 2*x_2
-        w10 = x_1 - x_2
+        d_1 = w1*w6
+        del w1, w6
+        w7 = 2*x_1 - 2*x_2
+        w8 = x_1 - x_2
         del x_1, x_2
-        w12 = x_3 - x_4
-        w14 = torch.square(w10) + torch.square(w12)
-        w15 = (w14 != 0)
-        w16 = _rt.guard(w15, w14)
-        w17 = torch.where(w15, 1/(4*w16), x.new_tensor(0))
-        w18 = _rt.safe_sqrt(w14) + c_1
-        del w14
-        w19 = a*torch.square(w18)
-        w20 = 16*w17*w19
-        w21 = w10*w20
-        w22 = 8*w19 + c_4
-        del w19
-        w23 = w17*w22
+        w10 = x_3 - x_4
+        w12 = torch.square(w10) + torch.square(w8)
+        w13 = (w12 != 0)
+        w14 = _rt.guard(w13, w12)
+        w15 = torch.where(w13, 1/(4*w14), x.new_tensor(0))
+        w16 = _rt.safe_sqrt(w12) + c_1
+        del w12
+        w17 = a*torch.square(w16)
+        w18 = 16*w15*w17
+        w19 = w18*w8
+        w20 = 8*w17 + c_4
         del w17
-        w24 = w10*w23
-        w25 = w18*w22
-        del w18, w22
-        w26 = w25*torch.where(w15, torch.rsqrt(w16)/2, x.new_tensor(0))
-        w27 = 1/(4*torch.pow(w16, 1.5))
-        del w16
-        w28 = w10*w25
-        w29 = -w9
-        w30 = -w26
-        w31 = torch.where(w15, -w27*_rt.guard(w15, -w9), x.new_tensor(0))
-        w32 = 2*x_3 - 2*x_4
+        w21 = w15*w20
+        del w15
+        w22 = w21*w8
+        w23 = w16*w20
+        del w16, w20
+        w24 = w23*torch.where(w13, torch.rsqrt(w14)/2, x.new_tensor(0))
+        w25 = 1/(4*torch.pow(w14, 1.5))
+        del w14
+        w26 = w23*w8
+        w27 = -w7
+        w28 = -w24
+        w29 = torch.where(w13, -w25*_rt.guard(w13, -w7), x.new_tensor(0))
+        w30 = 2*x_3 - 2*x_4
         del x_3, x_4
-        w33 = -w32
-        w34 = torch.where(w15, -w27*_rt.guard(w15, -w32), x.new_tensor(0))
-        w35 = -w10*w20
-        w36 = -w10*w23
-        w37 = -w10*w25
-        del w10
-        w38 = torch.where(w15, -w27*_rt.guard(w15, w32), x.new_tensor(0))
-        w39 = w12*w20
-        w40 = w12*w23
-        w41 = w12*w25
-        w42 = w12*w32
-        h2 = w26 + w21*w9 + w24*w9 + w28*torch.where(w15, -w27*_rt.guard(w15, w9), x.new_tensor(0))
-        del w15, w27
-        h2_1 = w26 + w31*w37 - w35*w9 - w36*w9
-        del w9
-        h2_2 = w26 + w32*w39 + w32*w40 + w38*w41
-        h2_3 = w26 + w20*w42 + w23*w42 - w12*w25*w34
-        del w12, w20, w23, w25, w26, w42
+        w31 = -w30
+        w32 = torch.where(w13, -w25*_rt.guard(w13, -w30), x.new_tensor(0))
+        w33 = -w18*w8
+        w34 = -w21*w8
+        w35 = -w23*w8
+        del w8
+        w36 = torch.where(w13, -w25*_rt.guard(w13, w30), x.new_tensor(0))
+        w37 = w10*w18
+        w38 = w10*w21
+        w39 = w10*w23
+        w40 = w10*w30
+        h2 = w24 + w19*w7 + w22*w7 + w26*torch.where(w13, -w25*_rt.guard(w13, w7), x.new_tensor(0))
+        del w13, w25
+        h2_1 = w24 + w29*w35 - w33*w7 - w34*w7
+        del w7
+        h2_2 = w24 + w30*w37 + w30*w38 + w36*w39
+        h2_3 = w24 + w18*w40 + w21*w40 - w10*w23*w32
+        del w10, w18, w21, w23, w24, w40
         g = 4*d
-        del d
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)
         del g
-        g_1 = 4*d_1
-        del d_1
+        g_1 = -4*d
+        del d
         grad = grad.index_add(-1, lay["idx_x_2_0"], g_1)
         del g_1
-        g_2 = 4*d_2
-        del d_2
+        g_2 = 4*d_1
         grad = grad.index_add(-1, lay["idx_x_3_0"], g_2)
         del g_2
-        g_3 = 4*d_3
-        del d_3
+        g_3 = -4*d_1
+        del d_1
         grad = grad.index_add(-1, lay["idx_x_4_0"], g_3)
         del g_3
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2
-        h = 2*w30 + 2*w21*w29 + 2*w24*w29 + 2*w28*w31
-        del w29, w31
+        h = 2*w28 + 2*w19*w27 + 2*w22*w27 + 2*w26*w29
+        del w27, w29
         hdiag = hdiag.index_add(-1, lay["co0_1_at"], h[..., lay["co0_1"]])
         del h
-        h_1 = 2*w21*w33 + 2*w24*w33 + 2*w28*w34
-        del w21, w24, w28
+        h_1 = 2*w19*w31 + 2*w22*w31 + 2*w26*w32
+        del w19, w22, w26
         hdiag = hdiag.index_add(-1, lay["co0_2_at"], h_1[..., lay["co0_2"]])
         del h_1
         hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_1)
         del h2_1
-        h_2 = 2*w32*w35 + 2*w32*w36 + 2*w37*w38
-        del w32, w35, w36, w37, w38
+        h_2 = 2*w30*w33 + 2*w30*w34 + 2*w35*w36
+        del w30, w33, w34, w35, w36
         hdiag = hdiag.index_add(-1, lay["co0_3_at"], h_2[..., lay["co0_3"]])
         del h_2
         hdiag = hdiag.index_add(-1, lay["idx_x_3_0"], h2_2)
         del h2_2
-        h_3 = 2*w30 + 2*w33*w39 + 2*w33*w40 + 2*w34*w41
-        del w30, w33, w34, w39, w40, w41
+        h_3 = 2*w28 + 2*w31*w37 + 2*w31*w38 + 2*w32*w39
+        del w28, w31, w32, w37, w38, w39
         hdiag = hdiag.index_add(-1, lay["co0_4_at"], h_3[..., lay["co0_4"]])
         del h_3
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h2_3)
