@@ -54,6 +54,7 @@ class BoothEnergy(CompiledEnergy):
 
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
+        # per sample: (x[0] + 2*x[1] - 7)**2 + (2*x[0] + x[1] - 5)**2
         x_1 = x[..., 1]
         x_2 = x[..., 0]
         energy_1 = torch.square(x_2 + 2*x_1 - 7) + torch.square(x_1 + 2*x_2 - 5)
@@ -61,6 +62,7 @@ class BoothEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
+        # per sample: (x[0] + 2*x[1] - 7)**2 + (2*x[0] + x[1] - 5)**2
         x_1 = x[..., 1]
         x_2 = x[..., 0]
         d = 8*x_2 + 10*x_1 - 38
@@ -74,6 +76,7 @@ class BoothEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
+        # per sample: (x[0] + 2*x[1] - 7)**2 + (2*x[0] + x[1] - 5)**2
         x_1 = x[..., 1]
         x_2 = x[..., 0]
         energy_1 = torch.square(x_2 + 2*x_1 - 7) + torch.square(x_1 + 2*x_2 - 5)
@@ -88,6 +91,7 @@ class BoothEnergy(CompiledEnergy):
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        # per sample: (x[0] + 2*x[1] - 7)**2 + (2*x[0] + x[1] - 5)**2
         xdot = v[..., 1]
         xdot_1 = v[..., 0]
         dot = 8*xdot_1 + 10*xdot
@@ -101,6 +105,7 @@ class BoothEnergy(CompiledEnergy):
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
+        # per sample: (x[0] + 2*x[1] - 7)**2 + (2*x[0] + x[1] - 5)**2
         hdiag = torch.zeros_like(x)
         hdiag[..., 1] += 10
         hdiag[..., 0] += 10
@@ -108,6 +113,7 @@ class BoothEnergy(CompiledEnergy):
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
+        # per sample: (x[0] + 2*x[1] - 7)**2 + (2*x[0] + x[1] - 5)**2
         x_1 = x[..., 1]
         x_2 = x[..., 0]
         d = 8*x_2 + 10*x_1 - 38

@@ -54,6 +54,7 @@ class HimmelblauEnergy(CompiledEnergy):
 
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
+        # per sample: (x[0]**2 + x[1] - 11)**2 + (x[0] + x[1]**2 - 7)**2
         x_1 = x[..., 0]
         x_2 = x[..., 1]
         t0 = torch.square(x_2)
@@ -68,6 +69,7 @@ class HimmelblauEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
+        # per sample: (x[0]**2 + x[1] - 11)**2 + (x[0] + x[1]**2 - 7)**2
         x_1 = x[..., 0]
         x_2 = x[..., 1]
         t0 = torch.square(x_2)
@@ -87,6 +89,7 @@ class HimmelblauEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
+        # per sample: (x[0]**2 + x[1] - 11)**2 + (x[0] + x[1]**2 - 7)**2
         x_1 = x[..., 0]
         x_2 = x[..., 1]
         t0 = torch.square(x_2)
@@ -107,6 +110,7 @@ class HimmelblauEnergy(CompiledEnergy):
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
+        # per sample: (x[0]**2 + x[1] - 11)**2 + (x[0] + x[1]**2 - 7)**2
         x_1 = x[..., 0]
         xdot = v[..., 0]
         x_2 = x[..., 1]
@@ -127,6 +131,7 @@ class HimmelblauEnergy(CompiledEnergy):
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
+        # per sample: (x[0]**2 + x[1] - 11)**2 + (x[0] + x[1]**2 - 7)**2
         x_1 = x[..., 0]
         x_2 = x[..., 1]
         h = 4*x_2 + 12*torch.square(x_1) - 42
@@ -140,6 +145,7 @@ class HimmelblauEnergy(CompiledEnergy):
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
+        # per sample: (x[0]**2 + x[1] - 11)**2 + (x[0] + x[1]**2 - 7)**2
         x_1 = x[..., 0]
         x_2 = x[..., 1]
         w0 = torch.square(x_2)
