@@ -233,3 +233,36 @@ def test_an_interleave_prints_one_stack(emitter):
     assert em._emit_Interleave(Interleave(lv, GRADIENT, (a, b))) == [
         "grad = torch.stack([a, b], -1).flatten(-2)"]
     assert "grad" in em.initialised
+
+
+# -- per-sample values into every entry of a fixed n ----------------------------------------------
+def _fixed(formula, dim):
+    from torchebm.symbolic.compiler import compile_spec
+    from torchebm.symbolic.ir import EnergySpec
+    from torchebm.symbolic.load import load_class
+    spec = EnergySpec("FixedCase", formula, (), summary="A fixed-dimension case.",
+                      min_dim=dim or 0, max_dim=dim)
+    compiled = compile_spec(spec)
+    return compiled.generated.source, load_class(compiled.generated)()
+
+
+def test_a_gradient_into_each_entry_of_a_fixed_n_is_one_stack():
+    formula = "x[0]*x[1]**2 + sin(x[2])*x[0] + exp(x[1] - x[2])"
+    src, energy = _fixed(formula, 3)
+    grad = src[src.index("def _gradient("):src.index("def _energy_and_gradient(")]
+    assert "grad = torch.stack([" in grad and "zeros_like" not in grad
+    unfixed, _ = _fixed(formula, None)               # n not fixed: x[3:] gets zeros
+    grad = unfixed[unfixed.index("def _gradient("):unfixed.index("def _energy_and_gradient(")]
+    assert "torch.stack" not in grad and "grad = torch.zeros_like(x)" in grad
+
+    def reference(x):
+        return x[..., 0] * x[..., 1] ** 2 + torch.sin(x[..., 2]) * x[..., 0] + \
+            torch.exp(x[..., 1] - x[..., 2])
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 3, dtype=torch.float64, generator=gen)
+    v = torch.randn(6, 3, dtype=torch.float64, generator=gen)
+    e, g, hvp, diag = _reference(reference, x, v)
+    torch.testing.assert_close(energy.gradient(x), g)
+    torch.testing.assert_close(energy.energy_and_gradient(x)[0], e)
+    torch.testing.assert_close(energy.hessian_vector_product(x, v), hvp)
+    torch.testing.assert_close(energy.hessian_diagonal(x), diag)

@@ -101,6 +101,8 @@ def _compile_parsed(spec, parsed, second_order):
     symmetric = frozenset(spd | {k for k, d in parsed.derived.items()
                                  if d.op == "inverse" and d.param in spd})
     equal = tuple((a.subs(subs), b.subs(subs)) for a, b, _ in parsed.size_checks)
+    if spec.max_dim is not None and spec.max_dim == spec.min_dim:     # n is fixed
+        equal += ((N, sp.Integer(spec.max_dim)),)
     program = lower(expr, array_ranks(parsed), sizes, subs, symmetric, equal)
     budget.check_work(budget.gradient_work(expr), budget.MAX_GRADIENT_WORK, "the gradient")
     built, info = reverse_mode(program)

@@ -299,6 +299,8 @@ class ModuleEmitter(ModuleNames):
     def _emit_Interleave(self, st):
         adj = self.accumulator(st.vector)
         self.initialised.add(adj)
+        if st.level is None:        # per-sample values: one column each
+            return [f"{adj} = torch.stack([{', '.join(map(self.ref, st.sources))}], -1)"]
         parts = ", ".join(self.materialize(s, st.level) for s in st.sources)
         return [f"{adj} = torch.stack([{parts}], -1).flatten(-2)"]
 

@@ -293,6 +293,9 @@ class Program:
     symbol_names: MappingProxyType = field(default_factory=frozen_map)  # symbol -> stem
     size_subs: MappingProxyType = field(default_factory=frozen_map)     # sizes checked = n
     symmetric: frozenset = frozenset()   # matrices known to be symmetric
+    # bases whose root loads (constant indices) read each of their n entries once,
+    # n fixed: x[0], x[1] of an energy defined at n = 2 only
+    root_tiled: frozenset = frozenset()
 
     def level(self, level_id: int) -> Level:
         return next(lv for lv in self.levels if lv.id == level_id)

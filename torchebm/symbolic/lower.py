@@ -245,7 +245,7 @@ class _Lowering:
         roots = tuple(self.freeze_load(ld, None) for ld in self.root_loads.values())
         return Program(energy, tuple(frozen[d.id] for d in self.levels), roots,
                        frozen_map(vectors), frozen_map(self.names), frozen_map(size_subs),
-                       frozenset(symmetric))
+                       frozenset(symmetric), self.root_tiled(roots))
 
     def freeze_load(self, ld, level):
         """Decide how a load is addressed: an element at the root; in a one-range level a
@@ -307,6 +307,19 @@ class _Lowering:
             _, lo, hi = level.clauses[0]
             size = self.size_of(mine[0])
             if sp.expand(k * lo + c0) == 0 and self.known_equal(k * hi + c0, size):
+                out.add(base)
+        return frozenset(out)
+
+    def root_tiled(self, roots):
+        """The bases whose root loads read indices 0 .. m - 1 once each, m their length
+        (``x[0]``, ``x[1]`` with n = 2 fixed by the definition)."""
+        out = set()
+        for base in {ld.base for ld in roots if ld.kind is LoadKind.X}:
+            mine = [ld for ld in roots if ld.base == base and len(ld.indices) == 1]
+            index = {ld.indices[0] for ld in mine}
+            if (all(i.is_Integer for i in index) and len(index) == len(mine)
+                    and index == set(range(len(mine)))
+                    and self.known_equal(sp.Integer(len(mine)), self.size_of(mine[0]))):
                 out.add(base)
         return frozenset(out)
 

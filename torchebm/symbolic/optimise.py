@@ -353,7 +353,8 @@ def _interleave(kernel):
     """Accumulations into an x-like vector from strided loads that tile it (``x[2*i]`` and
     ``x[2*i + 1]`` over ``i in range(n // 2)``, n even) become one :class:`ir.Interleave`:
     the vector is the contributions interleaved (``torch.stack(..., -1).flatten(-2)``),
-    written once, not zeros plus one scatter per load."""
+    written once, not zeros plus one scatter per load. Per-sample values into each of
+    ``x[0] .. x[n - 1]`` once, n fixed by the definition, are stacked the same way."""
     groups: dict = {}
     for k, st in enumerate(kernel.body):
         if any(isinstance(d, Adjoint) for d in st.defines()) and not isinstance(st, InitAdjoint):
@@ -364,15 +365,28 @@ def _interleave(kernel):
     for vector, positions in groups.items():
         stmts = [kernel.body[k] for k in positions]
         first = stmts[0]
-        if not (vector.x_like and all(isinstance(s, Accumulate) for s in stmts)
-                and first.level is not None and first.level.one_range):
+        if not (vector.x_like and all(isinstance(s, Accumulate) for s in stmts)):
             continue
-        lv, k = first.level, first.load.stride
         loads = [s.load for s in stmts]
-        if not all(s.level is lv and ld.addressing is Addressing.STRIDED and ld.stride == k
-                   and (ld.like or ld).base in lv.tiled for s, ld in zip(stmts, loads)):
-            continue
-        diffs = [sp.expand(ld.offset - loads[0].offset) for ld in loads]
+        if first.level is None:        # per-sample values into x[0], x[1], ... of a fixed n
+            k = len(stmts)
+            if not all(s.level is None and ld.addressing is Addressing.ELEMENT
+                       and (ld.like or ld).base in kernel.program.root_tiled
+                       and kernel.shapes.get(s.source, Shape.SCALAR) is Shape.BATCH
+                       for s, ld in zip(stmts, loads)):
+                continue
+            diffs = [ld.indices[0] for ld in loads]
+            if set(diffs) != set(range(k)):
+                continue
+        else:
+            if not first.level.one_range:
+                continue
+            k = first.load.stride
+            if not all(s.level is first.level and ld.addressing is Addressing.STRIDED
+                       and ld.stride == k and (ld.like or ld).base in first.level.tiled
+                       for s, ld in zip(stmts, loads)):
+                continue
+            diffs = [sp.expand(ld.offset - loads[0].offset) for ld in loads]
         if len(stmts) != k or not all(d.is_Integer for d in diffs) or len(set(diffs)) != k:
             continue
         key = Adjoint(vector)
@@ -380,8 +394,8 @@ def _interleave(kernel):
                if not isinstance(st, Accumulate) or st.vector != vector):
             continue              # read between its accumulations
         order = sorted(range(k), key=lambda j: int(diffs[j]))
-        merge[positions[-1]] = Interleave(lv, vector, tuple(stmts[j].source for j in order),
-                                          first.like)
+        merge[positions[-1]] = Interleave(first.level, vector,
+                                          tuple(stmts[j].source for j in order), first.like)
         merge.update({p: None for p in positions[:-1]})
     if not merge:
         return kernel

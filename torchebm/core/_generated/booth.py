@@ -67,11 +67,8 @@ class BoothEnergy(CompiledEnergy):
         x_2 = x[..., 0]
         d = 8*x_2 + 10*x_1 - 38
         d_1 = 8*x_1 + 10*x_2 - 34
-        grad = torch.zeros_like(x)
-        grad[..., 1] += d
-        del d
-        grad[..., 0] += d_1
-        del d_1
+        grad = torch.stack([d_1, d], -1)
+        del d, d_1
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
@@ -82,11 +79,8 @@ class BoothEnergy(CompiledEnergy):
         energy_1 = torch.square(x_2 + 2*x_1 - 7) + torch.square(x_1 + 2*x_2 - 5)
         d = 8*x_2 + 10*x_1 - 38
         d_1 = 8*x_1 + 10*x_2 - 34
-        grad = torch.zeros_like(x)
-        grad[..., 1] += d
-        del d
-        grad[..., 0] += d_1
-        del d_1
+        grad = torch.stack([d_1, d], -1)
+        del d, d_1
         return energy_1, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
@@ -96,11 +90,8 @@ class BoothEnergy(CompiledEnergy):
         xdot_1 = v[..., 0]
         dot = 8*xdot_1 + 10*xdot
         dot_1 = 8*xdot + 10*xdot_1
-        hvp = torch.zeros_like(v)
-        hvp[..., 1] += dot
-        del dot
-        hvp[..., 0] += dot_1
-        del dot_1
+        hvp = torch.stack([dot_1, dot], -1)
+        del dot, dot_1
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
@@ -118,11 +109,8 @@ class BoothEnergy(CompiledEnergy):
         x_2 = x[..., 0]
         d = 8*x_2 + 10*x_1 - 38
         d_1 = 8*x_1 + 10*x_2 - 34
-        grad = torch.zeros_like(x)
-        grad[..., 1] += d
-        del d
-        grad[..., 0] += d_1
-        del d_1
+        grad = torch.stack([d_1, d], -1)
+        del d, d_1
         hdiag = torch.zeros_like(x)
         hdiag[..., 1] += 10
         hdiag[..., 0] += 10
