@@ -378,7 +378,9 @@ def _check_same(name, ours, theirs):
 
 
 def median_times(fns, rounds=11, budget=2e-3, fastest=False):
-    """Median (or fastest) seconds per call of each function, in interleaved rounds."""
+    """Median (or fastest) seconds per call of each function, in interleaved rounds; every
+    other round runs them in reverse order, so that none always runs first (after the
+    allocator and caches served another)."""
     inner = {}
     for k, fn in fns.items():
         fn()
@@ -387,8 +389,9 @@ def median_times(fns, rounds=11, budget=2e-3, fastest=False):
         once = time.perf_counter() - t
         inner[k] = min(2000, max(1, int(budget / max(once, 1e-7))))
     samples = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
+    order = list(fns.items())
+    for r in range(rounds):
+        for k, fn in (order if r % 2 == 0 else order[::-1]):
             t = time.perf_counter()
             for _ in range(inner[k]):
                 fn()

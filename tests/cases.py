@@ -343,6 +343,7 @@ GOLDEN = {
     "quadratic_form": ("0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)", {"mu": 1, "S": 2}),
     "where_prod": ("sum(where(x > 0, sqrt(x), -x)) + prod(cos(x))", {}),
     "norm_component": ("norm(x) + x[0]*x[-1]", {}),
+    "strided": ("sum(x[2*i]*x[2*i + 1]**2 + a*sin(x[2*i]) for i in range(n // 2))", {"a": 0}),
 }
 
 

@@ -123,3 +123,17 @@ def test_accumulating_into_the_gradient(emitter):
     assert em._emit_Accumulate(Accumulate(None, GRADIENT, load, g)) == [
         "grad = torch.zeros_like(x)", "grad[..., 0] += g"]
     assert em._emit_Accumulate(Accumulate(None, GRADIENT, load, g)) == ["grad[..., 0] += g"]
+
+
+def test_a_small_factor_times_a_quotient_by_a_small_value_divides_the_small_values_first():
+    """``c*(x/r)`` with c, r per sample and x per point is ``c/r*x``: one full-size pass
+    (Python evaluates left to right); ``x/r`` alone stays one quotient."""
+    import torchebm.symbolic.functions as F
+    from torchebm.symbolic.printer import TorchEnergyPrinter
+    c, r, x = sp.symbols("c r x", real=True)
+    printer = TorchEnergyPrinter({"names": {c: "c", r: "r", x: "x"}, "sizes": {c: 2, r: 2, x: 3}})
+    assert printer.doprint(c * F.Ratio(x, r)) == "c/r*x"
+    assert printer.doprint(-3 * c * F.Ratio(x, r)) == "-3*c/r*x"
+    assert printer.doprint(F.Ratio(x, r)) == "(x/r)"
+    # a quotient by a per-point value keeps its own pass
+    assert printer.doprint(c * F.Ratio(r, x)) == "c*(r/x)"

@@ -127,6 +127,22 @@ def test_norm_is_range_safe(x, e, g):
     check(from_expression("norm(x)"), t([x]), [e], [g], rtol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_norm_of_a_batch_mixing_ordinary_and_extreme_rows_is_exact_in_every_row(dtype):
+    """Ordinary rows take the one-pass norm and the others the scaled one, in one batch;
+    each row against its norm computed by hand in Python (float arithmetic, scaled)."""
+    big, small = (1e30, 1e-30) if dtype == torch.float32 else (1e200, 1e-200)
+    rows = [[3.0, 4.0], [3 * small, 4 * small], [3 * big, 4 * big], [0.0, 0.0], [1.0, -2.0]]
+    want = [5.0, 5 * small, 5 * big, 0.0, math.sqrt(5.0)]
+    energy = from_expression("norm(x)")
+    got = energy(torch.tensor(rows, dtype=dtype))
+    torch.testing.assert_close(got, torch.tensor(want, dtype=dtype), rtol=4e-7 if
+                               dtype == torch.float32 else 1e-15, atol=0)
+    ones = energy(torch.tensor(rows[:1] + rows[4:], dtype=dtype))     # ordinary rows alone
+    torch.testing.assert_close(ones, torch.tensor([want[0], want[4]], dtype=dtype),
+                               rtol=4e-7 if dtype == torch.float32 else 1e-15, atol=0)
+
+
 def test_norm_hessian_is_range_safe():
     # H = (I - u u^T) / r with u = x / r: at [3, 4] * 1e-200, r = 5e-200, u = [0.6, 0.8]
     energy = from_expression("norm(x)")

@@ -101,6 +101,7 @@ class GoldenEnergy(CompiledEnergy):
         del r
         lse = _rt.logsumexp(v_2)
         del v_2
+        # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
         energy_1 = -lse
         del lse
         return energy_1
@@ -154,6 +155,7 @@ class GoldenEnergy(CompiledEnergy):
         v_2 = c*r + torch.log(w)
         del r
         lse = _rt.logsumexp(v_2)
+        # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
         energy_1 = -lse
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
         bc = lse.unsqueeze(-1)
@@ -269,6 +271,7 @@ class GoldenEnergy(CompiledEnergy):
         del v_2, lse, bc, bc_2, res_1
         hs = h_2.sum(-1)
         del h_2
+        # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
         h_3 = 1/hs
         del hs
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
@@ -335,6 +338,7 @@ class GoldenEnergy(CompiledEnergy):
         del v_2, lse, bc, bc_2, res_1
         hs = h_2.sum(-1)
         del h_2
+        # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
         h_3 = 1/hs
         del hs
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))

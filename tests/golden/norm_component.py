@@ -50,6 +50,7 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample): Norm(x[i], (i, 0, n - 1))
         norm = _rt.norm(x)
+        # per sample: norm(x) + x[0]*x[-1]
         x_1 = x[..., 0]
         x_2 = x[..., n - 1]
         energy_1 = norm + x_1*x_2
@@ -61,6 +62,7 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample): Norm(x[i], (i, 0, n - 1))
         norm = _rt.norm(x)
+        # per sample: norm(x) + x[0]*x[-1]
         x_1 = x[..., 0]
         x_2 = x[..., n - 1]
         grad = torch.zeros_like(x)
@@ -79,6 +81,7 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample): Norm(x[i], (i, 0, n - 1))
         norm = _rt.norm(x)
+        # per sample: norm(x) + x[0]*x[-1]
         x_1 = x[..., 0]
         x_2 = x[..., n - 1]
         energy_1 = norm + x_1*x_2
@@ -102,6 +105,7 @@ class GoldenEnergy(CompiledEnergy):
         w_1 = v*(x/torch.where((res != 0), res, x.new_tensor(math.inf)))
         dot = w_1.sum(-1)
         del w_1
+        # per sample: norm(x) + x[0]*x[-1]
         xdot = v[..., 0]
         xdot_1 = v[..., n - 1]
         hvp = torch.zeros_like(v)
@@ -123,6 +127,7 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample): Norm(x[i], (i, 0, n - 1))
         norm = _rt.norm(x)
+        # per sample: norm(x) + x[0]*x[-1]
         hdiag = torch.zeros_like(x)
         hdiag = hdiag + _rt.pad_slice(_rt_points(2, x, 1), 0, 0 + 1, n) * float(0 == n - 1)
         w0 = (norm != 0)
@@ -145,6 +150,7 @@ class GoldenEnergy(CompiledEnergy):
         n = x.shape[-1]
         # level 0: i in range(0, n) (per sample): Norm(x[i], (i, 0, n - 1))
         norm = _rt.norm(x)
+        # per sample: norm(x) + x[0]*x[-1]
         x_1 = x[..., 0]
         x_2 = x[..., n - 1]
         grad = torch.zeros_like(x)
@@ -155,6 +161,7 @@ class GoldenEnergy(CompiledEnergy):
         w = (x/torch.where((bc != 0), bc, x.new_tensor(math.inf)))
         grad = grad + w
         del w
+        # per sample: norm(x) + x[0]*x[-1]
         hdiag = torch.zeros_like(x)
         hdiag = hdiag + _rt.pad_slice(_rt_points(2, x, 1), 0, 0 + 1, n) * float(0 == n - 1)
         w0 = (norm != 0)

@@ -79,6 +79,7 @@ class GoldenEnergy(CompiledEnergy):
         del mv0, t0
         r = v_1.sum(-1)
         del v_1
+        # per sample: 0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)
         energy_1 = 0.5*logdet_S + r
         del r
         return energy_1
@@ -116,6 +117,7 @@ class GoldenEnergy(CompiledEnergy):
         v_1 = 0.5*mv0*t0
         r = v_1.sum(-1)
         del v_1
+        # per sample: 0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)
         energy_1 = 0.5*logdet_S + r
         del r
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...

@@ -52,6 +52,7 @@ class GoldenEnergy(CompiledEnergy):
         del v_1
         r = v_2.sum(-1)
         del v_2
+        # per sample: sum(where(x > 0, sqrt(x), -x)) + prod(cos(x))
         energy_1 = prod + r
         del prod, r
         return energy_1
@@ -85,6 +86,7 @@ class GoldenEnergy(CompiledEnergy):
         prod = v_1.prod(-1)
         r = v_2.sum(-1)
         del v_2
+        # per sample: sum(where(x > 0, sqrt(x), -x)) + prod(cos(x))
         energy_1 = prod + r
         del prod, r
         # level 0: j in range(0, n) (per sample): prod(cos(x[j]) for j in range(0, n)); sum(where((x[i] > 0), sqrt(x[i]), -x[i]) for i in range(0, n))

@@ -873,6 +873,26 @@ class CompiledEnergy(BaseEnergyFunction):
                 diag = self._diagonal_from_products(x, lay, der)
         return grad, diag.sum(-1)
 
+    def locate_nonfinite(self, x: torch.Tensor, method: str = "gradient", v=None):
+        """Where the first NaN or inf of ``method`` on ``x: [..., n]`` comes from.
+
+        Runs the generated method (``"energy"``, ``"gradient"``,
+        ``"energy_and_gradient"``, ``"hessian_vector_product"`` with ``v: [..., n]``,
+        ``"hessian_diagonal"``) one line at a time, checks every value a line assigns,
+        and returns a :class:`torchebm.core._locate.NonFinite` for the first non-finite
+        one: its line in :attr:`source`, the code, and the formula's terms that line
+        computes (the comment over its group of lines); a non-finite ``x``, ``v`` or
+        parameter is reported as such. Returns None when every value is finite. A
+        debugging aid: it is slower than the method (a check after every line).
+
+        Raises:
+            ValueError: an unknown ``method``, ``v`` missing or given where it is not
+                used, or ``"hessian_diagonal"`` for an energy without a closed-form one.
+            TypeError, ShapeError: as the method itself for a bad ``x``.
+        """
+        from ._locate import locate_nonfinite
+        return locate_nonfinite(self, x, method, v)
+
     def _diagonal_from_products(self, x, lay, der):
         n = x.shape[-1]
         batch = max(math.prod(x.shape[:-1]), 1)

@@ -100,7 +100,10 @@ def _compile_parsed(spec, parsed, second_order):
     spd = {p.name for p in spec.params if p.constraint == "positive_definite"}
     symmetric = frozenset(spd | {k for k, d in parsed.derived.items()
                                  if d.op == "inverse" and d.param in spd})
-    program = lower(expr, array_ranks(parsed), sizes, subs, symmetric)
+    equal = tuple((a.subs(subs), b.subs(subs)) for a, b, _ in parsed.size_checks)
+    if spec.max_dim is not None and spec.max_dim == spec.min_dim:     # n is fixed
+        equal += ((N, sp.Integer(spec.max_dim)),)
+    program = lower(expr, array_ranks(parsed), sizes, subs, symmetric, equal)
     budget.check_work(budget.gradient_work(expr), budget.MAX_GRADIENT_WORK, "the gradient")
     built, info = reverse_mode(program)
     budget.check_statements(built.body, "the gradient", budget.MAX_GRADIENT_NODES)

@@ -136,12 +136,14 @@ class Addressing(enum.Enum):
 
     ``ELEMENT``: constant indices at the root (``x[..., 0]``); ``WHOLE``: the
     whole last axis (a unit-stride slice that covers it); ``SLICE``: a
-    unit-stride slice ``[lo + c : hi + c]``; ``GATHER``: index tensors from
-    the layout.
+    unit-stride slice ``[lo + c : hi + c]``; ``STRIDED``: ``base[k*i + c]`` with a
+    constant stride ``k >= 2``, a basic slice ``[k*lo + c : k*(hi - 1) + c + 1 : k]``
+    (a view, no index tensor); ``GATHER``: index tensors from the layout.
     """
     ELEMENT = "element"
     WHOLE = "whole"
     SLICE = "slice"
+    STRIDED = "strided"
     GATHER = "gather"
 
 
@@ -203,7 +205,8 @@ def frozen_map(mapping=None) -> MappingProxyType:
 class Load:
     """A tensor read at a level: ``base[indices]`` for every point of the level.
 
-    ``offset``: for ``SLICE``/``WHOLE`` addressing, ``c`` in ``base[i + c]``.
+    ``offset``: for ``SLICE``/``WHOLE``/``STRIDED`` addressing, ``c`` in
+    ``base[stride*i + c]``; ``stride``: ``k`` of a ``STRIDED`` load (1 otherwise).
     ``tangent``: reads the tangent ``v`` (or a tangent vector) instead of the base;
     ``like``: the load whose index tensors a tangent or dense load reuses.
     """
@@ -215,6 +218,7 @@ class Load:
     offset: sp.Expr | None = None
     tangent: bool = False
     like: "Load | None" = None
+    stride: int = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -257,6 +261,9 @@ class Level:
     reductions: tuple = ()
     matvec: MatVec | None = None
     terms: tuple = ()          # the formula's terms computed here, as text (comments)
+    # bases whose STRIDED loads here tile their whole axis: stride k, offsets 0..k-1,
+    # k * (points) = the axis length (x[2*i], x[2*i + 1] for i in range(n // 2), n even)
+    tiled: frozenset = frozenset()
 
     @property
     def all_vars(self) -> list:
@@ -286,6 +293,9 @@ class Program:
     symbol_names: MappingProxyType = field(default_factory=frozen_map)  # symbol -> stem
     size_subs: MappingProxyType = field(default_factory=frozen_map)     # sizes checked = n
     symmetric: frozenset = frozenset()   # matrices known to be symmetric
+    # bases whose root loads (constant indices) read each of their n entries once,
+    # n fixed: x[0], x[1] of an energy defined at n = 2 only
+    root_tiled: frozenset = frozenset()
 
     def level(self, level_id: int) -> Level:
         return next(lv for lv in self.levels if lv.id == level_id)
@@ -419,6 +429,22 @@ class Accumulate(Stmt):
 
     def uses(self):
         return (Adjoint(self.vector), self.source)
+
+
+@dataclass(frozen=True, eq=False)
+class Interleave(Stmt):
+    """``vector = the sources interleaved``: ``sources[c]`` is the whole contribution at
+    ``vector[k*i + c]`` (``k = len(sources)``) of a level whose strided loads tile the
+    vector (``torch.stack(sources, -1).flatten(-2)``, one write, no zeros)."""
+    vector: Vector
+    sources: tuple
+    like: str = "x"
+
+    def defines(self):
+        return (Adjoint(self.vector),)
+
+    def uses(self):
+        return tuple(self.sources)
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,6 +18,10 @@ from .ir import Addressing, LoadKind
 from .printer import TorchEnergyPrinter
 
 
+#: addressings that are basic slices of their base (views; no index tensors)
+_SLICES = (Addressing.SLICE, Addressing.WHOLE, Addressing.STRIDED)
+
+
 def python_max(em, *args) -> str:
     """``max(...)`` of integer expressions, simplified first (``max(n, max(n, 0))`` is n)."""
     e = sp.Max(*args)
@@ -68,12 +72,16 @@ def _size_checks(em):
 
 
 def _range_check(em, ld, lv):
-    """A slice's range check; none for a slice that is the whole axis (in range for every n
-    once the size checks passed)."""
-    if ld.addressing is Addressing.WHOLE:
+    """A slice's range check; none for a slice that is the whole axis or strided slices that
+    tile it (in range for every n once the size checks passed)."""
+    if ld.addressing is Addressing.WHOLE or (ld.addressing is Addressing.STRIDED
+                                             and ld.base in lv.tiled):
         return []
     _, lo, hi = lv.clauses[0]
-    return [f"_rt.check_range({em.code(lo + ld.offset)}, {em.code(hi + ld.offset)}, "
+    first, end = lo + ld.offset, hi + ld.offset        # [first, end): the indices read
+    if ld.addressing is Addressing.STRIDED:
+        first, end = ld.stride * lo + ld.offset, ld.stride * (hi - 1) + ld.offset + 1
+    return [f"_rt.check_range({em.code(sp.expand(first))}, {em.code(sp.expand(end))}, "
             f"{em.base_size(ld)}, {what(ld, em.program)!r}, n)"]
 
 
@@ -126,7 +134,7 @@ def _gathers(em, lv, lines):
     for var, _ in lv.index_values:
         lines.append(f'lay["iv{lv.id}_{var.name}"] = {cols[var]}.to(dtype)')
     for ld in lv.loads:
-        if ld.addressing in (Addressing.SLICE, Addressing.WHOLE):
+        if ld.addressing in _SLICES:
             lines.extend(_range_check(em, ld, lv))
             continue
         for k, i in enumerate(ld.indices):
@@ -170,9 +178,8 @@ def layout_method(em) -> str:
     for lv in sorted(em.program.levels, key=depth):
         level_lines = []
         if (lv.one_range and not lv.index_values and lv.id not in parents
-                and all(ld.addressing in (Addressing.SLICE, Addressing.WHOLE)
-                        for ld in lv.loads)):
-            for ld in lv.loads:      # unit-stride slices only: no index tensors
+                and all(ld.addressing in _SLICES for ld in lv.loads)):
+            for ld in lv.loads:      # basic slices only: no index tensors
                 level_lines.extend(_range_check(em, ld, lv))
         else:
             _gathers(em, lv, level_lines)

@@ -5,8 +5,8 @@ reduction ``Sum(body, (i, 0, n - 2))`` becomes a level whose points are
 ``i = 0 .. n-2``; the body is evaluated once for all points as a tensor
 ``[..., P]`` and reduced along the last axis. Every ``x[i + 1]`` in the body
 becomes a *load*: a slice ``x[..., 1:n]`` when the index is unit-stride in a
-single range, or a gather ``x[..., idx]`` with an index tensor built once per
-``n`` (the *layout*). Pair sums (``for i ... for j in range(i + 1, n)``) are
+single range, a strided slice ``x[..., 1::2]`` for ``x[2*i + 1]``, or a
+gather ``x[..., idx]`` with an index tensor built once per ``n`` (the *layout*). Pair sums (``for i ... for j in range(i + 1, n)``) are
 levels of ``n (n - 1) / 2`` points; nested reductions are child levels whose
 points are the parent's points times their own.
 
@@ -65,9 +65,10 @@ class _LoadDraft:
 
 
 class _Lowering:
-    def __init__(self, param_ranks, sizes):
+    def __init__(self, param_ranks, sizes, equal_sizes=()):
         self.param_ranks = param_ranks   # name -> rank (params, derived, constants)
         self.sizes = sizes               # name -> tuple of SymPy size expressions
+        self.equal_sizes = tuple(equal_sizes)   # (a, b): sizes checked equal at call time
         self.levels: list[_LevelDraft] = []
         self.root_loads: dict = {}
         self.vectors: dict = {}
@@ -232,7 +233,7 @@ class _Lowering:
             frozen[draft.id] = Level(draft.id, parent, clauses, loads,
                                      tuple(draft.index_values.items()),
                                      tuple(draft.outer.items()), reductions, mv,
-                                     tuple(draft.terms))
+                                     tuple(draft.terms), self.tiled(loads, draft))
             if parent is not None and not frozen[draft.id].rectangular:
                 for r in reductions:
                     if r.op != "sum":
@@ -244,36 +245,91 @@ class _Lowering:
         roots = tuple(self.freeze_load(ld, None) for ld in self.root_loads.values())
         return Program(energy, tuple(frozen[d.id] for d in self.levels), roots,
                        frozen_map(vectors), frozen_map(self.names), frozen_map(size_subs),
-                       frozenset(symmetric))
+                       frozenset(symmetric), self.root_tiled(roots))
 
     def freeze_load(self, ld, level):
-        """Decide how a load is addressed: an element at the root, else a unit-stride slice
-        (the whole axis when it covers it) in a one-range level, else a gather."""
+        """Decide how a load is addressed: an element at the root; in a one-range level a
+        unit-stride slice (the whole axis when it covers it) or a strided slice
+        ``base[k*i + c]`` (when every load of that base in the level has stride k, so
+        that two of them meet only at a constant offset); else a gather."""
         if level is None:
             return Load(ld.symbol, ld.base, ld.indices, ld.kind, Addressing.ELEMENT)
-        off = self.slice_offset(ld, level)
-        if off is None:
+        affine = self.affine(ld, level)
+        if affine is None:
             return Load(ld.symbol, ld.base, ld.indices, ld.kind, Addressing.GATHER)
+        stride, off = affine
+        if stride != 1:
+            same = {self.affine(other, level) is not None
+                    and self.affine(other, level)[0] == stride
+                    for other in level.loads.values() if other.base == ld.base}
+            if same != {True}:      # mixed strides of one base: gathers, as before
+                return Load(ld.symbol, ld.base, ld.indices, ld.kind, Addressing.GATHER)
+            return Load(ld.symbol, ld.base, ld.indices, ld.kind, Addressing.STRIDED, off,
+                        stride=stride)
         _, lo, hi = level.clauses[0]
         whole = sp.simplify(lo + off) == 0 and sp.simplify(hi + off - self.size_of(ld)) == 0
         return Load(ld.symbol, ld.base, ld.indices, ld.kind,
                     Addressing.WHOLE if whole else Addressing.SLICE, off)
 
-    def slice_offset(self, ld, level):
-        """Offset c when a load reads base[i + c] with unit stride in a one-range level."""
+    def affine(self, ld, level):
+        """``(k, c)`` when a load reads ``base[k*i + c]`` in a one-range level, with ``k`` a
+        positive integer constant and ``c`` free of the index; None otherwise."""
         if level.parent is not None or len(level.clauses) != 1 or len(ld.indices) != 1:
             return None
         if ld.kind is LoadKind.PARAM and self.param_ranks.get(ld.base, 1) != 1:
             return None
         var = level.clauses[0][0]
-        off = sp.expand(ld.indices[0] - var)
-        if var in off.free_symbols or any(isinstance(a, (sp.Mod, sp.floor))
-                                          for a in sp.preorder_traversal(off)):
+        index = sp.expand(ld.indices[0])
+        stride = index.coeff(var)
+        off = sp.expand(index - stride * var)
+        if not (stride.is_Integer and stride > 0) or var in off.free_symbols or any(
+                isinstance(a, (sp.Mod, sp.floor)) for a in sp.preorder_traversal(index)):
             return None
         sizes = {N} | {size_symbol(name, axis) for name in self.sizes for axis in (0, 1)}
         if off.free_symbols - sizes:
             return None
-        return off
+        return int(stride), off
+
+    def tiled(self, loads, level):
+        """The bases whose strided loads in ``level`` cover their axis exactly once: stride
+        k, offsets c0 .. c0 + k - 1 with ``k*lo + c0 = 0`` and ``k*hi + c0`` the axis
+        length, equal as written or by a size check (``2*(n // 2) == n``)."""
+        out = set()
+        for base in {ld.base for ld in loads if ld.addressing is Addressing.STRIDED}:
+            mine = [ld for ld in loads if ld.base == base]
+            k = mine[0].stride
+            diffs = [sp.expand(ld.offset - mine[0].offset) for ld in mine]
+            if len(mine) != k or not all(d.is_Integer for d in diffs):
+                continue
+            c0 = mine[0].offset + min(diffs)
+            if {int(d - min(diffs)) for d in diffs} != set(range(k)):
+                continue
+            _, lo, hi = level.clauses[0]
+            size = self.size_of(mine[0])
+            if sp.expand(k * lo + c0) == 0 and self.known_equal(k * hi + c0, size):
+                out.add(base)
+        return frozenset(out)
+
+    def root_tiled(self, roots):
+        """The bases whose root loads read indices 0 .. m - 1 once each, m their length
+        (``x[0]``, ``x[1]`` with n = 2 fixed by the definition)."""
+        out = set()
+        for base in {ld.base for ld in roots if ld.kind is LoadKind.X}:
+            mine = [ld for ld in roots if ld.base == base and len(ld.indices) == 1]
+            index = {ld.indices[0] for ld in mine}
+            if (all(i.is_Integer for i in index) and len(index) == len(mine)
+                    and index == set(range(len(mine)))
+                    and self.known_equal(sp.Integer(len(mine)), self.size_of(mine[0]))):
+                out.add(base)
+        return frozenset(out)
+
+    def known_equal(self, a, b) -> bool:
+        """True when ``a == b`` as written or by one of the size checks."""
+        if sp.expand(a - b) == 0:
+            return True
+        return any({sp.expand(a - u), sp.expand(b - v)} == {0} or
+                   {sp.expand(a - v), sp.expand(b - u)} == {0}
+                   for u, v in self.equal_sizes)
 
     def size_of(self, ld):
         """The length of the axis a one-index load reads."""
@@ -296,12 +352,14 @@ def _term_text(expr, limit=80) -> str:
 
 
 def lower(expr: sp.Expr, param_ranks: dict, sizes: dict, size_subs=None,
-          symmetric=frozenset()) -> Program:
+          symmetric=frozenset(), equal_sizes=()) -> Program:
     """Lower a scalar energy to levels. ``sizes`` maps array names to size expressions;
     ``size_subs``, sizes checked equal to ``n`` (or another size); ``symmetric``, the
-    matrices known to be symmetric."""
+    matrices known to be symmetric; ``equal_sizes``, pairs ``(a, b)`` of size
+    expressions the layout checks equal (the parser's size checks)."""
     try:
-        return _Lowering(dict(param_ranks), sizes).run(expr, size_subs or {}, symmetric)
+        return _Lowering(dict(param_ranks), sizes, equal_sizes).run(
+            expr, size_subs or {}, symmetric)
     except RecursionError:
         raise EnergySyntaxError("the formula is nested too deeply to compile") from None
 

@@ -245,13 +245,35 @@ class ModuleNames:
             return base
         if ld.addressing is Addressing.SLICE:
             _, lo, hi = lv.clauses[0]
-            return f"{base}[{pre}{self.code(lo + ld.offset)}:{self.code(hi + ld.offset)}]"
+            return f"{base}[{pre}{self.code(lo + ld.offset)}:{self.stop(lo, hi, hi + ld.offset)}]"
+        if ld.addressing is Addressing.STRIDED:
+            return f"{base}[{pre}{self.strided_slice(ld, lv)}]"
         idx = ", ".join(f'lay["{self.index_key(ld, k)}"]' for k in range(len(ld.indices)))
         if pre and len(ld.indices) == 1:
             # one index tensor along the last axis: index_select, several times faster on
             # CPU than advanced indexing x[..., idx] (same values, autograd and vmap)
             return f"{base}.index_select(-1, {idx})"
         return f"{base}[{pre}{idx}]"
+
+    def strided_slice(self, ld, lv) -> str:
+        """``start:stop:k`` of a strided load ``base[k*i + c]`` over a one-range level;
+        ``start::k`` when the level's loads tile the axis (the slice runs to its end)."""
+        _, lo, hi = lv.clauses[0]
+        k = ld.stride
+        start = self.code(sp.expand(k * lo + ld.offset))
+        if (ld.like or ld).base in lv.tiled:
+            return f"{start}::{k}"
+        return f"{start}:{self.stop(lo, hi, sp.expand(k * (hi - 1) + ld.offset + 1), start)}:{k}"
+
+    def stop(self, lo, hi, stop, start=None) -> str:
+        """A slice's stop for the points ``[lo, hi)``; ``max(stop, start)`` unless
+        ``hi >= lo`` for every n >= 1: a negative stop would count from the end, and an
+        empty range (``range(n - 11)`` at n = 10) must read nothing."""
+        m = sp.Symbol("m", integer=True, nonnegative=True)
+        if sp.expand(hi - lo).subs(N, m + 1).is_nonnegative:
+            return self.code(stop)
+        start = self.code(sp.expand(stop - hi + lo)) if start is None else start
+        return f"max({self.code(stop)}, {start})"
 
     def broadcast_code(self, st) -> str:
         src, shape, lv = self.ref(st.source), self.shape(st.source), st.level

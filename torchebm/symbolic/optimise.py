@@ -15,8 +15,8 @@ import dataclasses
 import sympy as sp
 
 from .ir import (GRADIENT, HDIAG, Accumulate, Addressing, Adjoint, Assign, Broadcast, Free,
-                 IndexValue, InitAdjoint, Kernel, LoadKind, LoadStmt, MatrixDiagonal, MatVec, MatVecStmt,
-                 PointShift, Shape, Vector, VectorKind, frozen_map, tangent_vector_name)
+                 IndexValue, InitAdjoint, Interleave, Kernel, LoadKind, LoadStmt, MatrixDiagonal,
+                 MatVec, MatVecStmt, PointShift, Shape, Vector, VectorKind, frozen_map, tangent_vector_name)
 
 
 def cse(kernel: Kernel, prefix: str = "_t") -> Kernel:
@@ -111,6 +111,8 @@ def _rename(st, mapping):
         value = getattr(st, f.name)
         if isinstance(value, sp.Basic):
             new = value.xreplace(mapping)
+        elif isinstance(value, tuple) and value and all(isinstance(v, sp.Basic) for v in value):
+            new = tuple(v.xreplace(mapping) for v in value)
         elif isinstance(value, MatVec):
             new = dataclasses.replace(value, value=value.value.xreplace(mapping))
         else:
@@ -347,6 +349,60 @@ def _unit_factors(expr):
                         lambda e: sp.Mul(*e.args[1:]))
 
 
+def _interleave(kernel):
+    """Accumulations into an x-like vector from strided loads that tile it (``x[2*i]`` and
+    ``x[2*i + 1]`` over ``i in range(n // 2)``, n even) become one :class:`ir.Interleave`:
+    the vector is the contributions interleaved (``torch.stack(..., -1).flatten(-2)``),
+    written once, not zeros plus one scatter per load. Per-sample values into each of
+    ``x[0] .. x[n - 1]`` once, n fixed by the definition, are stacked the same way."""
+    groups: dict = {}
+    for k, st in enumerate(kernel.body):
+        if any(isinstance(d, Adjoint) for d in st.defines()) and not isinstance(st, InitAdjoint):
+            for d in st.defines():
+                if isinstance(d, Adjoint):
+                    groups.setdefault(d.vector, []).append(k)
+    merge = {}
+    for vector, positions in groups.items():
+        stmts = [kernel.body[k] for k in positions]
+        first = stmts[0]
+        if not (vector.x_like and all(isinstance(s, Accumulate) for s in stmts)):
+            continue
+        loads = [s.load for s in stmts]
+        if first.level is None:        # per-sample values into x[0], x[1], ... of a fixed n
+            k = len(stmts)
+            if not all(s.level is None and ld.addressing is Addressing.ELEMENT
+                       and (ld.like or ld).base in kernel.program.root_tiled
+                       and kernel.shapes.get(s.source, Shape.SCALAR) is Shape.BATCH
+                       for s, ld in zip(stmts, loads)):
+                continue
+            diffs = [ld.indices[0] for ld in loads]
+            if set(diffs) != set(range(k)):
+                continue
+        else:
+            if not first.level.one_range:
+                continue
+            k = first.load.stride
+            if not all(s.level is first.level and ld.addressing is Addressing.STRIDED
+                       and ld.stride == k and (ld.like or ld).base in first.level.tiled
+                       for s, ld in zip(stmts, loads)):
+                continue
+            diffs = [sp.expand(ld.offset - loads[0].offset) for ld in loads]
+        if len(stmts) != k or not all(d.is_Integer for d in diffs) or len(set(diffs)) != k:
+            continue
+        key = Adjoint(vector)
+        if any(key in st.uses() for st in kernel.body[positions[0]:positions[-1] + 1]
+               if not isinstance(st, Accumulate) or st.vector != vector):
+            continue              # read between its accumulations
+        order = sorted(range(k), key=lambda j: int(diffs[j]))
+        merge[positions[-1]] = Interleave(first.level, vector,
+                                          tuple(stmts[j].source for j in order), first.like)
+        merge.update({p: None for p in positions[:-1]})
+    if not merge:
+        return kernel
+    body = [merge.get(k, st) for k, st in enumerate(kernel.body)]
+    return kernel.replace(body=tuple(st for st in body if st is not None))
+
+
 def _fold_scales(kernel):
     """Substitute ``u = c*s`` (c a number) into the assignments that read ``u``:
     ``2.0*(0.5*u)`` is ``u``; a chain of scalings is one multiplication. A scaling of
@@ -377,15 +433,52 @@ def _fold_scales(kernel):
     return kernel.replace(body=tuple(body))
 
 
+def _passes(expr) -> int:
+    """Elementwise operations ``expr`` prints as (the printer's forms: ``u**2`` is one
+    ``torch.square``, ``u**3`` is ``u*u*u``, another integer power one ``torch.pow``)."""
+    if expr.is_Atom:
+        return 0
+    own = len(expr.args) - 1 if isinstance(expr, (sp.Add, sp.Mul)) else 1
+    if isinstance(expr, sp.Mul) and expr.args[0] == -1:
+        own -= 1 if len(expr.args) > 2 else 0
+    if expr.is_Pow and expr.exp == 3:
+        own = 2
+    return own + sum(_passes(a) for a in expr.args)
+
+
+def _horner(kernel):
+    """A polynomial of degree >= 3 in one full-size value, with per-sample or constant
+    coefficients, in Horner form when that prints fewer passes:
+    ``4*u**3 - 12*u - 0.5`` is ``u*(4*u**2 - 12) - 0.5`` (5 passes over u, not 6)."""
+    body, changed = [], False
+    for st in kernel.body:
+        if isinstance(st, Assign) and isinstance(st.expr, sp.Add):
+            full = [s for s in st.expr.free_symbols
+                    if kernel.shapes.get(s, Shape.SCALAR).per_point]
+            if len(full) == 1:
+                u = full[0]
+                try:
+                    poly = sp.Poly(st.expr, u)
+                except sp.PolynomialError:
+                    poly = None
+                if poly is not None and poly.degree() >= 3:
+                    new = sp.horner(st.expr, wrt=u)
+                    if _passes(new) < _passes(st.expr):
+                        st, changed = dataclasses.replace(st, expr=new), True
+        body.append(st)
+    return kernel.replace(body=tuple(body)) if changed else kernel
+
+
 def simplify(kernel: Kernel) -> Kernel:
     """Algebraic identities on the statements, each a ``Kernel -> Kernel`` step:
     whole-vector loads read as the vector, numeric factors pulled out of
     matrix-vector products, whole-vector accumulations merged into one sum,
     chains of numeric scalings folded (``2.0*(0.5*u) = u``, ``1.0*u = u``), then
-    copies propagated. The symmetric quadratic form's gradient ``2 * (0.5*(x - m)) @ P``
+    copies propagated; accumulations from strided loads that tile a vector interleaved
+    into it; polynomials of one full-size value in Horner form. The symmetric quadratic form's gradient ``2 * (0.5*(x - m)) @ P``
     becomes ``(x - m) @ P``: one product, no scaling pass."""
-    for step in (_whole_vector_loads, _pull_matvec_scales, _merge_accumulations, _fold_scales,
-                 propagate_copies):
+    for step in (_whole_vector_loads, _pull_matvec_scales, _merge_accumulations, _interleave,
+                 _fold_scales, _horner, propagate_copies):
         kernel = step(kernel)
     return kernel
 

@@ -100,12 +100,28 @@ class TorchEnergyPrinter(TorchPrinter):
         num.sort(key=self.size)
         den.sort(key=self.size)
         prec = precedence(sp.Mul(2, sp.Symbol("a"), evaluate=False))
-        parts = [self.parenthesize(f, prec, strict=False) for f in num]
-        if coeff == -1 and parts:
-            parts[0] = "-" + parts[0]
-        elif coeff != 1 or not parts:
-            parts.insert(0, self._print(coeff))
-        code = "*".join(parts)
+        # c*(a/r) with c and r smaller than a (a norm's derivative: per-sample factors
+        # over a per-point value) prints as c/r*a: the division on the small values and
+        # one full-size product, where c*(a/r) makes two full-size passes
+        ratio = next((f for f in num if isinstance(f, F.Ratio) and self.size(f.args[0]) == 3
+                      and self.size(f.args[1]) < 3), None)
+        small = [f for f in num if f is not ratio and self.size(f) < 3]
+        if ratio is not None and (small or coeff != 1):
+            head = [self.parenthesize(f, prec, strict=False) for f in small]
+            if coeff == -1 and head:
+                head[0] = "-" + head[0]
+            elif coeff != 1 or not head:
+                head.insert(0, self._print(coeff))
+            big = [ratio.args[0]] + [f for f in num if f is not ratio and f not in small]
+            code = (f"{'*'.join(head)}/{self.parenthesize(ratio.args[1], prec, strict=True)}*"
+                    + "*".join(self.parenthesize(f, prec, strict=False) for f in big))
+        else:
+            parts = [self.parenthesize(f, prec, strict=False) for f in num]
+            if coeff == -1 and parts:
+                parts[0] = "-" + parts[0]
+            elif coeff != 1 or not parts:
+                parts.insert(0, self._print(coeff))
+            code = "*".join(parts)
         if den:
             d = "*".join(self.parenthesize(f, prec, strict=False) for f in den)
             code = f"{code}/({d})" if len(den) > 1 else f"{code}/{d}"

@@ -84,6 +84,7 @@ class AckleyEnergy(CompiledEnergy):
         r = v_1.sum(-1)
         del v_1
         norm = _rt.norm(x)
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         t1 = 1/n_float
         t2 = torch.exp(t1*r)
         del r
@@ -110,6 +111,7 @@ class AckleyEnergy(CompiledEnergy):
         r = v_1.sum(-1)
         del v_1
         norm = _rt.norm(x)
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         t1 = 1/n_float
         t2 = torch.exp(t1*r)
         del r
@@ -123,7 +125,7 @@ class AckleyEnergy(CompiledEnergy):
         bc = d_2.unsqueeze(-1)
         bc_1 = d_1.unsqueeze(-1)
         bc_2 = norm.unsqueeze(-1)
-        w = bc_1*(x/torch.where((bc_2 != 0), bc_2, x.new_tensor(math.inf)))
+        w = bc_1/torch.where((bc_2 != 0), bc_2, x.new_tensor(math.inf))*x
         del norm, bc_2, d_1, bc_1
         w_1 = c_1*bc
         del d_2, bc
@@ -148,6 +150,7 @@ class AckleyEnergy(CompiledEnergy):
         r = v_1.sum(-1)
         del v_1
         norm = _rt.norm(x)
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         t1 = 1/n_float
         t2 = torch.exp(t1*r)
         del r
@@ -162,7 +165,7 @@ class AckleyEnergy(CompiledEnergy):
         bc = d_2.unsqueeze(-1)
         bc_1 = d_1.unsqueeze(-1)
         bc_2 = norm.unsqueeze(-1)
-        w = bc_1*(x/torch.where((bc_2 != 0), bc_2, x.new_tensor(math.inf)))
+        w = bc_1/torch.where((bc_2 != 0), bc_2, x.new_tensor(math.inf))*x
         del norm, bc_2, d_1, bc_1
         w_1 = c_1*bc
         del d_2, bc
@@ -198,6 +201,7 @@ class AckleyEnergy(CompiledEnergy):
         w_2 = v*(x/torch.where((res != 0), res, x.new_tensor(math.inf)))
         dot_3 = w_2.sum(-1)
         del w_2
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         u4 = 1/n_float
         u5 = torch.exp(u4*r)
         del r
@@ -254,6 +258,7 @@ class AckleyEnergy(CompiledEnergy):
         del v_1
         norm = _rt.norm(x)
         h2 = c_4*torch.cos(c*x)
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         w1 = 1/n_float
         w2 = torch.exp(w1*r)
         w3 = b*torch.rsqrt(n_float)
@@ -264,11 +269,13 @@ class AckleyEnergy(CompiledEnergy):
         del w2
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bc = d_2.unsqueeze(-1)
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         h = c_5*torch.exp(-b*torch.rsqrt(n_float)*norm)/n_float
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bc_3 = norm.unsqueeze(-1)
         w_3 = (x/torch.where((bc_3 != 0), bc_3, x.new_tensor(math.inf)))
         grad_norm = w_3
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         hdiag = h.unsqueeze(-1)*torch.square(grad_norm)
         del h
         h_1 = -torch.exp(r/n_float)/torch.square(n_float)
@@ -277,11 +284,13 @@ class AckleyEnergy(CompiledEnergy):
         g_1 = c_1*d
         del d
         grad_r = g_1
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         hdiag = hdiag + h_1.unsqueeze(-1)*torch.square(grad_r)
         del h_1, g_1, grad_r
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         h_2 = bc*h2
         del h2, d_2, bc
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         w5 = (norm != 0)
         knorm = torch.where(w5, (_rt.guard(w5, d_1)/_rt.guard(w5, norm)), x.new_tensor(0))
         del norm, bc_3, d_1, w5
@@ -314,6 +323,7 @@ class AckleyEnergy(CompiledEnergy):
         del v_1
         norm = _rt.norm(x)
         h2 = c_4*torch.cos(c*x)
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         w1 = 1/n_float
         w2 = torch.exp(w1*r)
         w3 = b*torch.rsqrt(n_float)
@@ -326,16 +336,18 @@ class AckleyEnergy(CompiledEnergy):
         bc = d_2.unsqueeze(-1)
         bc_1 = d_1.unsqueeze(-1)
         bc_2 = norm.unsqueeze(-1)
-        w = bc_1*(x/torch.where((bc_2 != 0), bc_2, x.new_tensor(math.inf)))
+        w = bc_1/torch.where((bc_2 != 0), bc_2, x.new_tensor(math.inf))*x
         w_1 = c_1*bc
         g = w + w_1*d
         del w, w_1
         grad = g
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         h = c_5*torch.exp(-b*torch.rsqrt(n_float)*norm)/n_float
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bc_3 = norm.unsqueeze(-1)
         w_3 = (x/torch.where((bc_3 != 0), bc_3, x.new_tensor(math.inf)))
         grad_norm = w_3
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         hdiag = h.unsqueeze(-1)*torch.square(grad_norm)
         del h
         h_1 = -torch.exp(r/n_float)/torch.square(n_float)
@@ -344,11 +356,13 @@ class AckleyEnergy(CompiledEnergy):
         g_1 = c_1*d
         del d
         grad_r = g_1
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         hdiag = hdiag + h_1.unsqueeze(-1)*torch.square(grad_r)
         del h_1, g_1, grad_r
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         h_2 = bc*h2
         del h2, d_2, bc
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         w5 = (norm != 0)
         knorm = torch.where(w5, (_rt.guard(w5, d_1)/_rt.guard(w5, norm)), x.new_tensor(0))
         del norm, bc_2, bc_3, d_1, bc_1, w5

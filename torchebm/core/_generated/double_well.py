@@ -71,6 +71,7 @@ class DoubleWellEnergy(CompiledEnergy):
         del t0
         r = v_1.sum(-1)
         del v_1
+        # per sample: barrier_height*sum((x**2 - b**2)**2)
         energy_1 = barrier_height*r
         del r
         return energy_1
@@ -100,6 +101,7 @@ class DoubleWellEnergy(CompiledEnergy):
         del t0
         r = v_1.sum(-1)
         del v_1
+        # per sample: barrier_height*sum((x**2 - b**2)**2)
         energy_1 = barrier_height*r
         del r
         # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))

@@ -67,6 +67,7 @@ class HarmonicEnergy(CompiledEnergy):
         v_1 = torch.square(x)
         r = v_1.sum(-1)
         del v_1
+        # per sample: 0.5*k*sum(x**2)
         energy_1 = t0*r
         del r
         return energy_1
@@ -87,6 +88,7 @@ class HarmonicEnergy(CompiledEnergy):
         v_1 = torch.square(x)
         r = v_1.sum(-1)
         del v_1
+        # per sample: 0.5*k*sum(x**2)
         energy_1 = t0*r
         del r
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))

@@ -77,24 +77,6 @@ class LennardJonesEnergy(CompiledEnergy):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
         _rt.check_size(3*((n) // (3)), n, 'x has n = {b} coordinates, which is not a multiple of the particle dimension 3 (particles=3): x must be N particles of 3 coordinates, [..., N*3]; {b} - {a} coordinates are left over'.format(a=3*((n) // (3)), b=n))
-        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
-        _count = 1
-        _s, _j = _rt.expand(_count, 0, ((n) // (3)), device)
-        _c1_i5 = _j
-        _count = _j.numel()
-        lay["P1"] = _count
-        lay["idx_x_1_0"] = _rt.check_index(_rt.as_index(3*_c1_i5, _count, device), n, 'x[3*i5]', n)
-        lay["idx_x_2_0"] = _rt.check_index(_rt.as_index(3*_c1_i5 + 1, _count, device), n, 'x[3*i5 + 1]', n)
-        lay["idx_x_3_0"] = _rt.check_index(_rt.as_index(3*_c1_i5 + 2, _count, device), n, 'x[3*i5 + 2]', n)
-        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        _count = 1
-        _s, _j = _rt.expand(_count, 0, ((n) // (3)), device)
-        _c0_i = _j
-        _count = _j.numel()
-        lay["P0"] = _count
-        lay["idx_x_4_0"] = _rt.check_index(_rt.as_index(3*_c0_i, _count, device), n, 'x[3*i]', n)
-        lay["idx_x_5_0"] = _rt.check_index(_rt.as_index(3*_c0_i + 1, _count, device), n, 'x[3*i + 1]', n)
-        lay["idx_x_6_0"] = _rt.check_index(_rt.as_index(3*_c0_i + 2, _count, device), n, 'x[3*i + 2]', n)
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         _count = 1
         _s, _j = _rt.expand(_count, 0, ((n) // (3)), device)
@@ -168,29 +150,26 @@ class LennardJonesEnergy(CompiledEnergy):
         t13 = der["t13"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
-        x_1 = x.index_select(-1, lay["idx_x_1_0"])
-        x_2 = x.index_select(-1, lay["idx_x_2_0"])
-        x_3 = x.index_select(-1, lay["idx_x_3_0"])
+        x_1 = x[..., 0::3]
+        x_2 = x[..., 1::3]
+        x_3 = x[..., 2::3]
         r = x_1.sum(-1)
-        del x_1
         r_1 = x_2.sum(-1)
-        del x_2
         r_2 = x_3.sum(-1)
-        del x_3
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        x_4 = x.index_select(-1, lay["idx_x_4_0"])
-        x_5 = x.index_select(-1, lay["idx_x_5_0"])
-        x_6 = x.index_select(-1, lay["idx_x_6_0"])
+        x_4 = x[..., 0::3]
+        x_5 = x[..., 1::3]
+        x_6 = x[..., 2::3]
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
         t0 = 1/((n_float) // (3))
         t1 = x_6 - t0*b_2
-        del r_2, b_2, x_6
+        del r_2, b_2
         t2 = x_4 - t0*b
-        del r, b, x_4
+        del r, b
         t3 = x_5 - t0*b_1
-        del r_1, b_1, x_5
+        del r_1, b_1
         v_1 = torch.square(t1) + torch.square(t2) + torch.square(t3)
         del t1, t2, t3
         r_3 = v_1.sum(-1)
@@ -219,6 +198,7 @@ class LennardJonesEnergy(CompiledEnergy):
         del t4, t5, t10, t11
         r_4 = v_2.sum(-1)
         del v_2
+        # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
         energy_1 = r_4 + t13*r_3
         del r_3, r_4
         return energy_1
@@ -232,29 +212,26 @@ class LennardJonesEnergy(CompiledEnergy):
         c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
-        x_1 = x.index_select(-1, lay["idx_x_1_0"])
-        x_2 = x.index_select(-1, lay["idx_x_2_0"])
-        x_3 = x.index_select(-1, lay["idx_x_3_0"])
+        x_1 = x[..., 0::3]
+        x_2 = x[..., 1::3]
+        x_3 = x[..., 2::3]
         r = x_1.sum(-1)
-        del x_1
         r_1 = x_2.sum(-1)
-        del x_2
         r_2 = x_3.sum(-1)
-        del x_3
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        x_4 = x.index_select(-1, lay["idx_x_4_0"])
-        x_5 = x.index_select(-1, lay["idx_x_5_0"])
-        x_6 = x.index_select(-1, lay["idx_x_6_0"])
+        x_4 = x[..., 0::3]
+        x_5 = x[..., 1::3]
+        x_6 = x[..., 2::3]
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
         t0 = 1/((n_float) // (3))
         t1 = x_6 - t0*b_2
-        del r_2, b_2, x_6
+        del r_2, b_2
         t2 = x_4 - t0*b
-        del r, b, x_4
+        del r, b
         t3 = x_5 - t0*b_1
-        del r_1, b_1, x_5
+        del r_1, b_1
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         x_7 = x.index_select(-1, lay["idx_x_7_0"])
         x_8 = x.index_select(-1, lay["idx_x_8_0"])
@@ -312,25 +289,25 @@ class LennardJonesEnergy(CompiledEnergy):
         del g_5
         g_6 = oscillator_scale*t1
         del t1
-        grad = grad.index_add(-1, lay["idx_x_6_0"], g_6)
+        grad[..., 2::3] += g_6
         del g_6
         g_7 = oscillator_scale*t2
         del t2
-        grad = grad.index_add(-1, lay["idx_x_4_0"], g_7)
+        grad[..., 0::3] += g_7
         del g_7
         g_8 = oscillator_scale*t3
         del t3
-        grad = grad.index_add(-1, lay["idx_x_5_0"], g_8)
+        grad[..., 1::3] += g_8
         del g_8
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         bc = rs_1.unsqueeze(-1)
         bc_1 = rs_2.unsqueeze(-1)
         bc_2 = rs.unsqueeze(-1)
-        grad = grad.index_add(-1, lay["idx_x_1_0"], _rt_points(bc, x, ((n) // (3))))
+        grad[..., 0::3] += _rt_points(bc, x, ((n) // (3)))
         del rs_1, bc
-        grad = grad.index_add(-1, lay["idx_x_3_0"], _rt_points(bc_2, x, ((n) // (3))))
+        grad[..., 2::3] += _rt_points(bc_2, x, ((n) // (3)))
         del rs, bc_2
-        grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, ((n) // (3))))
+        grad[..., 1::3] += _rt_points(bc_1, x, ((n) // (3)))
         del rs_2, bc_1
         return grad
 
@@ -344,29 +321,26 @@ class LennardJonesEnergy(CompiledEnergy):
         c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
-        x_1 = x.index_select(-1, lay["idx_x_1_0"])
-        x_2 = x.index_select(-1, lay["idx_x_2_0"])
-        x_3 = x.index_select(-1, lay["idx_x_3_0"])
+        x_1 = x[..., 0::3]
+        x_2 = x[..., 1::3]
+        x_3 = x[..., 2::3]
         r = x_1.sum(-1)
-        del x_1
         r_1 = x_2.sum(-1)
-        del x_2
         r_2 = x_3.sum(-1)
-        del x_3
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        x_4 = x.index_select(-1, lay["idx_x_4_0"])
-        x_5 = x.index_select(-1, lay["idx_x_5_0"])
-        x_6 = x.index_select(-1, lay["idx_x_6_0"])
+        x_4 = x[..., 0::3]
+        x_5 = x[..., 1::3]
+        x_6 = x[..., 2::3]
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
         t0 = 1/((n_float) // (3))
         t1 = x_6 - t0*b_2
-        del r_2, b_2, x_6
+        del r_2, b_2
         t2 = x_4 - t0*b
-        del r, b, x_4
+        del r, b
         t3 = x_5 - t0*b_1
-        del r_1, b_1, x_5
+        del r_1, b_1
         v_1 = torch.square(t1) + torch.square(t2) + torch.square(t3)
         r_3 = v_1.sum(-1)
         del v_1
@@ -400,6 +374,7 @@ class LennardJonesEnergy(CompiledEnergy):
         del t8, t12
         r_4 = v_2.sum(-1)
         del v_2
+        # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
         energy_1 = r_4 + t13*r_3
         del r_3, r_4
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
@@ -434,25 +409,25 @@ class LennardJonesEnergy(CompiledEnergy):
         del g_5
         g_6 = oscillator_scale*t1
         del t1
-        grad = grad.index_add(-1, lay["idx_x_6_0"], g_6)
+        grad[..., 2::3] += g_6
         del g_6
         g_7 = oscillator_scale*t2
         del t2
-        grad = grad.index_add(-1, lay["idx_x_4_0"], g_7)
+        grad[..., 0::3] += g_7
         del g_7
         g_8 = oscillator_scale*t3
         del t3
-        grad = grad.index_add(-1, lay["idx_x_5_0"], g_8)
+        grad[..., 1::3] += g_8
         del g_8
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         bc = rs_1.unsqueeze(-1)
         bc_1 = rs_2.unsqueeze(-1)
         bc_2 = rs.unsqueeze(-1)
-        grad = grad.index_add(-1, lay["idx_x_1_0"], _rt_points(bc, x, ((n) // (3))))
+        grad[..., 0::3] += _rt_points(bc, x, ((n) // (3)))
         del rs_1, bc
-        grad = grad.index_add(-1, lay["idx_x_3_0"], _rt_points(bc_2, x, ((n) // (3))))
+        grad[..., 2::3] += _rt_points(bc_2, x, ((n) // (3)))
         del rs, bc_2
-        grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, ((n) // (3))))
+        grad[..., 1::3] += _rt_points(bc_1, x, ((n) // (3)))
         del rs_2, bc_1
         return energy_1, grad
 
@@ -465,19 +440,16 @@ class LennardJonesEnergy(CompiledEnergy):
         c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
-        xdot = v.index_select(-1, lay["idx_x_1_0"])
-        xdot_1 = v.index_select(-1, lay["idx_x_2_0"])
-        xdot_2 = v.index_select(-1, lay["idx_x_3_0"])
+        xdot = v[..., 0::3]
+        xdot_1 = v[..., 1::3]
+        xdot_2 = v[..., 2::3]
         dot = xdot.sum(-1)
-        del xdot
         dot_1 = xdot_1.sum(-1)
-        del xdot_1
         dot_2 = xdot_2.sum(-1)
-        del xdot_2
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        xdot_3 = v.index_select(-1, lay["idx_x_4_0"])
-        xdot_4 = v.index_select(-1, lay["idx_x_5_0"])
-        xdot_5 = v.index_select(-1, lay["idx_x_6_0"])
+        xdot_3 = v[..., 0::3]
+        xdot_4 = v[..., 1::3]
+        xdot_5 = v[..., 2::3]
         dot_3 = dot.unsqueeze(-1)
         dot_4 = dot_1.unsqueeze(-1)
         dot_5 = dot_2.unsqueeze(-1)
@@ -489,11 +461,11 @@ class LennardJonesEnergy(CompiledEnergy):
         u9 = u0*dot_5
         del dot_2, dot_5
         dot_6 = xdot_5 - u9
-        del xdot_5, u9
+        del u9
         dot_7 = xdot_3 - u7
-        del xdot_3, u7
+        del u7
         dot_8 = xdot_4 - u8
-        del xdot_4, u8
+        del u8
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         x_7 = x.index_select(-1, lay["idx_x_7_0"])
         xdot_6 = v.index_select(-1, lay["idx_x_7_0"])
@@ -600,25 +572,25 @@ class LennardJonesEnergy(CompiledEnergy):
         del dot_19
         dot_21 = oscillator_scale*dot_6
         del dot_6
-        hvp = hvp.index_add(-1, lay["idx_x_6_0"], dot_21)
+        hvp[..., 2::3] += dot_21
         del dot_21
         dot_22 = oscillator_scale*dot_7
         del dot_7
-        hvp = hvp.index_add(-1, lay["idx_x_4_0"], dot_22)
+        hvp[..., 0::3] += dot_22
         del dot_22
         dot_23 = oscillator_scale*dot_8
         del dot_8
-        hvp = hvp.index_add(-1, lay["idx_x_5_0"], dot_23)
+        hvp[..., 1::3] += dot_23
         del dot_23
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         dot_24 = dot_18.unsqueeze(-1)
         dot_25 = dot_20.unsqueeze(-1)
         dot_26 = dot_16.unsqueeze(-1)
-        hvp = hvp.index_add(-1, lay["idx_x_1_0"], _rt_points(dot_24, v, ((n) // (3))))
+        hvp[..., 0::3] += _rt_points(dot_24, v, ((n) // (3)))
         del dot_18, dot_24
-        hvp = hvp.index_add(-1, lay["idx_x_3_0"], _rt_points(dot_26, v, ((n) // (3))))
+        hvp[..., 2::3] += _rt_points(dot_26, v, ((n) // (3)))
         del dot_16, dot_26
-        hvp = hvp.index_add(-1, lay["idx_x_2_0"], _rt_points(dot_25, v, ((n) // (3))))
+        hvp[..., 1::3] += _rt_points(dot_25, v, ((n) // (3)))
         del dot_20, dot_25
         return hvp
 
@@ -717,47 +689,47 @@ class LennardJonesEnergy(CompiledEnergy):
         hs = _rt_points(h, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_2 = torch.zeros_like(x)
-        grad_r_2 = grad_r_2.index_add(-1, lay["idx_x_3_0"], _rt_points(1, x, ((n) // (3))))
+        grad_r_2[..., 2::3] = _rt_points(1, x, ((n) // (3)))
+        # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
         hdiag = hs.unsqueeze(-1)*torch.square(grad_r_2)
         del hs
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        gload = grad_r_2.index_select(-1, lay["idx_x_6_0"])
-        del grad_r_2
+        gload = grad_r_2[..., 2::3]
         h_1 = w6*oscillator_scale*gload
-        del gload
-        hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], h_1)
+        del grad_r_2, gload
+        hdiag = hdiag.slice_scatter(hdiag[..., 2::3] + h_1, -1, 2, None, 3)
         del h_1
         h_2 = w5*t13
         hs_1 = _rt_points(h_2, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r = torch.zeros_like(x)
-        grad_r = grad_r.index_add(-1, lay["idx_x_1_0"], _rt_points(1, x, ((n) // (3))))
+        grad_r[..., 0::3] = _rt_points(1, x, ((n) // (3)))
+        # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
         hdiag = hdiag + hs_1.unsqueeze(-1)*torch.square(grad_r)
         del hs_1
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        gload_1 = grad_r.index_select(-1, lay["idx_x_4_0"])
-        del grad_r
+        gload_1 = grad_r[..., 0::3]
         h_3 = w6*oscillator_scale*gload_1
-        del gload_1
-        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h_3)
+        del grad_r, gload_1
+        hdiag = hdiag.slice_scatter(hdiag[..., 0::3] + h_3, -1, 0, None, 3)
         del h_3
         h_4 = w5*t13
         hs_2 = _rt_points(h_4, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_1 = torch.zeros_like(x)
-        grad_r_1 = grad_r_1.index_add(-1, lay["idx_x_2_0"], _rt_points(1, x, ((n) // (3))))
+        grad_r_1[..., 1::3] = _rt_points(1, x, ((n) // (3)))
+        # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
         hdiag = hdiag + hs_2.unsqueeze(-1)*torch.square(grad_r_1)
         del hs_2
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        gload_2 = grad_r_1.index_select(-1, lay["idx_x_5_0"])
-        del grad_r_1
+        gload_2 = grad_r_1[..., 1::3]
         h_5 = w6*oscillator_scale*gload_2
-        del gload_2
-        hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], h_5)
+        del grad_r_1, gload_2
+        hdiag = hdiag.slice_scatter(hdiag[..., 1::3] + h_5, -1, 1, None, 3)
         del h_5
-        hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], _rt_points(oscillator_scale, x, ((n) // (3))))
-        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], _rt_points(oscillator_scale, x, ((n) // (3))))
-        hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], _rt_points(oscillator_scale, x, ((n) // (3))))
+        hdiag[..., 2::3] += _rt_points(oscillator_scale, x, ((n) // (3)))
+        hdiag[..., 0::3] += _rt_points(oscillator_scale, x, ((n) // (3)))
+        hdiag[..., 1::3] += _rt_points(oscillator_scale, x, ((n) // (3)))
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         hdiag = hdiag.index_add(-1, lay["idx_x_7_0"], h2)
         del h2
@@ -819,29 +791,26 @@ class LennardJonesEnergy(CompiledEnergy):
         c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
-        x_1 = x.index_select(-1, lay["idx_x_1_0"])
-        x_2 = x.index_select(-1, lay["idx_x_2_0"])
-        x_3 = x.index_select(-1, lay["idx_x_3_0"])
+        x_1 = x[..., 0::3]
+        x_2 = x[..., 1::3]
+        x_3 = x[..., 2::3]
         r = x_1.sum(-1)
-        del x_1
         r_1 = x_2.sum(-1)
-        del x_2
         r_2 = x_3.sum(-1)
-        del x_3
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        x_4 = x.index_select(-1, lay["idx_x_4_0"])
-        x_5 = x.index_select(-1, lay["idx_x_5_0"])
-        x_6 = x.index_select(-1, lay["idx_x_6_0"])
+        x_4 = x[..., 0::3]
+        x_5 = x[..., 1::3]
+        x_6 = x[..., 2::3]
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
         w0 = 1/((n_float) // (3))
         w1 = x_6 - w0*b_2
-        del r_2, b_2, x_6
+        del r_2, b_2
         w2 = x_4 - w0*b
-        del r, b, x_4
+        del r, b
         w3 = x_5 - w0*b_1
-        del r_1, b_1, x_5
+        del r_1, b_1
         w4 = ((n_float) // (3))
         w5 = 2/torch.square(w4)
         w6 = -2/w4
@@ -970,72 +939,72 @@ class LennardJonesEnergy(CompiledEnergy):
         del g_5
         g_6 = oscillator_scale*w1
         del w1
-        grad = grad.index_add(-1, lay["idx_x_6_0"], g_6)
+        grad[..., 2::3] += g_6
         del g_6
         g_7 = oscillator_scale*w2
         del w2
-        grad = grad.index_add(-1, lay["idx_x_4_0"], g_7)
+        grad[..., 0::3] += g_7
         del g_7
         g_8 = oscillator_scale*w3
         del w3
-        grad = grad.index_add(-1, lay["idx_x_5_0"], g_8)
+        grad[..., 1::3] += g_8
         del g_8
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         bc = rs_1.unsqueeze(-1)
         bc_1 = rs_2.unsqueeze(-1)
         bc_2 = rs.unsqueeze(-1)
-        grad = grad.index_add(-1, lay["idx_x_1_0"], _rt_points(bc, x, ((n) // (3))))
+        grad[..., 0::3] += _rt_points(bc, x, ((n) // (3)))
         del rs_1, bc
-        grad = grad.index_add(-1, lay["idx_x_3_0"], _rt_points(bc_2, x, ((n) // (3))))
+        grad[..., 2::3] += _rt_points(bc_2, x, ((n) // (3)))
         del rs, bc_2
-        grad = grad.index_add(-1, lay["idx_x_2_0"], _rt_points(bc_1, x, ((n) // (3))))
+        grad[..., 1::3] += _rt_points(bc_1, x, ((n) // (3)))
         del rs_2, bc_1
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         h = w5*t13
         hs = _rt_points(h, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_2 = torch.zeros_like(x)
-        grad_r_2 = grad_r_2.index_add(-1, lay["idx_x_3_0"], _rt_points(1, x, ((n) // (3))))
+        grad_r_2[..., 2::3] = _rt_points(1, x, ((n) // (3)))
+        # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
         hdiag = hs.unsqueeze(-1)*torch.square(grad_r_2)
         del hs
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        gload = grad_r_2.index_select(-1, lay["idx_x_6_0"])
-        del grad_r_2
+        gload = grad_r_2[..., 2::3]
         h_1 = w6*oscillator_scale*gload
-        del gload
-        hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], h_1)
+        del grad_r_2, gload
+        hdiag = hdiag.slice_scatter(hdiag[..., 2::3] + h_1, -1, 2, None, 3)
         del h_1
         h_2 = w5*t13
         hs_1 = _rt_points(h_2, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r = torch.zeros_like(x)
-        grad_r = grad_r.index_add(-1, lay["idx_x_1_0"], _rt_points(1, x, ((n) // (3))))
+        grad_r[..., 0::3] = _rt_points(1, x, ((n) // (3)))
+        # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
         hdiag = hdiag + hs_1.unsqueeze(-1)*torch.square(grad_r)
         del hs_1
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        gload_1 = grad_r.index_select(-1, lay["idx_x_4_0"])
-        del grad_r
+        gload_1 = grad_r[..., 0::3]
         h_3 = w6*oscillator_scale*gload_1
-        del gload_1
-        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h_3)
+        del grad_r, gload_1
+        hdiag = hdiag.slice_scatter(hdiag[..., 0::3] + h_3, -1, 0, None, 3)
         del h_3
         h_4 = w5*t13
         hs_2 = _rt_points(h_4, x, ((n) // (3))).sum(-1)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         grad_r_1 = torch.zeros_like(x)
-        grad_r_1 = grad_r_1.index_add(-1, lay["idx_x_2_0"], _rt_points(1, x, ((n) // (3))))
+        grad_r_1[..., 1::3] = _rt_points(1, x, ((n) // (3)))
+        # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
         hdiag = hdiag + hs_2.unsqueeze(-1)*torch.square(grad_r_1)
         del hs_2
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
-        gload_2 = grad_r_1.index_select(-1, lay["idx_x_5_0"])
-        del grad_r_1
+        gload_2 = grad_r_1[..., 1::3]
         h_5 = w6*oscillator_scale*gload_2
-        del gload_2
-        hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], h_5)
+        del grad_r_1, gload_2
+        hdiag = hdiag.slice_scatter(hdiag[..., 1::3] + h_5, -1, 1, None, 3)
         del h_5
-        hdiag = hdiag.index_add(-1, lay["idx_x_6_0"], _rt_points(oscillator_scale, x, ((n) // (3))))
-        hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], _rt_points(oscillator_scale, x, ((n) // (3))))
-        hdiag = hdiag.index_add(-1, lay["idx_x_5_0"], _rt_points(oscillator_scale, x, ((n) // (3))))
+        hdiag[..., 2::3] += _rt_points(oscillator_scale, x, ((n) // (3)))
+        hdiag[..., 0::3] += _rt_points(oscillator_scale, x, ((n) // (3)))
+        hdiag[..., 1::3] += _rt_points(oscillator_scale, x, ((n) // (3)))
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         hdiag = hdiag.index_add(-1, lay["idx_x_7_0"], h2)
         del h2

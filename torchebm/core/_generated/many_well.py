@@ -58,24 +58,15 @@ class ManyWellEnergy(CompiledEnergy):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
         _rt.check_size(2*((n) // (2)), n, 'x has n = {b} coordinates, which is not a multiple of the particle dimension 2 (particles=2): x must be N particles of 2 coordinates, [..., N*2]; {b} - {a} coordinates are left over'.format(a=2*((n) // (2)), b=n))
-        # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        _count = 1
-        _s, _j = _rt.expand(_count, 0, ((n) // (2)), device)
-        _c0_i = _j
-        _count = _j.numel()
-        lay["P0"] = _count
-        lay["idx_x_1_0"] = _rt.check_index(_rt.as_index(2*_c0_i, _count, device), n, 'x[2*i]', n)
-        lay["idx_x_2_0"] = _rt.check_index(_rt.as_index(2*_c0_i + 1, _count, device), n, 'x[2*i + 1]', n)
         lay["width"] = n
         return lay
 
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        x_1 = x.index_select(-1, lay["idx_x_1_0"])
-        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_1 = x[..., 0::2]
+        x_2 = x[..., 1::2]
         v_1 = torch.pow(x_1, 4) + 0.5*torch.square(x_2) - 6*torch.square(x_1) - 0.5*x_1
-        del x_1, x_2
         r = v_1.sum(-1)
         del v_1
         return r
@@ -83,80 +74,59 @@ class ManyWellEnergy(CompiledEnergy):
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        x_1 = x.index_select(-1, lay["idx_x_1_0"])
-        x_2 = x.index_select(-1, lay["idx_x_2_0"])
-        d = 4*(x_1*x_1*x_1) - 0.5 - 12*x_1
-        del x_1
-        grad = torch.zeros_like(x)
-        grad = grad.index_add(-1, lay["idx_x_1_0"], d)
+        x_1 = x[..., 0::2]
+        x_2 = x[..., 1::2]
+        d = x_1*(4.0*torch.square(x_1) - 12.0) - 0.5
+        grad = torch.stack([d, x_2], -1).flatten(-2)
         del d
-        grad = grad.index_add(-1, lay["idx_x_2_0"], x_2)
-        del x_2
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        x_1 = x.index_select(-1, lay["idx_x_1_0"])
-        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_1 = x[..., 0::2]
+        x_2 = x[..., 1::2]
         v_1 = torch.pow(x_1, 4) + 0.5*torch.square(x_2) - 6*torch.square(x_1) - 0.5*x_1
-        d = 4*(x_1*x_1*x_1) - 0.5 - 12*x_1
-        del x_1
+        d = x_1*(4.0*torch.square(x_1) - 12.0) - 0.5
         r = v_1.sum(-1)
         del v_1
-        grad = torch.zeros_like(x)
-        grad = grad.index_add(-1, lay["idx_x_1_0"], d)
+        grad = torch.stack([d, x_2], -1).flatten(-2)
         del d
-        grad = grad.index_add(-1, lay["idx_x_2_0"], x_2)
-        del x_2
         return r, grad
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        x_1 = x.index_select(-1, lay["idx_x_1_0"])
-        xdot = v.index_select(-1, lay["idx_x_1_0"])
-        xdot_1 = v.index_select(-1, lay["idx_x_2_0"])
+        x_1 = x[..., 0::2]
+        xdot = v[..., 0::2]
+        xdot_1 = v[..., 1::2]
         u0 = torch.square(x_1)
-        del x_1
         dot = xdot*(12*u0 - 12)
-        del xdot, u0
-        hvp = torch.zeros_like(v)
-        hvp = hvp.index_add(-1, lay["idx_x_1_0"], dot)
+        del u0
+        hvp = torch.stack([dot, xdot_1], -1).flatten(-2)
         del dot
-        hvp = hvp.index_add(-1, lay["idx_x_2_0"], xdot_1)
-        del xdot_1
         return hvp
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
         n = x.shape[-1]
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_1 = x[..., 0::2]
         h2 = 12*torch.square(x_1) - 12
-        del x_1
-        hdiag = torch.zeros_like(x)
-        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
+        hdiag = torch.stack([h2, _rt_points(1.0, x, ((n) // (2)))], -1).flatten(-2)
         del h2
-        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], _rt_points(1.0, x, ((n) // (2))))
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         n = x.shape[-1]
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(0.5*x[2*i + 1]**2 + x[2*i]**4 - 6*x[2*i]**2 - 0.5*x[2*i], (i, 0, floor(n/...
-        x_1 = x.index_select(-1, lay["idx_x_1_0"])
-        x_2 = x.index_select(-1, lay["idx_x_2_0"])
-        d = 4*(x_1*x_1*x_1) - 0.5 - 12*x_1
+        x_1 = x[..., 0::2]
+        x_2 = x[..., 1::2]
+        d = x_1*(4.0*torch.square(x_1) - 12.0) - 0.5
         h2 = 12*torch.square(x_1) - 12
-        del x_1
-        grad = torch.zeros_like(x)
-        grad = grad.index_add(-1, lay["idx_x_1_0"], d)
+        grad = torch.stack([d, x_2], -1).flatten(-2)
         del d
-        grad = grad.index_add(-1, lay["idx_x_2_0"], x_2)
-        del x_2
-        hdiag = torch.zeros_like(x)
-        hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
+        hdiag = torch.stack([h2, _rt_points(1.0, x, ((n) // (2)))], -1).flatten(-2)
         del h2
-        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], _rt_points(1.0, x, ((n) // (2))))
         return grad, hdiag

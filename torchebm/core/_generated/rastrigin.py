@@ -71,6 +71,7 @@ class RastriginEnergy(CompiledEnergy):
         del t0
         r = v_1.sum(-1)
         del v_1
+        # per sample: a*n + sum(x**2 - a*cos(2*pi*x))
         energy_1 = r + a*n_float
         del r
         return energy_1
@@ -97,6 +98,7 @@ class RastriginEnergy(CompiledEnergy):
         v_1 = torch.square(x) + c*torch.cos(t0)
         r = v_1.sum(-1)
         del v_1
+        # per sample: a*n + sum(x**2 - a*cos(2*pi*x))
         energy_1 = r + a*n_float
         del r
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))

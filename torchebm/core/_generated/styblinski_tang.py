@@ -47,9 +47,10 @@ class StyblinskiTangEnergy(CompiledEnergy):
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
         # level 0: i in range(0, n) (per sample): sum((x[i])**(4) - 16*(x[i])**(2) + 5*x[i] for i in range(0, n))
-        v_1 = torch.pow(x, 4) + 5*x - 16*torch.square(x)
+        v_1 = x*(x*(torch.square(x) - 16) + 5)
         r = v_1.sum(-1)
         del v_1
+        # per sample: 0.5*sum(x**4 - 16*x**2 + 5*x)
         energy_1 = 0.5*r
         del r
         return energy_1
@@ -57,20 +58,21 @@ class StyblinskiTangEnergy(CompiledEnergy):
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
         # level 0: i in range(0, n) (per sample): sum((x[i])**(4) - 16*(x[i])**(2) + 5*x[i] for i in range(0, n))
-        g = 2.0*(x*x*x) + 2.5 - 16.0*x
+        g = x*(2.0*torch.square(x) - 16.0) + 2.5
         grad = g
         return grad
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
         # level 0: i in range(0, n) (per sample): sum((x[i])**(4) - 16*(x[i])**(2) + 5*x[i] for i in range(0, n))
-        v_1 = torch.pow(x, 4) + 5*x - 16*torch.square(x)
+        v_1 = x*(x*(torch.square(x) - 16) + 5)
         r = v_1.sum(-1)
         del v_1
+        # per sample: 0.5*sum(x**4 - 16*x**2 + 5*x)
         energy_1 = 0.5*r
         del r
         # level 0: i in range(0, n) (per sample): sum((x[i])**(4) - 16*(x[i])**(2) + 5*x[i] for i in range(0, n))
-        g = 2.0*(x*x*x) + 2.5 - 16.0*x
+        g = x*(2.0*torch.square(x) - 16.0) + 2.5
         grad = g
         return energy_1, grad
 
@@ -95,7 +97,7 @@ class StyblinskiTangEnergy(CompiledEnergy):
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
         # level 0: i in range(0, n) (per sample): sum((x[i])**(4) - 16*(x[i])**(2) + 5*x[i] for i in range(0, n))
-        g = 2.0*(x*x*x) + 2.5 - 16.0*x
+        g = x*(2.0*torch.square(x) - 16.0) + 2.5
         grad = g
         h = 6.0*torch.square(x) - 16.0
         hdiag = h
