@@ -99,6 +99,23 @@ def test_errors_about_a_scalar_name_the_scalar_parameter_and_how_to_give_a_value
                                torch.einsum("bi,ij,bj->b", X2, P, X2))
 
 
+def test_a_formula_of_fixed_components_takes_that_dimension_only():
+    # x[0] and x[2] only: the energy is a function of 3 coordinates; a wider x would
+    # otherwise be sampled with a flat, never-constrained coordinate
+    energy = from_expression("x[0]**2 + 3*x[2]")
+    X3 = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(energy(X3), X3[:, 0]**2 + 3 * X3[:, 2])
+    want = torch.stack([2 * X3[:, 0], torch.zeros(4, dtype=torch.float64),
+                        torch.full((4,), 3.0, dtype=torch.float64)], -1)
+    torch.testing.assert_close(energy.gradient(X3), want)
+    for wrong in (2, 4):
+        with pytest.raises(ShapeError, match="needs x of dimension n = 3, got n = " + str(wrong)):
+            energy(torch.randn(4, wrong))
+    # a formula that reads x as a whole (or uses n) takes any dimension
+    for formula in ("x[0]**2 + sum(x**2)", "x[0]*n"):
+        assert from_expression(formula)(torch.ones(2, 5)).shape == (2,)
+
+
 def test_hints_do_not_fire_on_ordinary_names():
     from torchebm.symbolic.hints import likely_intent
     for name in ("sigma", "mu", "relax", "ax", "x0", "y0", "lambda", "tax", "kappa"):

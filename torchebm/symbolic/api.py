@@ -134,8 +134,22 @@ def formula_spec(formula: str, parsed, class_name: str = "ExpressionEnergy",
             return float(v)
         return 1.0 if p.rank == 0 else None
     decls = tuple(ParamDecl(p.name, p.rank, default(p)) for p in parsed.params.values())
+    fixed = None if particles else components_dimension(parsed.expression)
     return EnergySpec(class_name, formula, decls, summary=f"Energy ``{formula}``.",
-                      particles=particles)
+                      particles=particles, min_dim=fixed or 0, max_dim=fixed)
+
+
+def components_dimension(expr) -> int | None:
+    """``m + 1`` for a formula that reads only the components ``x[0] .. x[m]`` (fixed,
+    non-negative indices, no ``n``), else None: such an energy is defined at that one
+    dimension, so a wider ``x`` is a ShapeError, not a silently ignored coordinate."""
+    from .symbols import N, X
+    loads = [e for e in expr.atoms(sp.Indexed) if e.base == X]
+    if loads and N not in expr.free_symbols and all(
+            len(e.indices) == 1 and e.indices[0].is_Integer and e.indices[0] >= 0
+            for e in loads):
+        return max(int(e.indices[0]) for e in loads) + 1
+    return None
 
 
 def _compile(formula, ranks, name, particles=None):

@@ -12,7 +12,6 @@ import time
 import warnings
 from pathlib import Path
 
-import sympy as sp
 import torch
 
 from ..errors import (EnergySyntaxError, ParameterError, ShapeError, TorchEBMError,
@@ -347,7 +346,8 @@ def infer_dim(parsed, params):
     Raises:
         ShapeError: the sizes disagree (naming each candidate); pass --dim.
     """
-    from .symbols import N, X, size_symbol, split_size_symbol
+    from .api import components_dimension
+    from .symbols import N, size_symbol, split_size_symbol
     sizes = {}
     for name, value in params.items():
         for axis, size in enumerate(_shape(value)):
@@ -369,12 +369,8 @@ def infer_dim(parsed, params):
         shown = "; ".join(f"n = {n} from {what}" for n, what in sorted(forced.items()))
         raise ShapeError(f"the parameters ask for different dimensions ({shown}); "
                          f"check their sizes")
-    expr = parsed.expression
-    loads = [e for e in expr.atoms(sp.Indexed) if e.base == X]
-    if loads and N not in expr.free_symbols and all(
-            len(e.indices) == 1 and e.indices[0].is_Integer and e.indices[0] >= 0
-            for e in loads):
-        n = max(int(e.indices[0]) for e in loads) + 1
+    n = components_dimension(parsed.expression)
+    if n is not None:
         return n, f"the formula reads only the components x[0] .. x[{n - 1}]"
     candidates = {}
     for name, value in params.items():

@@ -158,11 +158,15 @@ def layout_method(em) -> str:
     lines = _size_checks(em)
     spec = em.spec
     cls = gate.identifier(spec.class_name, "class name")
-    if spec.min_dim:
+    if spec.min_dim and spec.min_dim == spec.max_dim:
+        lo = gate.integer(spec.min_dim, "min_dim")
+        lines.append(f"if n != {lo}:\n    raise ShapeError("
+                     f"f\"{cls} needs x of dimension n = {lo}, got n = {{n}}\")")
+    elif spec.min_dim:
         lo = gate.integer(spec.min_dim, "min_dim")
         lines.append(f"if n < {lo}:\n    raise ShapeError("
                      f"f\"{cls} needs x of dimension n >= {lo}, got n = {{n}}\")")
-    if spec.max_dim is not None:
+    if spec.max_dim is not None and spec.max_dim != spec.min_dim:
         hi = gate.integer(spec.max_dim, "max_dim")
         lines.append(f"if n > {hi}:\n    raise ShapeError("
                      f"f\"{cls} needs x of dimension n <= {hi}, got n = {{n}}\")")

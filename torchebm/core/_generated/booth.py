@@ -43,10 +43,8 @@ class BoothEnergy(CompiledEnergy):
     def _layout(self, n, device, dtype):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
-        if n < 2:
-            raise ShapeError(f"BoothEnergy needs x of dimension n >= 2, got n = {n}")
-        if n > 2:
-            raise ShapeError(f"BoothEnergy needs x of dimension n <= 2, got n = {n}")
+        if n != 2:
+            raise ShapeError(f"BoothEnergy needs x of dimension n = 2, got n = {n}")
         _rt.check_range(1, 1 + 1, n, 'x[1]', n)
         _rt.check_range(0, 0 + 1, n, 'x[0]', n)
         lay["width"] = n
