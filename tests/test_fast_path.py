@@ -3,8 +3,8 @@
 A call looks up a record of its ``(n, dtype, is_cpu)`` made after every check
 passed, checks that each parameter is the same tensor at the same ``data_ptr()``
 (arrays: of the same shape) and the first on the same device, and (only when
-``_derive`` gives values) compares their content bit for bit. These tests check that nothing the checked path
-saw goes unseen by the fast one: writes to parameters by any route, a new
+``_derive`` gives values) compares their content bit for bit. These tests
+check that nothing the checked path saw goes unseen by the fast one: writes to parameters by any route, a new
 dtype, moved or reshaped parameters, and every error, with the same type and
 message as on a fresh energy. Expected values are written out by hand.
 """

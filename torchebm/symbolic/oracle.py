@@ -4,8 +4,9 @@ The oracle takes the parsed SymPy expression (before any rewrite), expands
 every reduction into its terms for a concrete ``n`` (empty ranges are empty,
 whatever their bounds: the language's semantics, not SymPy's Karr
 convention) once per ``n``, substitutes exact values for the parameters and,
-at each point, for ``x``, and evaluates with 30 significant digits. Its central finite differences give a
-gradient that shares no code with the compiler's closed form.
+at each point, for ``x``, and evaluates with 30 significant digits. Its central
+finite differences give a gradient that shares no code with the compiler's
+closed form.
 """
 
 from __future__ import annotations
