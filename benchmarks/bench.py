@@ -425,7 +425,7 @@ def hand_written_table(shape=(4096, 64), dtype=torch.float32, filter_=""):
               f"(goal: at most 1.2x everywhere)")
 
 
-def per_call_table(rounds=15):
+def per_call_table(rounds=300, calls=200):
     """What one call costs on a tiny batch: ``gradient`` on ``[4, 2]`` against one torch op."""
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(2))
     k = torch.tensor(1.0)
@@ -465,14 +465,15 @@ def per_call_table(rounds=15):
     for _ in range(rounds):                      # interleaved: the ratio is of one moment
         for name, fn in fns.items():
             t = time.perf_counter()
-            for _ in range(2000):
+            for _ in range(calls):
                 fn()
-            samples[name].append((time.perf_counter() - t) / 2000)
-    # the fastest round: on a shared machine the other jobs only ever add time
+            samples[name].append((time.perf_counter() - t) / calls)
+    # the fastest round: on a shared machine the other jobs only ever add time (many short
+    # rounds: some of them run undisturbed)
     med = {name: min(v) for name, v in samples.items()}
     op = med["k * x"]
     print(f"\nper call on x [4, 2] float32, threads = {torch.get_num_threads()}, fastest of "
-          f"{rounds} interleaved rounds of 2000 calls")
+          f"{rounds} interleaved rounds of {calls} calls")
     for name in fns:
         print(f"  {name:32s} {med[name] * 1e6:7.2f} us  {med[name] / op:5.2f}x one op")
     runtime = med["gradient"] - med["generated _gradient"]     # the runtime's share

@@ -15,6 +15,7 @@ run in a plain ``python -m pytest``; ``-m "not slow"`` leaves them out.
 """
 
 import os
+import sys
 
 import pytest
 import torch
@@ -30,3 +31,17 @@ settings.load_profile(os.environ.get("TORCHEBM_HYPOTHESIS", "ci"))
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+def pytest_collection_finish(session):
+    """Start the documentation examples selected for this run in their own interpreters
+    now, so that they run beside the other tests (test_docs_snippets.py checks them)."""
+    for item in session.items:
+        if getattr(item, "originalname", None) == "test_python_blocks_run_as_written":
+            item.module.start(item.callspec.params["doc"])
+
+
+def pytest_sessionfinish(session):
+    module = sys.modules.get("tests.test_docs_snippets")
+    if module is not None:
+        module.stop_all()

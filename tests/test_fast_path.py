@@ -1,9 +1,10 @@
 """The per-call fast path of compiled energies (issue 18, item 5).
 
 A call looks up a record of its ``(n, dtype, is_cpu)`` made after every check
-passed, compares the parameters' shapes and device, and (only when ``_derive``
-gives values) their content. These tests check that nothing the checked path
-saw goes unseen by the fast one: writes to parameters by any route, a new
+passed, checks that each parameter is the same tensor at the same ``data_ptr()``
+(arrays: of the same shape) and the first on the same device, and (only when
+``_derive`` gives values) compares their content bit for bit. These tests
+check that nothing the checked path saw goes unseen by the fast one: writes to parameters by any route, a new
 dtype, moved or reshaped parameters, and every error, with the same type and
 message as on a fresh energy. Expected values are written out by hand.
 """
@@ -327,3 +328,64 @@ def test_derived_cache_compares_bits(start):
         E.t.data.fill_(value)
         want = torch.atan2(torch.tensor(value, dtype=T), torch.tensor(-1.0, dtype=T))
         torch.testing.assert_close(E(x)[0], want, equal_nan=True)
+
+
+# -- how the fast path sees a parameter change (data_ptr, table identity, bytes) ---------------
+
+@pytest.mark.parametrize("write", ["buffers_dict", "data_same_storage_offset", "data_repeated",
+                                   "numpy_negative_zero", "requires_grad_on_buffer"])
+def test_more_parameter_write_routes_are_seen(write):
+    """Writes that bypass the module: a direct ``_buffers`` entry, ``.data`` set to a view
+    of new storage, ``.data`` set again and again (old storages freed and reallocated), a
+    sign flip of zero through NumPy, and a buffer that starts requiring grad."""
+    energy = DerivedHarmonic(k=2.0)
+    x = torch.tensor([[1.0, -3.0]], dtype=T)
+    torch.testing.assert_close(energy.gradient(x), torch.tensor([[2.0, -6.0]], dtype=T))
+    if write == "buffers_dict":
+        energy._buffers["k"] = torch.tensor(5.0, dtype=T)
+    elif write == "data_same_storage_offset":
+        energy.k.data = torch.tensor([7.0, 5.0], dtype=T)[1]      # a view into new storage
+    elif write == "data_repeated":
+        for value in (3.0, 4.0, 6.0, 5.0):
+            energy.k.data = torch.tensor(value, dtype=T)
+            torch.testing.assert_close(energy.gradient(x), value * x)
+    elif write == "numpy_negative_zero":
+        energy.k.numpy()[()] = -0.0
+        g = energy.gradient(x)
+        assert torch.equal(torch.signbit(g), torch.tensor([[True, False]]))  # -0*1, -0*-3
+        energy.k.numpy()[()] = 5.0
+    else:
+        energy.k.requires_grad_(True)
+        g = energy.gradient(x, create_graph=True)
+        (dk,) = torch.autograd.grad(g.sum(), energy.k)
+        assert dk.item() == -2.0                           # d/dk of k * (1 - 3)
+        assert not energy.gradient(x).requires_grad        # default: detached
+        with torch.no_grad():
+            energy.k.fill_(5.0)
+    torch.testing.assert_close(energy.gradient(x), torch.tensor([[5.0, -15.0]], dtype=T))
+
+
+def test_functional_call_and_back():
+    """``torch.func.functional_call`` swaps the parameter for the call; the values are the
+    swapped-in ones, and after it the module's own again."""
+    energy = DerivedHarmonic(k=2.0)
+    x = torch.tensor([[1.0, -3.0]], dtype=T)
+    energy.gradient(x)
+    other = torch.func.functional_call(energy, {"k": torch.tensor(-4.0, dtype=T)}, (x,))
+    torch.testing.assert_close(other, torch.tensor([-4.0 * 0.5 * 10.0], dtype=T))
+    swapped = torch.func.functional_call(energy, {"k": torch.tensor(-4.0, dtype=T)}, (x,),
+                                         {}, strict=False)
+    torch.testing.assert_close(swapped, other)
+    torch.testing.assert_close(energy.gradient(x), torch.tensor([[2.0, -6.0]], dtype=T))
+    torch.testing.assert_close(energy(x), torch.tensor([10.0], dtype=T))
+
+
+def test_gradient_under_no_grad_and_inside_vmap_under_no_grad():
+    """With grad mode already off the call does not touch it; vmap still sees x."""
+    energy = DerivedHarmonic(k=2.0)
+    batch = torch.tensor([[1.0, -3.0], [0.5, 2.0]], dtype=T)
+    with torch.no_grad():
+        torch.testing.assert_close(energy.gradient(batch), 2.0 * batch)
+        per_sample = torch.func.vmap(lambda z: energy.gradient(z)[0])(batch)
+        assert not torch.is_grad_enabled()
+    torch.testing.assert_close(per_sample, 2.0 * batch)

@@ -87,13 +87,16 @@ def _transform_level(values) -> bool:
 
 _Tensor = torch.Tensor
 _IS_WRAPPED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+if _IS_WRAPPED is None:            # a torch without torch.func: nothing is ever wrapped
+    def _IS_WRAPPED(t):
+        return False
 
 
 def _in_transform(*tensors) -> bool:
     """True when a tensor is traced by torch.func (grad, jacrev, jvp, vmap, hessian): then
     derivatives keep their graph whatever ``create_graph`` says, because torch.func
     respects an inner ``no_grad`` and would differentiate a detached result to zero."""
-    if _IS_WRAPPED is None or torch.compiler.is_compiling():   # Dynamo cannot trace it
+    if torch.compiler.is_compiling():   # Dynamo cannot trace _IS_WRAPPED
         return False
     for t in tensors:                # a loop, not any(generator): this runs every call
         if isinstance(t, _Tensor) and _IS_WRAPPED(t):
@@ -115,9 +118,10 @@ def _same_bits(a, b) -> bool:
     return torch.equal(a, b)
 
 
-def _plain_float(v: float) -> bool:
-    """A float that ``==`` compares exactly: not a zero (its sign is lost) nor a NaN."""
-    return v == v and v != 0.0
+def _same_content(view, t, saved) -> bool:
+    """``t`` holds the bits ``saved``: bytes read through the NumPy ``view`` of a CPU
+    scalar, else a tensor copy compared by :func:`_same_bits`."""
+    return view.tobytes() == saved if view is not None else _same_bits(t, saved)
 
 
 _NO_CONTEXT = contextlib.nullcontext()
@@ -135,34 +139,52 @@ class _Site:
 
     Built by the checked path (:meth:`CompiledEnergy._inputs_checked`) once every
     check has passed. The fast path uses it while ``x`` is dense and on
-    ``x_device``, the parameters are the entries ``attrs`` of the module's
-    ``tables`` (``_buffers`` or ``_parameters``), the first stays on ``device``
-    and those of rank > 0 keep their ``arrays`` shapes (``(index, shape)``).
-    ``derived`` is ``(items, snapshot, values)``: the parameters' content when the
-    derived ``values`` (cast to this dtype and device) were computed, as Python
-    floats (``items``, when every parameter is a CPU scalar: the cheapest
-    comparison) or tensor copies (``snapshot``). One tuple, replaced whole, so
-    that a reader never pairs new content with old values.
+    ``x_device`` and every parameter is still the one it saw: ``params`` holds
+    ``(table, attr, tensor, data_ptr, shape)`` per parameter (``table`` is the
+    module's ``_buffers`` or ``_parameters``; ``shape`` is None for scalars), and a
+    call checks ``table.get(attr) is tensor``, its ``data_ptr()`` and (for arrays)
+    its shape; ``device`` is the first parameter's. ``storages`` keeps the storages
+    seen alive, so that no new tensor can be allocated at a recorded address: a
+    ``.data = ...`` assignment always changes ``data_ptr()``.
+
+    ``derived`` is ``(saved, values)``: the derived ``values`` (cast to this dtype
+    and device) and the parameters' content when they were computed, one entry
+    per parameter: the bytes of a CPU scalar (read through ``views``, NumPy views
+    of the parameters' storage: a tenth of a microsecond, several times less than
+    ``item()``) or a tensor copy (compared bit for bit). One tuple, replaced whole,
+    so that a reader never pairs new content with old values.
     """
 
-    __slots__ = ("lay", "width", "x_device", "attrs", "tables", "device", "arrays",
-                 "generation", "derived")
+    __slots__ = ("lay", "width", "guard", "x_device", "params", "storages", "views", "first",
+                 "device", "derive", "generation", "derived")
 
-    def __init__(self, lay, x_device, attrs, tables, tensors, generation):
+    def __init__(self, lay, n, x_device, params, derive, generation):
         self.lay = lay
         self.width = lay["width"]
+        self.guard = self.width > n          # the memory guard depends on the batch: per call
         self.x_device = x_device
-        self.attrs = attrs
-        self.tables = tables
-        self.device = tensors[0].device if tensors else None
-        self.arrays = tuple((i, t.shape) for i, t in enumerate(tensors) if t.dim())
+        self.params = params
+        self.storages = [t.untyped_storage() for _, _, t, _, _ in params]
+        self.views = tuple(_scalar_view(t) for _, _, t, _, _ in params)
+        self.first = params[0][2] if params else None
+        self.device = self.first.device if params else None
+        self.derive = derive                 # the class has a _derive (fixed per generation)
         self.generation = generation
         self.derived = None
 
 
+def _scalar_view(t):
+    """A NumPy view of a CPU scalar tensor's storage (its bytes in 0.1 us), else None."""
+    if t.dim() or not t.is_cpu or t.is_conj() or t.is_neg():
+        return None
+    try:
+        return t.detach().numpy()
+    except (RuntimeError, TypeError):
+        return None
+
+
 _STRIDED = torch.strided
 _getitem = dict.__getitem__
-_item = torch.Tensor.item
 _requires_grad = operator.attrgetter("requires_grad")
 
 
@@ -558,42 +580,40 @@ class CompiledEnergy(BaseEnergyFunction):
         return {k: v.to(device=device, dtype=dtype) if isinstance(v, _Tensor) else v
                 for k, v in (self._derive() or {}).items()}
 
-    def _derived(self, site, tensors, x):
+    def _derived(self, site, x):
         """Parameter-only values (``inverse(S)``, ``0.5*k``) for ``x``'s dtype and device,
         cached in ``site`` by parameter content.
 
-        The cache compares the parameters with a copy taken when the values were
-        derived, so no write goes unseen: ``E.S.data.mul_(2)``, ``E.S.data = ...``
-        and writes through a NumPy view bump no version counter, but they change
-        the content. The comparison is skipped when ``_derive`` gave nothing; for
-        CPU scalar parameters it is one ``item()`` each, otherwise one
-        ``torch.equal`` per parameter, far less than the factorisation it saves.
-        Never cached when the graph to a parameter that requires grad is wanted, or
-        inside a ``torch.func`` transform; never called while ``torch.compile`` traces.
+        The cache compares the parameters with their content when the values were
+        derived, so no write goes unseen: ``E.S.data.mul_(2)`` and writes through a
+        NumPy view bump no version counter, but they change the content (a
+        ``.data = ...`` assignment changes ``data_ptr()``, which the fast path
+        checks first). The comparison is skipped when ``_derive`` gave nothing; for
+        CPU scalar parameters it reads their bytes through a NumPy view, otherwise
+        it is one bitwise ``torch.equal`` per parameter, far less than the
+        factorisation it saves. Bits, not values: -0.0 differs from 0.0 (``atan2``
+        tells them apart) and a NaN equals itself. Never cached when the graph to a
+        parameter that requires grad is wanted, or inside a ``torch.func``
+        transform; never called while ``torch.compile`` traces.
         """
+        tensors = [p[2] for p in site.params]
+        graph = _grad_enabled() and any(map(_requires_grad, tensors))
         hit = site.derived
-        if hit is not None and not (_grad_enabled() and any(map(_requires_grad, tensors))):
-            items, snapshot, values = hit
+        if hit is not None and not graph:
+            saved, values = hit
             if not values:
                 return values                # nothing depends on the parameters
             try:
-                if items is not None:
-                    if list(map(_item, tensors)) == items:
-                        return values
-                elif all(map(_same_bits, tensors, snapshot)):
+                if all(map(_same_content, site.views, tensors, saved)):
                     return values
             except RuntimeError:             # another device or dtype, a transform's tensor
                 pass
         values = self._derive_now(x)
-        if ((_grad_enabled() and any(map(_requires_grad, tensors)))
-                or _transform_level(values.values()) or _transform_level(tensors)):
+        if graph or _transform_level(values.values()) or _transform_level(tensors):
             return values                    # with a graph, or inside a transform
-        snapshot = [t.detach().clone() for t in tensors]
-        items = ([float(c) for c in snapshot]
-                 if all(c.dim() == 0 and c.device.type == "cpu" for c in snapshot) else None)
-        if items is not None and not all(map(_plain_float, items)):
-            items = None        # -0.0 equals 0.0 and nan equals nothing as floats: use bits
-        site.derived = (items, snapshot, values)
+        saved = tuple(t.detach().clone() if v is None else v.tobytes()
+                      for v, t in zip(site.views, tensors))
+        site.derived = (saved, values)
         return values
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -696,11 +716,14 @@ class CompiledEnergy(BaseEnergyFunction):
 
         The fast path: one dictionary lookup on ``(n, dtype, is_cpu)`` of ``x``
         finds a :class:`_Site` that :meth:`_inputs_checked` made after every check
-        passed. It serves while ``x`` is a dense tensor on the site's device, the
-        parameters keep their device and array shapes (compared per call) and the
-        class its layout code; the memory guard (it depends on the batch) runs per
-        call. Anything else (a new kind of ``x``, a moved or reshaped parameter, a
-        non-tensor, a 0-d tensor) takes the checked path, which raises the errors.
+        passed. It serves while ``x`` is a dense tensor on the site's device, each
+        parameter is the tensor the site saw (same object in the same table, same
+        ``data_ptr()``, arrays of the same shape), the first keeps its device, and
+        the class keeps its layout code; the memory guard (it depends on the batch)
+        runs per call, and the derived values are compared by parameter content.
+        Anything else (a new kind of ``x``, a replaced, moved or reshaped
+        parameter, ``.data = ...``, a non-tensor, a 0-d tensor, tracing by
+        ``torch.compile``) takes the checked path, which raises the errors.
 
         Raises:
             TypeError, ShapeError, DeviceError, MemoryLimitError: see
@@ -714,35 +737,41 @@ class CompiledEnergy(BaseEnergyFunction):
             cpu = x.is_cpu
             site = self._sites.get((n, x.dtype, cpu))
         except (AttributeError, IndexError, TypeError):
-            site = None
-        if (site is None or site.generation != self._layout_generation or _is_compiling()
-                or not isinstance(x, _Tensor) or x.layout is not _STRIDED
+            return self._inputs_checked(x)
+        if (site is None or site.generation != self._layout_generation
+                or not isinstance(x, _Tensor) or x.layout is not _STRIDED or _is_compiling()
                 or (not cpu and x.device != site.x_device)):
             return self._inputs_checked(x)
-        if site.attrs:
-            try:
-                tensors = list(map(_getitem, site.tables, site.attrs))
-            except KeyError:                 # a parameter moved between tables or went
+        params = site.params
+        if params:
+            for table, attr, t, ptr, size in params:
+                if (table.get(attr) is not t or t.data_ptr() != ptr
+                        or (size is not None and t.shape != size)):
+                    return self._inputs_checked(x)  # replaced, moved, `.data = ...`
+            if (not site.first.is_cpu) if cpu else (site.first.device != site.device):
                 return self._inputs_checked(x)
-            if (not tensors[0].is_cpu) if cpu else (tensors[0].device != site.device):
-                return self._inputs_checked(x)
-            for i, size in site.arrays:
-                if tensors[i].shape != size:
-                    return self._inputs_checked(x)
-        else:
-            tensors = ()
         if len(shape) == 1:
             x = x.unsqueeze(0)
-        if site.width > n:
+        if site.guard:
             self._check_level_size(x, site.width)
-        if self._derive is None:
+        if not site.derive:
             return x, site.lay, None
         hit = site.derived
         if hit is not None and not _grad_enabled():      # the common hit, inlined
-            items, _, values = hit
-            if not values or (items is not None and list(map(_item, tensors)) == items):
+            saved, values = hit
+            if not values:
                 return x, site.lay, values
-        return x, site.lay, self._derived(site, tensors, x)
+            views = site.views
+            if len(views) == 1:
+                if views[0] is not None and views[0].tobytes() == saved[0]:
+                    return x, site.lay, values
+            else:
+                for view, b in zip(views, saved):
+                    if view is None or view.tobytes() != b:
+                        break
+                else:
+                    return x, site.lay, values
+        return x, site.lay, self._derived(site, x)
 
     def _inputs_checked(self, x):
         """:meth:`_inputs` with every check, and the :class:`_Site` that skips them next time.
@@ -764,19 +793,25 @@ class CompiledEnergy(BaseEnergyFunction):
         tables = tuple(self._buffers if a in self._buffers else self._parameters
                        for a in attrs)
         tensors = [table[a] for table, a in zip(tables, attrs)]
-        if _is_compiling() or _transform_level(lay.values()):
-            # traced (the derived values join the graph), or a layout made inside a
-            # torch.func transform: nothing to keep
+        if (_is_compiling() or _transform_level(lay.values()) or _transform_level(tensors)
+                or x.device.type == "meta"):
+            # traced (the derived values join the graph), a layout or parameters of a
+            # torch.func transform, or storage-less tensors: nothing to keep
             return x, lay, None if self._derive is None else self._derive_now(x)
-        site = _Site(lay, x.device, attrs, tables, tensors, self._layout_generation)
+        params = tuple((table, a, t, t.data_ptr(), t.shape if t.dim() else None)
+                       for table, a, t in zip(tables, attrs, tensors))
+        site = _Site(lay, x.shape[-1], x.device, params, self._derive is not None,
+                     self._layout_generation)
         if len(self._sites) >= 64:
             self._sites.clear()
         self._sites[given.shape[-1], given.dtype, given.is_cpu] = site
-        return x, lay, None if self._derive is None else self._derived(site, tensors, x)
+        return x, lay, None if self._derive is None else self._derived(site, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Energy of ``x: [..., n]`` -> ``[...]`` (``[n]`` -> ``[1]``)."""
-        return self._call("_energy", *self._inputs(x))
+        if self._fused:
+            return self._call("_energy", *self._inputs(x))
+        return self._energy(*self._inputs(x))
 
     def gradient(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """Closed-form ``dE/dx`` of ``x: [..., n]`` -> ``[..., n]``.
@@ -786,25 +821,32 @@ class CompiledEnergy(BaseEnergyFunction):
         ``torch.func`` transform (``jacrev(E.gradient)``, ``hessian``, ``vmap``)
         the graph is always kept, so that the transform differentiates it.
         """
-        if create_graph or _in_transform(x):
-            return self._call("_gradient", *self._inputs(x))
-        enabled = _grad_enabled()
+        # Under no_grad there is nothing to detach (and switching grad mode off would be
+        # a no-op), so only a call with grad mode on asks whether torch.func traces x
+        # (inline: this runs every call; Dynamo cannot trace _IS_WRAPPED).
+        if (create_graph or not _grad_enabled()
+                or (isinstance(x, _Tensor) and not _is_compiling() and _IS_WRAPPED(x))):
+            if self._fused:
+                return self._call("_gradient", *self._inputs(x))
+            return self._gradient(*self._inputs(x))
         _set_grad_enabled(False)
         try:
-            return self._call("_gradient", *self._inputs(x))
+            if self._fused:
+                return self._call("_gradient", *self._inputs(x))
+            return self._gradient(*self._inputs(x))
         finally:
-            _set_grad_enabled(enabled)
+            _set_grad_enabled(True)
 
     def energy_and_gradient(self, x: torch.Tensor, create_graph: bool = False):
         """``(E(x) [...], dE/dx [..., n])`` from one pass sharing subexpressions."""
-        if create_graph or _in_transform(x):
+        if (create_graph or not _grad_enabled()
+                or (isinstance(x, _Tensor) and not _is_compiling() and _IS_WRAPPED(x))):
             return self._call("_energy_and_gradient", *self._inputs(x))
-        enabled = _grad_enabled()
         _set_grad_enabled(False)
         try:
             return self._call("_energy_and_gradient", *self._inputs(x))
         finally:
-            _set_grad_enabled(enabled)
+            _set_grad_enabled(True)
 
     def hessian_vector_product(self, x: torch.Tensor, v: torch.Tensor,
                                create_graph: bool = False) -> torch.Tensor:

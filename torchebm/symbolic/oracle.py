@@ -3,9 +3,10 @@
 The oracle takes the parsed SymPy expression (before any rewrite), expands
 every reduction into its terms for a concrete ``n`` (empty ranges are empty,
 whatever their bounds: the language's semantics, not SymPy's Karr
-convention), substitutes exact values for ``x`` and the parameters, and
-evaluates with 30 significant digits. Its central finite differences give a
-gradient that shares no code with the compiler's closed form.
+convention) once per ``n``, substitutes exact values for the parameters and,
+at each point, for ``x``, and evaluates with 30 significant digits. Its central
+finite differences give a gradient that shares no code with the compiler's
+closed form.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Oracle:
     def __init__(self, parsed: Parsed, params: dict):
         self.parsed = parsed
         self.scalars, self.arrays = {}, {}
+        self._at = {}                    # n -> at(n): the expansion, shared by every point
         for name, value in params.items():
             rows = value.tolist() if hasattr(value, "tolist") else value
             if isinstance(rows, (int, float)):
@@ -64,25 +66,40 @@ class Oracle:
                 subs[size_symbol(name, 1)] = sp.Integer(len(rows[0]))
         return subs
 
-    def __call__(self, x_row) -> mpmath.mpf:
-        x_row = [float(v) for v in x_row]
-        n = len(x_row)
+    def at(self, n: int):
+        """``(expression, x_loads)`` for dimension ``n``, built once per ``n``: sizes,
+        scalar and array parameters substituted and every reduction expanded into
+        its terms, so that a point only substitutes ``x`` and evaluates.
+        ``x_loads`` is ``[(x[i] as an Indexed, i), ...]``.
+
+        Raises:
+            OracleError: the formula reads ``x[i]`` outside ``0 <= i < n``.
+        """
+        hit = self._at.get(n)
+        if hit is not None:
+            return hit
         expr = self.parsed.expression.xreplace(self.sizes(n)).xreplace(self.scalars)
         expr = self._expand(expr, {})
-        values = {}
+        values, x_loads = {}, []
         for ind in expr.atoms(sp.Indexed):
             base = ind.base.label.name
             idx = [int(i) for i in ind.indices]
             if base == "x":
                 if not 0 <= idx[0] < n:
                     raise OracleError(f"x[{idx[0]}] is out of range for n = {n}")
-                values[ind] = sp.Float(x_row[idx[0]], DPS)
+                x_loads.append((ind, idx[0]))
             else:
                 v = self.arrays[base]
                 for i in idx:
                     v = v[i]
                 values[ind] = sp.Float(v, DPS)
-        value = expr.xreplace(values).evalf(DPS)
+        self._at[n] = hit = (expr.xreplace(values) if values else expr, x_loads)
+        return hit
+
+    def __call__(self, x_row) -> mpmath.mpf:
+        x_row = [float(v) for v in x_row]
+        expr, x_loads = self.at(len(x_row))
+        value = expr.xreplace({ind: sp.Float(x_row[i], DPS) for ind, i in x_loads}).evalf(DPS)
         if not value.is_Number or not value.is_real:
             raise OracleError(f"the energy is not a real number here ({value})")
         return mpmath.mpf(value._mpf_) if isinstance(value, sp.Float) else mpmath.mpf(float(value))
