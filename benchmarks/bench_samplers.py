@@ -2,7 +2,7 @@
 chains across gloo processes; the fused gradient beside JAX's ``jit(grad)``.
 
 usage: python benchmarks/bench_samplers.py [--threads 1] [--quick] [--only steps,gloo,jax,adapt]
-       [--device cuda]
+       [--device cuda] [--clock wall|cpu]
        [--samplers langevin,mala,hmc] [--energies DoubleWell,Rastrigin,Gaussian]
        [--sizes 64x2,10000x2,1000x64,65536x16] [--jax-python /path/to/venv/bin/python]
 
@@ -81,6 +81,11 @@ SAMPLERS = {
 }
 
 
+#: the clock of the steps and jax tables (``--clock``): wall time, or this process's CPU
+#: time, which on a shared machine leaves out the time other jobs hold the core
+CLOCK = time.perf_counter
+
+
 def _sync(x):
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
@@ -91,9 +96,9 @@ def _fastest_rate(run, steps, repeats=3):
     run(steps)                                 # warm-up (and compilation)
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = CLOCK()
         run(steps)
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
     return steps / min(times)
 
 
@@ -125,9 +130,9 @@ def steps_table(args):
                 times = {mode: [] for mode in runs}
                 for _ in range(3):                             # interleaved rounds
                     for mode, run in runs.items():
-                        t = time.perf_counter()
+                        t = CLOCK()
                         run(steps)
-                        times[mode].append(time.perf_counter() - t)
+                        times[mode].append(CLOCK() - t)
                 rates = {mode: steps / min(t) for mode, t in times.items()}
                 print(f"{sname:9s} {ename:10s} {size:>13s} {rates['eager']:9.0f} "
                       f"{rates['fused']:9.0f} {rates['autograd']:9.0f} {floor:9.0f} "
@@ -191,6 +196,7 @@ if hasattr(os, "sched_setaffinity"):          # one core, as torch's one thread
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 import jax, jax.numpy as jnp
 formulas, shape = json.loads(sys.argv[1]), tuple(json.loads(sys.argv[2]))
+clock = getattr(time, sys.argv[3])
 x = jax.random.normal(jax.random.PRNGKey(0), shape, dtype=jnp.float32)
 grads = {}
 for name, src in formulas.items():
@@ -201,11 +207,11 @@ print(json.dumps({"version": jax.__version__}), flush=True)
 for line in sys.stdin:                        # "name calls": seconds per call of one round
     name, calls = line.split()
     g = grads[name]
-    t = time.perf_counter()
+    t = clock()
     for _ in range(int(calls)):
         r = g(x)
     r.block_until_ready()
-    print(json.dumps((time.perf_counter() - t) / int(calls)), flush=True)
+    print(json.dumps((clock() - t) / int(calls)), flush=True)
 """
 
 
@@ -217,7 +223,8 @@ class _JaxWorker:
         env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                                           " --xla_cpu_multi_thread_eigen=false").strip())
         self.proc = subprocess.Popen([python, "-c", JAX_SCRIPT, json.dumps(JAX_FORMULAS),
-                                      json.dumps(list(shape))], stdin=subprocess.PIPE,
+                                      json.dumps(list(shape)), CLOCK.__name__],
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
         self.version = json.loads(self.proc.stdout.readline())["version"]
 
@@ -293,10 +300,10 @@ def _jax_rows(args, x, cls, jax_worker, rounds, calls):
         times["jax"] = []
         for _ in range(rounds):
             for label, fn in fns.items():
-                t = time.perf_counter()
+                t = CLOCK()
                 for _ in range(calls):
                     fn()
-                times[label].append((time.perf_counter() - t) / calls)
+                times[label].append((CLOCK() - t) / calls)
             if jax_worker is not None:
                 times["jax"].append(jax_worker.time(name, calls))
         row = {label: min(t) * 1e6 if t else None for label, t in times.items()}
@@ -362,8 +369,18 @@ def main():
     ap.add_argument("--device", default="cpu", help="device of the chains (steps table)")
     ap.add_argument("--jax-python", default=None,
                     help="a Python interpreter with jax installed, for the JAX column")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="steps and jax tables: wall time, or the process's CPU time "
+                         "(time.process_time; JAX's worker times its own), which leaves out "
+                         "the time other jobs hold a shared core (CPU devices only)")
     args = ap.parse_args()
+    global CLOCK
+    if args.clock == "cpu":
+        if args.device != "cpu":
+            ap.error("--clock cpu times CPU work; a GPU's kernels run asynchronously, use wall")
+        CLOCK = time.process_time
     torch.set_num_threads(args.threads)
+    print(f"clock: {'wall time' if args.clock == 'wall' else 'process CPU time'}")
     print(f"torch {torch.__version__}, threads = {torch.get_num_threads()}")
     tables = {"steps": steps_table, "gloo": gloo_table, "jax": jax_table, "adapt": adapt_table}
     for name in args.only.split(","):

@@ -60,28 +60,33 @@ def test_philox_vectorised_over_counters_equals_one_at_a_time():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_normals_follow_the_documented_construction(dtype):
-    """Element e of draw d: block j = e // per, Box-Muller on the block's uniforms."""
+    """Element e of draw d (count numbers, B = ceil(count / per) blocks): number
+    k = e // B of block j = e % B; Box-Muller on the block's uniforms in pairs."""
     key = torch.tensor([0xDEADBEEF, 0x01234567], dtype=torch.int64)
     draw = 2**32 + 3                       # a draw number above 32 bits: both counter words
     z = counter_normal(key, torch.tensor(draw), (3, 5), dtype, "cpu").reshape(-1)
     u = counter_uniform(key, torch.tensor(draw), (15,), dtype, "cpu")
     per = 2 if dtype == torch.float64 else 4
-    uniforms = []
-    for j in range(-(-15 // per)):
+    blocks = -(-15 // per)                 # 4 in float32 (16 numbers), 8 in float64
+    per_block_u, per_block_z = [], []
+    for j in range(blocks):
         w = py_philox((j, draw & 0xFFFFFFFF, draw >> 32, 0), (0xDEADBEEF, 0x01234567))
         if dtype == torch.float64:
-            uniforms += [(w[0] * 2**32 + w[1] + 0.5) * 2.0**-64,
-                         (w[2] * 2**32 + w[3] + 0.5) * 2.0**-64]
+            us = [(w[0] * 2**32 + w[1] + 0.5) * 2.0**-64, (w[2] * 2**32 + w[3] + 0.5) * 2.0**-64]
         else:
-            uniforms += [(w[i] + 0.5) * 2.0**-32 for i in range(4)]
-    want_z = []
-    for a, b in zip(uniforms[0::2], uniforms[1::2]):
-        r = math.sqrt(-2 * math.log(a))
-        want_z += [r * math.cos(2 * math.pi * b), r * math.sin(2 * math.pi * b)]
+            us = [(w[i] + 0.5) * 2.0**-32 for i in range(4)]
+        zs = []
+        for a, b in zip(us[0::2], us[1::2]):
+            r = math.sqrt(-2 * math.log(a))
+            zs += [r * math.cos(2 * math.pi * b), r * math.sin(2 * math.pi * b)]
+        per_block_u.append(us)
+        per_block_z.append(zs)
+    uniforms = [per_block_u[e % blocks][e // blocks] for e in range(15)]
+    want_z = [per_block_z[e % blocks][e // blocks] for e in range(15)]
     tol = 1e-12 if dtype == torch.float64 else 2e-5
-    torch.testing.assert_close(u.double(), torch.tensor(uniforms[:15], dtype=T), rtol=tol,
+    torch.testing.assert_close(u.double(), torch.tensor(uniforms, dtype=T), rtol=tol,
                                atol=tol)
-    torch.testing.assert_close(z.double(), torch.tensor(want_z[:15], dtype=T), rtol=tol,
+    torch.testing.assert_close(z.double(), torch.tensor(want_z, dtype=T), rtol=tol,
                                atol=tol)
 
 
@@ -138,10 +143,13 @@ def test_draws_elements_and_keys_are_uncorrelated():
 
     assert abs(corr(z0, z1)) < limit                       # step d and step d + 1
     assert abs(corr(z0, w0)) < limit                       # two keys
-    for lag in (1, 2, 3, 4, 5):                            # in a block and the next blocks
+    for lag in (1, 2, 3, 4, 5):                            # neighbouring blocks
         assert abs(corr(z0[:-lag], z0[lag:])) < limit
-    # squares: the two normals of one Box-Muller pair share a radius, yet are independent
-    assert abs(corr(z0[0::2] ** 2, z0[1::2] ** 2)) < math.sqrt(2) * limit
+    # float64: 2 numbers per block, block j gives elements j and j + n/2 (one Box-Muller
+    # pair); its two normals share a radius, yet are uncorrelated, squares included
+    half = n // 2
+    assert abs(corr(z0[:half], z0[half:])) < math.sqrt(2) * limit
+    assert abs(corr(z0[:half] ** 2, z0[half:] ** 2)) < math.sqrt(2) * limit
 
 
 def test_stream_is_reproducible_from_a_generator_and_leaves_the_global_rng_alone():
