@@ -191,3 +191,49 @@ class GoldenEnergy(CompiledEnergy):
         del h2
         hdiag = hdiag + _rt.pad_slice(_rt_points(w, x, max(0, n - 1)), 1, n, n)
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        n = x.shape[-1]
+        a = der["a"]
+        # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
+        x_1 = x[..., 0:n - 1]
+        x_2 = x[..., 1:n]
+        g0 = a - x_1
+        g1 = x_2 - torch.square(x_1)
+        g2 = torch.square(g1)
+        del g1
+        g_2 = 2*g0
+        del g0
+        rs = g_2.sum(-1)
+        del g_2
+        rs_1 = g2.sum(-1)
+        del g2
+        pbar = rs_1
+        del rs_1
+        pbar_1 = rs
+        del rs
+        return {'b': pbar, 'a': pbar_1}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        n = x.shape[-1]
+        a = der["a"]
+        # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
+        x_1 = x[..., 0:n - 1]
+        x_2 = x[..., 1:n]
+        s0 = a - x_1
+        s1 = x_2 - torch.square(x_1)
+        s2 = torch.square(s1)
+        del s1
+        g_3 = 2*s0
+        del s0
+        rs_2 = g_3.sum(-1)
+        del g_3
+        rs_3 = s2.sum(-1)
+        del s2
+        pbar_2 = (weights * rs_3).sum()
+        del rs_3
+        pbar_3 = (weights * rs_2).sum()
+        del rs_2
+        return {'b': pbar_2, 'a': pbar_3}

@@ -159,3 +159,31 @@ class GoldenEnergy(CompiledEnergy):
         hdiag = _rt_points(2, x, n).clone()
         hdiag = hdiag.index_add(-1, lay["co0_1_at"], _rt_points(h, x, n)[..., lay["co0_1"]])
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
+        x_1 = x[..., lay["idx_x_1_0"]]
+        d = x*x_1
+        del x_1
+        g_2 = -2*d
+        del d
+        rs = g_2.sum(-1)
+        del g_2
+        pbar = rs
+        del rs
+        return {'kappa': pbar}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
+        x_1 = x[..., lay["idx_x_1_0"]]
+        d_1 = x*x_1
+        del x_1
+        g_3 = -2*d_1
+        del d_1
+        rs_1 = g_3.sum(-1)
+        del g_3
+        pbar_1 = (weights * rs_1).sum()
+        del rs_1
+        return {'kappa': pbar_1}

@@ -361,3 +361,91 @@ class AckleyEnergy(CompiledEnergy):
         hdiag = hdiag + acc
         del acc
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        n = x.shape[-1]
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        n_float = x.new_tensor(n, dtype=torch.float64)
+        # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
+        g0 = c*x
+        g1 = torch.sin(g0)
+        v_1 = torch.cos(g0)
+        del g0
+        d_3 = g1*x
+        del g1
+        r = v_1.sum(-1)
+        del v_1
+        norm = _rt.norm(x)
+        g2 = 1/n_float
+        g3 = torch.exp(g2*r)
+        del r
+        g4 = torch.rsqrt(n_float)
+        g5 = g4*b
+        g6 = torch.exp(-g5*norm)
+        g7 = a*g6
+        d_4 = -g2*g3
+        del g3
+        d_5 = 1 - g6
+        del g6
+        d_6 = g4*g7*norm
+        del norm, g7
+        # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
+        bc_4 = d_4.unsqueeze(-1)
+        g_2 = -bc_4*d_3
+        del d_3, d_4, bc_4
+        rs = g_2.sum(-1)
+        del g_2
+        pbar = d_5
+        del d_5
+        pbar_1 = d_6
+        del d_6
+        pbar_2 = rs
+        del rs
+        return {'a': pbar, 'b': pbar_1, 'c': pbar_2}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        n = x.shape[-1]
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        n_float = x.new_tensor(n, dtype=torch.float64)
+        # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
+        s0 = c*x
+        s1 = torch.sin(s0)
+        v_1 = torch.cos(s0)
+        del s0
+        d_7 = s1*x
+        del s1
+        r = v_1.sum(-1)
+        del v_1
+        norm = _rt.norm(x)
+        s2 = 1/n_float
+        s3 = torch.exp(s2*r)
+        del r
+        s4 = torch.rsqrt(n_float)
+        s5 = s4*b
+        s6 = torch.exp(-s5*norm)
+        s7 = a*s6
+        d_8 = -s2*s3
+        del s3
+        d_9 = 1 - s6
+        del s6
+        d_10 = s4*norm*s7
+        del norm, s7
+        # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
+        bc_5 = d_8.unsqueeze(-1)
+        g_3 = -bc_5*d_7
+        del d_7, d_8, bc_5
+        rs_1 = g_3.sum(-1)
+        del g_3
+        pbar_3 = (weights * d_9).sum()
+        del d_9
+        pbar_4 = (weights * d_10).sum()
+        del d_10
+        pbar_5 = (weights * rs_1).sum()
+        del rs_1
+        return {'a': pbar_3, 'b': pbar_4, 'c': pbar_5}

@@ -59,6 +59,7 @@ class DoubleWellEnergy(CompiledEnergy):
             "c": -torch.square(self.b),
             "c_1": -4*torch.square(self.b),
             "w": 4*self.barrier_height,
+            "w_1": -4*self.b*self.barrier_height,
         }
 
     def _energy(self, x, lay, der):
@@ -150,3 +151,41 @@ class DoubleWellEnergy(CompiledEnergy):
         del h2
         hdiag = h
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        c = der["c"]
+        w_1 = der["w_1"]
+        # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
+        g0 = torch.square(x) + c
+        v_1 = torch.square(g0)
+        r = v_1.sum(-1)
+        del v_1
+        g_1 = w_1*g0
+        del g0
+        rs = g_1.sum(-1)
+        del g_1
+        pbar = r
+        del r
+        pbar_1 = rs
+        del rs
+        return {'barrier_height': pbar, 'b': pbar_1}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        c = der["c"]
+        w_1 = der["w_1"]
+        # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
+        s0 = torch.square(x) + c
+        v_1 = torch.square(s0)
+        r = v_1.sum(-1)
+        del v_1
+        g_2 = w_1*s0
+        del s0
+        rs_1 = g_2.sum(-1)
+        del g_2
+        pbar_2 = (weights * r).sum()
+        del r
+        pbar_3 = (weights * rs_1).sum()
+        del rs_1
+        return {'barrier_height': pbar_2, 'b': pbar_3}

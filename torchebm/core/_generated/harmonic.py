@@ -119,3 +119,27 @@ class HarmonicEnergy(CompiledEnergy):
         grad = g
         hdiag = _rt_points(k, x, n).clone()
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
+        v_1 = torch.square(x)
+        r = v_1.sum(-1)
+        del v_1
+        d = 0.5*r
+        del r
+        pbar = d
+        del d
+        return {'k': pbar}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
+        v_1 = torch.square(x)
+        r = v_1.sum(-1)
+        del v_1
+        d_1 = 0.5*r
+        del r
+        pbar_1 = (weights * d_1).sum()
+        del d_1
+        return {'k': pbar_1}

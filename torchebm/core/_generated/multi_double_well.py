@@ -5,6 +5,8 @@ import torch
 from torchebm.core import _runtime as _rt
 from torchebm.core.base import CompiledEnergy
 
+_rt_points = _rt.points
+
 
 class MultiDoubleWellEnergy(CompiledEnergy):
     """Pairwise double well of N particles (DW-4), sum over i < j of a (d_ij - offset)^4 + b (d_ij - offset)^2 + c.
@@ -114,7 +116,10 @@ class MultiDoubleWellEnergy(CompiledEnergy):
             "b": self.b,
             "c": self.c,
             "c_1": -self.offset,
+            "c_2": 2*self.b,
             "c_4": 4*self.b,
+            "c_5": -4*self.a,
+            "offset": self.offset,
         }
 
     def _energy(self, x, lay, der):
@@ -521,3 +526,83 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h2_3)
         del h2_3
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        offset = der["offset"]
+        c_2 = der["c_2"]
+        c_5 = der["c_5"]
+        # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
+        x_1 = x[..., lay["idx_x_1_0"]]
+        x_2 = x[..., lay["idx_x_2_0"]]
+        x_3 = x[..., lay["idx_x_3_0"]]
+        x_4 = x[..., lay["idx_x_4_0"]]
+        g0 = x_1 - x_2
+        del x_1, x_2
+        g2 = x_3 - x_4
+        del x_3, x_4
+        g4 = torch.square(g0) + torch.square(g2)
+        del g0, g2
+        g5 = offset - _rt.safe_sqrt(g4)
+        del g4
+        g6 = -g5
+        g7 = torch.pow(g5, 4)
+        g8 = torch.square(g5)
+        rs = g7.sum(-1)
+        del g7
+        rs_1 = g8.sum(-1)
+        del g8
+        rs_2 = _rt_points(1, x, lay["P0"]).sum(-1)
+        g_4 = c_5*(g6*g6*g6) + c_2*g5
+        del g5, g6
+        rs_3 = g_4.sum(-1)
+        del g_4
+        pbar = rs
+        del rs
+        pbar_1 = rs_3
+        del rs_3
+        pbar_2 = rs_1
+        del rs_1
+        pbar_3 = rs_2
+        del rs_2
+        return {'a': pbar, 'offset': pbar_1, 'b': pbar_2, 'c': pbar_3}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        offset = der["offset"]
+        c_2 = der["c_2"]
+        c_5 = der["c_5"]
+        # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
+        x_1 = x[..., lay["idx_x_1_0"]]
+        x_2 = x[..., lay["idx_x_2_0"]]
+        x_3 = x[..., lay["idx_x_3_0"]]
+        x_4 = x[..., lay["idx_x_4_0"]]
+        s0 = x_1 - x_2
+        del x_1, x_2
+        s2 = x_3 - x_4
+        del x_3, x_4
+        s4 = torch.square(s0) + torch.square(s2)
+        del s0, s2
+        s5 = offset - _rt.safe_sqrt(s4)
+        del s4
+        s6 = -s5
+        s7 = torch.pow(s5, 4)
+        s8 = torch.square(s5)
+        rs_4 = s7.sum(-1)
+        del s7
+        rs_5 = s8.sum(-1)
+        del s8
+        rs_6 = _rt_points(1, x, lay["P0"]).sum(-1)
+        g_5 = c_5*(s6*s6*s6) + c_2*s5
+        del s5, s6
+        rs_7 = g_5.sum(-1)
+        del g_5
+        pbar_4 = (weights * rs_4).sum()
+        del rs_4
+        pbar_5 = (weights * rs_7).sum()
+        del rs_7
+        pbar_6 = (weights * rs_5).sum()
+        del rs_5
+        pbar_7 = (weights * rs_6).sum()
+        del rs_6
+        return {'a': pbar_4, 'offset': pbar_5, 'b': pbar_6, 'c': pbar_7}

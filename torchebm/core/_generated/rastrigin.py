@@ -139,3 +139,39 @@ class RastriginEnergy(CompiledEnergy):
         grad = g
         hdiag = h2
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        n = x.shape[-1]
+        n_float = x.new_tensor(n, dtype=torch.float64)
+        # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
+        g0 = 2*3.141592653589793*x
+        g1 = torch.cos(g0)
+        del g0
+        g_1 = -g1
+        del g1
+        rs = g_1.sum(-1)
+        del g_1
+        a_1 = rs + n_float
+        del rs
+        pbar = a_1
+        del a_1
+        return {'a': pbar}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        n = x.shape[-1]
+        n_float = x.new_tensor(n, dtype=torch.float64)
+        # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
+        s0 = 2*3.141592653589793*x
+        s1 = torch.cos(s0)
+        del s0
+        g_2 = -s1
+        del s1
+        rs_1 = g_2.sum(-1)
+        del g_2
+        a_2 = rs_1 + n_float
+        del rs_1
+        pbar_1 = (weights * a_2).sum()
+        del a_2
+        return {'a': pbar_1}
