@@ -126,9 +126,12 @@ def _closed_form_cd(energy, x, negatives, reg):
     The loss ``mean E(x) - mean E(neg) + reg (mean E(x)^2 + mean E(neg)^2)`` has the
     parameter gradient ``sum_b w_b dE(x_b)/dtheta + sum_b u_b dE(neg_b)/dtheta`` with
     ``w = (1 + 2 reg E(x)) / B`` and ``u = (2 reg E(neg) - 1) / B'`` (Hinton 2002's
-    ``mean dE/dtheta(data) - mean dE/dtheta(negatives)`` at ``reg = 0``): two calls of
-    the generated ``_parameter_gradient_sum``, which contracts the batch inside the
-    kernel. No graph is recorded; the energies are computed without one.
+    ``mean dE/dtheta(data) - mean dE/dtheta(negatives)`` at ``reg = 0``). One call of
+    the generated ``_parameter_gradient_sum`` per batch gives the energies and the
+    weighted sum together (the weights ``a + c E`` are formed inside, once ``E`` is
+    known; the batch is contracted inside the kernel), so no graph is recorded and
+    the data are read once. The gradient is computed with the loss (training calls
+    backward next), and the backward returns it times the incoming gradient.
     """
     if not (isinstance(energy, CompiledEnergy) and torch.is_grad_enabled()
             and getattr(type(energy), "_parameter_gradient_sum", None) is not None
@@ -138,38 +141,31 @@ def _closed_form_cd(energy, x, negatives, reg):
     params = [(name, p) for name, p in energy.named_parameters() if p.requires_grad]
     if not params or _in_transform(x, negatives):
         return None
-    with torch.no_grad():
-        e_pos, e_neg = energy(x), energy(negatives)
-        loss = e_pos.mean() - e_neg.mean()
-        if reg > 0:
-            loss = loss + reg * (e_pos.square().mean() + e_neg.square().mean())
-        w_pos = (1 + 2 * reg * e_pos) / e_pos.numel() if reg > 0 else \
-            torch.full_like(e_pos, 1.0 / e_pos.numel())
-        w_neg = (2 * reg * e_neg - 1) / e_neg.numel() if reg > 0 else \
-            torch.full_like(e_neg, -1.0 / e_neg.numel())
-    return _ClosedFormCD.apply(loss, (energy, x, negatives, w_pos, w_neg, [n for n, _ in params]),
-                               *[p for _, p in params])
+    bp, bn = x.shape[0], negatives.shape[0]
+    e_pos, g_pos = energy._energy_and_parameter_gradient_sum(x, (1.0 / bp, 2.0 * reg / bp))
+    e_neg, g_neg = energy._energy_and_parameter_gradient_sum(negatives,
+                                                             (-1.0 / bn, 2.0 * reg / bn))
+    loss = e_pos.mean() - e_neg.mean()
+    if reg > 0:
+        loss = loss + reg * (e_pos.square().mean() + e_neg.square().mean())
+    grads = [g_pos[n] + g_neg[n] for n, _ in params]
+    return _ClosedFormCD.apply(loss, grads, *[p for _, p in params])
 
 
 class _ClosedFormCD(torch.autograd.Function):
-    """``loss`` (a value computed without a graph) whose backward gives the parameters
-    ``grad * (sum_b w_b dE(x_b)/dtheta + sum_b u_b dE(neg_b)/dtheta)`` from the
-    closed-form batch-summed parameter gradient, computed when backward runs (not when
-    the loss is only evaluated). Once differentiable (no double backward)."""
+    """``loss`` (a value computed without a graph) whose backward gives each parameter
+    ``grad * dloss/dtheta`` from the closed-form gradients computed with it. Once
+    differentiable (no double backward)."""
 
     @staticmethod
-    def forward(ctx, loss, job, *params):
-        ctx.job = job
+    def forward(ctx, loss, grads, *params):
+        ctx.grads = grads
         return loss.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        energy, x, negatives, w_pos, w_neg, names = ctx.job
-        ctx.job = None
-        pos = energy.parameter_gradient_sum(x, w_pos)
-        neg = energy.parameter_gradient_sum(negatives, w_neg)
-        return (None, None, *[(grad * (pos[n] + neg[n])).to(pos[n].dtype) for n in names])
+        return (None, None, *[(grad * g).to(g.dtype) for g in ctx.grads])
 
 
 class ContrastiveDivergence(nn.Module):

@@ -2,6 +2,7 @@
 """Generated energy: GoldenEnergy."""
 import torch
 
+from torchebm.core import _runtime as _rt
 from torchebm.core.base import CompiledEnergy
 
 
@@ -136,10 +137,16 @@ class GoldenEnergy(CompiledEnergy):
         return {'a': pbar, 'b': pbar_1}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        a = der["a"]
+        b = der["b"]
         # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
         s0 = torch.sin(x)
         s1 = torch.square(x)
+        v_1 = b*s0 + a*s1
+        r = v_1.sum(-1)
+        weights = _rt.energy_weights(weights, r)
+        del v_1
         rs_2 = s1.sum(-1)
         del s1
         rs_3 = s0.sum(-1)
@@ -148,4 +155,4 @@ class GoldenEnergy(CompiledEnergy):
         del rs_2
         pbar_3 = (weights * rs_3).sum()
         del rs_3
-        return {'a': pbar_2, 'b': pbar_3}
+        return {'energy': r, 'a': pbar_2, 'b': pbar_3}

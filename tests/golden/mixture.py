@@ -379,24 +379,24 @@ class GoldenEnergy(CompiledEnergy):
         w_7 = c*w_6
         w_8 = c_1*w_6
         del w_6
-        g_3 = r*w_8
+        g1 = r*w_8
         del r, w_8
-        rs = g_3.sum(-1)
-        del g_3
+        rs = g1.sum(-1)
+        del g1
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bc_5 = w_7[..., lay["seg1"]]
         del w_7
-        g_4 = 2*bc_5*g0
+        g_3 = 2*bc_5*g0
         del g0, bc_5
         adj_M = x.new_zeros(x.shape[:-1] + M.shape)
-        adj_M = adj_M.flatten(-2).index_add(-1, lay["idx_p_0"] * M.shape[1] + lay["idx_p_1"], g_4).unflatten(-1, M.shape)
-        del g_4
+        adj_M = adj_M.flatten(-2).index_add(-1, lay["idx_p_0"] * M.shape[1] + lay["idx_p_1"], g_3).unflatten(-1, M.shape)
+        del g_3
         pbar = rs
         del rs
         return {'M': adj_M, 'w': adj_w, 's': pbar}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
         w = der["w"]
         M = der["M"]
         c = der["c"]
@@ -413,29 +413,32 @@ class GoldenEnergy(CompiledEnergy):
         v_2 = c*r + torch.log(w)
         d_1 = 1/w
         lse = _rt.logsumexp(v_2)
+        energy_2 = -lse
+        weights = _rt.energy_weights(weights, energy_2)
+        # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
         bc_6 = lse.unsqueeze(-1)
         w_9 = -torch.exp(v_2 - bc_6)
         del v_2, lse, bc_6
-        g_5 = d_1*w_9
+        g_4 = d_1*w_9
         del d_1
         adj_w = torch.zeros_like(w)
-        adj_w = adj_w + weights.reshape(-1) @ g_5.reshape(-1, g_5.shape[-1])
-        del g_5
+        adj_w = adj_w + weights.reshape(-1) @ g_4.reshape(-1, g_4.shape[-1])
+        del g_4
         w_10 = c*w_9
         w_11 = c_1*w_9
         del w_9
-        g_6 = r*w_11
+        s1 = r*w_11
         del r, w_11
-        rs_1 = g_6.sum(-1)
-        del g_6
+        rs_1 = s1.sum(-1)
+        del s1
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bc_7 = w_10[..., lay["seg1"]]
         del w_10
-        g_7 = 2*bc_7*s0
+        g_5 = 2*bc_7*s0
         del s0, bc_7
         adj_M = torch.zeros_like(M)
-        adj_M = adj_M.flatten(-2).index_add(-1, lay["idx_p_0"] * M.shape[1] + lay["idx_p_1"], weights.reshape(-1) @ g_7.reshape(-1, g_7.shape[-1])).unflatten(-1, M.shape)
-        del g_7
+        adj_M = adj_M.flatten(-2).index_add(-1, lay["idx_p_0"] * M.shape[1] + lay["idx_p_1"], weights.reshape(-1) @ g_5.reshape(-1, g_5.shape[-1])).unflatten(-1, M.shape)
+        del g_5
         pbar_1 = (weights * rs_1).sum()
         del rs_1
-        return {'M': adj_M, 'w': adj_w, 's': pbar_1}
+        return {'energy': energy_2, 'M': adj_M, 'w': adj_w, 's': pbar_1}

@@ -251,23 +251,26 @@ class GoldenEnergy(CompiledEnergy):
         del g2
         d_2 = g1*g3
         del g1, g3
-        g_2 = w_2*d_1
+        rs = d_1.sum(-1)
         del d_1
-        rs = g_2.sum(-1)
-        del g_2
-        g_3 = w_3*d_2
-        del d_2
-        rs_1 = g_3.sum(-1)
-        del g_3
-        pbar = rs
+        a = w_2*rs
         del rs
-        pbar_1 = rs_1
+        # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
+        rs_1 = d_2.sum(-1)
+        del d_2
+        a_1 = w_3*rs_1
         del rs_1
+        pbar = a
+        del a
+        pbar_1 = a_1
+        del a_1
         return {'eps': pbar, 's': pbar_1}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        s = der["s"]
         c = der["c"]
+        c_1 = der["c_1"]
         w_2 = der["w_2"]
         w_3 = der["w_3"]
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
@@ -276,23 +279,28 @@ class GoldenEnergy(CompiledEnergy):
         s0 = x_2 - x_1
         del x_1, x_2
         s1 = 1/torch.pow(s0, 6)
-        del s0
         s2 = c*s1
         s3 = 2*s2 - 1
+        v_1 = c_1*(torch.pow(s, 12)/torch.pow(s0, 12) - s2)
+        del s0
         d_3 = s1*(s2 - 1)
         del s2
         d_4 = s1*s3
         del s1, s3
-        g_4 = w_2*d_3
+        r = v_1.sum(-1)
+        weights = _rt.energy_weights(weights, r)
+        del v_1
+        rs_2 = d_3.sum(-1)
         del d_3
-        rs_2 = g_4.sum(-1)
-        del g_4
-        g_5 = w_3*d_4
-        del d_4
-        rs_3 = g_5.sum(-1)
-        del g_5
-        pbar_2 = (weights * rs_2).sum()
+        a_2 = w_2*rs_2
         del rs_2
-        pbar_3 = (weights * rs_3).sum()
+        # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
+        rs_3 = d_4.sum(-1)
+        del d_4
+        a_3 = w_3*rs_3
         del rs_3
-        return {'eps': pbar_2, 's': pbar_3}
+        pbar_2 = (weights * a_2).sum()
+        del a_2
+        pbar_3 = (weights * a_3).sum()
+        del a_3
+        return {'energy': r, 'eps': pbar_2, 's': pbar_3}

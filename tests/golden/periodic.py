@@ -166,24 +166,31 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x[..., lay["idx_x_1_0"]]
         d = x*x_1
         del x_1
-        g_2 = -2*d
+        rs = d.sum(-1)
         del d
-        rs = g_2.sum(-1)
-        del g_2
-        pbar = rs
+        a = -2*rs
         del rs
+        pbar = a
+        del a
         return {'kappa': pbar}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        kappa = der["kappa"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
+        s0 = kappa*x_1
+        v_1 = torch.square(x) - 2*s0*x
+        del s0
         d_1 = x*x_1
         del x_1
-        g_3 = -2*d_1
+        r = v_1.sum(-1)
+        weights = _rt.energy_weights(weights, r)
+        del v_1
+        rs_1 = d_1.sum(-1)
         del d_1
-        rs_1 = g_3.sum(-1)
-        del g_3
-        pbar_1 = (weights * rs_1).sum()
+        a_1 = -2*rs_1
         del rs_1
-        return {'kappa': pbar_1}
+        pbar_1 = (weights * a_1).sum()
+        del a_1
+        return {'energy': r, 'kappa': pbar_1}

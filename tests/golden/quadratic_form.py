@@ -207,9 +207,10 @@ class GoldenEnergy(CompiledEnergy):
         return {'inverse(S)': adj_inverse_S, 'mu': adj_mu, 'logdet(S)': pbar}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
         mu = der["mu"]
         inverse_S = der["inverse(S)"]
+        logdet_S = der["logdet(S)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
         v_2 = 0.5*x - 0.5*mu
         h_3 = x - mu
@@ -217,6 +218,13 @@ class GoldenEnergy(CompiledEnergy):
         del h_3
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
         s0 = x - mu
+        v_1 = 0.5*mv0*s0
+        r = v_1.sum(-1)
+        del v_1
+        energy_2 = 0.5*logdet_S + r
+        weights = _rt.energy_weights(weights, energy_2)
+        del r
+        # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
         g_1 = -0.5*mv0
         del mv0
         adj_mu = torch.zeros_like(mu)
@@ -234,4 +242,4 @@ class GoldenEnergy(CompiledEnergy):
         adj_mu = adj_mu + weights.reshape(-1) @ w_1.reshape(-1, w_1.shape[-1])
         del w_1
         pbar_1 = weights.sum() * 0.5
-        return {'inverse(S)': adj_inverse_S, 'mu': adj_mu, 'logdet(S)': pbar_1}
+        return {'energy': energy_2, 'inverse(S)': adj_inverse_S, 'mu': adj_mu, 'logdet(S)': pbar_1}

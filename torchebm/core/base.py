@@ -841,7 +841,7 @@ class CompiledEnergy(BaseEnergyFunction):
         """
         if getattr(type(self), "_parameter_gradient", None) is None:
             return super().parameter_gradient(x)
-        return self._closed_parameter_gradient(x, None)
+        return self._closed_parameter_gradient(x, None)[1]
 
     def parameter_gradient_sum(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> dict:
         """``sum_b weights_b dE(x_b)/dtheta`` for each trainable parameter, ``x: [..., n]``,
@@ -861,6 +861,14 @@ class CompiledEnergy(BaseEnergyFunction):
         """
         if getattr(type(self), "_parameter_gradient_sum", None) is None:
             return super().parameter_gradient_sum(x, weights)
+        return self._closed_parameter_gradient(x, weights, summed=True)[1]
+
+    def _energy_and_parameter_gradient_sum(self, x, weights):
+        """``(E(x) [...], {name: sum_b w_b dE(x_b)/dtheta})`` from one generated pass, for
+        ``x: [..., n]`` and ``weights`` a pair ``(a, c)`` (numbers or ``[...]``): ``w = a +
+        c * E(x)``, the weights of a loss quadratic in the energies (contrastive
+        divergence with its regulariser). Detached. Only for classes with a generated
+        ``_parameter_gradient_sum``."""
         return self._closed_parameter_gradient(x, weights, summed=True)
 
     def _closed_parameter_gradient(self, x, weights, summed=False):
@@ -875,10 +883,12 @@ class CompiledEnergy(BaseEnergyFunction):
         try:
             xb, lay, der = self._inputs(x)
             if summed:
-                weights = _batch_weights(weights, xb)
-                out = self._parameter_gradient_sum(xb, weights, lay, der)
+                if not isinstance(weights, tuple):
+                    weights = _batch_weights(weights, xb)
+                out = dict(self._parameter_gradient_sum(xb, weights, lay, der))
+                energy = out.pop("energy")
             else:
-                out = self._parameter_gradient(xb, lay, der)
+                out, energy = self._parameter_gradient(xb, lay, der), None
         finally:
             _set_grad_enabled(enabled)
         attr_of = {name: attr for name, attr, _ in self.param_specs}
@@ -899,7 +909,9 @@ class CompiledEnergy(BaseEnergyFunction):
             if g is None:                    # the energy does not depend on it
                 g = p.new_zeros(p.shape if summed else batch + p.shape)
             final[name] = g.detach().to(p.dtype)
-        return final
+        if energy is not None and energy.shape != batch:     # an energy constant in x
+            energy = torch.as_tensor(energy, dtype=xb.dtype, device=xb.device).expand(batch)
+        return energy, final
 
     def _chain_derived(self, adjoints, params, result, batch):
         """Add ``sum_k adjoint_k . d derived_k / d theta`` to ``result`` for every

@@ -381,6 +381,7 @@ class _ParameterBuilder(_Builder):
 
     def __init__(self, program, arrays, scalars, summed, first_symbol):
         super().__init__(program, first_symbol)
+        self.broadcast_source: dict = {}
         self.arrays, self.scalars, self.summed = frozenset(arrays), dict(scalars), summed
         self.xdep |= set(self.scalars)
         for ld in list(program.root_loads) + [ld for lv in program.levels for ld in lv.loads]:
@@ -395,6 +396,12 @@ class _ParameterBuilder(_Builder):
                                                  if ld.kind in (LoadKind.X,
                                                                 LoadKind.VECTOR)}):
                     raise ParameterAdjointUnsupported(mv.matrix)
+
+    def broadcast(self, value, lv):
+        target = super().broadcast(value, lv)
+        if target is not value and lv.parent is None:
+            self.broadcast_source[target] = value      # [..., 1] of a [...] value
+        return target
 
     def param_vector(self, base):
         return Vector(VectorKind.PARAMETER, base)
@@ -440,11 +447,34 @@ class _ParameterBuilder(_Builder):
                     return
                 break
         if s in self.scalars and all(b != s for _, b in lv.outer):
+            # sum_p c * f_p = c * sum_p f_p for a factor c the same at every point: the
+            # reduction reads f, and the product is per sample, not per point
+            # (root-parented levels only: a per-sample factor is its broadcast's source)
+            factor, rest = sp.S.One, total
+            expr = self.defs.get(total)
+            if isinstance(expr, sp.Mul) and lv.parent is None:
+                expr = expr.xreplace(self.broadcast_source)
+                varying = [u for u in expr.free_symbols
+                           if self.shapes.get(u, Shape.SCALAR).per_point]
+                factor, rest = expr.as_independent(*varying, as_Add=False)
+                for _ in range(8):      # per-sample temporaries of this level, expanded
+                    inner = {u: self.defs[u] for u in factor.free_symbols
+                             if u in self.defs and self.shapes.get(u) is Shape.BATCH}
+                    if not inner:
+                        break
+                    factor = factor.xreplace(inner).xreplace(self.broadcast_source)
+                if rest.is_Number or not varying or any(
+                        self.shapes.get(u, Shape.SCALAR).per_point or u in self.broadcast_source
+                        for u in factor.free_symbols):
+                    factor, rest = sp.S.One, total
+            if not rest.is_Symbol:
+                rest = self.assign("g", rest, lv)
             target = self.sym("rs")
-            shape = self.shape_of(total)
-            self.emit(Reduce(lv, target, total, "sum_all"),
+            shape = self.shape_of(rest)
+            self.emit(Reduce(lv, target, rest, "sum_all"),
                       Shape.SCALAR if shape is Shape.POINT else Shape.BATCH)
-            contrib.setdefault(s, []).append(target)
+            contrib.setdefault(s, []).append(self.assign("a", factor * target, None)
+                                             if factor != 1 else target)
             return
         super().route(s, total, lv, contrib)
 
@@ -461,7 +491,11 @@ def parameter_adjoints(program: Program, arrays, scalars, summed: bool = False,
     ``summed=False``: the kernel ``parameter_gradient(x)`` whose outputs are per
     sample, ``[..., *theta.shape]``. ``summed=True``: ``parameter_gradient_sum(x, w)``,
     ``sum_b w_b dE(x_b)/dtheta`` with the batch contracted inside the kernel (a
-    matrix's adjoint is one ``h^T (w ybar)`` product, not ``B`` outer products).
+    matrix's adjoint is one ``h^T (w ybar)`` product, not ``B`` outer products), and
+    the per-sample energy as the output ``energy`` (a reserved name, never a
+    parameter's). ``w`` may be a pair ``(a, c)``, meaning ``w = a + c * E(x)``: the
+    weights of a loss quadratic in the energies (contrastive divergence's regulariser),
+    formed once the energy is known.
 
     ``first_symbol``: new symbols are numbered from it, past every other kernel's
     (they share the program's loads and one module namespace; the second-order
@@ -476,9 +510,9 @@ def parameter_adjoints(program: Program, arrays, scalars, summed: bool = False,
     b = _ParameterBuilder(program, arrays, scalars, summed, first_symbol)
     for lv in program.levels:
         b.forward_level(lv)
-    _, root_partials = b.forward_root()
+    energy, root_partials = b.forward_root()
     scalar_out = b.backward_params(root_partials)
-    outputs, names = [], []
+    outputs, names = ([energy], ["energy"]) if summed else ([], [])
     for base in sorted(b.arrays):
         vec = b.param_vector(base)
         if any(Adjoint(vec) in st.defines() for st in b.out):
@@ -489,6 +523,6 @@ def parameter_adjoints(program: Program, arrays, scalars, summed: bool = False,
         names.append(name)
     kernel = Kernel("parameter_gradient_sum" if summed else "parameter_gradient",
                     ("x", "weights") if summed else ("x",), tuple(outputs), tuple(b.out), program,
-                    sp.S.Zero, frozen_map(b.shapes), next_symbol=b.counter,
+                    energy if summed else sp.S.Zero, frozen_map(b.shapes), next_symbol=b.counter,
                     output_names=tuple(names))
     return kernel

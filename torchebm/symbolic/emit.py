@@ -41,8 +41,9 @@ DOCS = {
                                      "one shared pass.",
     "parameter_gradient": "Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., "
                           "*theta.shape]}.",
-    "parameter_gradient_sum": "Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] "
-                              "-> {name: theta.shape}.",
+    "parameter_gradient_sum": "Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x "
+                              "[..., n], weights [...] or (a, c) for a + c*E -> {'energy': "
+                              "[...], name: theta.shape}.",
 }
 
 
@@ -53,6 +54,7 @@ class ModuleEmitter(ModuleNames):
         """The method that computes ``kernel``'s outputs."""
         self.body, self.initialised = kernel.body, set()
         lines, last_level, commented = [], None, None
+        weighted = False
         for self.position, st in enumerate(kernel.body):
             printed = getattr(self, f"_emit_{type(st).__name__}")(st)
             if not isinstance(st, Free):
@@ -63,6 +65,12 @@ class ModuleEmitter(ModuleNames):
             if printed and not isinstance(st, Free):
                 commented = last_level
             lines.extend(printed)
+            if "weights" in kernel.inputs and kernel.energy in st.defines():
+                # weights (a, c) are a + c * energy: known from here on
+                lines.append(f"weights = _rt.energy_weights(weights, {self.ref(kernel.energy)})")
+                weighted = True
+        if "weights" in kernel.inputs and not weighted:      # an energy constant in x
+            lines.insert(0, f"weights = _rt.energy_weights(weights, {self.ref(kernel.energy)})")
         returns = []
         for out in kernel.outputs:
             if isinstance(out, Adjoint):

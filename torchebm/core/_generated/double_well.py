@@ -2,6 +2,7 @@
 """Generated energy: DoubleWellEnergy."""
 import torch
 
+from torchebm.core import _runtime as _rt
 from torchebm.core.base import CompiledEnergy
 
 
@@ -161,18 +162,19 @@ class DoubleWellEnergy(CompiledEnergy):
         v_1 = torch.square(g0)
         r = v_1.sum(-1)
         del v_1
-        g_1 = w_1*g0
+        rs = g0.sum(-1)
         del g0
-        rs = g_1.sum(-1)
-        del g_1
+        a = w_1*rs
+        del rs
         pbar = r
         del r
-        pbar_1 = rs
-        del rs
+        pbar_1 = a
+        del a
         return {'barrier_height': pbar, 'b': pbar_1}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        barrier_height = der["barrier_height"]
         c = der["c"]
         w_1 = der["w_1"]
         # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
@@ -180,12 +182,15 @@ class DoubleWellEnergy(CompiledEnergy):
         v_1 = torch.square(s0)
         r = v_1.sum(-1)
         del v_1
-        g_2 = w_1*s0
+        energy_2 = barrier_height*r
+        weights = _rt.energy_weights(weights, energy_2)
+        # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
+        rs_1 = s0.sum(-1)
         del s0
-        rs_1 = g_2.sum(-1)
-        del g_2
+        a_1 = w_1*rs_1
+        del rs_1
         pbar_2 = (weights * r).sum()
         del r
-        pbar_3 = (weights * rs_1).sum()
-        del rs_1
-        return {'barrier_height': pbar_2, 'b': pbar_3}
+        pbar_3 = (weights * a_1).sum()
+        del a_1
+        return {'energy': energy_2, 'barrier_height': pbar_2, 'b': pbar_3}

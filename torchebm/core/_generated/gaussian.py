@@ -176,7 +176,7 @@ class GaussianEnergy(CompiledEnergy):
         return {'inverse(cov)': adj_inverse_cov, 'mean': adj_mean}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
         mean = der["mean"]
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
@@ -186,6 +186,10 @@ class GaussianEnergy(CompiledEnergy):
         del h_3
         # level 0: j in range(0, n) (per sample): Sum((-mean[j] + x[j])*Sum((-0.5*mean[i] + 0.5*x[i])*inverse(cov)[i, j], (i, 0...
         s0 = x - mean
+        v_1 = 0.5*mv0*s0
+        r = v_1.sum(-1)
+        weights = _rt.energy_weights(weights, r)
+        del v_1
         g_1 = -0.5*mv0
         adj_mean = torch.zeros_like(mean)
         adj_mean = adj_mean + weights.reshape(-1) @ g_1.reshape(-1, g_1.shape[-1])
@@ -199,4 +203,4 @@ class GaussianEnergy(CompiledEnergy):
         del mv0
         adj_mean = adj_mean + weights.reshape(-1) @ w_1.reshape(-1, w_1.shape[-1])
         del w_1
-        return {'inverse(cov)': adj_inverse_cov, 'mean': adj_mean}
+        return {'energy': r, 'inverse(cov)': adj_inverse_cov, 'mean': adj_mean}

@@ -1169,10 +1169,11 @@ class LennardJonesEnergy(CompiledEnergy):
         return {'eps': pbar, 'rm': pbar_1, 'oscillator_scale': pbar_2}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
         n = x.shape[-1]
         eps = der["eps"]
         rm = der["rm"]
+        t16 = der["t16"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., lay["idx_x_1_0"]]
@@ -1225,11 +1226,18 @@ class LennardJonesEnergy(CompiledEnergy):
         del s14
         s16 = s15*s7*(s15*s7 - 2)
         s17 = 6*s5*(2*s15*s7 - 2)
-        del s5, s7
+        del s7
+        v_2 = torch.where(s4, s16*s5, x.new_tensor(math.inf))
+        del s5
         d_9 = torch.where(s4, s16, x.new_tensor(0))
         del s16
         d_10 = torch.where(s4, s15*s17*torch.pow(s6, 5), x.new_tensor(0))
         del s4, s6, s15, s17
+        r_4 = v_2.sum(-1)
+        del v_2
+        energy_2 = r_4 + t16*r_3
+        weights = _rt.energy_weights(weights, energy_2)
+        del r_4
         d_11 = r_3/2
         del r_3
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
@@ -1243,4 +1251,4 @@ class LennardJonesEnergy(CompiledEnergy):
         del rs_6
         pbar_5 = (weights * d_11).sum()
         del d_11
-        return {'eps': pbar_3, 'rm': pbar_4, 'oscillator_scale': pbar_5}
+        return {'energy': energy_2, 'eps': pbar_3, 'rm': pbar_4, 'oscillator_scale': pbar_5}

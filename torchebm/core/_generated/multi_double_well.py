@@ -116,9 +116,8 @@ class MultiDoubleWellEnergy(CompiledEnergy):
             "b": self.b,
             "c": self.c,
             "c_1": -self.offset,
-            "c_2": 2*self.b,
             "c_4": 4*self.b,
-            "c_5": -4*self.a,
+            "g9": 2*self.a,
             "offset": self.offset,
         }
 
@@ -530,8 +529,8 @@ class MultiDoubleWellEnergy(CompiledEnergy):
     def _parameter_gradient(self, x, lay, der):
         """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
         offset = der["offset"]
-        c_2 = der["c_2"]
-        c_5 = der["c_5"]
+        b = der["b"]
+        g9 = der["g9"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
@@ -545,22 +544,23 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         del g0, g2
         g5 = offset - _rt.safe_sqrt(g4)
         del g4
-        g6 = -g5
         g7 = torch.pow(g5, 4)
         g8 = torch.square(g5)
+        d_4 = b*g5 + g9*(g5*g5*g5)
+        del g5
         rs = g7.sum(-1)
         del g7
         rs_1 = g8.sum(-1)
         del g8
         rs_2 = _rt_points(1, x, lay["P0"]).sum(-1)
-        g_4 = c_5*(g6*g6*g6) + c_2*g5
-        del g5, g6
-        rs_3 = g_4.sum(-1)
-        del g_4
+        rs_3 = d_4.sum(-1)
+        del d_4
+        a_1 = 2*rs_3
+        del rs_3
         pbar = rs
         del rs
-        pbar_1 = rs_3
-        del rs_3
+        pbar_1 = a_1
+        del a_1
         pbar_2 = rs_1
         del rs_1
         pbar_3 = rs_2
@@ -568,10 +568,12 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         return {'a': pbar, 'offset': pbar_1, 'b': pbar_2, 'c': pbar_3}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        a = der["a"]
         offset = der["offset"]
-        c_2 = der["c_2"]
-        c_5 = der["c_5"]
+        b = der["b"]
+        c = der["c"]
+        g9 = der["g9"]
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         x_1 = x[..., lay["idx_x_1_0"]]
         x_2 = x[..., lay["idx_x_2_0"]]
@@ -585,24 +587,29 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         del s0, s2
         s5 = offset - _rt.safe_sqrt(s4)
         del s4
-        s6 = -s5
         s7 = torch.pow(s5, 4)
         s8 = torch.square(s5)
+        v_1 = a*s7 + b*s8 + c
+        d_5 = b*s5 + g9*(s5*s5*s5)
+        del s5
+        r = v_1.sum(-1)
+        weights = _rt.energy_weights(weights, r)
+        del v_1
         rs_4 = s7.sum(-1)
         del s7
         rs_5 = s8.sum(-1)
         del s8
         rs_6 = _rt_points(1, x, lay["P0"]).sum(-1)
-        g_5 = c_5*(s6*s6*s6) + c_2*s5
-        del s5, s6
-        rs_7 = g_5.sum(-1)
-        del g_5
+        rs_7 = d_5.sum(-1)
+        del d_5
+        a_2 = 2*rs_7
+        del rs_7
         pbar_4 = (weights * rs_4).sum()
         del rs_4
-        pbar_5 = (weights * rs_7).sum()
-        del rs_7
+        pbar_5 = (weights * a_2).sum()
+        del a_2
         pbar_6 = (weights * rs_5).sum()
         del rs_5
         pbar_7 = (weights * rs_6).sum()
         del rs_6
-        return {'a': pbar_4, 'offset': pbar_5, 'b': pbar_6, 'c': pbar_7}
+        return {'energy': r, 'a': pbar_4, 'offset': pbar_5, 'b': pbar_6, 'c': pbar_7}

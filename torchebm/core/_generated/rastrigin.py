@@ -2,6 +2,7 @@
 """Generated energy: RastriginEnergy."""
 import torch
 
+from torchebm.core import _runtime as _rt
 from torchebm.core.base import CompiledEnergy
 
 
@@ -148,30 +149,35 @@ class RastriginEnergy(CompiledEnergy):
         g0 = 2*3.141592653589793*x
         g1 = torch.cos(g0)
         del g0
-        g_1 = -g1
+        rs = g1.sum(-1)
         del g1
-        rs = g_1.sum(-1)
-        del g_1
-        a_1 = rs + n_float
+        a_1 = n_float - rs
         del rs
         pbar = a_1
         del a_1
         return {'a': pbar}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
         n = x.shape[-1]
+        a = der["a"]
+        c = der["c"]
         n_float = x.new_tensor(n, dtype=torch.float64)
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         s0 = 2*3.141592653589793*x
         s1 = torch.cos(s0)
         del s0
-        g_2 = -s1
+        v_1 = torch.square(x) + c*s1
+        r = v_1.sum(-1)
+        del v_1
+        energy_2 = r + a*n_float
+        weights = _rt.energy_weights(weights, energy_2)
+        del r
+        # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
+        rs_1 = s1.sum(-1)
         del s1
-        rs_1 = g_2.sum(-1)
-        del g_2
-        a_2 = rs_1 + n_float
+        a_2 = n_float - rs_1
         del rs_1
         pbar_1 = (weights * a_2).sum()
         del a_2
-        return {'a': pbar_1}
+        return {'energy': energy_2, 'a': pbar_1}
