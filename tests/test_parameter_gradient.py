@@ -148,8 +148,17 @@ def test_energy_dependent_weights_give_a_quadratic_loss_gradient():
     params = {k: v.clone().requires_grad_(True) for k, v in values.items()}
     e = formula(x, **params)
     want = torch.autograd.grad((0.3 * e + 0.5 * 0.7 * e**2).sum(), list(params.values()))
-    e_got, got = energy._energy_and_parameter_gradient_sum(x, (0.3, 0.7))
+    (e_got,), got = energy._energy_and_parameter_gradient_sum((x, (0.3, 0.7)))
     torch.testing.assert_close(e_got, e.detach(), **TOL)
+    for k, w in zip(params, want):
+        torch.testing.assert_close(got[k], w, **TOL)
+    # two batches: the sums add, derived values chained once
+    y = _x(b=3, seed=8)
+    e, ey = formula(x, **params), formula(y, **params)
+    want = torch.autograd.grad((0.3 * e + 0.35 * e**2).sum() + (-ey).sum(),
+                               list(params.values()))
+    (e1, e2), got = energy._energy_and_parameter_gradient_sum((x, (0.3, 0.7)), (y, (-1.0, 0.0)))
+    torch.testing.assert_close(e2, ey.detach(), **TOL)
     for k, w in zip(params, want):
         torch.testing.assert_close(got[k], w, **TOL)
 

@@ -142,13 +142,12 @@ def _closed_form_cd(energy, x, negatives, reg):
     if not params or _in_transform(x, negatives):
         return None
     bp, bn = x.shape[0], negatives.shape[0]
-    e_pos, g_pos = energy._energy_and_parameter_gradient_sum(x, (1.0 / bp, 2.0 * reg / bp))
-    e_neg, g_neg = energy._energy_and_parameter_gradient_sum(negatives,
-                                                             (-1.0 / bn, 2.0 * reg / bn))
+    (e_pos, e_neg), summed = energy._energy_and_parameter_gradient_sum(
+        (x, (1.0 / bp, 2.0 * reg / bp)), (negatives, (-1.0 / bn, 2.0 * reg / bn)))
     loss = e_pos.mean() - e_neg.mean()
     if reg > 0:
         loss = loss + reg * (e_pos.square().mean() + e_neg.square().mean())
-    grads = [g_pos[n] + g_neg[n] for n, _ in params]
+    grads = [summed[n] for n, _ in params]
     return _ClosedFormCD.apply(loss, grads, *[p for _, p in params])
 
 

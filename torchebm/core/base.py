@@ -841,7 +841,7 @@ class CompiledEnergy(BaseEnergyFunction):
         """
         if getattr(type(self), "_parameter_gradient", None) is None:
             return super().parameter_gradient(x)
-        return self._closed_parameter_gradient(x, None)[1]
+        return self._closed_parameter_gradient([(x, None)])[1]
 
     def parameter_gradient_sum(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> dict:
         """``sum_b weights_b dE(x_b)/dtheta`` for each trainable parameter, ``x: [..., n]``,
@@ -861,46 +861,52 @@ class CompiledEnergy(BaseEnergyFunction):
         """
         if getattr(type(self), "_parameter_gradient_sum", None) is None:
             return super().parameter_gradient_sum(x, weights)
-        return self._closed_parameter_gradient(x, weights, summed=True)[1]
+        return self._closed_parameter_gradient([(x, weights)], summed=True)[1]
 
-    def _energy_and_parameter_gradient_sum(self, x, weights):
-        """``(E(x) [...], {name: sum_b w_b dE(x_b)/dtheta})`` from one generated pass, for
-        ``x: [..., n]`` and ``weights`` a pair ``(a, c)`` (numbers or ``[...]``): ``w = a +
-        c * E(x)``, the weights of a loss quadratic in the energies (contrastive
-        divergence with its regulariser). Detached. Only for classes with a generated
-        ``_parameter_gradient_sum``."""
-        return self._closed_parameter_gradient(x, weights, summed=True)
+    def _energy_and_parameter_gradient_sum(self, *jobs):
+        """``([E(x) [...] per job], {name: sum over jobs of sum_b w_b dE(x_b)/dtheta})``
+        for jobs ``(x [..., n], weights)``, one generated pass each; ``weights`` may be a
+        pair ``(a, c)`` (numbers or ``[...]``): ``w = a + c * E(x)``, the weights of a
+        loss quadratic in the energies (contrastive divergence with its regulariser).
+        Derived values are chained to the parameters once for all jobs. Detached. Only
+        for classes with a generated ``_parameter_gradient_sum``."""
+        return self._closed_parameter_gradient(jobs, summed=True)
 
-    def _closed_parameter_gradient(self, x, weights, summed=False):
+    def _closed_parameter_gradient(self, jobs, summed=False):
         params = dict(self.named_parameters())
         if not params:
             raise ParameterError(
                 f"{type(self).__name__} has no trainable parameters; build it with "
                 f"trainable=True (or a list of names) to differentiate in its parameters")
-        x = _as_batch(x).detach()
-        enabled = _grad_enabled()
-        _set_grad_enabled(False)
-        try:
-            xb, lay, der = self._inputs(x)
-            if summed:
-                if not isinstance(weights, tuple):
-                    weights = _batch_weights(weights, xb)
-                out = dict(self._parameter_gradient_sum(xb, weights, lay, der))
-                energy = out.pop("energy")
-            else:
-                out, energy = self._parameter_gradient(xb, lay, der), None
-        finally:
-            _set_grad_enabled(enabled)
         attr_of = {name: attr for name, attr, _ in self.param_specs}
-        batch = xb.shape[:-1]
-        result = {}
-        chained = {}
-        for key, value in out.items():
-            attr = attr_of.get(key)
-            if attr is None:
-                chained[key] = value         # a derived value: chain through _derive
-            elif attr in params:
-                result[attr] = value
+        result, chained, energies = {}, {}, []
+        for x, weights in jobs:
+            x = _as_batch(x).detach()
+            enabled = _grad_enabled()
+            _set_grad_enabled(False)
+            try:
+                xb, lay, der = self._inputs(x)
+                if summed:
+                    if not isinstance(weights, tuple):
+                        weights = _batch_weights(weights, xb)
+                    out = dict(self._parameter_gradient_sum(xb, weights, lay, der))
+                    energy = out.pop("energy")
+                else:
+                    out = self._parameter_gradient(xb, lay, der)
+            finally:
+                _set_grad_enabled(enabled)
+            batch = xb.shape[:-1]
+            for key, value in out.items():
+                attr = attr_of.get(key)
+                # a derived value (inverse(S)): chained through _derive below
+                into, key = (chained, key) if attr is None else (result, attr)
+                if attr is None or attr in params:
+                    into[key] = value if key not in into else into[key] + value
+            if summed:
+                if energy.shape != batch:                    # an energy constant in x
+                    energy = torch.as_tensor(energy, dtype=xb.dtype,
+                                             device=xb.device).expand(batch)
+                energies.append(energy)
         if chained:
             self._chain_derived(chained, params, result, None if summed else batch)
         final = {}
@@ -909,9 +915,7 @@ class CompiledEnergy(BaseEnergyFunction):
             if g is None:                    # the energy does not depend on it
                 g = p.new_zeros(p.shape if summed else batch + p.shape)
             final[name] = g.detach().to(p.dtype)
-        if energy is not None and energy.shape != batch:     # an energy constant in x
-            energy = torch.as_tensor(energy, dtype=xb.dtype, device=xb.device).expand(batch)
-        return energy, final
+        return energies, final
 
     def _chain_derived(self, adjoints, params, result, batch):
         """Add ``sum_k adjoint_k . d derived_k / d theta`` to ``result`` for every
