@@ -119,8 +119,9 @@ def _compile_parsed(spec, parsed, second_order):
 def parameter_kernels(program, parsed: Parsed) -> tuple:
     """The closed-form parameter gradients, per sample and batch-summed
     (``derivatives.parameter_adjoints``), optimised like every kernel; ``()`` when the
-    formula has no parameters or uses one where no closed form is built (the runtime
-    then differentiates the energy with ``torch.func``)."""
+    formula has no parameters, uses one where no closed form is built, or its sweep
+    exceeds the gradient's statement budget (the runtime then differentiates the
+    energy with ``torch.func``). Costs about as much compile time as the gradient."""
     arrays = {p.name for p in parsed.params.values() if p.rank > 0}
     arrays |= {k for k, d in parsed.derived.items() if d.op == "inverse"}
     scalars = {sp.Symbol(p.name, real=True): p.name for p in parsed.params.values()
@@ -137,6 +138,11 @@ def parameter_kernels(program, parsed: Parsed) -> tuple:
             return ()
         if not kernel.outputs:
             return ()
+        try:
+            budget.check_statements(kernel.body, "the parameter gradient",
+                                    budget.MAX_GRADIENT_NODES)
+        except EnergySyntaxError:
+            return ()       # a formula within the energy's budget still compiles
         kernel = optimised(kernel, parsed, prefix=prefix)
         first = kernel.next_symbol + 1
         out.append(liveness(prune(kernel)))
