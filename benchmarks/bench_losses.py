@@ -10,7 +10,9 @@ same formula written by hand as a BaseEnergyFunction (the losses then use
 autograd: double backward for the sliced loss, as TorchEBM does). Times are
 the median of ``--repeat`` steps, float32. Contrastive divergence is timed
 without its sampler (``compute_loss`` on fixed negatives): the sampler's cost
-is in bench_samplers.py. The default run is 1024 x 16 (about 15 s); ``--full``
+is in bench_samplers.py. Then contrastive divergence's parameter gradient alone
+(closed form vs autograd of the energy) and per-sample ``parameter_gradient``
+(closed form vs torch.func). The default run is 1024 x 16 (about 15 s); ``--full``
 is 4096 x 64 (about a minute, most of it autograd's exact score matching).
 """
 
@@ -133,20 +135,68 @@ def main():
             tc, ta = step_times(compiled, fc, hand, fa, (x, neg, v, eps), args.repeat)
             print(f"{name:11s} {loss_name:24s} {tc * 1e3:9.1f} {ta * 1e3:9.1f} {ta / tc:9.2f}",
                   flush=True)
-    # per-sample parameter gradients: one vmap'd pass vs one backward per sample
-    print(f"\nper-sample dE/dtheta, {min(b, 256)} samples (parameter_gradient vs a backward "
-          f"per sample)")
+    cd_parameter_gradient(x, neg, n, args.repeat)
+    per_sample(x, n, b)
+
+
+def _grad_step(energy, loss_fn):
+    def run():
+        energy.zero_grad(set_to_none=True)
+        loss_fn().backward()
+    return run
+
+
+def _median_ms(fns, repeat):
+    """Median milliseconds of each of ``fns``, interleaved (a shared machine drifts)."""
+    for f in fns:
+        f()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for k, f in enumerate(fns):
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
+def cd_parameter_gradient(x, neg, n, repeat):
+    """CD's parameter gradient ``mean dE/dtheta(x) - mean dE/dtheta(neg)`` with its loss:
+    the closed form (ContrastiveDivergence on a compiled energy: one generated pass per
+    batch, no graph) against autograd of the energy (loss + backward through the same
+    compiled energy's forward, and through the hand-written formula)."""
+    print(f"\ncontrastive divergence's parameter gradient (loss + backward, no sampler), "
+          f"ms; speed-up over autograd of the compiled energy's forward")
+    print(f"{'energy':11s} {'closed':>9s} {'autograd':>9s} {'hand':>9s} {'speed-up':>9s}")
     for name, compiled, hand in energies(n):
-        xs = x[:min(b, 256)]
-        compiled.parameter_gradient(xs[:2])       # the first torch.func call sets up (seconds)
+        cd = ContrastiveDivergence(compiled, _NoSampler(), k_steps=1, energy_reg_weight=0.0)
+
+        def autograd_loss(e=compiled):
+            return e(x).mean() - e(neg).mean()
+        tc, ta, th = _median_ms([
+            _grad_step(compiled, lambda: cd.compute_loss(x, neg)),
+            _grad_step(compiled, autograd_loss),
+            _grad_step(hand, lambda: autograd_loss(hand))], repeat)
+        print(f"{name:11s} {tc:9.2f} {ta:9.2f} {th:9.2f} {ta / tc:9.2f}", flush=True)
+
+
+def per_sample(x, n, b):
+    """Per-sample ``dE/dtheta``: the closed form (``parameter_gradient``), torch.func's
+    vmap(grad) of the compiled energy's forward, and one backward per sample."""
+    from torchebm.core import BaseEnergyFunction
+    m = min(b, 256)
+    xs = x[:m]
+    print(f"\nper-sample dE/dtheta, {m} samples, ms: closed form, torch.func vmap(grad), "
+          f"a backward per sample")
+    print(f"{'energy':11s} {'closed':>9s} {'vmap':>9s} {'loop':>9s} {'vs vmap':>9s}")
+    for name, compiled, hand in energies(n):
+        BaseEnergyFunction.parameter_gradient(compiled, xs[:2])   # torch.func sets up
+        tc, tv = _median_ms([lambda: compiled.parameter_gradient(xs),
+                             lambda: BaseEnergyFunction.parameter_gradient(compiled, xs)], 5)
         t = time.perf_counter()
-        compiled.parameter_gradient(xs)
-        tc = time.perf_counter() - t
-        t = time.perf_counter()
-        for i in range(xs.shape[0]):
+        for i in range(m):
             torch.autograd.grad(hand(xs[i:i + 1]).sum(), list(hand.parameters()))
-        ta = time.perf_counter() - t
-        print(f"{name:11s} {tc * 1e3:9.1f} ms {ta * 1e3:9.1f} ms {ta / tc:9.2f}", flush=True)
+        tl = (time.perf_counter() - t) * 1e3
+        print(f"{name:11s} {tc:9.2f} {tv:9.2f} {tl:9.2f} {tv / tc:9.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 """Generated energy: GoldenEnergy."""
 import torch
 
+from torchebm.core import _runtime as _rt
 from torchebm.core.base import CompiledEnergy
 
 
@@ -119,3 +120,41 @@ class GoldenEnergy(CompiledEnergy):
         grad = d
         hdiag = h2
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
+        g0 = torch.sin(x)
+        g1 = torch.square(x)
+        rs = g1.sum(-1)
+        del g1
+        rs_1 = g0.sum(-1)
+        del g0
+        # per sample: sum(a*x**2 + b*sin(x))
+        pbar = rs
+        del rs
+        pbar_1 = rs_1
+        del rs_1
+        return {'a': pbar, 'b': pbar_1}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        a = der["a"]
+        b = der["b"]
+        # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
+        s0 = torch.sin(x)
+        s1 = torch.square(x)
+        v_1 = b*s0 + a*s1
+        r = v_1.sum(-1)
+        weights = _rt.energy_weights(weights, r)
+        del v_1
+        rs_2 = s1.sum(-1)
+        del s1
+        rs_3 = s0.sum(-1)
+        del s0
+        # per sample: sum(a*x**2 + b*sin(x))
+        pbar_2 = (weights * rs_2).sum()
+        del rs_2
+        pbar_3 = (weights * rs_3).sum()
+        del rs_3
+        return {'energy': r, 'a': pbar_2, 'b': pbar_3}

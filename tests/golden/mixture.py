@@ -77,6 +77,7 @@ class GoldenEnergy(CompiledEnergy):
         return {
             "M": self.M,
             "c": -0.5/torch.square(self.s),
+            "c_1": 1/(self.s*self.s*self.s),
             "h": -1.0/torch.square(self.s),
             "u1": 0.5/torch.square(self.s),
             "w": self.w,
@@ -352,3 +353,99 @@ class GoldenEnergy(CompiledEnergy):
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h_4)
         del h_4
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        w = der["w"]
+        M = der["M"]
+        c = der["c"]
+        c_1 = der["c_1"]
+        # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
+        p = M[lay["idx_p_0"], lay["idx_p_1"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        g0 = p - x_1
+        del p, x_1
+        v_1 = torch.square(g0)
+        r = _rt.reduce_points(v_1, "sum", w.shape[0], lay["Q1"])
+        del v_1
+        # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
+        v_2 = c*r + torch.log(w)
+        d = 1/w
+        lse = _rt.logsumexp(v_2)
+        bc_4 = lse.unsqueeze(-1)
+        w_6 = -torch.exp(v_2 - bc_4)
+        del v_2, lse, bc_4
+        g_2 = d*w_6
+        del d
+        adj_w = x.new_zeros(x.shape[:-1] + w.shape)
+        adj_w = adj_w + g_2
+        del g_2
+        w_7 = c*w_6
+        w_8 = c_1*w_6
+        del w_6
+        g1 = r*w_8
+        del r, w_8
+        rs = g1.sum(-1)
+        del g1
+        # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
+        bc_5 = w_7.index_select(-1, lay["seg1"])
+        del w_7
+        g_3 = 2*bc_5*g0
+        del g0, bc_5
+        adj_M = x.new_zeros(x.shape[:-1] + M.shape)
+        adj_M = adj_M.flatten(-2).index_add(-1, lay["idx_p_0"] * M.shape[1] + lay["idx_p_1"], g_3).unflatten(-1, M.shape)
+        del g_3
+        # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
+        pbar = rs
+        del rs
+        return {'M': adj_M, 'w': adj_w, 's': pbar}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        w = der["w"]
+        M = der["M"]
+        c = der["c"]
+        c_1 = der["c_1"]
+        # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
+        p = M[lay["idx_p_0"], lay["idx_p_1"]]
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        s0 = p - x_1
+        del p, x_1
+        v_1 = torch.square(s0)
+        r = _rt.reduce_points(v_1, "sum", w.shape[0], lay["Q1"])
+        del v_1
+        # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
+        v_2 = c*r + torch.log(w)
+        d_1 = 1/w
+        lse = _rt.logsumexp(v_2)
+        # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
+        energy_2 = -lse
+        weights = _rt.energy_weights(weights, energy_2)
+        # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
+        bc_6 = lse.unsqueeze(-1)
+        w_9 = -torch.exp(v_2 - bc_6)
+        del v_2, lse, bc_6
+        g_4 = d_1*w_9
+        del d_1
+        adj_w = torch.zeros_like(w)
+        adj_w = adj_w + weights.reshape(-1) @ g_4.reshape(-1, g_4.shape[-1])
+        del g_4
+        w_10 = c*w_9
+        w_11 = c_1*w_9
+        del w_9
+        s1 = r*w_11
+        del r, w_11
+        rs_1 = s1.sum(-1)
+        del s1
+        # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
+        bc_7 = w_10.index_select(-1, lay["seg1"])
+        del w_10
+        g_5 = 2*bc_7*s0
+        del s0, bc_7
+        adj_M = torch.zeros_like(M)
+        adj_M = adj_M.flatten(-2).index_add(-1, lay["idx_p_0"] * M.shape[1] + lay["idx_p_1"], weights.reshape(-1) @ g_5.reshape(-1, g_5.shape[-1])).unflatten(-1, M.shape)
+        del g_5
+        # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
+        pbar_1 = (weights * rs_1).sum()
+        del rs_1
+        return {'energy': energy_2, 'M': adj_M, 'w': adj_w, 's': pbar_1}

@@ -71,6 +71,8 @@ class GoldenEnergy(CompiledEnergy):
             "s": self.s,
             "w": 24*self.eps*torch.pow(self.s, 6),
             "w_1": -24*self.eps*torch.pow(self.s, 6),
+            "w_2": 4*torch.pow(self.s, 6),
+            "w_3": 24*self.eps*torch.pow(self.s, 5),
         }
 
     def _energy(self, x, lay, der):
@@ -230,3 +232,79 @@ class GoldenEnergy(CompiledEnergy):
         hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_1)
         del h2_1
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        c = der["c"]
+        w_2 = der["w_2"]
+        w_3 = der["w_3"]
+        # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        g0 = x_2 - x_1
+        del x_1, x_2
+        g1 = 1/torch.pow(g0, 6)
+        del g0
+        g2 = c*g1
+        g3 = 2*g2 - 1
+        d_1 = g1*(g2 - 1)
+        del g2
+        d_2 = g1*g3
+        del g1, g3
+        rs = d_1.sum(-1)
+        del d_1
+        # per sample: sum(4*eps*((s/(x[j]-x[i]))**12 - (s/(x[j]-x[i]))**6) for i in range(n) for j ...
+        a = w_2*rs
+        del rs
+        # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
+        rs_1 = d_2.sum(-1)
+        del d_2
+        # per sample: sum(4*eps*((s/(x[j]-x[i]))**12 - (s/(x[j]-x[i]))**6) for i in range(n) for j ...
+        a_1 = w_3*rs_1
+        del rs_1
+        pbar = a
+        del a
+        pbar_1 = a_1
+        del a_1
+        return {'eps': pbar, 's': pbar_1}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        s = der["s"]
+        c = der["c"]
+        c_1 = der["c_1"]
+        w_2 = der["w_2"]
+        w_3 = der["w_3"]
+        # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        s0 = x_2 - x_1
+        del x_1, x_2
+        s1 = 1/torch.pow(s0, 6)
+        s2 = c*s1
+        s3 = 2*s2 - 1
+        v_1 = c_1*(torch.pow(s, 12)/torch.pow(s0, 12) - s2)
+        del s0
+        d_3 = s1*(s2 - 1)
+        del s2
+        d_4 = s1*s3
+        del s1, s3
+        r = v_1.sum(-1)
+        weights = _rt.energy_weights(weights, r)
+        del v_1
+        rs_2 = d_3.sum(-1)
+        del d_3
+        # per sample: sum(4*eps*((s/(x[j]-x[i]))**12 - (s/(x[j]-x[i]))**6) for i in range(n) for j ...
+        a_2 = w_2*rs_2
+        del rs_2
+        # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
+        rs_3 = d_4.sum(-1)
+        del d_4
+        # per sample: sum(4*eps*((s/(x[j]-x[i]))**12 - (s/(x[j]-x[i]))**6) for i in range(n) for j ...
+        a_3 = w_3*rs_3
+        del rs_3
+        pbar_2 = (weights * a_2).sum()
+        del a_2
+        pbar_3 = (weights * a_3).sum()
+        del a_3
+        return {'energy': r, 'eps': pbar_2, 's': pbar_3}

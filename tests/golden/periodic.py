@@ -159,3 +159,40 @@ class GoldenEnergy(CompiledEnergy):
         hdiag = _rt_points(2, x, n).clone()
         hdiag = hdiag.index_add(-1, lay["co0_1_at"], _rt_points(h, x, n)[..., lay["co0_1"]])
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        d = x*x_1
+        del x_1
+        rs = d.sum(-1)
+        del d
+        # per sample: sum(-2*kappa*x[i]*x[(i+1) % n] + x[i]**2 for i in range(n))
+        a = -2*rs
+        del rs
+        pbar = a
+        del a
+        return {'kappa': pbar}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        kappa = der["kappa"]
+        # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        s0 = kappa*x_1
+        v_1 = torch.square(x) - 2*s0*x
+        del s0
+        d_1 = x*x_1
+        del x_1
+        r = v_1.sum(-1)
+        weights = _rt.energy_weights(weights, r)
+        del v_1
+        rs_1 = d_1.sum(-1)
+        del d_1
+        # per sample: sum(-2*kappa*x[i]*x[(i+1) % n] + x[i]**2 for i in range(n))
+        a_1 = -2*rs_1
+        del rs_1
+        pbar_1 = (weights * a_1).sum()
+        del a_1
+        return {'energy': r, 'kappa': pbar_1}

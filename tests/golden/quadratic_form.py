@@ -177,3 +177,74 @@ class GoldenEnergy(CompiledEnergy):
         aii = torch.diagonal(inverse_S[0:n, 0:n])
         hdiag = _rt_points(aii, x, n).clone()
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        mu = der["mu"]
+        inverse_S = der["inverse(S)"]
+        # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
+        v_2 = 0.5*x - 0.5*mu
+        h_2 = x - mu
+        mv0 = h_2 @ inverse_S
+        del h_2
+        # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
+        g0 = x - mu
+        g = -0.5*mv0
+        del mv0
+        adj_mu = x.new_zeros(x.shape[:-1] + mu.shape)
+        adj_mu = adj_mu + g
+        del g
+        adj_mv0 = g0
+        # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
+        adj_inverse_S = x.new_zeros(x.shape[:-1] + inverse_S.shape)
+        adj_inverse_S = adj_inverse_S + v_2.unsqueeze(-1) * adj_mv0.unsqueeze(-2)
+        del v_2
+        hbar_1 = adj_mv0 @ inverse_S.mT
+        del g0, adj_mv0
+        w = -0.5*hbar_1
+        del hbar_1
+        adj_mu = adj_mu + w
+        del w
+        # per sample: 0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)
+        pbar = x.new_ones(x.shape[:-1]) * 0.5
+        return {'inverse(S)': adj_inverse_S, 'mu': adj_mu, 'logdet(S)': pbar}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        mu = der["mu"]
+        inverse_S = der["inverse(S)"]
+        logdet_S = der["logdet(S)"]
+        # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
+        v_2 = 0.5*x - 0.5*mu
+        h_3 = x - mu
+        mv0 = h_3 @ inverse_S
+        del h_3
+        # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
+        s0 = x - mu
+        v_1 = 0.5*mv0*s0
+        r = v_1.sum(-1)
+        del v_1
+        # per sample: 0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)
+        energy_2 = 0.5*logdet_S + r
+        weights = _rt.energy_weights(weights, energy_2)
+        del r
+        # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
+        g_1 = -0.5*mv0
+        del mv0
+        adj_mu = torch.zeros_like(mu)
+        adj_mu = adj_mu + weights.reshape(-1) @ g_1.reshape(-1, g_1.shape[-1])
+        del g_1
+        adj_mv0 = s0
+        # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
+        adj_inverse_S = torch.zeros_like(inverse_S)
+        adj_inverse_S = adj_inverse_S + v_2.reshape(-1, v_2.shape[-1]).mT @ (weights.unsqueeze(-1) * adj_mv0).reshape(-1, adj_mv0.shape[-1])
+        del v_2
+        hbar_2 = adj_mv0 @ inverse_S.mT
+        del s0, adj_mv0
+        w_1 = -0.5*hbar_2
+        del hbar_2
+        adj_mu = adj_mu + weights.reshape(-1) @ w_1.reshape(-1, w_1.shape[-1])
+        del w_1
+        # per sample: 0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)
+        pbar_1 = weights.sum() * 0.5
+        return {'energy': energy_2, 'inverse(S)': adj_inverse_S, 'mu': adj_mu, 'logdet(S)': pbar_1}

@@ -175,3 +175,37 @@ class GoldenEnergy(CompiledEnergy):
         hdiag[..., 1:2*((n) // (2)):2] += h2_1
         del h2_1
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        n = x.shape[-1]
+        # level 0: i in range(0, floor(n/2)) (per sample): Sum(a*sin(x[2*i]) + x[2*i + 1]**2*x[2*i], (i, 0, floor(n/2) - 1))
+        x_1 = x[..., 0:2*((n) // (2)) - 1:2]
+        g0 = torch.sin(x_1)
+        rs = g0.sum(-1)
+        del g0
+        # per sample: sum(x[2*i]*x[2*i + 1]**2 + a*sin(x[2*i]) for i in range(n // 2))
+        pbar = rs
+        del rs
+        return {'a': pbar}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        n = x.shape[-1]
+        a = der["a"]
+        # level 0: i in range(0, floor(n/2)) (per sample): Sum(a*sin(x[2*i]) + x[2*i + 1]**2*x[2*i], (i, 0, floor(n/2) - 1))
+        x_1 = x[..., 0:2*((n) // (2)) - 1:2]
+        x_2 = x[..., 1:2*((n) // (2)):2]
+        s0 = torch.sin(x_1)
+        s1 = torch.square(x_2)
+        v_1 = a*s0 + s1*x_1
+        del s1
+        r = v_1.sum(-1)
+        weights = _rt.energy_weights(weights, r)
+        del v_1
+        rs_1 = s0.sum(-1)
+        del s0
+        # per sample: sum(x[2*i]*x[2*i + 1]**2 + a*sin(x[2*i]) for i in range(n // 2))
+        pbar_1 = (weights * rs_1).sum()
+        del rs_1
+        return {'energy': r, 'a': pbar_1}

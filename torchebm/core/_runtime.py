@@ -410,6 +410,17 @@ def points(v, x: torch.Tensor, count: int) -> torch.Tensor:
     return v.expand(x.shape[:-1] + (count,))
 
 
+def energy_weights(weights, energy):
+    """The weights of a batch-summed parameter gradient: ``weights`` ``[...]`` as
+    given, or a pair ``(a, c)`` (numbers or ``[...]``) meaning ``a + c * energy``
+    (per-sample energies ``[...]``; a loss quadratic in them, such as contrastive
+    divergence's regulariser)."""
+    if isinstance(weights, tuple):
+        a, c = weights
+        return a + c * energy
+    return weights
+
+
 def pad_slice(v: torch.Tensor, lo: int, hi: int, size: int) -> torch.Tensor:
     """``v`` (the values of ``[lo, hi)``) placed in zeros of length ``size``, last axis."""
     if hi <= lo:                               # an empty range contributes nothing

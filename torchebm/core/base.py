@@ -55,6 +55,24 @@ def _as_direction(x: torch.Tensor, v) -> torch.Tensor:
     return v
 
 
+def _batch_weights(weights, x: torch.Tensor) -> torch.Tensor:
+    """``weights`` for ``x: [..., n]`` as a tensor of shape ``[...]`` in x's dtype
+    (ones when None).
+
+    Raises:
+        ShapeError: weights whose shape is not x's batch shape.
+    """
+    batch = x.shape[:-1]
+    if weights is None:
+        return x.new_ones(batch)
+    weights = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
+    if weights.shape != batch:
+        raise ShapeError(f"weights of shape {tuple(weights.shape)} for x of shape "
+                         f"{tuple(x.shape)}: give one weight per sample, shape "
+                         f"{tuple(batch)}")
+    return weights
+
+
 def _check_device_available(device) -> None:
     """Raise DeviceError if ``device`` (a torch.device or None) cannot hold a tensor here."""
     if device is None or device.type in ("cpu", "meta"):
@@ -298,6 +316,32 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
         with torch.enable_grad():
             out = vmap(grad(one), in_dims=(None, 0))(params, flat)
         return {name: g.reshape(batch + g.shape[1:]).detach() for name, g in out.items()}
+
+    def parameter_gradient_sum(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> dict:
+        """``sum_b weights_b dE(x_b)/dtheta`` for each trainable parameter.
+
+        ``x: [..., n]``, ``weights: [...]`` (default: all ones) -> ``{name:
+        theta.shape}`` in ``named_parameters()`` order, detached, in each parameter's
+        dtype. With ``weights = 1/B`` it is the mean parameter gradient that contrastive
+        divergence needs. Here: one backward pass of ``(weights * E(x)).sum()``
+        (autograd); compiled energies contract the batch inside closed-form code.
+
+        Raises:
+            ParameterError: an energy without trainable parameters.
+            ShapeError: ``weights`` whose shape is not ``x``'s batch shape.
+        """
+        params = dict(self.named_parameters())
+        if not params:
+            raise ParameterError(
+                f"{type(self).__name__} has no trainable parameters; build it with "
+                f"trainable=True (or a list of names) to differentiate in its parameters")
+        x = _as_batch(x).detach()
+        weights = _batch_weights(weights, x)
+        with torch.enable_grad():
+            total = (self(x) * weights).sum()
+            grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+        return {name: (torch.zeros_like(p) if g is None else g.detach())
+                for (name, p), g in zip(params.items(), grads)}
 
     # -- second derivatives ---------------------------------------------------------------
     #: ``hessian`` refuses outputs of more elements than this (``batch * n * n``);
@@ -812,6 +856,132 @@ class CompiledEnergy(BaseEnergyFunction):
         if self._fused:
             return self._call("_energy", *self._inputs(x))
         return self._energy(*self._inputs(x))
+
+    def parameter_gradient(self, x: torch.Tensor) -> dict:
+        """Per-sample ``dE/dtheta`` of ``x: [..., n]`` for each trainable parameter,
+        ``{name: [..., *theta.shape]}`` in ``named_parameters()`` order, detached, in
+        each parameter's dtype.
+
+        Closed form: the generated ``_parameter_gradient`` is the reverse sweep of the
+        energy with the parameters as inputs (``symbolic.derivatives.parameter_adjoints``),
+        one forward and one backward pass over the same CSE'd statements as the
+        gradient. A parameter used only through a derived value (``inverse(S)``,
+        ``logdet(S)``) gets the closed-form adjoint of that value, chained to the
+        parameter by autograd through ``_derive`` (parameter-only and independent of
+        the batch: one batched vector-Jacobian product). Formulas without generated
+        parameter adjoints use ``torch.func`` (see ``BaseEnergyFunction``).
+
+        Raises:
+            ParameterError: an energy without trainable parameters.
+        """
+        if getattr(type(self), "_parameter_gradient", None) is None:
+            return super().parameter_gradient(x)
+        return self._closed_parameter_gradient([(x, None)])[1]
+
+    def parameter_gradient_sum(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> dict:
+        """``sum_b weights_b dE(x_b)/dtheta`` for each trainable parameter, ``x: [..., n]``,
+        ``weights: [...]`` (default ones) -> ``{name: theta.shape}``, detached, in each
+        parameter's dtype.
+
+        Closed form (the generated ``_parameter_gradient_sum``): the batch is
+        contracted inside the kernel, a vector parameter's adjoint as one
+        ``weights @ adjoint`` product and a matrix's as one ``h^T (weights * ybar)``
+        matrix product, so no per-sample ``[B, *theta.shape]`` tensor is formed.
+        Parameters used through derived values are chained through ``_derive`` by
+        one autograd backward (parameter-only, independent of the batch).
+
+        Raises:
+            ParameterError: an energy without trainable parameters.
+            ShapeError: ``weights`` whose shape is not ``x``'s batch shape.
+        """
+        if getattr(type(self), "_parameter_gradient_sum", None) is None:
+            return super().parameter_gradient_sum(x, weights)
+        return self._closed_parameter_gradient([(x, weights)], summed=True)[1]
+
+    def _energy_and_parameter_gradient_sum(self, *jobs):
+        """``([E(x) [...] per job], {name: sum over jobs of sum_b w_b dE(x_b)/dtheta})``
+        for jobs ``(x [..., n], weights)``, one generated pass each; ``weights`` may be a
+        pair ``(a, c)`` (numbers or ``[...]``): ``w = a + c * E(x)``, the weights of a
+        loss quadratic in the energies (contrastive divergence with its regulariser).
+        Derived values are chained to the parameters once for all jobs. Detached. Only
+        for classes with a generated ``_parameter_gradient_sum``."""
+        return self._closed_parameter_gradient(jobs, summed=True)
+
+    def _closed_parameter_gradient(self, jobs, summed=False):
+        params = dict(self.named_parameters())
+        if not params:
+            raise ParameterError(
+                f"{type(self).__name__} has no trainable parameters; build it with "
+                f"trainable=True (or a list of names) to differentiate in its parameters")
+        attr_of = {name: attr for name, attr, _ in self.param_specs}
+        result, chained, energies = {}, {}, []
+        for x, weights in jobs:
+            x = _as_batch(x).detach()
+            enabled = _grad_enabled()
+            _set_grad_enabled(False)
+            try:
+                xb, lay, der = self._inputs(x)
+                if summed:
+                    if not isinstance(weights, tuple):
+                        weights = _batch_weights(weights, xb)
+                    out = dict(self._parameter_gradient_sum(xb, weights, lay, der))
+                    energy = out.pop("energy")
+                else:
+                    out = self._parameter_gradient(xb, lay, der)
+            finally:
+                _set_grad_enabled(enabled)
+            batch = xb.shape[:-1]
+            for key, value in out.items():
+                attr = attr_of.get(key)
+                # a derived value (inverse(S)): chained through _derive below
+                into, key = (chained, key) if attr is None else (result, attr)
+                if attr is None or attr in params:
+                    into[key] = value if key not in into else into[key] + value
+            if summed:
+                if energy.shape != batch:                    # an energy constant in x
+                    energy = torch.as_tensor(energy, dtype=xb.dtype,
+                                             device=xb.device).expand(batch)
+                energies.append(energy)
+        if chained:
+            self._chain_derived(chained, params, result, None if summed else batch)
+        final = {}
+        for name, p in params.items():
+            g = result.get(name)
+            if g is None:                    # the energy does not depend on it
+                g = p.new_zeros(p.shape if summed else batch + p.shape)
+            final[name] = g.detach().to(p.dtype)
+        return energies, final
+
+    def _chain_derived(self, adjoints, params, result, batch):
+        """Add ``sum_k adjoint_k . d derived_k / d theta`` to ``result`` for every
+        trainable ``theta``: autograd through ``_derive`` (parameter-only, so its graph
+        is small and independent of the batch). ``batch``: per-sample adjoints
+        ``[*batch, *shape]`` (a batched vector-Jacobian product), or None (summed)."""
+        with torch.enable_grad():
+            derived = self._derive()
+            keys = [k for k in adjoints if isinstance(derived.get(k), torch.Tensor)
+                    and derived[k].requires_grad]
+            if not keys:
+                return
+            outs = [derived[k] for k in keys]
+            names = list(params)
+            if batch is None:
+                cots = [adjoints[k].to(o.dtype) for k, o in zip(keys, outs)]
+                grads = torch.autograd.grad(outs, [params[n] for n in names], cots,
+                                            allow_unused=True)
+            else:
+                count = math.prod(batch)
+                cots = [adjoints[k].to(o.dtype).reshape((count,) + o.shape)
+                        for k, o in zip(keys, outs)]
+                grads = torch.autograd.grad(outs, [params[n] for n in names], cots,
+                                            allow_unused=True, is_grads_batched=True)
+        for name, g in zip(names, grads):
+            if g is None:
+                continue
+            if batch is not None:
+                g = g.reshape(tuple(batch) + params[name].shape)
+            g = g.to(params[name].dtype)
+            result[name] = g if name not in result else result[name].to(g.dtype) + g
 
     def gradient(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """Closed-form ``dE/dx`` of ``x: [..., n]`` -> ``[..., n]``.

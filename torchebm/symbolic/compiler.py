@@ -17,12 +17,14 @@ import sympy as sp
 
 from ..errors import EnergySyntaxError
 from . import budget
-from .derivatives import reverse_mode
+from .derivatives import (PARAMETER_SYMBOLS, ParameterAdjointUnsupported, parameter_adjoints,
+                          reverse_mode)
 from .diagonal import hessian_diagonal
 from .emit import emit_module
 from .ir import AdjointInfo, EnergySpec, GeneratedSource, Kernel
 from .lower import lower
-from .optimise import cse, entry_points, hoist_parameters, propagate_copies, simplify
+from .optimise import (cse, entry_points, hoist_parameters, liveness, propagate_copies, prune,
+                       simplify)
 from .parse import MAX_TREE, Parsed, _tree_size, parse_formula
 from .rewrite import stabilize
 from .symbols import N, size_symbol
@@ -41,6 +43,7 @@ class Compiled:
     hvp: Kernel | None = None           # Hessian-vector product (None: first order only)
     diagonal: Kernel | None = None      # direct Hessian diagonal (None: not structured)
     entries: tuple = ()                 # one kernel per generated method
+    parameter_entries: tuple = ()       # dE/dtheta per sample and batch-summed (or none)
 
     @property
     def has_second_order(self) -> bool:
@@ -107,12 +110,46 @@ def _compile_parsed(spec, parsed, second_order):
     budget.check_work(budget.gradient_work(expr), budget.MAX_GRADIENT_WORK, "the gradient")
     built, info = reverse_mode(program)
     budget.check_statements(built.body, "the gradient", budget.MAX_GRADIENT_NODES)
-    compiled = Compiled(None, parsed, optimised(built, parsed), spec, built, info)
+    compiled = Compiled(None, parsed, optimised(built, parsed), spec, built, info,
+                        parameter_entries=parameter_kernels(program, parsed))
     if second_order:
         return with_second_order(compiled)
-    entries = entry_points(compiled.kernel)
+    entries = entry_points(compiled.kernel) + compiled.parameter_entries
     return dataclasses.replace(compiled, generated=emit_module(spec, parsed, entries),
                                entries=entries)
+
+
+def parameter_kernels(program, parsed: Parsed) -> tuple:
+    """The closed-form parameter gradients, per sample and batch-summed
+    (``derivatives.parameter_adjoints``), optimised like every kernel; ``()`` when the
+    formula has no parameters, uses one where no closed form is built, or its sweep
+    exceeds the gradient's statement budget (the runtime then differentiates the
+    energy with ``torch.func``). Costs about as much compile time as the gradient."""
+    arrays = {p.name for p in parsed.params.values() if p.rank > 0}
+    arrays |= {k for k, d in parsed.derived.items() if d.op == "inverse"}
+    scalars = {sp.Symbol(p.name, real=True): p.name for p in parsed.params.values()
+               if p.rank == 0}
+    scalars.update({sp.Symbol(k, real=True): k for k, d in parsed.derived.items()
+                    if d.op != "inverse"})
+    if not arrays and not scalars:
+        return ()
+    out, first = [], PARAMETER_SYMBOLS   # the summed kernel numbers after the per-sample one
+    for summed, prefix in ((False, "_g"), (True, "_s")):
+        try:
+            kernel = parameter_adjoints(program, arrays, scalars, summed, first)
+        except ParameterAdjointUnsupported:
+            return ()
+        if not kernel.outputs:
+            return ()
+        try:
+            budget.check_statements(kernel.body, "the parameter gradient",
+                                    budget.MAX_GRADIENT_NODES)
+        except EnergySyntaxError:
+            return ()       # a formula within the energy's budget still compiles
+        kernel = optimised(kernel, parsed, prefix=prefix)
+        first = kernel.next_symbol + 1
+        out.append(liveness(prune(kernel)))
+    return tuple(out)
 
 
 def optimised(kernel: Kernel, parsed: Parsed, prefix: str = "_t") -> Kernel:
@@ -142,7 +179,7 @@ def with_second_order(compiled: Compiled) -> Compiled:
         if diagonal is not None:
             budget.check_statements(diagonal.body, "the Hessian diagonal")
             diagonal = optimised(diagonal, compiled.parsed, prefix="_w")
-        entries = entry_points(compiled.kernel, hvp, diagonal)
+        entries = entry_points(compiled.kernel, hvp, diagonal) + compiled.parameter_entries
         generated = emit_module(compiled.spec, compiled.parsed, entries)
     return dataclasses.replace(compiled, generated=generated, hvp=hvp, diagonal=diagonal,
                                entries=entries)

@@ -20,8 +20,9 @@ import sympy as sp
 
 from . import functions as F
 from .ir import (GRADIENT, Accumulate, Adjoint, AdjointInfo, Assign, Broadcast, IndexValue, InitAdjoint,
-                 Kernel, Level, LoadKind, LoadStmt, MatVecStmt, OthersProduct, Program, Reduce,
-                 Shape, Vector, VectorKind, frozen_map)
+                 Kernel, Level, LoadKind, LoadStmt, MatrixAdjoint, MatVecStmt, OthersProduct,
+                 ParameterAccumulate, ParameterScalar, Program, Reduce, Shape, Vector, VectorKind,
+                 frozen_map)
 
 
 def partial(expr, s):
@@ -409,3 +410,175 @@ def seeded_gradient(kernel: Kernel, info: AdjointInfo, result: sp.Symbol, into: 
     b.backward({result: sp.S.One}, seeded=True, into=into)
     new = {s: shape for s, shape in b.shapes.items() if s not in kernel.shapes}
     return tuple(b.out), new, b.counter
+
+
+class ParameterAdjointUnsupported(Exception):
+    """The formula uses a parameter where :func:`parameter_adjoints` has no closed form
+    (a matrix-vector product whose vector does not depend on ``x``); the runtime then
+    differentiates the generated energy with ``torch.func`` instead."""
+
+
+#: the first number of the parameter kernels' new symbols: past those of the gradient,
+#: HVP and diagonal kernels (each numbers after the previous), so no symbol of another
+#: kernel of the module is reused with another meaning
+PARAMETER_SYMBOLS = 10**7
+
+
+class _ParameterBuilder(_Builder):
+    """The reverse sweep with the parameters as inputs beside ``x``.
+
+    Parameter loads (``mu[i]``, ``W[i, j]``, ``inverse(S)[i, j]``) and scalar
+    parameters (``k``, ``logdet(S)``) are differentiable symbols: their partials are
+    taken with those of ``x``, and their adjoints are routed to
+    :class:`ir.ParameterAccumulate` (arrays), :class:`ir.MatrixAdjoint` (the matrix of
+    a matrix-vector product) or :class:`ir.ParameterScalar` (scalars) instead of the
+    gradient of ``x``, which is not formed.
+    """
+
+    def __init__(self, program, arrays, scalars, summed, first_symbol):
+        super().__init__(program, first_symbol)
+        self.broadcast_source: dict = {}
+        self.arrays, self.scalars, self.summed = frozenset(arrays), dict(scalars), summed
+        self.xdep |= set(self.scalars)
+        for ld in list(program.root_loads) + [ld for lv in program.levels for ld in lv.loads]:
+            if ld.kind is LoadKind.PARAM and ld.base in self.arrays:
+                self.xdep.add(ld.symbol)
+        for lv in program.levels:
+            mv = lv.matvec
+            if mv is not None and mv.matrix in self.arrays:
+                # the forward marks the product per sample when its vector is in xdep:
+                # a vector of parameters alone would be mislabelled
+                if not (mv.body.free_symbols & {ld.symbol for ld in lv.loads
+                                                 if ld.kind in (LoadKind.X,
+                                                                LoadKind.VECTOR)}):
+                    raise ParameterAdjointUnsupported(mv.matrix)
+
+    def broadcast(self, value, lv):
+        target = super().broadcast(value, lv)
+        if target is not value and lv.parent is None:
+            self.broadcast_source[target] = value      # [..., 1] of a [...] value
+        return target
+
+    def param_vector(self, base):
+        return Vector(VectorKind.PARAMETER, base)
+
+    def backward_params(self, root_partials):
+        contrib: dict = {}
+        for s, d in root_partials.items():
+            contrib.setdefault(s, []).append(d)
+        for name, mv in self.p.vectors.items():
+            if mv.symbol in self.xdep:
+                self.emit(InitAdjoint(None, Vector(VectorKind.MATVEC, name)))
+        for ld in self.p.root_loads:
+            parts = contrib.pop(ld.symbol, None)
+            if parts and ld.kind is LoadKind.PARAM and ld.base in self.arrays:
+                self.emit(ParameterAccumulate(None, self.param_vector(ld.base), ld,
+                                              self.sum_contrib(parts, None), self.summed))
+        for lv in reversed(self.p.levels):
+            mv = lv.matvec
+            if mv is not None and mv.matrix in self.arrays:
+                # every reader of the product's vector is in a later level or the
+                # root, already swept: its adjoint is complete here
+                self.emit(MatrixAdjoint(lv, self.param_vector(mv.matrix), mv, self.summed))
+            self.backward_level(lv, contrib)
+        outputs = {}
+        for s, name in self.scalars.items():
+            parts = contrib.pop(s, None)
+            if parts:
+                total = self.sum_contrib(parts, None)
+                target = self.sym("pbar")
+                self.emit(ParameterScalar(None, target, total, self.summed),
+                          Shape.SCALAR if self.summed else Shape.BATCH)
+                outputs[name] = target
+        return outputs
+
+    def route(self, s, total, lv, contrib):
+        for ld in lv.loads:
+            if ld.symbol == s:
+                if ld.kind is LoadKind.X:
+                    return          # the gradient of x is not an output here
+                if ld.kind is LoadKind.PARAM:
+                    self.emit(ParameterAccumulate(lv, self.param_vector(ld.base), ld, total,
+                                                  self.summed))
+                    return
+                break
+        if s in self.scalars and all(b != s for _, b in lv.outer):
+            # sum_p c * f_p = c * sum_p f_p for a factor c the same at every point: the
+            # reduction reads f, and the product is per sample, not per point
+            # (root-parented levels only: a per-sample factor is its broadcast's source)
+            factor, rest = sp.S.One, total
+            expr = self.defs.get(total)
+            if isinstance(expr, sp.Mul) and lv.parent is None:
+                expr = expr.xreplace(self.broadcast_source)
+                varying = [u for u in expr.free_symbols
+                           if self.shapes.get(u, Shape.SCALAR).per_point]
+                factor, rest = expr.as_independent(*varying, as_Add=False)
+                for _ in range(8):      # per-sample temporaries of this level, expanded
+                    inner = {u: self.defs[u] for u in factor.free_symbols
+                             if u in self.defs and self.shapes.get(u) is Shape.BATCH}
+                    if not inner:
+                        break
+                    factor = factor.xreplace(inner).xreplace(self.broadcast_source)
+                if rest.is_Number or not varying or any(
+                        self.shapes.get(u, Shape.SCALAR).per_point or u in self.broadcast_source
+                        for u in factor.free_symbols):
+                    factor, rest = sp.S.One, total
+            if not rest.is_Symbol:
+                rest = self.assign("g", rest, lv)
+            target = self.sym("rs")
+            shape = self.shape_of(rest)
+            self.emit(Reduce(lv, target, rest, "sum_all"),
+                      Shape.SCALAR if shape is Shape.POINT else Shape.BATCH)
+            contrib.setdefault(s, []).append(self.assign("a", factor * target, None)
+                                             if factor != 1 else target)
+            return
+        super().route(s, total, lv, contrib)
+
+
+def parameter_adjoints(program: Program, arrays, scalars, summed: bool = False,
+                       first_symbol: int = PARAMETER_SYMBOLS):
+    """The kernel of ``dE/dtheta`` for every parameter, in closed form.
+
+    ``arrays``: the bases of vector and matrix parameters and of derived arrays
+    (``'inverse(S)'``); ``scalars``: symbol -> name of scalar parameters and scalar
+    derived values (``logdet(S)``). The sweep is :func:`reverse_mode`'s, with these
+    as inputs: one forward pass, one backward pass, all parameters at once.
+
+    ``summed=False``: the kernel ``parameter_gradient(x)`` whose outputs are per
+    sample, ``[..., *theta.shape]``. ``summed=True``: ``parameter_gradient_sum(x, w)``,
+    ``sum_b w_b dE(x_b)/dtheta`` with the batch contracted inside the kernel (a
+    matrix's adjoint is one ``h^T (w ybar)`` product, not ``B`` outer products), and
+    the per-sample energy as the output ``energy`` (a reserved name, never a
+    parameter's). ``w`` may be a pair ``(a, c)``, meaning ``w = a + c * E(x)``: the
+    weights of a loss quadratic in the energies (contrastive divergence's regulariser),
+    formed once the energy is known.
+
+    ``first_symbol``: new symbols are numbered from it, past every other kernel's
+    (they share the program's loads and one module namespace; the second-order
+    stages number after the gradient's, so the default leaves room for them).
+
+    Returns the kernel; its ``output_names`` are the outputs' parameter names (or
+    derived keys, which the runtime chains to the parameters through ``_derive``).
+
+    Raises:
+        ParameterAdjointUnsupported: a construct without a closed form here.
+    """
+    b = _ParameterBuilder(program, arrays, scalars, summed, first_symbol)
+    for lv in program.levels:
+        b.forward_level(lv)
+    energy, root_partials = b.forward_root()
+    scalar_out = b.backward_params(root_partials)
+    outputs, names = ([energy], ["energy"]) if summed else ([], [])
+    for base in sorted(b.arrays):
+        vec = b.param_vector(base)
+        if any(Adjoint(vec) in st.defines() for st in b.out):
+            outputs.append(Adjoint(vec))
+            names.append(base)
+    for name, target in scalar_out.items():
+        outputs.append(target)
+        names.append(name)
+    kernel = Kernel("parameter_gradient_sum" if summed else "parameter_gradient",
+                    ("x", "weights") if summed else ("x",), tuple(outputs), tuple(b.out), program,
+                    energy if summed else sp.S.Zero, frozen_map(b.shapes), next_symbol=b.counter,
+                    output_names=tuple(names))
+    return kernel

@@ -40,6 +40,11 @@ DOCS = {
     "hessian_diagonal": "Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n].",
     "gradient_and_hessian_diagonal": "Gradient [..., n] and Hessian diagonal [..., n] from "
                                      "one shared pass.",
+    "parameter_gradient": "Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., "
+                          "*theta.shape]}.",
+    "parameter_gradient_sum": "Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x "
+                              "[..., n], weights [...] or (a, c) for a + c*E -> {'energy': "
+                              "[...], name: theta.shape}.",
 }
 
 
@@ -56,6 +61,7 @@ class ModuleEmitter(ModuleNames):
         """The method that computes ``kernel``'s outputs."""
         self.body, self.initialised, self.owned = kernel.body, set(), set()
         lines, last_level, commented = [], None, None
+        weighted = False
         for self.position, st in enumerate(kernel.body):
             if not isinstance(st, Accumulate):
                 # read elsewhere (perhaps saved for backward) or rebound: later strided
@@ -73,11 +79,22 @@ class ModuleEmitter(ModuleNames):
             if printed and not isinstance(st, Free):
                 commented = last_level
             lines.extend(printed)
+            if "weights" in kernel.inputs and kernel.energy in st.defines():
+                # weights (a, c) are a + c * energy: known from here on
+                lines.append(f"weights = _rt.energy_weights(weights, {self.ref(kernel.energy)})")
+                weighted = True
+        if "weights" in kernel.inputs and not weighted:      # an energy constant in x
+            lines.insert(0, f"weights = _rt.energy_weights(weights, {self.ref(kernel.energy)})")
         returns = []
         for out in kernel.outputs:
             if isinstance(out, Adjoint):
                 acc = self.accumulator(out.vector)
-                if acc not in self.initialised:
+                if acc not in self.initialised and out.vector.kind is VectorKind.PARAMETER:
+                    theta = self.params[out.vector.name]    # nothing reached it: zero
+                    lines.append(f"{acc} = torch.zeros_like({theta})" if "weights" in
+                                 kernel.inputs else
+                                 f"{acc} = x.new_zeros(x.shape[:-1] + {theta}.shape)")
+                elif acc not in self.initialised:
                     like = "v" if out.vector == HVP else "x"
                     lines.append(f"{acc} = torch.zeros_like({like})  # flat in x almost "
                                  "everywhere")
@@ -104,7 +121,12 @@ class ModuleEmitter(ModuleNames):
                 head.append(f"{local} = x.new_tensor({integer}, dtype=torch.float64)")
         if "n" in words | self.words("\n".join(head)):
             head.insert(0, "n = x.shape[-1]")
-        body = head + lines + [f"return {', '.join(returns)}"]
+        if kernel.output_names:
+            pairs = [f"{gate.string(k, 'parameter name')}: {r}"
+                     for k, r in zip(kernel.output_names, returns)]
+            body = head + lines + ["return {" + ", ".join(pairs) + "}"]
+        else:
+            body = head + lines + [f"return {', '.join(returns)}"]
         return (f"    def _{kernel.name}(self, {', '.join(kernel.inputs)}, lay, der):\n"
                 f"        \"\"\"{DOCS[kernel.name]}\"\"\"\n"
                 + textwrap.indent("\n".join(body), " " * 8) + "\n")
@@ -237,6 +259,78 @@ class ModuleEmitter(ModuleNames):
         if st.start == 0 and self.points(st.level) == self.points(st.source_level):
             return [f"{self.names[st.target]} = {src}"]
         return [f"{self.names[st.target]} = {src}[..., {self._span(st.start, st.level)}]"]
+
+    def _emit_ParameterAccumulate(self, st):
+        adj, ld, lv = self.accumulator(st.vector), st.load, st.level
+        theta = self.params[ld.base]
+        lines = []
+        if adj not in self.initialised:
+            self.initialised.add(adj)
+            lines.append(f"{adj} = torch.zeros_like({theta})" if st.summed else
+                         f"{adj} = x.new_zeros(x.shape[:-1] + {theta}.shape)")
+        if lv is None:                   # a root load at constant indices
+            idx = ", ".join(self.code(i) for i in ld.indices)
+            src = self.ref(st.source)
+            if st.summed:
+                src = (f"(weights * {src}).sum()" if self.shape(st.source).per_sample
+                       else f"weights.sum() * {src}")
+                return lines + [f"{adj}[{idx}] += {src}"]
+            return lines + [f"{adj}[..., {idx}] += {src}"]
+        if st.summed and self.shape(st.source) is Shape.POINT:
+            src = f"weights.sum() * {self.ref(st.source)}"
+        else:
+            src = self.materialize(st.source, lv)
+            if st.summed:                # the batch contracted first: one GEMV
+                src = f"weights.reshape(-1) @ {src}.reshape(-1, {src}.shape[-1])"
+        if ld.addressing is Addressing.WHOLE:
+            return lines + [f"{adj} = {adj} + {src}"]
+        if ld.addressing is Addressing.SLICE:
+            _, lo, hi = lv.clauses[0]
+            return lines + [f"{adj} = {adj} + _rt.pad_slice({src}, {self.code(lo + ld.offset)}, "
+                            f"{self.code(hi + ld.offset)}, {self.code(self.size_expr(ld))})"]
+        if ld.addressing is not Addressing.GATHER:
+            raise RuntimeError(f"torchebm: a parameter load addressed {ld.addressing} inside "
+                               "a sum; please report a bug")
+        keys = [f'lay["{self.index_key(ld, k)}"]' for k in range(len(ld.indices))]
+        if len(keys) == 1:
+            return lines + [f"{adj} = {adj}.index_add(-1, {keys[0]}, {src})"]
+        flat = f"{keys[0]} * {theta}.shape[1] + {keys[1]}"
+        return lines + [f"{adj} = {adj}.flatten(-2).index_add(-1, {flat}, {src})"
+                        f".unflatten(-1, {theta}.shape)"]
+
+    def _emit_MatrixAdjoint(self, st):
+        mv, adj = st.matvec, self.accumulator(st.vector)
+        ybar = self.accumulator(Vector(VectorKind.MATVEC, mv.vector))
+        lines = []
+        if ybar not in self.initialised:     # nothing reads the product: no adjoint
+            return lines
+        if adj not in self.initialised:
+            self.initialised.add(adj)
+            theta = self.params[mv.matrix]
+            lines.append(f"{adj} = torch.zeros_like({theta})" if st.summed else
+                         f"{adj} = x.new_zeros(x.shape[:-1] + {theta}.shape)")
+        _, lo, hi = self.program.level(mv.level).clauses[0]
+        a, b = self.code(lo + mv.offset), self.code(hi + mv.offset)
+        part = "" if mv.whole else (f"[..., :, {a}:{b}]" if mv.row_major else f"[..., {a}:{b}, :]")
+        h = self.ref(mv.value)
+        if st.summed:
+            hh, yy = f"{h}.reshape(-1, {h}.shape[-1])", f"(weights.unsqueeze(-1) * {ybar}).reshape(-1, {ybar}.shape[-1])"
+            prod = f"{yy}.mT @ {hh}" if mv.row_major else f"{hh}.mT @ {yy}"
+        else:
+            prod = (f"{ybar}.unsqueeze(-1) * {h}.unsqueeze(-2)" if mv.row_major
+                    else f"{h}.unsqueeze(-1) * {ybar}.unsqueeze(-2)")
+        if mv.whole:
+            return lines + [f"{adj} = {adj} + {prod}"]
+        return lines + [f"{adj}{part} += {prod}"]
+
+    def _emit_ParameterScalar(self, st):
+        t, src = self.names[st.target], self.ref(st.source)
+        if st.summed:
+            return [f"{t} = (weights * {src}).sum()" if self.shape(st.source).per_sample
+                    else f"{t} = weights.sum() * {src}"]
+        if self.shape(st.source).per_sample:
+            return [f"{t} = {src}"]
+        return [f"{t} = x.new_ones(x.shape[:-1]) * {src}"]
 
     def _emit_InitAdjoint(self, st):
         return []  # the first accumulation creates the adjoint (see _emit_Accumulate)

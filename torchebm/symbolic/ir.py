@@ -153,6 +153,7 @@ class VectorKind(enum.Enum):
     HDIAG = "hdiag"              # diag(H)
     MATVEC = "matvec"            # the adjoint of a matrix-vector product's result
     DENSE = "dense"              # the gradient of one per-sample value (second order)
+    PARAMETER = "parameter"      # dE/dtheta of a parameter (or derived array) named ``name``
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ class Vector:
     @property
     def x_like(self) -> bool:
         """True when the vector has x's shape ``[..., n]``."""
-        return self.kind is not VectorKind.MATVEC
+        return self.kind not in (VectorKind.MATVEC, VectorKind.PARAMETER)
 
     def tangent(self) -> "Vector":
         """The tangent (forward-mode derivative along v) of this adjoint vector."""
@@ -448,6 +449,59 @@ class Interleave(Stmt):
 
 
 @dataclass(frozen=True, eq=False)
+class ParameterAccumulate(Stmt):
+    """``vector[load's indices] += source`` into a parameter's adjoint.
+
+    ``vector`` is ``Vector(PARAMETER, base)``: per sample ``[..., *theta.shape]``, or
+    with ``summed`` the batch contracted with the weights ``w`` first (``[*theta.shape]``,
+    ``sum_b w_b source_b``), so no per-sample adjoint is ever formed.
+    """
+    vector: Vector
+    load: Load
+    source: sp.Expr
+    summed: bool = False
+
+    def defines(self):
+        return (Adjoint(self.vector),)
+
+    def uses(self):
+        return (Adjoint(self.vector), *self.source.free_symbols)
+
+
+@dataclass(frozen=True, eq=False)
+class MatrixAdjoint(Stmt):
+    """The adjoint of the matrix ``A`` of ``y = h @ A`` (``matvec``) accumulated into
+    ``vector``: ``outer(h, ybar)`` per sample, or with ``summed`` one matrix product
+    ``h^T (w ybar)`` over the batch (no ``[B, n, n]`` temporary)."""
+    vector: Vector
+    matvec: MatVec
+    summed: bool = False
+
+    def defines(self):
+        return (Adjoint(self.vector),)
+
+    def uses(self):
+        return (Adjoint(self.vector), self.matvec.value,
+                Adjoint(Vector(VectorKind.MATVEC, self.matvec.vector)))
+
+
+@dataclass(frozen=True, eq=False)
+class ParameterScalar(Stmt):
+    """``target``: the adjoint of a scalar parameter from its per-sample total
+    ``source``: ``[...]`` (a per-sample value, or a constant repeated over the batch),
+    or with ``summed`` ``sum_b w_b source_b`` (0-d)."""
+    target: sp.Symbol
+    source: sp.Expr
+    summed: bool = False
+
+    def defines(self):
+        return (self.target,)
+
+    def uses(self):
+        return tuple(self.source.free_symbols)
+
+
+@dataclass(frozen=True, eq=False)
 class DenseAccumulate(Stmt):
     """``vector += factor * a * c``, whole per-sample gradient vectors ``a``, ``c``.
 
@@ -533,6 +587,8 @@ class Kernel:
     dtype (the generated ``_derive``) instead of in the body. ``next_symbol``:
     the number the next new symbol gets (a stage that adds statements continues
     from it, so symbols stay unique across kernels of one program).
+    ``output_names``: when given, the method returns ``{name: output}`` (the
+    parameter gradients, keyed by parameter name or derived key).
     """
     name: str
     inputs: tuple
@@ -546,6 +602,7 @@ class Kernel:
     dense_roots: MappingProxyType = field(default_factory=frozen_map)      # Vector -> symbol
     next_symbol: int = 0
     derived: MappingProxyType = field(default_factory=frozen_map)  # symbol -> parameter-only
+    output_names: tuple = ()   # names of the outputs when they are returned as a dict
 
     def shape_of(self, expr) -> Shape:
         return Shape.join(*[self.shapes.get(s, Shape.SCALAR) for s in expr.free_symbols])

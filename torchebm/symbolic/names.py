@@ -27,7 +27,7 @@ def _module_attributes():
 # locals of generated code, and attributes of the module class (buffers share
 # their namespace: a parameter 'to' must not hide Module.to).
 _RESERVED = (set(keyword.kwlist) | set(dir(builtins)) | _module_attributes() |
-             {"torch", "math", "nn", "_rt", "_rt_points", "self", "x", "v", "n", "lay", "der",
+             {"torch", "math", "nn", "_rt", "_rt_points", "self", "x", "v", "n", "lay", "der", "weights",
               "grad", "hvp", "hdiag", "energy", "device", "dtype", "trainable", "EnergySyntaxError",
               "ShapeError", "CompiledEnergy"})
 RESERVED = frozenset(_RESERVED)

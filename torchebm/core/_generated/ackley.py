@@ -375,3 +375,90 @@ class AckleyEnergy(CompiledEnergy):
         hdiag = hdiag + acc
         del acc
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        n = x.shape[-1]
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        n_float = x.new_tensor(n, dtype=torch.float64)
+        # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
+        g0 = c*x
+        g1 = torch.sin(g0)
+        v_1 = torch.cos(g0)
+        del g0
+        d_3 = g1*x
+        del g1
+        r = v_1.sum(-1)
+        del v_1
+        norm = _rt.norm(x)
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
+        g4 = torch.rsqrt(n_float)
+        g5 = g4*b
+        g6 = torch.exp(-g5*norm)
+        g7 = a*g6
+        d_4 = 1 - g6
+        del g6
+        d_5 = g4*g7*norm
+        del norm, g7
+        # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
+        rs = d_3.sum(-1)
+        del d_3
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
+        g8 = 1/n_float
+        a_1 = g8*rs*torch.exp(g8*r)
+        del r, rs
+        pbar = d_4
+        del d_4
+        pbar_1 = d_5
+        del d_5
+        pbar_2 = a_1
+        del a_1
+        return {'a': pbar, 'b': pbar_1, 'c': pbar_2}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        n = x.shape[-1]
+        a = der["a"]
+        b = der["b"]
+        c = der["c"]
+        n_float = x.new_tensor(n, dtype=torch.float64)
+        # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
+        s0 = c*x
+        s1 = torch.sin(s0)
+        v_1 = torch.cos(s0)
+        del s0
+        d_6 = s1*x
+        del s1
+        r = v_1.sum(-1)
+        del v_1
+        norm = _rt.norm(x)
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
+        s2 = 1/n_float
+        s3 = torch.exp(s2*r)
+        s4 = torch.rsqrt(n_float)
+        s5 = s4*b
+        s6 = torch.exp(-s5*norm)
+        s7 = a*s6
+        energy_2 = a + 2.718281828459045 - s3 - s7
+        weights = _rt.energy_weights(weights, energy_2)
+        del s3
+        d_7 = 1 - s6
+        del s6
+        d_8 = s4*norm*s7
+        del norm, s7
+        # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
+        rs_1 = d_6.sum(-1)
+        del d_6
+        # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
+        s8 = 1/n_float
+        a_2 = s8*rs_1*torch.exp(s8*r)
+        del r, rs_1
+        pbar_3 = (weights * d_7).sum()
+        del d_7
+        pbar_4 = (weights * d_8).sum()
+        del d_8
+        pbar_5 = (weights * a_2).sum()
+        del a_2
+        return {'energy': energy_2, 'a': pbar_3, 'b': pbar_4, 'c': pbar_5}

@@ -2,6 +2,7 @@
 """Generated energy: DoubleWellEnergy."""
 import torch
 
+from torchebm.core import _runtime as _rt
 from torchebm.core.base import CompiledEnergy
 
 
@@ -59,6 +60,7 @@ class DoubleWellEnergy(CompiledEnergy):
             "c": -torch.square(self.b),
             "c_1": -4*torch.square(self.b),
             "w": 4*self.barrier_height,
+            "w_1": -4*self.b*self.barrier_height,
         }
 
     def _energy(self, x, lay, der):
@@ -152,3 +154,48 @@ class DoubleWellEnergy(CompiledEnergy):
         del h2
         hdiag = h
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        c = der["c"]
+        w_1 = der["w_1"]
+        # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
+        g0 = torch.square(x) + c
+        v_1 = torch.square(g0)
+        r = v_1.sum(-1)
+        del v_1
+        rs = g0.sum(-1)
+        del g0
+        # per sample: barrier_height*sum((x**2 - b**2)**2)
+        a = w_1*rs
+        del rs
+        pbar = r
+        del r
+        pbar_1 = a
+        del a
+        return {'barrier_height': pbar, 'b': pbar_1}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        barrier_height = der["barrier_height"]
+        c = der["c"]
+        w_1 = der["w_1"]
+        # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
+        s0 = torch.square(x) + c
+        v_1 = torch.square(s0)
+        r = v_1.sum(-1)
+        del v_1
+        # per sample: barrier_height*sum((x**2 - b**2)**2)
+        energy_2 = barrier_height*r
+        weights = _rt.energy_weights(weights, energy_2)
+        # level 0: i in range(0, n) (per sample): sum((-(b)**(2) + (x[i])**(2))**(2) for i in range(0, n))
+        rs_1 = s0.sum(-1)
+        del s0
+        # per sample: barrier_height*sum((x**2 - b**2)**2)
+        a_1 = w_1*rs_1
+        del rs_1
+        pbar_2 = (weights * r).sum()
+        del r
+        pbar_3 = (weights * a_1).sum()
+        del a_1
+        return {'energy': energy_2, 'barrier_height': pbar_2, 'b': pbar_3}

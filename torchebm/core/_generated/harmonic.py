@@ -121,3 +121,32 @@ class HarmonicEnergy(CompiledEnergy):
         grad = g
         hdiag = _rt_points(k, x, n).clone()
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
+        v_1 = torch.square(x)
+        r = v_1.sum(-1)
+        del v_1
+        # per sample: 0.5*k*sum(x**2)
+        d = 0.5*r
+        del r
+        pbar = d
+        del d
+        return {'k': pbar}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        t0 = der["t0"]
+        # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
+        v_1 = torch.square(x)
+        r = v_1.sum(-1)
+        del v_1
+        # per sample: 0.5*k*sum(x**2)
+        energy_2 = t0*r
+        weights = _rt.energy_weights(weights, energy_2)
+        d_1 = 0.5*r
+        del r
+        pbar_1 = (weights * d_1).sum()
+        del d_1
+        return {'energy': energy_2, 'k': pbar_1}

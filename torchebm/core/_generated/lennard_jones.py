@@ -1055,3 +1055,163 @@ class LennardJonesEnergy(CompiledEnergy):
         hdiag = hdiag.index_add(-1, lay["idx_x_12_0"], h2_14)
         del h2_14
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        n = x.shape[-1]
+        eps = der["eps"]
+        rm = der["rm"]
+        n_float = x.new_tensor(n, dtype=torch.float64)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
+        x_1 = x[..., 0::3]
+        x_2 = x[..., 1::3]
+        x_3 = x[..., 2::3]
+        r = x_1.sum(-1)
+        r_1 = x_2.sum(-1)
+        r_2 = x_3.sum(-1)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
+        x_4 = x[..., 0::3]
+        x_5 = x[..., 1::3]
+        x_6 = x[..., 2::3]
+        b = r.unsqueeze(-1)
+        b_1 = r_1.unsqueeze(-1)
+        b_2 = r_2.unsqueeze(-1)
+        g0 = 1/((n_float) // (3))
+        g1 = x_6 - g0*b_2
+        del r_2, b_2
+        g2 = x_4 - g0*b
+        del r, b
+        g3 = x_5 - g0*b_1
+        del r_1, b_1
+        v_1 = torch.square(g1) + torch.square(g2) + torch.square(g3)
+        del g1, g2, g3
+        r_3 = v_1.sum(-1)
+        del v_1
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
+        x_7 = x.index_select(-1, lay["idx_x_7_0"])
+        x_8 = x.index_select(-1, lay["idx_x_8_0"])
+        x_9 = x.index_select(-1, lay["idx_x_9_0"])
+        x_10 = x.index_select(-1, lay["idx_x_10_0"])
+        x_11 = x.index_select(-1, lay["idx_x_11_0"])
+        x_12 = x.index_select(-1, lay["idx_x_12_0"])
+        g4 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
+        g5 = _rt.guard(g4, eps)
+        g6 = _rt.guard(g4, rm)
+        g7 = torch.pow(g6, 6)
+        g8 = _rt.guard(g4, x_8) - _rt.guard(g4, x_7)
+        del x_7, x_8
+        g9 = _rt.guard(g4, x_10) - _rt.guard(g4, x_9)
+        del x_9, x_10
+        g10 = _rt.guard(g4, x_12) - _rt.guard(g4, x_11)
+        del x_11, x_12
+        g11 = torch.square(g10) + torch.square(g8) + torch.square(g9)
+        del g8, g9, g10
+        g12 = 1/(g11*g11*g11)
+        del g11
+        g13 = g12*g7*(g12*g7 - 2)
+        g14 = 6*g5*(2*g12*g7 - 2)
+        del g5, g7
+        d_3 = torch.where(g4, g13, x.new_tensor(0))
+        del g13
+        d_4 = torch.where(g4, g12*g14*torch.pow(g6, 5), x.new_tensor(0))
+        del g4, g6, g12, g14
+        # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
+        d_5 = r_3/2
+        del r_3
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
+        rs_3 = d_3.sum(-1)
+        del d_3
+        rs_4 = d_4.sum(-1)
+        del d_4
+        # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
+        pbar = rs_3
+        del rs_3
+        pbar_1 = rs_4
+        del rs_4
+        pbar_2 = d_5
+        del d_5
+        return {'eps': pbar, 'rm': pbar_1, 'oscillator_scale': pbar_2}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        n = x.shape[-1]
+        eps = der["eps"]
+        rm = der["rm"]
+        t13 = der["t13"]
+        n_float = x.new_tensor(n, dtype=torch.float64)
+        # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
+        x_1 = x[..., 0::3]
+        x_2 = x[..., 1::3]
+        x_3 = x[..., 2::3]
+        r = x_1.sum(-1)
+        r_1 = x_2.sum(-1)
+        r_2 = x_3.sum(-1)
+        # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
+        x_4 = x[..., 0::3]
+        x_5 = x[..., 1::3]
+        x_6 = x[..., 2::3]
+        b = r.unsqueeze(-1)
+        b_1 = r_1.unsqueeze(-1)
+        b_2 = r_2.unsqueeze(-1)
+        s0 = 1/((n_float) // (3))
+        s1 = x_6 - s0*b_2
+        del r_2, b_2
+        s2 = x_4 - s0*b
+        del r, b
+        s3 = x_5 - s0*b_1
+        del r_1, b_1
+        v_1 = torch.square(s1) + torch.square(s2) + torch.square(s3)
+        del s1, s2, s3
+        r_3 = v_1.sum(-1)
+        del v_1
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
+        x_7 = x.index_select(-1, lay["idx_x_7_0"])
+        x_8 = x.index_select(-1, lay["idx_x_8_0"])
+        x_9 = x.index_select(-1, lay["idx_x_9_0"])
+        x_10 = x.index_select(-1, lay["idx_x_10_0"])
+        x_11 = x.index_select(-1, lay["idx_x_11_0"])
+        x_12 = x.index_select(-1, lay["idx_x_12_0"])
+        s4 = (_rt.safe_sqrt(torch.square(x_8 - x_7) + torch.square(x_10 - x_9) + torch.square(x_12 - x_11)) > 0)
+        s5 = _rt.guard(s4, eps)
+        s6 = _rt.guard(s4, rm)
+        s7 = torch.pow(s6, 6)
+        s8 = _rt.guard(s4, x_8) - _rt.guard(s4, x_7)
+        del x_7, x_8
+        s9 = _rt.guard(s4, x_10) - _rt.guard(s4, x_9)
+        del x_9, x_10
+        s10 = _rt.guard(s4, x_12) - _rt.guard(s4, x_11)
+        del x_11, x_12
+        s11 = torch.square(s10) + torch.square(s8) + torch.square(s9)
+        del s8, s9, s10
+        s12 = 1/(s11*s11*s11)
+        del s11
+        s13 = s12*s7*(s12*s7 - 2)
+        s14 = 6*s5*(2*s12*s7 - 2)
+        del s7
+        v_2 = torch.where(s4, s13*s5, x.new_tensor(math.inf))
+        del s5
+        d_6 = torch.where(s4, s13, x.new_tensor(0))
+        del s13
+        d_7 = torch.where(s4, s12*s14*torch.pow(s6, 5), x.new_tensor(0))
+        del s4, s6, s12, s14
+        r_4 = v_2.sum(-1)
+        del v_2
+        # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
+        energy_2 = r_4 + t13*r_3
+        weights = _rt.energy_weights(weights, energy_2)
+        del r_4
+        d_8 = r_3/2
+        del r_3
+        # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
+        rs_5 = d_6.sum(-1)
+        del d_6
+        rs_6 = d_7.sum(-1)
+        del d_7
+        # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
+        pbar_3 = (weights * rs_5).sum()
+        del rs_5
+        pbar_4 = (weights * rs_6).sum()
+        del rs_6
+        pbar_5 = (weights * d_8).sum()
+        del d_8
+        return {'energy': energy_2, 'eps': pbar_3, 'rm': pbar_4, 'oscillator_scale': pbar_5}

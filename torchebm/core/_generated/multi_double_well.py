@@ -5,6 +5,8 @@ import torch
 from torchebm.core import _runtime as _rt
 from torchebm.core.base import CompiledEnergy
 
+_rt_points = _rt.points
+
 
 class MultiDoubleWellEnergy(CompiledEnergy):
     """Pairwise double well of N particles (DW-4), sum over i < j of a (d_ij - offset)^4 + b (d_ij - offset)^2 + c.
@@ -115,6 +117,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
             "c": self.c,
             "c_1": -self.offset,
             "c_4": 4*self.b,
+            "offset": self.offset,
         }
 
     def _energy(self, x, lay, der):
@@ -502,3 +505,92 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         hdiag = hdiag.index_add(-1, lay["idx_x_4_0"], h2_3)
         del h2_3
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        a = der["a"]
+        offset = der["offset"]
+        b = der["b"]
+        # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_3 = x.index_select(-1, lay["idx_x_3_0"])
+        x_4 = x.index_select(-1, lay["idx_x_4_0"])
+        g0 = x_1 - x_2
+        del x_1, x_2
+        g1 = x_3 - x_4
+        del x_3, x_4
+        g2 = torch.square(g0) + torch.square(g1)
+        del g0, g1
+        g3 = offset - _rt.safe_sqrt(g2)
+        del g2
+        g5 = torch.pow(g3, 4)
+        g6 = torch.square(g3)
+        d_2 = g3*(2*a*torch.square(g3) + b)
+        del g3
+        rs = g5.sum(-1)
+        del g5
+        rs_1 = g6.sum(-1)
+        del g6
+        rs_2 = _rt_points(1, x, lay["P0"]).sum(-1)
+        rs_3 = d_2.sum(-1)
+        del d_2
+        # per sample: r(i, j) = norm(x[i] - x[j]) sum(a*(r(i, j) - offset)**4 + b*(r(i, j) - offset...
+        a_1 = 2*rs_3
+        del rs_3
+        pbar = rs
+        del rs
+        pbar_1 = a_1
+        del a_1
+        pbar_2 = rs_1
+        del rs_1
+        pbar_3 = rs_2
+        del rs_2
+        return {'a': pbar, 'offset': pbar_1, 'b': pbar_2, 'c': pbar_3}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        a = der["a"]
+        offset = der["offset"]
+        b = der["b"]
+        c = der["c"]
+        # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
+        x_1 = x.index_select(-1, lay["idx_x_1_0"])
+        x_2 = x.index_select(-1, lay["idx_x_2_0"])
+        x_3 = x.index_select(-1, lay["idx_x_3_0"])
+        x_4 = x.index_select(-1, lay["idx_x_4_0"])
+        s0 = x_1 - x_2
+        del x_1, x_2
+        s1 = x_3 - x_4
+        del x_3, x_4
+        s2 = torch.square(s0) + torch.square(s1)
+        del s0, s1
+        s3 = offset - _rt.safe_sqrt(s2)
+        del s2
+        s5 = torch.pow(s3, 4)
+        s6 = torch.square(s3)
+        v_1 = a*s5 + b*s6 + c
+        d_3 = s3*(2*a*torch.square(s3) + b)
+        del s3
+        r = v_1.sum(-1)
+        weights = _rt.energy_weights(weights, r)
+        del v_1
+        rs_4 = s5.sum(-1)
+        del s5
+        rs_5 = s6.sum(-1)
+        del s6
+        rs_6 = _rt_points(1, x, lay["P0"]).sum(-1)
+        rs_7 = d_3.sum(-1)
+        del d_3
+        # per sample: r(i, j) = norm(x[i] - x[j]) sum(a*(r(i, j) - offset)**4 + b*(r(i, j) - offset...
+        a_2 = 2*rs_7
+        del rs_7
+        pbar_4 = (weights * rs_4).sum()
+        del rs_4
+        pbar_5 = (weights * a_2).sum()
+        del a_2
+        pbar_6 = (weights * rs_5).sum()
+        del rs_5
+        pbar_7 = (weights * rs_6).sum()
+        del rs_6
+        return {'energy': r, 'a': pbar_4, 'offset': pbar_5, 'b': pbar_6, 'c': pbar_7}

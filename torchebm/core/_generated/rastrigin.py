@@ -2,6 +2,7 @@
 """Generated energy: RastriginEnergy."""
 import torch
 
+from torchebm.core import _runtime as _rt
 from torchebm.core.base import CompiledEnergy
 
 
@@ -141,3 +142,47 @@ class RastriginEnergy(CompiledEnergy):
         grad = g
         hdiag = h2
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        n = x.shape[-1]
+        n_float = x.new_tensor(n, dtype=torch.float64)
+        # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
+        g0 = 2*3.141592653589793*x
+        g1 = torch.cos(g0)
+        del g0
+        rs = g1.sum(-1)
+        del g1
+        # per sample: a*n + sum(x**2 - a*cos(2*pi*x))
+        a_1 = n_float - rs
+        del rs
+        pbar = a_1
+        del a_1
+        return {'a': pbar}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        n = x.shape[-1]
+        a = der["a"]
+        c = der["c"]
+        n_float = x.new_tensor(n, dtype=torch.float64)
+        # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
+        s0 = 2*3.141592653589793*x
+        s1 = torch.cos(s0)
+        del s0
+        v_1 = torch.square(x) + c*s1
+        r = v_1.sum(-1)
+        del v_1
+        # per sample: a*n + sum(x**2 - a*cos(2*pi*x))
+        energy_2 = r + a*n_float
+        weights = _rt.energy_weights(weights, energy_2)
+        del r
+        # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
+        rs_1 = s1.sum(-1)
+        del s1
+        # per sample: a*n + sum(x**2 - a*cos(2*pi*x))
+        a_2 = n_float - rs_1
+        del rs_1
+        pbar_1 = (weights * a_2).sum()
+        del a_2
+        return {'energy': energy_2, 'a': pbar_1}

@@ -199,3 +199,60 @@ class RosenbrockEnergy(CompiledEnergy):
         del h2
         hdiag = hdiag + _rt.pad_slice(_rt_points(w, x, max(0, n - 1)), 1, n, n)
         return grad, hdiag
+
+    def _parameter_gradient(self, x, lay, der):
+        """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
+        n = x.shape[-1]
+        a = der["a"]
+        # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
+        x_1 = x[..., 0:n - 1]
+        x_2 = x[..., 1:n]
+        g0 = a - x_1
+        g1 = x_2 - torch.square(x_1)
+        g2 = torch.square(g1)
+        del g1
+        rs = g0.sum(-1)
+        del g0
+        # per sample: sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 for i in range(n - 1))
+        a_1 = 2*rs
+        del rs
+        # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
+        rs_1 = g2.sum(-1)
+        del g2
+        # per sample: sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 for i in range(n - 1))
+        pbar = rs_1
+        del rs_1
+        pbar_1 = a_1
+        del a_1
+        return {'b': pbar, 'a': pbar_1}
+
+    def _parameter_gradient_sum(self, x, weights, lay, der):
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        n = x.shape[-1]
+        b = der["b"]
+        a = der["a"]
+        # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
+        x_1 = x[..., 0:n - 1]
+        x_2 = x[..., 1:n]
+        s0 = a - x_1
+        s1 = x_2 - torch.square(x_1)
+        s2 = torch.square(s1)
+        del s1
+        v_1 = torch.square(s0) + b*s2
+        r = v_1.sum(-1)
+        weights = _rt.energy_weights(weights, r)
+        del v_1
+        rs_2 = s0.sum(-1)
+        del s0
+        # per sample: sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 for i in range(n - 1))
+        a_2 = 2*rs_2
+        del rs_2
+        # level 0: i in range(0, n - 1) (per sample): sum(b*(x[i + 1] - (x[i])**(2))**(2) + (a - x[i])**(2) for i in range(0, n - 1))
+        rs_3 = s2.sum(-1)
+        del s2
+        # per sample: sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 for i in range(n - 1))
+        pbar_2 = (weights * rs_3).sum()
+        del rs_3
+        pbar_3 = (weights * a_2).sum()
+        del a_2
+        return {'energy': r, 'b': pbar_2, 'a': pbar_3}

@@ -1,0 +1,290 @@
+"""Closed-form parameter gradients (``parameter_gradient``, ``parameter_gradient_sum``)
+and contrastive divergence's graph-free backward, against autograd of independent
+plain-torch formulas in float64.
+
+Each reference below is written from the energy's textbook formula as a function of
+its parameters (not from the generated code); its derivatives come from autograd.
+"""
+
+import inspect
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from torchebm.core import (AckleyEnergy, BaseEnergyFunction, DoubleWellEnergy, GaussianEnergy,
+                           RastriginEnergy, RosenbrockEnergy)
+from torchebm.errors import ParameterError, ShapeError
+from torchebm.losses import (ContrastiveDivergence, ParallelTemperingCD,
+                             PersistentContrastiveDivergence)
+from torchebm.samplers import LangevinDynamics
+from torchebm.symbolic import from_expression
+
+D = torch.float64
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+def _x(b=5, n=3, seed=0):
+    return torch.randn(b, n, generator=torch.Generator().manual_seed(seed), dtype=D)
+
+
+def _randn(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
+
+
+def _spd(n, seed):
+    a = _randn(n, n, seed=seed)
+    return a @ a.T + n * torch.eye(n, dtype=D)
+
+
+def _cases():
+    """name -> (energy, {parameter name: value}, plain formula f(x [B, n], **params) -> [B])."""
+    n, k = 3, 4
+    cases = {}
+
+    def add(name, energy, formula):
+        values = {p: t.detach().clone() for p, t in energy.named_parameters()}
+        cases[name] = (energy, values, formula)
+
+    add("double_well", DoubleWellEnergy(barrier_height=1.5, b=0.8, trainable=True),
+        lambda x, barrier_height, b: barrier_height * ((x**2 - b**2)**2).sum(-1))
+    add("rastrigin", RastriginEnergy(a=7.0, trainable=True),
+        lambda x, a: a * x.shape[-1] + (x**2 - a * torch.cos(2 * math.pi * x)).sum(-1))
+    add("rosenbrock", RosenbrockEnergy(a=1.2, b=30.0, trainable=True),
+        lambda x, a, b: (b * (x[..., 1:] - x[..., :-1]**2)**2 + (a - x[..., :-1])**2).sum(-1))
+    add("ackley", AckleyEnergy(trainable=True),
+        lambda x, a, b, c: (-a * torch.exp(-b * torch.sqrt((x**2).mean(-1)))
+                            - torch.exp(torch.cos(c * x).mean(-1)) + a + math.e))
+    # mean and covariance: the covariance reaches the energy only through inverse(cov),
+    # a derived value (its closed-form adjoint is chained through _derive)
+    add("gaussian", GaussianEnergy(_randn(n, seed=1), _spd(n, 2), trainable=True),
+        lambda x, mean, cov: 0.5 * (((x - mean) @ torch.linalg.inv(cov)) * (x - mean)).sum(-1))
+    add("mixture", from_expression(
+        "-logsumexp(logits[k] - 0.5*sum((x - M[k, :])**2)*exp(-2*log_s[k]) - n*log_s[k] "
+        "for k in range(len(logits)))",
+        logits=_randn(k, seed=3), M=_randn(k, n, seed=4), log_s=0.2 * _randn(k, seed=5),
+        trainable=True),
+        lambda x, logits, M, log_s: -torch.logsumexp(
+            logits - 0.5 * ((x.unsqueeze(-2) - M)**2).sum(-1) * torch.exp(-2 * log_s)
+            - x.shape[-1] * log_s, -1))
+    add("logdet", from_expression(
+        "0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)", mu=_randn(n, seed=6),
+        S=_spd(n, 7), trainable=True),
+        lambda x, mu, S: 0.5 * (((x - mu) @ torch.linalg.inv(S)) * (x - mu)).sum(-1)
+        + 0.5 * torch.logdet(S))
+    add("matrix_rows", from_expression(
+        "sum(tanh(W @ x + c)) + dot(u, x)", W=_randn(k, n, seed=8), c=_randn(k, seed=9),
+        u=_randn(n, seed=10), trainable=True),
+        lambda x, W, c, u: torch.tanh(x @ W.T + c).sum(-1) + x @ u)
+    add("matrix_gather", from_expression(
+        "sum(sum(M[i, j]*x[j] for j in range(i))**2 for i in range(n))",
+        M=_randn(n, n, seed=11), trainable=True),
+        lambda x, M: ((x @ torch.tril(M, -1).T)**2).sum(-1))
+    add("slices_and_roots", from_expression(
+        "sum(c[i+1]*x[i]**2 for i in range(n-1)) + c[0]*x[0] + k*x[2] + sum(c**2)",
+        c=_randn(n, seed=12), k=2.0, trainable=True),
+        lambda x, c, k: (c[1:] * x[..., :-1]**2).sum(-1) + c[0] * x[..., 0] + k * x[..., 2]
+        + (c**2).sum())
+    add("prod_norm", from_expression(
+        "prod(a[i]*x[i] for i in range(n)) + s*norm(x - mu)", a=_randn(n, seed=13),
+        mu=_randn(n, seed=14), s=1.5, trainable=True),
+        lambda x, a, mu, s: (a * x).prod(-1) + s * torch.linalg.vector_norm(x - mu, dim=-1))
+    return cases
+
+
+CASES = sorted(_cases())
+
+
+def _reference_per_sample(formula, values, x):
+    """{name: [B, *shape]}: autograd of the plain formula, one sample at a time."""
+    params = {k: v.clone().requires_grad_(True) for k, v in values.items()}
+    out = {k: [] for k in params}
+    for b in range(x.shape[0]):
+        grads = torch.autograd.grad(formula(x[b:b + 1], **params).sum(), list(params.values()),
+                                    allow_unused=True)
+        for k, g in zip(params, grads):
+            out[k].append(torch.zeros_like(params[k]) if g is None else g)
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_parameter_gradient_is_closed_form_and_per_sample_autograd(name):
+    energy, values, formula = _cases()[name]
+    # generated, not the torch.func fallback
+    assert getattr(type(energy), "_parameter_gradient", None) is not None
+    x = _x(seed=len(name))
+    got = energy.parameter_gradient(x)
+    want = _reference_per_sample(formula, values, x)
+    assert list(got) == [p for p, _ in energy.named_parameters()]
+    for k, w in want.items():
+        assert got[k].shape == w.shape and got[k].dtype == D
+        torch.testing.assert_close(got[k], w, **TOL)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_parameter_gradient_sum_contracts_with_weights(name):
+    energy, values, formula = _cases()[name]
+    x = _x(b=7, seed=3)
+    weights = torch.linspace(-1.0, 2.0, 7, dtype=D)
+    params = {k: v.clone().requires_grad_(True) for k, v in values.items()}
+    want = torch.autograd.grad((weights * formula(x, **params)).sum(), list(params.values()),
+                               allow_unused=True)
+    got = energy.parameter_gradient_sum(x, weights)
+    for (k, p), w in zip(params.items(), want):
+        torch.testing.assert_close(got[k], torch.zeros_like(p) if w is None else w, **TOL)
+    # default weights: the plain sum
+    want = torch.autograd.grad(formula(x, **params).sum(), list(params.values()),
+                               allow_unused=True)
+    got = energy.parameter_gradient_sum(x)
+    for (k, p), w in zip(params.items(), want):
+        torch.testing.assert_close(got[k], torch.zeros_like(p) if w is None else w, **TOL)
+
+
+def test_energy_dependent_weights_give_a_quadratic_loss_gradient():
+    # weights (a, c) mean a + c*E(x): the gradient of sum_b (a E_b + c E_b^2 / 2)
+    energy, values, formula = _cases()["gaussian"]
+    x = _x(b=6, seed=4)
+    params = {k: v.clone().requires_grad_(True) for k, v in values.items()}
+    e = formula(x, **params)
+    want = torch.autograd.grad((0.3 * e + 0.5 * 0.7 * e**2).sum(), list(params.values()))
+    (e_got,), got = energy._energy_and_parameter_gradient_sum((x, (0.3, 0.7)))
+    torch.testing.assert_close(e_got, e.detach(), **TOL)
+    for k, w in zip(params, want):
+        torch.testing.assert_close(got[k], w, **TOL)
+    # two batches: the sums add, derived values chained once
+    y = _x(b=3, seed=8)
+    e, ey = formula(x, **params), formula(y, **params)
+    want = torch.autograd.grad((0.3 * e + 0.35 * e**2).sum() + (-ey).sum(),
+                               list(params.values()))
+    (e1, e2), got = energy._energy_and_parameter_gradient_sum((x, (0.3, 0.7)), (y, (-1.0, 0.0)))
+    torch.testing.assert_close(e2, ey.detach(), **TOL)
+    for k, w in zip(params, want):
+        torch.testing.assert_close(got[k], w, **TOL)
+
+
+def test_trainable_subset_returns_only_those_parameters():
+    mean, cov = _randn(3, seed=1), _spd(3, 2)
+    energy = GaussianEnergy(mean, cov, trainable=["cov"])
+    x = _x(b=4, seed=5)
+    got = energy.parameter_gradient(x)
+    assert list(got) == ["cov"]
+    c = cov.clone().requires_grad_(True)
+    for b in range(4):
+        d = x[b] - mean
+        (w,) = torch.autograd.grad(0.5 * d @ torch.linalg.inv(c) @ d, [c])
+        torch.testing.assert_close(got["cov"][b], w, **TOL)
+    summed = energy.parameter_gradient_sum(x)
+    torch.testing.assert_close(summed["cov"], got["cov"].sum(0), **TOL)
+    # by hand: d/dmean of 0.5 (x - m)^T P (x - m) is -P (x - m)
+    energy = GaussianEnergy(mean, cov, trainable=["mean"])
+    got = energy.parameter_gradient(x)
+    torch.testing.assert_close(got["mean"], -(x - mean) @ torch.linalg.inv(cov), **TOL)
+
+
+def test_batched_shapes_float32_inputs_and_zero_gradients():
+    energy = DoubleWellEnergy(barrier_height=2.0, b=1.0, trainable=True)
+    x = torch.randn(2, 3, 4)                       # float32, batch [2, 3]
+    got = energy.parameter_gradient(x)
+    assert got["b"].shape == (2, 3) and got["b"].dtype == energy.b.dtype
+    want = ((x.double()**2 - 1)**2).sum(-1)        # dE/dbarrier_height by hand
+    torch.testing.assert_close(got["barrier_height"], want, rtol=1e-5, atol=1e-5)
+    # a formula flat in its parameter almost everywhere: zeros of the parameter's shape
+    flat = from_expression("sum(sign(W @ x))", W=torch.eye(3, dtype=D), trainable=True)
+    assert torch.equal(flat.parameter_gradient(_x())["W"], torch.zeros(5, 3, 3, dtype=D))
+    assert torch.equal(flat.parameter_gradient_sum(_x())["W"], torch.zeros(3, 3, dtype=D))
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ParameterError, match="trainable"):
+        DoubleWellEnergy().parameter_gradient(_x())
+    with pytest.raises(ParameterError, match="trainable"):
+        DoubleWellEnergy().parameter_gradient_sum(_x())
+    with pytest.raises(ShapeError, match="one weight per sample"):
+        DoubleWellEnergy(trainable=True).parameter_gradient_sum(_x(b=5), torch.ones(4))
+
+
+class _Quartic(BaseEnergyFunction):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(0.5, dtype=D))
+
+    def forward(self, x):
+        return self.a * (x**4).sum(-1)
+
+
+def test_hand_written_energies_keep_autograd():
+    energy = _Quartic()
+    x = _x()
+    torch.testing.assert_close(energy.parameter_gradient(x)["a"], (x**4).sum(-1), **TOL)
+    torch.testing.assert_close(energy.parameter_gradient_sum(x, torch.full((5,), 0.5, dtype=D))
+                               ["a"], 0.5 * (x**4).sum(), **TOL)
+
+
+def test_summed_matrix_adjoint_is_one_product_not_outer_products():
+    # batch-summed: h^T (w ybar), one matrix product; per sample: outer products
+    summed = inspect.getsource(GaussianEnergy._parameter_gradient_sum)
+    per_sample = inspect.getsource(GaussianEnergy._parameter_gradient)
+    assert ".mT @ " in summed and "unsqueeze(-2)" not in summed
+    assert "unsqueeze(-2)" in per_sample
+
+
+# -- contrastive divergence ------------------------------------------------------------------
+def _cd_losses(energy):
+    sampler = LangevinDynamics(energy, step_size=0.01)
+    return [ContrastiveDivergence(energy, sampler, k_steps=1, energy_reg_weight=0.05),
+            PersistentContrastiveDivergence(energy, sampler, energy_reg_weight=0.0),
+            ParallelTemperingCD(energy, sampler, energy_reg_weight=0.01)]
+
+
+@pytest.mark.parametrize("name", ["double_well", "gaussian", "mixture", "logdet"])
+def test_cd_backward_is_the_closed_form_without_a_graph(name):
+    energy, values, formula = _cases()[name]
+    x, neg = _x(b=6, seed=1), 1.5 * _x(b=4, seed=2)
+    for cd in _cd_losses(energy):
+        reg = cd.energy_reg_weight
+        loss = cd.compute_loss(x, neg)
+        # one node whose inputs are the parameters: no graph through the energy
+        assert type(loss.grad_fn).__name__ == "_ClosedFormCDBackward"
+        assert all(type(f).__name__ == "AccumulateGrad"
+                   for f, _ in loss.grad_fn.next_functions if f is not None)
+        params = {k: v.clone().requires_grad_(True) for k, v in values.items()}
+        ep, en = formula(x, **params), formula(neg, **params)
+        ref = ep.mean() - en.mean() + reg * (ep.square().mean() + en.square().mean())
+        torch.testing.assert_close(loss, ref.detach(), **TOL)
+        energy.zero_grad(set_to_none=True)
+        loss.backward()
+        for (k, p), w in zip(energy.named_parameters(),
+                             torch.autograd.grad(ref, list(params.values()))):
+            torch.testing.assert_close(p.grad, w, **TOL)
+
+
+def test_cd_by_hand_is_data_mean_minus_negative_mean():
+    # DoubleWell: dE/dbh = sum((x^2 - b^2)^2), dE/db = -4 bh b sum(x^2 - b^2)
+    energy = DoubleWellEnergy(barrier_height=1.5, b=0.8, trainable=True)
+    x, neg = _x(b=6, seed=3), _x(b=6, seed=4)
+    cd = ContrastiveDivergence(energy, LangevinDynamics(energy, step_size=0.01),
+                               energy_reg_weight=0.0)
+    cd.compute_loss(x, neg).backward()
+
+    def by_hand(z):
+        return ((z**2 - 0.64)**2).sum(-1), -4 * 1.5 * 0.8 * (z**2 - 0.64).sum(-1)
+
+    (pb, pd), (nb, nd) = by_hand(x), by_hand(neg)
+    torch.testing.assert_close(energy.barrier_height.grad, pb.mean() - nb.mean(), **TOL)
+    torch.testing.assert_close(energy.b.grad, pd.mean() - nd.mean(), **TOL)
+
+
+def test_cd_keeps_autograd_when_the_data_require_grad_or_grad_is_off():
+    energy = DoubleWellEnergy(trainable=True)
+    cd = ContrastiveDivergence(energy, LangevinDynamics(energy, step_size=0.01))
+    x = _x().requires_grad_(True)
+    loss = cd.compute_loss(x, _x(seed=1))
+    assert type(loss.grad_fn).__name__ != "_ClosedFormCDBackward"
+    (gx,) = torch.autograd.grad(loss, x)
+    assert gx.shape == x.shape
+    closed = cd.compute_loss(_x(), _x(seed=1))
+    with torch.no_grad():                  # grad mode off: the autograd path, same value
+        plain = cd.compute_loss(_x(), _x(seed=1))
+    assert type(plain.grad_fn).__name__ != "_ClosedFormCDBackward"
+    torch.testing.assert_close(plain.detach(), closed.detach(), **TOL)
