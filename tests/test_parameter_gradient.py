@@ -111,10 +111,10 @@ def _reference_per_sample(formula, values, x):
 @pytest.mark.parametrize("name", CASES)
 def test_parameter_gradient_is_closed_form_and_per_sample_autograd(name):
     energy, values, formula = _cases()[name]
-    # generated, not the torch.func fallback
-    assert getattr(type(energy), "_parameter_gradient", None) is not None
     x = _x(seed=len(name))
     got = energy.parameter_gradient(x)
+    # generated (with the second order, on first use), not the torch.func fallback
+    assert getattr(type(energy), "_parameter_gradient", None) is not None
     want = _reference_per_sample(formula, values, x)
     assert list(got) == [p for p, _ in energy.named_parameters()]
     for k, w in want.items():
@@ -288,3 +288,17 @@ def test_cd_keeps_autograd_when_the_data_require_grad_or_grad_is_off():
         plain = cd.compute_loss(_x(), _x(seed=1))
     assert type(plain.grad_fn).__name__ != "_ClosedFormCDBackward"
     torch.testing.assert_close(plain.detach(), closed.detach(), **TOL)
+
+
+def test_parameter_kernels_are_generated_on_first_use():
+    # from_expression defers them with the second order: compiling costs the energy and
+    # gradient only; the first parameter_gradient generates them, and they are used
+    energy = from_expression("sum(a*(x - m)**2)", a=0.5, m=torch.zeros(3, dtype=D),
+                             trainable=True, name="DeferredParameterKernels")
+    assert getattr(type(energy), "_parameter_gradient", None) is None
+    x = torch.randn(4, 3, dtype=D, generator=torch.Generator().manual_seed(1))
+    got = energy.parameter_gradient(x)
+    assert getattr(type(energy), "_parameter_gradient", None) is not None
+    torch.testing.assert_close(got["a"], ((x - 0.0)**2).sum(-1), **TOL)
+    torch.testing.assert_close(got["m"], -2 * 0.5 * x, **TOL)
+

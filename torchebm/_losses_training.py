@@ -134,12 +134,14 @@ def _closed_form_cd(energy, x, negatives, reg):
     backward next), and the backward returns it times the incoming gradient.
     """
     if not (isinstance(energy, CompiledEnergy) and torch.is_grad_enabled()
-            and getattr(type(energy), "_parameter_gradient_sum", None) is not None
             and not x.requires_grad and not negatives.requires_grad
             and x.dim() == 2 and negatives.dim() == 2):
         return None
     params = [(name, p) for name, p in energy.named_parameters() if p.requires_grad]
     if not params or _in_transform(x, negatives):
+        return None
+    energy._ensure_second_order()       # a from_expression class generates it on first use
+    if getattr(type(energy), "_parameter_gradient_sum", None) is None:
         return None
     bp, bn = x.shape[0], negatives.shape[0]
     (e_pos, e_neg), summed = energy._energy_and_parameter_gradient_sum(

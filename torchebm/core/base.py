@@ -750,7 +750,8 @@ class CompiledEnergy(BaseEnergyFunction):
     _second_order = None
 
     def _ensure_second_order(self):
-        """Generate the Hessian-vector product and diagonal now if they were deferred."""
+        """Generate the Hessian-vector product, the diagonal and the parameter gradients
+        now if they were deferred."""
         pending = type(self)._second_order
         if pending is not None:
             pending()
@@ -874,6 +875,7 @@ class CompiledEnergy(BaseEnergyFunction):
         Raises:
             ParameterError: an energy without trainable parameters.
         """
+        self._ensure_second_order()             # generated with the second order
         if getattr(type(self), "_parameter_gradient", None) is None:
             return super().parameter_gradient(x)
         return self._closed_parameter_gradient([(x, None)])[1]
@@ -894,6 +896,7 @@ class CompiledEnergy(BaseEnergyFunction):
             ParameterError: an energy without trainable parameters.
             ShapeError: ``weights`` whose shape is not ``x``'s batch shape.
         """
+        self._ensure_second_order()             # generated with the second order
         if getattr(type(self), "_parameter_gradient_sum", None) is None:
             return super().parameter_gradient_sum(x, weights)
         return self._closed_parameter_gradient([(x, weights)], summed=True)[1]

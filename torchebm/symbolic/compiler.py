@@ -44,6 +44,7 @@ class Compiled:
     diagonal: Kernel | None = None      # direct Hessian diagonal (None: not structured)
     entries: tuple = ()                 # one kernel per generated method
     parameter_entries: tuple = ()       # dE/dtheta per sample and batch-summed (or none)
+    program: object = None              # the lowered ir.Program (parameter kernels start there)
 
     @property
     def has_second_order(self) -> bool:
@@ -85,7 +86,8 @@ def unify_sizes(parsed: Parsed) -> dict:
 
 def compile_parsed(spec: EnergySpec, parsed: Parsed, second_order: bool = True) -> Compiled:
     """Run the stages after parsing; ``second_order=False`` leaves the Hessian-vector
-    product and diagonal to :func:`with_second_order` (generated on first use)."""
+    product, the Hessian diagonal and the parameter gradients to
+    :func:`with_second_order` (generated on first use)."""
     with budget.guard(spec.origin):
         return _compile_parsed(spec, parsed, second_order)
 
@@ -110,8 +112,11 @@ def _compile_parsed(spec, parsed, second_order):
     budget.check_work(budget.gradient_work(expr), budget.MAX_GRADIENT_WORK, "the gradient")
     built, info = reverse_mode(program)
     budget.check_statements(built.body, "the gradient", budget.MAX_GRADIENT_NODES)
+    # the parameter kernels cost about as much as the gradient: a deferred compile
+    # (from_expression) builds them with the second order, on first use
     compiled = Compiled(None, parsed, optimised(built, parsed), spec, built, info,
-                        parameter_entries=parameter_kernels(program, parsed))
+                        parameter_entries=parameter_kernels(program, parsed)
+                        if second_order else (), program=program)
     if second_order:
         return with_second_order(compiled)
     entries = entry_points(compiled.kernel) + compiled.parameter_entries
@@ -179,10 +184,12 @@ def with_second_order(compiled: Compiled) -> Compiled:
         if diagonal is not None:
             budget.check_statements(diagonal.body, "the Hessian diagonal")
             diagonal = optimised(diagonal, compiled.parsed, prefix="_w")
-        entries = entry_points(compiled.kernel, hvp, diagonal) + compiled.parameter_entries
+        parameters = compiled.parameter_entries or parameter_kernels(compiled.program,
+                                                                     compiled.parsed)
+        entries = entry_points(compiled.kernel, hvp, diagonal) + parameters
         generated = emit_module(compiled.spec, compiled.parsed, entries)
     return dataclasses.replace(compiled, generated=generated, hvp=hvp, diagonal=diagonal,
-                               entries=entries)
+                               entries=entries, parameter_entries=parameters)
 
 
 def compile_spec(spec: EnergySpec, second_order: bool = True) -> Compiled:
