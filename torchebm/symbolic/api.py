@@ -134,15 +134,15 @@ def formula_spec(formula: str, parsed, class_name: str = "ExpressionEnergy",
             return float(v)
         return 1.0 if p.rank == 0 else None
     decls = tuple(ParamDecl(p.name, p.rank, default(p)) for p in parsed.params.values())
-    fixed = None if particles else components_dimension(parsed.expression)
     return EnergySpec(class_name, formula, decls, summary=f"Energy ``{formula}``.",
-                      particles=particles, min_dim=fixed or 0, max_dim=fixed)
+                      particles=particles)
 
 
 def components_dimension(expr) -> int | None:
     """``m + 1`` for a formula that reads only the components ``x[0] .. x[m]`` (fixed,
-    non-negative indices, no ``n``), else None: such an energy is defined at that one
-    dimension, so a wider ``x`` is a ShapeError, not a silently ignored coordinate."""
+    non-negative indices, no ``n``), else None: the smallest ``n`` it takes, and the
+    one the command line samples at (a wider ``x`` adds coordinates the energy does
+    not read)."""
     from .symbols import N, X
     loads = [e for e in expr.atoms(sp.Indexed) if e.base == X]
     if loads and N not in expr.free_symbols and all(

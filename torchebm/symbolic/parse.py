@@ -818,7 +818,8 @@ class _Parser:
                         if typos else "")
                 if not hint and not isinstance(vec, Matrix):
                     hint = self.scalar_parameter_hint(arg, "a vector")
-                    hint = hint and hint + "; the variable is x"
+                    hint = hint and (hint + "; the variable is x; for scalars use the "
+                                     "function itself")
                 self.error(f"{name}() reduces a vector, but its argument is a "
                            f"{'matrix' if isinstance(vec, Matrix) else 'scalar'}"
                            f"{hint or '; for scalars use the function itself'}", node)
