@@ -8,5 +8,6 @@ from ._generated import *  # noqa: F401,F403  (the built-in energies)
 from ._generated import __all__ as _builtins
 from .base import BaseEnergyFunction as BaseEnergyFunction
 from .base import CompiledEnergy as CompiledEnergy
+from .chunked import ChunkedEnergy as ChunkedEnergy
 
-__all__ = ["BaseEnergyFunction", "CompiledEnergy", *_builtins]
+__all__ = ["BaseEnergyFunction", "CompiledEnergy", "ChunkedEnergy", *_builtins]
