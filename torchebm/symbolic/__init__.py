@@ -9,7 +9,8 @@ Pipeline, one module per stage::
     tangent.py      Hessian-vector products (forward over reverse)
     diagonal.py     the Hessian diagonal in closed form
     optimise.py     Kernel -> Kernel passes: CSE, copies, simplify, prune, liveness
-    emit.py         prints the nn.Module (layout.py, names.py; printer.py: one expression)
+    emit.py         prints the nn.Module (emit_adjoints.py: the scatters and parameter
+                    adjoints; layout.py, names.py; printer.py: one expression)
 
     ir.py holds every type one stage hands another, frozen.
     load.py         source -> class, kept for tracebacks and .source

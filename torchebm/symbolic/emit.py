@@ -23,8 +23,9 @@ import textwrap
 import sympy as sp
 
 from . import gate
-from .ir import (HVP, Accumulate, Addressing, Adjoint, Assign, Broadcast, EnergySpec, Free,
-                 GeneratedSource, Kernel, LoadKind, LoadStmt, Shape, Vector, VectorKind)
+from .emit_adjoints import AdjointPrinting
+from .ir import (HVP, Accumulate, Addressing, Adjoint, EnergySpec, Free, GeneratedSource,
+                 Kernel, Shape, Vector, VectorKind)
 from .layout import derive_method, describe, layout_method
 from .names import RESERVED, ModuleNames, python_name
 from .printer import TorchEnergyPrinter
@@ -48,7 +49,7 @@ DOCS = {
 }
 
 
-class ModuleEmitter(ModuleNames):
+class ModuleEmitter(AdjointPrinting, ModuleNames):
     """Prints kernels as methods: one ``_emit_<Stmt>`` method per statement type."""
 
     def __init__(self, *args, **kwargs):
@@ -260,81 +261,6 @@ class ModuleEmitter(ModuleNames):
             return [f"{self.names[st.target]} = {src}"]
         return [f"{self.names[st.target]} = {src}[..., {self._span(st.start, st.level)}]"]
 
-    def _emit_ParameterAccumulate(self, st):
-        adj, ld, lv = self.accumulator(st.vector), st.load, st.level
-        theta = self.params[ld.base]
-        lines = []
-        if adj not in self.initialised:
-            self.initialised.add(adj)
-            lines.append(f"{adj} = torch.zeros_like({theta})" if st.summed else
-                         f"{adj} = x.new_zeros(x.shape[:-1] + {theta}.shape)")
-        if lv is None:                   # a root load at constant indices
-            idx = ", ".join(self.code(i) for i in ld.indices)
-            src = self.ref(st.source)
-            if st.summed:
-                src = (f"(weights * {src}).sum()" if self.shape(st.source).per_sample
-                       else f"weights.sum() * {src}")
-                return lines + [f"{adj}[{idx}] += {src}"]
-            return lines + [f"{adj}[..., {idx}] += {src}"]
-        if st.summed and self.shape(st.source) is Shape.POINT:
-            src = f"weights.sum() * {self.ref(st.source)}"
-        else:
-            src = self.materialize(st.source, lv)
-            if st.summed:                # the batch contracted first: one GEMV
-                src = f"weights.reshape(-1) @ {src}.reshape(-1, {src}.shape[-1])"
-        if ld.addressing is Addressing.WHOLE:
-            return lines + [f"{adj} = {adj} + {src}"]
-        if ld.addressing is Addressing.SLICE:
-            _, lo, hi = lv.clauses[0]
-            return lines + [f"{adj} = {adj} + _rt.pad_slice({src}, {self.code(lo + ld.offset)}, "
-                            f"{self.code(hi + ld.offset)}, {self.code(self.size_expr(ld))})"]
-        if ld.addressing is not Addressing.GATHER:
-            raise RuntimeError(f"torchebm: a parameter load addressed {ld.addressing} inside "
-                               "a sum; please report a bug")
-        keys = [f'lay["{self.index_key(ld, k)}"]' for k in range(len(ld.indices))]
-        if len(keys) == 1:
-            return lines + [f"{adj} = {adj}.index_add(-1, {keys[0]}, {src})"]
-        flat = f"{keys[0]} * {theta}.shape[1] + {keys[1]}"
-        return lines + [f"{adj} = {adj}.flatten(-2).index_add(-1, {flat}, {src})"
-                        f".unflatten(-1, {theta}.shape)"]
-
-    def _emit_MatrixAdjoint(self, st):
-        mv, adj = st.matvec, self.accumulator(st.vector)
-        ybar = self.accumulator(Vector(VectorKind.MATVEC, mv.vector))
-        lines = []
-        if ybar not in self.initialised:     # nothing reads the product: no adjoint
-            return lines
-        if adj not in self.initialised:
-            self.initialised.add(adj)
-            theta = self.params[mv.matrix]
-            lines.append(f"{adj} = torch.zeros_like({theta})" if st.summed else
-                         f"{adj} = x.new_zeros(x.shape[:-1] + {theta}.shape)")
-        _, lo, hi = self.program.level(mv.level).clauses[0]
-        a, b = self.code(lo + mv.offset), self.code(hi + mv.offset)
-        part = "" if mv.whole else (f"[..., :, {a}:{b}]" if mv.row_major else f"[..., {a}:{b}, :]")
-        h = self.ref(mv.value)
-        if st.summed:
-            hh, yy = f"{h}.reshape(-1, {h}.shape[-1])", f"(weights.unsqueeze(-1) * {ybar}).reshape(-1, {ybar}.shape[-1])"
-            prod = f"{yy}.mT @ {hh}" if mv.row_major else f"{hh}.mT @ {yy}"
-        else:
-            prod = (f"{ybar}.unsqueeze(-1) * {h}.unsqueeze(-2)" if mv.row_major
-                    else f"{h}.unsqueeze(-1) * {ybar}.unsqueeze(-2)")
-        if mv.whole:
-            return lines + [f"{adj} = {adj} + {prod}"]
-        return lines + [f"{adj}{part} += {prod}"]
-
-    def _emit_ParameterScalar(self, st):
-        t, src = self.names[st.target], self.ref(st.source)
-        if st.summed:
-            return [f"{t} = (weights * {src}).sum()" if self.shape(st.source).per_sample
-                    else f"{t} = weights.sum() * {src}"]
-        if self.shape(st.source).per_sample:
-            return [f"{t} = {src}"]
-        return [f"{t} = x.new_ones(x.shape[:-1]) * {src}"]
-
-    def _emit_InitAdjoint(self, st):
-        return []  # the first accumulation creates the adjoint (see _emit_Accumulate)
-
     def _emit_Free(self, st):
         names = []
         for key in st.keys:
@@ -343,79 +269,6 @@ class ModuleEmitter(ModuleNames):
             if name and name not in names and name not in ("x", "v"):
                 names.append(name)
         return [f"del {', '.join(names)}"] if names else []
-
-    def _emit_Accumulate(self, st):
-        adj, ld, lv = self.accumulator(st.vector), st.load, st.level
-        src, size, like = self.ref(st.source), self.vector_length(st.vector), st.like
-        first = adj not in self.initialised
-        self.initialised.add(adj)
-        printed = self._accumulate(st, adj, ld, lv, src, size, like, first)
-        if not first or printed != [f"{adj} = {src}"]:
-            self.owned.add(adj)     # a fresh tensor of our own, not an alias of a value
-        return printed
-
-    def _accumulate(self, st, adj, ld, lv, src, size, like, first):
-        """The lines of one accumulation; ``first``: the vector does not exist yet."""
-        zeros = (f"torch.zeros_like({like})" if st.vector.x_like else
-                 f"{like}.new_zeros({like}.shape[:-1] + ({size},))")
-        if lv is None:
-            idx = ", ".join(self.code(i) for i in ld.indices)
-            return ([f"{adj} = {zeros}"] if first else []) + [f"{adj}[..., {idx}] += {src}"]
-        if ld.addressing is Addressing.WHOLE:
-            if not first:
-                return [f"{adj} = {adj} + {src}"]
-            # later accumulations are out of place, so only an alias of an input
-            # (or a broadcast view) needs a copy here
-            if (self.shape(st.source) is Shape.BOTH and not self._is_view(st.source)
-                    and not self._used_later(st.source)):
-                return [f"{adj} = {src}"]
-            return [f"{adj} = _rt_points({src}, {like}, {size}).clone()"]
-        if ld.addressing is Addressing.STRIDED:
-            sl = self.strided_slice(ld, lv)
-            src = self.materialize(st.source, lv)
-            if first:     # zeros of our own: the slices are written in place
-                return [f"{adj} = {zeros}", f"{adj}[..., {sl}] = {src}"]
-            if adj in self.owned:   # memory no other value shares or has saved
-                return [f"{adj}[..., {sl}] += {src}"]
-            start, stop, step = (part or "None" for part in sl.split(":"))
-            return [f"{adj} = {adj}.slice_scatter({adj}[..., {sl}] + {src}, -1, {start}, "
-                    f"{stop}, {step})"]
-        if ld.addressing is Addressing.SLICE:
-            _, lo, hi = lv.clauses[0]
-            pad = (f"_rt.pad_slice({self.materialize(st.source, lv)}, "
-                   f"{self.code(lo + ld.offset)}, {self.code(hi + ld.offset)}, "
-                   f"{self.code(self.size_expr(ld))})")
-            return [f"{adj} = {pad}" if first else f"{adj} = {adj} + {pad}"]
-        k = f'lay["{self.index_key(ld, 0)}"]'
-        return ([f"{adj} = {zeros}"] if first else []) + [
-            f"{adj} = {adj}.index_add(-1, {k}, {self.materialize(st.source, lv)})"]
-
-    def _emit_Interleave(self, st):
-        adj = self.accumulator(st.vector)
-        self.initialised.add(adj)
-        if st.level is None:        # per-sample values: one column each
-            return [f"{adj} = torch.stack([{', '.join(map(self.ref, st.sources))}], -1)"]
-        parts = ", ".join(self.materialize(s, st.level) for s in st.sources)
-        return [f"{adj} = torch.stack([{parts}], -1).flatten(-2)"]
-
-    def _used_later(self, sym):
-        """True if a statement after the current one reads ``sym`` (an in-place update of
-        an accumulator that aliases it would change that statement's input)."""
-        return any(sym in st.uses() for st in self.body[self.position + 1:])
-
-    def _is_view(self, sym):
-        """True if ``sym`` may share memory with an input or be a broadcast view (a load,
-        a broadcast, a copy of one, or an input itself); False for computed values."""
-        if not sym.is_Symbol:
-            return True
-        for st in self.body:
-            if sym in st.defines():
-                if isinstance(st, LoadStmt):
-                    return st.load.kind is not LoadKind.VECTOR    # our own product's: fresh
-                if isinstance(st, Assign):
-                    return st.expr.is_Symbol and self._is_view(st.expr)
-                return isinstance(st, Broadcast)
-        return True
 
 
 def emit_module(spec: EnergySpec, parsed, entries) -> GeneratedSource:
