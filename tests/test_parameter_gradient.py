@@ -302,3 +302,89 @@ def test_parameter_kernels_are_generated_on_first_use():
     torch.testing.assert_close(got["a"], ((x - 0.0)**2).sum(-1), **TOL)
     torch.testing.assert_close(got["m"], -2 * 0.5 * x, **TOL)
 
+
+
+def _spd3():
+    A = torch.tensor([[1.0, 0.2, 0.0], [0.3, 1.2, 0.1], [0.0, -0.4, 0.9]], dtype=D)
+    return A @ A.T + torch.eye(3, dtype=D)
+
+
+def _derived_energy():
+    return from_expression("0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S) + a*sum(x**2)",
+                           mu=torch.zeros(3, dtype=D), S=_spd3(), a=1.0, trainable=True)
+
+
+def _derived_reference(x, mu, S, a):
+    h = x - mu
+    return (0.5 * torch.einsum("bi,ij,bj->b", h, torch.linalg.inv(S), h)
+            + 0.5 * torch.logdet(S) + a * (x**2).sum(-1))
+
+
+def test_frozen_parameters_and_inference_mode_keep_derived_adjoints():
+    # a parameter with requires_grad=False still gets its gradient (it is a parameter),
+    # and derived values (inverse, logdet) chain in any grad mode
+    x = torch.randn(6, 3, dtype=D, generator=torch.Generator().manual_seed(4))
+    mu, S, a = (torch.zeros(3, dtype=D).requires_grad_(), _spd3().requires_grad_(),
+                torch.tensor(1.0, dtype=D).requires_grad_())
+    want = torch.autograd.grad(_derived_reference(x, mu, S, a).sum(), [mu, S, a])
+    for freeze in ("a", "S", None):
+        energy = _derived_energy()
+        if freeze:
+            getattr(energy, freeze).requires_grad_(False)
+        for mode in (torch.enable_grad, torch.no_grad, torch.inference_mode):
+            with mode():
+                got = energy.parameter_gradient_sum(x)
+            for k, w in zip(("mu", "S", "a"), want):
+                torch.testing.assert_close(got[k], w, **TOL)
+        assert getattr(energy, freeze or "a").requires_grad is (freeze is None)
+        per = energy.parameter_gradient(x)
+        torch.testing.assert_close(per["S"].sum(0), want[1], **TOL)
+
+
+def test_cd_with_a_frozen_parameter_trains_the_others():
+    energy = _derived_energy()
+    energy.a.requires_grad_(False)
+    g = torch.Generator().manual_seed(5)
+    x, neg = torch.randn(8, 3, dtype=D, generator=g), torch.randn(8, 3, dtype=D, generator=g)
+    cd = ContrastiveDivergence(energy, LangevinDynamics(energy, step_size=0.01),
+                               energy_reg_weight=0.0)
+    cd.compute_loss(x, neg).backward()
+    mu, S = (torch.zeros(3, dtype=D).requires_grad_(), _spd3().requires_grad_())
+    a = torch.tensor(1.0, dtype=D)
+    loss = _derived_reference(x, mu, S, a).mean() - _derived_reference(neg, mu, S, a).mean()
+    want = torch.autograd.grad(loss, [mu, S])
+    torch.testing.assert_close(energy.mu.grad, want[0], **TOL)
+    torch.testing.assert_close(energy.S.grad, want[1], **TOL)
+    assert energy.a.grad is None
+
+
+def test_cd_closed_form_backward_is_differentiable_with_create_graph():
+    # a penalty on the parameter gradient: d/da (dL/da)^2 as autograd of the textbook loss
+    energy = from_expression("sum(a*x**2)", a=1.5, trainable=True)
+    energy.double()
+    g = torch.Generator().manual_seed(6)
+    x, neg = torch.randn(5, 2, dtype=D, generator=g), 2 * torch.randn(5, 2, dtype=D, generator=g)
+    cd = ContrastiveDivergence(energy, LangevinDynamics(energy, step_size=0.01),
+                               energy_reg_weight=0.1)
+    loss = cd.compute_loss(x, neg)
+    (ga,) = torch.autograd.grad(loss, [energy.a], create_graph=True)
+    (gga,) = torch.autograd.grad(ga**2, [energy.a])
+    a = torch.tensor(1.5, dtype=D, requires_grad=True)
+    ep, en = a * (x**2).sum(-1), a * (neg**2).sum(-1)
+    ref = ep.mean() - en.mean() + 0.1 * (ep.square().mean() + en.square().mean())
+    (ra,) = torch.autograd.grad(ref, [a], create_graph=True)
+    (rra,) = torch.autograd.grad(ra**2, [a])
+    torch.testing.assert_close(ga, ra, **TOL)
+    torch.testing.assert_close(gga, rra, **TOL)
+
+
+def test_cd_backward_after_an_in_place_parameter_change_raises():
+    energy = from_expression("sum((x - mu)**2)", mu=torch.zeros(2, dtype=D), trainable=True)
+    g = torch.Generator().manual_seed(7)
+    x, neg = torch.randn(4, 2, dtype=D, generator=g), torch.randn(4, 2, dtype=D, generator=g)
+    loss = ContrastiveDivergence(energy, LangevinDynamics(energy, step_size=0.01)
+                                 ).compute_loss(x, neg)
+    with torch.no_grad():
+        energy.mu.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

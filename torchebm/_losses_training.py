@@ -150,23 +150,46 @@ def _closed_form_cd(energy, x, negatives, reg):
     if reg > 0:
         loss = loss + reg * (e_pos.square().mean() + e_neg.square().mean())
     grads = [summed[n] for n, _ in params]
-    return _ClosedFormCD.apply(loss, grads, *[p for _, p in params])
+    return _ClosedFormCD.apply(loss, grads, (energy, x, negatives, reg),
+                               *[p for _, p in params])
+
+
+def _textbook_cd_loss(energy, x, negatives, reg):
+    """The CD loss through autograd of the energy (the double-backward route)."""
+    e_pos, e_neg = energy(x), energy(negatives)
+    loss = e_pos.mean() - e_neg.mean()
+    if reg > 0:
+        loss = loss + reg * (e_pos.square().mean() + e_neg.square().mean())
+    return loss
 
 
 class _ClosedFormCD(torch.autograd.Function):
     """``loss`` (a value computed without a graph) whose backward gives each parameter
-    ``grad * dloss/dtheta`` from the closed-form gradients computed with it. Once
-    differentiable (no double backward)."""
+    ``grad * dloss/dtheta`` from the closed-form gradients computed with it.
+
+    The parameters are saved for backward, so changing one in place between the loss
+    and ``backward()`` raises autograd's in-place error instead of returning the old
+    gradient. With ``create_graph=True`` (a penalty on the parameter gradient) the
+    backward differentiates the same loss through autograd, so the gradient it returns
+    is itself differentiable."""
 
     @staticmethod
-    def forward(ctx, loss, grads, *params):
-        ctx.grads = grads
+    def forward(ctx, loss, grads, textbook, *params):
+        ctx.grads, ctx.textbook = grads, textbook
+        ctx.save_for_backward(*params)          # version-checked when backward reads them
         return loss.clone()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        return (None, None, *[(grad * g).to(g.dtype) for g in ctx.grads])
+        params = ctx.saved_tensors
+        if torch.is_grad_enabled():             # create_graph=True: a differentiable result
+            energy, x, negatives, reg = ctx.textbook
+            loss = _textbook_cd_loss(energy, x, negatives, reg)
+            grads = torch.autograd.grad(loss, params, grad, create_graph=True,
+                                        allow_unused=True)
+            return (None, None, None, *[torch.zeros_like(p) if g is None else g
+                                        for p, g in zip(params, grads)])
+        return (None, None, None, *[(grad * g).to(g.dtype) for g in ctx.grads])
 
 
 class ContrastiveDivergence(nn.Module):

@@ -960,24 +960,33 @@ class CompiledEnergy(BaseEnergyFunction):
         trainable ``theta``: autograd through ``_derive`` (parameter-only, so its graph
         is small and independent of the batch). ``batch``: per-sample adjoints
         ``[*batch, *shape]`` (a batched vector-Jacobian product), or None (summed)."""
-        with torch.enable_grad():
-            derived = self._derive()
-            keys = [k for k in adjoints if isinstance(derived.get(k), torch.Tensor)
-                    and derived[k].requires_grad]
-            if not keys:
-                return
-            outs = [derived[k] for k in keys]
-            names = list(params)
-            if batch is None:
-                cots = [adjoints[k].to(o.dtype) for k, o in zip(keys, outs)]
-                grads = torch.autograd.grad(outs, [params[n] for n in names], cots,
-                                            allow_unused=True)
-            else:
-                count = math.prod(batch)
-                cots = [adjoints[k].to(o.dtype).reshape((count,) + o.shape)
-                        for k, o in zip(keys, outs)]
-                grads = torch.autograd.grad(outs, [params[n] for n in names], cots,
-                                            allow_unused=True, is_grads_batched=True)
+        # every parameter, frozen ones too (requires_grad=False), is differentiated,
+        # in any grad mode (inference_mode included): it is switched on here only
+        frozen = [p for p in params.values() if not p.requires_grad]
+        with torch.inference_mode(False), torch.enable_grad():
+            for p in frozen:
+                p.requires_grad_(True)
+            try:
+                derived = self._derive()
+                keys = [k for k in adjoints if isinstance(derived.get(k), torch.Tensor)
+                        and derived[k].requires_grad]
+                if not keys:
+                    return
+                outs = [derived[k] for k in keys]
+                names = list(params)
+                if batch is None:
+                    cots = [adjoints[k].clone().to(o.dtype) for k, o in zip(keys, outs)]
+                    grads = torch.autograd.grad(outs, [params[n] for n in names], cots,
+                                                allow_unused=True)
+                else:
+                    count = math.prod(batch)
+                    cots = [adjoints[k].clone().to(o.dtype).reshape((count,) + o.shape)
+                            for k, o in zip(keys, outs)]
+                    grads = torch.autograd.grad(outs, [params[n] for n in names], cots,
+                                                allow_unused=True, is_grads_batched=True)
+            finally:
+                for p in frozen:
+                    p.requires_grad_(False)
         for name, g in zip(names, grads):
             if g is None:
                 continue
