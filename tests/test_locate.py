@@ -82,3 +82,13 @@ def test_the_hessian_vector_product_and_diagonal_are_located_too():
 def test_bad_arguments_are_value_errors_saying_what_to_pass(kwargs, match):
     with pytest.raises(ValueError, match=match):
         from_expression(ROOTS).locate_nonfinite(torch.zeros(1, 4), **kwargs)
+
+
+def test_finite_results_with_a_guarded_nonfinite_branch_are_not_reported():
+    # where(x > 0, x*log(x), 0): log(x) is -inf or NaN at x <= 0, in the branch not taken;
+    # energy and gradient are finite, so there is nothing to locate
+    energy = from_expression("sum(where(x > 0, x*log(x), 0))")
+    x = torch.tensor([[-1.0, 0.0, 2.0]], dtype=torch.float64)
+    assert torch.isfinite(energy(x)).all() and torch.isfinite(energy.gradient(x)).all()
+    assert energy.locate_nonfinite(x, method="energy") is None
+    assert energy.locate_nonfinite(x, method="gradient") is None

@@ -78,3 +78,35 @@ def test_non_tensor_and_integer_inputs_are_refused_clearly():
         energy([[1.0, 2.0]])
     with pytest.raises(TypeError, match="floating-point"):
         energy(torch.ones(2, 2, dtype=torch.int64))
+
+
+def test_resizing_a_parameter_keeps_its_dtype_and_freeze():
+    from torchebm.symbolic import from_expression
+    energy = from_expression("-logsumexp(l[k] - sum((x - M[k, :])**2) for k in range(len(l)))",
+                             l=torch.zeros(2, dtype=torch.float64),
+                             M=torch.randn(2, 3, dtype=torch.float64), trainable=True)
+    energy.float()
+    energy.M.requires_grad_(False)
+    energy.M = torch.randn(4, 3, dtype=torch.float64)
+    energy.l = [0.0, 0.0, 0.0, 0.0]
+    assert energy.M.dtype == torch.float32 and energy.l.dtype == torch.float32
+    assert energy.M.requires_grad is False and energy.l.requires_grad is True
+    x = torch.randn(5, 3)
+    want = -torch.logsumexp(-((x[:, None, :] - energy.M.detach()) ** 2).sum(-1), -1)
+    torch.testing.assert_close(energy(x), want)
+
+
+def test_contrastive_divergence_under_no_grad_builds_no_graph():
+    from torchebm.losses import ContrastiveDivergence
+    from torchebm.samplers import LangevinDynamics
+    from torchebm.symbolic import from_expression
+    energy = from_expression("sum(a*x**2)", a=1.5, trainable=True)
+    cd = ContrastiveDivergence(energy, LangevinDynamics(energy, step_size=0.01))
+    x, neg = torch.randn(4, 2), torch.randn(4, 2)
+    with torch.no_grad():
+        loss = cd.compute_loss(x, neg)
+    assert not loss.requires_grad
+    a = 1.5
+    ep, en = a * (x**2).sum(-1), a * (neg**2).sum(-1)
+    want = ep.mean() - en.mean() + 0.001 * (ep.square().mean() + en.square().mean())
+    torch.testing.assert_close(loss, want)

@@ -426,15 +426,10 @@ class ContrastiveDivergence(nn.Module):
             x = x + scale * torch.randn(x.shape, dtype=x.dtype, device=x.device,
                                         generator=generator)
         loss = _closed_form_cd(self.energy, x, pred_x, reg)
-        if loss is None:
-            with torch.enable_grad():
-                e_pos = self.energy(x)
-                e_neg = self.energy(pred_x)
-                loss = e_pos.mean() - e_neg.mean()
-                if reg > 0:
-                    loss = loss + reg * (e_pos.square().mean() + e_neg.square().mean())
-        if self.nonfinite_fallback is not None and not bool(torch.isfinite(loss)):
-            warnings.warn(f"{type(self).__name__}: the loss is {float(loss)} (a data or "
+        if loss is None:        # autograd (in the caller's grad mode: no graph under no_grad)
+            loss = _textbook_cd_loss(self.energy, x, pred_x, reg)
+        if self.nonfinite_fallback is not None and not bool(torch.isfinite(loss.detach())):
+            warnings.warn(f"{type(self).__name__}: the loss is {float(loss.detach())} (a data or "
                           f"negative energy is not finite: the sampler diverged? lower its "
                           f"step size); it is replaced by {self.nonfinite_fallback}, "
                           f"with zero gradient", RuntimeWarning, stacklevel=2)

@@ -74,8 +74,9 @@ def _bad(value):
 
 def locate_nonfinite(energy, x, method="gradient", v=None):
     """Run ``energy``'s generated ``method`` on ``x`` and return a :class:`NonFinite` for
-    the first input, parameter or statement whose value has a NaN or inf; None if every
-    value is finite. See ``CompiledEnergy.locate_nonfinite``."""
+    the first input, parameter or statement whose value has a NaN or inf; None if the
+    method's results are finite (a non-finite value in the branch of a ``where`` that
+    is not taken is discarded by design). See ``CompiledEnergy.locate_nonfinite``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, "
                          f"got {method!r}")
@@ -136,10 +137,14 @@ def locate_nonfinite(energy, x, method="gradient", v=None):
         previous = sys.gettrace()
         sys.settrace(tracer)
         try:
-            fn(x, v, lay, der) if takes_v else fn(x, lay, der)
+            out = fn(x, v, lay, der) if takes_v else fn(x, lay, der)
         finally:
             sys.settrace(previous)
-    if not found:
+    results = (list(out.values()) if isinstance(out, dict) else
+               list(out) if isinstance(out, tuple) else [out])
+    if not found or all(_bad(r) is None for r in results):
+        # finite results: a non-finite intermediate was discarded by a guard (the
+        # branch of a where that is not taken, a collision's masked pair), by design
         return None
     target, line, bad = found[0]
     terms = ""

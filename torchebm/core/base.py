@@ -712,8 +712,11 @@ class CompiledEnergy(BaseEnergyFunction):
                 current.copy_(new.to(device=current.device))
             else:
                 table = self._parameters if trainable else self._buffers
-                table[attr] = (nn.Parameter(new.to(device=current.device)) if trainable
-                               else new.to(device=current.device))
+                # a new shape: a new tensor, with the old one's dtype, device and (for a
+                # parameter) requires_grad, so .float() or a freeze survives the resize
+                new = new.to(device=current.device, dtype=current.dtype)
+                table[attr] = (nn.Parameter(new, requires_grad=current.requires_grad)
+                               if trainable else new)
         self._clear_caches()
 
     def _check_device(self, x):
@@ -1106,7 +1109,9 @@ class CompiledEnergy(BaseEnergyFunction):
         and returns a :class:`torchebm.core._locate.NonFinite` for the first non-finite
         one: its line in :attr:`source`, the code, and the formula's terms that line
         computes (the comment over its group of lines); a non-finite ``x``, ``v`` or
-        parameter is reported as such. Returns None when every value is finite. A
+        parameter is reported as such. Returns None when the method's results are
+        finite (a NaN or inf in the branch of a ``where`` that is not taken is
+        discarded by design, not reported). A
         debugging aid: it is slower than the method (a check after every line).
 
         Raises:
