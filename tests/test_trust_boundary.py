@@ -668,3 +668,19 @@ def test_sampler_arguments_that_would_be_ignored_are_refused():
     assert traj.shape == (4, 0, 2)
     with pytest.raises(ValueError, match="n_steps must be an int >= 0, got 2.5"):
         MALA(energy, step_size=0.1).sample(x=torch.zeros(4, 2), n_steps=2.5)
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "a\nimport os", "a\rb", "a\u2028b", "é", "a\x0cb"])
+def test_comment_text_stays_one_comment_line(text):
+    line = "# " + gate.comment(text)
+    assert "\n" not in line and "\r" not in line and "\x00" not in line
+    tree = ast.parse(line + "\nvalue = 1\n")
+    assert [type(node).__name__ for node in tree.body] == ["Assign"]
+
+
+def test_the_formula_in_generated_comments_cannot_end_the_comment():
+    energy = from_expression("sum(x**2) + 1  # é\u2028")
+    tree = ast.parse(energy.source)
+    assert [type(node).__name__ for node in tree.body][-1] == "ClassDef"
+    comments = [line for line in energy.source.splitlines() if "per sample: " in line]
+    assert comments and all(line.isascii() for line in comments)     # é escaped, not raw

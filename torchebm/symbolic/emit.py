@@ -75,8 +75,8 @@ class ModuleEmitter(AdjointPrinting, ModuleNames):
             # one comment per group of lines of a level: the formula's terms they compute
             # (the line map that locate_nonfinite reads)
             if printed and last_level is not None and last_level is not commented:
-                lines.append(f"# {self.root_comment()}" if last_level is ROOT else
-                             f"# {describe(last_level)}")
+                text = self.root_comment() if last_level is ROOT else describe(last_level)
+                lines.append(f"# {gate.comment(text, 'formula')}")
             if printed and not isinstance(st, Free):
                 commented = last_level
             lines.extend(printed)

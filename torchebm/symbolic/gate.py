@@ -30,7 +30,7 @@ from ..core.base import python_literal
 from ..errors import EnergySyntaxError
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_PLAIN_COMMENT = re.compile(r"[A-Za-z0-9_ ./<>:+=,()\[\]-]*\Z")
+_PLAIN_COMMENT = re.compile(r"[\x20-\x7e]*\Z")   # printable ASCII: no line break, no NUL
 MAX_IDENTIFIER = 200
 
 
@@ -63,7 +63,8 @@ def string(text, what: str = "text") -> str:
 
 
 def comment(text, what: str = "text") -> str:
-    """``text`` for a comment line: as written when it is plain, else as a literal."""
+    """``text`` for a comment line: as written when it is printable ASCII (nothing in it
+    can end the comment), else as a literal (line breaks, NUL, non-ASCII escaped)."""
     if not isinstance(text, str):
         raise EnergySyntaxError(f"{what} must be a string, not {type(text).__name__}")
     return text if _PLAIN_COMMENT.match(text) else repr(text)
