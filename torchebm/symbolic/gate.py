@@ -67,7 +67,7 @@ def comment(text, what: str = "text") -> str:
     can end the comment), else as a literal (line breaks, NUL, non-ASCII escaped)."""
     if not isinstance(text, str):
         raise EnergySyntaxError(f"{what} must be a string, not {type(text).__name__}")
-    return text if _PLAIN_COMMENT.match(text) else repr(text)
+    return text if _PLAIN_COMMENT.match(text) else ascii(text)
 
 
 def integer(value, what: str = "integer") -> str:
