@@ -388,3 +388,22 @@ def test_cd_backward_after_an_in_place_parameter_change_raises():
         energy.mu.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_a_parameter_named_energy_keeps_its_own_gradient():
+    # the summed kernel returns the energy beside the parameters under a key that is not
+    # an identifier, so a parameter called 'energy' cannot overwrite it (or be lost)
+    energy = from_expression("sum(energy*x**2)", params={"energy": 2.0}, trainable=True)
+    energy.double()
+    g = torch.Generator().manual_seed(8)
+    x, neg = torch.randn(5, 3, dtype=D, generator=g), torch.randn(5, 3, dtype=D, generator=g)
+    (name,) = [k for k, _ in energy.named_parameters()]
+    torch.testing.assert_close(energy.parameter_gradient_sum(x)[name], (x**2).sum(), **TOL)
+    cd = ContrastiveDivergence(energy, LangevinDynamics(energy, step_size=0.01),
+                               energy_reg_weight=0.0)
+    loss = cd.compute_loss(x, neg)
+    loss.backward()
+    torch.testing.assert_close(loss, 2.0 * ((x**2).sum(-1).mean() - (neg**2).sum(-1).mean()),
+                               **TOL)
+    torch.testing.assert_close(getattr(energy, name).grad,
+                               (x**2).sum(-1).mean() - (neg**2).sum(-1).mean(), **TOL)

@@ -138,7 +138,7 @@ class GoldenEnergy(CompiledEnergy):
         return {'a': pbar, 'b': pbar_1}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         a = der["a"]
         b = der["b"]
         # level 0: i in range(0, n) (per sample): sum(a*(x[i])**(2) + b*sin(x[i]) for i in range(0, n))
@@ -157,4 +157,4 @@ class GoldenEnergy(CompiledEnergy):
         del rs_2
         pbar_3 = (weights * rs_3).sum()
         del rs_3
-        return {'energy': r, 'a': pbar_2, 'b': pbar_3}
+        return {'(energy)': r, 'a': pbar_2, 'b': pbar_3}

@@ -401,7 +401,7 @@ class GoldenEnergy(CompiledEnergy):
         return {'M': adj_M, 'w': adj_w, 's': pbar}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         w = der["w"]
         M = der["M"]
         c = der["c"]
@@ -448,4 +448,4 @@ class GoldenEnergy(CompiledEnergy):
         # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
         pbar_1 = (weights * rs_1).sum()
         del rs_1
-        return {'energy': energy_2, 'M': adj_M, 'w': adj_w, 's': pbar_1}
+        return {'(energy)': energy_2, 'M': adj_M, 'w': adj_w, 's': pbar_1}

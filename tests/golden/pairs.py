@@ -269,7 +269,7 @@ class GoldenEnergy(CompiledEnergy):
         return {'eps': pbar, 's': pbar_1}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         s = der["s"]
         c = der["c"]
         c_1 = der["c_1"]
@@ -307,4 +307,4 @@ class GoldenEnergy(CompiledEnergy):
         del a_2
         pbar_3 = (weights * a_3).sum()
         del a_3
-        return {'energy': r, 'eps': pbar_2, 's': pbar_3}
+        return {'(energy)': r, 'eps': pbar_2, 's': pbar_3}

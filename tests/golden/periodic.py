@@ -176,7 +176,7 @@ class GoldenEnergy(CompiledEnergy):
         return {'kappa': pbar}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         kappa = der["kappa"]
         # level 0: i in range(0, n) (per sample): Sum(-2*kappa*x[Mod(i + 1, n)]*x[i] + x[i]**2, (i, 0, n - 1))
         x_1 = x.index_select(-1, lay["idx_x_1_0"])
@@ -195,4 +195,4 @@ class GoldenEnergy(CompiledEnergy):
         del rs_1
         pbar_1 = (weights * a_1).sum()
         del a_1
-        return {'energy': r, 'kappa': pbar_1}
+        return {'(energy)': r, 'kappa': pbar_1}

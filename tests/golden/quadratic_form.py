@@ -210,7 +210,7 @@ class GoldenEnergy(CompiledEnergy):
         return {'inverse(S)': adj_inverse_S, 'mu': adj_mu, 'logdet(S)': pbar}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         mu = der["mu"]
         inverse_S = der["inverse(S)"]
         logdet_S = der["logdet(S)"]
@@ -247,4 +247,4 @@ class GoldenEnergy(CompiledEnergy):
         del w_1
         # per sample: 0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)
         pbar_1 = weights.sum() * 0.5
-        return {'energy': energy_2, 'inverse(S)': adj_inverse_S, 'mu': adj_mu, 'logdet(S)': pbar_1}
+        return {'(energy)': energy_2, 'inverse(S)': adj_inverse_S, 'mu': adj_mu, 'logdet(S)': pbar_1}

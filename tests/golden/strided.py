@@ -190,7 +190,7 @@ class GoldenEnergy(CompiledEnergy):
         return {'a': pbar}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         n = x.shape[-1]
         a = der["a"]
         # level 0: i in range(0, floor(n/2)) (per sample): Sum(a*sin(x[2*i]) + x[2*i + 1]**2*x[2*i], (i, 0, floor(n/2) - 1))
@@ -208,4 +208,4 @@ class GoldenEnergy(CompiledEnergy):
         # per sample: sum(x[2*i]*x[2*i + 1]**2 + a*sin(x[2*i]) for i in range(n // 2))
         pbar_1 = (weights * rs_1).sum()
         del rs_1
-        return {'energy': r, 'a': pbar_1}
+        return {'(energy)': r, 'a': pbar_1}

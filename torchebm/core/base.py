@@ -931,7 +931,7 @@ class CompiledEnergy(BaseEnergyFunction):
                     if not isinstance(weights, tuple):
                         weights = _batch_weights(weights, xb)
                     out = dict(self._parameter_gradient_sum(xb, weights, lay, der))
-                    energy = out.pop("energy")
+                    energy = out.pop("(energy)")      # not an identifier: no parameter's
                 else:
                     out = self._parameter_gradient(xb, lay, der)
             finally:

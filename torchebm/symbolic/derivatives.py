@@ -25,6 +25,11 @@ from .ir import (GRADIENT, Accumulate, Adjoint, AdjointInfo, Assign, Broadcast, 
                  frozen_map)
 
 
+
+#: The key of the energy in the batch-summed parameter kernel's result (not an
+#: identifier: a parameter named ``energy`` keeps its own key).
+ENERGY_KEY = "(energy)"
+
 def partial(expr, s):
     """``d expr / d s``; of a sum, only the terms that contain ``s`` are differentiated.
 
@@ -568,7 +573,8 @@ def parameter_adjoints(program: Program, arrays, scalars, summed: bool = False,
         b.forward_level(lv)
     energy, root_partials = b.forward_root()
     scalar_out = b.backward_params(root_partials)
-    outputs, names = ([energy], ["energy"]) if summed else ([], [])
+    # the energy's key is not an identifier, so no parameter name can collide with it
+    outputs, names = ([energy], [ENERGY_KEY]) if summed else ([], [])
     for base in sorted(b.arrays):
         vec = b.param_vector(base)
         if any(Adjoint(vec) in st.defines() for st in b.out):

@@ -44,7 +44,7 @@ DOCS = {
     "parameter_gradient": "Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., "
                           "*theta.shape]}.",
     "parameter_gradient_sum": "Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x "
-                              "[..., n], weights [...] or (a, c) for a + c*E -> {'energy': "
+                              "[..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': "
                               "[...], name: theta.shape}.",
 }
 

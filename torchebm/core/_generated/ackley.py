@@ -418,7 +418,7 @@ class AckleyEnergy(CompiledEnergy):
         return {'a': pbar, 'b': pbar_1, 'c': pbar_2}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         n = x.shape[-1]
         a = der["a"]
         b = der["b"]
@@ -461,4 +461,4 @@ class AckleyEnergy(CompiledEnergy):
         del d_8
         pbar_5 = (weights * a_2).sum()
         del a_2
-        return {'energy': energy_2, 'a': pbar_3, 'b': pbar_4, 'c': pbar_5}
+        return {'(energy)': energy_2, 'a': pbar_3, 'b': pbar_4, 'c': pbar_5}

@@ -176,7 +176,7 @@ class DoubleWellEnergy(CompiledEnergy):
         return {'barrier_height': pbar, 'b': pbar_1}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         barrier_height = der["barrier_height"]
         c = der["c"]
         w_1 = der["w_1"]
@@ -198,4 +198,4 @@ class DoubleWellEnergy(CompiledEnergy):
         del r
         pbar_3 = (weights * a_1).sum()
         del a_1
-        return {'energy': energy_2, 'barrier_height': pbar_2, 'b': pbar_3}
+        return {'(energy)': energy_2, 'barrier_height': pbar_2, 'b': pbar_3}

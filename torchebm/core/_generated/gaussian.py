@@ -176,7 +176,7 @@ class GaussianEnergy(CompiledEnergy):
         return {'inverse(cov)': adj_inverse_cov, 'mean': adj_mean}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         mean = der["mean"]
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
@@ -203,4 +203,4 @@ class GaussianEnergy(CompiledEnergy):
         del mv0
         adj_mean = adj_mean + weights.reshape(-1) @ w_1.reshape(-1, w_1.shape[-1])
         del w_1
-        return {'energy': r, 'inverse(cov)': adj_inverse_cov, 'mean': adj_mean}
+        return {'(energy)': r, 'inverse(cov)': adj_inverse_cov, 'mean': adj_mean}

@@ -136,7 +136,7 @@ class HarmonicEnergy(CompiledEnergy):
         return {'k': pbar}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         t0 = der["t0"]
         # level 0: i in range(0, n) (per sample): sum((x[i])**(2) for i in range(0, n))
         v_1 = torch.square(x)
@@ -149,4 +149,4 @@ class HarmonicEnergy(CompiledEnergy):
         del r
         pbar_1 = (weights * d_1).sum()
         del d_1
-        return {'energy': energy_2, 'k': pbar_1}
+        return {'(energy)': energy_2, 'k': pbar_1}

@@ -1133,7 +1133,7 @@ class LennardJonesEnergy(CompiledEnergy):
         return {'eps': pbar, 'rm': pbar_1, 'oscillator_scale': pbar_2}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         n = x.shape[-1]
         eps = der["eps"]
         rm = der["rm"]
@@ -1214,4 +1214,4 @@ class LennardJonesEnergy(CompiledEnergy):
         del rs_6
         pbar_5 = (weights * d_8).sum()
         del d_8
-        return {'energy': energy_2, 'eps': pbar_3, 'rm': pbar_4, 'oscillator_scale': pbar_5}
+        return {'(energy)': energy_2, 'eps': pbar_3, 'rm': pbar_4, 'oscillator_scale': pbar_5}

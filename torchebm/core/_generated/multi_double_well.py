@@ -549,7 +549,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         return {'a': pbar, 'offset': pbar_1, 'b': pbar_2, 'c': pbar_3}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         a = der["a"]
         offset = der["offset"]
         b = der["b"]
@@ -593,4 +593,4 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         del rs_5
         pbar_7 = (weights * rs_6).sum()
         del rs_6
-        return {'energy': r, 'a': pbar_4, 'offset': pbar_5, 'b': pbar_6, 'c': pbar_7}
+        return {'(energy)': r, 'a': pbar_4, 'offset': pbar_5, 'b': pbar_6, 'c': pbar_7}

@@ -161,7 +161,7 @@ class RastriginEnergy(CompiledEnergy):
         return {'a': pbar}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         n = x.shape[-1]
         a = der["a"]
         c = der["c"]
@@ -185,4 +185,4 @@ class RastriginEnergy(CompiledEnergy):
         del rs_1
         pbar_1 = (weights * a_2).sum()
         del a_2
-        return {'energy': energy_2, 'a': pbar_1}
+        return {'(energy)': energy_2, 'a': pbar_1}

@@ -227,7 +227,7 @@ class RosenbrockEnergy(CompiledEnergy):
         return {'b': pbar, 'a': pbar_1}
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
-        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'energy': [...], name: theta.shape}."""
+        """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
         n = x.shape[-1]
         b = der["b"]
         a = der["a"]
@@ -255,4 +255,4 @@ class RosenbrockEnergy(CompiledEnergy):
         del rs_3
         pbar_3 = (weights * a_2).sum()
         del a_2
-        return {'energy': r, 'b': pbar_2, 'a': pbar_3}
+        return {'(energy)': r, 'b': pbar_2, 'a': pbar_3}
