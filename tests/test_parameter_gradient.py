@@ -407,3 +407,15 @@ def test_a_parameter_named_energy_keeps_its_own_gradient():
                                **TOL)
     torch.testing.assert_close(getattr(energy, name).grad,
                                (x**2).sum(-1).mean() - (neg**2).sum(-1).mean(), **TOL)
+
+
+def test_a_parameter_only_in_a_condition_has_zero_gradient_not_an_error():
+    # where(x > c, x, 0): the energy is piecewise constant in c, so dE/dc = 0 almost
+    # everywhere; autograd has no path to c, which used to raise
+    energy = from_expression("sum(where(x > c, x, 0))", c=0.0, trainable=True)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(9))
+    assert float(energy.parameter_gradient_sum(x)["c"]) == 0.0
+    assert torch.equal(energy.parameter_gradient(x)["c"], torch.zeros(4, dtype=torch.float64))
+    cd = ContrastiveDivergence(energy, LangevinDynamics(energy, step_size=0.01))
+    cd.compute_loss(x, torch.randn(4, 3)).backward()
+    assert float(energy.c.grad) == 0.0

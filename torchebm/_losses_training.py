@@ -428,6 +428,12 @@ class ContrastiveDivergence(nn.Module):
         loss = _closed_form_cd(self.energy, x, pred_x, reg)
         if loss is None:        # autograd (in the caller's grad mode: no graph under no_grad)
             loss = _textbook_cd_loss(self.energy, x, pred_x, reg)
+            if torch.is_grad_enabled() and not loss.requires_grad:
+                # no trainable parameter reaches the energy differentiably (a parameter
+                # only in a condition): zero gradients rather than autograd's error
+                loss = loss + sum((0.0 * p.sum() for p in self.energy.parameters()
+                                   if p.requires_grad), torch.zeros((), dtype=loss.dtype,
+                                                                    device=loss.device))
         if self.nonfinite_fallback is not None and not bool(torch.isfinite(loss.detach())):
             warnings.warn(f"{type(self).__name__}: the loss is {float(loss.detach())} (a data or "
                           f"negative energy is not finite: the sampler diverged? lower its "

@@ -337,9 +337,12 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
                 f"trainable=True (or a list of names) to differentiate in its parameters")
         x = _as_batch(x).detach()
         weights = _batch_weights(weights, x)
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             total = (self(x) * weights).sum()
-            grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+            # an energy that no parameter reaches through a differentiable path (a
+            # parameter only in a condition, where(x > c, ...)) has zero gradients
+            grads = (torch.autograd.grad(total, list(params.values()), allow_unused=True)
+                     if total.requires_grad else [None] * len(params))
         return {name: (torch.zeros_like(p) if g is None else g.detach())
                 for (name, p), g in zip(params.items(), grads)}
 
