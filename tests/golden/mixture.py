@@ -184,9 +184,9 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x.index_select(-1, lay["idx_x_1_0"])
         xdot = v.index_select(-1, lay["idx_x_1_0"])
         u0 = x_1 - p
-        v_1 = torch.square(u0)
-        dot = xdot*(2*x_1 - 2*p)
         del p, x_1
+        v_1 = torch.square(u0)
+        dot = 2*u0*xdot
         r = _rt.reduce_points(v_1, "sum", w.shape[0], lay["Q1"])
         del v_1
         dot_1 = _rt.reduce_points(dot, "sum", w.shape[0], lay["Q1"])

@@ -125,7 +125,7 @@ class AckleyEnergy(CompiledEnergy):
         bc = d_2.unsqueeze(-1)
         bc_1 = d_1.unsqueeze(-1)
         bc_2 = norm.unsqueeze(-1)
-        w = bc_1/torch.where((bc_2 != 0), bc_2, x.new_tensor(math.inf))*x
+        w = bc_1/torch.where((bc_2 != 0), bc_2, math.inf)*x
         del norm, bc_2, d_1, bc_1
         w_1 = c_1*bc
         del d_2, bc
@@ -165,7 +165,7 @@ class AckleyEnergy(CompiledEnergy):
         bc = d_2.unsqueeze(-1)
         bc_1 = d_1.unsqueeze(-1)
         bc_2 = norm.unsqueeze(-1)
-        w = bc_1/torch.where((bc_2 != 0), bc_2, x.new_tensor(math.inf))*x
+        w = bc_1/torch.where((bc_2 != 0), bc_2, math.inf)*x
         del norm, bc_2, d_1, bc_1
         w_1 = c_1*bc
         del d_2, bc
@@ -198,7 +198,7 @@ class AckleyEnergy(CompiledEnergy):
         del dot
         norm = _rt.norm(x)
         res = norm.unsqueeze(-1)
-        w_2 = v*(x/torch.where((res != 0), res, x.new_tensor(math.inf)))
+        w_2 = v*(x/torch.where((res != 0), res, math.inf))
         dot_3 = w_2.sum(-1)
         del w_2
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
@@ -226,9 +226,9 @@ class AckleyEnergy(CompiledEnergy):
         bc_2 = norm.unsqueeze(-1)
         dot_8 = dot_3.unsqueeze(-1)
         u11 = (bc_2 != 0)
-        u12 = torch.where(u11, bc_2, x.new_tensor(math.inf))
+        u12 = torch.where(u11, bc_2, math.inf)
         u13 = (x/u12)
-        dot_9 = dot_7*u13 + bc_1*torch.where(u11, 1/bc_2, x.new_tensor(0))*v - bc_1*dot_8*torch.where(u11, x.new_tensor(1), x.new_tensor(0))*_rt.over_square(x, u12)
+        dot_9 = dot_7*u13 + bc_1*torch.where(u11, 1/bc_2, 0)*v - bc_1*dot_8*torch.where(u11, x.new_tensor(1), x.new_tensor(0))*_rt.over_square(x, u12)
         del norm, res, bc_2, dot_3, dot_8, d_1, bc_1, dot_4, dot_7, u11, u12, u13
         w_1 = c_1*bc
         del d_2, bc
@@ -273,7 +273,7 @@ class AckleyEnergy(CompiledEnergy):
         h = c_5*torch.exp(-b*torch.rsqrt(n_float)*norm)/n_float
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bc_3 = norm.unsqueeze(-1)
-        w_3 = (x/torch.where((bc_3 != 0), bc_3, x.new_tensor(math.inf)))
+        w_3 = (x/torch.where((bc_3 != 0), bc_3, math.inf))
         grad_norm = w_3
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         hdiag = h.unsqueeze(-1)*torch.square(grad_norm)
@@ -292,7 +292,7 @@ class AckleyEnergy(CompiledEnergy):
         del h2, d_2, bc
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         w5 = (norm != 0)
-        knorm = torch.where(w5, (_rt.guard(w5, d_1)/_rt.guard(w5, norm)), x.new_tensor(0))
+        knorm = torch.where(w5, (_rt.guard(w5, d_1)/_rt.guard(w5, norm)), 0)
         del norm, bc_3, d_1, w5
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bw = knorm.unsqueeze(-1)
@@ -336,7 +336,7 @@ class AckleyEnergy(CompiledEnergy):
         bc = d_2.unsqueeze(-1)
         bc_1 = d_1.unsqueeze(-1)
         bc_2 = norm.unsqueeze(-1)
-        w = bc_1/torch.where((bc_2 != 0), bc_2, x.new_tensor(math.inf))*x
+        w = bc_1/torch.where((bc_2 != 0), bc_2, math.inf)*x
         w_1 = c_1*bc
         g = w + w_1*d
         del w, w_1
@@ -345,7 +345,7 @@ class AckleyEnergy(CompiledEnergy):
         h = c_5*torch.exp(-b*torch.rsqrt(n_float)*norm)/n_float
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bc_3 = norm.unsqueeze(-1)
-        w_3 = (x/torch.where((bc_3 != 0), bc_3, x.new_tensor(math.inf)))
+        w_3 = (x/torch.where((bc_3 != 0), bc_3, math.inf))
         grad_norm = w_3
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         hdiag = h.unsqueeze(-1)*torch.square(grad_norm)
@@ -364,7 +364,7 @@ class AckleyEnergy(CompiledEnergy):
         del h2, d_2, bc
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         w5 = (norm != 0)
-        knorm = torch.where(w5, (_rt.guard(w5, d_1)/_rt.guard(w5, norm)), x.new_tensor(0))
+        knorm = torch.where(w5, (_rt.guard(w5, d_1)/_rt.guard(w5, norm)), 0)
         del norm, bc_2, bc_3, d_1, bc_1, w5
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bw = knorm.unsqueeze(-1)
