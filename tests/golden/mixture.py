@@ -272,7 +272,7 @@ class GoldenEnergy(CompiledEnergy):
         hs = h_2.sum(-1)
         del h_2
         # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
-        h_3 = 1/hs
+        h_3 = torch.reciprocal(hs)
         del hs
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bw = h_3.unsqueeze(-1)
@@ -339,7 +339,7 @@ class GoldenEnergy(CompiledEnergy):
         hs = h_2.sum(-1)
         del h_2
         # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
-        h_3 = 1/hs
+        h_3 = torch.reciprocal(hs)
         del hs
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bw = h_3.unsqueeze(-1)

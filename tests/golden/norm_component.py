@@ -116,7 +116,7 @@ class GoldenEnergy(CompiledEnergy):
         dot_1 = dot.unsqueeze(-1)
         u0 = (bc != 0)
         u1 = torch.where(u0, bc, math.inf)
-        dot_2 = torch.where(u0, 1/bc, 0)*v - dot_1*torch.where(u0, x.new_tensor(1), x.new_tensor(0))*_rt.over_square(x, u1)
+        dot_2 = torch.where(u0, torch.reciprocal(bc), 0)*v - dot_1*torch.where(u0, x.new_tensor(1), x.new_tensor(0))*_rt.over_square(x, u1)
         del norm, res, bc, dot, dot_1, u0, u1
         hvp = hvp + dot_2
         del dot_2

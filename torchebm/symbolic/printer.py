@@ -219,10 +219,12 @@ class TorchEnergyPrinter(TorchPrinter):
                 return f"torch.square({self._print(base)})"
             if k == 3 and base.is_Symbol:
                 return f"({b}*{b}*{b})"
+            # a reciprocal is torch.reciprocal: ``1/t`` on a tensor runs two ops
+            # (reciprocal, then a multiplication by 1), a full-size pass more
             if k == -1:
-                return f"1/{b}"
+                return f"torch.reciprocal({self._print(base)})"
             if k < 0:
-                return f"1/{self._print(sp.Pow(base, -exp, evaluate=False))}"
+                return f"torch.reciprocal({self._print(sp.Pow(base, -exp, evaluate=False))})"
             return f"torch.pow({self._print(base)}, {k})"
         return f"torch.pow({self._print(base)}, {self._print(exp)})"
 

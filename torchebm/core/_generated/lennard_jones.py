@@ -130,6 +130,7 @@ class LennardJonesEnergy(CompiledEnergy):
         lay["co2_9"] = torch.nonzero(_ia == _ic).flatten()
         lay["co2_9_at"] = _ia[lay["co2_9"]]
         lay["width"] = max(n, lay["P2"])
+        lay["n_float"] = torch.tensor(n, dtype=torch.float64, device=device)
         return lay
 
     def _derive(self):
@@ -144,11 +145,10 @@ class LennardJonesEnergy(CompiledEnergy):
 
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        n = x.shape[-1]
         eps = der["eps"]
         rm = der["rm"]
         t13 = der["t13"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., 0::3]
         x_2 = x[..., 1::3]
@@ -163,7 +163,7 @@ class LennardJonesEnergy(CompiledEnergy):
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
-        t0 = 1/((n_float) // (3))
+        t0 = torch.reciprocal(((n_float) // (3)))
         t1 = x_6 - t0*b_2
         del r_2, b_2
         t2 = x_4 - t0*b
@@ -191,7 +191,7 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_11, x_12
         t9 = torch.square(t6) + torch.square(t7) + torch.square(t8)
         del t6, t7, t8
-        t10 = 1/(t9*t9*t9)
+        t10 = torch.reciprocal((t9*t9*t9))
         del t9
         t11 = _rt.guard(t4, eps)
         v_2 = torch.where(t4, t10*t11*t5*(t10*t5 - 2), math.inf)
@@ -210,7 +210,7 @@ class LennardJonesEnergy(CompiledEnergy):
         rm = der["rm"]
         oscillator_scale = der["oscillator_scale"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., 0::3]
         x_2 = x[..., 1::3]
@@ -225,7 +225,7 @@ class LennardJonesEnergy(CompiledEnergy):
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
-        t0 = 1/((n_float) // (3))
+        t0 = torch.reciprocal(((n_float) // (3)))
         t1 = x_6 - t0*b_2
         del r_2, b_2
         t2 = x_4 - t0*b
@@ -248,7 +248,7 @@ class LennardJonesEnergy(CompiledEnergy):
         t8 = _rt.guard(t4, x_12) - _rt.guard(t4, x_11)
         del x_11, x_12
         t9 = torch.square(t6) + torch.square(t7) + torch.square(t8)
-        t10 = 1/(t9*t9*t9)
+        t10 = torch.reciprocal((t9*t9*t9))
         t11 = _rt.guard(t4, eps)
         t12 = torch.where(t4, 6*t11*t5*(2*t10*t5 - 2)/torch.pow(t9, 4), 0)
         del t4, t5, t9, t10, t11
@@ -319,7 +319,7 @@ class LennardJonesEnergy(CompiledEnergy):
         oscillator_scale = der["oscillator_scale"]
         t13 = der["t13"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., 0::3]
         x_2 = x[..., 1::3]
@@ -334,7 +334,7 @@ class LennardJonesEnergy(CompiledEnergy):
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
-        t0 = 1/((n_float) // (3))
+        t0 = torch.reciprocal(((n_float) // (3)))
         t1 = x_6 - t0*b_2
         del r_2, b_2
         t2 = x_4 - t0*b
@@ -360,7 +360,7 @@ class LennardJonesEnergy(CompiledEnergy):
         t8 = _rt.guard(t4, x_12) - _rt.guard(t4, x_11)
         del x_11, x_12
         t9 = torch.square(t6) + torch.square(t7) + torch.square(t8)
-        t10 = 1/(t9*t9*t9)
+        t10 = torch.reciprocal((t9*t9*t9))
         t11 = _rt.guard(t4, eps)
         t12 = torch.where(t4, 6*t11*t5*(2*t10*t5 - 2)/torch.pow(t9, 4), 0)
         del t9
@@ -438,7 +438,7 @@ class LennardJonesEnergy(CompiledEnergy):
         rm = der["rm"]
         oscillator_scale = der["oscillator_scale"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         xdot = v[..., 0::3]
         xdot_1 = v[..., 1::3]
@@ -453,7 +453,7 @@ class LennardJonesEnergy(CompiledEnergy):
         dot_3 = dot.unsqueeze(-1)
         dot_4 = dot_1.unsqueeze(-1)
         dot_5 = dot_2.unsqueeze(-1)
-        u0 = 1/((n_float) // (3))
+        u0 = torch.reciprocal(((n_float) // (3)))
         u7 = u0*dot_3
         del dot, dot_3
         u8 = u0*dot_4
@@ -501,7 +501,7 @@ class LennardJonesEnergy(CompiledEnergy):
         u21 = u20 - u19
         del u19, u20
         u22 = torch.square(u15) + torch.square(u18) + torch.square(u21)
-        u23 = 1/(u22*u22*u22)
+        u23 = torch.reciprocal((u22*u22*u22))
         u24 = _rt.guard(u10, eps)
         u26 = -6*u15
         u28 = u24*torch.pow(u11, 12)
@@ -601,7 +601,7 @@ class LennardJonesEnergy(CompiledEnergy):
         rm = der["rm"]
         oscillator_scale = der["oscillator_scale"]
         t13 = der["t13"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         w4 = ((n_float) // (3))
         w5 = 2/torch.square(w4)
@@ -789,7 +789,7 @@ class LennardJonesEnergy(CompiledEnergy):
         oscillator_scale = der["oscillator_scale"]
         t13 = der["t13"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., 0::3]
         x_2 = x[..., 1::3]
@@ -804,7 +804,7 @@ class LennardJonesEnergy(CompiledEnergy):
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
-        w0 = 1/((n_float) // (3))
+        w0 = torch.reciprocal(((n_float) // (3)))
         w1 = x_6 - w0*b_2
         del r_2, b_2
         w2 = x_4 - w0*b
@@ -827,7 +827,7 @@ class LennardJonesEnergy(CompiledEnergy):
         w10 = _rt.guard(w7, x_10) - _rt.guard(w7, x_9)
         w11 = _rt.guard(w7, x_12) - _rt.guard(w7, x_11)
         w12 = torch.square(w10) + torch.square(w11) + torch.square(w9)
-        w13 = 1/(w12*w12*w12)
+        w13 = torch.reciprocal((w12*w12*w12))
         w14 = _rt.guard(w7, eps)
         w15 = torch.where(w7, 6*w14*w8*(2*w13*w8 - 2)/torch.pow(w12, 4), 0)
         del w7, w8, w12, w13, w14
