@@ -129,3 +129,31 @@ def test_norm_one_reduction_check_sends_inf_and_nan_rows_to_the_scaled_form(dtyp
     torch.testing.assert_close(got[3], torch.tensor(math.sqrt(5.0), dtype=dtype))
     assert _rt.norm(rows[:0]).shape == (0,)
     torch.testing.assert_close(_rt.norm(rows[0]), torch.tensor(5.0, dtype=dtype))
+
+
+def test_a_reciprocal_prints_as_one_op_with_the_same_values():
+    p = TorchEnergyPrinter({"names": {x0: "x", x1: "y"}, "sizes": {x0: 3, x1: 3}})
+    assert p.doprint(1 / x0) == "torch.reciprocal(x)"
+    assert p.doprint(x0 ** -3) == "torch.reciprocal((x*x*x))"
+    energy = from_expression("sum(1/(1 + x**2)) + 1/(x[0]**2 + 2)**3")
+    x = torch.tensor([[0.5, -2.0, 3.0]], dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    plain = (1 / (1 + xr ** 2)).sum(-1) + (xr[..., 0] ** 2 + 2) ** -3
+    (want,) = torch.autograd.grad(plain.sum(), xr)
+    # by hand: 1/1.25 + 1/5 + 1/10 + 1/2.25**3
+    torch.testing.assert_close(energy(x), torch.tensor([0.8 + 0.2 + 0.1 + 2.25 ** -3],
+                                                       dtype=torch.float64))
+    torch.testing.assert_close(energy.gradient(x), want)
+
+
+def test_n_in_values_comes_from_the_layout_of_each_n():
+    # the float64 n is made once per layout (per n): alternating n must not mix them
+    energy = from_expression("sum(x**2)/n + 1/(n - 1)")
+    assert 'lay["n_float"]' in energy.source
+    for n in (3, 5, 3, 2, 5):
+        x = torch.arange(1.0, n + 1, dtype=torch.float64).unsqueeze(0)
+        want = sum(k * k for k in range(1, n + 1)) / n + 1 / (n - 1)
+        assert float(energy(x)) == pytest.approx(want, rel=1e-15)
+        torch.testing.assert_close(energy.gradient(x), 2 * x / n)
+    # at n = 1, 1/(n - 1) is inf as torch computes it, not a ZeroDivisionError
+    assert float(energy(torch.ones(1, 1, dtype=torch.float64))) == math.inf
