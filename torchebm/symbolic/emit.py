@@ -118,7 +118,11 @@ class ModuleEmitter(AdjointPrinting, ModuleNames):
                 head.append(f'{self.names[sym]} = der["{self.names[sym]}"]')
                 self.derived_values[self.names[sym]] = self.parameter_code(expr)
         for local, integer in self.as_float.items():
-            if local in words:
+            if local in words and integer == "n":
+                # n as a float64 0-d tensor, made once per layout (4 ops a call otherwise)
+                head.append(f'{local} = lay["n_float"]')
+                self.n_float = True
+            elif local in words:
                 head.append(f"{local} = x.new_tensor({integer}, dtype=torch.float64)")
         if "n" in words | self.words("\n".join(head)):
             head.insert(0, "n = x.shape[-1]")
@@ -279,8 +283,8 @@ def emit_module(spec: EnergySpec, parsed, entries) -> GeneratedSource:
     is structured, ``hessian_diagonal`` and ``gradient_and_hessian_diagonal``.
     """
     em = ModuleEmitter(spec, parsed, entries)
-    layout = layout_method(em)
     methods = [em.function(k) for k in entries]
+    layout = layout_method(em)          # after the methods: it holds what they read
     derive = derive_method(em)
     from .docs import class_docstring, init_method
     params_meta = []

@@ -200,6 +200,8 @@ def layout_method(em) -> str:
     if gathered:
         width = f"max({', '.join([width] + gathered)})"
     lines.append(f'lay["width"] = {width}')
+    if getattr(em, "n_float", False):      # n in values: a float64 0-d tensor (names.py)
+        lines.append('lay["n_float"] = torch.tensor(n, dtype=torch.float64, device=device)')
     arrays = [f"{local} = self.{local}" for name, local in em.params.items()
               if (name in em.parsed.constants or (name in em.parsed.params
                                                   and em.parsed.params[name].rank > 0))]

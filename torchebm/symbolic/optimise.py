@@ -469,16 +469,74 @@ def _horner(kernel):
     return kernel.replace(body=tuple(body)) if changed else kernel
 
 
+def _sum_terms(expr):
+    """``{monomial: coefficient}`` of a sum (``1`` keys its constant term)."""
+    return dict(expr.as_coefficients_dict())
+
+
+def _factor_sum(expr, target, terms):
+    """``expr`` (a sum) with ``c*t_1 + ... + c*t_k`` replaced by ``c*target`` where
+    ``target = t_1 + ... + t_k`` (``terms``: its :func:`_sum_terms`); None unless ``expr``
+    holds the same numeric multiple ``c`` of every term, the constant one included."""
+    have = _sum_terms(expr)
+    monomials = [m for m in terms if m != 1]
+    if len(monomials) < 1 or len(terms) < 2 or any(m not in have for m in monomials):
+        return None
+    c = have[monomials[0]] / terms[monomials[0]]
+    if c == 0 or not c.is_finite or any(have[m] != c * terms[m] for m in monomials):
+        return None
+    if have.get(1, 0) != c * terms.get(1, 0):
+        return None
+    rest = [a * m for m, a in have.items() if m not in terms]
+    return sp.Add(*rest) + c * target
+
+
+def _reuse_sums(kernel):
+    """A sum that holds a numeric multiple of every term of an earlier sum of its level
+    reads that sum: with ``t = x0 + x1**2 - 7``, the chain rule's ``2*(x0 + x1**2 - 7) +
+    4*u*x0``, which SymPy expands into ``2*x0 + 2*x1**2 + 4*u*x0 - 14`` (a number times a
+    sum is distributed), is ``2*t + 4*u*x0`` again: 4 passes instead of 7, the
+    factored form of the derivative (Himmelblau's gradient). Applied to every sum
+    inside an assignment, only where it prints fewer passes, and only from sums that
+    something else reads."""
+    readers: dict = {}
+    for st in kernel.body:
+        for key in st.uses():
+            readers[key] = readers.get(key, 0) + 1
+    sums, body, changed = [], [], False
+    for st in kernel.body:
+        if isinstance(st, Assign) and isinstance(st.expr, sp.Expr) and st.expr.has(sp.Add):
+            expr = st.expr
+            for target, level, terms in sums:
+                if level is not st.level:
+                    continue
+
+                def swap(e, target=target, terms=terms):
+                    new = _factor_sum(e, target, terms)
+                    return e if new is None or _passes(new) >= _passes(e) else new
+                expr = expr.replace(lambda e: e.is_Add, swap)
+            if expr != st.expr:
+                st, changed = dataclasses.replace(st, expr=expr), True
+        if isinstance(st, Assign) and isinstance(st.expr, sp.Add) and (
+                readers.get(st.target) or st.target in kernel.outputs):
+            # only a sum that is computed anyway (an earlier pass may have folded a
+            # sum into its one reader, leaving it dead: reading it would revive it)
+            sums.append((st.target, st.level, _sum_terms(st.expr)))
+        body.append(st)
+    return kernel.replace(body=tuple(body)) if changed else kernel
+
+
 def simplify(kernel: Kernel) -> Kernel:
     """Algebraic identities on the statements, each a ``Kernel -> Kernel`` step:
     whole-vector loads read as the vector, numeric factors pulled out of
     matrix-vector products, whole-vector accumulations merged into one sum,
     chains of numeric scalings folded (``2.0*(0.5*u) = u``, ``1.0*u = u``), then
     copies propagated; accumulations from strided loads that tile a vector interleaved
-    into it; polynomials of one full-size value in Horner form. The symmetric quadratic form's gradient ``2 * (0.5*(x - m)) @ P``
+    into it; polynomials of one full-size value in Horner form; numeric multiples of an
+    earlier sum's terms read as that sum (:func:`_reuse_sums`). The symmetric quadratic form's gradient ``2 * (0.5*(x - m)) @ P``
     becomes ``(x - m) @ P``: one product, no scaling pass."""
     for step in (_whole_vector_loads, _pull_matvec_scales, _merge_accumulations, _interleave,
-                 _fold_scales, _horner, propagate_copies):
+                 _fold_scales, _horner, _reuse_sums, propagate_copies):
         kernel = step(kernel)
     return kernel
 

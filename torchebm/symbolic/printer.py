@@ -219,10 +219,12 @@ class TorchEnergyPrinter(TorchPrinter):
                 return f"torch.square({self._print(base)})"
             if k == 3 and base.is_Symbol:
                 return f"({b}*{b}*{b})"
+            # a reciprocal is torch.reciprocal: ``1/t`` on a tensor runs two ops
+            # (reciprocal, then a multiplication by 1), a full-size pass more
             if k == -1:
-                return f"1/{b}"
+                return f"torch.reciprocal({self._print(base)})"
             if k < 0:
-                return f"1/{self._print(sp.Pow(base, -exp, evaluate=False))}"
+                return f"torch.reciprocal({self._print(sp.Pow(base, -exp, evaluate=False))})"
             return f"torch.pow({self._print(base)}, {k})"
         return f"torch.pow({self._print(base)}, {self._print(exp)})"
 
@@ -255,15 +257,26 @@ class TorchEnergyPrinter(TorchPrinter):
             pairs = list(expr.args)
         else:
             last_code = self._print(last)
-        code = self._branch(last) if cond == sp.true else last_code
+        branches = [e for e, _ in pairs] + ([last] if cond == sp.true else [])
+        tensor = any(not (e.is_Number or self.is_python(e)) for e in branches)
+        code = self._branch(last, tensor) if cond == sp.true else last_code
         for e, c in reversed(pairs):
-            code = f"torch.where({self._print(c)}, {self._branch(e)}, {code})"
+            code = f"torch.where({self._print(c)}, {self._branch(e, tensor)}, {code})"
         return code
 
-    def _branch(self, e):
-        # a number in torch.where would set the result's dtype (int64, or float32 for a
-        # Python float); as a 0-d tensor of x's dtype it follows the input instead
-        if e.is_Number or self.is_python(e):
+    def _branch(self, e, tensor=False):
+        # Numbers in torch.where beside no tensor would set the result's dtype (int64, or
+        # float32 for a Python float); as a 0-d tensor of x's dtype they follow the input.
+        # Beside a tensor branch (``tensor``), a Python number is weak and takes that
+        # tensor's dtype, and costs no tensor of its own (5 us a call): used for numbers
+        # every floating dtype holds (|v| <= 65504, float16's largest; inf, nan), since
+        # torch refuses a Python number that overflows the result's dtype.
+        if e.is_Number:
+            value = float(e)
+            if tensor and (not math.isfinite(value) or abs(value) <= 65504.0):
+                return self._print(e)
+            return f"x.new_tensor({self._print(e)})"
+        if self.is_python(e):
             return f"x.new_tensor({self._print(e)})"
         return self._print(e)
 

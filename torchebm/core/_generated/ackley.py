@@ -56,6 +56,7 @@ class AckleyEnergy(CompiledEnergy):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
         lay["width"] = n
+        lay["n_float"] = torch.tensor(n, dtype=torch.float64, device=device)
         return lay
 
     def _derive(self):
@@ -72,11 +73,10 @@ class AckleyEnergy(CompiledEnergy):
 
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        n = x.shape[-1]
         a = der["a"]
         b = der["b"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         t0 = c*x
         v_1 = torch.cos(t0)
@@ -85,7 +85,7 @@ class AckleyEnergy(CompiledEnergy):
         del v_1
         norm = _rt.norm(x)
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
-        t1 = 1/n_float
+        t1 = torch.reciprocal(n_float)
         t2 = torch.exp(t1*r)
         del r
         t3 = b*torch.rsqrt(n_float)
@@ -97,12 +97,11 @@ class AckleyEnergy(CompiledEnergy):
 
     def _gradient(self, x, lay, der):
         """Closed-form gradient dE/dx of x [..., n] -> [..., n]."""
-        n = x.shape[-1]
         a = der["a"]
         b = der["b"]
         c = der["c"]
         c_1 = der["c_1"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         t0 = c*x
         v_1 = torch.cos(t0)
@@ -112,7 +111,7 @@ class AckleyEnergy(CompiledEnergy):
         del v_1
         norm = _rt.norm(x)
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
-        t1 = 1/n_float
+        t1 = torch.reciprocal(n_float)
         t2 = torch.exp(t1*r)
         del r
         t3 = b*torch.rsqrt(n_float)
@@ -125,7 +124,7 @@ class AckleyEnergy(CompiledEnergy):
         bc = d_2.unsqueeze(-1)
         bc_1 = d_1.unsqueeze(-1)
         bc_2 = norm.unsqueeze(-1)
-        w = bc_1/torch.where((bc_2 != 0), bc_2, x.new_tensor(math.inf))*x
+        w = bc_1/torch.where((bc_2 != 0), bc_2, math.inf)*x
         del norm, bc_2, d_1, bc_1
         w_1 = c_1*bc
         del d_2, bc
@@ -136,12 +135,11 @@ class AckleyEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        n = x.shape[-1]
         a = der["a"]
         b = der["b"]
         c = der["c"]
         c_1 = der["c_1"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         t0 = c*x
         v_1 = torch.cos(t0)
@@ -151,7 +149,7 @@ class AckleyEnergy(CompiledEnergy):
         del v_1
         norm = _rt.norm(x)
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
-        t1 = 1/n_float
+        t1 = torch.reciprocal(n_float)
         t2 = torch.exp(t1*r)
         del r
         t3 = b*torch.rsqrt(n_float)
@@ -165,7 +163,7 @@ class AckleyEnergy(CompiledEnergy):
         bc = d_2.unsqueeze(-1)
         bc_1 = d_1.unsqueeze(-1)
         bc_2 = norm.unsqueeze(-1)
-        w = bc_1/torch.where((bc_2 != 0), bc_2, x.new_tensor(math.inf))*x
+        w = bc_1/torch.where((bc_2 != 0), bc_2, math.inf)*x
         del norm, bc_2, d_1, bc_1
         w_1 = c_1*bc
         del d_2, bc
@@ -176,13 +174,12 @@ class AckleyEnergy(CompiledEnergy):
 
     def _hessian_vector_product(self, x, v, lay, der):
         """Closed-form Hessian-vector product H(x) v of x, v [..., n] -> [..., n]."""
-        n = x.shape[-1]
         a = der["a"]
         b = der["b"]
         c = der["c"]
         c_1 = der["c_1"]
         c_3 = der["c_3"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         u0 = c*x
         u1 = torch.cos(u0)
@@ -198,11 +195,11 @@ class AckleyEnergy(CompiledEnergy):
         del dot
         norm = _rt.norm(x)
         res = norm.unsqueeze(-1)
-        w_2 = v*(x/torch.where((res != 0), res, x.new_tensor(math.inf)))
+        w_2 = v*(x/torch.where((res != 0), res, math.inf))
         dot_3 = w_2.sum(-1)
         del w_2
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
-        u4 = 1/n_float
+        u4 = torch.reciprocal(n_float)
         u5 = torch.exp(u4*r)
         del r
         u6 = torch.rsqrt(n_float)
@@ -226,9 +223,9 @@ class AckleyEnergy(CompiledEnergy):
         bc_2 = norm.unsqueeze(-1)
         dot_8 = dot_3.unsqueeze(-1)
         u11 = (bc_2 != 0)
-        u12 = torch.where(u11, bc_2, x.new_tensor(math.inf))
+        u12 = torch.where(u11, bc_2, math.inf)
         u13 = (x/u12)
-        dot_9 = dot_7*u13 + bc_1*torch.where(u11, 1/bc_2, x.new_tensor(0))*v - bc_1*dot_8*torch.where(u11, x.new_tensor(1), x.new_tensor(0))*_rt.over_square(x, u12)
+        dot_9 = dot_7*u13 + bc_1*torch.where(u11, torch.reciprocal(bc_2), 0)*v - bc_1*dot_8*torch.where(u11, x.new_tensor(1), x.new_tensor(0))*_rt.over_square(x, u12)
         del norm, res, bc_2, dot_3, dot_8, d_1, bc_1, dot_4, dot_7, u11, u12, u13
         w_1 = c_1*bc
         del d_2, bc
@@ -241,14 +238,13 @@ class AckleyEnergy(CompiledEnergy):
 
     def _hessian_diagonal(self, x, lay, der):
         """Closed-form Hessian diagonal d2E/dx_i^2 of x [..., n] -> [..., n]."""
-        n = x.shape[-1]
         a = der["a"]
         b = der["b"]
         c = der["c"]
         c_1 = der["c_1"]
         c_4 = der["c_4"]
         c_5 = der["c_5"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         w0 = c*x
         v_1 = torch.cos(w0)
@@ -259,7 +255,7 @@ class AckleyEnergy(CompiledEnergy):
         norm = _rt.norm(x)
         h2 = c_4*torch.cos(c*x)
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
-        w1 = 1/n_float
+        w1 = torch.reciprocal(n_float)
         w2 = torch.exp(w1*r)
         w3 = b*torch.rsqrt(n_float)
         w4 = a*torch.exp(-w3*norm)
@@ -273,7 +269,7 @@ class AckleyEnergy(CompiledEnergy):
         h = c_5*torch.exp(-b*torch.rsqrt(n_float)*norm)/n_float
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bc_3 = norm.unsqueeze(-1)
-        w_3 = (x/torch.where((bc_3 != 0), bc_3, x.new_tensor(math.inf)))
+        w_3 = (x/torch.where((bc_3 != 0), bc_3, math.inf))
         grad_norm = w_3
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         hdiag = h.unsqueeze(-1)*torch.square(grad_norm)
@@ -292,7 +288,7 @@ class AckleyEnergy(CompiledEnergy):
         del h2, d_2, bc
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         w5 = (norm != 0)
-        knorm = torch.where(w5, (_rt.guard(w5, d_1)/_rt.guard(w5, norm)), x.new_tensor(0))
+        knorm = torch.where(w5, (_rt.guard(w5, d_1)/_rt.guard(w5, norm)), 0)
         del norm, bc_3, d_1, w5
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bw = knorm.unsqueeze(-1)
@@ -306,14 +302,13 @@ class AckleyEnergy(CompiledEnergy):
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
         """Gradient [..., n] and Hessian diagonal [..., n] from one shared pass."""
-        n = x.shape[-1]
         a = der["a"]
         b = der["b"]
         c = der["c"]
         c_1 = der["c_1"]
         c_4 = der["c_4"]
         c_5 = der["c_5"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         w0 = c*x
         v_1 = torch.cos(w0)
@@ -324,7 +319,7 @@ class AckleyEnergy(CompiledEnergy):
         norm = _rt.norm(x)
         h2 = c_4*torch.cos(c*x)
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
-        w1 = 1/n_float
+        w1 = torch.reciprocal(n_float)
         w2 = torch.exp(w1*r)
         w3 = b*torch.rsqrt(n_float)
         w4 = a*torch.exp(-w3*norm)
@@ -336,7 +331,7 @@ class AckleyEnergy(CompiledEnergy):
         bc = d_2.unsqueeze(-1)
         bc_1 = d_1.unsqueeze(-1)
         bc_2 = norm.unsqueeze(-1)
-        w = bc_1/torch.where((bc_2 != 0), bc_2, x.new_tensor(math.inf))*x
+        w = bc_1/torch.where((bc_2 != 0), bc_2, math.inf)*x
         w_1 = c_1*bc
         g = w + w_1*d
         del w, w_1
@@ -345,7 +340,7 @@ class AckleyEnergy(CompiledEnergy):
         h = c_5*torch.exp(-b*torch.rsqrt(n_float)*norm)/n_float
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bc_3 = norm.unsqueeze(-1)
-        w_3 = (x/torch.where((bc_3 != 0), bc_3, x.new_tensor(math.inf)))
+        w_3 = (x/torch.where((bc_3 != 0), bc_3, math.inf))
         grad_norm = w_3
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         hdiag = h.unsqueeze(-1)*torch.square(grad_norm)
@@ -364,7 +359,7 @@ class AckleyEnergy(CompiledEnergy):
         del h2, d_2, bc
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
         w5 = (norm != 0)
-        knorm = torch.where(w5, (_rt.guard(w5, d_1)/_rt.guard(w5, norm)), x.new_tensor(0))
+        knorm = torch.where(w5, (_rt.guard(w5, d_1)/_rt.guard(w5, norm)), 0)
         del norm, bc_2, bc_3, d_1, bc_1, w5
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         bw = knorm.unsqueeze(-1)

@@ -72,12 +72,13 @@ class HimmelblauEnergy(CompiledEnergy):
         x_2 = x[..., 1]
         t0 = torch.square(x_2)
         t1 = t0 + x_1 - 7
+        del t0
         t2 = torch.square(x_1)
         t3 = t2 + x_2 - 11
-        d = 2*t0 + 2*x_1 + 4*t3*x_1 - 14
-        del t0, t3
-        d_1 = 2*t2 + 2*x_2 + 4*t1*x_2 - 22
-        del t1, t2
+        del t2
+        d = 2*t1 + 4*t3*x_1
+        d_1 = 2*t3 + 4*t1*x_2
+        del t1, t3
         grad = torch.stack([d, d_1], -1)
         del d, d_1
         return grad
@@ -89,13 +90,14 @@ class HimmelblauEnergy(CompiledEnergy):
         x_2 = x[..., 1]
         t0 = torch.square(x_2)
         t1 = t0 + x_1 - 7
+        del t0
         t2 = torch.square(x_1)
         t3 = t2 + x_2 - 11
+        del t2
         energy_1 = torch.square(t1) + torch.square(t3)
-        d = 2*t0 + 2*x_1 + 4*t3*x_1 - 14
-        del t0, t3
-        d_1 = 2*t2 + 2*x_2 + 4*t1*x_2 - 22
-        del t1, t2
+        d = 2*t1 + 4*t3*x_1
+        d_1 = 2*t3 + 4*t1*x_2
+        del t1, t3
         grad = torch.stack([d, d_1], -1)
         del d, d_1
         return energy_1, grad
@@ -136,12 +138,13 @@ class HimmelblauEnergy(CompiledEnergy):
         x_2 = x[..., 1]
         w0 = torch.square(x_2)
         w1 = w0 + x_1 - 7
+        del w0
         w2 = torch.square(x_1)
         w3 = w2 + x_2 - 11
-        d = 2*w0 + 2*x_1 + 4*w3*x_1 - 14
-        del w0, w3
-        d_1 = 2*w2 + 2*x_2 + 4*w1*x_2 - 22
-        del w1, w2
+        del w2
+        d = 2*w1 + 4*w3*x_1
+        d_1 = 2*w3 + 4*w1*x_2
+        del w1, w3
         grad = torch.stack([d, d_1], -1)
         del d, d_1
         h = 4*x_2 + 12*torch.square(x_1) - 42

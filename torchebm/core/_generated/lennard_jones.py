@@ -130,6 +130,7 @@ class LennardJonesEnergy(CompiledEnergy):
         lay["co2_9"] = torch.nonzero(_ia == _ic).flatten()
         lay["co2_9_at"] = _ia[lay["co2_9"]]
         lay["width"] = max(n, lay["P2"])
+        lay["n_float"] = torch.tensor(n, dtype=torch.float64, device=device)
         return lay
 
     def _derive(self):
@@ -144,11 +145,10 @@ class LennardJonesEnergy(CompiledEnergy):
 
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        n = x.shape[-1]
         eps = der["eps"]
         rm = der["rm"]
         t13 = der["t13"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., 0::3]
         x_2 = x[..., 1::3]
@@ -163,7 +163,7 @@ class LennardJonesEnergy(CompiledEnergy):
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
-        t0 = 1/((n_float) // (3))
+        t0 = torch.reciprocal(((n_float) // (3)))
         t1 = x_6 - t0*b_2
         del r_2, b_2
         t2 = x_4 - t0*b
@@ -191,10 +191,10 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_11, x_12
         t9 = torch.square(t6) + torch.square(t7) + torch.square(t8)
         del t6, t7, t8
-        t10 = 1/(t9*t9*t9)
+        t10 = torch.reciprocal((t9*t9*t9))
         del t9
         t11 = _rt.guard(t4, eps)
-        v_2 = torch.where(t4, t10*t11*t5*(t10*t5 - 2), x.new_tensor(math.inf))
+        v_2 = torch.where(t4, t10*t11*t5*(t10*t5 - 2), math.inf)
         del t4, t5, t10, t11
         r_4 = v_2.sum(-1)
         del v_2
@@ -210,7 +210,7 @@ class LennardJonesEnergy(CompiledEnergy):
         rm = der["rm"]
         oscillator_scale = der["oscillator_scale"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., 0::3]
         x_2 = x[..., 1::3]
@@ -225,7 +225,7 @@ class LennardJonesEnergy(CompiledEnergy):
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
-        t0 = 1/((n_float) // (3))
+        t0 = torch.reciprocal(((n_float) // (3)))
         t1 = x_6 - t0*b_2
         del r_2, b_2
         t2 = x_4 - t0*b
@@ -248,9 +248,9 @@ class LennardJonesEnergy(CompiledEnergy):
         t8 = _rt.guard(t4, x_12) - _rt.guard(t4, x_11)
         del x_11, x_12
         t9 = torch.square(t6) + torch.square(t7) + torch.square(t8)
-        t10 = 1/(t9*t9*t9)
+        t10 = torch.reciprocal((t9*t9*t9))
         t11 = _rt.guard(t4, eps)
-        t12 = torch.where(t4, 6*t11*t5*(2*t10*t5 - 2)/torch.pow(t9, 4), x.new_tensor(0))
+        t12 = torch.where(t4, 6*t11*t5*(2*t10*t5 - 2)/torch.pow(t9, 4), 0)
         del t4, t5, t9, t10, t11
         d = t12*t6
         del t6
@@ -319,7 +319,7 @@ class LennardJonesEnergy(CompiledEnergy):
         oscillator_scale = der["oscillator_scale"]
         t13 = der["t13"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., 0::3]
         x_2 = x[..., 1::3]
@@ -334,7 +334,7 @@ class LennardJonesEnergy(CompiledEnergy):
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
-        t0 = 1/((n_float) // (3))
+        t0 = torch.reciprocal(((n_float) // (3)))
         t1 = x_6 - t0*b_2
         del r_2, b_2
         t2 = x_4 - t0*b
@@ -360,11 +360,11 @@ class LennardJonesEnergy(CompiledEnergy):
         t8 = _rt.guard(t4, x_12) - _rt.guard(t4, x_11)
         del x_11, x_12
         t9 = torch.square(t6) + torch.square(t7) + torch.square(t8)
-        t10 = 1/(t9*t9*t9)
+        t10 = torch.reciprocal((t9*t9*t9))
         t11 = _rt.guard(t4, eps)
-        t12 = torch.where(t4, 6*t11*t5*(2*t10*t5 - 2)/torch.pow(t9, 4), x.new_tensor(0))
+        t12 = torch.where(t4, 6*t11*t5*(2*t10*t5 - 2)/torch.pow(t9, 4), 0)
         del t9
-        v_2 = torch.where(t4, t10*t11*t5*(t10*t5 - 2), x.new_tensor(math.inf))
+        v_2 = torch.where(t4, t10*t11*t5*(t10*t5 - 2), math.inf)
         del t4, t5, t10, t11
         d = t12*t6
         del t6
@@ -438,7 +438,7 @@ class LennardJonesEnergy(CompiledEnergy):
         rm = der["rm"]
         oscillator_scale = der["oscillator_scale"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         xdot = v[..., 0::3]
         xdot_1 = v[..., 1::3]
@@ -453,7 +453,7 @@ class LennardJonesEnergy(CompiledEnergy):
         dot_3 = dot.unsqueeze(-1)
         dot_4 = dot_1.unsqueeze(-1)
         dot_5 = dot_2.unsqueeze(-1)
-        u0 = 1/((n_float) // (3))
+        u0 = torch.reciprocal(((n_float) // (3)))
         u7 = u0*dot_3
         del dot, dot_3
         u8 = u0*dot_4
@@ -487,51 +487,51 @@ class LennardJonesEnergy(CompiledEnergy):
         u14 = _rt.guard(u10, x_8)
         del x_8
         u15 = u14 - u13
+        del u13, u14
         u16 = _rt.guard(u10, x_9)
         del x_9
         u17 = _rt.guard(u10, x_10)
         del x_10
         u18 = u17 - u16
+        del u16, u17
         u19 = _rt.guard(u10, x_11)
         del x_11
         u20 = _rt.guard(u10, x_12)
         del x_12
         u21 = u20 - u19
+        del u19, u20
         u22 = torch.square(u15) + torch.square(u18) + torch.square(u21)
-        u23 = 1/(u22*u22*u22)
+        u23 = torch.reciprocal((u22*u22*u22))
         u24 = _rt.guard(u10, eps)
-        u26 = 6*u13 - 6*u14
+        u26 = -6*u15
         u28 = u24*torch.pow(u11, 12)
         del u11
         u30 = u12/torch.pow(u22, 4)
-        u32 = 6*u16 - 6*u17
-        u34 = 6*u19 - 6*u20
+        u32 = -6*u18
+        u34 = -6*u21
         u36 = 6*u24*(2*u12*u23 - 2)
         del u23, u24
-        u37 = torch.where(u10, u30*u36, x.new_tensor(0))
+        u37 = torch.where(u10, u30*u36, 0)
         del u30
         u38 = 12*u28/torch.pow(u22, 8)
         del u28
-        u39 = 8*u16 - 8*u17
-        del u16, u17
+        u39 = -8*u18
         u40 = u12*u36/torch.pow(u22, 5)
         del u12, u22, u36
-        u41 = torch.where(u10, -u32*u38 - u39*u40, x.new_tensor(0))
+        u41 = torch.where(u10, -u32*u38 - u39*u40, 0)
         u42 = u41*xdot_8
-        u43 = torch.where(u10, u32*u38 + u39*u40, x.new_tensor(0))
+        u43 = torch.where(u10, u32*u38 + u39*u40, 0)
         del u32, u39
         u44 = u43*xdot_9
-        u45 = 8*u19 - 8*u20
-        del u19, u20
-        u46 = torch.where(u10, -u34*u38 - u40*u45, x.new_tensor(0))
+        u45 = -8*u21
+        u46 = torch.where(u10, -u34*u38 - u40*u45, 0)
         u47 = u46*xdot_10
-        u48 = torch.where(u10, u34*u38 + u40*u45, x.new_tensor(0))
+        u48 = torch.where(u10, u34*u38 + u40*u45, 0)
         del u34, u45
         u49 = u48*xdot_11
-        u50 = 8*u13 - 8*u14
-        del u13, u14
-        u51 = torch.where(u10, u26*u38 + u40*u50, x.new_tensor(0))
-        u53 = torch.where(u10, -u26*u38 - u40*u50, x.new_tensor(0))
+        u50 = -8*u15
+        u51 = torch.where(u10, u26*u38 + u40*u50, 0)
+        u53 = torch.where(u10, -u26*u38 - u40*u50, 0)
         del u10, u26, u38, u40, u50
         u54 = u53*xdot_6
         u55 = u51*xdot_7
@@ -601,7 +601,7 @@ class LennardJonesEnergy(CompiledEnergy):
         rm = der["rm"]
         oscillator_scale = der["oscillator_scale"]
         t13 = der["t13"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         w4 = ((n_float) // (3))
         w5 = 2/torch.square(w4)
@@ -619,18 +619,21 @@ class LennardJonesEnergy(CompiledEnergy):
         w18 = _rt.guard(w16, x_8)
         del x_8
         w19 = 6*w17 - 6*w18
-        w20 = w17 - w18
+        del w17, w18
+        w20 = w19/6
         w22 = _rt.guard(w16, eps)
         w23 = _rt.guard(w16, x_9)
         del x_9
         w24 = _rt.guard(w16, x_10)
         del x_10
         w25 = w23 - w24
+        del w23, w24
         w27 = _rt.guard(w16, x_11)
         del x_11
         w28 = _rt.guard(w16, x_12)
         del x_12
         w29 = w27 - w28
+        del w27, w28
         w31 = torch.square(w20) + torch.square(w25) + torch.square(w29)
         w32 = _rt.guard(w16, rm)
         w33 = 12*w22*torch.pow(w32, 12)/torch.pow(w31, 8)
@@ -640,17 +643,14 @@ class LennardJonesEnergy(CompiledEnergy):
         w36 = 6*w22*w35*(2*w35/(w31*w31*w31) - 2)
         del w22, w35
         w37 = w36/torch.pow(w31, 4)
-        w39 = 8*w17 - 8*w18
-        del w17, w18
+        w39 = 4*w19/3
         w40 = w36/torch.pow(w31, 5)
         del w31, w36
         w41 = -w20*w40
-        w42 = 6*w23 - 6*w24
-        w43 = 8*w23 - 8*w24
-        del w23, w24
-        w44 = 6*w27 - 6*w28
-        w45 = 8*w27 - 8*w28
-        del w27, w28
+        w42 = 6*w25
+        w43 = 8*w25
+        w44 = 6*w29
+        w45 = 8*w29
         w46 = w20*w33
         w47 = w20*w40
         del w20
@@ -661,28 +661,28 @@ class LennardJonesEnergy(CompiledEnergy):
         del w25
         w56 = -w29*w33
         w57 = -w29*w40
-        h2 = torch.where(w16, -w37 - w19*w34 - w39*w41, x.new_tensor(0))
-        h2_1 = torch.where(w16, w37 + w19*w34 + w39*w41, x.new_tensor(0))
-        h2_2 = torch.where(w16, w34*w42 + w41*w43, x.new_tensor(0))
-        h2_3 = torch.where(w16, w34*w44 + w41*w45, x.new_tensor(0))
+        h2 = torch.where(w16, -w37 - w19*w34 - w39*w41, 0)
+        h2_1 = torch.where(w16, w37 + w19*w34 + w39*w41, 0)
+        h2_2 = torch.where(w16, w34*w42 + w41*w43, 0)
+        h2_3 = torch.where(w16, w34*w44 + w41*w45, 0)
         del w34, w41
-        h2_4 = torch.where(w16, w19*w46 + w39*w47 - w37, x.new_tensor(0))
+        h2_4 = torch.where(w16, w19*w46 + w39*w47 - w37, 0)
         del w19, w39
-        h2_5 = torch.where(w16, -w42*w46 - w43*w47, x.new_tensor(0))
-        h2_6 = torch.where(w16, -w44*w46 - w45*w47, x.new_tensor(0))
+        h2_5 = torch.where(w16, -w42*w46 - w43*w47, 0)
+        h2_6 = torch.where(w16, -w44*w46 - w45*w47, 0)
         del w46, w47
-        h2_7 = torch.where(w16, -w37 - w42*w52 - w43*w53, x.new_tensor(0))
-        h2_8 = torch.where(w16, w37 + w42*w52 + w43*w53, x.new_tensor(0))
-        h2_9 = torch.where(w16, w44*w52 + w45*w53, x.new_tensor(0))
+        h2_7 = torch.where(w16, -w37 - w42*w52 - w43*w53, 0)
+        h2_8 = torch.where(w16, w37 + w42*w52 + w43*w53, 0)
+        h2_9 = torch.where(w16, w44*w52 + w45*w53, 0)
         del w52, w53
-        h2_10 = torch.where(w16, w42*w54 + w43*w55 - w37, x.new_tensor(0))
+        h2_10 = torch.where(w16, w42*w54 + w43*w55 - w37, 0)
         del w42, w43
-        h2_11 = torch.where(w16, -w44*w54 - w45*w55, x.new_tensor(0))
+        h2_11 = torch.where(w16, -w44*w54 - w45*w55, 0)
         del w54, w55
-        h2_12 = torch.where(w16, -w37 - w44*w56 - w45*w57, x.new_tensor(0))
-        h2_13 = torch.where(w16, w37 + w44*w56 + w45*w57, x.new_tensor(0))
+        h2_12 = torch.where(w16, -w37 - w44*w56 - w45*w57, 0)
+        h2_13 = torch.where(w16, w37 + w44*w56 + w45*w57, 0)
         del w56, w57
-        h2_14 = torch.where(w16, w29*w33*w44 + w29*w40*w45 - w37, x.new_tensor(0))
+        h2_14 = torch.where(w16, w29*w33*w44 + w29*w40*w45 - w37, 0)
         del w16, w29, w33, w37, w40, w44, w45
         # level 0: i in range(0, floor(n/3)) (per sample): Sum((x[3*i + 1] - Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1))/floor(n/3))**2 + ...
         h = w5*t13
@@ -789,7 +789,7 @@ class LennardJonesEnergy(CompiledEnergy):
         oscillator_scale = der["oscillator_scale"]
         t13 = der["t13"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., 0::3]
         x_2 = x[..., 1::3]
@@ -804,7 +804,7 @@ class LennardJonesEnergy(CompiledEnergy):
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
-        w0 = 1/((n_float) // (3))
+        w0 = torch.reciprocal(((n_float) // (3)))
         w1 = x_6 - w0*b_2
         del r_2, b_2
         w2 = x_4 - w0*b
@@ -827,9 +827,9 @@ class LennardJonesEnergy(CompiledEnergy):
         w10 = _rt.guard(w7, x_10) - _rt.guard(w7, x_9)
         w11 = _rt.guard(w7, x_12) - _rt.guard(w7, x_11)
         w12 = torch.square(w10) + torch.square(w11) + torch.square(w9)
-        w13 = 1/(w12*w12*w12)
+        w13 = torch.reciprocal((w12*w12*w12))
         w14 = _rt.guard(w7, eps)
-        w15 = torch.where(w7, 6*w14*w8*(2*w13*w8 - 2)/torch.pow(w12, 4), x.new_tensor(0))
+        w15 = torch.where(w7, 6*w14*w8*(2*w13*w8 - 2)/torch.pow(w12, 4), 0)
         del w7, w8, w12, w13, w14
         d = w15*w9
         del w9
@@ -843,18 +843,21 @@ class LennardJonesEnergy(CompiledEnergy):
         w18 = _rt.guard(w16, x_8)
         del x_8
         w19 = 6*w17 - 6*w18
-        w20 = w17 - w18
+        del w17, w18
+        w20 = w19/6
         w22 = _rt.guard(w16, eps)
         w23 = _rt.guard(w16, x_9)
         del x_9
         w24 = _rt.guard(w16, x_10)
         del x_10
         w25 = w23 - w24
+        del w23, w24
         w27 = _rt.guard(w16, x_11)
         del x_11
         w28 = _rt.guard(w16, x_12)
         del x_12
         w29 = w27 - w28
+        del w27, w28
         w31 = torch.square(w20) + torch.square(w25) + torch.square(w29)
         w32 = _rt.guard(w16, rm)
         w33 = 12*w22*torch.pow(w32, 12)/torch.pow(w31, 8)
@@ -864,17 +867,14 @@ class LennardJonesEnergy(CompiledEnergy):
         w36 = 6*w22*w35*(2*w35/(w31*w31*w31) - 2)
         del w22, w35
         w37 = w36/torch.pow(w31, 4)
-        w39 = 8*w17 - 8*w18
-        del w17, w18
+        w39 = 4*w19/3
         w40 = w36/torch.pow(w31, 5)
         del w31, w36
         w41 = -w20*w40
-        w42 = 6*w23 - 6*w24
-        w43 = 8*w23 - 8*w24
-        del w23, w24
-        w44 = 6*w27 - 6*w28
-        w45 = 8*w27 - 8*w28
-        del w27, w28
+        w42 = 6*w25
+        w43 = 8*w25
+        w44 = 6*w29
+        w45 = 8*w29
         w46 = w20*w33
         w47 = w20*w40
         del w20
@@ -885,28 +885,28 @@ class LennardJonesEnergy(CompiledEnergy):
         del w25
         w56 = -w29*w33
         w57 = -w29*w40
-        h2 = torch.where(w16, -w37 - w19*w34 - w39*w41, x.new_tensor(0))
-        h2_1 = torch.where(w16, w37 + w19*w34 + w39*w41, x.new_tensor(0))
-        h2_2 = torch.where(w16, w34*w42 + w41*w43, x.new_tensor(0))
-        h2_3 = torch.where(w16, w34*w44 + w41*w45, x.new_tensor(0))
+        h2 = torch.where(w16, -w37 - w19*w34 - w39*w41, 0)
+        h2_1 = torch.where(w16, w37 + w19*w34 + w39*w41, 0)
+        h2_2 = torch.where(w16, w34*w42 + w41*w43, 0)
+        h2_3 = torch.where(w16, w34*w44 + w41*w45, 0)
         del w34, w41
-        h2_4 = torch.where(w16, w19*w46 + w39*w47 - w37, x.new_tensor(0))
+        h2_4 = torch.where(w16, w19*w46 + w39*w47 - w37, 0)
         del w19, w39
-        h2_5 = torch.where(w16, -w42*w46 - w43*w47, x.new_tensor(0))
-        h2_6 = torch.where(w16, -w44*w46 - w45*w47, x.new_tensor(0))
+        h2_5 = torch.where(w16, -w42*w46 - w43*w47, 0)
+        h2_6 = torch.where(w16, -w44*w46 - w45*w47, 0)
         del w46, w47
-        h2_7 = torch.where(w16, -w37 - w42*w52 - w43*w53, x.new_tensor(0))
-        h2_8 = torch.where(w16, w37 + w42*w52 + w43*w53, x.new_tensor(0))
-        h2_9 = torch.where(w16, w44*w52 + w45*w53, x.new_tensor(0))
+        h2_7 = torch.where(w16, -w37 - w42*w52 - w43*w53, 0)
+        h2_8 = torch.where(w16, w37 + w42*w52 + w43*w53, 0)
+        h2_9 = torch.where(w16, w44*w52 + w45*w53, 0)
         del w52, w53
-        h2_10 = torch.where(w16, w42*w54 + w43*w55 - w37, x.new_tensor(0))
+        h2_10 = torch.where(w16, w42*w54 + w43*w55 - w37, 0)
         del w42, w43
-        h2_11 = torch.where(w16, -w44*w54 - w45*w55, x.new_tensor(0))
+        h2_11 = torch.where(w16, -w44*w54 - w45*w55, 0)
         del w54, w55
-        h2_12 = torch.where(w16, -w37 - w44*w56 - w45*w57, x.new_tensor(0))
-        h2_13 = torch.where(w16, w37 + w44*w56 + w45*w57, x.new_tensor(0))
+        h2_12 = torch.where(w16, -w37 - w44*w56 - w45*w57, 0)
+        h2_13 = torch.where(w16, w37 + w44*w56 + w45*w57, 0)
         del w56, w57
-        h2_14 = torch.where(w16, w29*w33*w44 + w29*w40*w45 - w37, x.new_tensor(0))
+        h2_14 = torch.where(w16, w29*w33*w44 + w29*w40*w45 - w37, 0)
         del w16, w29, w33, w37, w40, w44, w45
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_7_0"], d)

@@ -164,7 +164,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         t3 = _rt.safe_sqrt(t2) + c_1
         t4 = torch.square(t3)
         t5 = (t2 != 0)
-        t6 = t3*(2*a*t4 + b)*torch.where(t5, torch.rsqrt(_rt.guard(t5, t2))/2, x.new_tensor(0))
+        t6 = t3*(2*a*t4 + b)*torch.where(t5, torch.rsqrt(_rt.guard(t5, t2))/2, 0)
         del t2, t3, t4, t5
         d = t0*t6
         del t0
@@ -206,7 +206,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         t3 = _rt.safe_sqrt(t2) + c_1
         t4 = torch.square(t3)
         t5 = (t2 != 0)
-        t6 = t3*(2*a*t4 + b)*torch.where(t5, torch.rsqrt(_rt.guard(t5, t2))/2, x.new_tensor(0))
+        t6 = t3*(2*a*t4 + b)*torch.where(t5, torch.rsqrt(_rt.guard(t5, t2))/2, 0)
         del t2, t5
         v_1 = b*t4 + a*torch.pow(t3, 4) + c
         del t3, t4
@@ -248,18 +248,18 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_4 = x.index_select(-1, lay["idx_x_4_0"])
         xdot_3 = v.index_select(-1, lay["idx_x_4_0"])
         u0 = x_1 - x_2
+        del x_1, x_2
         u1 = x_3 - x_4
+        del x_3, x_4
         u2 = torch.square(u0) + torch.square(u1)
         u3 = _rt.safe_sqrt(u2) + c_1
         u4 = torch.square(u3)
         u5 = (u2 != 0)
         u6 = _rt.guard(u5, u2)
         del u2
-        u7 = torch.where(u5, torch.rsqrt(u6)/2, x.new_tensor(0))
-        u8 = 2*x_3 - 2*x_4
-        del x_3, x_4
-        u14 = 2*x_1 - 2*x_2
-        del x_1, x_2
+        u7 = torch.where(u5, torch.rsqrt(u6)/2, 0)
+        u8 = 2*u1
+        u14 = 2*u0
         u18 = a*u4
         del u4
         u19 = 2*u18 + b
@@ -267,7 +267,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         del u3
         u21 = u20*u7
         del u7
-        u22 = torch.where(u5, 1/(4*u6), x.new_tensor(0))
+        u22 = torch.where(u5, 1/(4*u6), 0)
         u23 = 4*u18*u22
         del u18
         u24 = u0*u23
@@ -276,12 +276,12 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         u26 = u0*u25
         u27 = 1/(4*torch.pow(u6, 1.5))
         del u6
-        u28 = torch.where(u5, -u27*_rt.guard(u5, u8), x.new_tensor(0))
+        u28 = torch.where(u5, -u27*_rt.guard(u5, u8), 0)
         u29 = u0*u20
         del u0
-        u30 = torch.where(u5, -u27*_rt.guard(u5, -u8), x.new_tensor(0))
-        u31 = torch.where(u5, -u27*_rt.guard(u5, u14), x.new_tensor(0))
-        u33 = torch.where(u5, -u27*_rt.guard(u5, -u14), x.new_tensor(0))
+        u30 = torch.where(u5, -u27*_rt.guard(u5, -u8), 0)
+        u31 = torch.where(u5, -u27*_rt.guard(u5, u14), 0)
+        u33 = torch.where(u5, -u27*_rt.guard(u5, -u14), 0)
         del u5, u27
         u34 = u1*u23
         del u23
@@ -320,53 +320,53 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_2 = x.index_select(-1, lay["idx_x_2_0"])
         x_3 = x.index_select(-1, lay["idx_x_3_0"])
         x_4 = x.index_select(-1, lay["idx_x_4_0"])
-        w7 = 2*x_1 - 2*x_2
-        w8 = x_1 - x_2
+        w0 = x_1 - x_2
         del x_1, x_2
-        w10 = x_3 - x_4
-        w12 = torch.square(w10) + torch.square(w8)
+        w1 = x_3 - x_4
+        del x_3, x_4
+        w7 = 2*w0
+        w12 = torch.square(w0) + torch.square(w1)
         w13 = (w12 != 0)
         w14 = _rt.guard(w13, w12)
-        w15 = torch.where(w13, 1/(4*w14), x.new_tensor(0))
+        w15 = torch.where(w13, 1/(4*w14), 0)
         w16 = _rt.safe_sqrt(w12) + c_1
         del w12
         w17 = a*torch.square(w16)
         w18 = 16*w15*w17
-        w19 = w18*w8
+        w19 = w0*w18
         w20 = 8*w17 + c_4
         del w17
         w21 = w15*w20
         del w15
-        w22 = w21*w8
+        w22 = w0*w21
         w23 = w16*w20
         del w16, w20
-        w24 = w23*torch.where(w13, torch.rsqrt(w14)/2, x.new_tensor(0))
+        w24 = w23*torch.where(w13, torch.rsqrt(w14)/2, 0)
         w25 = 1/(4*torch.pow(w14, 1.5))
         del w14
-        w26 = w23*w8
+        w26 = w0*w23
         w27 = -w7
         w28 = -w24
-        w29 = torch.where(w13, -w25*_rt.guard(w13, -w7), x.new_tensor(0))
-        w30 = 2*x_3 - 2*x_4
-        del x_3, x_4
+        w29 = torch.where(w13, -w25*_rt.guard(w13, -w7), 0)
+        w30 = 2*w1
         w31 = -w30
-        w32 = torch.where(w13, -w25*_rt.guard(w13, -w30), x.new_tensor(0))
-        w33 = -w18*w8
-        w34 = -w21*w8
-        w35 = -w23*w8
-        del w8
-        w36 = torch.where(w13, -w25*_rt.guard(w13, w30), x.new_tensor(0))
-        w37 = w10*w18
-        w38 = w10*w21
-        w39 = w10*w23
-        w40 = w10*w30
-        h2 = w24 + w19*w7 + w22*w7 + w26*torch.where(w13, -w25*_rt.guard(w13, w7), x.new_tensor(0))
+        w32 = torch.where(w13, -w25*_rt.guard(w13, -w30), 0)
+        w33 = -w0*w18
+        w34 = -w0*w21
+        w35 = -w0*w23
+        del w0
+        w36 = torch.where(w13, -w25*_rt.guard(w13, w30), 0)
+        w37 = w1*w18
+        w38 = w1*w21
+        w39 = w1*w23
+        w40 = w1*w30
+        h2 = w24 + w19*w7 + w22*w7 + w26*torch.where(w13, -w25*_rt.guard(w13, w7), 0)
         del w13, w25
         h2_1 = w24 + w29*w35 - w33*w7 - w34*w7
         del w7
         h2_2 = w24 + w30*w37 + w30*w38 + w36*w39
-        h2_3 = w24 + w18*w40 + w21*w40 - w10*w23*w32
-        del w10, w18, w21, w23, w24, w40
+        h2_3 = w24 + w18*w40 + w21*w40 - w1*w23*w32
+        del w1, w18, w21, w23, w24, w40
         hdiag = torch.zeros_like(x)
         hdiag = hdiag.index_add(-1, lay["idx_x_1_0"], h2)
         del h2
@@ -406,64 +406,61 @@ class MultiDoubleWellEnergy(CompiledEnergy):
         x_3 = x.index_select(-1, lay["idx_x_3_0"])
         x_4 = x.index_select(-1, lay["idx_x_4_0"])
         w0 = x_1 - x_2
+        del x_1, x_2
         w1 = x_3 - x_4
+        del x_3, x_4
         w2 = torch.square(w0) + torch.square(w1)
         w3 = _rt.safe_sqrt(w2) + c_1
         w4 = torch.square(w3)
         w5 = (w2 != 0)
-        w6 = w3*(2*a*w4 + b)*torch.where(w5, torch.rsqrt(_rt.guard(w5, w2))/2, x.new_tensor(0))
+        w6 = w3*(2*a*w4 + b)*torch.where(w5, torch.rsqrt(_rt.guard(w5, w2))/2, 0)
         del w2, w3, w4, w5
         d = w0*w6
-        del w0
         d_1 = w1*w6
-        del w1, w6
-        w7 = 2*x_1 - 2*x_2
-        w8 = x_1 - x_2
-        del x_1, x_2
-        w10 = x_3 - x_4
-        w12 = torch.square(w10) + torch.square(w8)
+        del w6
+        w7 = 2*w0
+        w12 = torch.square(w0) + torch.square(w1)
         w13 = (w12 != 0)
         w14 = _rt.guard(w13, w12)
-        w15 = torch.where(w13, 1/(4*w14), x.new_tensor(0))
+        w15 = torch.where(w13, 1/(4*w14), 0)
         w16 = _rt.safe_sqrt(w12) + c_1
         del w12
         w17 = a*torch.square(w16)
         w18 = 16*w15*w17
-        w19 = w18*w8
+        w19 = w0*w18
         w20 = 8*w17 + c_4
         del w17
         w21 = w15*w20
         del w15
-        w22 = w21*w8
+        w22 = w0*w21
         w23 = w16*w20
         del w16, w20
-        w24 = w23*torch.where(w13, torch.rsqrt(w14)/2, x.new_tensor(0))
+        w24 = w23*torch.where(w13, torch.rsqrt(w14)/2, 0)
         w25 = 1/(4*torch.pow(w14, 1.5))
         del w14
-        w26 = w23*w8
+        w26 = w0*w23
         w27 = -w7
         w28 = -w24
-        w29 = torch.where(w13, -w25*_rt.guard(w13, -w7), x.new_tensor(0))
-        w30 = 2*x_3 - 2*x_4
-        del x_3, x_4
+        w29 = torch.where(w13, -w25*_rt.guard(w13, -w7), 0)
+        w30 = 2*w1
         w31 = -w30
-        w32 = torch.where(w13, -w25*_rt.guard(w13, -w30), x.new_tensor(0))
-        w33 = -w18*w8
-        w34 = -w21*w8
-        w35 = -w23*w8
-        del w8
-        w36 = torch.where(w13, -w25*_rt.guard(w13, w30), x.new_tensor(0))
-        w37 = w10*w18
-        w38 = w10*w21
-        w39 = w10*w23
-        w40 = w10*w30
-        h2 = w24 + w19*w7 + w22*w7 + w26*torch.where(w13, -w25*_rt.guard(w13, w7), x.new_tensor(0))
+        w32 = torch.where(w13, -w25*_rt.guard(w13, -w30), 0)
+        w33 = -w0*w18
+        w34 = -w0*w21
+        w35 = -w0*w23
+        del w0
+        w36 = torch.where(w13, -w25*_rt.guard(w13, w30), 0)
+        w37 = w1*w18
+        w38 = w1*w21
+        w39 = w1*w23
+        w40 = w1*w30
+        h2 = w24 + w19*w7 + w22*w7 + w26*torch.where(w13, -w25*_rt.guard(w13, w7), 0)
         del w13, w25
         h2_1 = w24 + w29*w35 - w33*w7 - w34*w7
         del w7
         h2_2 = w24 + w30*w37 + w30*w38 + w36*w39
-        h2_3 = w24 + w18*w40 + w21*w40 - w10*w23*w32
-        del w10, w18, w21, w23, w24, w40
+        h2_3 = w24 + w18*w40 + w21*w40 - w1*w23*w32
+        del w1, w18, w21, w23, w24, w40
         g = 4*d
         grad = torch.zeros_like(x)
         grad = grad.index_add(-1, lay["idx_x_1_0"], g)

@@ -49,6 +49,7 @@ class RastriginEnergy(CompiledEnergy):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
         lay["width"] = n
+        lay["n_float"] = torch.tensor(n, dtype=torch.float64, device=device)
         return lay
 
     def _derive(self):
@@ -62,10 +63,9 @@ class RastriginEnergy(CompiledEnergy):
 
     def _energy(self, x, lay, der):
         """Energy of x [..., n] -> [...]; lay: _layout(n), der: _derive()."""
-        n = x.shape[-1]
         a = der["a"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         t0 = 2*3.141592653589793*x
         v_1 = torch.square(x) + c*torch.cos(t0)
@@ -89,11 +89,10 @@ class RastriginEnergy(CompiledEnergy):
 
     def _energy_and_gradient(self, x, lay, der):
         """Energy [...] and gradient [..., n] from one shared pass."""
-        n = x.shape[-1]
         a = der["a"]
         c = der["c"]
         c_2 = der["c_2"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         t0 = 2*3.141592653589793*x
         v_1 = torch.square(x) + c*torch.cos(t0)
