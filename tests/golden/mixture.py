@@ -77,7 +77,7 @@ class GoldenEnergy(CompiledEnergy):
         return {
             "M": self.M,
             "c": -0.5/torch.square(self.s),
-            "c_1": 1/(self.s*self.s*self.s),
+            "c_1": torch.reciprocal((self.s*self.s*self.s)),
             "h": -1.0/torch.square(self.s),
             "u1": 0.5/torch.square(self.s),
             "w": self.w,
@@ -370,7 +370,7 @@ class GoldenEnergy(CompiledEnergy):
         del v_1
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
         v_2 = c*r + torch.log(w)
-        d = 1/w
+        d = torch.reciprocal(w)
         lse = _rt.logsumexp(v_2)
         bc_4 = lse.unsqueeze(-1)
         w_6 = -torch.exp(v_2 - bc_4)
@@ -416,7 +416,7 @@ class GoldenEnergy(CompiledEnergy):
         del v_1
         # level 0: k in range(0, w.shape[0]) (per sample): LogSumExp(log(w[k]) - 0.5*Sum((-M[k, i] + x[i])**2, (i, 0, n - 1))/s**2, (k, ...
         v_2 = c*r + torch.log(w)
-        d_1 = 1/w
+        d_1 = torch.reciprocal(w)
         lse = _rt.logsumexp(v_2)
         # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
         energy_2 = -lse

@@ -238,7 +238,7 @@ class GoldenEnergy(CompiledEnergy):
         x_2 = x.index_select(-1, lay["idx_x_2_0"])
         g0 = x_2 - x_1
         del x_1, x_2
-        g1 = 1/torch.pow(g0, 6)
+        g1 = torch.reciprocal(torch.pow(g0, 6))
         del g0
         g2 = c*g1
         g3 = 2*g2 - 1
@@ -275,7 +275,7 @@ class GoldenEnergy(CompiledEnergy):
         x_2 = x.index_select(-1, lay["idx_x_2_0"])
         s0 = x_2 - x_1
         del x_1, x_2
-        s1 = 1/torch.pow(s0, 6)
+        s1 = torch.reciprocal(torch.pow(s0, 6))
         s2 = c*s1
         s3 = 2*s2 - 1
         v_1 = c_1*(torch.pow(s, 12)/torch.pow(s0, 12) - s2)

@@ -373,11 +373,10 @@ class AckleyEnergy(CompiledEnergy):
 
     def _parameter_gradient(self, x, lay, der):
         """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
-        n = x.shape[-1]
         a = der["a"]
         b = der["b"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         g0 = c*x
         g1 = torch.sin(g0)
@@ -401,7 +400,7 @@ class AckleyEnergy(CompiledEnergy):
         rs = d_3.sum(-1)
         del d_3
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
-        g8 = 1/n_float
+        g8 = torch.reciprocal(n_float)
         a_1 = g8*rs*torch.exp(g8*r)
         del r, rs
         pbar = d_4
@@ -414,11 +413,10 @@ class AckleyEnergy(CompiledEnergy):
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
         """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
-        n = x.shape[-1]
         a = der["a"]
         b = der["b"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: j in range(0, n) (per sample): sum(cos(c*x[j]) for j in range(0, n)); Norm(x[i], (i, 0, n - 1))
         s0 = c*x
         s1 = torch.sin(s0)
@@ -430,7 +428,7 @@ class AckleyEnergy(CompiledEnergy):
         del v_1
         norm = _rt.norm(x)
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
-        s2 = 1/n_float
+        s2 = torch.reciprocal(n_float)
         s3 = torch.exp(s2*r)
         s4 = torch.rsqrt(n_float)
         s5 = s4*b
@@ -447,7 +445,7 @@ class AckleyEnergy(CompiledEnergy):
         rs_1 = d_6.sum(-1)
         del d_6
         # per sample: -a*exp(-b*sqrt(mean(x**2))) - exp(mean(cos(c*x))) + a + e
-        s8 = 1/n_float
+        s8 = torch.reciprocal(n_float)
         a_2 = s8*rs_1*torch.exp(s8*r)
         del r, rs_1
         pbar_3 = (weights * d_7).sum()

@@ -1058,10 +1058,9 @@ class LennardJonesEnergy(CompiledEnergy):
 
     def _parameter_gradient(self, x, lay, der):
         """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
-        n = x.shape[-1]
         eps = der["eps"]
         rm = der["rm"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., 0::3]
         x_2 = x[..., 1::3]
@@ -1076,7 +1075,7 @@ class LennardJonesEnergy(CompiledEnergy):
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
-        g0 = 1/((n_float) // (3))
+        g0 = torch.reciprocal(((n_float) // (3)))
         g1 = x_6 - g0*b_2
         del r_2, b_2
         g2 = x_4 - g0*b
@@ -1106,14 +1105,14 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_11, x_12
         g11 = torch.square(g10) + torch.square(g8) + torch.square(g9)
         del g8, g9, g10
-        g12 = 1/(g11*g11*g11)
+        g12 = torch.reciprocal((g11*g11*g11))
         del g11
         g13 = g12*g7*(g12*g7 - 2)
         g14 = 6*g5*(2*g12*g7 - 2)
         del g5, g7
-        d_3 = torch.where(g4, g13, x.new_tensor(0))
+        d_3 = torch.where(g4, g13, 0)
         del g13
-        d_4 = torch.where(g4, g12*g14*torch.pow(g6, 5), x.new_tensor(0))
+        d_4 = torch.where(g4, g12*g14*torch.pow(g6, 5), 0)
         del g4, g6, g12, g14
         # per sample: r(i, j) = norm(x[i] - x[j]) lj(i, j) = where(r(i, j) > 0, eps*(rm/r(i, j))**6...
         d_5 = r_3/2
@@ -1134,11 +1133,10 @@ class LennardJonesEnergy(CompiledEnergy):
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
         """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
-        n = x.shape[-1]
         eps = der["eps"]
         rm = der["rm"]
         t13 = der["t13"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 1: i5 in range(0, floor(n/3)) (per sample): Sum(x[3*i5], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 1], (i5, 0, floor(n/3) - 1)); Sum(x[3*i5 + 2], (i5, 0, floor(n/3) - 1))
         x_1 = x[..., 0::3]
         x_2 = x[..., 1::3]
@@ -1153,7 +1151,7 @@ class LennardJonesEnergy(CompiledEnergy):
         b = r.unsqueeze(-1)
         b_1 = r_1.unsqueeze(-1)
         b_2 = r_2.unsqueeze(-1)
-        s0 = 1/((n_float) // (3))
+        s0 = torch.reciprocal(((n_float) // (3)))
         s1 = x_6 - s0*b_2
         del r_2, b_2
         s2 = x_4 - s0*b
@@ -1183,16 +1181,16 @@ class LennardJonesEnergy(CompiledEnergy):
         del x_11, x_12
         s11 = torch.square(s10) + torch.square(s8) + torch.square(s9)
         del s8, s9, s10
-        s12 = 1/(s11*s11*s11)
+        s12 = torch.reciprocal((s11*s11*s11))
         del s11
         s13 = s12*s7*(s12*s7 - 2)
         s14 = 6*s5*(2*s12*s7 - 2)
         del s7
-        v_2 = torch.where(s4, s13*s5, x.new_tensor(math.inf))
+        v_2 = torch.where(s4, s13*s5, math.inf)
         del s5
-        d_6 = torch.where(s4, s13, x.new_tensor(0))
+        d_6 = torch.where(s4, s13, 0)
         del s13
-        d_7 = torch.where(s4, s12*s14*torch.pow(s6, 5), x.new_tensor(0))
+        d_7 = torch.where(s4, s12*s14*torch.pow(s6, 5), 0)
         del s4, s6, s12, s14
         r_4 = v_2.sum(-1)
         del v_2

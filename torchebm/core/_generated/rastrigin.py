@@ -144,8 +144,7 @@ class RastriginEnergy(CompiledEnergy):
 
     def _parameter_gradient(self, x, lay, der):
         """Closed-form per-sample dE/dtheta of x [..., n] -> {name: [..., *theta.shape]}."""
-        n = x.shape[-1]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         g0 = 2*3.141592653589793*x
         g1 = torch.cos(g0)
@@ -161,10 +160,9 @@ class RastriginEnergy(CompiledEnergy):
 
     def _parameter_gradient_sum(self, x, weights, lay, der):
         """Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': [...], name: theta.shape}."""
-        n = x.shape[-1]
         a = der["a"]
         c = der["c"]
-        n_float = x.new_tensor(n, dtype=torch.float64)
+        n_float = lay["n_float"]
         # level 0: i in range(0, n) (per sample): sum(-a*cos(2*pi*x[i]) + (x[i])**(2) for i in range(0, n))
         s0 = 2*3.141592653589793*x
         s1 = torch.cos(s0)
