@@ -79,7 +79,7 @@ class Graph:
     from ``spec`` and ``consts`` (its non-tensor leaves, ``_TENSOR`` for tensors); ``single``:
     the output is one tensor (``call(...)[0]``)."""
 
-    __slots__ = ("compiled", "call", "spec", "consts", "single")
+    __slots__ = ("compiled", "call", "spec", "consts", "single", "flat_tuple")
 
     def __init__(self, compiled, spec, consts):
         self.compiled = compiled
@@ -87,12 +87,15 @@ class Graph:
         self.spec = spec
         self.consts = consts
         self.single = spec.is_leaf() and consts[0] is _TENSOR
+        self.flat_tuple = spec.type is tuple and all(c.is_leaf() for c in spec.children_specs)
 
     def __call__(self, *inputs):
         out = self.call(list(inputs))
         if self.single:
             return out[0]
         it = iter(out)
+        if self.flat_tuple:
+            return tuple([next(it) if c is _TENSOR else c for c in self.consts])
         return tree_unflatten([next(it) if c is _TENSOR else c for c in self.consts], self.spec)
 
 
@@ -278,3 +281,54 @@ def compile_over_leaves(states, leaves, spec, body):
 
     compiled = compile_graph(pure, [*states, *[leaves[i] for i in positions]])
     return False if compiled is None else (compiled, positions)
+
+
+def quick_leaves(tree, out):
+    """Append the leaves of ``tree`` (nested tuples and lists; anything else is a leaf)
+    to ``out``: ``tree_flatten``'s leaves for such trees, without building a spec."""
+    for v in tree:
+        if type(v) is tuple or type(v) is list:
+            quick_leaves(v, out)
+        else:
+            out.append(v)
+    return out
+
+
+class Replay:
+    """Replays one compiled call on new arguments of the same structure with a few
+    Python operations (the sampler's chunks of steps within one ``sample()`` call):
+    the arguments' leaves (:func:`quick_leaves`) must number the same, the Python
+    values among them must be equal and the tensors of the same dtypes and devices;
+    Inductor itself checks every input's size and stride. ``tail``: the graph inputs
+    after the arguments' tensors (fixed for the replay: the layout's and the derived
+    values' tensors); ``before``: the module's parameters and buffers."""
+
+    __slots__ = ("graph", "before", "count", "python", "kinds", "picks", "tail")
+
+    def __init__(self, graph, before, arg_leaves, positions, tail):
+        self.graph = graph
+        self.before = list(before)
+        self.count = len(arg_leaves)
+        self.python = [(i, v) for i, v in enumerate(arg_leaves)
+                       if not isinstance(v, torch.Tensor)]
+        self.kinds = [(v.dtype, v.device) for v in arg_leaves if isinstance(v, torch.Tensor)]
+        self.picks = positions
+        self.tail = list(tail)
+
+    def __call__(self, args):
+        """The graph's output, or None when the arguments differ from the recorded ones."""
+        leaves = quick_leaves(args, [])
+        if len(leaves) != self.count:
+            return None
+        for i, v in self.python:
+            w = leaves[i]
+            if type(w) is not type(v) or w != v:
+                return None
+        tensors = [leaves[i] for i in self.picks]
+        for t, kind in zip(tensors, self.kinds):
+            if type(t) is not torch.Tensor or (t.dtype, t.device) != kind:
+                return None
+        try:
+            return self.graph(*self.before, *tensors, *self.tail)
+        except AssertionError:        # an input of another size or stride
+            return None
