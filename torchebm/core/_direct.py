@@ -7,9 +7,11 @@ generated functions of a ``CompiledEnergy`` are pure tensor code whose only
 inputs are ``x`` (and ``v``), the layout, the parameter-only values and the
 module's parameters and buffers, so they can be traced once per input
 signature (shapes, strides, dtypes, device) with ``make_fx`` into an ATen graph,
-compiled with ``torch._inductor.compile``, and the compiled graph called
-directly: the signature, checked here by a dictionary lookup, plays the role
-of the guards. Parameters and buffers are graph inputs (read at each call, so
+compiled with Inductor's ``compile_fx_inner``, and Inductor's compiled module
+called directly with a list of tensors (no AOTAutograd wrapper): the signature,
+checked here by a dictionary lookup, plays the role of the guards, and repeated
+calls replay a recorded entry after a few identity checks (:class:`DirectCalls`,
+:class:`Replay`). Parameters and buffers are graph inputs (read at each call, so
 in-place changes are seen); only Python values (ints in the layout) are baked
 into the graph, and they are part of the signature.
 
@@ -106,7 +108,6 @@ def compile_graph(fn, example):
     ``compile_fx_inner``: a :class:`Graph` taking tensors of the same shapes, strides,
     dtypes and devices, called without AOTAutograd's runtime wrappers; None if a step
     fails (the caller's ``torch.compile`` path then runs, and reports any error)."""
-    import torch._inductor
     from torch._inductor.compile_fx import compile_fx_inner
     from torch._inductor.decomposition import select_decomp_table
     from torch.fx.experimental.proxy_tensor import make_fx
