@@ -80,3 +80,49 @@ def test_compile_options_turn_the_direct_calls_off():
     x = torch.randn(4, 3, dtype=T, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(energy.gradient(x), _autograd(
         lambda t: _double_well(t, 2.0, 1.0), x)[1])
+
+
+@pytest.mark.slow
+def test_replayed_calls_see_every_parameter_write_and_equal_the_closed_form():
+    """After the first call, a compiled call with the same kind of ``x`` replays the
+    Inductor graph without flattening its arguments (``DirectCalls._fast``). Each way of
+    changing a parameter (in place, ``.data = ...``, ``module.to(dtype)``) must reach
+    the next call; references are the double well written here, differentiated by
+    autograd, and its Hessian-vector product by hand: 4 a (3 x^2 - b^2) v."""
+    x = torch.randn(16, 3, dtype=T, generator=torch.Generator().manual_seed(4))
+    v = torch.randn(16, 3, dtype=T, generator=torch.Generator().manual_seed(5))
+    energy = DoubleWellEnergy().compile()
+    direct = energy._direct
+
+    def check(a, b, y=x, **tol):
+        torch.testing.assert_close(energy.gradient(y), _autograd(
+            lambda t: _double_well(t, a, b), y)[1], **tol)
+        torch.testing.assert_close(energy.hessian_vector_product(y, v.to(y.dtype)),
+                                   4 * a * (3 * y**2 - b**2) * v.to(y.dtype), **tol)
+
+    check(2.0, 1.0)
+    graphs = len(direct)
+    assert len(direct._fast) == 2             # gradient and HVP recorded for replay
+    checked = direct._checked
+    calls = []
+
+    def counting(*args):
+        calls.append(args[1])
+        return checked(*args)
+
+    direct._checked = counting
+    check(2.0, 1.0)
+    assert calls == []                        # both calls replayed
+    energy.b.fill_(1.5)                       # in place
+    check(2.0, 1.5)
+    energy.barrier_height.data = torch.tensor(3.0, dtype=T)     # a new tensor under .data
+    check(3.0, 1.5)
+    energy.barrier_height = 0.5               # assignment through the module
+    check(0.5, 1.5)
+    assert calls                              # each write sent a call through the checks
+    assert len(direct) == graphs              # ... and compiled nothing anew
+    energy.to(torch.float32)                  # another dtype: new signatures
+    check(0.5, 1.5, y=x.float(), rtol=1e-5, atol=1e-5)
+    energy.to(T)
+    energy.b.mul_(2.0)
+    check(0.5, 3.0)

@@ -847,7 +847,10 @@ class CompiledEnergy(BaseEnergyFunction):
         if (_is_compiling() or _transform_level(lay.values()) or _transform_level(tensors)
                 or x.device.type == "meta"):
             # traced (the derived values join the graph), a layout or parameters of a
-            # torch.func transform, or storage-less tensors: nothing to keep
+            # torch.func transform, or storage-less tensors: nothing to keep, and the
+            # site of these parameters is stale (compiled calls replay while it stands)
+            if not _is_compiling():
+                self._sites.pop((given.shape[-1], given.dtype, given.is_cpu), None)
             return x, lay, None if self._derive is None else self._derive_now(x)
         params = tuple((table, a, t, t.data_ptr(), t.shape if t.dim() else None)
                        for table, a, t in zip(tables, attrs, tensors))

@@ -812,9 +812,15 @@ class BaseSampler(nn.Module):
                 _FUSED.pop(next(iter(_FUSED)))
             _FUSED[key] = fn
         dynamo = functools.partial(fn, self)
+        replay = []          # the last direct call of this sample() call, replayed cheaply
 
         def run(*args):
-            out = _direct_fused(self, args, lay, der)
+            if replay:
+                out = replay[0](args)
+                if out is not None:
+                    return out
+                replay.clear()
+            out = _direct_fused(self, args, lay, der, replay)
             return dynamo(*args) if out is None else out
         return run
 
@@ -895,16 +901,20 @@ def _plain_config(obj):
                      isinstance(v, tuple) and all(isinstance(i, _SIMPLE) for i in v))))
 
 
-def _direct_fused(sampler, args, lay, der):
+def _direct_fused(sampler, args, lay, der, replay=None):
     """:meth:`BaseSampler._fused_body` on ``args`` as an Inductor graph called directly,
     compiled once per signature (sampler and energy classes and plain attributes, the
     shapes, strides, dtypes and devices of every tensor, the Python values among the
     arguments); the energy's parameters and buffers, the layout and the parameter-only
     values are graph inputs. None when it does not apply (inside other compiled code)
-    or the body does not trace; the caller then runs the ``torch.compile`` function."""
+    or the body does not trace; the caller then runs the ``torch.compile`` function.
+    ``replay``, a list, receives a :class:`~torchebm.core._direct.Replay` of the call
+    (for the next chunks of the same ``sample()`` call, whose ``lay``, ``der`` and
+    parameters are fixed) when the arguments' leaves allow one."""
     from torch.utils._pytree import tree_flatten
 
-    from ..core._direct import Bound, compile_over_leaves, signature, state
+    from ..core._direct import (Bound, Replay, compile_over_leaves, quick_leaves, signature,
+                                state)
     energy = sampler.energy
     if torch.compiler.is_compiling():
         return None
@@ -930,6 +940,12 @@ def _direct_fused(sampler, args, lay, der):
     if entry is False:
         return None
     compiled, positions = entry
+    if replay is not None:
+        arg_leaves = quick_leaves(args, [])
+        count = len(arg_leaves)
+        if count <= len(leaves) and all(a is b for a, b in zip(arg_leaves, leaves)):
+            replay[:] = [Replay(compiled, states, arg_leaves, [p for p in positions if p < count],
+                                [leaves[p] for p in positions if p >= count])]
     return compiled(*states, *[leaves[i] for i in positions])
 
 
