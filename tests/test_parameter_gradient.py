@@ -419,3 +419,14 @@ def test_a_parameter_only_in_a_condition_has_zero_gradient_not_an_error():
     cd = ContrastiveDivergence(energy, LangevinDynamics(energy, step_size=0.01))
     cd.compute_loss(x, torch.randn(4, 3)).backward()
     assert float(energy.c.grad) == 0.0
+
+
+def test_a_number_as_weights_weighs_every_sample_alike():
+    energy = from_expression("x @ W @ x", W=torch.eye(3, dtype=D), trainable=True)
+    x = torch.randn(5, 3, dtype=D, generator=torch.Generator().manual_seed(10))
+    want = 0.25 * torch.einsum("bi,bj->ij", x, x)            # d(x W x)/dW = x x^T
+    torch.testing.assert_close(energy.parameter_gradient_sum(x, 0.25)["W"], want, **TOL)
+    torch.testing.assert_close(energy.parameter_gradient_sum(x, torch.tensor(0.25))["W"],
+                               want, **TOL)
+    with pytest.raises(ShapeError, match="one weight per sample"):
+        energy.parameter_gradient_sum(x, torch.ones(4))

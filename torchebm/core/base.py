@@ -57,7 +57,7 @@ def _as_direction(x: torch.Tensor, v) -> torch.Tensor:
 
 def _batch_weights(weights, x: torch.Tensor) -> torch.Tensor:
     """``weights`` for ``x: [..., n]`` as a tensor of shape ``[...]`` in x's dtype
-    (ones when None).
+    (ones when None; a number is the same weight for every sample).
 
     Raises:
         ShapeError: weights whose shape is not x's batch shape.
@@ -66,6 +66,8 @@ def _batch_weights(weights, x: torch.Tensor) -> torch.Tensor:
     if weights is None:
         return x.new_ones(batch)
     weights = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
+    if weights.dim() == 0:                   # one number: the same weight for every sample
+        return weights.expand(batch)
     if weights.shape != batch:
         raise ShapeError(f"weights of shape {tuple(weights.shape)} for x of shape "
                          f"{tuple(x.shape)}: give one weight per sample, shape "
