@@ -430,3 +430,13 @@ def test_a_number_as_weights_weighs_every_sample_alike():
                                want, **TOL)
     with pytest.raises(ShapeError, match="one weight per sample"):
         energy.parameter_gradient_sum(x, torch.ones(4))
+
+
+def test_an_empty_batch_gives_empty_gradients_for_derived_parameters():
+    energy = from_expression("x @ inverse(S) @ x + logdet(S)", S=2 * torch.eye(3, dtype=D),
+                             trainable=True)
+    for batch in ((0,), (2, 0)):
+        got = energy.parameter_gradient(torch.randn(*batch, 3, dtype=D))
+        assert got["S"].shape == batch + (3, 3)
+    torch.testing.assert_close(energy.parameter_gradient_sum(torch.randn(0, 3, dtype=D))["S"],
+                               torch.zeros(3, 3, dtype=D))

@@ -971,6 +971,8 @@ class CompiledEnergy(BaseEnergyFunction):
         trainable ``theta``: autograd through ``_derive`` (parameter-only, so its graph
         is small and independent of the batch). ``batch``: per-sample adjoints
         ``[*batch, *shape]`` (a batched vector-Jacobian product), or None (summed)."""
+        if batch is not None and math.prod(batch) == 0:
+            return                  # no sample: the caller fills zeros of [*batch, *shape]
         # every parameter, frozen ones too (requires_grad=False), is differentiated,
         # in any grad mode (inference_mode included): it is switched on here only
         frozen = [p for p in params.values() if not p.requires_grad]
