@@ -284,6 +284,15 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
                                 else torch.device(device))
         return super().cuda(device)
 
+    def _trainable_parameters(self) -> dict:
+        """``dict(named_parameters())``, refusing an energy that has none."""
+        params = dict(self.named_parameters())
+        if not params:
+            raise ParameterError(
+                f"{type(self).__name__} has no trainable parameters; build it with "
+                f"trainable=True (or a list of names) to differentiate in its parameters")
+        return params
+
     def parameter_gradient(self, x: torch.Tensor) -> dict:
         """Per-sample ``dE/dtheta`` of ``x: [..., n]`` for each trainable parameter.
 
@@ -293,20 +302,15 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
         forward (for a compiled energy, of its generated closed-form energy
         code), so one vectorised pass, not one backward per sample.
 
-        For a mean over samples (contrastive divergence needs
-        ``mean dE/dtheta(data) - mean dE/dtheta(negatives)``) one ordinary
-        backward of the mean energy is cheaper; this gives the per-sample values
+        For a (weighted) sum over samples, as contrastive divergence needs,
+        :meth:`parameter_gradient_sum` is cheaper; this gives the per-sample values
         (Fisher scores, per-sample clipping, variance estimates).
 
         Raises:
             ParameterError: an energy without trainable parameters.
         """
         from torch.func import functional_call, grad, vmap
-        params = {name: p.detach() for name, p in self.named_parameters()}
-        if not params:
-            raise ParameterError(
-                f"{type(self).__name__} has no trainable parameters; build it with "
-                f"trainable=True (or a list of names) to differentiate in its parameters")
+        params = {name: p.detach() for name, p in self._trainable_parameters().items()}
         x = _as_batch(x)
         batch = x.shape[:-1]
         flat = x.detach().reshape(-1, x.shape[-1])
@@ -332,11 +336,7 @@ class BaseEnergyFunction(nn.Module, metaclass=abc.ABCMeta):
             ParameterError: an energy without trainable parameters.
             ShapeError: ``weights`` whose shape is not ``x``'s batch shape.
         """
-        params = dict(self.named_parameters())
-        if not params:
-            raise ParameterError(
-                f"{type(self).__name__} has no trainable parameters; build it with "
-                f"trainable=True (or a list of names) to differentiate in its parameters")
+        params = self._trainable_parameters()
         x = _as_batch(x).detach()
         weights = _batch_weights(weights, x)
         with torch.inference_mode(False), torch.enable_grad():
@@ -922,11 +922,7 @@ class CompiledEnergy(BaseEnergyFunction):
         return self._closed_parameter_gradient(jobs, summed=True)
 
     def _closed_parameter_gradient(self, jobs, summed=False):
-        params = dict(self.named_parameters())
-        if not params:
-            raise ParameterError(
-                f"{type(self).__name__} has no trainable parameters; build it with "
-                f"trainable=True (or a list of names) to differentiate in its parameters")
+        params = self._trainable_parameters()
         attr_of = {name: attr for name, attr, _ in self.param_specs}
         result, chained, energies = {}, {}, []
         for x, weights in jobs:
@@ -987,16 +983,13 @@ class CompiledEnergy(BaseEnergyFunction):
                     return
                 outs = [derived[k] for k in keys]
                 names = list(params)
-                if batch is None:
-                    cots = [adjoints[k].clone().to(o.dtype) for k, o in zip(keys, outs)]
-                    grads = torch.autograd.grad(outs, [params[n] for n in names], cots,
-                                                allow_unused=True)
-                else:
-                    count = math.prod(batch)
-                    cots = [adjoints[k].clone().to(o.dtype).reshape((count,) + o.shape)
-                            for k, o in zip(keys, outs)]
-                    grads = torch.autograd.grad(outs, [params[n] for n in names], cots,
-                                                allow_unused=True, is_grads_batched=True)
+                # per-sample adjoints: one batched vector-Jacobian product over the batch
+                shape = () if batch is None else (math.prod(batch),)
+                cots = [adjoints[k].clone().to(o.dtype).reshape(shape + o.shape)
+                        for k, o in zip(keys, outs)]
+                grads = torch.autograd.grad(outs, [params[n] for n in names], cots,
+                                            allow_unused=True,
+                                            is_grads_batched=batch is not None)
             finally:
                 for p in frozen:
                     p.requires_grad_(False)

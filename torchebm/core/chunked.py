@@ -142,11 +142,5 @@ class ChunkedEnergy(BaseEnergyFunction):
         """``(dE/dx [..., n], laplacian [...])``, chunk by chunk."""
         return self._run("gradient_and_laplacian", x, create_graph=create_graph)
 
-    @staticmethod
-    def bound_bytes(max_level_elements: int, dtype: torch.dtype = torch.float32) -> int:
-        """Bytes of one temporary of the widest sum at the bound (``elements * itemsize``);
-        a call holds a few such temporaries at once."""
-        return max_level_elements * torch.empty((), dtype=dtype).element_size()
-
 
 __all__ = ["ChunkedEnergy"]

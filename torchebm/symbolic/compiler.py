@@ -43,7 +43,6 @@ class Compiled:
     hvp: Kernel | None = None           # Hessian-vector product (None: first order only)
     diagonal: Kernel | None = None      # direct Hessian diagonal (None: not structured)
     entries: tuple = ()                 # one kernel per generated method
-    parameter_entries: tuple = ()       # dE/dtheta per sample and batch-summed (or none)
     program: object = None              # the lowered ir.Program (parameter kernels start there)
 
     @property
@@ -112,14 +111,13 @@ def _compile_parsed(spec, parsed, second_order):
     budget.check_work(budget.gradient_work(expr), budget.MAX_GRADIENT_WORK, "the gradient")
     built, info = reverse_mode(program)
     budget.check_statements(built.body, "the gradient", budget.MAX_GRADIENT_NODES)
-    # the parameter kernels cost about as much as the gradient: a deferred compile
-    # (from_expression) builds them with the second order, on first use
+    # the parameter kernels cost about as much as the gradient: they are built with
+    # the second order (on first use, for a deferred from_expression compile)
     compiled = Compiled(None, parsed, optimised(built, parsed), spec, built, info,
-                        parameter_entries=parameter_kernels(program, parsed)
-                        if second_order else (), program=program)
+                        program=program)
     if second_order:
         return with_second_order(compiled)
-    entries = entry_points(compiled.kernel) + compiled.parameter_entries
+    entries = entry_points(compiled.kernel)
     return dataclasses.replace(compiled, generated=emit_module(spec, parsed, entries),
                                entries=entries)
 
@@ -184,12 +182,11 @@ def with_second_order(compiled: Compiled) -> Compiled:
         if diagonal is not None:
             budget.check_statements(diagonal.body, "the Hessian diagonal")
             diagonal = optimised(diagonal, compiled.parsed, prefix="_w")
-        parameters = compiled.parameter_entries or parameter_kernels(compiled.program,
-                                                                     compiled.parsed)
+        parameters = parameter_kernels(compiled.program, compiled.parsed)
         entries = entry_points(compiled.kernel, hvp, diagonal) + parameters
         generated = emit_module(compiled.spec, compiled.parsed, entries)
     return dataclasses.replace(compiled, generated=generated, hvp=hvp, diagonal=diagonal,
-                               entries=entries, parameter_entries=parameters)
+                               entries=entries)
 
 
 def compile_spec(spec: EnergySpec, second_order: bool = True) -> Compiled:
