@@ -192,9 +192,8 @@ class DirectCalls:
                     and (_wrapped is None or not (_wrapped(x) or (v is not None and _wrapped(v))))):
                 try:
                     if v is None:
-                        out = fast.call([*fast.before, x, *fast.after]) if fast.call else None
-                        if out is not None:
-                            return out[0]
+                        if fast.call is not None:    # one tensor out: Inductor's call itself
+                            return fast.call([*fast.before, x, *fast.after])[0]
                         return fast.graph(*fast.before, x, *fast.after)
                     return fast.graph(*fast.before, x, v, *fast.after)
                 except AssertionError:        # an input of another size or stride
