@@ -1,5 +1,6 @@
 """The torch toolbox on generated modules: compile, torch.func, create_graph, devices, threads."""
 
+import math
 import threading
 
 import pytest
@@ -172,3 +173,46 @@ def test_half_precision_with_matrix_parameters(dtype):
     torch.testing.assert_close(energy.gradient(x.to(dtype)).double(), x / d, **tol)
     ps = energy.parameter_gradient_sum(x.to(dtype))["S"]
     assert ps.dtype == dtype and torch.isfinite(ps).all()
+
+
+def test_parametrized_parameters_are_read_at_every_call():
+    """torch.nn.utils.parametrize moves a parameter to ``parametrizations.<name>.original``
+    and provides the parametrized value as an attribute: every call reads that value,
+    and gradients reach the original. References: the same formulas in plain torch."""
+    import torch.nn as nn
+    from torch.nn.utils import parametrize
+    T = torch.float64
+
+    class Exp(nn.Module):
+        def forward(self, v):
+            return v.exp()
+
+    class SPD(nn.Module):
+        def forward(self, L):
+            return L @ L.mT + torch.eye(L.shape[-1], dtype=L.dtype)
+
+    x = torch.randn(4, 3, dtype=T, generator=torch.Generator().manual_seed(2))
+    energy = from_expression("a*sum(x**2)", a=0.5, trainable=True)
+    parametrize.register_parametrization(energy, "a", Exp())
+    torch.testing.assert_close(energy(x), math.exp(0.5) * (x**2).sum(-1))
+    torch.testing.assert_close(energy.gradient(x), 2 * math.exp(0.5) * x)
+    with torch.no_grad():
+        energy.parametrizations.a.original.fill_(0.0)         # a = exp(0) = 1, seen
+    torch.testing.assert_close(energy(x), (x**2).sum(-1))
+
+    L = torch.tensor([[1.0, 0.0, 0.0], [0.5, 1.2, 0.0], [-0.3, 0.2, 0.8]], dtype=T)
+    gauss = from_expression("0.5*x @ inverse(S) @ x + 0.5*logdet(S)", S=torch.eye(3, dtype=T),
+                            trainable=True)
+    parametrize.register_parametrization(gauss, "S", SPD())
+    with torch.no_grad():
+        gauss.parametrizations.S.original.copy_(L)
+    Lr = L.clone().requires_grad_(True)
+    S = Lr @ Lr.mT + torch.eye(3, dtype=T)
+    ref = 0.5 * torch.einsum("bi,ij,bj->b", x, torch.linalg.inv(S), x) + 0.5 * torch.logdet(S)
+    torch.testing.assert_close(gauss(x), ref.detach())
+    torch.testing.assert_close(gauss.gradient(x), x @ torch.linalg.inv(S).detach())
+    (want,) = torch.autograd.grad(ref.sum(), Lr)
+    got = gauss.parameter_gradient_sum(x)
+    torch.testing.assert_close(got["parametrizations.S.original"], want)
+    gauss(x).sum().backward()
+    torch.testing.assert_close(gauss.parametrizations.S.original.grad, want)

@@ -843,6 +843,12 @@ class CompiledEnergy(BaseEnergyFunction):
         if width > x.shape[-1]:
             self._check_level_size(x, width)
         attrs = tuple(attr for _, attr, _ in self.param_specs)
+        if not all(a in self._buffers or a in self._parameters for a in attrs):
+            # a torch utility (nn.utils.parametrize, prune, weight_norm) provides the
+            # parameter as a computed attribute: read it through getattr at every call
+            # (the derived values follow it, and autograd reaches its original)
+            self._sites.pop((given.shape[-1], given.dtype, given.is_cpu), None)
+            return x, lay, None if self._derive is None else self._derive_now(x)
         tables = tuple(self._buffers if a in self._buffers else self._parameters
                        for a in attrs)
         tensors = [table[a] for table, a in zip(tables, attrs)]
