@@ -934,10 +934,10 @@ class CompiledEnergy(BaseEnergyFunction):
                 if summed:
                     if not isinstance(weights, tuple):
                         weights = _batch_weights(weights, xb)
-                    out = dict(self._parameter_gradient_sum(xb, weights, lay, der))
+                    out = dict(self._call("_parameter_gradient_sum", xb, weights, lay, der))
                     energy = out.pop("(energy)")      # not an identifier: no parameter's
                 else:
-                    out = self._parameter_gradient(xb, lay, der)
+                    out = self._call("_parameter_gradient", xb, lay, der)
             finally:
                 _set_grad_enabled(enabled)
             batch = xb.shape[:-1]
@@ -1176,6 +1176,8 @@ class CompiledEnergy(BaseEnergyFunction):
         names = ["_energy", "_gradient", "_energy_and_gradient", "_hessian_vector_product"]
         if self.structured_hessian_diagonal:
             names += ["_hessian_diagonal", "_gradient_and_hessian_diagonal"]
+        names += [name for name in ("_parameter_gradient", "_parameter_gradient_sum")
+                  if getattr(type(self), name, None) is not None]
         self._fused = {name: torch.compile(getattr(self, name), **options) for name in names}
         self._direct = DirectCalls() if direct else None
         return self
