@@ -13,12 +13,14 @@ import contextlib
 import importlib
 import math
 import operator
+import re
 import threading
 
 import torch
 from torch import nn
 
 from ..errors import DeviceError, MemoryLimitError, ParameterError, ShapeError
+from . import _runtime as _rt
 
 
 def _as_batch(x) -> torch.Tensor:
@@ -962,6 +964,40 @@ class CompiledEnergy(BaseEnergyFunction):
             final[name] = g.detach().to(p.dtype)
         return energies, final
 
+    def _chain_inverses(self, adjoints, params, result, batch):
+        """Chain the adjoints of derived values ``inverse(S)`` of a matrix parameter ``S``
+        in closed form, adding to ``result``; return the other adjoints (for autograd).
+
+        The generated ``_derive`` computes ``inverse(S)`` as ``_runtime.inverse(S)``:
+        through a Cholesky factor when ``S`` is symmetric positive definite, by LU
+        otherwise. With ``P = S^-1``, ``dP = -P dS P``, so an adjoint ``A`` of ``P``
+        gives ``S`` the gradient ``-P^T A P^T`` (Giles 2008, "An extended collection of
+        matrix derivative results", sec. 2.2); through the Cholesky factor (which reads
+        ``S`` as symmetric) it is that of the symmetric part, ``-P sym(A) P``. These are
+        autograd's values through ``_derive`` (to rounding) without recording a graph,
+        which for a small matrix costs far more than the two matrix products."""
+        names = {name: attr for name, attr, rank in self.param_specs if rank == 2}
+        rest = {}
+        for key, adj in adjoints.items():
+            match = _INVERSE_KEY.match(key)
+            s = params.get(names.get(match.group(1))) if match else None
+            if s is None:
+                rest[key] = adj
+                continue
+            with torch.no_grad():
+                s = s.detach()
+                chol = _rt._spd_cholesky(s)
+                a = adj.to(s.dtype).reshape((() if batch is None else tuple(batch)) + s.shape)
+                if chol is not None:
+                    p = torch.cholesky_inverse(chol)
+                    g = -(p @ ((a + a.mT) / 2) @ p)
+                else:
+                    p = _rt.inverse(s).mT
+                    g = -(p @ a @ p)
+            attr = names[match.group(1)]
+            result[attr] = g if attr not in result else result[attr].to(g.dtype) + g
+        return rest
+
     def _chain_derived(self, adjoints, params, result, batch):
         """Add ``sum_k adjoint_k . d derived_k / d theta`` to ``result`` for every
         trainable ``theta``: autograd through ``_derive`` (parameter-only, so its graph
@@ -969,6 +1005,9 @@ class CompiledEnergy(BaseEnergyFunction):
         ``[*batch, *shape]`` (a batched vector-Jacobian product), or None (summed)."""
         if batch is not None and math.prod(batch) == 0:
             return                  # no sample: the caller fills zeros of [*batch, *shape]
+        adjoints = self._chain_inverses(adjoints, params, result, batch)
+        if not adjoints:
+            return
         # every parameter, frozen ones too (requires_grad=False), is differentiated,
         # in any grad mode (inference_mode included): it is switched on here only
         frozen = [p for p in params.values() if not p.requires_grad]
@@ -1258,6 +1297,10 @@ class CompiledEnergy(BaseEnergyFunction):
         state["_fused"] = None
         state["_direct"] = None
         return state
+
+
+#: the key of a derived value ``inverse(<matrix parameter>)`` in the generated ``_derive``
+_INVERSE_KEY = re.compile(r"inverse\((\w+)\)\Z")
 
 
 def _as_tuples(v):
