@@ -881,9 +881,11 @@ class CompiledEnergy(BaseEnergyFunction):
         one forward and one backward pass over the same CSE'd statements as the
         gradient. A parameter used only through a derived value (``inverse(S)``,
         ``logdet(S)``) gets the closed-form adjoint of that value, chained to the
-        parameter by autograd through ``_derive`` (parameter-only and independent of
-        the batch: one batched vector-Jacobian product). Formulas without generated
-        parameter adjoints use ``torch.func`` (see ``BaseEnergyFunction``).
+        parameter: ``inverse(S)`` in closed form (:meth:`_chain_inverses`), others by
+        autograd through ``_derive`` (parameter-only and independent of the batch: one
+        batched vector-Jacobian product). After :meth:`compile` the kernel runs fused
+        (one Inductor kernel). Formulas without generated parameter adjoints use
+        ``torch.func`` (see ``BaseEnergyFunction``).
 
         Raises:
             ParameterError: an energy without trainable parameters.
@@ -902,8 +904,10 @@ class CompiledEnergy(BaseEnergyFunction):
         contracted inside the kernel, a vector parameter's adjoint as one
         ``weights @ adjoint`` product and a matrix's as one ``h^T (weights * ybar)``
         matrix product, so no per-sample ``[B, *theta.shape]`` tensor is formed.
-        Parameters used through derived values are chained through ``_derive`` by
-        one autograd backward (parameter-only, independent of the batch).
+        Parameters used through derived values are chained as in
+        :meth:`parameter_gradient` (``inverse(S)`` in closed form, others by one
+        autograd backward through ``_derive``, parameter-only). After :meth:`compile`
+        the kernel runs fused: one Inductor kernel per call, reading ``x`` once.
 
         Raises:
             ParameterError: an energy without trainable parameters.
@@ -945,7 +949,7 @@ class CompiledEnergy(BaseEnergyFunction):
             batch = xb.shape[:-1]
             for key, value in out.items():
                 attr = attr_of.get(key)
-                # a derived value (inverse(S)): chained through _derive below
+                # a derived value (inverse(S)): chained to its parameters below
                 into, key = (chained, key) if attr is None else (result, attr)
                 if attr is None or attr in params:
                     into[key] = value if key not in into else into[key] + value
@@ -1205,8 +1209,11 @@ class CompiledEnergy(BaseEnergyFunction):
         directly (``torchebm.core._direct``), which saves about ten eager
         operations' time per call. Calls that build a graph, run inside
         ``torch.func`` transforms or inside other compiled code use the
-        ``torch.compile`` functions. ``options`` go to ``torch.compile`` (and
-        then every call uses it). Returns ``self``.
+        ``torch.compile`` functions. The parameter kernels
+        (``parameter_gradient``, ``parameter_gradient_sum``, and so contrastive
+        divergence's closed-form gradient) are fused too, where generated.
+        ``options`` go to ``torch.compile`` (and then every call uses it). Returns
+        ``self``.
         """
         from ._direct import DirectCalls
         self._ensure_second_order()
