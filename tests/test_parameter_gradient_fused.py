@@ -153,3 +153,21 @@ def test_fused_derived_parameters_chain_to_the_covariance(gaussian):
     for k in want:
         torch.testing.assert_close(got[k], want[k], **TOL)
     assert len(_fused_calls(energy, "_parameter_gradient_sum")) == 1
+
+
+def test_compile_options_run_the_parameter_kernels_through_torch_compile():
+    """With options, ``compile`` has no direct path: the parameter kernels (weights as a
+    pair of numbers included) run through their ``torch.compile`` functions."""
+    energy = DoubleWellEnergy(barrier_height=1.5, b=0.8, trainable=True).to(D)
+    energy.compile(backend="eager")
+    assert energy._direct is None and "_parameter_gradient_sum" in energy._fused
+    x = _randn(5, 3, seed=10)
+    params = dict(barrier_height=torch.tensor(1.5, dtype=D), b=torch.tensor(0.8, dtype=D))
+    e_want = _double_well(x, **params)
+    _, want = _reference(_double_well, x, 0.5 + 0.1 * e_want, **params)
+    (e,), got = energy._energy_and_parameter_gradient_sum((x, (0.5, 0.1)))
+    torch.testing.assert_close(e, e_want, **TOL)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], **TOL)
+    for k, g in _per_sample(_double_well, x, **params).items():
+        torch.testing.assert_close(energy.parameter_gradient(x)[k], g, **TOL)
