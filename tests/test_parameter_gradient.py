@@ -229,6 +229,19 @@ def test_summed_matrix_adjoint_is_one_product_not_outer_products():
     assert "unsqueeze(-2)" in per_sample
 
 
+def test_summed_quadratic_form_kernel_makes_no_scaled_copies():
+    """The Gaussian's batch-summed kernel: the matrix adjoint reads the forward's
+    ``x - mean`` (the form's 0.5 scales the [n, n] product), and the mean's two
+    adjoints (one per side of the form, both multiples of ``d @ P``) are one GEMV.
+    Values: the float64 tests above and ``test_parameter_gradient_fused``."""
+    summed = "\n".join(line for line in inspect.getsource(
+        GaussianEnergy._parameter_gradient_sum).splitlines()
+        if not line.lstrip().startswith("#"))        # code, not the formula's comments
+    assert summed.count("weights.reshape(-1) @") == 1
+    assert "0.5*x" not in summed and "-0.5*mv0" not in summed
+    assert summed.count(" @ inverse_cov") == 1 and summed.count(".mT @ ") == 1
+
+
 # -- contrastive divergence ------------------------------------------------------------------
 def _cd_losses(energy):
     sampler = LangevinDynamics(energy, step_size=0.01)
