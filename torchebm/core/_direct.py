@@ -168,8 +168,9 @@ class DirectCalls:
     one the site, so either sends the next call through the checked path, which
     refreshes the entry (and compiles only for a new signature). A tuple of Python
     numbers in ``v``'s place (the weights ``(a, c)`` of ``_parameter_gradient_sum``) is
-    baked into the graph and joins the key instead of ``v``'s tensor signature. Inductor checks the
-    sizes and strides of every input itself (an ``AssertionError`` drops the entry).
+    baked into the graph and joins the key instead of ``v``'s tensor signature.
+    Inductor checks the sizes and strides of every input itself (an
+    ``AssertionError`` drops the entry).
     """
 
     def __init__(self):
