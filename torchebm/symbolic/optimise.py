@@ -355,8 +355,8 @@ def _merge_parameter_accumulations(kernel):
     parameter's adjoint (a quadratic form's mean, read on both sides of the form:
     ``adj += w @ (c1*u)``, ``adj += w @ (c2*u)``) become one contraction
     ``adj += (c1 + c2) * (w @ u)``: one GEMV, the scaling on the ``[n]`` result, no
-    scaled ``[B, n]`` copies. Only whole-vector accumulations in levels (the full
-    vector, so each source is ``[..., n]``) of sources of one shape."""
+    scaled ``[B, n]`` copies. Only whole-vector accumulations in root-parented levels
+    (the full vector, so each source is ``[..., n]``) of sources of one shape."""
     defs = {st.target: st.expr for st in kernel.body if isinstance(st, Assign)}
     uses: dict = {}
     for st in kernel.body:
@@ -365,7 +365,8 @@ def _merge_parameter_accumulations(kernel):
     groups: dict = {}
     for k, st in enumerate(kernel.body):
         if not (isinstance(st, ParameterAccumulate) and st.summed and st.level is not None
-                and st.load.addressing is Addressing.WHOLE and st.source.is_Symbol
+                and st.level.parent is None and st.load.addressing is Addressing.WHOLE
+                and st.source.is_Symbol
                 and uses.get(st.source) == 1):
             continue
         expr = defs.get(st.source)
