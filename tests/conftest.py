@@ -33,12 +33,36 @@ def gen():
     return torch.Generator().manual_seed(1234)
 
 
+#: set in the worker processes of pytest-xdist (``-n 2``), which collect every test but
+#: run only their share
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    # two workers on two cores: one thread each, or their thread pools fight
+    torch.set_num_threads(1)
+
+
 def pytest_collection_finish(session):
     """Start the documentation examples selected for this run in their own interpreters
-    now, so that they run beside the other tests (test_docs_snippets.py checks them)."""
+    now, so that they run beside the other tests (test_docs_snippets.py checks them).
+    Under pytest-xdist every worker collects every test, so there the test starts its
+    own example when it runs (the other worker goes on meanwhile)."""
+    if XDIST_WORKER:
+        return
     for item in session.items:
         if getattr(item, "originalname", None) == "test_python_blocks_run_as_written":
             item.module.start(item.callspec.params["doc"])
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files with the most ``slow`` tests first (stable otherwise): pytest-xdist's
+    ``--dist loadfile`` hands out whole files in this order, and starting the long ones
+    first lets the two workers finish together instead of one waiting on a late
+    compile-heavy file. Every worker sorts the same collection the same way."""
+    slow = {}
+    for item in items:
+        key = item.nodeid.split("::")[0]
+        slow[key] = slow.get(key, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])
 
 
 def pytest_sessionfinish(session):

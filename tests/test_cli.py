@@ -43,6 +43,23 @@ def test_verify_a_formula_and_definitions(capsys):
     assert "verify [" not in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore::torchebm.errors.UnsetParameterWarning")
+def test_verify_checks_parameters_left_at_their_default(capsys):
+    """A parameter given no value holds 1.0 (with a warning); the mpmath oracle must read
+    that value too, or every energy~mpmath check fails with no point compared. Every
+    check runs on its points and passes (a new user's report)."""
+    from torchebm.symbolic.oracle import Oracle, OracleError
+    from torchebm.symbolic.parse import parse_formula
+    for formula in ("sum(a*x**2)", "sum((x - mu)**2) + a*x[0]"):
+        assert main(["verify", formula, "--dims", "3", "--no-speed"]) == 0, formula
+        out = capsys.readouterr().out
+        assert " 0 failed" in out and "no point checked" not in out
+    # an oracle without a parameter's value says which one, instead of 'not a real number'
+    parsed = parse_formula("sum(a*x**2)", {"a": 0})
+    with pytest.raises(OracleError, match="no value for a"):
+        Oracle(parsed, {})([0.5, 1.0])
+
+
 def test_verify_fails_on_a_wrong_gradient(monkeypatch, capsys):
     """Break one derivative rule (d/du sin u -> +sin u) and verify must fail, naming the check."""
     import sympy as sp

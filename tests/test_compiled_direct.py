@@ -11,7 +11,7 @@ import pickle
 import pytest
 import torch
 
-from torchebm.core import DoubleWellEnergy, GaussianEnergy
+from torchebm.core import DoubleWellEnergy, GaussianEnergy, RosenbrockEnergy
 
 T = torch.float64
 
@@ -126,3 +126,21 @@ def test_replayed_calls_see_every_parameter_write_and_equal_the_closed_form():
     energy.to(T)
     energy.b.mul_(2.0)
     check(0.5, 3.0)
+
+
+def _rosenbrock(x, a, b):           # sum over i < n-1 of b (x[i+1] - x[i]^2)^2 + (a - x[i])^2
+    return (b * (x[..., 1:] - x[..., :-1] ** 2) ** 2 + (a - x[..., :-1]) ** 2).sum(-1)
+
+
+@pytest.mark.slow
+def test_compiled_shifted_slice_gradient_equals_autograd_of_an_independent_rosenbrock():
+    # the gradient adds the x[i + 1] term into [1, n) as one concatenation (_rt.add_slice),
+    # which Inductor stores piece by piece: every column, the first and the last included
+    energy = RosenbrockEnergy(a=0.5, b=3.0).to(T).compile()
+    x = torch.randn(37, 9, dtype=T, generator=torch.Generator().manual_seed(11))
+    e_want, g_want = _autograd(lambda y: _rosenbrock(y, 0.5, 3.0), x)
+    for _ in range(2):                  # the compiling call, then the replayed one
+        e, g = energy.energy_and_gradient(x)
+        torch.testing.assert_close(e, e_want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g, g_want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(energy.gradient(x), g_want, rtol=1e-12, atol=1e-12)

@@ -7,7 +7,8 @@ traceback fail the test.
 
 Each run takes tens of seconds of a second core, so :func:`start` launches it as
 soon as collection has selected its test (``conftest.pytest_collection_finish``):
-it runs beside the rest of the suite, and the test waits for it and checks it.
+it runs beside the rest of the suite, and the test waits for it and checks it. Under
+pytest-xdist (``-n 2``) the first example test starts both.
 """
 
 import os
@@ -72,10 +73,19 @@ def test_block_extraction_finds_each_fence():
     assert python_blocks(text) == ["a = 1\n", "b = a + 1\n"]
 
 
+@pytest.fixture(scope="module")
+def _all_started():
+    """Under pytest-xdist nothing starts at collection: the first example test starts
+    every example at once, so they run beside each other while this worker waits."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for doc in DOCS:
+            start(doc)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS)
-def test_python_blocks_run_as_written(doc):
-    blocks, proc, workdir, before, out, err = start(doc)   # started at collection
+def test_python_blocks_run_as_written(doc, _all_started):
+    blocks, proc, workdir, before, out, err = start(doc)   # started already (at collection, or above)
     assert len(blocks) >= 5, f"{doc}: expected its examples, found {len(blocks)} blocks"
     try:
         proc.wait(timeout=300)

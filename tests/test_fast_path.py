@@ -273,11 +273,14 @@ def test_a_one_dimensional_sample_after_a_batch():
     assert energy(torch.tensor([1.0, 2.0, 3.0], dtype=T)).shape == (1,)
 
 
+@pytest.mark.slow
 def test_torch_compile_traces_the_call_and_its_derived_values():
+    """Dynamo traces the fast path and ``_derive`` into one graph that takes ``k`` as an
+    input (the ``aot_eager`` backend: the tracing is the property, not Inductor's code)."""
     energy = DerivedHarmonic(k=3.0)
     x = torch.tensor([[1.0, -2.0]], dtype=T)
     energy.gradient(x)                                   # a record exists before tracing
-    fn = torch.compile(lambda z: energy.gradient(z), fullgraph=True)
+    fn = torch.compile(lambda z: energy.gradient(z), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(fn(x), torch.tensor([[3.0, -6.0]], dtype=T))
     energy.k.data.fill_(2.0)                             # the graph reads k, not a stale copy
     torch.testing.assert_close(fn(x), torch.tensor([[2.0, -4.0]], dtype=T))

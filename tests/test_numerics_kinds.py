@@ -59,6 +59,30 @@ def test_power_with_parameter_exponent_at_zero_base(formula, params, x, e, g, hd
     check(from_expression(formula, **params), t([x]), [e], [g], [hd])
 
 
+@pytest.mark.parametrize("formula, params, x, e, g, hd", [
+    # a**x with a = 0: E = 0^0 + 0^1 + 0^0.5 = 1; d/dx 0^x = 0^x log 0 -> its limit 0 for
+    # x >= 0 (autograd's value), not 0 * (-inf) = NaN; diag H likewise 0
+    ("sum(a**x)", {"a": 0.0}, [0.0, 1.0, 0.5], 1.0, [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
+    # a = 2: E = 1 + 2 + 4, g = 2^x log 2, diag H = 2^x log(2)^2
+    ("sum(a**x)", {"a": 2.0}, [0.0, 1.0, 2.0], 7.0,
+     [math.log(2), 2 * math.log(2), 4 * math.log(2)],
+     [math.log(2) ** 2, 2 * math.log(2) ** 2, 4 * math.log(2) ** 2]),
+])
+def test_parameter_base_under_an_exponent_in_x(formula, params, x, e, g, hd):
+    check(from_expression(formula, **params), t([x]), [e], [g], [hd])
+
+
+def test_parameter_base_derivative_at_zero_base():
+    # d/da sum(a**x) = sum x a^(x-1): at a = 0 and x = [1, 2, 3]: 1*0^0 + 0 + 0 = 1
+    # (autograd gives the same); at a = 0.5: 1 + 2*0.5 + 3*0.25 = 2.75
+    for a, want in ((0.0, 1.0), (0.5, 2.75)):
+        energy = from_expression("sum(a**x)", a=a, trainable=True)
+        x = t([[1.0, 2.0, 3.0]])
+        assert float(energy.parameter_gradient(x)["a"]) == pytest.approx(want, rel=1e-14)
+        (da,) = torch.autograd.grad(energy(x).sum(), energy.a)
+        assert float(da) == pytest.approx(want, rel=1e-14)
+
+
 def test_power_exponent_derivative_at_zero_base():
     # d/da sum(x**a) = sum x^a log x, with 0^a log 0 -> 0 (a > 0): at [0, 2, 1], a = 3:
     # 8 log 2

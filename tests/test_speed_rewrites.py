@@ -157,3 +157,56 @@ def test_n_in_values_comes_from_the_layout_of_each_n():
         torch.testing.assert_close(energy.gradient(x), 2 * x / n)
     # at n = 1, 1/(n - 1) is inf as torch computes it, not a ZeroDivisionError
     assert float(energy(torch.ones(1, 1, dtype=torch.float64))) == math.inf
+
+
+def _add_slice_reference(acc, v, lo, hi):
+    """Element by element: acc (broadcast) plus v on positions [lo, hi) of the last axis."""
+    batch = torch.broadcast_shapes(acc.shape[:-1], v.shape[:-1])
+    out = acc.expand(*batch, acc.shape[-1]).clone()
+    for k in range(lo, hi):
+        out[..., k] = out[..., k] + v[..., k - lo]
+    return out
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 5), (1, 5), (0, 4), (1, 3), (2, 2), (4, 5)])
+@pytest.mark.parametrize("acc_batch, v_batch", [((3,), (3,)), ((), (3,)), ((3,), ()),
+                                                 ((2, 3), (3,))])
+def test_add_slice_adds_inside_the_range_and_keeps_the_ends(lo, hi, acc_batch, v_batch):
+    gen = torch.Generator().manual_seed(lo * 10 + hi)
+    acc = torch.randn(*acc_batch, 5, dtype=torch.float64, generator=gen)
+    v = torch.randn(*v_batch, hi - lo, dtype=torch.float64, generator=gen)
+    out = _rt.add_slice(acc, v, lo, hi)
+    want = _add_slice_reference(acc, v, lo, hi)
+    assert out.shape == want.shape
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert out.data_ptr() != acc.data_ptr()        # a new tensor: acc is left alone
+    out.add_(1.0)
+    torch.testing.assert_close(acc, torch.randn(*acc_batch, 5, dtype=torch.float64,
+                                                generator=torch.Generator().manual_seed(
+                                                    lo * 10 + hi)))
+
+
+SHIFTED = "sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 + c*x[i+2] for i in range(n - 2))"
+
+
+def _shifted(x, a=1.5, b=3.0, c=0.25):
+    xs = [x[..., i] for i in range(x.shape[-1])]
+    return sum(b * (xs[i + 1] - xs[i] ** 2) ** 2 + (a - xs[i]) ** 2 + c * xs[i + 2]
+               for i in range(len(xs) - 2))
+
+
+@pytest.mark.parametrize("n", [3, 4, 7])
+def test_shifted_slices_sum_into_the_gradient_as_autograd_of_an_independent_formula(n):
+    # three shifted slices (x[i], x[i+1], x[i+2]) each add into their own range; the
+    # constant c is a broadcast contribution with no batch dimension
+    energy = from_expression(SHIFTED, a=1.5, b=3.0, c=0.25)
+    assert "_rt.add_slice(" in energy.source
+    x = torch.randn(6, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    xr = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(_shifted(xr).sum(), xr)
+    torch.testing.assert_close(energy.gradient(x), want, rtol=1e-12, atol=1e-12)
+    xr = x.clone().requires_grad_(True)
+    hvp_want = torch.autograd.grad(
+        (torch.autograd.grad(_shifted(xr).sum(), xr, create_graph=True)[0] * x).sum(), xr)[0]
+    torch.testing.assert_close(energy.hessian_vector_product(x, x), hvp_want, rtol=1e-12,
+                               atol=1e-12)

@@ -17,9 +17,21 @@ from .cases import COMPILED
 @pytest.mark.slow
 @pytest.mark.parametrize("formula,params", COMPILED, ids=[f[:20] for f, _ in COMPILED])
 def test_fused_mode_compiles_without_graph_breaks(formula, params):
+    """Every construct traces as one graph (``fullgraph=True``) in every fused method,
+    and the compiled methods equal the eager ones. The first formula goes through
+    Inductor's code (``compile=True``, seconds of C++ compilation per method); the
+    others through the ``aot_eager`` backend, which runs the same Dynamo and
+    AOTAutograd tracing, so a graph break fails there too, without C++ compilation
+    (Inductor's kernels are also checked against eager in test_compiled_direct.py on
+    the double well and the Gaussian, in test_second_order.py, and the fused samplers'
+    in test_sampler_fused.py)."""
     x = torch.randn(16, 4, dtype=torch.float64)
     eager = from_expression(formula, params=params)
-    fused = from_expression(formula, params=params, compile=True)   # fullgraph=True
+    if formula == COMPILED[0][0]:
+        fused = from_expression(formula, params=params, compile=True)   # fullgraph=True
+    else:
+        fused = from_expression(formula, params=params).compile(backend="aot_eager")
+        assert fused._direct is None            # every call goes through torch.compile
     torch.testing.assert_close(fused(x), eager(x))
     torch.testing.assert_close(fused.gradient(x), eager.gradient(x))
     e, g = fused.energy_and_gradient(x)
@@ -120,3 +132,43 @@ def test_torch_func_hessian_twice_on_a_fresh_energy():
     for _ in range(2):
         torch.testing.assert_close(hessian(lambda z: gauss(z).sum())(x),
                                    0.5 * torch.eye(3, dtype=torch.float64))
+
+
+def test_vmap_over_a_matrix_parameter_ensembles_models():
+    """Model ensembling: ``vmap`` over stacked covariances through ``functional_call``.
+    Reference by hand: S = s I gives E = |x|^2 / (2 s) + n log s, and dE/dS = -S^-1 x x^T
+    S^-1 / 2 + S^-1 (summed over the batch), here -x x^T / (2 s^2) + I / s."""
+    from torch.func import functional_call
+    T = torch.float64
+    energy = from_expression("0.5*x @ inverse(S) @ x + logdet(S)", S=torch.eye(3, dtype=T))
+    x = torch.randn(5, 3, dtype=T, generator=torch.Generator().manual_seed(8))
+    scales = torch.tensor([1.0, 3.0], dtype=T)
+    stacked = scales[:, None, None] * torch.eye(3, dtype=T)
+    out = vmap(lambda S: functional_call(energy, {"S": S}, (x,)))(stacked)
+    want = (x**2).sum(-1) / (2 * scales[:, None]) + 3 * torch.log(scales)[:, None]
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    dS = vmap(grad(lambda S: functional_call(energy, {"S": S}, (x,)).sum()))(stacked)
+    outer = torch.einsum("bi,bj->ij", x, x)
+    want = -outer / (2 * scales[:, None, None] ** 2) + 5 * torch.eye(3, dtype=T) / scales[:, None, None]
+    torch.testing.assert_close(dS, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_with_matrix_parameters(dtype):
+    """inverse/logdet/det of a float16 or bfloat16 matrix run in float32 (no CPU kernels
+    exist in half precision) and are cast back: values within the dtype's rounding of the
+    float64 formula 0.5 x^T S^-1 x + logdet(S) + det(S), S = diag(2, 4, 0.5)."""
+    T = torch.float64
+    S = torch.diag(torch.tensor([2.0, 4.0, 0.5], dtype=T))
+    energy = from_expression("0.5*x @ inverse(S) @ x + logdet(S) + det(S)", S=S,
+                             trainable=True).to(dtype)
+    x = torch.tensor([[0.5, -1.0, 0.25], [1.0, 2.0, -0.5]], dtype=T)
+    d = torch.tensor([2.0, 4.0, 0.5], dtype=T)
+    want = 0.5 * (x**2 / d).sum(-1) + torch.log(d).sum() + d.prod()
+    tol = dict(rtol=2e-2, atol=2e-2)
+    e = energy(x.to(dtype))
+    assert e.dtype == dtype
+    torch.testing.assert_close(e.double(), want, **tol)
+    torch.testing.assert_close(energy.gradient(x.to(dtype)).double(), x / d, **tol)
+    ps = energy.parameter_gradient_sum(x.to(dtype))["S"]
+    assert ps.dtype == dtype and torch.isfinite(ps).all()

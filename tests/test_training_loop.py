@@ -118,6 +118,14 @@ def test_fit_errors():
         fit(trainable, torch.randn(8, 2), lambda b: trainable(b).mean(), batch_size=0)
     with pytest.raises(ValueError, match="not finite|is nan|is inf"):
         fit(trainable, torch.randn(8, 2), lambda b: trainable(b).mean() * float("nan"))
+    # a loss built on another model (the user rebuilt it): named before any step
+    rebuilt = from_expression("a*sum(x**2)", a=1.0, trainable=True)
+    with pytest.raises(ValueError, match="another .* share no parameter"):
+        fit(rebuilt, torch.randn(8, 2), DenoisingScoreMatching(trainable, noise_scale=0.1))
+    before = rebuilt.a.detach().clone()
+    with pytest.raises(ValueError, match="does not depend on the energy's parameters"):
+        fit(rebuilt, torch.randn(8, 2), lambda b: trainable(b).mean())
+    assert torch.equal(rebuilt.a.detach(), before)
 
 
 @pytest.mark.slow

@@ -90,7 +90,8 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
     Raises:
         ValueError: an energy without trainable parameters, empty data,
             non-positive ``epochs`` or ``batch_size``, a loss that is not a
-            scalar tensor, or a non-finite loss (the step that produced it is
+            scalar tensor, a loss built on another energy (or with no graph to the
+            parameters), or a non-finite loss (the step that produced it is
             named; lower the learning rate or the sampler's step size).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -110,6 +111,12 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
     elif not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"fit: optimizer must be a torch.optim.Optimizer or its class, not "
                         f"{type(optimizer).__name__}")
+    other = getattr(loss, "energy", None)
+    if isinstance(other, nn.Module) and not {id(p) for p in other.parameters()} & set(map(id, params)):
+        raise ValueError(
+            f"fit: the loss trains another {type(other).__name__} than the energy given to fit "
+            f"(they share no parameter), so the optimiser would never see a gradient; build "
+            f"the loss on this energy (e.g. {type(loss).__name__}(energy))")
     if callable(callbacks):
         callbacks = (callbacks,)
     if generator is None:
@@ -156,7 +163,14 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
                         "size for contrastive divergence)")
                     raise ValueError(f"fit: the loss is {f} at step {step} (epoch {epoch}); "
                                      f"{hint}. The parameters were not updated")
-                value.backward()
+                if value.requires_grad:
+                    value.backward()
+                if all(p.grad is None for p in params):
+                    raise ValueError(
+                        f"fit: the loss at step {step} does not depend on the energy's "
+                        f"parameters (no autograd graph reaches them); compute it from this "
+                        f"energy (a loss built on another energy, or computed under "
+                        f"torch.no_grad, has none). The parameters were not updated")
                 optimizer.step()
                 history.losses.append(f)
                 total += f * batch.shape[0]

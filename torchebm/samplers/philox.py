@@ -70,17 +70,22 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = ROUNDS):
         Four int64 tensors of unsigned 32-bit words, the broadcast shape.
 
     The 32 x 32 -> 64-bit products are int64 products (which wrap modulo
-    2**64); the high word is ``(p >> 32) & 0xFFFFFFFF`` (the arithmetic shift's
-    sign bits are masked off), the low word ``p & 0xFFFFFFFF``.
+    2**64); the high word is bits 32..63 of ``p``, the low word bits 0..31.
+    A round's new ``c1``, ``c3`` (low words) are only XORed into the next
+    round's ``c0``, ``c2``, so they are carried as the whole products and the
+    XOR is masked once: ``c0' = ((p1' >> 32) ^ p1 ^ k0) & 0xFFFFFFFF`` has the
+    same low 32 bits as ``hi(p1') ^ lo(p1) ^ k0`` (the arithmetic shift's sign
+    bits and the product's high word land above bit 31). Two masks per round
+    instead of four (1-9% less CPU time per compiled draw, measured within the
+    noise of a shared machine); the words are bit for bit Random123's.
     """
     for _ in range(rounds):
         p0 = c0 * _M0
         p1 = c2 * _M1
-        c0, c1, c2, c3 = (((p1 >> 32) & _MASK) ^ c1 ^ k0, p1 & _MASK,
-                          ((p0 >> 32) & _MASK) ^ c3 ^ k1, p0 & _MASK)
+        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0) & _MASK, p1, ((p0 >> 32) ^ c3 ^ k1) & _MASK, p0
         k0 = (k0 + _W0) & _MASK
         k1 = (k1 + _W1) & _MASK
-    return c0, c1, c2, c3
+    return c0, c1 & _MASK, c2, c3 & _MASK
 
 
 def _per_counter(dtype):

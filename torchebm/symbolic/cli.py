@@ -456,6 +456,10 @@ def _energy_at(cls, spec, fixed, n, gen):
     params = dict(fixed) if fixed is not None else {
         d.name: _synthesize(d, n, gen) for d in spec.params}
     energy = cls(**{attr: params[name] for name, attr, _ in cls.param_specs if name in params})
+    # a parameter given no value holds its default (1.0): the oracle must read that value,
+    # not keep the bare symbol
+    params.update({name: getattr(energy, attr).detach().tolist()
+                   for name, attr, _ in cls.param_specs if name not in params})
     try:
         energy(torch.zeros(1, n, dtype=torch.float64))
     except TorchEBMError as exc:

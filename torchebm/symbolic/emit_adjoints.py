@@ -56,10 +56,14 @@ class AdjointPrinting:
                     f"{stop}, {step})"]
         if ld.addressing is Addressing.SLICE:
             _, lo, hi = lv.clauses[0]
-            pad = (f"_rt.pad_slice({self.materialize(st.source, lv)}, "
-                   f"{self.code(lo + ld.offset)}, {self.code(hi + ld.offset)}, "
-                   f"{self.code(self.size_expr(ld))})")
-            return [f"{adj} = {pad}" if first else f"{adj} = {adj} + {pad}"]
+            src = self.materialize(st.source, lv)
+            bounds = f"{self.code(lo + ld.offset)}, {self.code(hi + ld.offset)}"
+            if first:
+                return [f"{adj} = _rt.pad_slice({src}, {bounds}, "
+                        f"{self.code(self.size_expr(ld))})"]
+            # the sum in the slice between the untouched ends: no padded copy, and
+            # compiled code without per-element bounds tests (see _rt.add_slice)
+            return [f"{adj} = _rt.add_slice({adj}, {src}, {bounds})"]
         k = f'lay["{self.index_key(ld, 0)}"]'
         return ([f"{adj} = {zeros}"] if first else []) + [
             f"{adj} = {adj}.index_add(-1, {k}, {self.materialize(st.source, lv)})"]

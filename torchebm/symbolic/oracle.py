@@ -100,8 +100,11 @@ class Oracle:
         x_row = [float(v) for v in x_row]
         expr, x_loads = self.at(len(x_row))
         value = expr.xreplace({ind: sp.Float(x_row[i], DPS) for ind, i in x_loads}).evalf(DPS)
+        if value.free_symbols:                 # a parameter the oracle was given no value for
+            names = ", ".join(sorted(str(s) for s in value.free_symbols))
+            raise OracleError(f"the oracle has no value for {names}")
         if not value.is_Number or not value.is_real:
-            raise OracleError(f"the energy is not a real number here ({value})")
+            raise OracleError(f"the energy is not a real number here ({str(value)[:40]})")
         return mpmath.mpf(value._mpf_) if isinstance(value, sp.Float) else mpmath.mpf(float(value))
 
     def _expand(self, e, env):

@@ -195,8 +195,10 @@ def angles(expr: sp.Expr) -> sp.Expr:
 def _power_base(e: sp.Pow):
     """The base and exponent for :class:`F.Power`, or None to keep SymPy's ``Pow``."""
     b, p = e.base, e.exp
-    if p.is_Integer or b.is_number or not depends_on_x(b):
+    if p.is_Integer or b.is_number:
         return None
+    if not depends_on_x(b):                       # a**x, a a parameter that may be 0:
+        return (b, p) if depends_on_x(p) else None    # d/dx = PowerLog, 0 at a = 0
     if isinstance(b, F.SafeSqrt):                 # norm(x)**p = sum(x**2)**(p/2)
         return b.args[0], p / 2
     if not p.is_number:                           # x**a, a a parameter (or x-dependent)
@@ -208,8 +210,10 @@ def _power_base(e: sp.Pow):
 
 
 def powers(expr: sp.Expr) -> sp.Expr:
-    """``b**e`` -> ``Power(b, e)`` for a non-literal exponent, for ``abs(u)**p`` and for a
-    sum of squares to a positive power (p not an integer).
+    """``b**e`` -> ``Power(b, e)`` for a non-literal exponent, for ``abs(u)**p``, for a
+    sum of squares to a positive power (p not an integer), and for a parameter base
+    under an exponent in x (``a**x``: SymPy's ``a**x*log(a)`` is ``0*(-inf)`` at
+    ``a = 0``; ``PowerLog`` gives its limit 0 there, as autograd does for ``x >= 0``).
 
     SymPy's derivative ``e*b**e/b`` is ``0/0`` at ``b = 0``; ``Power``'s is
     ``e*b**(e - 1)`` with ``0**0 = 1``, and 0 (the kink convention) where the

@@ -187,7 +187,7 @@ def verify_energy(label, energy, parsed, params, n, points=4, seed=0, fd=True):
             ref = oracle(row)
         except (OracleError, ZeroDivisionError, OverflowError, TypeError) as exc:
             for c in checks.values():
-                c.note = f"point skipped: {exc}"[:80]
+                c.note = f"point skipped: {exc}"[:100]
             continue
         results = {
             "energy~mpmath": _rel(e[k], float(ref)),

@@ -102,7 +102,7 @@ class RosenbrockEnergy(CompiledEnergy):
         del g
         g_1 = w*t0
         del t0
-        grad = grad + _rt.pad_slice(g_1, 1, n, n)
+        grad = _rt.add_slice(grad, g_1, 1, n)
         del g_1
         return grad
 
@@ -126,7 +126,7 @@ class RosenbrockEnergy(CompiledEnergy):
         del g
         g_1 = w*t0
         del t0
-        grad = grad + _rt.pad_slice(g_1, 1, n, n)
+        grad = _rt.add_slice(grad, g_1, 1, n)
         del g_1
         return r, grad
 
@@ -153,7 +153,7 @@ class RosenbrockEnergy(CompiledEnergy):
         del dot_1
         dot_2 = w*dot
         del dot
-        hvp = hvp + _rt.pad_slice(dot_2, 1, n, n)
+        hvp = _rt.add_slice(hvp, dot_2, 1, n)
         del dot_2
         return hvp
 
@@ -171,7 +171,7 @@ class RosenbrockEnergy(CompiledEnergy):
         del w1
         hdiag = _rt.pad_slice(h2, 0, n - 1, n)
         del h2
-        hdiag = hdiag + _rt.pad_slice(_rt_points(w, x, max(0, n - 1)), 1, n, n)
+        hdiag = _rt.add_slice(hdiag, _rt_points(w, x, max(0, n - 1)), 1, n)
         return hdiag
 
     def _gradient_and_hessian_diagonal(self, x, lay, der):
@@ -193,11 +193,11 @@ class RosenbrockEnergy(CompiledEnergy):
         del g
         g_1 = w*w0
         del w0
-        grad = grad + _rt.pad_slice(g_1, 1, n, n)
+        grad = _rt.add_slice(grad, g_1, 1, n)
         del g_1
         hdiag = _rt.pad_slice(h2, 0, n - 1, n)
         del h2
-        hdiag = hdiag + _rt.pad_slice(_rt_points(w, x, max(0, n - 1)), 1, n, n)
+        hdiag = _rt.add_slice(hdiag, _rt_points(w, x, max(0, n - 1)), 1, n)
         return grad, hdiag
 
     def _parameter_gradient(self, x, lay, der):
