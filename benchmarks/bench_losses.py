@@ -1,7 +1,7 @@
 """One training step (loss + backward into the parameters) per loss: compiled vs autograd.
 
 usage: python benchmarks/bench_losses.py [--full] [--batch B] [--dim N] [--projections P]
-                                         [--threads 1] [--repeat R]
+                                         [--threads 1] [--repeat R] [--only cd] [--rounds K]
 
 For DoubleWell, Rastrigin and the Gaussian with trainable parameters, each
 loss of torchebm.losses is computed on the compiled energy (closed-form
@@ -10,8 +10,10 @@ same formula written by hand as a BaseEnergyFunction (the losses then use
 autograd: double backward for the sliced loss, as TorchEBM does). Times are
 the median of ``--repeat`` steps, float32. Contrastive divergence is timed
 without its sampler (``compute_loss`` on fixed negatives): the sampler's cost
-is in bench_samplers.py. Then contrastive divergence's parameter gradient alone
-(closed form vs autograd of the energy) and per-sample ``parameter_gradient``
+is in bench_samplers.py. Then contrastive divergence's parameter gradient alone, in
+CPU time (closed form eager and fused by ``energy.compile()``, against autograd of
+the hand-written formula eager and through ``torch.compile``; ``--only cd`` runs
+just this table, ``--rounds`` times) and per-sample ``parameter_gradient``
 (closed form vs torch.func). The default run is 1024 x 16 (about 15 s); ``--full``
 is 4096 x 64 (about a minute, most of it autograd's exact score matching).
 """
@@ -117,6 +119,10 @@ def main():
     ap.add_argument("--projections", type=int, default=5,
                     help="sliced score matching's n_projections (TorchEBM's default 5)")
     ap.add_argument("--full", action="store_true", help="4096 x 64, 7 repeats")
+    ap.add_argument("--only", choices=["cd"], help="only contrastive divergence's "
+                    "parameter-gradient table")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="times the parameter-gradient table is repeated (compiled once)")
     args = ap.parse_args()
     if args.full:
         args.batch, args.dim, args.repeat = 4096, 64, 7
@@ -129,13 +135,16 @@ def main():
     eps = torch.randn(b, n, generator=g)
     print(f"torch {torch.__version__}, threads = {torch.get_num_threads()}, float32, "
           f"{b} x {n}, sliced: {args.projections} projection(s); ms per step (loss + backward)")
+    if args.only == "cd":
+        cd_parameter_gradient(x, neg, n, 3 * args.repeat, args.rounds)
+        return
     print(f"{'energy':11s} {'loss':24s} {'compiled':>9s} {'autograd':>9s} {'speed-up':>9s}")
     for name, compiled, hand in energies(n):
         for (loss_name, fc), (_, fa) in zip(losses(compiled), losses(hand)):
             tc, ta = step_times(compiled, fc, hand, fa, (x, neg, v, eps), args.repeat)
             print(f"{name:11s} {loss_name:24s} {tc * 1e3:9.1f} {ta * 1e3:9.1f} {ta / tc:9.2f}",
                   flush=True)
-    cd_parameter_gradient(x, neg, n, args.repeat)
+    cd_parameter_gradient(x, neg, n, 3 * args.repeat, args.rounds)
     per_sample(x, n, b)
 
 
@@ -146,37 +155,49 @@ def _grad_step(energy, loss_fn):
     return run
 
 
-def _median_ms(fns, repeat):
+def _median_ms(fns, repeat, clock=time.perf_counter):
     """Median milliseconds of each of ``fns``, interleaved (a shared machine drifts)."""
     for f in fns:
         f()
     times = [[] for _ in fns]
     for _ in range(repeat):
         for k, f in enumerate(fns):
-            t = time.perf_counter()
+            t = clock()
             f()
-            times[k].append(time.perf_counter() - t)
+            times[k].append(clock() - t)
     return [statistics.median(t) * 1e3 for t in times]
 
 
-def cd_parameter_gradient(x, neg, n, repeat):
-    """CD's parameter gradient ``mean dE/dtheta(x) - mean dE/dtheta(neg)`` with its loss:
-    the closed form (ContrastiveDivergence on a compiled energy: one generated pass per
-    batch, no graph) against autograd of the energy (loss + backward through the same
-    compiled energy's forward, and through the hand-written formula)."""
+def cd_parameter_gradient(x, neg, n, repeat, rounds=1):
+    """CD's parameter gradient ``mean dE/dtheta(x) - mean dE/dtheta(neg)`` with its loss
+    (loss + backward into the parameters), in CPU time (``time.process_time``; one
+    thread): the closed form (ContrastiveDivergence on a compiled energy: one generated
+    pass per batch, no graph) in eager mode and fused (``energy.compile()``: one Inductor
+    kernel per batch), against autograd of the hand-written formula (TorchEBM's way) in
+    eager mode and through ``torch.compile`` of its forward (AOTAutograd compiles the
+    forward and the backward). ``rounds`` repeats the whole table (compiled once)."""
     print(f"\ncontrastive divergence's parameter gradient (loss + backward, no sampler), "
-          f"ms; speed-up over autograd of the compiled energy's forward")
-    print(f"{'energy':11s} {'closed':>9s} {'autograd':>9s} {'hand':>9s} {'speed-up':>9s}")
-    for name, compiled, hand in energies(n):
-        cd = ContrastiveDivergence(compiled, _NoSampler(), k_steps=1, energy_reg_weight=0.0)
-
-        def autograd_loss(e=compiled):
-            return e(x).mean() - e(neg).mean()
-        tc, ta, th = _median_ms([
-            _grad_step(compiled, lambda: cd.compute_loss(x, neg)),
-            _grad_step(compiled, autograd_loss),
-            _grad_step(hand, lambda: autograd_loss(hand))], repeat)
-        print(f"{name:11s} {tc:9.2f} {ta:9.2f} {th:9.2f} {ta / tc:9.2f}", flush=True)
+          f"CPU ms, median of {repeat} interleaved steps; speed-ups over autograd")
+    print(f"{'energy':11s} {'closed':>8s} {'fused':>8s} {'autograd':>9s} {'autograd':>9s}   "
+          f"{'fused vs':>9s} {'fused vs':>9s} {'closed vs':>9s}")
+    print(f"{'':11s} {'eager':>8s} {'':>8s} {'eager':>9s} {'compiled':>9s}   "
+          f"{'eager':>9s} {'compiled':>9s} {'eager':>9s}")
+    rows = []
+    for (name, eager, hand), (_, fused, hand2) in zip(energies(n), energies(n)):
+        fused.compile()
+        hand_compiled = torch.compile(hand2)
+        cd_eager = ContrastiveDivergence(eager, _NoSampler(), k_steps=1, energy_reg_weight=0.0)
+        cd_fused = ContrastiveDivergence(fused, _NoSampler(), k_steps=1, energy_reg_weight=0.0)
+        rows.append((name, [
+            _grad_step(eager, lambda cd=cd_eager: cd.compute_loss(x, neg)),
+            _grad_step(fused, lambda cd=cd_fused: cd.compute_loss(x, neg)),
+            _grad_step(hand, lambda e=hand: e(x).mean() - e(neg).mean()),
+            _grad_step(hand2, lambda e=hand_compiled: e(x).mean() - e(neg).mean())]))
+    for _ in range(rounds):
+        for name, fns in rows:
+            tc, tf, ta, tt = _median_ms(fns, repeat, time.process_time)
+            print(f"{name:11s} {tc:8.2f} {tf:8.2f} {ta:9.2f} {tt:9.2f}   "
+                  f"{ta / tf:9.2f} {tt / tf:9.2f} {ta / tc:9.2f}", flush=True)
 
 
 def per_sample(x, n, b):

@@ -229,6 +229,19 @@ def test_summed_matrix_adjoint_is_one_product_not_outer_products():
     assert "unsqueeze(-2)" in per_sample
 
 
+def test_summed_quadratic_form_kernel_makes_no_scaled_copies():
+    """The Gaussian's batch-summed kernel: the matrix adjoint reads the forward's
+    ``x - mean`` (the form's 0.5 scales the [n, n] product), and the mean's two
+    adjoints (one per side of the form, both multiples of ``d @ P``) are one GEMV.
+    Values: the float64 tests above and ``test_parameter_gradient_fused``."""
+    summed = "\n".join(line for line in inspect.getsource(
+        GaussianEnergy._parameter_gradient_sum).splitlines()
+        if not line.lstrip().startswith("#"))        # code, not the formula's comments
+    assert summed.count("weights.reshape(-1) @") == 1
+    assert "0.5*x" not in summed and "-0.5*mv0" not in summed
+    assert summed.count(" @ inverse_cov") == 1 and summed.count(".mT @ ") == 1
+
+
 # -- contrastive divergence ------------------------------------------------------------------
 def _cd_losses(energy):
     sampler = LangevinDynamics(energy, step_size=0.01)
@@ -440,3 +453,36 @@ def test_an_empty_batch_gives_empty_gradients_for_derived_parameters():
         assert got["S"].shape == batch + (3, 3)
     torch.testing.assert_close(energy.parameter_gradient_sum(torch.randn(0, 3, dtype=D))["S"],
                                torch.zeros(3, 3, dtype=D))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_inverse_adjoints_chain_in_closed_form_for_both_factorisations(symmetric):
+    """``inverse(S)`` is chained to ``S`` in closed form. A non-symmetric adjoint (the
+    two sides of the form differ) tells the conventions apart: an SPD ``S`` goes through
+    a Cholesky factor, which reads ``S`` as symmetric (the reference inverts the
+    symmetric part, so autograd gives ``-P sym(A) P``); any other ``S`` by LU (the
+    reference inverts ``S`` itself: ``-P^T A P^T``)."""
+    n = 3
+    a = _randn(n, n, seed=11)
+    s = a @ a.T + n * torch.eye(n, dtype=D) if symmetric else a + n * torch.eye(n, dtype=D)
+    mu = _randn(n, seed=12)
+    energy = from_expression("(x - mu) @ inverse(S) @ (2*x + mu)", mu=mu, S=s, trainable=True)
+
+    def formula(x, mu, S):
+        inv = torch.linalg.inv((S + S.mT) / 2 if symmetric else S)
+        return ((x - mu) @ inv * (2 * x + mu)).sum(-1)
+    values = {"mu": mu, "S": s}
+    x = _x(b=6, n=n, seed=13)
+    weights = torch.linspace(-1.0, 2.0, 6, dtype=D)
+    params = {k: v.clone().requires_grad_(True) for k, v in values.items()}
+    want = torch.autograd.grad((weights * formula(x, **params)).sum(), list(params.values()))
+    got = energy.parameter_gradient_sum(x, weights)
+    for k, w in zip(params, want):
+        torch.testing.assert_close(got[k], w, **TOL)
+    if symmetric:   # the adjoint is not symmetric: the two conventions differ here
+        naive = torch.autograd.grad((weights * ((x - params["mu"]) @ torch.linalg.inv(
+            params["S"]) * (2 * x + params["mu"])).sum(-1)).sum(), params["S"])[0]
+        assert not torch.allclose(naive, want[1])
+    per = energy.parameter_gradient(x)
+    for k, w in _reference_per_sample(formula, values, x).items():
+        torch.testing.assert_close(per[k], w, **TOL)

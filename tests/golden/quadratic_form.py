@@ -215,10 +215,8 @@ class GoldenEnergy(CompiledEnergy):
         inverse_S = der["inverse(S)"]
         logdet_S = der["logdet(S)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
-        v_2 = 0.5*x - 0.5*mu
         h_3 = x - mu
         mv0 = h_3 @ inverse_S
-        del h_3
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
         s0 = x - mu
         v_1 = 0.5*mv0*s0
@@ -229,22 +227,18 @@ class GoldenEnergy(CompiledEnergy):
         weights = _rt.energy_weights(weights, energy_2)
         del r
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
-        g_1 = -0.5*mv0
-        del mv0
         adj_mu = torch.zeros_like(mu)
-        adj_mu = adj_mu + weights.reshape(-1) @ g_1.reshape(-1, g_1.shape[-1])
-        del g_1
+        adj_mu = adj_mu + -0.5*(weights.reshape(-1) @ mv0.reshape(-1, mv0.shape[-1]))
+        del mv0
         adj_mv0 = s0
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
         adj_inverse_S = torch.zeros_like(inverse_S)
-        adj_inverse_S = adj_inverse_S + v_2.reshape(-1, v_2.shape[-1]).mT @ (weights.unsqueeze(-1) * adj_mv0).reshape(-1, adj_mv0.shape[-1])
-        del v_2
+        adj_inverse_S = adj_inverse_S + 0.5*(h_3.reshape(-1, h_3.shape[-1]).mT @ (weights.unsqueeze(-1) * adj_mv0).reshape(-1, adj_mv0.shape[-1]))
+        del h_3
         hbar_2 = adj_mv0 @ inverse_S.mT
         del s0, adj_mv0
-        w_1 = -0.5*hbar_2
+        adj_mu = adj_mu + -0.5*(weights.reshape(-1) @ hbar_2.reshape(-1, hbar_2.shape[-1]))
         del hbar_2
-        adj_mu = adj_mu + weights.reshape(-1) @ w_1.reshape(-1, w_1.shape[-1])
-        del w_1
         # per sample: 0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)
         pbar_1 = weights.sum() * 0.5
         return {'(energy)': energy_2, 'inverse(S)': adj_inverse_S, 'mu': adj_mu, 'logdet(S)': pbar_1}

@@ -166,8 +166,11 @@ class DirectCalls:
     ``der``): no flattening, no signature. A parameter written in place changes
     ``der`` (its content is compared by the runtime), a replaced or ``.data``-assigned
     one the site, so either sends the next call through the checked path, which
-    refreshes the entry (and compiles only for a new signature). Inductor checks the
-    sizes and strides of every input itself (an ``AssertionError`` drops the entry).
+    refreshes the entry (and compiles only for a new signature). A tuple of Python
+    numbers in ``v``'s place (the weights ``(a, c)`` of ``_parameter_gradient_sum``) is
+    baked into the graph and joins the key instead of ``v``'s tensor signature.
+    Inductor checks the sizes and strides of every input itself (an
+    ``AssertionError`` drops the entry).
     """
 
     def __init__(self):
@@ -180,12 +183,19 @@ class DirectCalls:
         if (type(x) is torch.Tensor and not _grad_enabled() and len(args) in (3, 4)
                 and not _is_compiling()):
             v = args[1] if len(args) == 4 else None
-            try:
-                key = (name, x.shape, x.stride(), x.dtype, x.device) if v is None else (
-                    name, x.shape, x.stride(), x.dtype, x.device, type(v), v.shape,
-                    v.stride(), v.dtype, v.device)
-            except AttributeError:
-                key = None
+            if type(v) is tuple:
+                # Python numbers (the weights ``(a, c)`` of a summed parameter gradient) are
+                # baked into the graph: the key holds them, and only x is passed
+                key = ((name, x.shape, x.stride(), x.dtype, x.device, v) if all(
+                    type(e) is float or type(e) is int for e in v) else None)
+                v = None
+            else:
+                try:
+                    key = (name, x.shape, x.stride(), x.dtype, x.device) if v is None else (
+                        name, x.shape, x.stride(), x.dtype, x.device, type(v), v.shape,
+                        v.stride(), v.dtype, v.device)
+                except AttributeError:
+                    key = None
             fast = self._fast.get(key)
             if (fast is not None and fast.der is args[-1] and fast.lay is args[-2]
                     and fast.site is module._sites.get((x.shape[-1], x.dtype, x.is_cpu))
@@ -240,15 +250,16 @@ class DirectCalls:
         """Record the :class:`_Fast` entry for ``key`` when its checks cover every input:
         the energy's parameters and buffers are exactly those its site checks, and the
         call's own tensors lead the tensor arguments."""
-        own = len(args) - 2
+        own = [a for a in args[:-2] if type(a) is not tuple]    # a tuple: numbers, in the key
         site = module._sites.get((args[0].shape[-1], args[0].dtype, args[0].is_cpu))
-        if (site is None or not isinstance(args[-2], dict) or len(inputs) < own
-                or any(inputs[i] is not args[i] for i in range(own))
+        if (site is None or not isinstance(args[-2], dict) or len(inputs) < len(own)
+                or any(inputs[i] is not a for i, a in enumerate(own))
                 or set(names) != {attr for _, attr, _ in module.param_specs}):
             return
         if len(self._fast) >= 4 * MAX_SIGNATURES:
             self._fast.clear()
-        self._fast[key] = _Fast(site, args[-2], args[-1], list(states), inputs[own:], compiled)
+        self._fast[key] = _Fast(site, args[-2], args[-1], list(states), inputs[len(own):],
+                                compiled)
 
     @staticmethod
     def _build(module, method, names, states, leaves, spec):

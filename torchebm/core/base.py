@@ -13,12 +13,14 @@ import contextlib
 import importlib
 import math
 import operator
+import re
 import threading
 
 import torch
 from torch import nn
 
 from ..errors import DeviceError, MemoryLimitError, ParameterError, ShapeError
+from . import _runtime as _rt
 
 
 def _as_batch(x) -> torch.Tensor:
@@ -885,9 +887,11 @@ class CompiledEnergy(BaseEnergyFunction):
         one forward and one backward pass over the same CSE'd statements as the
         gradient. A parameter used only through a derived value (``inverse(S)``,
         ``logdet(S)``) gets the closed-form adjoint of that value, chained to the
-        parameter by autograd through ``_derive`` (parameter-only and independent of
-        the batch: one batched vector-Jacobian product). Formulas without generated
-        parameter adjoints use ``torch.func`` (see ``BaseEnergyFunction``).
+        parameter: ``inverse(S)`` in closed form (:meth:`_chain_inverses`), others by
+        autograd through ``_derive`` (parameter-only and independent of the batch: one
+        batched vector-Jacobian product). After :meth:`compile` the kernel runs fused
+        (one Inductor kernel). Formulas without generated parameter adjoints use
+        ``torch.func`` (see ``BaseEnergyFunction``).
 
         Raises:
             ParameterError: an energy without trainable parameters.
@@ -906,8 +910,10 @@ class CompiledEnergy(BaseEnergyFunction):
         contracted inside the kernel, a vector parameter's adjoint as one
         ``weights @ adjoint`` product and a matrix's as one ``h^T (weights * ybar)``
         matrix product, so no per-sample ``[B, *theta.shape]`` tensor is formed.
-        Parameters used through derived values are chained through ``_derive`` by
-        one autograd backward (parameter-only, independent of the batch).
+        Parameters used through derived values are chained as in
+        :meth:`parameter_gradient` (``inverse(S)`` in closed form, others by one
+        autograd backward through ``_derive``, parameter-only). After :meth:`compile`
+        the kernel runs fused: one Inductor kernel per call, reading ``x`` once.
 
         Raises:
             ParameterError: an energy without trainable parameters.
@@ -940,16 +946,16 @@ class CompiledEnergy(BaseEnergyFunction):
                 if summed:
                     if not isinstance(weights, tuple):
                         weights = _batch_weights(weights, xb)
-                    out = dict(self._parameter_gradient_sum(xb, weights, lay, der))
+                    out = dict(self._call("_parameter_gradient_sum", xb, weights, lay, der))
                     energy = out.pop("(energy)")      # not an identifier: no parameter's
                 else:
-                    out = self._parameter_gradient(xb, lay, der)
+                    out = self._call("_parameter_gradient", xb, lay, der)
             finally:
                 _set_grad_enabled(enabled)
             batch = xb.shape[:-1]
             for key, value in out.items():
                 attr = attr_of.get(key)
-                # a derived value (inverse(S)): chained through _derive below
+                # a derived value (inverse(S)): chained to its parameters below
                 into, key = (chained, key) if attr is None else (result, attr)
                 if attr is None or attr in params:
                     into[key] = value if key not in into else into[key] + value
@@ -968,6 +974,40 @@ class CompiledEnergy(BaseEnergyFunction):
             final[name] = g.detach().to(p.dtype)
         return energies, final
 
+    def _chain_inverses(self, adjoints, params, result, batch):
+        """Chain the adjoints of derived values ``inverse(S)`` of a matrix parameter ``S``
+        in closed form, adding to ``result``; return the other adjoints (for autograd).
+
+        The generated ``_derive`` computes ``inverse(S)`` as ``_runtime.inverse(S)``:
+        through a Cholesky factor when ``S`` is symmetric positive definite, by LU
+        otherwise. With ``P = S^-1``, ``dP = -P dS P``, so an adjoint ``A`` of ``P``
+        gives ``S`` the gradient ``-P^T A P^T`` (Giles 2008, "An extended collection of
+        matrix derivative results", sec. 2.2); through the Cholesky factor (which reads
+        ``S`` as symmetric) it is that of the symmetric part, ``-P sym(A) P``. These are
+        autograd's values through ``_derive`` (to rounding) without recording a graph,
+        which for a small matrix costs far more than the two matrix products."""
+        names = {name: attr for name, attr, rank in self.param_specs if rank == 2}
+        rest = {}
+        for key, adj in adjoints.items():
+            match = _INVERSE_KEY.match(key)
+            s = params.get(names.get(match.group(1))) if match else None
+            if s is None:
+                rest[key] = adj
+                continue
+            with torch.no_grad():
+                s = s.detach()
+                chol = _rt._spd_cholesky(s)
+                a = adj.to(s.dtype).reshape((() if batch is None else tuple(batch)) + s.shape)
+                if chol is not None:
+                    p = torch.cholesky_inverse(chol)
+                    g = -(p @ ((a + a.mT) / 2) @ p)
+                else:
+                    p = _rt.inverse(s).mT
+                    g = -(p @ a @ p)
+            attr = names[match.group(1)]
+            result[attr] = g if attr not in result else result[attr].to(g.dtype) + g
+        return rest
+
     def _chain_derived(self, adjoints, params, result, batch):
         """Add ``sum_k adjoint_k . d derived_k / d theta`` to ``result`` for every
         trainable ``theta``: autograd through ``_derive`` (parameter-only, so its graph
@@ -975,6 +1015,9 @@ class CompiledEnergy(BaseEnergyFunction):
         ``[*batch, *shape]`` (a batched vector-Jacobian product), or None (summed)."""
         if batch is not None and math.prod(batch) == 0:
             return                  # no sample: the caller fills zeros of [*batch, *shape]
+        adjoints = self._chain_inverses(adjoints, params, result, batch)
+        if not adjoints:
+            return
         # every parameter, frozen ones too (requires_grad=False), is differentiated,
         # in any grad mode (inference_mode included): it is switched on here only
         frozen = [p for p in params.values() if not p.requires_grad]
@@ -1172,8 +1215,11 @@ class CompiledEnergy(BaseEnergyFunction):
         directly (``torchebm.core._direct``), which saves about ten eager
         operations' time per call. Calls that build a graph, run inside
         ``torch.func`` transforms or inside other compiled code use the
-        ``torch.compile`` functions. ``options`` go to ``torch.compile`` (and
-        then every call uses it). Returns ``self``.
+        ``torch.compile`` functions. The parameter kernels
+        (``parameter_gradient``, ``parameter_gradient_sum``, and so contrastive
+        divergence's closed-form gradient) are fused too, where generated.
+        ``options`` go to ``torch.compile`` (and then every call uses it). Returns
+        ``self``.
         """
         from ._direct import DirectCalls
         self._ensure_second_order()
@@ -1182,6 +1228,8 @@ class CompiledEnergy(BaseEnergyFunction):
         names = ["_energy", "_gradient", "_energy_and_gradient", "_hessian_vector_product"]
         if self.structured_hessian_diagonal:
             names += ["_hessian_diagonal", "_gradient_and_hessian_diagonal"]
+        names += [name for name in ("_parameter_gradient", "_parameter_gradient_sum")
+                  if getattr(type(self), name, None) is not None]
         self._fused = {name: torch.compile(getattr(self, name), **options) for name in names}
         self._direct = DirectCalls() if direct else None
         return self
@@ -1262,6 +1310,10 @@ class CompiledEnergy(BaseEnergyFunction):
         state["_fused"] = None
         state["_direct"] = None
         return state
+
+
+#: the key of a derived value ``inverse(<matrix parameter>)`` in the generated ``_derive``
+_INVERSE_KEY = re.compile(r"inverse\((\w+)\)\Z")
 
 
 def _as_tuples(v):

@@ -117,6 +117,8 @@ class AdjointPrinting:
             src = self.materialize(st.source, lv)
             if st.summed:                # the batch contracted first: one GEMV
                 src = f"weights.reshape(-1) @ {src}.reshape(-1, {src}.shape[-1])"
+        if st.scale != 1:                # on the contracted [*theta.shape] result
+            src = f"{self.code(st.scale)}*({src})"
         if ld.addressing is Addressing.WHOLE:
             return lines + [f"{adj} = {adj} + {src}"]
         if ld.addressing is Addressing.SLICE:
@@ -151,6 +153,8 @@ class AdjointPrinting:
         if st.summed:
             hh, yy = f"{h}.reshape(-1, {h}.shape[-1])", f"(weights.unsqueeze(-1) * {ybar}).reshape(-1, {ybar}.shape[-1])"
             prod = f"{yy}.mT @ {hh}" if mv.row_major else f"{hh}.mT @ {yy}"
+            if st.scale != 1:              # on the [n, n] product, not on the [B, n] vector
+                prod = f"{self.code(st.scale)}*({prod})"
         else:
             prod = (f"{ybar}.unsqueeze(-1) * {h}.unsqueeze(-2)" if mv.row_major
                     else f"{h}.unsqueeze(-1) * {ybar}.unsqueeze(-2)")

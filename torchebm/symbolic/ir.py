@@ -454,12 +454,14 @@ class ParameterAccumulate(Stmt):
 
     ``vector`` is ``Vector(PARAMETER, base)``: per sample ``[..., *theta.shape]``, or
     with ``summed`` the batch contracted with the weights ``w`` first (``[*theta.shape]``,
-    ``sum_b w_b source_b``), so no per-sample adjoint is ever formed.
+    ``sum_b w_b source_b``), so no per-sample adjoint is ever formed; ``scale`` (a
+    number) multiplies that ``[*theta.shape]`` result.
     """
     vector: Vector
     load: Load
     source: sp.Expr
     summed: bool = False
+    scale: sp.Expr = sp.S.One        # a number applied to the contracted result (summed)
 
     def defines(self):
         return (Adjoint(self.vector),)
@@ -472,10 +474,12 @@ class ParameterAccumulate(Stmt):
 class MatrixAdjoint(Stmt):
     """The adjoint of the matrix ``A`` of ``y = h @ A`` (``matvec``) accumulated into
     ``vector``: ``outer(h, ybar)`` per sample, or with ``summed`` one matrix product
-    ``h^T (w ybar)`` over the batch (no ``[B, n, n]`` temporary)."""
+    ``h^T (w ybar)`` over the batch (no ``[B, n, n]`` temporary), times ``scale`` (a
+    number pulled out of ``h``: the product then reads the forward's unscaled vector)."""
     vector: Vector
     matvec: MatVec
     summed: bool = False
+    scale: sp.Expr = sp.S.One
 
     def defines(self):
         return (Adjoint(self.vector),)

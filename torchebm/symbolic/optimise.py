@@ -15,8 +15,9 @@ import dataclasses
 import sympy as sp
 
 from .ir import (GRADIENT, HDIAG, Accumulate, Addressing, Adjoint, Assign, Broadcast, Free,
-                 IndexValue, InitAdjoint, Interleave, Kernel, LoadKind, LoadStmt, MatrixDiagonal,
-                 MatVec, MatVecStmt, PointShift, Shape, Vector, VectorKind, frozen_map, tangent_vector_name)
+                 IndexValue, InitAdjoint, Interleave, Kernel, LoadKind, LoadStmt, MatrixAdjoint,
+                 MatrixDiagonal, MatVec, MatVecStmt, ParameterAccumulate, PointShift, Shape,
+                 Vector, VectorKind, frozen_map, tangent_vector_name)
 
 
 def cse(kernel: Kernel, prefix: str = "_t") -> Kernel:
@@ -286,7 +287,7 @@ def _pull_matvec_scales(kernel):
     if not scale:
         return kernel
     syms = _Symbols(kernel)
-    body, mapping = [], {}
+    body, mapping, unscaled = [], {}, {}
     for st in kernel.body:
         st = _rename(st, mapping)
         if isinstance(st, MatVecStmt) and not st.adjoint and st.matvec.symbol in scale:
@@ -295,11 +296,19 @@ def _pull_matvec_scales(kernel):
                          like=[st.matvec.value])
             body.append(Assign(st.level, h, rest))
             body.append(dataclasses.replace(st, matvec=dataclasses.replace(st.matvec, value=h)))
+            unscaled[st.matvec.symbol] = (c, h)
             y = st.matvec.symbol
             scaled = syms.new("y", Shape.BOTH, like=[y])
             body.append(Assign(st.level, scaled, c * y))
             mapping[y] = scaled
             continue
+        if (isinstance(st, MatrixAdjoint) and st.summed
+                and st.matvec.symbol in unscaled):
+            # the batch-summed adjoint (c*h)^T (w ybar) as c * (h^T (w ybar)): the scaling
+            # on the [n, n] result, the forward's h read again (no scaled [B, n] copy)
+            c, h = unscaled[st.matvec.symbol]
+            st = dataclasses.replace(st, matvec=dataclasses.replace(st.matvec, value=h),
+                                     scale=c * st.scale)
         body.append(st)
     return syms.done(kernel, body)
 
@@ -339,6 +348,64 @@ def _merge_accumulations(kernel):
             st = dataclasses.replace(st, source=total)
         body.append(st)
     return syms.done(kernel, body)
+
+
+def _merge_parameter_accumulations(kernel):
+    """Batch-summed accumulations of numeric multiples of one value into a vector
+    parameter's adjoint (a quadratic form's mean, read on both sides of the form:
+    ``adj += w @ (c1*u)``, ``adj += w @ (c2*u)``) become one contraction
+    ``adj += (c1 + c2) * (w @ u)``: one GEMV, the scaling on the ``[n]`` result, no
+    scaled ``[B, n]`` copies. Only whole-vector accumulations in root-parented levels
+    (the full vector, so each source is ``[..., n]``) of sources of one shape."""
+    defs = {st.target: st.expr for st in kernel.body if isinstance(st, Assign)}
+    uses: dict = {}
+    for st in kernel.body:
+        for key in st.uses():
+            uses[key] = uses.get(key, 0) + 1
+    groups: dict = {}
+    for k, st in enumerate(kernel.body):
+        if not (isinstance(st, ParameterAccumulate) and st.summed and st.level is not None
+                and st.level.parent is None and st.load.addressing is Addressing.WHOLE
+                and st.source.is_Symbol
+                and uses.get(st.source) == 1):
+            continue
+        expr = defs.get(st.source)
+        c, u = expr.as_coeff_Mul() if isinstance(expr, sp.Expr) else (None, None)
+        if kernel.shapes.get(st.source) is None:
+            continue
+        if (c is None or not c.is_Number or not u.is_Symbol
+                or kernel.shapes.get(u) != kernel.shapes.get(st.source)):
+            c, u = sp.S.One, st.source
+        for _ in range(8):              # a chain of scalings: u = c2*v
+            inner = defs.get(u)
+            c2, v = inner.as_coeff_Mul() if isinstance(inner, sp.Expr) else (None, None)
+            if (c2 is None or not c2.is_Number or not v.is_Symbol or c2 == 1
+                    or kernel.shapes.get(v) != kernel.shapes.get(u)):
+                break
+            c, u = c * c2, v
+        groups.setdefault((st.vector, u), []).append((k, c * st.scale))
+    merge = {}
+    for (vector, u), members in groups.items():
+        positions = [k for k, _ in members]
+        if len(members) < 2 and members[0][1] == 1:
+            continue
+        key = Adjoint(vector)
+        if any(key in st.uses() and not isinstance(st, ParameterAccumulate)
+               for st in kernel.body[positions[0]:positions[-1]]):
+            continue          # read between its accumulations
+        merge[positions[-1]] = (u, sp.Add(*[c for _, c in members]))
+        merge.update({k: None for k in positions[:-1]})
+    if not merge:
+        return kernel
+    body = []
+    for k, st in enumerate(kernel.body):
+        if k in merge:
+            if merge[k] is None:
+                continue
+            u, scale = merge[k]
+            st = dataclasses.replace(st, source=u, scale=scale)
+        body.append(st)
+    return kernel.replace(body=tuple(body))
 
 
 def _unit_factors(expr):
@@ -529,13 +596,16 @@ def _reuse_sums(kernel):
 def simplify(kernel: Kernel) -> Kernel:
     """Algebraic identities on the statements, each a ``Kernel -> Kernel`` step:
     whole-vector loads read as the vector, numeric factors pulled out of
-    matrix-vector products, whole-vector accumulations merged into one sum,
+    matrix-vector products (and out of the batch-summed adjoint of their matrix),
+    whole-vector accumulations merged into one sum, batch-summed parameter
+    accumulations of multiples of one value merged into one scaled contraction,
     chains of numeric scalings folded (``2.0*(0.5*u) = u``, ``1.0*u = u``), then
     copies propagated; accumulations from strided loads that tile a vector interleaved
     into it; polynomials of one full-size value in Horner form; numeric multiples of an
     earlier sum's terms read as that sum (:func:`_reuse_sums`). The symmetric quadratic form's gradient ``2 * (0.5*(x - m)) @ P``
     becomes ``(x - m) @ P``: one product, no scaling pass."""
-    for step in (_whole_vector_loads, _pull_matvec_scales, _merge_accumulations, _interleave,
+    for step in (_whole_vector_loads, _pull_matvec_scales, _merge_accumulations,
+                 _merge_parameter_accumulations, _interleave,
                  _fold_scales, _horner, _reuse_sums, propagate_copies):
         kernel = step(kernel)
     return kernel

@@ -180,27 +180,20 @@ class GaussianEnergy(CompiledEnergy):
         mean = der["mean"]
         inverse_cov = der["inverse(cov)"]
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        v_2 = 0.5*x - 0.5*mean
         h_3 = x - mean
         mv0 = h_3 @ inverse_cov
-        del h_3
         # level 0: j in range(0, n) (per sample): Sum((-mean[j] + x[j])*Sum((-0.5*mean[i] + 0.5*x[i])*inverse(cov)[i, j], (i, 0...
         s0 = x - mean
         v_1 = 0.5*mv0*s0
         r = v_1.sum(-1)
         weights = _rt.energy_weights(weights, r)
         del v_1
-        g_1 = -0.5*mv0
-        adj_mean = torch.zeros_like(mean)
-        adj_mean = adj_mean + weights.reshape(-1) @ g_1.reshape(-1, g_1.shape[-1])
-        del g_1
         adj_mv0 = s0
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
         adj_inverse_cov = torch.zeros_like(inverse_cov)
-        adj_inverse_cov = adj_inverse_cov + v_2.reshape(-1, v_2.shape[-1]).mT @ (weights.unsqueeze(-1) * adj_mv0).reshape(-1, adj_mv0.shape[-1])
-        del v_2, s0, adj_mv0
-        w_1 = -0.5*mv0
+        adj_inverse_cov = adj_inverse_cov + 0.5*(h_3.reshape(-1, h_3.shape[-1]).mT @ (weights.unsqueeze(-1) * adj_mv0).reshape(-1, adj_mv0.shape[-1]))
+        del h_3, s0, adj_mv0
+        adj_mean = torch.zeros_like(mean)
+        adj_mean = adj_mean + -1.0*(weights.reshape(-1) @ mv0.reshape(-1, mv0.shape[-1]))
         del mv0
-        adj_mean = adj_mean + weights.reshape(-1) @ w_1.reshape(-1, w_1.shape[-1])
-        del w_1
         return {'(energy)': r, 'inverse(cov)': adj_inverse_cov, 'mean': adj_mean}
