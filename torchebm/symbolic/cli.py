@@ -550,8 +550,18 @@ def _verify(args):
         if not args.quiet:
             print(f"verify [{k}/{len(targets)}] {_short(label)}: n = "
                   f"{', '.join(map(str, dims))} ...", end="", file=sys.stderr, flush=True)
+        stage = [started]
+
+        def progress(what):
+            # each stage as it ends, so a slow energy (LJ-13: minutes) shows where it is
+            if not args.quiet:
+                now = time.perf_counter()
+                print(f" {what} {now - stage[0]:.1f} s,", end="", file=sys.stderr, flush=True)
+                stage[0] = now
+
         compiled = compile_spec(spec)
         cls = load_class(compiled.generated)
+        progress("compiled")
         tested = {}
         for n in dims:
             params, energy, outside = _energy_at(cls, spec, fixed, n, gen)
@@ -561,11 +571,13 @@ def _verify(args):
             checks += verify_energy(label, energy, compiled.parsed, params, n,
                                     points=args.points, seed=args.seed)
             tested[n] = energy
+            progress(f"n = {n} checked")
         if tested and not args.no_speed:
             n, energy = _speed_energy(cls, spec, fixed, tested, gen)
             speeds.append((label, n, speedup(energy, n)))
+            progress("timed")
         if not args.quiet:
-            print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+            print(f" total {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     if not checks:
         print("error: no dimension could be checked:\n  " + "\n  ".join(skipped),
               file=sys.stderr)
