@@ -540,12 +540,16 @@ class BaseSampler(nn.Module):
                 leapfrog loop, the accept test, the selects and the diagnostics'
                 sums) run as one graph (Langevin 8 and MALA 4 steps per call when no
                 state is kept in between), traced and compiled by Inductor on the
-                first call for each shape, dtype and device (seconds) and called
-                directly by later calls, without Dynamo's per-call guards (through
+                first call for each shape, dtype, device and output mode
+                (``return_diagnostics``, ``return_trajectory`` and ``thin`` each
+                make another graph; ``n_steps`` does not): tens of seconds to
+                minutes of a 2-core CPU. Later calls of a combination already
+                compiled call it directly, without Dynamo's per-call guards (through
                 ``torch.compile(fullgraph=True, dynamic=False)`` if the steps do
                 not trace). Needs an energy
                 compiled from a formula (a ``CompiledEnergy``); warm-up steps of
-                an adapting sampler run eagerly.
+                an adapting sampler run eagerly, so for short runs of an adapting
+                sampler the gain is small (set ``n_warmup = 0`` after a first call).
             rng: where the step's random numbers come from. ``"torch"`` (the
                 default without ``compile``): ``torch.randn`` / ``torch.rand`` from
                 the stream (``generator``, ``seed`` or torch's global RNG), drawn
