@@ -135,18 +135,33 @@ def test_sample_a_diverged_run_fails_with_one_clear_line(capsys):
     assert "--step-size" in errors[0] and "sample mean" not in captured.out
 
 
-def test_the_sample_help_example_samples_without_warnings(tmp_path, capsys):
-    """The first example of `sample --help` runs cleanly: no stuck chains, R-hat below 1.01."""
+def _help_examples():
+    """The commands of `sample --help`, each joined from its continued lines."""
     import shlex
     from torchebm.symbolic.cli import SAMPLE_EXAMPLES
-    lines = SAMPLE_EXAMPLES.splitlines()
-    command = shlex.split((lines[1] + " " + lines[2]).replace("\\", " "))
-    assert command[:2] == ["torchebm-codegen", "sample"]
-    command = command[1:]
-    command[command.index("--plot") + 1] = str(tmp_path / "double_well.png")
+    text = SAMPLE_EXAMPLES.split("\n", 1)[1].replace("\\\n", " ")
+    commands = [shlex.split(line.split("   (")[0]) for line in text.splitlines()]
+    assert all(c[:2] == ["torchebm-codegen", "sample"] for c in commands)
+    return [c[1:] for c in commands]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_the_sample_help_examples_sample_without_warnings(which, tmp_path, capsys):
+    """The double well (the first example) and the start inside log's domain run cleanly:
+    no stuck chains, split R-hat below 1.01; the -log example's mean is near 2 (Gamma(2, 1)
+    in each coordinate: density x exp(-x))."""
+    command = _help_examples()[which]
+    if "--plot" in command:
+        command[command.index("--plot") + 1] = str(tmp_path / "double_well.png")
     assert main(command) == 0
     out = capsys.readouterr().out
-    assert "warning:" not in out and (tmp_path / "double_well.png").is_file()
+    assert "warning:" not in out and "split R-hat" in out
+    mean = eval(out.split("sample mean: ")[1].splitlines()[0])
+    if which == 0:
+        assert (tmp_path / "double_well.png").is_file()
+        assert mean == pytest.approx([0.0, 0.0], abs=0.1)      # symmetric wells at -1, 1
+    else:
+        assert mean == pytest.approx([2.0, 2.0], abs=0.1)
 
 
 def test_verify_finds_the_help_definition_path_from_another_folder(tmp_path, monkeypatch,

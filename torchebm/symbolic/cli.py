@@ -181,7 +181,7 @@ SAMPLE_EXAMPLES = """examples:
   torchebm-codegen sample "sum(-log(x) + x)" --dim 2 --init-loc 3 --init-scale 0.5 \\
       --step-size 0.5 --steps 2000          (starts inside the domain x > 0)
   torchebm-codegen sample "-logsumexp(-0.5*sum((x - M[k, :])**2) for k in range(2))" \\
-      -p "M=[[-2,0],[2,0]]" --sampler hmc --step-size 0.2 --steps 500"""
+      -p "M=[[-2,0],[2,0]]" --sampler hmc --step-size 0.2 --steps 2000"""
 
 STRICT_HELP = ("fail, instead of warning, when a scalar parameter of the formula is given no "
                "-p value (it would default to 1.0; often a typo such as sinx for sin(x))")
