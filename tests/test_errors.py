@@ -95,3 +95,37 @@ def test_catching_syntax_errors_does_not_catch_runtime_faults():
             pytest.fail("a memory guard was caught as a syntax error")
     with pytest.raises(EnergySyntaxError, match="line|\\^"):
         from_expression("sum(x**2")
+
+
+# -- newcomer mistakes: each message names the fix in the formula's own spelling ---------------
+@pytest.mark.parametrize("formula,phrase", [
+    ("sum(pow(x, 2))", "powers are written with **, e.g. x**2"),
+    ("sum(pow(x - 1, a + 1))", "e.g. (x - 1)**(a + 1)"),
+    ("square(x[0]) + x[1]", "e.g. x[0]**2"),
+    ("x.sum()", "call the function by name, sum(x)"),
+    ("(x**2).sum()", "call the function by name, sum(x**2)"),
+    ("torch.sin(x[0])", "call the function by name, sin(x[0])"),
+    ("sum(x[i]**2)", "'i' is not a loop index here: sum over it with a generator, "
+                     "e.g. sum(x[i]**2 for i in range(n)), or use the whole vector, sum(x**2)"),
+    ("sum(x[j + 1] for i in range(n - 1))", "'j' is not a loop index here (the enclosing "
+                                           "generators define i)"),
+    ("sum(x[i] for i in range(N))", "N is the particle count only with particles=d"),
+])
+def test_newcomer_mistakes_name_the_fix(formula, phrase):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # a, i, j, N are unset parameters as well
+        with pytest.raises(EnergySyntaxError) as info:
+            from_expression(formula, a=1.0)
+    assert phrase in str(info.value)
+    assert "()?" not in str(info.value)          # the old hint "did you mean ** (x**2)()?"
+
+
+def test_particle_count_mismatch_says_how_many_coordinates_fit():
+    """particles=2 with n = 3: 2 coordinates make one particle, the third is left over."""
+    energy = from_expression("sum(norm(x[i]) for i in range(N))", particles=2)
+    with pytest.raises(ShapeError) as info:
+        energy(torch.randn(4, 3))
+    message = str(info.value)
+    assert "only the first 2 of the 3 coordinates make whole particles" in message
+    assert "3 - 2" not in message

@@ -476,3 +476,19 @@ def test_mass_adaptation_alone_keeps_the_step_size():
     assert diag.step_size is None and sampler.step_size == 0.2
     ratio = diag.inverse_mass / v
     assert float(ratio.min()) > 0.5 and float(ratio.max()) < 2.0
+
+
+def test_acceptance_attribute_is_per_step_and_dict_entry_per_kept_step():
+    """d.acceptance_rate holds every step, d["acceptance_rate"] every thin-th one (its last
+    step of each block of thin), and a fixed step size is not reported as adapted."""
+    energy = HarmonicEnergy(k=1.0)
+    x = torch.randn(64, 2, dtype=T, generator=torch.Generator().manual_seed(0))
+    _, d = MALA(energy, step_size=0.05, seed=0).sample(
+        x=x, n_steps=200, thin=10, return_trajectory=True, return_diagnostics=True,
+        progress=False)
+    assert d.acceptance_rate.shape == (200,) and d["acceptance_rate"].shape == (20,)
+    torch.testing.assert_close(d["acceptance_rate"], d.acceptance_rate[9::10].to(T))
+    # the per-step rate over all steps is the mean of the per-chain rates (both count the
+    # same accept decisions)
+    torch.testing.assert_close(d.acceptance_rate.mean(), d.chain_acceptance.mean())
+    assert d.step_size is None

@@ -126,6 +126,22 @@ def test_plotting_functions_return_axes():
     assert e.shape == (11, 11) and float(e[5, 5]) == pytest.approx(2 * 2 * 1.0)  # E(0,0) = 2*(1+1)
 
 
+def test_plot_landscape_draws_2d_energies_only():
+    import matplotlib.pyplot as plt
+    from torchebm import plotting
+    from torchebm.core import GaussianEnergy
+    from torchebm.errors import ShapeError
+    from torchebm.symbolic import from_expression
+    for energy in (from_expression("x[0]**2 + x[1]**2 + x[2]**2"),
+                   GaussianEnergy(mean=torch.zeros(3), cov=torch.eye(3))):
+        with pytest.raises(ShapeError, match="2-D energies only"):
+            plotting.plot_landscape(energy, resolution=5)
+    with pytest.raises(ShapeError, match=r"samples must be 2-D points \[m, 2\].*got shape "
+                                         r"\(10, 3\)"):
+        plotting.plot_landscape(from_expression("sum(x**2)"), samples=torch.randn(10, 3))
+    plt.close("all")
+
+
 def test_energy_of_the_wrong_shape_is_a_clear_error():
     class KeepsDim(BaseEnergyFunction):
         def forward(self, x):

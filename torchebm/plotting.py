@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ShapeError
+
 
 def _plt():
     try:
@@ -28,14 +30,25 @@ def _interactive():
 
 
 def energy_grid(energy, xlim=(-3, 3), ylim=(-3, 3), resolution=200):
-    """The energy on a grid: ``(X [r, r], Y [r, r], E [r, r])`` as float64 tensors."""
+    """The energy on a grid: ``(X [r, r], Y [r, r], E [r, r])`` as float64 tensors.
+
+    Raises:
+        ShapeError: the energy does not take 2-D points (it fixes another n).
+    """
     xs = torch.linspace(*xlim, resolution, dtype=torch.float64)
     ys = torch.linspace(*ylim, resolution, dtype=torch.float64)
     gx, gy = torch.meshgrid(xs, ys, indexing="xy")
     pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
     with torch.no_grad():
-        e = energy(pts).reshape(resolution, resolution)
-    return gx, gy, e
+        try:
+            e = energy(pts)
+        except ShapeError as exc:
+            raise ShapeError(
+                f"the landscape plots draw 2-D energies only (x: [..., 2]), and this energy "
+                f"does not take n = 2: {exc}. To look at a higher-dimensional energy, plot a "
+                f"2-D slice: a formula with the other coordinates fixed, or samples' "
+                f"histograms") from exc
+    return gx, gy, e.reshape(resolution, resolution)
 
 
 def _limits(samples, axis):
@@ -60,8 +73,12 @@ def plot_landscape(energy, xlim=None, ylim=None, *, density=False, samples=None,
         title: drawn above the plot, broken into lines that fit the figure's width.
 
     Raises:
-        ValueError: the energy is not defined for n = 2.
+        ShapeError (a ValueError): the energy does not take 2-D points (it fixes another
+            n), or ``samples`` is not ``[m, 2]``: the picture is of 2-D energies only.
     """
+    if samples is not None and (samples.dim() != 2 or samples.shape[-1] != 2):
+        raise ShapeError(f"samples must be 2-D points [m, 2] to draw over a 2-D landscape, got "
+                         f"shape {tuple(samples.shape)}; plot_landscape draws 2-D energies only")
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4.5))

@@ -40,22 +40,31 @@ ESS_PER_CHAIN = 100        # ditto: at least 100 per chain, counted here for at 
 class Diagnostics(dict):
     """What a run measured: a dict, as TorchEBM's, plus attributes for our richer diagnostics.
 
-    Dict entries (TorchEBM's keys; one row per kept step, ``n_kept = n_steps // thin``):
+    Dict entries (TorchEBM's keys; one row per *kept* step, ``n_kept = n_steps // thin``,
+    row ``k`` being step ``(k + 1) * thin - 1``):
         ``"mean"``, ``"var"``: ``[n_kept, *shape]`` mean and variance over chains;
         ``"energy"``: ``[n_kept]`` mean energy over chains;
-        ``"acceptance_rate"``: ``[n_kept]`` fraction of chains accepted (MALA, HMC).
+        ``"acceptance_rate"``: ``[n_kept]`` fraction of chains that accepted at each kept
+        step (MALA, HMC; absent for Langevin).
 
-    Attributes:
+    Attributes (per *step*, every one of the ``n_steps``, whatever ``thin`` is):
         mean_energy: ``[n_steps]`` mean energy over finite chains, every step.
-        acceptance_rate: ``[n_steps]`` fraction of chains accepted, every step (None for Langevin).
-        chain_acceptance: ``[chains]`` fraction of steps each chain accepted.
+        acceptance_rate: ``[n_steps]`` fraction of chains that accepted, every step (None
+            for Langevin). Not the dict entry of the same name: with ``thin=10`` and
+            ``n_steps=200``, ``d.acceptance_rate`` is ``[200]`` and ``d["acceptance_rate"]``
+            is ``[20]``, its rows ``9, 19, ..., 199``.
+        chain_acceptance: ``[chains]`` fraction of steps each chain accepted (0 for a chain
+            that never moved).
         ess, rhat: ``[n]`` effective sample size and split R-hat per (flattened)
             dimension over the second half of the kept draws (NaN where undefined).
         nonfinite_chains: chains whose state or energy became NaN or inf.
         n_chains: number of chains.
-        step_size: the step size used for sampling (``[chains]`` or ``[1]`` after
-            adaptation), or None when scheduled.
-        inverse_mass: the adapted diagonal inverse mass (variance estimate), or None.
+        step_size: the step size that step-size adaptation (``target_accept=``) chose,
+            ``[chains]`` with ``adapt_per_chain=True``, else ``[1]``; None when the sampler
+            does not adapt it (a constant or scheduled step size: read
+            ``sampler.step_size``).
+        inverse_mass: the adapted diagonal inverse mass (variance estimate) with
+            ``adapt_mass=True``, else None.
     """
 
     def __init__(self, per_kept=None, *, mean_energy=None, acceptance_rate=None,
@@ -531,12 +540,16 @@ class BaseSampler(nn.Module):
                 leapfrog loop, the accept test, the selects and the diagnostics'
                 sums) run as one graph (Langevin 8 and MALA 4 steps per call when no
                 state is kept in between), traced and compiled by Inductor on the
-                first call for each shape, dtype and device (seconds) and called
-                directly by later calls, without Dynamo's per-call guards (through
+                first call for each shape, dtype, device and output mode
+                (``return_diagnostics``, ``return_trajectory`` and ``thin`` each
+                make another graph; ``n_steps`` does not): tens of seconds to
+                minutes of a 2-core CPU. Later calls of a combination already
+                compiled call it directly, without Dynamo's per-call guards (through
                 ``torch.compile(fullgraph=True, dynamic=False)`` if the steps do
                 not trace). Needs an energy
                 compiled from a formula (a ``CompiledEnergy``); warm-up steps of
-                an adapting sampler run eagerly.
+                an adapting sampler run eagerly, so for short runs of an adapting
+                sampler the gain is small (set ``n_warmup = 0`` after a first call).
             rng: where the step's random numbers come from. ``"torch"`` (the
                 default without ``compile``): ``torch.randn`` / ``torch.rand`` from
                 the stream (``generator``, ``seed`` or torch's global RNG), drawn

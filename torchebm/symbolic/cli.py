@@ -90,6 +90,20 @@ def _bounded_int(lo, hi):
     return parse
 
 
+def _location(text: str):
+    """``--init-loc``: a finite number, or a list of finite numbers (one per coordinate)."""
+    try:
+        v = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        v = None
+    values = v if isinstance(v, (list, tuple)) else [v]
+    if not values or not all(isinstance(e, (int, float)) and not isinstance(e, bool)
+                             and math.isfinite(e) for e in values):
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number or a list of finite numbers such as [1,0.5], got {text!r}")
+    return [float(e) for e in values] if isinstance(v, (list, tuple)) else float(v)
+
+
 def _finite(positive):
     def parse(text):
         try:
@@ -136,7 +150,8 @@ def _formulas_after_dashdash(argv, parser):
 MAIN_EXAMPLES = """examples:
   torchebm-codegen show "sum(a*x**2 + b*sin(x))" -p a=1 -p b=0.5
   torchebm-codegen verify "sum((x**2 - 1)**2)" --dims 1,3
-  torchebm-codegen sample "sum((x**2 - 1)**2)" --dim 2 --sampler mala --plot dw.png
+  torchebm-codegen sample "sum((x**2 - 1)**2)" --dim 2 --step-size 0.15 --init-scale 0.5 \\
+      --steps 5000 --plot dw.png
   torchebm-codegen build --check
 
 Each command has --help. The expression language: docs/language.md."""
@@ -161,9 +176,12 @@ the largest dimension checked; at small n per-call overhead dominates both. It i
 measurement on this machine, now: a loaded machine moves it."""
 
 SAMPLE_EXAMPLES = """examples:
-  torchebm-codegen sample "sum((x**2 - 1)**2)" --dim 2 --plot double_well.png
+  torchebm-codegen sample "sum((x**2 - 1)**2)" --dim 2 --step-size 0.15 --init-scale 0.5 \\
+      --steps 5000 --plot double_well.png
+  torchebm-codegen sample "sum(-log(x) + x)" --dim 2 --init-loc 3 --init-scale 0.5 \\
+      --step-size 0.5 --steps 2000          (starts inside the domain x > 0)
   torchebm-codegen sample "-logsumexp(-0.5*sum((x - M[k, :])**2) for k in range(2))" \\
-      -p "M=[[-2,0],[2,0]]" --sampler hmc --step-size 0.2 --steps 500"""
+      -p "M=[[-2,0],[2,0]]" --sampler hmc --step-size 0.2 --steps 2000"""
 
 STRICT_HELP = ("fail, instead of warning, when a scalar parameter of the formula is given no "
                "-p value (it would default to 1.0; often a typo such as sinx for sin(x))")
@@ -244,8 +262,12 @@ def main(argv=None) -> int:
     m.add_argument("--leapfrog", type=_bounded_int(1, 10_000), default=10,
                    help="HMC leapfrog steps (default: %(default)s)")
     m.add_argument("--init-scale", type=_finite(positive=False), default=1.0,
-                   help="chains start at init-scale * standard normal draws "
+                   help="chains start at init-loc + init-scale * standard normal draws "
                         "(default: %(default)s)")
+    m.add_argument("--init-loc", type=_location, default=0.0,
+                   help="centre of the starts: a number, or a list of n numbers such as "
+                        "[1,0.5] (default: %(default)s); move it inside the domain of an "
+                        "energy such as -log(x)")
     m.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     m.add_argument("--plot", type=Path, help="write a picture of landscape and samples (2-D)")
     m.add_argument("--strict", action="store_true", help=STRICT_HELP)
@@ -489,8 +511,17 @@ def _targets(args):
                 paths += sorted(p.glob("*.toml"))
             elif p.exists():
                 paths.append(p)
+            elif (not p.is_absolute() and p.parent in (Path("."), Path("definitions"))
+                  and (DEFINITIONS / p.name).is_file()):
+                # the help's "definitions/rosenbrock.toml" (or "rosenbrock.toml") run from
+                # another folder: the built-in definition of that name
+                print(f"{t}: not in the current folder; reading the built-in "
+                      f"{DEFINITIONS / p.name}", file=sys.stderr)
+                paths.append(DEFINITIONS / p.name)
             else:
-                raise EnergySyntaxError(f"no such definition file: {t}")
+                raise EnergySyntaxError(
+                    f"no such definition file: {t} (relative paths are read from the current "
+                    f"folder, {Path.cwd()}); the built-in definitions are in {DEFINITIONS}")
         else:
             params = _params(args.param or [])
             spec, parsed = _formula_spec(t, params, strict=args.strict)
@@ -523,8 +554,18 @@ def _verify(args):
         if not args.quiet:
             print(f"verify [{k}/{len(targets)}] {_short(label)}: n = "
                   f"{', '.join(map(str, dims))} ...", end="", file=sys.stderr, flush=True)
+        stage = [started]
+
+        def progress(what):
+            # each stage as it ends, so a slow energy (LJ-13: minutes) shows where it is
+            if not args.quiet:
+                now = time.perf_counter()
+                print(f" {what} {now - stage[0]:.1f} s,", end="", file=sys.stderr, flush=True)
+                stage[0] = now
+
         compiled = compile_spec(spec)
         cls = load_class(compiled.generated)
+        progress("compiled")
         tested = {}
         for n in dims:
             params, energy, outside = _energy_at(cls, spec, fixed, n, gen)
@@ -534,11 +575,13 @@ def _verify(args):
             checks += verify_energy(label, energy, compiled.parsed, params, n,
                                     points=args.points, seed=args.seed)
             tested[n] = energy
+            progress(f"n = {n} checked")
         if tested and not args.no_speed:
             n, energy = _speed_energy(cls, spec, fixed, tested, gen)
             speeds.append((label, n, speedup(energy, n)))
+            progress("timed")
         if not args.quiet:
-            print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+            print(f" total {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     if not checks:
         print("error: no dimension could be checked:\n  " + "\n  ".join(skipped),
               file=sys.stderr)
@@ -576,18 +619,44 @@ def _sample(args):
         energy = from_expression(args.formula, params=params)
     cls = {"langevin": LangevinDynamics, "mala": MALA, "hmc": HamiltonianMonteCarlo}[args.sampler]
     kw = {"n_leapfrog_steps": args.leapfrog} if args.sampler == "hmc" else {}
+    loc = args.init_loc
+    if isinstance(loc, list) and len(loc) != dim:
+        print(f"error: --init-loc has {len(loc)} numbers but n = {dim}; give one number or "
+              f"{dim}", file=sys.stderr)
+        return 2
+    x0 = torch.tensor(loc, dtype=torch.get_default_dtype()) + args.init_scale * torch.randn(
+        args.chains, dim, generator=torch.Generator().manual_seed(args.seed))
+    with torch.no_grad():
+        bad = int((~torch.isfinite(energy(x0))).sum())
+    if bad:
+        print(f"error: {bad} of {args.chains} chains start where the energy is NaN or inf "
+              f"(outside the domain of a log, sqrt, ...), where no step can move them. The "
+              f"chains start at --init-loc + --init-scale * standard normal draws (now "
+              f"{_short(str(loc), 30)} and {args.init_scale:g}): move --init-loc inside the "
+              f"domain and narrow --init-scale, e.g. --init-loc 3 --init-scale 0.5 for -log(x)",
+              file=sys.stderr)
+        return 2
     try:
         sampler = cls(energy, step_size=args.step_size, seed=args.seed, **kw)
-        x0 = args.init_scale * torch.randn(args.chains, dim,
-                                           generator=torch.Generator().manual_seed(args.seed))
-        final, diag = sampler.sample(x=x0, n_steps=args.steps, thin=max(1, args.steps // 200),
-                                     return_diagnostics=True)
+        with warnings.catch_warnings():   # diverged chains are reported below, CLI-worded
+            warnings.filterwarnings("ignore", message=".*chains became non-finite",
+                                    category=RuntimeWarning)
+            final, diag = sampler.sample(x=x0, n_steps=args.steps,
+                                         thin=max(1, args.steps // 200),
+                                         return_diagnostics=True)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.dim = dim
     print(f"{args.sampler}: {args.chains} chains x {args.steps} steps in {args.dim}-D")
     print(diag.summary())
+    if diag.nonfinite_chains:
+        fix = ("use a smaller --step-size, or --sampler mala, which rejects such steps"
+               if args.sampler == "langevin" else "use a smaller --step-size")
+        print(f"error: the run diverged: {diag.nonfinite_chains} of {args.chains} chains became "
+              f"NaN or inf (--step-size {args.step_size:g} is too large for this energy), so "
+              f"there is no sample mean; {fix}", file=sys.stderr)
+        return 1
     print(f"sample mean: {[round(v, 4) for v in final.mean(0).tolist()]}")
     if args.plot:
         from .. import plotting

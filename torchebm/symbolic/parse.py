@@ -378,7 +378,8 @@ class _Parser:
                 d * sp.floor(N / d), N,
                 f"x has n = {{b}} coordinates, which is not a multiple of the particle "
                 f"dimension {d} (particles={d}): x must be N particles of {d} coordinates, "
-                f"[..., N*{d}]; {{b}} - {{a}} coordinates are left over"))
+                f"[..., N*{d}]; only the first {{a}} of the {{b}} coordinates make whole "
+                f"particles"))
         return sp.floor(N / d)
 
     # -- leaves ---------------------------------------------------------------
@@ -634,8 +635,18 @@ class _Parser:
         """An integer index; a negative literal counts from the end, as in Python."""
         value = self.visit(node)
         if not isinstance(value, sp.Expr) or not _is_integer_expr(value):
+            loose = sorted({v.id for v in ast.walk(node) if isinstance(v, ast.Name)
+                            and v.id not in self.indices and v.id in self.params})
+            hint = ""
+            if loose and self.indices:
+                hint = (f"; '{loose[0]}' is not a loop index here (the enclosing generators "
+                        f"define {', '.join(self.indices)})")
+            elif loose:
+                hint = (f"; '{loose[0]}' is not a loop index here: sum over it with a generator, "
+                        f"e.g. sum(x[{loose[0]}]**2 for {loose[0]} in range(n)), or use the "
+                        f"whole vector, sum(x**2)")
             self.error("an index must be an integer expression of loop indices, n, len(...) "
-                       "and integers", node)
+                       f"and integers{hint}", node)
         if any(abs(int(a)) > 2**31 for a in value.atoms(sp.Integer)):
             self.error("an index must be smaller than 2**31", node)
         if value.is_Integer and value < 0:
@@ -657,6 +668,15 @@ class _Parser:
     # -- calls ----------------------------------------------------------------
     def visit_Call(self, node):
         if not isinstance(node.func, ast.Name):
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr in ALLOWED_FUNCTIONS + REDUCTIONS:
+                # x.sum(), x.exp(), torch.sin(x): NumPy/torch method style
+                module = isinstance(func.value, ast.Name) and func.value.id in _MODULES
+                inner = (", ".join(_source(a, self.lines) for a in node.args) if module
+                         else _source(func.value, self.lines))
+                self.error(f"'{_source(node, self.lines)}': methods and modules are not part of "
+                           f"the language; call the function by name, {func.attr}({inner})",
+                           node)
             self.error("only the language's functions can be called, by name, e.g. sin(x)", node)
         name = node.func.id
         if node.keywords:
@@ -719,6 +739,14 @@ class _Parser:
         if name == "range":
             self.error("range(...) is only allowed in a generator: sum(... for i in range(n))",
                        node)
+        if name in _POWERS:
+            # pow(a, b) -> a**b, square(a) -> a**2, in the formula's own spelling
+            args = [_source(a, self.lines) for a in node.args]
+            args = [a if _atomic(n) else f"({a})" for a, n in zip(args, node.args)]
+            power = (f"{args[0]}**{args[1]}" if name == "pow" and len(args) == 2 else
+                     f"{args[0]}**2" if name == "square" and len(args) == 1 else "x**2")
+            self.error(f"unknown function '{name}': powers are written with **, e.g. "
+                       f"{power}", node)
         close = [_ALIASES[name]] if name in _ALIASES else difflib.get_close_matches(
             name, ALLOWED_FUNCTIONS, n=1)
         hint = f" (did you mean {close[0]}()?)" if close else ""
@@ -885,8 +913,14 @@ class _Parser:
                 bounds = [self.visit(a) for a in it.args]
                 for b in bounds:
                     if not isinstance(b, sp.Expr) or not _is_integer_expr(b):
+                        names = {v.id for a in it.args for v in ast.walk(a)
+                                 if isinstance(v, ast.Name)}
+                        hint = ("; N is the particle count only with particles=d (e.g. "
+                                "from_expression(..., particles=3)); without it N is an ordinary "
+                                "parameter: use n, the length of x"
+                                if "N" in names and not self.particles else "")
                         self.error("range() bounds must be integer expressions of n, len(...) "
-                                   "and outer indices", it)
+                                   f"and outer indices{hint}", it)
                     if any(abs(int(a)) > 2**31 for a in b.atoms(sp.Integer)):
                         self.error("range() bounds must be smaller than 2**31", it)
                 lo, hi = (sp.Integer(0), bounds[0]) if len(bounds) == 1 else bounds
@@ -962,8 +996,19 @@ class _Parser:
 
 
 # Names users reach for that the language spells otherwise.
-_ALIASES = {"min": "minimum", "max": "maximum", "pow": "** (x**2)", "ln": "log",
-            "logsumexp_": "logsumexp", "fabs": "abs", "square": "** (x**2)", "tanh_": "tanh",
+_POWERS = ("pow", "square")
+_MODULES = ("torch", "np", "numpy", "math", "sp", "sympy", "F", "jnp")
+
+
+def _atomic(node) -> bool:
+    """True when ``node``'s source needs no parentheses as the base or exponent of ``**``."""
+    return isinstance(node, (ast.Name, ast.Constant, ast.Subscript, ast.Call)) and not (
+        isinstance(node, ast.Constant) and isinstance(node.value, (int, float))
+        and node.value < 0)
+
+
+_ALIASES = {"min": "minimum", "max": "maximum", "ln": "log",
+            "logsumexp_": "logsumexp", "fabs": "abs", "tanh_": "tanh",
             "sigm": "sigmoid", "relu": "maximum", "arctan": "atan", "arcsin": "asin",
             "arccos": "acos", "arctan2": "atan2"}
 

@@ -76,7 +76,7 @@ class LennardJonesEnergy(CompiledEnergy):
     def _layout(self, n, device, dtype):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
-        _rt.check_size(3*((n) // (3)), n, 'x has n = {b} coordinates, which is not a multiple of the particle dimension 3 (particles=3): x must be N particles of 3 coordinates, [..., N*3]; {b} - {a} coordinates are left over'.format(a=3*((n) // (3)), b=n))
+        _rt.check_size(3*((n) // (3)), n, 'x has n = {b} coordinates, which is not a multiple of the particle dimension 3 (particles=3): x must be N particles of 3 coordinates, [..., N*3]; only the first {a} of the {b} coordinates make whole particles'.format(a=3*((n) // (3)), b=n))
         # level 2: i in range(0, floor(n/3)), j in range(i + 1, floor(n/3)) (per sample): Sum(Piecewise(((-2 + rm**6/((x[3*i + 1] - x[3*j + 1])**2 + (x[3*i + 2] - x[3*...
         _count = 1
         _s, _j = _rt.expand(_count, 0, ((n) // (3)), device)

@@ -57,7 +57,7 @@ class ManyWellEnergy(CompiledEnergy):
     def _layout(self, n, device, dtype):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
-        _rt.check_size(2*((n) // (2)), n, 'x has n = {b} coordinates, which is not a multiple of the particle dimension 2 (particles=2): x must be N particles of 2 coordinates, [..., N*2]; {b} - {a} coordinates are left over'.format(a=2*((n) // (2)), b=n))
+        _rt.check_size(2*((n) // (2)), n, 'x has n = {b} coordinates, which is not a multiple of the particle dimension 2 (particles=2): x must be N particles of 2 coordinates, [..., N*2]; only the first {a} of the {b} coordinates make whole particles'.format(a=2*((n) // (2)), b=n))
         lay["width"] = n
         return lay
 

@@ -75,7 +75,7 @@ class MultiDoubleWellEnergy(CompiledEnergy):
     def _layout(self, n, device, dtype):
         """Index tensors and size checks for dimension n (cached per n)."""
         lay = {}
-        _rt.check_size(2*((n) // (2)), n, 'x has n = {b} coordinates, which is not a multiple of the particle dimension 2 (particles=2): x must be N particles of 2 coordinates, [..., N*2]; {b} - {a} coordinates are left over'.format(a=2*((n) // (2)), b=n))
+        _rt.check_size(2*((n) // (2)), n, 'x has n = {b} coordinates, which is not a multiple of the particle dimension 2 (particles=2): x must be N particles of 2 coordinates, [..., N*2]; only the first {a} of the {b} coordinates make whole particles'.format(a=2*((n) // (2)), b=n))
         # level 0: i in range(0, floor(n/2)), j in range(i + 1, floor(n/2)) (per sample): Sum(a*(-offset + SafeSqrt((x[2*i + 1] - x[2*j + 1])**2 + (x[2*i] - x[2*j])**2...
         _count = 1
         _s, _j = _rt.expand(_count, 0, ((n) // (2)), device)
