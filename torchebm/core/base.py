@@ -996,14 +996,17 @@ class CompiledEnergy(BaseEnergyFunction):
                 continue
             with torch.no_grad():
                 s = s.detach()
-                chol = _rt._spd_cholesky(s)
-                a = adj.to(s.dtype).reshape((() if batch is None else tuple(batch)) + s.shape)
+                # float16/bfloat16 in float32 (as _runtime.inverse), LU inside transforms
+                work = s.float() if s.dtype in _rt._LOW_PRECISION else s
+                chol = None if _rt._batched(work) else _rt._spd_cholesky(work)
+                a = adj.to(work.dtype).reshape((() if batch is None else tuple(batch)) + s.shape)
                 if chol is not None:
                     p = torch.cholesky_inverse(chol)
                     g = -(p @ ((a + a.mT) / 2) @ p)
                 else:
-                    p = _rt.inverse(s).mT
+                    p = _rt.inverse(work).mT
                     g = -(p @ a @ p)
+                g = g.to(s.dtype)
             attr = names[match.group(1)]
             result[attr] = g if attr not in result else result[attr].to(g.dtype) + g
         return rest
