@@ -5,7 +5,7 @@ Note on randomized tests: every random point comes from a seeded
 
 * ``ci`` (the default): 300 examples per property, derandomized (the same draws on
   every run and machine, no example database written). The formula fuzz of
-  ``test_fuzz.py`` splits its 300 formulas into a quick run of 100 and a run of 200
+  ``test_fuzz.py`` draws 200 formulas here, a quick run of 100 and a run of 100
   marked ``slow``; the parser properties ask for 100 to 300 strings of their own.
 * ``long`` (``TORCHEBM_HYPOTHESIS=long`` or ``--hypothesis-profile=long``): 5000
   examples per property, random draws, for hunting bugs by hand.

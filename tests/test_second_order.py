@@ -210,22 +210,6 @@ def test_hand_written_energies_fall_back_to_autograd():
         energy.hessian(torch.randn(10, 4), max_elements=5)
 
 
-@pytest.mark.slow
-def test_fused_mode_second_order():
-    eager = from_expression("sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 for i in range(n-1))",
-                            a=1.0, b=100.0)
-    fused = from_expression("sum(b*(x[i+1] - x[i]**2)**2 + (a - x[i])**2 for i in range(n-1))",
-                            a=1.0, b=100.0, compile=True)
-    x = torch.randn(8, 5, dtype=torch.float64)
-    v = torch.randn(8, 5, dtype=torch.float64)
-    torch.testing.assert_close(fused.laplacian(x), eager.laplacian(x))
-    torch.testing.assert_close(fused.hessian_vector_product(x, v),
-                               eager.hessian_vector_product(x, v))
-    g, lap = fused.gradient_and_laplacian(x)
-    torch.testing.assert_close(g, eager.gradient(x))
-    torch.testing.assert_close(lap, eager.laplacian(x))
-
-
 def test_mixture_curvature_is_centred_far_from_the_means():
     # two components at (0, 0) and (3, 0), s = 0.5, and x = (1.5, y), equidistant:
     # laplacian(-log p) = n / s^2 - Var_r((x - M_k) / s^2) = 8 - 36 = -28 for every y

@@ -42,6 +42,9 @@ def test_fused_mode_compiles_without_graph_breaks(formula, params):
     torch.testing.assert_close(fused.hessian_vector_product(x, v),
                                eager.hessian_vector_product(x, v))
     torch.testing.assert_close(fused.laplacian(x), eager.laplacian(x))
+    g, lap = fused.gradient_and_laplacian(x)
+    torch.testing.assert_close(g, eager.gradient(x))
+    torch.testing.assert_close(lap, eager.laplacian(x))
 
 
 @pytest.mark.slow
