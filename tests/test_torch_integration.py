@@ -24,7 +24,7 @@ def test_fused_mode_compiles_without_graph_breaks(formula, params):
     others through the ``aot_eager`` backend, which runs the same Dynamo and
     AOTAutograd tracing, so a graph break fails there too, without C++ compilation
     (Inductor's kernels are also checked against eager in test_compiled_direct.py on
-    the double well and the Gaussian, in test_second_order.py, and the fused samplers'
+    the double well and the Gaussian, and the fused samplers'
     in test_sampler_fused.py)."""
     x = torch.randn(16, 4, dtype=torch.float64)
     eager = from_expression(formula, params=params)
