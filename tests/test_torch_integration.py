@@ -19,20 +19,16 @@ from .cases import COMPILED
 @pytest.mark.parametrize("formula,params", COMPILED, ids=[f[:20] for f, _ in COMPILED])
 def test_fused_mode_compiles_without_graph_breaks(formula, params):
     """Every construct traces as one graph (``fullgraph=True``) in every fused method,
-    and the compiled methods equal the eager ones. The first formula goes through
-    Inductor's code (``compile=True``, seconds of C++ compilation per method); the
-    others through the ``aot_eager`` backend, which runs the same Dynamo and
-    AOTAutograd tracing, so a graph break fails there too, without C++ compilation
-    (Inductor's kernels are also checked against eager in test_compiled_direct.py on
-    the double well and the Gaussian, and the fused samplers'
-    in test_sampler_fused.py)."""
+    and the compiled methods equal the eager ones. Through the ``aot_eager`` backend:
+    it runs the same Dynamo and AOTAutograd tracing as Inductor, so a graph break fails
+    here too, without seconds of C++ compilation per method. Inductor's kernels are
+    checked against eager below (second order), in test_compiled_direct.py (double
+    well, Gaussian, Rosenbrock), test_parameter_gradient_fused.py and
+    test_sampler_fused.py."""
     x = torch.randn(16, 4, dtype=torch.float64)
     eager = from_expression(formula, params=params)
-    if formula == COMPILED[0][0]:
-        fused = from_expression(formula, params=params, compile=True)   # fullgraph=True
-    else:
-        fused = from_expression(formula, params=params).compile(backend="aot_eager")
-        assert fused._direct is None            # every call goes through torch.compile
+    fused = from_expression(formula, params=params).compile(backend="aot_eager")
+    assert fused._direct is None                # every call goes through torch.compile
     torch.testing.assert_close(fused(x), eager(x))
     torch.testing.assert_close(fused.gradient(x), eager.gradient(x))
     e, g = fused.energy_and_gradient(x)
@@ -42,6 +38,24 @@ def test_fused_mode_compiles_without_graph_breaks(formula, params):
     torch.testing.assert_close(fused.hessian_vector_product(x, v),
                                eager.hessian_vector_product(x, v))
     torch.testing.assert_close(fused.laplacian(x), eager.laplacian(x))
+    g, lap = fused.gradient_and_laplacian(x)
+    torch.testing.assert_close(g, eager.gradient(x))
+    torch.testing.assert_close(lap, eager.laplacian(x))
+
+
+@pytest.mark.slow
+def test_inductor_second_order_equals_eager():
+    """``compile=True`` (Inductor's C++, called directly) on a formula with shifted
+    slices: the Hessian-vector product and the gradient with the Laplacian equal the
+    eager closed forms."""
+    formula = COMPILED[0][0]
+    eager = from_expression(formula, a=1.0, b=100.0)
+    fused = from_expression(formula, a=1.0, b=100.0, compile=True)
+    assert fused._direct is not None
+    x = torch.randn(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    v = torch.randn(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(fused.hessian_vector_product(x, v),
+                               eager.hessian_vector_product(x, v))
     g, lap = fused.gradient_and_laplacian(x)
     torch.testing.assert_close(g, eager.gradient(x))
     torch.testing.assert_close(lap, eager.laplacian(x))
