@@ -126,6 +126,16 @@ def test_fit_errors():
     with pytest.raises(ValueError, match="does not depend on the energy's parameters"):
         fit(rebuilt, torch.randn(8, 2), lambda b: trainable(b).mean())
     assert torch.equal(rebuilt.a.detach(), before)
+    other = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="optimiser holds none"):
+        fit(trainable, torch.randn(8, 2), lambda b: trainable(b).mean(),
+            optimizer=torch.optim.SGD([other], lr=0.1))
+    with pytest.raises(TypeError, match="LBFGS needs a closure"):
+        fit(trainable, torch.randn(8, 2), lambda b: trainable(b).mean(),
+            optimizer=torch.optim.LBFGS)
+    with pytest.raises(ValueError, match="seed= or generator="):
+        fit(trainable, torch.randn(8, 2), lambda b: trainable(b).mean(), seed=1,
+            generator=torch.Generator())
 
 
 @pytest.mark.slow

@@ -88,10 +88,13 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
         :class:`History` (per-step and per-epoch losses).
 
     Raises:
+        TypeError: a loss that is not callable, an optimiser that is not a
+            ``torch.optim.Optimizer`` (or its class), or LBFGS (it needs a closure).
         ValueError: an energy without trainable parameters, empty data,
             non-positive ``epochs`` or ``batch_size``, a loss that is not a
             scalar tensor, a loss built on another energy (or with no graph to the
-            parameters), or a non-finite loss (the step that produced it is
+            parameters), an optimiser holding none of the energy's parameters, both
+            ``seed`` and ``generator``, or a non-finite loss (the step that produced it is
             named; lower the learning rate or the sampler's step size).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -111,6 +114,17 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
     elif not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"fit: optimizer must be a torch.optim.Optimizer or its class, not "
                         f"{type(optimizer).__name__}")
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise TypeError("fit: LBFGS needs a closure that re-evaluates the loss at each of its "
+                        "inner steps, which this loop does not run; use a first-order "
+                        "optimiser (Adam, SGD) or write the LBFGS loop yourself")
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not held & set(map(id, params)):
+        raise ValueError(f"fit: the optimiser holds none of {type(energy).__name__}'s trainable "
+                         f"parameters, so training would change nothing; build it over "
+                         f"energy.parameters()")
+    if seed is not None and generator is not None:
+        raise ValueError("fit: give seed= or generator=, not both")
     other = getattr(loss, "energy", None)
     if isinstance(other, nn.Module) and not {id(p) for p in other.parameters()} & set(map(id, params)):
         raise ValueError(
