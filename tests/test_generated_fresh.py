@@ -69,3 +69,27 @@ def test_command_line_check(tmp_path):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "up to date" in proc.stdout
+
+
+def test_build_leaves_files_it_did_not_write(tmp_path):
+    """An --output folder holding a user's module, or one that ``show -o`` generated from a
+    formula, is refused and left as it was: build replaces or removes only its own files
+    (an attack pass found ``show -o`` modules removed as stale build output)."""
+    from torchebm.symbolic.cli import main
+    from torchebm.errors import EnergySyntaxError
+    definitions = _definitions(tmp_path, ["harmonic"])
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "my_energy.py"
+    assert main(["show", "sum(a*x**2)", "-p", "a=2.0", "--name", "MyEnergy", "-o", str(mine)]) == 0
+    kept = mine.read_text()
+    with pytest.raises(EnergySyntaxError, match="my_energy.py.*show -o"):
+        build(check=False, definitions=definitions, output=out, echo=lambda _: None)
+    assert mine.read_text() == kept and sorted(p.name for p in out.iterdir()) == ["my_energy.py"]
+    mine.write_text("x = 1\n")                                   # hand-written
+    with pytest.raises(EnergySyntaxError, match="did not generate"):
+        build(check=False, definitions=definitions, output=out, echo=lambda _: None)
+    assert mine.read_text() == "x = 1\n"
+    mine.unlink()                                                # its own files: rewritten
+    assert build(check=False, definitions=definitions, output=out, echo=lambda _: None) == 0
+    assert (out / "harmonic.py").read_text() == (OUTPUT / "harmonic.py").read_text()

@@ -173,6 +173,25 @@ def test_definition_file_names_must_be_identifiers(tmp_path, filename):
         load_definition(path)
 
 
+def test_definition_files_are_regular_and_bounded(tmp_path):
+    """A definition that is a device or is larger than the bound is refused before it is
+    read (an attack pass pointed one at /dev/zero: it read until memory ran out)."""
+    import os
+    from torchebm.symbolic import definitions
+    zero = tmp_path / "zero.toml"
+    os.symlink("/dev/zero", zero)
+    with pytest.raises(EnergySyntaxError, match="not a regular file"):
+        load_definition(zero)
+    big = tmp_path / "big.toml"
+    body = 'name = "A"\nformula = "sum(x**2)"\n'
+    big.write_text(body + "# " + "x" * definitions.MAX_DEFINITION_BYTES + "\n")
+    with pytest.raises(EnergySyntaxError, match="more than a definition file may hold"):
+        load_definition(big)
+    ok = tmp_path / "ok.toml"
+    ok.write_text(body)
+    assert load_definition(ok).formula == "sum(x**2)"
+
+
 # -- compile budget --------------------------------------------------------------------------------
 def _doubling(lines):
     return ("w0 = x\n" + "\n".join(f"w{i} = w{i-1}*w{i-1}" for i in range(1, lines))

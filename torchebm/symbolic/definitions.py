@@ -159,12 +159,19 @@ def _kind(value) -> str:
     return type(value).__name__
 
 
+#: Largest definition file read (bytes): a formula is capped at 1e6 characters, and its
+#: docstring and references are copied into the generated module
+MAX_DEFINITION_BYTES = 2_000_000
+
+
 def load_definition(path) -> EnergySpec:
     """Parse and validate one definition file into an EnergySpec.
 
     Raises:
         EnergySyntaxError: ``file:line: what is wrong`` for a file name that is
-            not an identifier plus ``.toml``, invalid TOML, an unknown or
+            not an identifier plus ``.toml``, a path that is not a regular file
+            (a device, a FIFO) or holds more than ``MAX_DEFINITION_BYTES``,
+            invalid TOML, an unknown or
             missing key, or a value of the wrong type or range.
     """
     path = Path(path)
@@ -173,6 +180,14 @@ def load_definition(path) -> EnergySpec:
             f"{path.name!r}: a definition file is named like 'my_energy.toml' (ASCII letters, "
             f"digits and '_', starting with a letter): the name becomes a Python module")
     try:
+        if not path.is_file():
+            raise EnergySyntaxError(f"{path}: not a regular file (a definition is a .toml "
+                                    f"text file)")
+        size = path.stat().st_size
+        if size > MAX_DEFINITION_BYTES:
+            raise EnergySyntaxError(
+                f"{path}: {size} bytes, more than a definition file may hold "
+                f"({MAX_DEFINITION_BYTES}); formulas, docs and references fit far below it")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise EnergySyntaxError(f"{path}: not UTF-8 text ({exc.reason})") from None
