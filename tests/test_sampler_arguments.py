@@ -86,3 +86,32 @@ def test_seeds_numpy_ints_and_range():
     for bad in (2**70, -1):
         with pytest.raises(ValueError, match=r"seed must be in 0 \.\. 2\*\*63 - 1"):
             LangevinDynamics(DoubleWellEnergy(), step_size=0.01, seed=bad)
+
+
+def test_hostile_starts_and_batches_get_clear_errors():
+    """A 0-d start, a chunked energy under compile=True, and empty or integer batches given
+    to the losses raise torchebm's errors naming the fix (an attack pass found raw
+    IndexError, reshape and 'normal_kernel_cpu' errors)."""
+    from torchebm.core import ChunkedEnergy, HarmonicEnergy
+    from torchebm.losses import (ContrastiveDivergence, DenoisingScoreMatching,
+                                 PersistentContrastiveDivergence, ScoreMatching,
+                                 SlicedScoreMatching)
+    from torchebm.samplers import HamiltonianMonteCarlo, LangevinDynamics, MALA
+    from torchebm.symbolic import from_expression
+    E = HarmonicEnergy()
+    for cls in (LangevinDynamics, MALA, HamiltonianMonteCarlo):
+        with pytest.raises(ValueError, match="0-d tensor"):
+            cls(E, step_size=0.1).sample(x=torch.tensor(0.0), n_steps=2)
+    with pytest.raises(ValueError, match="runs the batch in chunks"):
+        MALA(ChunkedEnergy(E, 64), step_size=0.1).sample(x=torch.zeros(4, 2), n_steps=1,
+                                                          compile=True)
+    model = from_expression("a*sum(x**2)", a=1.0, trainable=True)
+    sampler = LangevinDynamics(model, step_size=0.01)
+    losses = [ScoreMatching(model), SlicedScoreMatching(model), DenoisingScoreMatching(model),
+              ContrastiveDivergence(model, sampler, k_steps=1),
+              PersistentContrastiveDivergence(model, sampler, k_steps=1)]
+    for loss in losses:
+        with pytest.raises(ValueError, match="holds no samples"):
+            loss(torch.zeros(0, 2))
+        with pytest.raises(TypeError, match="floating-point"):
+            loss(torch.ones(3, 2, dtype=torch.int64))

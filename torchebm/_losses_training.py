@@ -69,12 +69,20 @@ def _check_nonnegative(cls, name, value):
 
 
 def _to(x, dtype, device):
+    """``x`` cast to the loss's ``dtype``/``device`` (when set), checked: a floating-point
+    batch ``[B, ...]`` of at least one sample."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor [B, ...], not {type(x).__name__}")
-    if dtype is None and device is None:
-        return x
-    return x.to(device=device if device is not None else x.device,
-                dtype=dtype if dtype is not None else x.dtype)
+    if dtype is not None or device is not None:
+        x = x.to(device=device if device is not None else x.device,
+                 dtype=dtype if dtype is not None else x.dtype)
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor (data for a loss), not {x.dtype}; "
+                        f"convert it with x.float() or x.double(), or give the loss dtype=")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"x holds no samples (shape {list(x.shape)}); a loss needs a batch "
+                         f"[B, ...] with B >= 1")
+    return x
 
 
 def _energy_gradient(energy, x, create_graph=True):

@@ -118,6 +118,9 @@ def score_matching_loss(energy, x: torch.Tensor, reduction: str = "mean",
     if x.dim() == 1:
         x = x.unsqueeze(0)
     batch = x.shape[0]
+    if batch == 0:
+        raise ValueError(f"x holds no samples (shape {list(x.shape)}); a loss needs a batch "
+                         f"[B, ...] with B >= 1")
     if isinstance(energy, CompiledEnergy):
         xf = x.reshape(batch, -1)
         if hessian_method == "exact":

@@ -195,6 +195,9 @@ def _check_dim(dim):
 def _agrees_with_x(x, dim, n_samples):
     """``dim`` and ``n_samples`` given beside ``x`` must describe it (they are ignored
     otherwise, which would hide a mistake)."""
+    if x.dim() == 0:
+        raise ValueError("x is a 0-d tensor; give the starting states as [chains, n] (or [n] "
+                         "for one chain)")
     chains, shape = (1, tuple(x.shape)) if x.dim() == 1 else (x.shape[0], tuple(x.shape[1:]))
     if x.dim() >= 1 and chains == 0:
         raise ValueError(f"x holds no chains (shape {list(x.shape)}); give at least one")
@@ -608,6 +611,13 @@ class BaseSampler(nn.Module):
         if compile:
             from ..core.base import CompiledEnergy
             if not isinstance(self.energy, CompiledEnergy):
+                inner = getattr(self.energy, "energy", None)
+                if isinstance(inner, CompiledEnergy):   # ChunkedEnergy: a Python loop of chunks
+                    raise ValueError(
+                        f"compile=True fuses one graph of the whole batch; "
+                        f"{type(self.energy).__name__} runs the batch in chunks, which cannot "
+                        f"be one graph. Sample the energy itself with compile=True, or keep "
+                        f"the chunks with compile=False")
                 raise ValueError(
                     f"compile=True fuses the closed-form gradient of an energy compiled from a "
                     f"formula; {type(self.energy).__name__} is hand-written (its gradient is "
