@@ -115,3 +115,11 @@ def test_hostile_starts_and_batches_get_clear_errors():
             loss(torch.zeros(0, 2))
         with pytest.raises(TypeError, match="floating-point"):
             loss(torch.ones(3, 2, dtype=torch.int64))
+
+
+def test_diagnostics_of_no_chain_or_no_dimension_are_refused():
+    from torchebm.samplers import effective_sample_size, split_rhat
+    for shape in ((0, 5, 2), (3, 5, 0)):
+        for fn in (effective_sample_size, split_rhat):
+            with pytest.raises(ValueError, match="no chain or no dimension"):
+                fn(torch.randn(shape))

@@ -31,7 +31,8 @@ def split_rhat(samples: torch.Tensor) -> torch.Tensor:
     NaN where any chain has a non-finite draw or every chain is constant.
 
     Raises:
-        ValueError: fewer than 4 draws per chain.
+        ValueError: not ``[chains, draws, dim]``, no chain or no dimension, or fewer
+            than 4 draws per chain.
     """
     s = _as_float64(samples)
     draws = s.shape[1]
@@ -56,7 +57,8 @@ def effective_sample_size(samples: torch.Tensor) -> torch.Tensor:
     NaN where any chain has a non-finite draw or every chain is constant.
 
     Raises:
-        ValueError: fewer than 4 draws per chain.
+        ValueError: not ``[chains, draws, dim]``, no chain or no dimension, or fewer
+            than 4 draws per chain.
     """
     s = _as_float64(samples)
     m, n, _ = s.shape
@@ -97,4 +99,7 @@ def _undefined(s):
 def _as_float64(samples):
     if samples.dim() != 3:
         raise ValueError(f"samples must be [chains, draws, dim], got shape {tuple(samples.shape)}")
+    if samples.shape[0] == 0 or samples.shape[2] == 0:
+        raise ValueError(f"samples [chains, draws, dim] of shape {tuple(samples.shape)} hold no "
+                         f"chain or no dimension; give at least one of each")
     return samples.detach().to(torch.float64)
