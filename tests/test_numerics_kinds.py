@@ -412,3 +412,42 @@ def test_score_matching_parameter_gradient_is_finite_at_the_origin_of_a_norm():
         (da,) = torch.autograd.grad(score_matching_loss(energy, x), energy.a)
         want = (3 * 1.5 - (1 / math.sqrt(5) + 1 / 3 + 1)) / 4
         assert float(da) == pytest.approx(want, rel=1e-13), formula
+
+
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 5e20), (torch.float32, 5e-30),
+                                          (torch.float64, 5e200), (torch.float64, 5e-300)])
+def test_powers_and_logs_of_norms_are_range_safe(dtype, scale):
+    """A norm under a power or a log (an attack pass: the squares under- or overflowed
+    again, energy inf with gradient 0). x = (3, 4) s/5 has |x| = s, so by hand:
+    |x|^0.5 = s^0.5, |x|^1.5 = s^1.5, log(|x|^2) = 2 log s, sum(x^2)^0.75 = s^1.5;
+    gradients p s^(p-2) x and 2 x / s^2 where they are representable in the dtype."""
+    x = torch.tensor([[3.0, 4.0]], dtype=torch.float64) * scale / 5
+    xd = x.to(dtype)
+    huge = torch.finfo(dtype).max
+    cases = [("norm(x)**0.5", 0.5), ("sqrt(norm(x))", 0.5), ("norm(x)**1.5", 1.5),
+             ("sum(x**2)**0.75", 1.5)]
+    for formula, p in cases:
+        E = from_expression(formula)
+        want = scale ** p
+        if want < huge and want > torch.finfo(dtype).tiny:
+            torch.testing.assert_close(E(xd).double(), torch.tensor([want], dtype=torch.float64),
+                                       rtol=1e-5, atol=0, msg=formula)
+        if scale > 1:                                        # representable: compare
+            g = p * scale ** (p - 2) * x                      # p |x|^(p-2) x
+            torch.testing.assert_close(E.gradient(xd).double(), g, rtol=1e-5, atol=0,
+                                       msg=formula)
+    E = from_expression("log(norm(x)**2)")
+    torch.testing.assert_close(E(xd).double(),
+                               torch.tensor([2 * math.log(scale)], dtype=torch.float64),
+                               rtol=1e-6, atol=0)
+
+
+def test_power_of_a_single_square_keeps_its_sign_rule():
+    # (x0^2)^0.75 = |x0|^1.5 at x0 = -4: 8, gradient 1.5 |x0|^0.5 sign(x0) = -3;
+    # log(x0^2) = 2 log 4, gradient 2 / x0 = -0.5
+    x = t([[-4.0, 1.0]])
+    check(from_expression("(x[0]**2)**0.75 + 0*x[1]"), x, [8.0], [[-3.0, 0.0]],
+          [[1.5 * 0.5 * 4 ** -0.5, 0.0]])
+    E = from_expression("log(x[0]**2) + 0*x[1]")
+    torch.testing.assert_close(E(x), t([2 * math.log(4.0)]))
+    torch.testing.assert_close(E.gradient(x), t([[-0.5, 0.0]]))

@@ -267,11 +267,27 @@ def _root_term(t):
     return _square_root(t)
 
 
+def _nonnegative_root(s):
+    """A range-safe ``sqrt(s)`` of a sum of squares that is never negative (``Norm``
+    times nonnegative factors, else ``abs`` of the root: ``x[0]**2`` -> ``abs(x[0])``),
+    or None."""
+    root = _root_term(s)
+    if root is None:
+        return None
+    factors = sp.Mul.make_args(root)
+    if any(isinstance(f, F.Norm) for f in factors) and all(
+            isinstance(f, F.Norm) or f.is_nonnegative for f in factors):
+        return root
+    return sp.Abs(root)
+
+
 def range_safe_norms(expr: sp.Expr) -> sp.Expr:
     """``sqrt(sum(u**2 for i ...))`` (``norm(u)``) -> ``Norm(u, i ...)``, computed scaled by
     the largest entry, and ``sqrt(u**2 + v**2)`` -> ``hypot(u, v)``: ``sum(u**2)``
     underflows to 0 below ``1e-154`` and overflows above ``1e154``; the norm itself is
-    representable.
+    representable. A sum of squares under a non-integer power or a log goes through the
+    same root: ``s**p`` -> ``r**(2p)`` (``norm(x)**0.5``, ``sum(x**2)**0.75``) and
+    ``log(s)`` -> ``2 log(r)``.
 
     Only outside other reductions (a nested norm over a ragged range stays a sum).
     """
@@ -288,6 +304,14 @@ def range_safe_norms(expr: sp.Expr) -> sp.Expr:
                 roots = [_root_term(t) for t in terms]
                 if all(r is not None for r in roots):
                     return F.Hypot(*roots)
+        # a sum of squares under a power or a log (norm(x)**p, sqrt(norm(x)), log(norm(x)**2)):
+        # through its range-safe root, s**p = r**(2p) and log(s) = 2 log(r)
+        if isinstance(e, (F.Power, sp.log)) and depends_on_x(e.args[0]) \
+                and is_sum_of_squares(e.args[0]):
+            root = _nonnegative_root(e.args[0])
+            if root is not None:
+                return F.Power(root, 2 * e.args[1]) if isinstance(e, F.Power) \
+                    else 2 * sp.log(root)
         if _reduction(e) or not e.args or e.is_Atom:
             return e
         args = [walk(a) for a in e.args]
