@@ -102,6 +102,8 @@ def test_hostile_starts_and_batches_get_clear_errors():
     for cls in (LangevinDynamics, MALA, HamiltonianMonteCarlo):
         with pytest.raises(ValueError, match="0-d tensor"):
             cls(E, step_size=0.1).sample(x=torch.tensor(0.0), n_steps=2)
+    with pytest.raises(TypeError, match="complex"):
+        MALA(E, step_size=0.1).sample(x=torch.zeros(4, 2, dtype=torch.complex64), n_steps=1)
     with pytest.raises(ValueError, match="runs the batch in chunks"):
         MALA(ChunkedEnergy(E, 64), step_size=0.1).sample(x=torch.zeros(4, 2), n_steps=1,
                                                           compile=True)

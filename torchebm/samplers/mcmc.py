@@ -198,6 +198,9 @@ def _agrees_with_x(x, dim, n_samples):
     if x.dim() == 0:
         raise ValueError("x is a 0-d tensor; give the starting states as [chains, n] (or [n] "
                          "for one chain)")
+    if x.is_complex():
+        raise TypeError(f"x is complex ({x.dtype}); the samplers move real states (casting "
+                        f"would drop the imaginary part): give x.real, or a real tensor")
     chains, shape = (1, tuple(x.shape)) if x.dim() == 1 else (x.shape[0], tuple(x.shape[1:]))
     if x.dim() >= 1 and chains == 0:
         raise ValueError(f"x holds no chains (shape {list(x.shape)}); give at least one")
