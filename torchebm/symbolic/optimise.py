@@ -375,14 +375,7 @@ def _merge_parameter_accumulations(kernel):
             continue
         if (c is None or not c.is_Number or not u.is_Symbol
                 or kernel.shapes.get(u) != kernel.shapes.get(st.source)):
-            c, u = sp.S.One, st.source
-        for _ in range(8):              # a chain of scalings: u = c2*v
-            inner = defs.get(u)
-            c2, v = inner.as_coeff_Mul() if isinstance(inner, sp.Expr) else (None, None)
-            if (c2 is None or not c2.is_Number or not v.is_Symbol or c2 == 1
-                    or kernel.shapes.get(v) != kernel.shapes.get(u)):
-                break
-            c, u = c * c2, v
+            c, u = sp.S.One, st.source      # (chains of scalings are one: _fold_scales ran)
         groups.setdefault((st.vector, u), []).append((k, c * st.scale))
     merge = {}
     for (vector, u), members in groups.items():
@@ -595,18 +588,19 @@ def _reuse_sums(kernel):
 
 def simplify(kernel: Kernel) -> Kernel:
     """Algebraic identities on the statements, each a ``Kernel -> Kernel`` step:
-    whole-vector loads read as the vector, numeric factors pulled out of
-    matrix-vector products (and out of the batch-summed adjoint of their matrix),
-    whole-vector accumulations merged into one sum, batch-summed parameter
-    accumulations of multiples of one value merged into one scaled contraction,
-    chains of numeric scalings folded (``2.0*(0.5*u) = u``, ``1.0*u = u``), then
-    copies propagated; accumulations from strided loads that tile a vector interleaved
-    into it; polynomials of one full-size value in Horner form; numeric multiples of an
-    earlier sum's terms read as that sum (:func:`_reuse_sums`). The symmetric quadratic form's gradient ``2 * (0.5*(x - m)) @ P``
-    becomes ``(x - m) @ P``: one product, no scaling pass."""
-    for step in (_whole_vector_loads, _pull_matvec_scales, _merge_accumulations,
-                 _merge_parameter_accumulations, _interleave,
-                 _fold_scales, _horner, _reuse_sums, propagate_copies):
+    whole-vector loads read as the vector; numeric factors pulled out of
+    matrix-vector products (and out of the batch-summed adjoint of their matrix);
+    whole-vector accumulations merged into one sum; accumulations from strided loads
+    that tile a vector interleaved into it; chains of numeric scalings folded
+    (``2.0*(0.5*u) = u``, ``1.0*u = u``); batch-summed parameter accumulations of
+    multiples of one value merged into one scaled contraction; polynomials of one
+    full-size value in Horner form; numeric multiples of an earlier sum's terms read
+    as that sum (:func:`_reuse_sums`); then copies propagated. The symmetric quadratic
+    form's gradient ``2 * (0.5*(x - m)) @ P`` becomes ``(x - m) @ P``: one product, no
+    scaling pass."""
+    for step in (_whole_vector_loads, _pull_matvec_scales, _merge_accumulations, _interleave,
+                 _fold_scales, _merge_parameter_accumulations, _horner, _reuse_sums,
+                 propagate_copies):
         kernel = step(kernel)
     return kernel
 
