@@ -366,6 +366,25 @@ def inverse(m: torch.Tensor) -> torch.Tensor:
     return inv
 
 
+def inverse_vjp(m: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``m``'s gradient from an adjoint ``a`` of ``inverse(m)`` (``a: [..., n, n]``,
+    leading dimensions per sample), by the same route as :func:`inverse`, without a graph.
+
+    With ``P = m^-1``, ``dP = -P dm P``, so ``a`` gives ``-P^T a P^T`` (Giles 2008, "An
+    extended collection of matrix derivative results", sec. 2.2). Through the Cholesky
+    factor, which reads ``m`` as symmetric, it is that of the symmetric part,
+    ``-P sym(a) P``: autograd's values through :func:`inverse` on each route."""
+    if m.dtype in _LOW_PRECISION:
+        return inverse_vjp(m.float(), a).to(m.dtype)
+    a = a.to(m.dtype)
+    chol = None if _batched(m) else _spd_cholesky(m)
+    if chol is not None:
+        p = torch.cholesky_inverse(chol)
+        return -(p @ ((a + a.mT) / 2) @ p)
+    p = inverse(m).mT
+    return -(p @ a @ p)
+
+
 def logdet(m: torch.Tensor) -> torch.Tensor:
     """log-determinant: ``2 sum(log(diag(L)))`` for SPD ``m``, ``torch.logdet`` otherwise
     (and under ``vmap``; float16/bfloat16 in float32, cast back)."""

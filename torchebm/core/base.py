@@ -976,16 +976,10 @@ class CompiledEnergy(BaseEnergyFunction):
 
     def _chain_inverses(self, adjoints, params, result, batch):
         """Chain the adjoints of derived values ``inverse(S)`` of a matrix parameter ``S``
-        in closed form, adding to ``result``; return the other adjoints (for autograd).
-
-        The generated ``_derive`` computes ``inverse(S)`` as ``_runtime.inverse(S)``:
-        through a Cholesky factor when ``S`` is symmetric positive definite, by LU
-        otherwise. With ``P = S^-1``, ``dP = -P dS P``, so an adjoint ``A`` of ``P``
-        gives ``S`` the gradient ``-P^T A P^T`` (Giles 2008, "An extended collection of
-        matrix derivative results", sec. 2.2); through the Cholesky factor (which reads
-        ``S`` as symmetric) it is that of the symmetric part, ``-P sym(A) P``. These are
-        autograd's values through ``_derive`` (to rounding) without recording a graph,
-        which for a small matrix costs far more than the two matrix products."""
+        to ``S`` in closed form (:func:`_runtime.inverse_vjp`: autograd's values through
+        ``_derive`` without recording a graph, which for a small matrix costs far more
+        than the two matrix products), adding to ``result``; return the other adjoints
+        (for autograd)."""
         names = {name: attr for name, attr, rank in self.param_specs if rank == 2}
         rest = {}
         for key, adj in adjoints.items():
@@ -995,18 +989,8 @@ class CompiledEnergy(BaseEnergyFunction):
                 rest[key] = adj
                 continue
             with torch.no_grad():
-                s = s.detach()
-                # float16/bfloat16 in float32 (as _runtime.inverse), LU inside transforms
-                work = s.float() if s.dtype in _rt._LOW_PRECISION else s
-                chol = None if _rt._batched(work) else _rt._spd_cholesky(work)
-                a = adj.to(work.dtype).reshape((() if batch is None else tuple(batch)) + s.shape)
-                if chol is not None:
-                    p = torch.cholesky_inverse(chol)
-                    g = -(p @ ((a + a.mT) / 2) @ p)
-                else:
-                    p = _rt.inverse(work).mT
-                    g = -(p @ a @ p)
-                g = g.to(s.dtype)
+                a = adj.reshape((() if batch is None else tuple(batch)) + s.shape)
+                g = _rt.inverse_vjp(s.detach(), a)
             attr = names[match.group(1)]
             result[attr] = g if attr not in result else result[attr].to(g.dtype) + g
         return rest
