@@ -79,10 +79,15 @@ def _to(x, dtype, device):
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor (data for a loss), not {x.dtype}; "
                         f"convert it with x.float() or x.double(), or give the loss dtype=")
+    _require_samples(x)
+    return x
+
+
+def _require_samples(x):
+    """Raise ValueError for a batch ``x: [B, ...]`` of no sample (or a 0-d tensor)."""
     if x.dim() == 0 or x.shape[0] == 0:
         raise ValueError(f"x holds no samples (shape {list(x.shape)}); a loss needs a batch "
                          f"[B, ...] with B >= 1")
-    return x
 
 
 def _energy_gradient(energy, x, create_graph=True):

@@ -20,6 +20,7 @@ import inspect
 import torch
 from torch import nn
 
+from ._losses_training import _require_samples
 from .core.base import BaseEnergyFunction, CompiledEnergy
 
 
@@ -117,10 +118,8 @@ def score_matching_loss(energy, x: torch.Tensor, reduction: str = "mean",
         raise ValueError("x is a 0-d tensor; give data of shape [B, ...] (dimension 0 is the batch)")
     if x.dim() == 1:
         x = x.unsqueeze(0)
+    _require_samples(x)
     batch = x.shape[0]
-    if batch == 0:
-        raise ValueError(f"x holds no samples (shape {list(x.shape)}); a loss needs a batch "
-                         f"[B, ...] with B >= 1")
     if isinstance(energy, CompiledEnergy):
         xf = x.reshape(batch, -1)
         if hessian_method == "exact":

@@ -118,15 +118,16 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
         raise TypeError("fit: LBFGS needs a closure that re-evaluates the loss at each of its "
                         "inner steps, which this loop does not run; use a first-order "
                         "optimiser (Adam, SGD) or write the LBFGS loop yourself")
+    trained = set(map(id, params))
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    if not held & set(map(id, params)):
+    if not held & trained:
         raise ValueError(f"fit: the optimiser holds none of {type(energy).__name__}'s trainable "
                          f"parameters, so training would change nothing; build it over "
                          f"energy.parameters()")
     if seed is not None and generator is not None:
         raise ValueError("fit: give seed= or generator=, not both")
     other = getattr(loss, "energy", None)
-    if isinstance(other, nn.Module) and not {id(p) for p in other.parameters()} & set(map(id, params)):
+    if isinstance(other, nn.Module) and not set(map(id, other.parameters())) & trained:
         raise ValueError(
             f"fit: the loss trains another {type(other).__name__} than the energy given to fit "
             f"(they share no parameter), so the optimiser would never see a gradient; build "

@@ -613,9 +613,9 @@ class BaseSampler(nn.Module):
                              f"{rng!r}")
         if compile:
             from ..core.base import CompiledEnergy
+            from ..core.chunked import ChunkedEnergy
             if not isinstance(self.energy, CompiledEnergy):
-                inner = getattr(self.energy, "energy", None)
-                if isinstance(inner, CompiledEnergy):   # ChunkedEnergy: a Python loop of chunks
+                if isinstance(self.energy, ChunkedEnergy):   # a Python loop over chunks
                     raise ValueError(
                         f"compile=True fuses one graph of the whole batch; "
                         f"{type(self.energy).__name__} runs the batch in chunks, which cannot "
