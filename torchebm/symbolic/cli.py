@@ -16,7 +16,7 @@ import torch
 
 from ..errors import (EnergySyntaxError, ParameterError, ShapeError, TorchEBMError,
                       UnsetParameterWarning)
-from .build import DEFINITIONS, GENERATED, OUTPUT, build
+from .build import DEFINITIONS, GENERATED, OUTPUT, build, first_line
 from .compiler import compile_spec
 from .definitions import load_definition
 from .load import load_class
@@ -423,8 +423,7 @@ def _overwrite_refusal(path: Path, force: bool) -> str | None:
     if force:
         return None
     try:
-        with path.open(encoding="utf-8", errors="replace") as f:
-            first = f.readline()
+        first = first_line(path)
     except OSError as exc:
         return f"cannot read {path}: {exc.strerror}"
     if first.startswith(GENERATED):
