@@ -307,8 +307,15 @@ def test_parallel_tempering_reaches_the_other_well():
 # -- argument checks ---------------------------------------------------------------------------
 def test_bad_arguments_raise_clear_errors():
     energy = DoubleWellEnergy()
+    # an unknown projection type: TorchEBM's contract, a warning and Rademacher vectors
+    with pytest.warns(UserWarning, match="Invalid projection_type 'invalid_type'"):
+        ssm = SlicedScoreMatching(energy, projection_type="invalid_type")
+    assert ssm.projection_type == "rademacher"
+    v = ssm._get_random_projections(torch.randn(6, 3))
+    assert v.shape == (6, 3) and bool((v.abs() == 1).all())
+    ssm.projection_type = "bogus"           # set later: refused when vectors are drawn
     with pytest.raises(ValueError, match="projection_type must be one of"):
-        SlicedScoreMatching(energy, projection_type="invalid_type")
+        ssm(torch.randn(6, 3))
     with pytest.raises(ValueError, match="both energy= and model="):
         SlicedScoreMatching(energy, model=energy)
     with pytest.raises(ValueError, match="noise_scale must be > 0"):

@@ -143,7 +143,11 @@ def _closed_form_cd(energy, x, negatives, reg):
     the generated ``_parameter_gradient_sum`` per batch gives the energies and the
     weighted sum together (the weights ``a + c E`` are formed inside, once ``E`` is
     known; the batch is contracted inside the kernel), so no graph is recorded and
-    the data are read once. The gradient is computed with the loss (training calls
+    the data are read once. Without the regulariser the loss is linear in the
+    energies and needs only their weighted totals: the generated
+    ``_parameter_gradient_total`` contracts the batch before a parameter matrix (the
+    Gaussian's ``<P, G>``: one matrix product per batch instead of two) where the
+    formula has one. The gradient is computed with the loss (training calls
     backward next), and the backward returns it times the incoming gradient.
     """
     if not (isinstance(energy, CompiledEnergy) and torch.is_grad_enabled()
@@ -157,11 +161,15 @@ def _closed_form_cd(energy, x, negatives, reg):
     if getattr(type(energy), "_parameter_gradient_sum", None) is None:
         return None
     bp, bn = x.shape[0], negatives.shape[0]
-    (e_pos, e_neg), summed = energy._energy_and_parameter_gradient_sum(
-        (x, (1.0 / bp, 2.0 * reg / bp)), (negatives, (-1.0 / bn, 2.0 * reg / bn)))
-    loss = e_pos.mean() - e_neg.mean()
     if reg > 0:
+        (e_pos, e_neg), summed = energy._energy_and_parameter_gradient_sum(
+            (x, (1.0 / bp, 2.0 * reg / bp)), (negatives, (-1.0 / bn, 2.0 * reg / bn)))
+        loss = e_pos.mean() - e_neg.mean()
         loss = loss + reg * (e_pos.square().mean() + e_neg.square().mean())
+    else:       # linear in the energies: only their weighted totals (contract.py)
+        (t_pos, t_neg), summed = energy._energy_total_and_parameter_gradient_sum(
+            (x, 1.0 / bp), (negatives, -1.0 / bn))
+        loss = t_pos + t_neg
     grads = [summed[n] for n, _ in params]
     return _ClosedFormCD.apply(loss, grads, (energy, x, negatives, reg),
                                *[p for _, p in params])
@@ -619,12 +627,14 @@ class SlicedScoreMatching(nn.Module):
         noise_scale: if > 0, the data are perturbed by ``noise_scale * N(0, I)`` first.
         dtype, device: cast data to these; ``None`` keeps ``x``'s.
 
-    Differences from TorchEBM: an unknown ``projection_type`` raises instead
-    of falling back to Rademacher with a warning; ``noise_scale`` (stored but
+    An unknown ``projection_type`` warns (``UserWarning``) and uses Rademacher
+    vectors, as TorchEBM does; one assigned to the attribute later raises when
+    vectors are drawn. Difference from TorchEBM: ``noise_scale`` (stored but
     unused by TorchEBM) perturbs the data.
 
     Raises:
-        ValueError: an unknown ``projection_type``, ``n_projections < 1``.
+        ValueError: ``n_projections < 1``, a negative strength or scale; an unknown
+            ``projection_type`` set on the attribute, when vectors are drawn.
     """
 
     PROJECTION_TYPES = ("rademacher", "gaussian", "sphere")
@@ -637,8 +647,12 @@ class SlicedScoreMatching(nn.Module):
         self.energy = _pick_energy(cls, energy, model)
         _check_positive_int(cls, "n_projections", n_projections)
         if projection_type not in self.PROJECTION_TYPES:
-            raise ValueError(f"{cls}: projection_type must be one of "
-                             f"{list(self.PROJECTION_TYPES)}, not {projection_type!r}")
+            # TorchEBM's contract: warn and use Rademacher vectors (the default, an
+            # unbiased estimator of the same loss as every other type)
+            warnings.warn(f"{cls}: Invalid projection_type {projection_type!r}: expected one "
+                          f"of {list(self.PROJECTION_TYPES)}; using 'rademacher'",
+                          UserWarning, stacklevel=2)
+            projection_type = "rademacher"
         _check_nonnegative(cls, "regularization_strength", regularization_strength)
         _check_nonnegative(cls, "noise_scale", noise_scale)
         self.n_projections = n_projections
@@ -654,6 +668,9 @@ class SlicedScoreMatching(nn.Module):
 
     def _get_random_projections(self, x, generator=None):
         """Random vectors of ``x``'s shape, dtype and device, of ``projection_type``."""
+        if self.projection_type not in self.PROJECTION_TYPES:
+            raise ValueError(f"{type(self).__name__}: projection_type must be one of "
+                             f"{list(self.PROJECTION_TYPES)}, not {self.projection_type!r}")
         v = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
         if self.projection_type == "rademacher":
             return torch.where(v >= 0, 1.0, -1.0).to(x.dtype)

@@ -427,8 +427,7 @@ class GoldenEnergy(CompiledEnergy):
         del v_2, lse, bc_6
         g_4 = d_1*w_9
         del d_1
-        adj_w = torch.zeros_like(w)
-        adj_w = adj_w + weights.reshape(-1) @ g_4.reshape(-1, g_4.shape[-1])
+        adj_w = weights.reshape(-1) @ g_4.reshape(-1, g_4.shape[-1])
         del g_4
         w_10 = c*w_9
         w_11 = c_1*w_9

@@ -366,23 +366,31 @@ def inverse(m: torch.Tensor) -> torch.Tensor:
     return inv
 
 
-def inverse_vjp(m: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+def inverse_route(m: torch.Tensor):
+    """``(P, spd)``: ``m``'s inverse by :func:`inverse`'s route (in float32 for
+    float16/bfloat16), and whether that route was the Cholesky factor's."""
+    if m.dtype in _LOW_PRECISION:
+        m = m.float()
+    chol = None if _batched(m) else _spd_cholesky(m)
+    if chol is not None:
+        return torch.cholesky_inverse(chol), True
+    return inverse(m), False
+
+
+def inverse_vjp(m: torch.Tensor, a: torch.Tensor, route=None) -> torch.Tensor:
     """``m``'s gradient from an adjoint ``a`` of ``inverse(m)`` (``a: [..., n, n]``,
     leading dimensions per sample), by the same route as :func:`inverse`, without a graph.
+    ``route``: :func:`inverse_route` of this ``m`` when the caller has it (a training loop
+    differentiates at the same parameter value more than once); computed otherwise.
 
     With ``P = m^-1``, ``dP = -P dm P``, so ``a`` gives ``-P^T a P^T`` (Giles 2008, "An
     extended collection of matrix derivative results", sec. 2.2). Through the Cholesky
     factor, which reads ``m`` as symmetric, it is that of the symmetric part,
     ``-P sym(a) P``: autograd's values through :func:`inverse` on each route."""
-    if m.dtype in _LOW_PRECISION:
-        return inverse_vjp(m.float(), a).to(m.dtype)
-    a = a.to(m.dtype)
-    chol = None if _batched(m) else _spd_cholesky(m)
-    if chol is not None:
-        p = torch.cholesky_inverse(chol)
-        return -(p @ ((a + a.mT) / 2) @ p)
-    p = inverse(m).mT
-    return -(p @ a @ p)
+    p, spd = inverse_route(m) if route is None else route
+    a = a.to(p.dtype)
+    g = -(p @ ((a + a.mT) / 2) @ p) if spd else -(p.mT @ a @ p.mT)
+    return g.to(m.dtype)
 
 
 def logdet(m: torch.Tensor) -> torch.Tensor:

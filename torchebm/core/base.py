@@ -933,7 +933,26 @@ class CompiledEnergy(BaseEnergyFunction):
         for classes with a generated ``_parameter_gradient_sum``."""
         return self._closed_parameter_gradient(jobs, summed=True)
 
-    def _closed_parameter_gradient(self, jobs, summed=False):
+    def _energy_total_and_parameter_gradient_sum(self, *jobs):
+        """``([sum_b w_b E(x_b) (0-d) per job], {name: sum over jobs of sum_b w_b
+        dE(x_b)/dtheta})`` for jobs ``(x [..., n], weights)`` with fixed weights (numbers
+        or ``[...]``): the weights of a loss linear in the energies. Uses the generated
+        ``_parameter_gradient_total`` where the class has one (its matrix-vector
+        products contracted over the batch before the matrix: one matrix product per
+        job instead of two), else the batch-summed kernel and a weighted sum of its
+        energies. Detached."""
+        self._ensure_second_order()             # generated with the second order
+        kernel = "_parameter_gradient_total"
+        if getattr(type(self), kernel, None) is None:
+            energies, grads = self._closed_parameter_gradient(jobs, summed=True)
+            totals = []
+            for (x, weights), e in zip(jobs, energies):
+                w = _batch_weights(weights, e.unsqueeze(-1))
+                totals.append((w * e).sum())
+            return totals, grads
+        return self._closed_parameter_gradient(jobs, summed=True, kernel=kernel)
+
+    def _closed_parameter_gradient(self, jobs, summed=False, kernel="_parameter_gradient_sum"):
         params = self._trainable_parameters()
         attr_of = {name: attr for name, attr, _ in self.param_specs}
         result, chained, energies = {}, {}, []
@@ -946,7 +965,7 @@ class CompiledEnergy(BaseEnergyFunction):
                 if summed:
                     if not isinstance(weights, tuple):
                         weights = _batch_weights(weights, xb)
-                    out = dict(self._call("_parameter_gradient_sum", xb, weights, lay, der))
+                    out = dict(self._call(kernel, xb, weights, lay, der))
                     energy = out.pop("(energy)")      # not an identifier: no parameter's
                 else:
                     out = self._call("_parameter_gradient", xb, lay, der)
@@ -959,7 +978,9 @@ class CompiledEnergy(BaseEnergyFunction):
                 into, key = (chained, key) if attr is None else (result, attr)
                 if attr is None or attr in params:
                     into[key] = value if key not in into else into[key] + value
-            if summed:
+            if kernel == "_parameter_gradient_total":
+                energies.append(energy)                      # the weighted total, 0-d
+            elif summed:
                 if energy.shape != batch:                    # an energy constant in x
                     energy = torch.as_tensor(energy, dtype=xb.dtype,
                                              device=xb.device).expand(batch)
@@ -988,12 +1009,28 @@ class CompiledEnergy(BaseEnergyFunction):
             if s is None:
                 rest[key] = adj
                 continue
+            attr = names[match.group(1)]
             with torch.no_grad():
                 a = adj.reshape((() if batch is None else tuple(batch)) + s.shape)
-                g = _rt.inverse_vjp(s.detach(), a)
-            attr = names[match.group(1)]
+                g = _rt.inverse_vjp(s.detach(), a, self._inverse_route(attr, s.detach()))
             result[attr] = g if attr not in result else result[attr].to(g.dtype) + g
         return rest
+
+    def _inverse_route(self, attr, s):
+        """:func:`_runtime.inverse_route` of the matrix parameter ``attr`` (value ``s``),
+        kept with a copy of ``s`` and reused while ``s`` keeps that value (compared by
+        content, as the derived values are): a loss differentiated again at the same
+        parameters factors the matrix once, not at every call."""
+        if _rt._batched(s):
+            return None             # inside a torch.func transform: no cache
+        cache = self.__dict__.setdefault("_inverse_routes", {})
+        hit = cache.get(attr)
+        if (hit is not None and hit[0].dtype == s.dtype and hit[0].device == s.device
+                and hit[0].shape == s.shape and torch.equal(hit[0], s)):
+            return hit[1]
+        route = _rt.inverse_route(s)
+        cache[attr] = (s.clone(), route)
+        return route
 
     def _chain_derived(self, adjoints, params, result, batch):
         """Add ``sum_k adjoint_k . d derived_k / d theta`` to ``result`` for every
@@ -1215,7 +1252,8 @@ class CompiledEnergy(BaseEnergyFunction):
         names = ["_energy", "_gradient", "_energy_and_gradient", "_hessian_vector_product"]
         if self.structured_hessian_diagonal:
             names += ["_hessian_diagonal", "_gradient_and_hessian_diagonal"]
-        names += [name for name in ("_parameter_gradient", "_parameter_gradient_sum")
+        names += [name for name in ("_parameter_gradient", "_parameter_gradient_sum",
+                                    "_parameter_gradient_total")
                   if getattr(type(self), name, None) is not None]
         self._fused = {name: torch.compile(getattr(self, name), **options) for name in names}
         self._direct = DirectCalls() if direct else None

@@ -17,6 +17,7 @@ import sympy as sp
 
 from ..errors import EnergySyntaxError
 from . import budget
+from .contract import total_kernel
 from .derivatives import (PARAMETER_SYMBOLS, ParameterAdjointUnsupported, parameter_adjoints,
                           reverse_mode)
 from .diagonal import hessian_diagonal
@@ -152,6 +153,11 @@ def parameter_kernels(program, parsed: Parsed) -> tuple:
         kernel = optimised(kernel, parsed, prefix=prefix)
         first = kernel.next_symbol + 1
         out.append(liveness(prune(kernel)))
+    # a loss linear in the energies needs only their weighted total: the products it
+    # can contract over the batch first (contract.py); none for most formulas
+    total = total_kernel(kernel)
+    if total is not None:
+        out.append(liveness(prune(total)))
     return tuple(out)
 
 

@@ -46,6 +46,9 @@ DOCS = {
     "parameter_gradient_sum": "Energy [...] and closed-form sum_b weights_b dE(x_b)/dtheta of x "
                               "[..., n], weights [...] or (a, c) for a + c*E -> {'(energy)': "
                               "[...], name: theta.shape}.",
+    "parameter_gradient_total": "Weighted total sum_b weights_b E(x_b) and closed-form "
+                                "sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> "
+                                "{'(energy)': 0-d, name: theta.shape}.",
 }
 
 
@@ -80,11 +83,11 @@ class ModuleEmitter(AdjointPrinting, ModuleNames):
             if printed and not isinstance(st, Free):
                 commented = last_level
             lines.extend(printed)
-            if "weights" in kernel.inputs and kernel.energy in st.defines():
+            if kernel.name == "parameter_gradient_sum" and kernel.energy in st.defines():
                 # weights (a, c) are a + c * energy: known from here on
                 lines.append(f"weights = _rt.energy_weights(weights, {self.ref(kernel.energy)})")
                 weighted = True
-        if "weights" in kernel.inputs and not weighted:      # an energy constant in x
+        if kernel.name == "parameter_gradient_sum" and not weighted:  # an energy constant in x
             lines.insert(0, f"weights = _rt.energy_weights(weights, {self.ref(kernel.energy)})")
         returns = []
         for out in kernel.outputs:
@@ -192,13 +195,9 @@ class ModuleEmitter(AdjointPrinting, ModuleNames):
 
     def _emit_MatVecStmt(self, st):
         mv = st.matvec
-        _, lo, hi = self.program.level(mv.level).clauses[0]
-        a, b = self.code(lo + mv.offset), self.code(hi + mv.offset)
-        rows = "" if mv.whole else (f"[:, {a}:{b}]" if mv.row_major else f"[{a}:{b}, :]")
-        A = self.params[mv.matrix] + rows
+        A = self.matrix_code(mv, transpose=False)
         if not st.adjoint:
-            return [f"{self.names[mv.symbol]} = {self.names[mv.value]} @ {A}"
-                    + (".mT" if mv.row_major else "")]
+            return [f"{self.names[mv.symbol]} = {self.names[mv.value]} @ {self.matrix_code(mv)}"]
         adj = self.accumulator(Vector(VectorKind.MATVEC, mv.vector))
         lines = []
         if adj not in self.initialised:      # nothing reached it: the product is flat in x
@@ -208,6 +207,14 @@ class ModuleEmitter(AdjointPrinting, ModuleNames):
                          f"({self.code(mv.length)},))")
         return lines + [f"{self.names[st.target]} = {adj} @ {A}"
                         + ("" if mv.row_major else ".mT")]
+
+    def matrix_code(self, mv, transpose=True) -> str:
+        """The matrix ``M`` of the product ``y = h @ M`` (``A``, a slice of its rows, or with
+        ``row_major`` a slice of its columns, transposed; ``transpose=False``: untransposed)."""
+        _, lo, hi = self.program.level(mv.level).clauses[0]
+        a, b = self.code(lo + mv.offset), self.code(hi + mv.offset)
+        rows = "" if mv.whole else (f"[:, {a}:{b}]" if mv.row_major else f"[{a}:{b}, :]")
+        return self.params[mv.matrix] + rows + (".mT" if transpose and mv.row_major else "")
 
     def _ensure(self, acc):
         """Lines that create the accumulator ``acc`` as zeros if nothing reached it yet."""

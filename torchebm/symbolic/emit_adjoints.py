@@ -98,9 +98,12 @@ class AdjointPrinting:
     def _emit_ParameterAccumulate(self, st):
         adj, ld, lv = self.accumulator(st.vector), st.load, st.level
         theta = self.params[ld.base]
-        lines = []
-        if adj not in self.initialised:
-            self.initialised.add(adj)
+        lines, first = [], adj not in self.initialised
+        self.initialised.add(adj)
+        # a batch contraction of a whole vector is a fresh [n] tensor: it starts the adjoint
+        fresh = (st.summed and lv is not None and ld.addressing is Addressing.WHOLE
+                 and (st.matvec is not None or self.shape(st.source).per_point))
+        if first and not fresh:
             lines.append(f"{adj} = torch.zeros_like({theta})" if st.summed else
                          f"{adj} = x.new_zeros(x.shape[:-1] + {theta}.shape)")
         if lv is None:                   # a root load at constant indices
@@ -111,7 +114,11 @@ class AdjointPrinting:
                        else f"weights.sum() * {src}")
                 return lines + [f"{adj}[{idx}] += {src}"]
             return lines + [f"{adj}[..., {idx}] += {src}"]
-        if st.summed and self.shape(st.source) is Shape.POINT:
+        if st.matvec is not None:        # (w @ h) @ A: the batch contracted before the product
+            h = self.ref(st.source)
+            src = (f"(weights.reshape(-1) @ {h}.reshape(-1, {h}.shape[-1])) @ "
+                   f"{self.matrix_code(st.matvec)}")
+        elif st.summed and self.shape(st.source) is Shape.POINT:
             src = f"weights.sum() * {self.ref(st.source)}"
         else:
             src = self.materialize(st.source, lv)
@@ -120,7 +127,7 @@ class AdjointPrinting:
         if st.scale != 1:                # on the contracted [*theta.shape] result
             src = f"{self.code(st.scale)}*({src})"
         if ld.addressing is Addressing.WHOLE:
-            return lines + [f"{adj} = {adj} + {src}"]
+            return lines + [f"{adj} = {src}" if first and fresh else f"{adj} = {adj} + {src}"]
         if ld.addressing is Addressing.SLICE:
             _, lo, hi = lv.clauses[0]
             return lines + [f"{adj} = {adj} + _rt.pad_slice({src}, {self.code(lo + ld.offset)}, "
@@ -140,9 +147,12 @@ class AdjointPrinting:
         ybar = self.accumulator(Vector(VectorKind.MATVEC, mv.vector))
         lines = []
         if ybar not in self.initialised:     # nothing reads the product: no adjoint
+            if st.total is not None:
+                lines.append(f"{self.names[st.total]} = x.new_zeros(())")
             return lines
-        if adj not in self.initialised:
-            self.initialised.add(adj)
+        first = adj not in self.initialised
+        self.initialised.add(adj)
+        if first and not (st.summed and mv.whole):   # else the [n, n] product starts it
             theta = self.params[mv.matrix]
             lines.append(f"{adj} = torch.zeros_like({theta})" if st.summed else
                          f"{adj} = x.new_zeros(x.shape[:-1] + {theta}.shape)")
@@ -158,9 +168,21 @@ class AdjointPrinting:
         else:
             prod = (f"{ybar}.unsqueeze(-1) * {h}.unsqueeze(-2)" if mv.row_major
                     else f"{h}.unsqueeze(-1) * {ybar}.unsqueeze(-2)")
+        def share(gram):       # <A, G>: the product's share of the weighted total energy
+            if st.total is None:
+                return []
+            return [f"{self.names[st.total]} = "
+                    f"({self.matrix_code(mv, transpose=False)} * {gram}).sum()"]
+        if first and st.summed and mv.whole:        # the product is the adjoint so far
+            return lines + [f"{adj} = {prod}"] + share(adj)
+        total = []
+        if st.total is not None:                    # G is read twice: named
+            gram = self.ns.create("gram")
+            lines.append(f"{gram} = {prod}")
+            prod, total = gram, share(gram) + [f"del {gram}"]
         if mv.whole:
-            return lines + [f"{adj} = {adj} + {prod}"]
-        return lines + [f"{adj}{part} += {prod}"]
+            return lines + [f"{adj} = {adj} + {prod}"] + total
+        return lines + [f"{adj}{part} += {prod}"] + total
 
     def _emit_ParameterScalar(self, st):
         t, src = self.names[st.target], self.ref(st.source)

@@ -462,6 +462,9 @@ class ParameterAccumulate(Stmt):
     source: sp.Expr
     summed: bool = False
     scale: sp.Expr = sp.S.One        # a number applied to the contracted result (summed)
+    # the source is this product's vector ``h @ A`` and ``source`` is its ``h``: the batch
+    # is contracted before the product, ``(w @ h) @ A`` (a batch-total kernel)
+    matvec: "MatVec | None" = None
 
     def defines(self):
         return (Adjoint(self.vector),)
@@ -475,13 +478,20 @@ class MatrixAdjoint(Stmt):
     """The adjoint of the matrix ``A`` of ``y = h @ A`` (``matvec``) accumulated into
     ``vector``: ``outer(h, ybar)`` per sample, or with ``summed`` one matrix product
     ``h^T (w ybar)`` over the batch (no ``[B, n, n]`` temporary), times ``scale`` (a
-    number pulled out of ``h``: the product then reads the forward's unscaled vector)."""
+    number pulled out of ``h``: the product then reads the forward's unscaled vector).
+
+    ``total`` (summed only): also define this 0-d symbol as ``<A, contribution>``, which
+    is ``sum_b w_b <y_b, ybar_b>``: the product's share of the weighted total energy
+    when the energy is affine in ``y`` (a batch-total kernel, ``contract.py``)."""
     vector: Vector
     matvec: MatVec
     summed: bool = False
     scale: sp.Expr = sp.S.One
+    total: sp.Symbol | None = None
 
     def defines(self):
+        if self.total is not None:
+            return (Adjoint(self.vector), self.total)
         return (Adjoint(self.vector),)
 
     def uses(self):

@@ -190,10 +190,25 @@ class GaussianEnergy(CompiledEnergy):
         del v_1
         adj_mv0 = s0
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        adj_inverse_cov = torch.zeros_like(inverse_cov)
-        adj_inverse_cov = adj_inverse_cov + 0.5*(h_3.reshape(-1, h_3.shape[-1]).mT @ (weights.unsqueeze(-1) * adj_mv0).reshape(-1, adj_mv0.shape[-1]))
+        adj_inverse_cov = 0.5*(h_3.reshape(-1, h_3.shape[-1]).mT @ (weights.unsqueeze(-1) * adj_mv0).reshape(-1, adj_mv0.shape[-1]))
         del h_3, s0, adj_mv0
-        adj_mean = torch.zeros_like(mean)
-        adj_mean = adj_mean + -1.0*(weights.reshape(-1) @ mv0.reshape(-1, mv0.shape[-1]))
+        adj_mean = -1.0*(weights.reshape(-1) @ mv0.reshape(-1, mv0.shape[-1]))
         del mv0
         return {'(energy)': r, 'inverse(cov)': adj_inverse_cov, 'mean': adj_mean}
+
+    def _parameter_gradient_total(self, x, weights, lay, der):
+        """Weighted total sum_b weights_b E(x_b) and closed-form sum_b weights_b dE(x_b)/dtheta of x [..., n], weights [...] -> {'(energy)': 0-d, name: theta.shape}."""
+        mean = der["mean"]
+        inverse_cov = der["inverse(cov)"]
+        # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
+        h_3 = x - mean
+        # level 0: j in range(0, n) (per sample): Sum((-mean[j] + x[j])*Sum((-0.5*mean[i] + 0.5*x[i])*inverse(cov)[i, j], (i, 0...
+        s0 = x - mean
+        adj_mv0 = s0
+        # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
+        adj_inverse_cov = 0.5*(h_3.reshape(-1, h_3.shape[-1]).mT @ (weights.unsqueeze(-1) * adj_mv0).reshape(-1, adj_mv0.shape[-1]))
+        tot = (inverse_cov * adj_inverse_cov).sum()
+        del s0, adj_mv0
+        adj_mean = -1.0*((weights.reshape(-1) @ h_3.reshape(-1, h_3.shape[-1])) @ inverse_cov)
+        del h_3
+        return {'(energy)': tot, 'inverse(cov)': adj_inverse_cov, 'mean': adj_mean}

@@ -1,0 +1,204 @@
+"""The batch-total kernel (``symbolic/contract.py``): ``sum_b w_b E(x_b)`` and its
+parameter gradient with the matrix-vector products contracted over the batch before
+the matrix, which contrastive divergence without its regulariser uses.
+
+References are plain-torch formulas written from each energy's textbook form,
+differentiated by autograd in float64; nothing is read from the generated code
+except which methods exist and which products it forms.
+"""
+
+import inspect
+import re
+
+import pytest
+import torch
+
+from torchebm.core import DoubleWellEnergy, GaussianEnergy
+from torchebm.losses import ContrastiveDivergence
+from torchebm.symbolic import from_expression
+
+D = torch.float64
+TOL = dict(rtol=1e-10, atol=1e-11)
+N = 4
+
+
+def _randn(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
+
+
+def _spd(n, seed):
+    a = _randn(n, n, seed=seed)
+    return a @ a.T + n * torch.eye(n, dtype=D)
+
+
+def _contracted():
+    """name -> (energy, plain formula f(x, **params) -> [B]): energies affine in a
+    product with a parameter matrix, which get a batch-total kernel."""
+    W, u, m = _randn(N, N, seed=1), _randn(N, seed=2), _randn(N, seed=3)
+    return {
+        "gaussian": (GaussianEnergy(m, _spd(N, 4), trainable=True),
+                     lambda x, mean, cov: 0.5 * (((x - mean) @ torch.linalg.inv(cov))
+                                                 * (x - mean)).sum(-1)),
+        "gaussian_and_logdet": (
+            from_expression("0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)",
+                            mu=m, S=_spd(N, 5), trainable=True),
+            lambda x, mu, S: 0.5 * (((x - mu) @ torch.linalg.inv(S)) * (x - mu)).sum(-1)
+            + 0.5 * torch.logdet(S)),
+        # a non-symmetric matrix, a scalar factor inside, another term outside
+        "scaled_form_plus_terms": (
+            from_expression("a*(x - m) @ W @ (x - m) + log(1 + sum(x**2)) + dot(b, x)",
+                            a=1.3, m=m, W=W, b=u, trainable=True),
+            lambda x, a, m, W, b: a * (((x - m) @ W) * (x - m)).sum(-1)
+            + torch.log1p((x**2).sum(-1)) + x @ b),
+        # W @ x (rows of W), read twice: two products, both contracted
+        "row_products": (
+            from_expression("sum((W @ x) * x) + dot(u, W @ x)", W=W, u=u, trainable=True),
+            lambda x, W, u: ((x @ W.T) * x).sum(-1) + (x @ W.T) @ u),
+        # a slice of the matrix's columns
+        "column_slice": (
+            from_expression("sum(sum(W[i, j]*x[j] for j in range(1, n))*x[i] for i in range(n))",
+                            W=W, trainable=True),
+            lambda x, W: ((x[:, 1:] @ W[:, 1:].T) * x).sum(-1)),
+    }
+
+
+def _not_contracted():
+    """Energies that are not affine in their products (or have none): no such kernel."""
+    W = _randn(N, N, seed=6)
+    return {
+        "tanh_of_product": (from_expression("sum(tanh(x @ W))", W=W, trainable=True),
+                            lambda x, W: torch.tanh(x @ W).sum(-1)),
+        "square_of_form": (from_expression("(x @ W @ x)**2", W=W, trainable=True),
+                           lambda x, W: (((x @ W) * x).sum(-1))**2),
+        "double_well": (DoubleWellEnergy(barrier_height=1.5, b=0.8, trainable=True),
+                        lambda x, barrier_height, b: barrier_height
+                        * ((x**2 - b**2)**2).sum(-1)),
+    }
+
+
+def _reference(energy, formula, jobs):
+    """(sum over jobs of sum_b w_b E(x_b), {name: its gradient}) by autograd."""
+    params = {k: p.detach().clone().requires_grad_(True) for k, p in energy.named_parameters()}
+    total = sum((torch.as_tensor(w, dtype=D) * formula(x, **params)).sum() for x, w in jobs)
+    grads = torch.autograd.grad(total, list(params.values()))
+    return total.detach(), dict(zip(params, grads))
+
+
+def _jobs():
+    return [(_randn(7, N, seed=10), torch.linspace(-1.0, 2.0, 7, dtype=D)),
+            (_randn(5, N, seed=11), -0.2)]
+
+
+@pytest.mark.parametrize("name", sorted(_contracted()))
+def test_total_kernel_is_the_weighted_total_and_its_gradient(name):
+    energy, formula = _contracted()[name]
+    jobs = _jobs()
+    totals, grads = energy._energy_total_and_parameter_gradient_sum(*jobs)
+    assert getattr(type(energy), "_parameter_gradient_total", None) is not None
+    want_total, want = _reference(energy, formula, jobs)
+    assert all(t.dim() == 0 for t in totals)
+    torch.testing.assert_close(sum(totals), want_total, **TOL)
+    assert list(grads) == list(want)
+    for k in want:
+        torch.testing.assert_close(grads[k], want[k], **TOL)
+
+
+@pytest.mark.parametrize("name", sorted(_not_contracted()))
+def test_without_a_total_kernel_the_summed_kernel_gives_the_same(name):
+    energy, formula = _not_contracted()[name]
+    jobs = _jobs()
+    totals, grads = energy._energy_total_and_parameter_gradient_sum(*jobs)
+    assert getattr(type(energy), "_parameter_gradient_total", None) is None
+    want_total, want = _reference(energy, formula, jobs)
+    torch.testing.assert_close(sum(totals), want_total, **TOL)
+    for k in want:
+        torch.testing.assert_close(grads[k], want[k], **TOL)
+
+
+def _products(source, method):
+    """The ``[B, n] x [n, n]``-sized matrix products of a generated method: ``@`` between
+    names (the per-sample ones), not the contracted ``(weights @ h) @ A``."""
+    body = source[source.index(f"def {method}("):]
+    body = body[:body.index("\n    def ") if "\n    def " in body else len(body)]
+    return [ln.strip() for ln in body.splitlines() if re.search(r"= \w+ @ \w+$", ln.strip())]
+
+
+def test_gaussian_total_forms_no_forward_product():
+    """The Gaussian's summed kernel forms ``(x - mean) @ P`` per sample; the total does
+    not: its one ``[n, n]`` product is the weighted scatter matrix, P's gradient."""
+    summed = inspect.getsource(GaussianEnergy._parameter_gradient_sum)
+    total = inspect.getsource(GaussianEnergy._parameter_gradient_total)
+    assert _products(summed, "_parameter_gradient_sum")           # mv0 = h @ inverse_cov
+    assert _products(total, "_parameter_gradient_total") == []
+    assert total.count(".mT @") == 1                               # the scatter matrix
+
+
+def test_contrastive_divergence_uses_the_total_kernel_without_regulariser(monkeypatch):
+    energy, formula = _contracted()["gaussian"]
+    calls = []
+    kernel = type(energy)._parameter_gradient_total
+
+    def spy(self, *args):
+        calls.append(1)
+        return kernel(self, *args)
+    monkeypatch.setattr(type(energy), "_parameter_gradient_total", spy)
+    x, neg = _randn(6, N, seed=20), _randn(6, N, seed=21)
+
+    class Fixed:
+        def sample(self, x, n_steps):
+            return neg
+    cd = ContrastiveDivergence(energy, Fixed(), k_steps=1, energy_reg_weight=0.0)
+    energy.zero_grad()
+    loss, _ = cd(x)
+    loss.backward()
+    assert len(calls) == 2                      # one per batch
+    params = {k: p.detach().clone().requires_grad_(True) for k, p in energy.named_parameters()}
+    want_loss = formula(x, **params).mean() - formula(neg, **params).mean()
+    want = torch.autograd.grad(want_loss, list(params.values()))
+    torch.testing.assert_close(loss.detach(), want_loss.detach(), **TOL)
+    for (k, p), w in zip(energy.named_parameters(), want):
+        torch.testing.assert_close(p.grad, w, **TOL)
+    # with the regulariser the per-sample energies are needed: the summed kernel
+    calls.clear()
+    ContrastiveDivergence(energy, Fixed(), k_steps=1, energy_reg_weight=0.1)(x)[0].backward()
+    assert calls == []
+
+
+def test_covariance_gradient_follows_in_place_updates_and_factorisations():
+    """The chain to ``cov`` reuses the factorisation of an unchanged matrix; an in-place
+    update (an optimiser step) or a switch from SPD to non-symmetric is seen."""
+    energy, formula = _contracted()["gaussian_and_logdet"]
+    S = energy.S
+    x, w = _randn(6, N, seed=30), torch.linspace(0.5, 1.5, 6, dtype=D)
+    for change in (None, lambda: S.add_(0.3 * torch.eye(N, dtype=D)),
+                   lambda: S.add_(0.2 * _randn(N, N, seed=31))):        # non-symmetric
+        if change is not None:
+            with torch.no_grad():
+                change()
+        for _ in range(2):                      # the second call reuses the factorisation
+            _, grads = energy._energy_total_and_parameter_gradient_sum((x, w))
+            _, want = _reference(energy, formula, [(x, w)])
+            torch.testing.assert_close(grads["S"], want["S"], **TOL)
+            torch.testing.assert_close(grads["mu"], want["mu"], **TOL)
+
+
+def test_fused_total_kernel_matches_eager():
+    torch.manual_seed(0)
+    mean, cov = torch.randn(8), torch.eye(8) + 0.1 * torch.ones(8, 8)
+    eager = GaussianEnergy(mean, cov, trainable=True)
+    fused = GaussianEnergy(mean, cov, trainable=True).compile()
+    x, neg = torch.randn(64, 8), torch.randn(64, 8) * 2
+
+    class Fixed:
+        def sample(self, x, n_steps):
+            return neg
+    results = []
+    for energy in (eager, fused):
+        cd = ContrastiveDivergence(energy, Fixed(), k_steps=1, energy_reg_weight=0.0)
+        energy.zero_grad()
+        loss, _ = cd(x)
+        loss.backward()
+        results.append((loss.detach(), energy.mean.grad.clone(), energy.cov.grad.clone()))
+    assert "_parameter_gradient_total" in fused._fused
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,161 @@
+"""Stage 4c, the batch-total kernel: matrix-vector products contracted over the batch.
+
+A training loss that is linear in the energies (contrastive divergence without its
+regulariser: ``mean E(data) - mean E(negatives)``) needs only the weighted total
+``T = sum_b w_b E(x_b)`` and its parameter gradient, never the per-sample energies.
+For a product ``y = h @ A`` of a parameter matrix ``A`` that costs a ``[B, n] x [n, n]``
+matrix product in the forward sweep, and the batch-summed adjoint of ``A`` is a second
+one, ``G = h^T (w ybar)`` (``ybar = dE/dy``). When the energy is affine in ``y``,
+
+    ``E = E|_{y=0} + <y, ybar>``,  so  ``T = sum_b w_b E|_{y=0}(x_b) + <A, G>``,
+
+and every other reader of ``y`` in the parameter sweep is a weighted sum
+``sum_b w_b y_b = (w @ h) @ A`` (a vector parameter's adjoint, as the mean of a
+quadratic form has). The forward product is then not needed at all: one matrix
+product per batch instead of two (three through autograd, whose backward also
+forms ``ybar @ A^T``). The Gaussian energy ``0.5 (x - m)^T P (x - m)`` is the case
+that motivates it: its total is ``<P, G> / 2`` with ``G`` the weighted scatter matrix
+of ``x - m``, which is also ``P``'s gradient.
+
+:func:`total_kernel` rewrites an optimised ``parameter_gradient_sum`` kernel into
+``parameter_gradient_total(x, weights)`` (``weights`` a tensor ``[...]``, no
+``(a, c)`` pair: the weights of a loss linear in the energies do not depend on them)
+whose ``'(energy)'`` output is ``T``, 0-d. It returns None when no product
+qualifies (the module then has no such method and the runtime uses the batch-summed
+kernel). Affinity is checked statement by statement: every value computed from
+``y`` is affine in it jointly (each first partial free of ``y``), reductions of it are
+sums, and no adjoint reads it except the weighted sums above.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sympy as sp
+
+from .ir import (Assign, Broadcast, Kernel, LoadKind, LoadStmt, MatrixAdjoint, MatVecStmt,
+                 ParameterAccumulate, ParameterScalar, Reduce, Shape, frozen_map)
+
+TOTAL_KERNEL = "parameter_gradient_total"
+
+
+def _candidates(kernel):
+    """Forward products of a matrix whose batch-summed adjoint the kernel forms anyway,
+    of a per-sample vector: ``{vector name: MatVecStmt}``."""
+    adjoint = {st.matvec.vector for st in kernel.body
+               if isinstance(st, MatrixAdjoint) and st.summed and st.total is None}
+    return {st.matvec.vector: st for st in kernel.body
+            if isinstance(st, MatVecStmt) and not st.adjoint and st.matvec.vector in adjoint
+            and kernel.shapes.get(st.matvec.value, Shape.SCALAR) is Shape.BOTH}
+
+
+def _affine_values(kernel, products):
+    """The symbols computed from the products' vectors (all affine in them), and the
+    parameter accumulations that read a vector as ``c * y + rest``; None when a value is
+    not affine in them or is read some other way."""
+    vectors = {st.matvec.symbol: name for name, st in products.items()}
+    affine = set(vectors)
+    reads = {}
+    for k, st in enumerate(kernel.body):
+        used = [u for u in st.uses() if u in affine]
+        if not used:
+            continue
+        if isinstance(st, MatVecStmt) and st.adjoint:
+            return None                 # ybar @ A^T reads the adjoint, never y: unexpected
+        if isinstance(st, Assign):
+            syms = [s for s in st.expr.free_symbols if s in affine]
+            if any(st.expr.diff(s).free_symbols & affine for s in syms):
+                return None             # not affine (a product of two, a function of one)
+            affine.add(st.target)
+        elif isinstance(st, Reduce) and st.op in ("sum", "sum_all"):
+            affine.add(st.target)
+        elif isinstance(st, Broadcast):
+            affine.add(st.target)
+        elif (isinstance(st, LoadStmt) and st.load.kind is LoadKind.VECTOR and not st.load.tangent
+              and st.load.base in products):
+            affine.add(st.load.symbol)
+        elif isinstance(st, ParameterAccumulate) and st.summed and st.matvec is None:
+            src = st.source
+            direct = [s for s in src.free_symbols if s in affine]
+            if len(direct) != 1 or direct[0] not in vectors:
+                return None
+            y = direct[0]
+            c = src.diff(y)
+            rest = sp.expand(src - c * y)
+            if not c.is_Number or rest.free_symbols & affine:
+                return None
+            reads[k] = (vectors[y], c, rest)
+        else:
+            return None                 # a product, lse, norm, ... of y, or an adjoint of it
+    return affine, reads
+
+
+def total_kernel(kernel: Kernel) -> Kernel | None:
+    """The batch-total kernel of an optimised ``parameter_gradient_sum`` kernel (see the
+    module's docstring), or None when no matrix-vector product can be contracted."""
+    products = _candidates(kernel)
+    while products:
+        found = _affine_values(kernel, products)
+        if found is not None:
+            break
+        # try without the products whose values are read non-affinely: drop them one at
+        # a time (a formula rarely has more than two)
+        products = dict(list(products.items())[1:])
+    else:
+        return None
+    affine, reads = found
+    zero = {st.matvec.symbol for st in products.values()}   # values that are 0 at y = 0
+    shapes, counter = dict(kernel.shapes), kernel.next_symbol
+
+    def new(stem):
+        nonlocal counter
+        counter += 1
+        s = sp.Symbol(f"_{stem}_{counter}", real=True)
+        shapes[s] = Shape.SCALAR
+        return s
+
+    body, shares = [], []
+    for k, st in enumerate(kernel.body):
+        if isinstance(st, MatVecStmt) and not st.adjoint and st.matvec.vector in products:
+            continue                    # the forward product is what this kernel saves
+        if k in reads:
+            name, c, rest = reads[k]
+            mv = products[name].matvec
+            body.append(dataclasses.replace(st, source=mv.value, scale=st.scale * c,
+                                            matvec=mv))
+            if rest != 0:
+                body.append(dataclasses.replace(st, source=rest))
+            continue
+        if isinstance(st, MatrixAdjoint) and st.matvec.vector in products:
+            share = new("tot")
+            shares.append(share)
+            body.append(dataclasses.replace(st, total=share))
+            continue
+        if any(d in affine for d in st.defines()):
+            # the value at y = 0: zeros are dropped, the rest computed as before
+            if isinstance(st, Assign):
+                expr = st.expr.xreplace({z: sp.S.Zero for z in zero})
+                if expr == 0:
+                    zero.add(st.target)
+                    continue
+                st = dataclasses.replace(st, expr=expr)
+            elif isinstance(st, (Reduce, Broadcast)) and st.source in zero:
+                zero.add(st.target)
+                continue
+            elif isinstance(st, LoadStmt):
+                zero.add(st.load.symbol)
+                continue
+        body.append(st)
+    parts = list(shares)
+    if kernel.energy not in zero:
+        rest = new("tot")
+        body.append(ParameterScalar(None, rest, kernel.energy, True))
+        parts.insert(0, rest)
+    if len(parts) == 1:
+        total = parts[0]
+    else:
+        total = new("total")
+        body.append(Assign(None, total, sp.Add(*parts)))
+    outputs = tuple(total if o == kernel.energy else o for o in kernel.outputs)
+    return kernel.replace(name=TOTAL_KERNEL, outputs=outputs, body=tuple(body), energy=total,
+                          shapes=frozen_map(shapes), next_symbol=counter)
