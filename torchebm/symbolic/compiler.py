@@ -1,5 +1,5 @@
 """The pipeline: parse -> rewrite -> lower -> derivatives -> tangent, diagonal ->
-optimise -> emit.
+optimise -> (contract, for the batch-total parameter kernel) -> emit.
 
 :func:`compile_spec` is the one place where the stages are chained; each
 stage is a module of its own with one entry function, and the stages hand each

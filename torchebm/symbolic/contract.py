@@ -1,4 +1,4 @@
-"""Stage 4c, the batch-total kernel: matrix-vector products contracted over the batch.
+"""Stage 4b, the batch-total kernel: matrix-vector products contracted over the batch.
 
 A training loss that is linear in the energies (contrastive divergence without its
 regulariser: ``mean E(data) - mean E(negatives)``) needs only the weighted total
