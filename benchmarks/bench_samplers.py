@@ -51,6 +51,8 @@ from torchebm.core import (AckleyEnergy, BaseEnergyFunction, DoubleWellEnergy, G
                            HarmonicEnergy, RastriginEnergy, RosenbrockEnergy)
 from torchebm.samplers import MALA, HamiltonianMonteCarlo, LangevinDynamics, effective_sample_size
 
+import bench as _bench     # a sibling script: benchmarks/ is sys.path[0]
+
 
 class ViaAutograd(BaseEnergyFunction):
     """A generated forward behind a hand-written energy: its gradient is autograd."""
@@ -181,14 +183,10 @@ def gloo_table(args):
                   f"{work:14.3g} {work / base:9.2f}", flush=True)
 
 
-JAX_FORMULAS = {   # the built-ins' formulas in jax.numpy (defaults of torchebm.core)
-    "DoubleWell": "2.0*jnp.sum((x**2 - 1.0)**2, -1)",
-    "Harmonic": "0.5*jnp.sum(x**2, -1)",
-    "Rosenbrock": "jnp.sum(100.0*(x[..., 1:] - x[..., :-1]**2)**2 + (1.0 - x[..., :-1])**2, -1)",
-    "Rastrigin": "10.0*x.shape[-1] + jnp.sum(x**2 - 10.0*jnp.cos(2*jnp.pi*x), -1)",
-    "Ackley": ("-20.0*jnp.exp(-0.2*jnp.sqrt(jnp.mean(x**2, -1))) "
-               "- jnp.exp(jnp.mean(jnp.cos(2*jnp.pi*x), -1)) + 20.0 + jnp.e"),
-}
+# the built-ins' formulas in jax.numpy, shared with bench.py (this directory is on sys.path
+# when a benchmark runs as a script); the parameter-free ones, which the JAX job defines alone
+JAX_FORMULAS = {name: _bench.JAX_FORMULAS[name]
+                for name in ("DoubleWell", "Harmonic", "Rosenbrock", "Rastrigin", "Ackley")}
 
 JAX_SCRIPT = r"""
 import json, os, sys, time
