@@ -8,6 +8,7 @@ its parameters (not from the generated code); its derivatives come from autograd
 
 import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -222,11 +223,43 @@ def test_hand_written_energies_keep_autograd():
 
 
 def test_summed_matrix_adjoint_is_one_product_not_outer_products():
-    # batch-summed: h^T (w ybar), one matrix product; per sample: outer products
+    # batch-summed: h^T (w ybar), one matrix product; per sample, the adjoint of the
+    # derived inverse(cov) is its rank-one factors (h, ybar): no [B, n, n] in the kernel
     summed = inspect.getsource(GaussianEnergy._parameter_gradient_sum)
     per_sample = inspect.getsource(GaussianEnergy._parameter_gradient)
     assert ".mT @ " in summed and "unsqueeze(-2)" not in summed
-    assert "unsqueeze(-2)" in per_sample
+    assert re.search(r"adj_inverse_cov = \(\(\w+, \w+\),\)", per_sample)
+    assert "unsqueeze(-2)" not in per_sample
+    # a matrix parameter read directly (not through inverse) keeps the outer products
+    energy = from_expression("x @ W @ x", W=_randn(3, 3, seed=40), trainable=True)
+    energy.parameter_gradient(_x())
+    assert "unsqueeze(-2)" in inspect.getsource(type(energy)._parameter_gradient)
+
+
+def test_rank_one_inverse_adjoints_chain_on_both_routes_and_when_frozen():
+    """Per-sample gradients of S through inverse(S) from rank-one factors, two products
+    (two factor pairs): SPD (the Cholesky route reads S as symmetric, so the reference
+    inverts the symmetric part, as in the test above) and non-symmetric (LU) matrices,
+    against per-sample autograd of the plain formula; with S frozen the factors are
+    densified for the other parameters' path."""
+    mu = _randn(3, seed=41)
+
+    def formula(x, mu, S):
+        inv = torch.linalg.inv((S + S.mT) / 2 if spd else S)
+        return 0.5 * (((x - mu) @ inv) * (x - mu)).sum(-1) + ((x @ inv) * mu).sum(-1)
+    for spd, S in ((True, _spd(3, 42)), (False, _spd(3, 43) + 0.3 * _randn(3, 3, seed=44))):
+        energy = from_expression("0.5*(x - mu) @ inverse(S) @ (x - mu) + x @ inverse(S) @ mu",
+                                 mu=mu, S=S, trainable=True)
+        x = _x(b=6, seed=45)
+        got = energy.parameter_gradient(x)
+        want = _reference_per_sample(formula, {"mu": mu, "S": S}, x)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], **TOL)
+    energy = from_expression("0.5*(x - mu) @ inverse(S) @ (x - mu) + x @ inverse(S) @ mu",
+                             mu=mu, S=S, trainable=["mu"])       # S a buffer
+    got = energy.parameter_gradient(x)
+    assert list(got) == ["mu"]
+    torch.testing.assert_close(got["mu"], want["mu"], **TOL)
 
 
 def test_summed_quadratic_form_kernel_makes_no_scaled_copies():

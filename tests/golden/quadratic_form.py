@@ -196,8 +196,7 @@ class GoldenEnergy(CompiledEnergy):
         del g
         adj_mv0 = g0
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
-        adj_inverse_S = x.new_zeros(x.shape[:-1] + inverse_S.shape)
-        adj_inverse_S = adj_inverse_S + v_2.unsqueeze(-1) * adj_mv0.unsqueeze(-2)
+        adj_inverse_S = ((v_2, adj_mv0),)
         del v_2
         hbar_1 = adj_mv0 @ inverse_S.mT
         del g0, adj_mv0

@@ -393,6 +393,30 @@ def inverse_vjp(m: torch.Tensor, a: torch.Tensor, route=None) -> torch.Tensor:
     return g.to(m.dtype)
 
 
+def outer_sum(pairs) -> torch.Tensor:
+    """``sum_k u_k v_k^T`` of rank-one factors ``((u, v), ...)``, ``u, v: [..., n]`` ->
+    ``[..., n, n]`` (a generated per-sample adjoint of ``inverse(S)``)."""
+    out = None
+    for u, v in pairs:
+        term = u.unsqueeze(-1) * v.unsqueeze(-2)
+        out = term if out is None else out + term
+    return out
+
+
+def inverse_vjp_outer(m: torch.Tensor, pairs, route=None) -> torch.Tensor:
+    """:func:`inverse_vjp` of the adjoint ``a = sum_k u_k v_k^T`` given as rank-one
+    factors ``((u, v), ...)`` (``u, v: [..., n]``, per sample) -> ``[..., n, n]``.
+
+    ``-P^T (u v^T) P^T = -(P^T u)(P v)^T`` (the Cholesky route: the symmetric part),
+    so the ``[..., n, n]`` adjoint is never formed and no ``[..., n, n] x [n, n]``
+    product is made: two ``[..., n] x [n, n]`` products per pair and one outer
+    product, instead of two batched matrix products of ``B n^3`` work."""
+    p, spd = inverse_route(m) if route is None else route
+    g = outer_sum([(u.to(p.dtype) @ p, v.to(p.dtype) @ p.mT) for u, v in pairs])
+    g = (g + g.mT).mul_(-0.5) if spd else g.neg_()
+    return g.to(m.dtype)
+
+
 def logdet(m: torch.Tensor) -> torch.Tensor:
     """log-determinant: ``2 sum(log(diag(L)))`` for SPD ``m``, ``torch.logdet`` otherwise
     (and under ``vmap``; float16/bfloat16 in float32, cast back)."""

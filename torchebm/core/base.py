@@ -1007,12 +1007,16 @@ class CompiledEnergy(BaseEnergyFunction):
             match = _INVERSE_KEY.match(key)
             s = params.get(names.get(match.group(1))) if match else None
             if s is None:
-                rest[key] = adj
+                rest[key] = _rt.outer_sum(adj) if isinstance(adj, tuple) else adj
                 continue
             attr = names[match.group(1)]
             with torch.no_grad():
-                a = adj.reshape((() if batch is None else tuple(batch)) + s.shape)
-                g = _rt.inverse_vjp(s.detach(), a, self._inverse_route(attr, s.detach()))
+                route = self._inverse_route(attr, s.detach())
+                if isinstance(adj, tuple):      # per sample: rank-one factors
+                    g = _rt.inverse_vjp_outer(s.detach(), adj, route)
+                else:
+                    a = adj.reshape((() if batch is None else tuple(batch)) + s.shape)
+                    g = _rt.inverse_vjp(s.detach(), a, route)
             result[attr] = g if attr not in result else result[attr].to(g.dtype) + g
         return rest
 

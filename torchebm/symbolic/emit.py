@@ -25,7 +25,7 @@ import sympy as sp
 from . import gate
 from .emit_adjoints import AdjointPrinting
 from .ir import (HVP, Accumulate, Addressing, Adjoint, EnergySpec, Free, GeneratedSource,
-                 Kernel, Shape, Vector, VectorKind)
+                 Kernel, MatrixAdjoint, Shape, Vector, VectorKind)
 from .layout import derive_method, describe, layout_method
 from .names import RESERVED, ModuleNames, python_name
 from .printer import TorchEnergyPrinter
@@ -64,6 +64,7 @@ class ModuleEmitter(AdjointPrinting, ModuleNames):
     def function(self, kernel: Kernel) -> str:
         """The method that computes ``kernel``'s outputs."""
         self.body, self.initialised, self.owned = kernel.body, set(), set()
+        self.factored = self.rank_one_adjoints(kernel)
         lines, last_level, commented = [], None, None
         weighted = False
         for self.position, st in enumerate(kernel.body):
@@ -207,6 +208,24 @@ class ModuleEmitter(AdjointPrinting, ModuleNames):
                          f"({self.code(mv.length)},))")
         return lines + [f"{self.names[st.target]} = {adj} @ {A}"
                         + ("" if mv.row_major else ".mT")]
+
+    def rank_one_adjoints(self, kernel) -> set:
+        """Accumulators of a per-sample kernel returned as rank-one factors
+        ``((u, v), ...)`` (the adjoint is ``sum_k u_k v_k^T`` per sample) instead of a
+        ``[..., n, n]`` tensor: those of a derived ``inverse(S)`` that only whole
+        matrix-vector products reach. The runtime chains them to ``S`` as
+        ``-(P^T u) (P v)^T`` without forming either ``[..., n, n]`` product."""
+        if kernel.name != "parameter_gradient":
+            return set()
+        writers: dict = {}
+        for st in kernel.body:
+            for key in st.defines():
+                if isinstance(key, Adjoint) and key.vector.kind is VectorKind.PARAMETER:
+                    writers.setdefault(key.vector.name, []).append(st)
+        inverses = {k for k, d in self.parsed.derived.items() if d.op == "inverse"}
+        return {self.accumulator(Vector(VectorKind.PARAMETER, name))
+                for name, sts in writers.items() if name in inverses
+                and all(isinstance(st, MatrixAdjoint) and st.matvec.whole for st in sts)}
 
     def matrix_code(self, mv, transpose=True) -> str:
         """The matrix ``M`` of the product ``y = h @ M`` (``A``, a slice of its rows, or with

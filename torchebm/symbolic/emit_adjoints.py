@@ -152,7 +152,13 @@ class AdjointPrinting:
             return lines
         first = adj not in self.initialised
         self.initialised.add(adj)
-        if first and not (st.summed and mv.whole):   # else the [n, n] product starts it
+        if adj in self.factored:            # per sample: the rank-one factors, not h ybar^T
+            u, v = (self.ref(mv.value), ybar) if not mv.row_major else (ybar, self.ref(mv.value))
+            if st.scale != 1:
+                u = f"{self.code(st.scale)}*{u}"
+            pair = f"(({u}, {v}),)"
+            return lines + [f"{adj} = {pair}" if first else f"{adj} = {adj} + {pair}"]
+        if first and not mv.whole:          # else the (fresh) product starts the adjoint
             theta = self.params[mv.matrix]
             lines.append(f"{adj} = torch.zeros_like({theta})" if st.summed else
                          f"{adj} = x.new_zeros(x.shape[:-1] + {theta}.shape)")
@@ -173,7 +179,7 @@ class AdjointPrinting:
                 return []
             return [f"{self.names[st.total]} = "
                     f"({self.matrix_code(mv, transpose=False)} * {gram}).sum()"]
-        if first and st.summed and mv.whole:        # the product is the adjoint so far
+        if first and mv.whole:              # the product is the adjoint so far
             return lines + [f"{adj} = {prod}"] + share(adj)
         total = []
         if st.total is not None:                    # G is read twice: named

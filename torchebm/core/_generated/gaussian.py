@@ -166,8 +166,7 @@ class GaussianEnergy(CompiledEnergy):
         del g
         adj_mv0 = g0
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        adj_inverse_cov = x.new_zeros(x.shape[:-1] + inverse_cov.shape)
-        adj_inverse_cov = adj_inverse_cov + v_2.unsqueeze(-1) * adj_mv0.unsqueeze(-2)
+        adj_inverse_cov = ((v_2, adj_mv0),)
         del v_2, g0, adj_mv0
         w = -0.5*mv0
         del mv0
