@@ -4,7 +4,9 @@
   relative to max(|E|, 1) (the formulas here are well conditioned at these points);
 * closed-form gradient vs torch.autograd of the generated forward, rtol 1e-9;
 * closed-form gradient vs central differences of the mpmath oracle, rtol 1e-7;
-* energy_and_gradient equal to forward and gradient bit for bit; dtypes follow x.
+* energy_and_gradient equal to forward and gradient bit for bit; dtypes follow x;
+* closed-form parameter derivatives (per sample, summed, batch total) vs autograd of
+  the generated forward in the parameters, rtol 1e-9, for every energy with parameters.
 """
 
 import pytest
@@ -19,7 +21,8 @@ from .cases import BUILTINS, FORMULAS, LITERATURE_VALUES, example_id
 LIMITS = {"energy~mpmath": 1e-12, "grad~autograd": 1e-9, "grad~fd": 1e-7, "e&g==fwd,grad": 0.0,
           "hessian~autograd": 1e-9, "hvp~autograd": 1e-9, "hdiag~autograd": 1e-9,
           "laplacian~autograd": 1e-9, "grad~func": 1e-10, "special~autograd": 1e-9,
-          "special-hdiag~func": 1e-9,
+          "special-hdiag~func": 1e-9, "theta~autograd": 1e-9, "theta-sum~autograd": 1e-9,
+          "theta-total~autograd": 1e-9,
           "dtype": 0.0}
 
 
@@ -29,6 +32,8 @@ def _check(label, energy, formula, params, n, points=3):
     checks = verify_energy(label, energy, parsed, params, n, points=points, seed=n)
     for c in checks:
         assert c.points > 0 or c.optional, (label, c.check, c.note)
+        if c.check.startswith("theta") and getattr(type(energy), "param_specs", ()):
+            assert c.points > 0, (label, c.check, "an energy with parameters: checked")
         assert c.max_rel <= LIMITS[c.check], (label, n, c.check, c.max_rel, c.failed_at)
 
 
@@ -56,3 +61,24 @@ def test_literature_cases_against_oracles(case):
     # test_literature_cases.py cover the large n at their own points)
     _check(case["id"], from_expression(case["formula"], **params), case["formula"], params, n,
            points=2 if n <= 10 else 1)
+
+
+def test_parameter_checks_catch_a_wrong_parameter_kernel(monkeypatch):
+    """verify's theta checks compare against autograd: a summed kernel off by 0.1% in
+    one parameter fails the summed and the total check (DoubleWell has no batch-total
+    kernel, so the total comes from the summed one), and only those."""
+    from torchebm.core import DoubleWellEnergy
+    energy = DoubleWellEnergy(barrier_height=1.5, b=0.8)
+    cls = type(energy)
+    right = cls._parameter_gradient_sum
+
+    def wrong(self, *args):
+        out = dict(right(self, *args))
+        out["barrier_height"] = out["barrier_height"] * 1.001
+        return out
+    monkeypatch.setattr(cls, "_parameter_gradient_sum", wrong)
+    params = {"barrier_height": 1.5, "b": 0.8}
+    parsed = parse_formula(cls.formula, {"barrier_height": 0, "b": 0})
+    checks = verify_energy("dw", energy, parsed, params, 3, points=3, seed=3)
+    assert {c.check for c in checks if not c.ok} == {"theta-sum~autograd",
+                                                      "theta-total~autograd"}

@@ -17,6 +17,12 @@ For each dimension and random float64 points:
   same autograd Hessian.
 * ``grad~func``: the closed-form gradient vs ``torch.func.grad`` of the
   generated forward, a third path besides autograd and mpmath;
+* ``theta~autograd``, ``theta-sum~autograd``, ``theta-total~autograd``: the
+  closed-form parameter derivatives (per sample, ``parameter_gradient``; summed
+  with weights, ``parameter_gradient_sum``; and the weighted total energy with
+  its gradient, the batch-total kernel where the formula has one) vs autograd of
+  the generated forward in the parameters, on a copy of the energy whose
+  parameters are trainable (optional: an energy without parameters has none);
 * ``special~autograd``, ``special-hdiag~func``: at points where numerics
   break (all zeros; entries from 0, +-1e-200, +-1e200, +-1000), the closed-form
   gradient and Hessian diagonal vs ``torch.func.grad`` and ``torch.func.hessian``
@@ -29,6 +35,7 @@ Errors are norm-wise relative per point, ``|got - want|_inf / max(|want|_inf, 1)
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -40,9 +47,11 @@ from .oracle import Oracle, OracleError
 TOLERANCES = {"energy~mpmath": 1e-10, "grad~autograd": 1e-10, "grad~fd": 1e-7,
               "e&g==fwd,grad": 0.0, "dtype": 0.0, "hessian~autograd": 1e-9,
               "hvp~autograd": 1e-9, "hdiag~autograd": 1e-9, "laplacian~autograd": 1e-9,
-              "grad~func": 1e-10, "special~autograd": 1e-9, "special-hdiag~func": 1e-9}
+              "grad~func": 1e-10, "special~autograd": 1e-9, "special-hdiag~func": 1e-9,
+              "theta~autograd": 1e-9, "theta-sum~autograd": 1e-9, "theta-total~autograd": 1e-9}
 
 SPECIAL_CHECKS = ("grad~func", "special~autograd", "special-hdiag~func")
+PARAMETER_CHECKS = ("theta~autograd", "theta-sum~autograd", "theta-total~autograd")
 
 #: Magnitudes where numerics break: zeros, squares that under- or overflow, saturation.
 SPECIAL = (0.0, 1e-200, -1e-200, 1e200, -1e200, 1000.0, -1000.0)
@@ -155,7 +164,7 @@ def verify_energy(label, energy, parsed, params, n, points=4, seed=0, fd=True):
     oracle = Oracle(parsed, params)
     x = domain_points(oracle, n, points, g)
     checks = {name: Check(label, n, name) for name in TOLERANCES
-              if (fd or name != "grad~fd") and name not in SPECIAL_CHECKS}
+              if (fd or name != "grad~fd") and name not in SPECIAL_CHECKS + PARAMETER_CHECKS}
     checks["dtype"].note = "outputs follow x's dtype (float32, float64)"
     with torch.no_grad():
         e = energy(x)
@@ -210,7 +219,58 @@ def verify_energy(label, energy, parsed, params, n, points=4, seed=0, fd=True):
             c.max_abs, c.max_rel = max(c.max_abs, abs_err), max(c.max_rel, rel_err)
             if not rel_err <= TOLERANCES[name]:
                 c.failed_at.append([round(v, 6) for v in row])
-    return list(checks.values()) + special_checks(label, energy, n, seed, points=x[:2])
+    return (list(checks.values()) + special_checks(label, energy, n, seed, points=x[:2])
+            + parameter_checks(label, energy, n, x, g))
+
+
+def _trainable_copy(energy):
+    """A copy of ``energy`` whose parameters (buffers of a non-trainable energy) are
+    ``nn.Parameter`` s with the same values."""
+    twin = copy.deepcopy(energy)
+    for _, attr, _ in getattr(type(energy), "param_specs", ()):
+        value = getattr(twin, attr)
+        if not isinstance(value, torch.nn.Parameter):
+            delattr(twin, attr)
+            twin.register_parameter(attr, torch.nn.Parameter(value.detach().clone()))
+    return twin
+
+
+def parameter_checks(label, energy, n, x, generator):
+    """The ``theta*`` checks (module doc) at the points ``x: [P, n]``, float64."""
+    checks = {name: Check(label, n, name, optional=True) for name in PARAMETER_CHECKS}
+    twin = _trainable_copy(energy)
+    params = dict(twin.named_parameters())
+    if not params:
+        for c in checks.values():
+            c.note = "no parameters"
+        return list(checks.values())
+    names = list(params)
+    w = torch.randn(x.shape[0], dtype=x.dtype, generator=generator)
+
+    def autograd(values):
+        grads = torch.autograd.grad(values, list(params.values()), allow_unused=True)
+        return {k: torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads)}
+
+    def record(name, got, want):
+        c = checks[name]
+        abs_err, rel_err = max((_rel(got[k], want[k]) for k in want), key=lambda e: e[1])
+        c.points += 1
+        c.max_abs, c.max_rel = max(c.max_abs, abs_err), max(c.max_rel, rel_err)
+        if not rel_err <= TOLERANCES[name]:
+            c.failed_at.append(name)
+
+    per = twin.parameter_gradient(x)
+    for k in range(x.shape[0]):
+        want = autograd(twin(x[k:k + 1]).sum())
+        record("theta~autograd", {key: v[k] for key, v in per.items()}, want)
+    want = autograd((w * twin(x)).sum())
+    record("theta-sum~autograd", twin.parameter_gradient_sum(x, w), want)
+    (total,), grads = twin._energy_total_and_parameter_gradient_sum((x, w))
+    record("theta-total~autograd", {**grads, "(total)": total},
+           {**want, "(total)": (w * twin(x)).sum().detach()})
+    if getattr(type(twin), "_parameter_gradient_total", None) is None:
+        checks["theta-total~autograd"].note = "no batch-total kernel: summed kernel checked"
+    return list(checks.values())
 
 
 def speedup(energy, n, batch=2048, repeats=7):
