@@ -54,6 +54,11 @@ def _contracted():
         "row_products": (
             from_expression("sum((W @ x) * x) + dot(u, W @ x)", W=W, u=u, trainable=True),
             lambda x, W, u: ((x @ W.T) * x).sum(-1) + (x @ W.T) @ u),
+        # one product contracted (W's), one not (V's, inside tanh)
+        "one_of_two_products": (
+            from_expression("x @ W @ x + sum(tanh(x @ V))", W=W, V=_randn(N, N, seed=7),
+                            trainable=True),
+            lambda x, W, V: ((x @ W) * x).sum(-1) + torch.tanh(x @ V).sum(-1)),
         # a slice of the matrix's columns
         "column_slice": (
             from_expression("sum(sum(W[i, j]*x[j] for j in range(1, n))*x[i] for i in range(n))",

@@ -157,7 +157,7 @@ def parameter_kernels(program, parsed: Parsed) -> tuple:
     # can contract over the batch first (contract.py); none for most formulas
     total = total_kernel(kernel)
     if total is not None:
-        out.append(liveness(prune(total)))
+        out.append(liveness(prune(propagate_copies(total))))
     return tuple(out)
 
 

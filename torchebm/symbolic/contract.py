@@ -50,44 +50,40 @@ def _candidates(kernel):
 
 
 def _affine_values(kernel, products):
-    """The symbols computed from the products' vectors (all affine in them), and the
-    parameter accumulations that read a vector as ``c * y + rest``; None when a value is
-    not affine in them or is read some other way."""
+    """``(affine, reads, None)``: the symbols computed from the products' vectors (all
+    affine in them) and the parameter accumulations that read a vector as
+    ``c * y + rest``; or ``(None, None, names)`` with the products whose values are
+    not affine in them, or are read some other way (the caller drops those and tries
+    the others again)."""
     vectors = {st.matvec.symbol: name for name, st in products.items()}
-    affine = set(vectors)
+    origin = {y: {name} for y, name in vectors.items()}   # symbol -> products it reads
     reads = {}
     for k, st in enumerate(kernel.body):
-        used = [u for u in st.uses() if u in affine]
+        used = [u for u in st.uses() if u in origin]
         if not used:
             continue
-        if isinstance(st, MatVecStmt) and st.adjoint:
-            return None                 # ybar @ A^T reads the adjoint, never y: unexpected
+        sources = set().union(*[origin[u] for u in used])
         if isinstance(st, Assign):
-            syms = [s for s in st.expr.free_symbols if s in affine]
-            if any(st.expr.diff(s).free_symbols & affine for s in syms):
-                return None             # not affine (a product of two, a function of one)
-            affine.add(st.target)
-        elif isinstance(st, Reduce) and st.op in ("sum", "sum_all"):
-            affine.add(st.target)
-        elif isinstance(st, Broadcast):
-            affine.add(st.target)
+            if any(st.expr.diff(u).free_symbols & origin.keys() for u in used):
+                return None, None, sources   # not affine: a product of two, a function of one
+            origin[st.target] = sources
+        elif isinstance(st, (Reduce, Broadcast)) and (
+                isinstance(st, Broadcast) or st.op in ("sum", "sum_all")):
+            origin[st.target] = sources
         elif (isinstance(st, LoadStmt) and st.load.kind is LoadKind.VECTOR and not st.load.tangent
               and st.load.base in products):
-            affine.add(st.load.symbol)
-        elif isinstance(st, ParameterAccumulate) and st.summed and st.matvec is None:
-            src = st.source
-            direct = [s for s in src.free_symbols if s in affine]
-            if len(direct) != 1 or direct[0] not in vectors:
-                return None
-            y = direct[0]
-            c = src.diff(y)
-            rest = sp.expand(src - c * y)
-            if not c.is_Number or rest.free_symbols & affine:
-                return None
+            origin[st.load.symbol] = sources
+        elif (isinstance(st, ParameterAccumulate) and st.summed and st.matvec is None
+              and len(used) == 1 and used[0] in vectors):
+            y = used[0]
+            c = st.source.diff(y)
+            rest = sp.expand(st.source - c * y)
+            if not c.is_Number or rest.free_symbols & origin.keys():
+                return None, None, sources
             reads[k] = (vectors[y], c, rest)
         else:
-            return None                 # a product, lse, norm, ... of y, or an adjoint of it
-    return affine, reads
+            return None, None, sources   # a product, lse, norm, ... of y, or another reader
+    return set(origin), reads, None
 
 
 def total_kernel(kernel: Kernel) -> Kernel | None:
@@ -95,15 +91,12 @@ def total_kernel(kernel: Kernel) -> Kernel | None:
     module's docstring), or None when no matrix-vector product can be contracted."""
     products = _candidates(kernel)
     while products:
-        found = _affine_values(kernel, products)
-        if found is not None:
+        affine, reads, failed = _affine_values(kernel, products)
+        if failed is None:
             break
-        # try without the products whose values are read non-affinely: drop them one at
-        # a time (a formula rarely has more than two)
-        products = dict(list(products.items())[1:])
+        products = {name: st for name, st in products.items() if name not in failed}
     else:
         return None
-    affine, reads = found
     zero = {st.matvec.symbol for st in products.values()}   # values that are 0 at y = 0
     shapes, counter = dict(kernel.shapes), kernel.next_symbol
 
