@@ -349,6 +349,14 @@ def _spd_cholesky(m: torch.Tensor):
     return chol if int(info) == 0 else None
 
 
+def symmetric(m: torch.Tensor) -> torch.Tensor:
+    """``(m + m^T) / 2``: how a matrix declared positive definite is read. It equals ``m``
+    bit for bit when ``m`` is symmetric, and is symmetric bit for bit otherwise, so a
+    covariance a float32 product or an optimiser step left a few ulps off symmetric keeps
+    the Cholesky route and gradients that are themselves symmetric."""
+    return (m + m.mT) / 2
+
+
 def inverse(m: torch.Tensor) -> torch.Tensor:
     """Inverse through a Cholesky factor when ``m`` is SPD, LU otherwise (LU alone under
     ``vmap``; float16/bfloat16 in float32, cast back)."""

@@ -987,13 +987,21 @@ class CompiledEnergy(BaseEnergyFunction):
                 energies.append(energy)
         if chained:
             self._chain_derived(chained, params, result, None if summed else batch)
-        final = {}
+        final, spd = {}, self._spd_attributes()
         for name, p in params.items():
             g = result.get(name)
             if g is None:                    # the energy does not depend on it
                 g = p.new_zeros(p.shape if summed else batch + p.shape)
+            elif name in spd:                # read as (S + S^T) / 2: the gradient is sym(g)
+                g = _rt.symmetric(g)
             final[name] = g.detach().to(p.dtype)
         return energies, final
+
+    def _spd_attributes(self) -> set:
+        """Attributes of the parameters declared ``positive_definite``: the generated code
+        reads them as their symmetric part (``_runtime.symmetric``)."""
+        return {attr for name, attr, _ in self.param_specs
+                if self.param_constraints.get(name) == "positive_definite"}
 
     def _chain_inverses(self, adjoints, params, result, batch):
         """Chain the adjoints of derived values ``inverse(S)`` of a matrix parameter ``S``
@@ -1011,12 +1019,14 @@ class CompiledEnergy(BaseEnergyFunction):
                 continue
             attr = names[match.group(1)]
             with torch.no_grad():
-                route = self._inverse_route(attr, s.detach())
+                # a positive-definite S is inverted as its symmetric part (_derive)
+                m = _rt.symmetric(s.detach()) if attr in self._spd_attributes() else s.detach()
+                route = self._inverse_route(attr, m)
                 if isinstance(adj, tuple):      # per sample: rank-one factors
-                    g = _rt.inverse_vjp_outer(s.detach(), adj, route)
+                    g = _rt.inverse_vjp_outer(m, adj, route)
                 else:
                     a = adj.reshape((() if batch is None else tuple(batch)) + s.shape)
-                    g = _rt.inverse_vjp(s.detach(), a, route)
+                    g = _rt.inverse_vjp(m, a, route)
             result[attr] = g if attr not in result else result[attr].to(g.dtype) + g
         return rest
 
@@ -1422,6 +1432,10 @@ def _docstring_defaults(src: str, defaults: dict) -> str:
     return "\n".join(out)
 
 
+#: A positive-definite parameter may be off symmetric by this much of its largest entry.
+SPD_SYMMETRY_RTOL = 1e-5
+
+
 def _check_constraint(cls, name, t, constraint):
     if constraint == "real":
         return
@@ -1437,10 +1451,17 @@ def _check_constraint(cls, name, t, constraint):
                 f"square [n, n] matrix")
         if constraint == "positive_definite":
             td = t.detach().to(torch.float64)
-            if not torch.allclose(td, td.mT, rtol=1e-10, atol=1e-12):
-                raise ParameterError(f"Expected parameter {name} of {cls} to be symmetric "
-                                     f"positive definite, but it is not symmetric")
-            _, info = torch.linalg.cholesky_ex(td)
+            # the energy reads (S + S^T) / 2 (_runtime.symmetric): rounding-level asymmetry
+            # (a float32 product, an optimiser step) is accepted, a different matrix is not
+            asym, scale = float((td - td.mT).abs().max()), float(td.abs().max())
+            if not asym <= SPD_SYMMETRY_RTOL * scale:
+                raise ParameterError(
+                    f"Expected parameter {name} of {cls} to be symmetric positive definite, "
+                    f"but it is not symmetric: max |S - S^T| = {asym:.3g}, "
+                    f"{asym / scale if scale else float('inf'):.3g} of max |S| (at most "
+                    f"{SPD_SYMMETRY_RTOL:g} is read as rounding); pass (S + S.mT) / 2 for its "
+                    f"symmetric part")
+            _, info = torch.linalg.cholesky_ex((td + td.mT) / 2)
             if int(info) != 0:
                 raise ParameterError(
                     f"Expected parameter {name} of {cls} to be symmetric positive definite, but "

@@ -111,7 +111,9 @@ class ModuleEmitter(AdjointPrinting, ModuleNames):
         for pname, local in self.params.items():   # cast once per dtype by the runtime
             if (pname in self.parsed.params or pname in self.parsed.constants) and local in words:
                 head.append(f'{local} = der["{local}"]')
-                self.derived_values[local] = f"self.{local}"
+                # a positive-definite matrix is read as its symmetric part everywhere
+                self.derived_values[local] = (f"_rt.symmetric(self.{local})" if pname in
+                                              self.spd_params else f"self.{local}")
         for key in self.parsed.derived:
             if self.params[key] in words:
                 head.append(f'{self.params[key]} = der["{key}"]')

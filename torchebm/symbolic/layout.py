@@ -218,7 +218,10 @@ def derive_method(em) -> str:
     """The ``_derive()`` method, or '' when there is nothing to derive: parameter-only
     values (linear algebra, the parameters themselves and products of them), which the
     runtime computes once per parameter value and casts to x's dtype and device."""
-    items = [f'"{key}": _rt.{d.op}(self.{em.params[d.param]}),'
+    def matrix(name):        # a positive-definite matrix: its symmetric part (see names.py)
+        local = f"self.{em.params[name]}"
+        return f"_rt.symmetric({local})" if name in em.spd_params else local
+    items = [f'"{key}": _rt.{d.op}({matrix(d.param)}),'
              for key, d in em.parsed.derived.items()]
     items += [f'"{key}": {code},' for key, code in sorted(em.derived_values.items())]
     if not items:
