@@ -13,7 +13,8 @@ import warnings
 import pytest
 import torch
 
-from torchebm.core import BaseEnergyFunction, DoubleWellEnergy, GaussianEnergy, HarmonicEnergy
+from torchebm.core import (BaseEnergyFunction, DoubleWellEnergy, GaussianEnergy, HarmonicEnergy,
+                           LennardJonesEnergy, MultiDoubleWellEnergy)
 from torchebm.losses import ScoreMatching, score_matching_loss
 from torchebm.samplers import (MALA, ConstantScheduler, CosineScheduler, Diagnostics,
                                ExponentialDecayScheduler, HamiltonianMonteCarlo,
@@ -156,6 +157,12 @@ def test_tuple_dim_and_dim_from_the_energy():
         HamiltonianMonteCarlo(DoubleWellEnergy()).sample(n_steps=3)
     with pytest.raises(ValueError, match="dim must be provided"):
         LangevinDynamics(gaussian2()).sample(n_steps=3)      # as TorchEBM: Langevin needs dim
+    # a particle system's dim is the particles' dimension (bgflow's convention): the state
+    # is n_particles * dim (DW-4: 4 x 2 = 8, LJ-13: 13 x 3 = 39), not dim
+    assert MALA(MultiDoubleWellEnergy(), step_size=0.01, seed=0).sample(
+        n_samples=4, n_steps=2).shape == (4, 8)
+    assert HamiltonianMonteCarlo(LennardJonesEnergy(), step_size=1e-4, seed=0).sample(
+        x=None, n_samples=2, n_steps=1).shape == (2, 39)
 
 
 def test_image_shaped_states_sample_the_right_law():

@@ -8,6 +8,7 @@ plain torch expression of its parameters, its derivatives come from autograd
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -212,7 +213,28 @@ def test_cd_parameter_gradient_is_data_minus_model_mean():
 
 # -- CD mechanics ------------------------------------------------------------------------------
 def _sampler(energy):
-    return LangevinDynamics(energy, step_size=0.01, seed=0)
+    return LangevinDynamics(energy, step_size=0.01, generator=torch.Generator().manual_seed(0))
+
+
+def test_cd_warns_once_when_a_seeded_sampler_repeats_its_noise():
+    """A sampler built with seed= restarts its noise at every call: every CD update would
+    draw the same noise (the negatives of two updates from the same data are equal)."""
+    energy = DoubleWellEnergy(trainable=True)
+    x = _data()
+    cd = ContrastiveDivergence(energy, LangevinDynamics(energy, step_size=0.01, seed=0),
+                               k_steps=2)
+    with pytest.warns(RuntimeWarning, match=r"seed=0 .*same noise.*generator=torch\.Generator"):
+        _, first = cd(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # once per loss
+        _, second = cd(x)
+    assert torch.equal(first, second)        # what the warning is about
+    quiet = ContrastiveDivergence(energy, _sampler(energy), k_steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # a generator: no warning, fresh noise
+        _, a = quiet(x)
+        _, b = quiet(x)
+    assert not torch.equal(a, b)
 
 
 def test_cd_returns_loss_and_detached_negatives_from_k_steps_at_the_data():

@@ -313,6 +313,16 @@ class ContrastiveDivergence(nn.Module):
     # -- sampling -----------------------------------------------------------------------------
     def _sample(self, x, n_steps, generator=None):
         """``n_steps`` of the sampler from ``x``, by keyword; detached final states."""
+        seed = getattr(self.sampler, "seed", None)
+        if (generator is None and seed is not None and getattr(self.sampler, "generator", None)
+                is None and not getattr(self, "_fixed_noise_warned", False)):
+            self._fixed_noise_warned = True     # once per loss
+            warnings.warn(
+                f"{type(self).__name__}: the sampler was built with seed={seed!r} and no "
+                f"generator, so it restarts its noise from that seed at every call and every "
+                f"update draws the same noise. Build it with generator=torch.Generator()"
+                f".manual_seed({seed!r}) instead, or pass generator= to this loss",
+                RuntimeWarning, stacklevel=4)
         kwargs = {"x": x, "n_steps": n_steps}
         try:
             params = inspect.signature(self.sampler.sample).parameters

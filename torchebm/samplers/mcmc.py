@@ -160,7 +160,12 @@ def _energy_and_gradient(energy, x):
 
 
 def _infer_dim(energy):
-    """The state dimension an energy fixes: a 1-D ``mean`` (TorchEBM) or an int ``dim``; else None."""
+    """The state dimension an energy fixes: the size of ``x`` a compiled energy was built
+    for (``n_particles * dim`` for a particle system, whose ``dim`` is the particles'
+    dimension, as in bgflow), a 1-D ``mean`` (TorchEBM) or an int ``dim``; else None."""
+    fixed = getattr(energy, "_fixed_n", None)
+    if isinstance(fixed, int) and not isinstance(fixed, bool) and fixed > 0:
+        return fixed
     mean = getattr(energy, "mean", None)
     if isinstance(mean, torch.Tensor) and mean.dim() == 1:
         return int(mean.shape[0])
