@@ -129,3 +129,12 @@ def test_particle_count_mismatch_says_how_many_coordinates_fit():
     message = str(info.value)
     assert "only the first 2 of the 3 coordinates make whole particles" in message
     assert "3 - 2" not in message
+
+
+def test_a_matrix_given_as_a_vector_is_named_in_the_matmul_error():
+    """``x @ P @ x`` with P given as a vector: ``x @ P`` is a dot product, so the second
+    ``@`` meets a number; the message says which side is already a number and why."""
+    with pytest.raises(EnergySyntaxError, match=r"left side, 0\.5 \* x @ P, is already a "
+                                                r"number.*give it a 2-D value \[n, n\]"):
+        from_expression("0.5*x @ P @ x", P=torch.ones(2))
+    from_expression("0.5*x @ P @ x", P=torch.eye(2))      # a matrix: fine

@@ -1,5 +1,7 @@
 """Compiled energies behave like torch modules: dtypes, parameters, state, errors."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -87,8 +89,17 @@ def test_resizing_a_parameter_keeps_its_dtype_and_freeze():
                              M=torch.randn(2, 3, dtype=torch.float64), trainable=True)
     energy.float()
     energy.M.requires_grad_(False)
-    energy.M = torch.randn(4, 3, dtype=torch.float64)
-    energy.l = [0.0, 0.0, 0.0, 0.0]
+    old = energy.l
+    optimiser = torch.optim.SGD([energy.l], lr=0.1)
+    with pytest.warns(UserWarning, match=r"M changed shape from \[2, 3\] to \[4, 3\].*"
+                                         r"build the optimiser again"):
+        energy.M = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="l changed shape"):
+        energy.l = [0.0, 0.0, 0.0, 0.0]
+    assert energy.l is not old and optimiser.param_groups[0]["params"][0] is old
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # the same shape: the same Parameter, quiet
+        energy.l = [0.0, 0.0, 0.0, 0.0]
     assert energy.M.dtype == torch.float32 and energy.l.dtype == torch.float32
     assert energy.M.requires_grad is False and energy.l.requires_grad is True
     x = torch.randn(5, 3)

@@ -15,6 +15,7 @@ import math
 import operator
 import re
 import threading
+import warnings
 
 import torch
 from torch import nn
@@ -724,6 +725,12 @@ class CompiledEnergy(BaseEnergyFunction):
                 new = new.to(device=current.device, dtype=current.dtype)
                 table[attr] = (nn.Parameter(new, requires_grad=current.requires_grad)
                                if trainable else new)
+                if trainable:
+                    warnings.warn(
+                        f"{type(self).__name__}.{attr} changed shape from "
+                        f"{list(current.shape)} to {list(new.shape)}: it is a new "
+                        f"nn.Parameter, so an optimiser built on the old one no longer "
+                        f"trains it; build the optimiser again", UserWarning, stacklevel=3)
         self._clear_caches()
 
     def _check_device(self, x):

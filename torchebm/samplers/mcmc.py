@@ -99,7 +99,7 @@ class Diagnostics(dict):
             high = int((self.rhat > RHAT_LIMIT).sum())
             if high:
                 out.append(f"{high} of {self.rhat.numel()} dimensions have split R-hat above "
-                           f"{RHAT_LIMIT} (max {float(self.rhat.nan_to_num(0).max()):.3g}): the "
+                           f"{RHAT_LIMIT} (max {float(self.rhat.nan_to_num(0).max()):.4f}): the "
                            f"chains disagree, so means and quantiles from them are unreliable; "
                            f"run longer or start chains more widely")
         if self.ess is not None and self.ess.numel():

@@ -794,7 +794,17 @@ class _Parser:
         if isinstance(a, Matrix) and isinstance(b, Matrix):
             self.error("a matrix @ matrix product is not supported; multiply by vectors, "
                        "e.g. u @ M @ v", node)
-        self.error("'@' multiplies vectors and matrices; use '*' for scalars"
+        hint = ""
+        for side, value in (("left", a), ("right", b)):
+            part = getattr(node, side, None)
+            if (not isinstance(value, (Vector, Matrix)) and isinstance(part, ast.BinOp)
+                    and isinstance(part.op, ast.MatMult)):
+                # u @ P @ x with P given as a vector: u @ P is already a dot product
+                hint = (f"; its {side} side, {ast.unparse(part)}, is already a number "
+                        f"(vector @ vector is a dot product): if a parameter in it is meant "
+                        f"as a matrix, give it a 2-D value [n, n]")
+                break
+        self.error("'@' multiplies vectors and matrices; use '*' for scalars" + hint
                    + self.scalar_parameter_hint(node, "a vector or matrix"), node)
 
     def scalar_parameter_hint(self, node, wanted):
