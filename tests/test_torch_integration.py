@@ -68,6 +68,23 @@ def test_torch_compile_of_the_module():
     torch.testing.assert_close(torch.compile(energy, fullgraph=True)(x), energy(x))
 
 
+def test_matrix_energies_trace_as_one_graph_and_export():
+    """inverse() and logdet() take LU while a user's torch.compile or torch.export traces
+    the module (the Cholesky route's symmetry test and int(info) would break the graph;
+    a new user found fullgraph=True failing on GaussianEnergy). aot_eager: the same
+    Dynamo tracing without C++ compilation."""
+    gaussian = GaussianEnergy(torch.tensor([0.5, -1.0, 0.0]),
+                              torch.tensor([[2.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 1.5]]))
+    formula = from_expression("0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)",
+                              mu=torch.zeros(3), S=torch.eye(3) * 2)
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(5))
+    for energy in (gaussian, formula):
+        traced = torch.compile(energy, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(traced(x), energy(x))
+    exported = torch.export.export(gaussian, (x,))
+    torch.testing.assert_close(exported.module()(x), gaussian(x))
+
+
 def test_torch_func_over_forward():
     energy = RosenbrockEnergy()
     x = torch.randn(6, 3, dtype=torch.float64)

@@ -332,8 +332,12 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 def _batched(m: torch.Tensor) -> bool:
     """True for a tensor of a ``torch.func`` transform (``vmap`` for model ensembling over
-    a matrix parameter, and the ``grad`` inside it): no data-dependent branch there
-    (``torch.equal`` and ``int(info)`` have no batching rule)."""
+    a matrix parameter, and the ``grad`` inside it), and while ``torch.compile`` or
+    ``torch.export`` traces a user's module around the energy: no data-dependent branch
+    there (``torch.equal`` and ``int(info)`` have no batching rule, and would break the
+    graph), so the decompositions take LU (``torch.linalg.inv``, ``torch.logdet``)."""
+    if torch.compiler.is_compiling():
+        return True
     return torch._C._functorch.is_functorch_wrapped_tensor(m)
 
 
