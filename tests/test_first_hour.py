@@ -274,3 +274,26 @@ def test_verify_without_a_fixed_dimension_checks_several(capsys):
     col = next(ln for ln in lines if ln.startswith("energy")).index(" n ") + 1
     rows = [ln for ln in lines if ln.rstrip().endswith(("ok", "FAIL")) and "~" in ln]
     assert {ln[col] for ln in rows} == {"1", "2", "5"}
+
+
+def test_landscape_of_a_float32_network():
+    """A hand-written float32 energy (an nn.Linear network) gets float32 grid points; the
+    grid comes back in float64 (a new user's MLP failed with a dtype mismatch)."""
+    from torch import nn
+
+    from torchebm import plotting
+    from torchebm.core import BaseEnergyFunction
+
+    class Net(BaseEnergyFunction):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+
+        def forward(self, x):
+            return self.net(x).squeeze(-1)
+    energy = Net()
+    gx, gy, e = plotting.energy_grid(energy, resolution=5)
+    assert e.dtype == torch.float64 and e.shape == (5, 5)
+    pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1).float()
+    torch.testing.assert_close(e.reshape(-1), energy(pts).detach().double())

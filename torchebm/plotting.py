@@ -7,6 +7,8 @@ and returns the axes, so pictures compose.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from .errors import ShapeError
@@ -32,6 +34,10 @@ def _interactive():
 def energy_grid(energy, xlim=(-3, 3), ylim=(-3, 3), resolution=200):
     """The energy on a grid: ``(X [r, r], Y [r, r], E [r, r])`` as float64 tensors.
 
+    The points are given to the energy in the dtype and on the device of its first
+    floating-point parameter or buffer (a float32 network gets float32 points), float64
+    on the CPU for an energy without any.
+
     Raises:
         ShapeError: the energy does not take 2-D points (it fixes another n).
     """
@@ -39,9 +45,14 @@ def energy_grid(energy, xlim=(-3, 3), ylim=(-3, 3), resolution=200):
     ys = torch.linspace(*ylim, resolution, dtype=torch.float64)
     gx, gy = torch.meshgrid(xs, ys, indexing="xy")
     pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+    if isinstance(energy, torch.nn.Module):
+        ref = next((t for t in itertools.chain(energy.parameters(), energy.buffers())
+                    if t.is_floating_point()), None)
+        if ref is not None:
+            pts = pts.to(dtype=ref.dtype, device=ref.device)
     with torch.no_grad():
         try:
-            e = energy(pts)
+            e = energy(pts).detach().cpu().to(torch.float64)
         except ShapeError as exc:
             raise ShapeError(
                 f"the landscape plots draw 2-D energies only (x: [..., 2]), and this energy "
