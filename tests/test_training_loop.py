@@ -2,6 +2,7 @@
 
 import importlib.util
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,24 @@ def test_mixture_example_recovers_the_means(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert (tmp_path / "fit.png").stat().st_size > 10000
+
+
+def test_fit_stops_when_every_cd_loss_is_the_nonfinite_fallback():
+    """A sampler that diverges at every update makes contrastive divergence return its
+    fallback constant (zero gradient) at every step: the loss looks finite, but nothing
+    is learnt, so fit raises after the epoch (a new user's lr/step-size typo trained a
+    dead model silently). One diverged step among good ones is still skipped."""
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    model = from_expression("0.5*sum((x - mu)**2)", mu=torch.zeros(2), trainable=True)
+    wild = LangevinDynamics(model, step_size=1e3, generator=torch.Generator().manual_seed(1))
+    cd = ContrastiveDivergence(model, wild, k_steps=200, energy_reg_weight=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # the fallback's own warning, each step
+        with pytest.raises(ValueError, match="every loss of epoch 0 was not finite.*"
+                                             "lower its step size"):
+            fit(model, data, cd, epochs=3, batch_size=16, seed=0, progress=False)
+    assert cd.last_loss_replaced
+    calm = LangevinDynamics(model, step_size=0.01, generator=torch.Generator().manual_seed(1))
+    cd = ContrastiveDivergence(model, calm, k_steps=2, energy_reg_weight=0.0)
+    fit(model, data, cd, epochs=1, batch_size=16, seed=0, progress=False)
+    assert cd.last_loss_replaced is False

@@ -251,7 +251,8 @@ class ContrastiveDivergence(nn.Module):
         nonfinite_fallback: a non-finite loss is replaced by this constant
             (TorchEBM returns 0.1 so a diverged step does not poison the
             optimiser) and a ``RuntimeWarning`` names the problem; the
-            replacement has zero gradient. ``None`` returns the loss as is.
+            replacement has zero gradient, and ``last_loss_replaced`` is True until
+            the next loss. ``None`` returns the loss as is.
 
     Differences from TorchEBM: ``dtype``/``device`` default to the data's
     (TorchEBM casts to float32 on the CPU); a non-finite loss warns instead of
@@ -465,7 +466,9 @@ class ContrastiveDivergence(nn.Module):
                 loss = loss + sum((0.0 * p.sum() for p in self.energy.parameters()
                                    if p.requires_grad), torch.zeros((), dtype=loss.dtype,
                                                                     device=loss.device))
+        self.last_loss_replaced = False
         if self.nonfinite_fallback is not None and not bool(torch.isfinite(loss.detach())):
+            self.last_loss_replaced = True      # fit() stops an epoch made only of these
             warnings.warn(f"{type(self).__name__}: the loss is {float(loss.detach())} (a data or "
                           f"negative energy is not finite: the sampler diverged? lower its "
                           f"step size); it is replaced by {self.nonfinite_fallback}, "

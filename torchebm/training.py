@@ -95,7 +95,9 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
             scalar tensor, a loss built on another energy (or with no graph to the
             parameters), an optimiser holding none of the energy's parameters, both
             ``seed`` and ``generator``, or a non-finite loss (the step that produced it is
-            named; lower the learning rate or the sampler's step size).
+            named; lower the learning rate or the sampler's step size), or an epoch
+            whose every loss was contrastive divergence's ``nonfinite_fallback``
+            (its sampler diverged at every update: nothing was learnt).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -159,7 +161,7 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
         for epoch in range(epochs):
             order = torch.randperm(n, generator=generator).to(x.device) if shuffle else \
                 torch.arange(n, device=x.device)
-            total = 0.0
+            total, replaced = 0.0, 0
             for start in range(0, n, batch_size):
                 batch = x[order[start:start + batch_size]]
                 optimizer.zero_grad(set_to_none=True)
@@ -186,6 +188,7 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
                         f"parameters (no autograd graph reaches them); compute it from this "
                         f"energy (a loss built on another energy, or computed under "
                         f"torch.no_grad, has none). The parameters were not updated")
+                replaced += bool(getattr(loss, "last_loss_replaced", False))
                 optimizer.step()
                 history.losses.append(f)
                 total += f * batch.shape[0]
@@ -197,6 +200,13 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
                     history.epoch_losses.append(total / min(n, start + batch.shape[0]))
                     return history
             history.epoch_losses.append(total / n)
+            if replaced and replaced == math.ceil(n / batch_size):
+                # every loss of the epoch was contrastive divergence's non-finite fallback
+                # (a constant of zero gradient): nothing is being learnt
+                raise ValueError(
+                    f"fit: every loss of epoch {epoch} was not finite and was replaced by "
+                    f"{type(loss).__name__}'s nonfinite_fallback (zero gradient): the sampler "
+                    f"diverges at every update; lower its step size (or the learning rate)")
     finally:
         bar.close()
     return history
