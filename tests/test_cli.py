@@ -139,6 +139,18 @@ def test_sample_init_loc_centres_the_starts(capsys):
     assert "--init-loc has 2 numbers but n = 3" in capsys.readouterr().err
 
 
+def test_sample_names_the_components_the_formula_does_not_read(capsys):
+    """x[0]**2 + x[5]**2 samples at n = 6; x[1] .. x[4] feel no force (they random-walk),
+    which the statistics would hide (a new user read their mean as a result)."""
+    assert main(["sample", "x[0]**2 + x[5]**2", "--chains", "4", "--steps", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "does not read x[1], x[2], x[3], x[4]: no force acts on them" in err
+    assert main(["sample", "x[0]**2 + x[1]**2", "--chains", "4", "--steps", "2"]) == 0
+    assert "does not read" not in capsys.readouterr().err
+    assert main(["sample", "x[1]**2", "--dim", "3", "--chains", "4", "--steps", "2"]) == 0
+    assert "does not read x[0], x[2]: no force acts on them" in capsys.readouterr().err
+
+
 def test_sample_a_diverged_run_fails_with_one_clear_line(capsys):
     import warnings
     with warnings.catch_warnings():

@@ -138,3 +138,23 @@ def test_a_matrix_given_as_a_vector_is_named_in_the_matmul_error():
                                                 r"number.*give it a 2-D value \[n, n\]"):
         from_expression("0.5*x @ P @ x", P=torch.ones(2))
     from_expression("0.5*x @ P @ x", P=torch.eye(2))      # a matrix: fine
+
+
+def test_argument_errors_of_samplers_losses_and_fit_are_torchebm_errors():
+    """README: every exception torchebm raises on purpose is a TorchEBMError (and the
+    builtin); a new user's ``except torchebm.TorchEBMError`` missed these."""
+    from torchebm.core import DoubleWellEnergy
+    from torchebm.losses import ContrastiveDivergence, SlicedScoreMatching
+    from torchebm.samplers import LangevinDynamics, effective_sample_size
+    from torchebm.training import fit
+    energy = DoubleWellEnergy(trainable=True)
+    bad = [lambda: LangevinDynamics(energy, step_size=0.0),
+           lambda: ContrastiveDivergence(energy, LangevinDynamics(energy), k_steps=0),
+           lambda: SlicedScoreMatching(energy, n_projections=0),
+           lambda: fit(energy, torch.randn(8, 2), SlicedScoreMatching(energy), epochs=0),
+           lambda: effective_sample_size(torch.randn(0, 10, 2))]
+    for call in bad:
+        with pytest.raises(torchebm.ArgumentError) as info:
+            call()
+        assert isinstance(info.value, torchebm.TorchEBMError)
+        assert isinstance(info.value, ValueError)

@@ -1,5 +1,6 @@
 """torchebm: energy-based models with compiled, closed-form energies."""
 
+from .errors import ArgumentError as ArgumentError
 from .errors import DeviceError as DeviceError
 from .errors import EnergySyntaxError as EnergySyntaxError
 from .errors import MemoryLimitError as MemoryLimitError

@@ -40,16 +40,17 @@ import torch
 from torch import nn
 
 from .core.base import BaseEnergyFunction, CompiledEnergy, _in_transform
+from .errors import ArgumentError
 
 
 # -- helpers ------------------------------------------------------------------------------------
 def _pick_energy(cls, energy, model):
     if energy is not None and model is not None:
-        raise ValueError(f"{cls} got both energy= and model=; they are the same "
+        raise ArgumentError(f"{cls} got both energy= and model=; they are the same "
                          f"argument (model= is TorchEBM's name), pass one")
     energy = model if energy is None else energy
     if energy is None:
-        raise ValueError(f"{cls} needs the energy to train: {cls}(energy, ...) or "
+        raise ArgumentError(f"{cls} needs the energy to train: {cls}(energy, ...) or "
                          f"{cls}(model=energy, ...)")
     if not isinstance(energy, nn.Module) and not callable(energy):
         raise TypeError(f"{cls}: the energy must be an nn.Module mapping x [B, ...] to [B], "
@@ -59,13 +60,13 @@ def _pick_energy(cls, energy, model):
 
 def _check_positive_int(cls, name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{cls}: {name} must be a positive int, not {value!r}")
+        raise ArgumentError(f"{cls}: {name} must be a positive int, not {value!r}")
 
 
 def _check_nonnegative(cls, name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
             or not math.isfinite(value):
-        raise ValueError(f"{cls}: {name} must be a finite number >= 0, not {value!r}")
+        raise ArgumentError(f"{cls}: {name} must be a finite number >= 0, not {value!r}")
 
 
 def _to(x, dtype, device):
@@ -86,7 +87,7 @@ def _to(x, dtype, device):
 def _require_samples(x):
     """Raise ValueError for a batch ``x: [B, ...]`` of no sample (or a 0-d tensor)."""
     if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(f"x holds no samples (shape {list(x.shape)}); a loss needs a batch "
+        raise ArgumentError(f"x holds no samples (shape {list(x.shape)}); a loss needs a batch "
                          f"[B, ...] with B >= 1")
 
 
@@ -274,12 +275,12 @@ class ContrastiveDivergence(nn.Module):
         cls = type(self).__name__
         self.energy = _pick_energy(cls, energy, model)
         if sampler is None or not callable(getattr(sampler, "sample", None)):
-            raise ValueError(f"{cls} needs a sampler with a sample(x=..., n_steps=...) "
+            raise ArgumentError(f"{cls} needs a sampler with a sample(x=..., n_steps=...) "
                              f"method, e.g. torchebm.samplers.LangevinDynamics(energy, "
                              f"step_size=0.01); got {type(sampler).__name__}")
         target = getattr(sampler, "energy", None)
         if isinstance(target, nn.Module) and target is not self.energy:
-            raise ValueError(
+            raise ArgumentError(
                 f"{cls}: the sampler samples {type(target).__name__} (sampler.energy), not the "
                 f"energy being trained ({type(self.energy).__name__}); its negatives would "
                 f"not come from the model. Build the sampler on the same energy object")
@@ -287,13 +288,13 @@ class ContrastiveDivergence(nn.Module):
         _check_positive_int(cls, "k_steps", k_steps)
         _check_positive_int(cls, "buffer_size", buffer_size)
         if isinstance(init_steps, bool) or not isinstance(init_steps, int) or init_steps < 0:
-            raise ValueError(f"{cls}: init_steps must be an int >= 0, not {init_steps!r}")
+            raise ArgumentError(f"{cls}: init_steps must be an int >= 0, not {init_steps!r}")
         for name, value in (("new_sample_ratio", new_sample_ratio),
                             ("energy_reg_weight", energy_reg_weight),
                             ("noise_scale", noise_scale), ("init_noise", init_noise)):
             _check_nonnegative(cls, name, value)
         if new_sample_ratio > 1:
-            raise ValueError(f"{cls}: new_sample_ratio is a fraction in [0, 1], not "
+            raise ArgumentError(f"{cls}: new_sample_ratio is a fraction in [0, 1], not "
                              f"{new_sample_ratio}")
         self.k_steps = k_steps
         self.persistent = bool(persistent)
@@ -337,7 +338,7 @@ class ContrastiveDivergence(nn.Module):
         if isinstance(out, tuple):              # (final, trajectory, ...) forms
             out = out[0]
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            raise ValueError(
+            raise ArgumentError(
                 f"{type(self).__name__}: the sampler returned "
                 f"{getattr(out, 'shape', type(out).__name__)} for chains of shape "
                 f"{tuple(x.shape)}; sample(x=..., n_steps=...) must return the final states")
@@ -381,7 +382,7 @@ class ContrastiveDivergence(nn.Module):
         if not self.buffer_initialized:
             self.initialize_buffer(tuple(x.shape[1:]), generator=generator, like=x)
         if tuple(self.replay_buffer.shape[1:]) != tuple(x.shape[1:]):
-            raise ValueError(
+            raise ArgumentError(
                 f"{type(self).__name__}: the replay buffer holds states of shape "
                 f"{tuple(self.replay_buffer.shape[1:])} but the data has shape "
                 f"{tuple(x.shape[1:])}; use a new loss for data of another shape")
@@ -493,7 +494,7 @@ class PersistentContrastiveDivergence(ContrastiveDivergence):
     def __init__(self, energy=None, sampler=None, k_steps=1, buffer_size=100, init_steps=0,
                  new_sample_ratio=0.05, energy_reg_weight=0.001, *, model=None, **kwargs):
         if kwargs.pop("persistent", True) is not True:
-            raise ValueError("PersistentContrastiveDivergence is persistent; use "
+            raise ArgumentError("PersistentContrastiveDivergence is persistent; use "
                              "ContrastiveDivergence for CD-k")
         super().__init__(energy, sampler, k_steps=k_steps, persistent=True,
                          buffer_size=buffer_size, init_steps=init_steps,
@@ -553,10 +554,10 @@ class ParallelTemperingCD(ContrastiveDivergence):
                          energy_reg_weight=energy_reg_weight, model=model, **kwargs)
         temps = [float(t) for t in temps]
         if not temps or any(not (t > 0 and math.isfinite(t)) for t in temps):
-            raise ValueError(f"ParallelTemperingCD: temps must be positive finite "
+            raise ArgumentError(f"ParallelTemperingCD: temps must be positive finite "
                              f"numbers, not {temps}")
         if 1.0 not in temps:
-            raise ValueError(f"ParallelTemperingCD: temps {temps} must include 1.0, "
+            raise ArgumentError(f"ParallelTemperingCD: temps {temps} must include 1.0, "
                              f"the temperature whose chains give the negatives")
         _check_positive_int("ParallelTemperingCD", "swap_every", swap_every)
         self.temps = sorted(temps)
@@ -682,7 +683,7 @@ class SlicedScoreMatching(nn.Module):
     def _get_random_projections(self, x, generator=None):
         """Random vectors of ``x``'s shape, dtype and device, of ``projection_type``."""
         if self.projection_type not in self.PROJECTION_TYPES:
-            raise ValueError(f"{type(self).__name__}: projection_type must be one of "
+            raise ArgumentError(f"{type(self).__name__}: projection_type must be one of "
                              f"{list(self.PROJECTION_TYPES)}, not {self.projection_type!r}")
         v = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
         if self.projection_type == "rademacher":
@@ -715,7 +716,7 @@ class SlicedScoreMatching(nn.Module):
             v = self._get_random_projections(x.unsqueeze(0).expand((p,) + x.shape), generator)
         else:
             if tuple(projections.shape) != (p,) + tuple(x.shape):
-                raise ValueError(
+                raise ArgumentError(
                     f"projections have shape {tuple(projections.shape)}; expected "
                     f"[n_projections, *x.shape] = {(p,) + tuple(x.shape)}")
             v = projections.to(dtype=x.dtype, device=x.device)
@@ -765,7 +766,7 @@ class DenoisingScoreMatching(nn.Module):
         self.energy = _pick_energy(cls, energy, model)
         _check_nonnegative(cls, "noise_scale", noise_scale)
         if noise_scale == 0:
-            raise ValueError(f"{cls}: noise_scale must be > 0 (the target score "
+            raise ArgumentError(f"{cls}: noise_scale must be > 0 (the target score "
                              f"divides by it)")
         _check_nonnegative(cls, "regularization_strength", regularization_strength)
         self.noise_scale = noise_scale
@@ -791,7 +792,7 @@ class DenoisingScoreMatching(nn.Module):
             eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
         else:
             if tuple(noise.shape) != tuple(x.shape):
-                raise ValueError(f"noise has shape {tuple(noise.shape)}; it must have "
+                raise ArgumentError(f"noise has shape {tuple(noise.shape)}; it must have "
                                  f"x's shape {tuple(x.shape)}")
             eps = noise.to(dtype=x.dtype, device=x.device)
         sigma = self.noise_scale

@@ -28,6 +28,7 @@ import math
 
 import torch
 from torch.utils.data import Dataset
+from .errors import ArgumentError
 
 
 
@@ -36,10 +37,10 @@ class _Toy2D(Dataset):
 
     def __init__(self, n_samples, device=None, dtype=torch.float32, seed=None):
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"{type(self).__name__}: n_samples must be a positive int, "
+            raise ArgumentError(f"{type(self).__name__}: n_samples must be a positive int, "
                              f"not {n_samples!r}")
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ValueError(f"{type(self).__name__}: dtype must be a floating torch "
+            raise ArgumentError(f"{type(self).__name__}: dtype must be a floating torch "
                              f"dtype, not {dtype!r}")
         self.n_samples = n_samples
         self.seed = seed
@@ -63,7 +64,7 @@ class _Toy2D(Dataset):
         for name, value in values.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                     not math.isfinite(value) or value < 0:
-                raise ValueError(f"{type(self).__name__}: {name} must be a finite "
+                raise ArgumentError(f"{type(self).__name__}: {name} must be a finite "
                                  f"number >= 0, not {value!r}")
 
     def _generate(self) -> torch.Tensor:
@@ -132,7 +133,7 @@ class SwissRollDataset(_Toy2D):
                  dtype=torch.float32, seed=None):
         self._check(noise=noise, arclength=arclength)
         if arclength == 0:
-            raise ValueError("SwissRollDataset: arclength must be > 0")
+            raise ArgumentError("SwissRollDataset: arclength must be > 0")
         self.noise, self.arclength = noise, arclength
         super().__init__(n_samples, device, dtype, seed)
 
@@ -165,7 +166,7 @@ class CheckerboardDataset(_Toy2D):
                  dtype=torch.float32, seed=None):
         self._check(range_limit=range_limit, noise=noise)
         if range_limit == 0:
-            raise ValueError("CheckerboardDataset: range_limit must be > 0")
+            raise ArgumentError("CheckerboardDataset: range_limit must be > 0")
         self.range_limit, self.noise = range_limit, noise
         super().__init__(n_samples, device, dtype, seed)
 
@@ -192,7 +193,7 @@ class PinwheelDataset(_Toy2D):
                  angular_scale=0.1, spiral_scale=5.0, device=None, dtype=torch.float32,
                  seed=None):
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-            raise ValueError(f"PinwheelDataset: n_classes must be a positive int, not "
+            raise ArgumentError(f"PinwheelDataset: n_classes must be a positive int, not "
                              f"{n_classes!r}")
         self._check(noise=noise, radial_scale=radial_scale, angular_scale=angular_scale,
                     spiral_scale=spiral_scale)

@@ -12,6 +12,8 @@ keeps working::
     │   └── SingularMatrixError           inverse() of a singular matrix parameter
     ├── ShapeError (ValueError)           x or v whose shape or dimension n does not fit
     │                                     the formula or the parameters
+    ├── ArgumentError (ValueError)        an argument of a sampler, loss, trainer, dataset
+    │                                     or diagnostic outside its range
     ├── DeviceError (RuntimeError)        x and the parameters (or v) on different devices
     └── MemoryLimitError (MemoryError)    a guard that refuses to allocate: the Hessian
                                           above max_elements, a reduction over too many points
@@ -83,6 +85,11 @@ class SingularMatrixError(ParameterError):
 class ShapeError(TorchEBMError, ValueError):
     """``x`` (or a direction ``v``) whose shape or dimension ``n`` does not fit the
     formula or the parameters (``len(mu) != n``, an index past the end of ``x``)."""
+
+
+class ArgumentError(TorchEBMError, ValueError):
+    """An argument of a sampler, loss, trainer, dataset or diagnostic outside its range
+    (a step size of 0, ``k_steps=0``, samples of no chain, ``n_projections < 1``)."""
 
 
 class DeviceError(TorchEBMError, RuntimeError):

@@ -22,6 +22,7 @@ from torch import nn
 
 from ._losses_training import _require_samples
 from .core.base import BaseEnergyFunction, CompiledEnergy
+from .errors import ArgumentError
 
 
 _HESSIAN_METHODS = ("exact", "approx")
@@ -107,15 +108,15 @@ def score_matching_loss(energy, x: torch.Tensor, reduction: str = "mean",
     """
     _check_energy(energy)
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+        raise ArgumentError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
     if hessian_method not in _HESSIAN_METHODS:
-        raise ValueError(f"hessian_method must be 'exact' or 'approx' (TorchEBM's "
+        raise ArgumentError(f"hessian_method must be 'exact' or 'approx' (TorchEBM's "
                          f"names), not {hessian_method!r}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point torch.Tensor [B, ...], not "
                         f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
     if x.dim() == 0:
-        raise ValueError("x is a 0-d tensor; give data of shape [B, ...] (dimension 0 is the batch)")
+        raise ArgumentError("x is a 0-d tensor; give data of shape [B, ...] (dimension 0 is the batch)")
     if x.dim() == 1:
         x = x.unsqueeze(0)
     _require_samples(x)
@@ -156,7 +157,7 @@ def _autograd_terms(energy, x, hessian_method, generator):
         e = energy(xg)
         if not isinstance(e, torch.Tensor) or tuple(e.shape) != (batch,):
             shape = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
-            raise ValueError(
+            raise ArgumentError(
                 f"{type(energy).__name__} returned {shape} for x of shape {tuple(x.shape)}; an "
                 f"energy maps x [B, ...] to [B] (one value per sample: sum over the non-batch "
                 f"dimensions, and squeeze a trailing 1)")
@@ -164,7 +165,7 @@ def _autograd_terms(energy, x, hessian_method, generator):
             kw = {"create_graph": True} if _accepts(energy.gradient, "create_graph") else {}
             grad = energy.gradient(xg, **kw)
             if tuple(grad.shape) != tuple(x.shape):
-                raise ValueError(f"{type(energy).__name__}.gradient returned shape "
+                raise ArgumentError(f"{type(energy).__name__}.gradient returned shape "
                                  f"{tuple(grad.shape)} for x of shape {tuple(x.shape)}")
         else:
             grad = torch.autograd.grad(e.sum(), xg, create_graph=True)[0]
@@ -213,10 +214,10 @@ class ScoreMatching(nn.Module):
             raise TypeError("ScoreMatching needs an energy: ScoreMatching(E) or ScoreMatching(model=E)")
         _check_energy(energy)
         if hessian_method not in _HESSIAN_METHODS:
-            raise ValueError(f"hessian_method must be 'exact' or 'approx' (TorchEBM's "
+            raise ArgumentError(f"hessian_method must be 'exact' or 'approx' (TorchEBM's "
                              f"names), not {hessian_method!r}")
         if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+            raise ArgumentError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating torch.dtype, not {dtype!r}")
         self.energy = energy

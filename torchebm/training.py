@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from .errors import ArgumentError
 
 
 
@@ -52,7 +53,7 @@ def _as_tensor_data(data):
         raise TypeError(f"data must be a tensor [N, n] or a Dataset, not {type(data).__name__}")
     if not isinstance(t, torch.Tensor) or t.dim() < 2 or t.shape[0] == 0 or \
             not t.is_floating_point():
-        raise ValueError(f"data must be a floating tensor [N, n] with N >= 1, got "
+        raise ArgumentError(f"data must be a floating tensor [N, n] with N >= 1, got "
                          f"{getattr(t, 'dtype', type(t).__name__)} of shape "
                          f"{tuple(getattr(t, 'shape', ()))}")
     return t
@@ -101,10 +102,10 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"fit: {name} must be a positive int, not {value!r}")
+            raise ArgumentError(f"fit: {name} must be a positive int, not {value!r}")
     params = [p for p in energy.parameters() if p.requires_grad]
     if not params:
-        raise ValueError(f"fit: {type(energy).__name__} has no trainable parameters; "
+        raise ArgumentError(f"fit: {type(energy).__name__} has no trainable parameters; "
                          f"compile it with trainable=True (or a list of names)")
     if not callable(loss):
         raise TypeError(f"fit: loss must be callable on a batch, not {type(loss).__name__}")
@@ -123,14 +124,14 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
     trained = set(map(id, params))
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     if not held & trained:
-        raise ValueError(f"fit: the optimiser holds none of {type(energy).__name__}'s trainable "
+        raise ArgumentError(f"fit: the optimiser holds none of {type(energy).__name__}'s trainable "
                          f"parameters, so training would change nothing; build it over "
                          f"energy.parameters()")
     if seed is not None and generator is not None:
-        raise ValueError("fit: give seed= or generator=, not both")
+        raise ArgumentError("fit: give seed= or generator=, not both")
     other = getattr(loss, "energy", None)
     if isinstance(other, nn.Module) and not set(map(id, other.parameters())) & trained:
-        raise ValueError(
+        raise ArgumentError(
             f"fit: the loss trains another {type(other).__name__} than the energy given to fit "
             f"(they share no parameter), so the optimiser would never see a gradient; build "
             f"the loss on this energy (e.g. {type(loss).__name__}(energy))")
@@ -168,7 +169,7 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
                 out = loss(batch, generator=generator) if takes_generator else loss(batch)
                 value, extra = (out[0], tuple(out[1:])) if isinstance(out, tuple) else (out, ())
                 if not isinstance(value, torch.Tensor) or value.dim() != 0:
-                    raise ValueError(
+                    raise ArgumentError(
                         f"fit: the loss returned {type(value).__name__} of shape "
                         f"{tuple(getattr(value, 'shape', ()))}; it must return a scalar tensor "
                         f"(or a tuple starting with one)")
@@ -178,12 +179,12 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
                     hint = ("the batch holds non-finite data" if not bool(torch.isfinite(
                         batch).all()) else "lower the learning rate (or the sampler's step "
                         "size for contrastive divergence)")
-                    raise ValueError(f"fit: the loss is {f} at step {step} (epoch {epoch}); "
+                    raise ArgumentError(f"fit: the loss is {f} at step {step} (epoch {epoch}); "
                                      f"{hint}. The parameters were not updated")
                 if value.requires_grad:
                     value.backward()
                 if all(p.grad is None for p in params):
-                    raise ValueError(
+                    raise ArgumentError(
                         f"fit: the loss at step {step} does not depend on the energy's "
                         f"parameters (no autograd graph reaches them); compute it from this "
                         f"energy (a loss built on another energy, or computed under "
@@ -203,7 +204,7 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
             if replaced and replaced == math.ceil(n / batch_size):
                 # every loss of the epoch was contrastive divergence's non-finite fallback
                 # (a constant of zero gradient): nothing is being learnt
-                raise ValueError(
+                raise ArgumentError(
                     f"fit: every loss of epoch {epoch} was not finite and was replaced by "
                     f"{type(loss).__name__}'s nonfinite_fallback (zero gradient): the sampler "
                     f"diverges at every update; lower its step size (or the learning rate)")

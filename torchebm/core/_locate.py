@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ArgumentError
+
 #: public method -> (generated method, takes v, needs the second-order code)
 METHODS = {
     "energy": ("_energy", False, False),
@@ -78,16 +80,16 @@ def locate_nonfinite(energy, x, method="gradient", v=None):
     method's results are finite (a non-finite value in the branch of a ``where`` that
     is not taken is discarded by design). See ``CompiledEnergy.locate_nonfinite``."""
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, "
+        raise ArgumentError(f"method must be one of {', '.join(map(repr, METHODS))}, "
                          f"got {method!r}")
     name, takes_v, second = METHODS[method]
     if takes_v and v is None:
-        raise ValueError(f"method={method!r} needs the direction v (v=..., shape of x)")
+        raise ArgumentError(f"method={method!r} needs the direction v (v=..., shape of x)")
     if not takes_v and v is not None:
-        raise ValueError(f"method={method!r} takes no direction v; pass v only with "
+        raise ArgumentError(f"method={method!r} takes no direction v; pass v only with "
                          f"method='hessian_vector_product'")
     if method == "hessian_diagonal" and not energy.structured_hessian_diagonal:
-        raise ValueError("this energy has no closed-form Hessian diagonal (it is computed "
+        raise ArgumentError("this energy has no closed-form Hessian diagonal (it is computed "
                          "from Hessian-vector products); locate with "
                          "method='hessian_vector_product' instead")
     with torch.no_grad():

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ArgumentError
+
 
 def split_rhat(samples: torch.Tensor) -> torch.Tensor:
     """Split R-hat per dimension of ``samples [chains, draws, dim]`` -> ``[dim]``.
@@ -37,11 +39,11 @@ def split_rhat(samples: torch.Tensor) -> torch.Tensor:
     s = _as_float64(samples)
     draws = s.shape[1]
     if draws < 4:
-        raise ValueError(f"split R-hat needs at least 4 draws per chain, got {draws}")
+        raise ArgumentError(f"split R-hat needs at least 4 draws per chain, got {draws}")
     half = draws // 2
     undefined = _undefined(s)
     s = torch.cat([s[:, :half], s[:, draws - half:]], dim=0)        # [2 chains, half, dim]
-    m, n = s.shape[0], s.shape[1]
+    n = s.shape[1]                                                   # draws per half
     chain_mean = s.mean(1)
     chain_var = s.var(1, unbiased=True)
     between = n * chain_mean.var(0, unbiased=True)
@@ -63,7 +65,7 @@ def effective_sample_size(samples: torch.Tensor) -> torch.Tensor:
     s = _as_float64(samples)
     m, n, _ = s.shape
     if n < 4:
-        raise ValueError(f"the effective sample size needs at least 4 draws per chain, got {n}")
+        raise ArgumentError(f"the effective sample size needs at least 4 draws per chain, got {n}")
     undefined = _undefined(s)
     s = torch.where(undefined, torch.zeros_like(s), s)     # keep NaN out of the FFT
     centred = s - s.mean(1, keepdim=True)
@@ -98,8 +100,8 @@ def _undefined(s):
 
 def _as_float64(samples):
     if samples.dim() != 3:
-        raise ValueError(f"samples must be [chains, draws, dim], got shape {tuple(samples.shape)}")
+        raise ArgumentError(f"samples must be [chains, draws, dim], got shape {tuple(samples.shape)}")
     if samples.shape[0] == 0 or samples.shape[2] == 0:
-        raise ValueError(f"samples [chains, draws, dim] of shape {tuple(samples.shape)} hold no "
+        raise ArgumentError(f"samples [chains, draws, dim] of shape {tuple(samples.shape)} hold no "
                          f"chain or no dimension; give at least one of each")
     return samples.detach().to(torch.float64)

@@ -32,6 +32,7 @@ from ..core.base import BaseEnergyFunction
 from .diagnostics import effective_sample_size, split_rhat
 from .philox import CounterRNG
 from .schedulers import BaseScheduler, ConstantScheduler
+from ..errors import ArgumentError
 
 RHAT_LIMIT = 1.01          # Vehtari, Gelman, Simpson, Carpenter, Burkner (2021)
 ESS_PER_CHAIN = 100        # ditto: at least 100 per chain, counted here for at most 4 chains
@@ -178,14 +179,14 @@ def _infer_dim(energy):
 def _positive(name, value):
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.is_complex():
-            raise ValueError(
+            raise ArgumentError(
                 f"{name} must be one positive number (or a scheduler), got a tensor of shape "
                 f"{list(value.shape)}; per-chain step sizes come from adaptation "
                 f"(target_accept=...), not from the constructor")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not \
             (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+        raise ArgumentError(f"{name} must be positive and finite, got {value!r}")
     return float(value)
 
 
@@ -194,29 +195,29 @@ def _check_dim(dim):
     parts = dim if isinstance(dim, (tuple, list, torch.Size)) else (dim,)
     if not parts or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
                             and d > 0 for d in parts):
-        raise ValueError(f"dim must be a positive int or a tuple of positive ints, got {dim!r}")
+        raise ArgumentError(f"dim must be a positive int or a tuple of positive ints, got {dim!r}")
 
 
 def _agrees_with_x(x, dim, n_samples):
     """``dim`` and ``n_samples`` given beside ``x`` must describe it (they are ignored
     otherwise, which would hide a mistake)."""
     if x.dim() == 0:
-        raise ValueError("x is a 0-d tensor; give the starting states as [chains, n] (or [n] "
+        raise ArgumentError("x is a 0-d tensor; give the starting states as [chains, n] (or [n] "
                          "for one chain)")
     if x.is_complex():
         raise TypeError(f"x is complex ({x.dtype}); the samplers move real states (casting "
                         f"would drop the imaginary part): give x.real, or a real tensor")
     chains, shape = (1, tuple(x.shape)) if x.dim() == 1 else (x.shape[0], tuple(x.shape[1:]))
     if x.dim() >= 1 and chains == 0:
-        raise ValueError(f"x holds no chains (shape {list(x.shape)}); give at least one")
+        raise ArgumentError(f"x holds no chains (shape {list(x.shape)}); give at least one")
     if dim is not None:
         _check_dim(dim)
         want = (dim,) if isinstance(dim, numbers.Integral) else tuple(dim)
         if shape != want:
-            raise ValueError(f"dim = {dim!r} contradicts x, whose samples have shape "
+            raise ArgumentError(f"dim = {dim!r} contradicts x, whose samples have shape "
                              f"{list(shape)}; give x or dim, not both")
     if n_samples != 1 and n_samples != chains:
-        raise ValueError(f"n_samples = {n_samples} contradicts x, which holds {chains} "
+        raise ArgumentError(f"n_samples = {n_samples} contradicts x, which holds {chains} "
                          f"chains; give x or n_samples, not both")
 
 
@@ -347,12 +348,12 @@ class BaseSampler(nn.Module):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise TypeError(f"seed must be an int, not {type(seed).__name__}")
         if seed is not None and not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be in 0 .. 2**63 - 1 (a torch.Generator seed), got {seed}")
+            raise ArgumentError(f"seed must be in 0 .. 2**63 - 1 (a torch.Generator seed), got {seed}")
         seed = None if seed is None else int(seed)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, not {type(generator).__name__}")
         if seed is not None and generator is not None:
-            raise ValueError("give seed= or generator=, not both: each names the random stream")
+            raise ArgumentError("give seed= or generator=, not both: each names the random stream")
         self.energy = model
         self._dtype = dtype
         self._device = torch.device(device) if device is not None else None
@@ -474,13 +475,13 @@ class BaseSampler(nn.Module):
     def _evaluate(self, x):
         e, g = _energy_and_gradient(self.energy, x)
         if tuple(e.shape) != (x.shape[0],):
-            raise ValueError(
+            raise ArgumentError(
                 f"{type(self.energy).__name__} returned energies of shape {tuple(e.shape)} for "
                 f"{x.shape[0]} chains; an energy maps x [chains, *shape] to [chains] (did "
                 f"forward keep a trailing dimension, e.g. nn.Linear(h, 1) without "
                 f".squeeze(-1), or sum over the batch?)")
         if tuple(g.shape) != tuple(x.shape):
-            raise ValueError(f"the gradient has shape {tuple(g.shape)}, expected {tuple(x.shape)}")
+            raise ArgumentError(f"the gradient has shape {tuple(g.shape)}, expected {tuple(x.shape)}")
         return e.to(x.dtype), g.to(x.dtype)
 
     # -- driver ----------------------------------------------------------------------------
@@ -498,7 +499,7 @@ class BaseSampler(nn.Module):
             if dim is None:
                 why = ("this sampler does not read it from the energy, as in TorchEBM"
                        if not self.infers_dim else "the energy does not fix its dimension")
-                raise ValueError(f"dim must be provided when x is None ({why}): pass dim=n, "
+                raise ArgumentError(f"dim must be provided when x is None ({why}): pass dim=n, "
                                  f"or x [chains, n]")
         _check_dim(dim)
         shape = (int(dim),) if isinstance(dim, numbers.Integral) else tuple(map(int, dim))
@@ -601,19 +602,19 @@ class BaseSampler(nn.Module):
             RuntimeError: ``distributed=True`` without an initialised process group.
         """
         if model_kwargs:
-            raise ValueError(f"model_kwargs {sorted(model_kwargs)} are not supported: energies "
+            raise ArgumentError(f"model_kwargs {sorted(model_kwargs)} are not supported: energies "
                              f"here take x only (close over conditioning inputs in the energy)")
         for name, v, low in (("n_steps", n_steps, 0), ("n_samples", n_samples, 1),
                              ("thin", thin, 1)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+                raise ArgumentError(f"{name} must be an int >= {low}, got {v!r}")
         if return_trajectory and thin > n_steps:
             warnings.warn(f"thin = {thin} > n_steps = {n_steps}: the trajectory keeps no state "
                           f"(n_steps // thin = 0); lower thin", UserWarning, stacklevel=2)
         if rng is None:
             rng = "philox" if compile else "torch"
         if rng not in ("torch", "philox"):
-            raise ValueError(f"rng must be 'torch' (torch.randn from the generator) or 'philox' "
+            raise ArgumentError(f"rng must be 'torch' (torch.randn from the generator) or 'philox' "
                              f"(the counter-based stream of torchebm.samplers.philox), got "
                              f"{rng!r}")
         if compile:
@@ -621,12 +622,12 @@ class BaseSampler(nn.Module):
             from ..core.chunked import ChunkedEnergy
             if not isinstance(self.energy, CompiledEnergy):
                 if isinstance(self.energy, ChunkedEnergy):   # a Python loop over chunks
-                    raise ValueError(
+                    raise ArgumentError(
                         f"compile=True fuses one graph of the whole batch; "
                         f"{type(self.energy).__name__} runs the batch in chunks, which cannot "
                         f"be one graph. Sample the energy itself with compile=True, or keep "
                         f"the chunks with compile=False")
-                raise ValueError(
+                raise ArgumentError(
                     f"compile=True fuses the closed-form gradient of an energy compiled from a "
                     f"formula; {type(self.energy).__name__} is hand-written (its gradient is "
                     f"autograd, which torch.compile cannot put in one graph). Sample it with "
@@ -649,7 +650,7 @@ class BaseSampler(nn.Module):
         e, g = self._evaluate(x)
         bad = ~torch.isfinite(e)
         if bad.any():
-            raise ValueError(
+            raise ArgumentError(
                 f"{int(bad.sum())} of {x.shape[0]} chains start where the energy is not finite "
                 f"(NaN or inf), e.g. outside the domain of a log or sqrt; no step size can move "
                 f"them. Start them inside the domain (pass x=)")
@@ -866,7 +867,7 @@ class BaseSampler(nn.Module):
         rank, world = dist.get_rank(), dist.get_world_size()
         total = (1 if x.dim() == 1 else x.shape[0]) if isinstance(x, torch.Tensor) else n_samples
         if total < world:
-            raise ValueError(f"{total} chains cannot be split over {world} processes; give at "
+            raise ArgumentError(f"{total} chains cannot be split over {world} processes; give at "
                              f"least one chain per rank (n_samples or x's first dimension "
                              f"counts the chains of all ranks)")
         base, rest = divmod(total, world)
@@ -1004,12 +1005,12 @@ class _Adaptive(BaseSampler):
     def _setup_adaptation(self, target_accept, n_warmup, adapt_per_chain, adapt_mass, mass):
         if target_accept is not None and not (isinstance(target_accept, numbers.Real) and
                                               0 < target_accept < 1):
-            raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
+            raise ArgumentError(f"target_accept must be in (0, 1), got {target_accept!r}")
         if isinstance(n_warmup, bool) or not isinstance(n_warmup, numbers.Integral) or n_warmup < 0:
-            raise ValueError(f"n_warmup must be an int >= 0, got {n_warmup!r}")
+            raise ArgumentError(f"n_warmup must be an int >= 0, got {n_warmup!r}")
         if target_accept is not None and not isinstance(self.schedulers["step_size"],
                                                         ConstantScheduler):
-            raise ValueError("a step-size schedule and target_accept both set the step size; "
+            raise ArgumentError("a step-size schedule and target_accept both set the step size; "
                              "give a number as step_size (the initial value) with target_accept")
         self.target_accept = None if target_accept is None else float(target_accept)
         self.n_warmup, self.adapt_per_chain = int(n_warmup), bool(adapt_per_chain)
@@ -1020,14 +1021,14 @@ class _Adaptive(BaseSampler):
         elif isinstance(mass, torch.Tensor):
             m = mass.detach()
             if m.dim() > 1 or m.numel() == 0 or not bool(torch.isfinite(m).all() and (m > 0).all()):
-                raise ValueError(f"mass must be a positive number or a 1-D tensor of positive "
+                raise ArgumentError(f"mass must be a positive number or a 1-D tensor of positive "
                                  f"finite values (the diagonal of the mass matrix), got {mass}")
             self.mass = mass.to(self._device) if self._device is not None else mass
         else:
             self.mass = _positive("mass", mass)
         n = _infer_dim(self.energy)
         if isinstance(self.mass, torch.Tensor) and n is not None and self.mass.numel() not in (1, n):
-            raise ValueError(f"mass has {self.mass.numel()} entries but {type(self.energy).__name__}"
+            raise ArgumentError(f"mass has {self.mass.numel()} entries but {type(self.energy).__name__}"
                              f" has dimension {n}; give one positive mass per dimension or a number")
         self.adapted_step_size = None
         self.adapted_inverse_mass = None
@@ -1037,7 +1038,7 @@ class _Adaptive(BaseSampler):
             shape = tuple(x.shape[1:])
             if self.mass.numel() != (shape[-1] if shape else 1) and \
                     self.mass.numel() != math.prod(shape):
-                raise ValueError(f"mass has {self.mass.numel()} entries but the state has shape "
+                raise ArgumentError(f"mass has {self.mass.numel()} entries but the state has shape "
                                  f"{shape}; give one positive mass per dimension "
                                  f"([{shape[-1]}]) or a number")
 
@@ -1056,7 +1057,7 @@ class _Adaptive(BaseSampler):
         size = x.shape[0] if self.adapt_per_chain else 1
         if self.n_warmup == 0:
             if self.adapted_step_size is None and self.adapted_inverse_mass is None:
-                raise ValueError("n_warmup=0 reuses an earlier call's adaptation, but none ran "
+                raise ArgumentError("n_warmup=0 reuses an earlier call's adaptation, but none ran "
                                  "yet: run sample() once with n_warmup >= 1 (set "
                                  "sampler.n_warmup), or pass target_accept=None")
             h = self.adapted_step_size
@@ -1138,17 +1139,17 @@ class LangevinDynamics(BaseSampler):
         self._register_param("step_size", step_size)
         self._register_param("noise_scale", noise_scale)
         if decay != 0:
-            raise ValueError(f"decay (damping) is not supported (TorchEBM ignores it); got "
+            raise ArgumentError(f"decay (damping) is not supported (TorchEBM ignores it); got "
                              f"{decay!r}, pass 0")
         if clamp is not None:
             if len(clamp) != 2 or not all(isinstance(c, numbers.Real) for c in clamp) or \
                     not clamp[0] < clamp[1]:
-                raise ValueError(f"clamp min must be < max, got {clamp!r}; pass (min, max) "
+                raise ArgumentError(f"clamp min must be < max, got {clamp!r}; pass (min, max) "
                                  f"numbers")
             clamp = (float(clamp[0]), float(clamp[1]))
         self.clamp, self.decay = clamp, 0.0
         if integrator not in (None, "euler_maruyama"):
-            raise ValueError(f"integrator {integrator!r} is not available: LangevinDynamics "
+            raise ArgumentError(f"integrator {integrator!r} is not available: LangevinDynamics "
                              f"here uses 'euler_maruyama' only (TorchEBM's integrator registry "
                              f"is not part of this package)")
         self.integrator = "euler_maruyama"
@@ -1267,10 +1268,10 @@ class HamiltonianMonteCarlo(_Adaptive):
         self._register_param("step_size", step_size)
         if isinstance(n_leapfrog_steps, bool) or not isinstance(n_leapfrog_steps, numbers.Integral) \
                 or n_leapfrog_steps <= 0:
-            raise ValueError(f"n_leapfrog_steps must be positive, got {n_leapfrog_steps!r}")
+            raise ArgumentError(f"n_leapfrog_steps must be positive, got {n_leapfrog_steps!r}")
         self.n_leapfrog_steps = int(n_leapfrog_steps)
         if integrator not in (None, "leapfrog"):
-            raise ValueError(f"integrator {integrator!r} is not available: HamiltonianMonteCarlo "
+            raise ArgumentError(f"integrator {integrator!r} is not available: HamiltonianMonteCarlo "
                              f"here uses 'leapfrog' only (TorchEBM's integrator registry is not "
                              f"part of this package)")
         self.integrator = "leapfrog"

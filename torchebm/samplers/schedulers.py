@@ -23,6 +23,8 @@ from __future__ import annotations
 import abc
 import math
 
+from ..errors import ArgumentError
+
 
 class BaseScheduler(abc.ABC):
     """A value per step: ``get_value()``, ``step()`` (advance, return the new value), ``reset()``.
@@ -42,7 +44,7 @@ class BaseScheduler(abc.ABC):
             raise TypeError(f"{type(self).__name__} start_value must be a float or int, not "
                             f"{type(start_value).__name__}")
         if not math.isfinite(start_value):
-            raise ValueError(f"{type(self).__name__} start_value must be finite, got {start_value}")
+            raise ArgumentError(f"{type(self).__name__} start_value must be finite, got {start_value}")
         self.start_value = float(start_value)
         self.current_value = self.start_value
         self.step_count = 0
@@ -86,9 +88,9 @@ class ExponentialDecayScheduler(BaseScheduler):
     def __init__(self, start_value: float, decay_rate: float, min_value: float = 0.0):
         super().__init__(start_value)
         if not 0.0 < decay_rate <= 1.0:
-            raise ValueError(f"decay_rate must be in (0, 1], got {decay_rate}")
+            raise ArgumentError(f"decay_rate must be in (0, 1], got {decay_rate}")
         if not min_value >= 0:
-            raise ValueError(f"min_value must be non-negative, got {min_value}")
+            raise ArgumentError(f"min_value must be non-negative, got {min_value}")
         self.decay_rate, self.min_value = float(decay_rate), float(min_value)
 
     def _compute_value(self):
@@ -101,7 +103,7 @@ class LinearScheduler(BaseScheduler):
     def __init__(self, start_value: float, end_value: float, n_steps: int):
         super().__init__(start_value)
         if not n_steps > 0:
-            raise ValueError(f"n_steps must be positive, got {n_steps}")
+            raise ArgumentError(f"n_steps must be positive, got {n_steps}")
         self.end_value, self.n_steps = float(end_value), int(n_steps)
 
     def _compute_value(self):
@@ -116,7 +118,7 @@ class CosineScheduler(BaseScheduler):
     def __init__(self, start_value: float, end_value: float, n_steps: int):
         super().__init__(start_value)
         if not n_steps > 0:
-            raise ValueError(f"n_steps must be a positive integer, got {n_steps}")
+            raise ArgumentError(f"n_steps must be a positive integer, got {n_steps}")
         self.end_value, self.n_steps = float(end_value), int(n_steps)
 
     def _compute_value(self):
@@ -133,9 +135,9 @@ class MultiStepScheduler(BaseScheduler):
         super().__init__(start_value)
         milestones = list(milestones)
         if not all(m > 0 for m in milestones):
-            raise ValueError("Milestone steps must be positive integers.")
+            raise ArgumentError("Milestone steps must be positive integers.")
         if any(b <= a for a, b in zip(milestones, milestones[1:])):
-            raise ValueError("Milestones must be strictly increasing.")
+            raise ArgumentError("Milestones must be strictly increasing.")
         self.milestones, self.gamma = milestones, float(gamma)
 
     def _compute_value(self):
@@ -157,7 +159,7 @@ class WarmupScheduler(BaseScheduler):
             raise TypeError(f"main_scheduler must be a BaseScheduler, not "
                             f"{type(main_scheduler).__name__}")
         if not warmup_steps > 0:
-            raise ValueError(f"warmup_steps must be positive, got {warmup_steps}")
+            raise ArgumentError(f"warmup_steps must be positive, got {warmup_steps}")
         super().__init__(main_scheduler.start_value * warmup_init_factor)
         self.main_scheduler = main_scheduler
         self.warmup_steps, self.warmup_init_factor = int(warmup_steps), float(warmup_init_factor)

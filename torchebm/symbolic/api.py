@@ -138,18 +138,25 @@ def formula_spec(formula: str, parsed, class_name: str = "ExpressionEnergy",
                       particles=particles)
 
 
-def components_dimension(expr) -> int | None:
-    """``m + 1`` for a formula that reads only the components ``x[0] .. x[m]`` (fixed,
-    non-negative indices, no ``n``), else None: the smallest ``n`` it takes, and the
-    one the command line samples at (a wider ``x`` adds coordinates the energy does
-    not read)."""
+def read_components(expr) -> frozenset | None:
+    """The components ``x[k]`` a formula reads, when it reads only fixed, non-negative
+    indices (no ``n``); else None (it reads ``x`` as a whole or through ranges)."""
     from .symbols import N, X
     loads = [e for e in expr.atoms(sp.Indexed) if e.base == X]
     if loads and N not in expr.free_symbols and all(
             len(e.indices) == 1 and e.indices[0].is_Integer and e.indices[0] >= 0
             for e in loads):
-        return max(int(e.indices[0]) for e in loads) + 1
+        return frozenset(int(e.indices[0]) for e in loads)
     return None
+
+
+def components_dimension(expr) -> int | None:
+    """``m + 1`` for a formula that reads only the components ``x[0] .. x[m]`` (fixed,
+    non-negative indices, no ``n``), else None: the smallest ``n`` it takes, and the
+    one the command line samples at (a wider ``x`` adds coordinates the energy does
+    not read)."""
+    read = read_components(expr)
+    return None if read is None else max(read) + 1
 
 
 def _compile(formula, ranks, name, particles=None):

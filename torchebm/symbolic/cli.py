@@ -604,6 +604,15 @@ def _sample(args):
         if dim is None:
             dim, reason = 2, "the default; pass --dim to change it"
         print(f"n = {dim} ({reason})")
+    from .api import read_components
+    read = read_components(parsed.expression)
+    flat = [] if read is None else sorted(set(range(dim)) - read)
+    if flat:
+        shown = ", ".join(f"x[{k}]" for k in flat[:6]) + (", ..." if len(flat) > 6 else "")
+        print(f"warning: the formula does not read {shown}: no force acts on "
+              f"{'it' if len(flat) == 1 else 'them'}, so {'it' if len(flat) == 1 else 'they'} "
+              f"random-walk and {'its' if len(flat) == 1 else 'their'} statistics below mean "
+              f"nothing", file=sys.stderr)
     if args.plot and dim != 2:
         how = ("use --dim 2" if args.dim is not None or reason.startswith("the default")
                else f"this energy has n = {dim} ({reason}); drop --plot")
