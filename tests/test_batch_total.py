@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from torchebm.core import DoubleWellEnergy, GaussianEnergy
+from torchebm.errors import ShapeError
 from torchebm.losses import ContrastiveDivergence
 from torchebm.symbolic import from_expression
 
@@ -35,6 +36,7 @@ def _contracted():
     """name -> (energy, plain formula f(x, **params) -> [B]): energies affine in a
     product with a parameter matrix, which get a batch-total kernel."""
     W, u, m = _randn(N, N, seed=1), _randn(N, seed=2), _randn(N, seed=3)
+    V = _randn(N, N, seed=7)
     return {
         "gaussian": (GaussianEnergy(m, _spd(N, 4), trainable=True),
                      lambda x, mean, cov: 0.5 * (((x - mean) @ torch.linalg.inv(cov))
@@ -54,6 +56,23 @@ def _contracted():
         "row_products": (
             from_expression("sum((W @ x) * x) + dot(u, W @ x)", W=W, u=u, trainable=True),
             lambda x, W, u: ((x @ W.T) * x).sum(-1) + (x @ W.T) @ u),
+        # a where whose condition does not read the product: affine in each branch
+        "where_on_x": (
+            from_expression("where(x[0] > 0, x @ W @ x, -(x @ V @ x))", W=W, V=V,
+                            trainable=True),
+            lambda x, W, V: torch.where(x[:, 0] > 0, ((x @ W) * x).sum(-1),
+                                        -((x @ V) * x).sum(-1))),
+        # without the product what is left is a number, a parameter or a per-sample
+        # value: still summed over the n points (its value at y = 0 is c, not n c)
+        "product_plus_scalar_parameter": (
+            from_expression("sum((W @ x) + c)", W=W, c=0.7, trainable=True),
+            lambda x, W, c: (x @ W.T).sum(-1) + x.shape[-1] * c),
+        "product_plus_number": (
+            from_expression("sum(W @ x + 2)", W=W, trainable=True),
+            lambda x, W: (x @ W.T).sum(-1) + 2 * x.shape[-1]),
+        "product_plus_component": (
+            from_expression("sum((W @ x) + x[0])", W=W, trainable=True),
+            lambda x, W: (x @ W.T).sum(-1) + x.shape[-1] * x[:, 0]),
         # a slice of the matrix's columns
         "column_slice": (
             from_expression("sum(sum(W[i, j]*x[j] for j in range(1, n))*x[i] for i in range(n))",
@@ -70,6 +89,18 @@ def _not_contracted():
                             lambda x, W: torch.tanh(x @ W).sum(-1)),
         "square_of_form": (from_expression("(x @ W @ x)**2", W=W, trainable=True),
                            lambda x, W: (((x @ W) * x).sum(-1))**2),
+        # a condition or a sign of the product: zero derivative, yet not affine in it
+        "condition_on_form": (
+            from_expression("where(x @ W @ x > 1, 2.0, -1.0)*x[0] + sum(x**2)", W=W,
+                            trainable=True),
+            lambda x, W: torch.where(((x @ W) * x).sum(-1) > 1, 2.0, -1.0) * x[:, 0]
+            + (x**2).sum(-1)),
+        "sign_of_product": (
+            from_expression("sum(sign(W @ x))*x[0] + sum(x**2)", W=W, trainable=True),
+            lambda x, W: torch.sign(x @ W.T).sum(-1) * x[:, 0] + (x**2).sum(-1)),
+        "form_selected_by_itself": (
+            from_expression("where(x @ W @ x > 0, x @ W @ x, 0)", W=W, trainable=True),
+            lambda x, W: torch.clamp(((x @ W) * x).sum(-1), min=0)),
         "double_well": (DoubleWellEnergy(barrier_height=1.5, b=0.8, trainable=True),
                         lambda x, barrier_height, b: barrier_height
                         * ((x**2 - b**2)**2).sum(-1)),
@@ -80,8 +111,10 @@ def _reference(energy, formula, jobs):
     """(sum over jobs of sum_b w_b E(x_b), {name: its gradient}) by autograd."""
     params = {k: p.detach().clone().requires_grad_(True) for k, p in energy.named_parameters()}
     total = sum((torch.as_tensor(w, dtype=D) * formula(x, **params)).sum() for x, w in jobs)
-    grads = torch.autograd.grad(total, list(params.values()))
-    return total.detach(), dict(zip(params, grads))
+    grads = torch.autograd.grad(total, list(params.values()), allow_unused=True) \
+        if total.requires_grad else [None] * len(params)         # W only in a condition
+    return total.detach(), {k: torch.zeros_like(p) if g is None else g
+                            for (k, p), g in zip(params.items(), grads)}
 
 
 def _jobs():
@@ -108,11 +141,38 @@ def test_without_a_total_kernel_the_summed_kernel_gives_the_same(name):
     energy, formula = _not_contracted()[name]
     jobs = _jobs()
     totals, grads = energy._energy_total_and_parameter_gradient_sum(*jobs)
-    assert getattr(type(energy), "_parameter_gradient_total", None) is None
     want_total, want = _reference(energy, formula, jobs)
     torch.testing.assert_close(sum(totals), want_total, **TOL)
     for k in want:
         torch.testing.assert_close(grads[k], want[k], **TOL)
+    assert getattr(type(energy), "_parameter_gradient_total", None) is None
+    assert getattr(type(energy), "_parameter_gradient_sum", None) is not None
+
+
+def test_a_formula_without_parameter_kernels_gets_its_total_by_autograd():
+    """A matrix read by two products of which one is constant in x has no generated
+    parameter adjoints (the runtime differentiates it with autograd): the total is still
+    given, not an AttributeError for the missing kernel."""
+    W, u = _randn(N, N, seed=40), _randn(N, seed=41)
+    energy = from_expression("x @ W @ x + u @ W @ x", W=W, u=u, trainable=True)
+    jobs = _jobs()
+    totals, grads = energy._energy_total_and_parameter_gradient_sum(*jobs)
+    assert getattr(type(energy), "_parameter_gradient_sum", None) is None
+    want_total, want = _reference(
+        energy, lambda x, W, u: ((x @ W) * x).sum(-1) + x @ (u @ W), jobs)
+    torch.testing.assert_close(sum(totals), want_total, **TOL)
+    assert list(grads) == ["W", "u"]
+    for k in want:
+        torch.testing.assert_close(grads[k], want[k], **TOL)
+
+
+def test_total_refuses_energy_dependent_weights():
+    energy, _ = _contracted()["gaussian"]
+    with pytest.raises(TypeError, match=r"fixed weights.*_energy_and_parameter_gradient_sum"):
+        energy._energy_total_and_parameter_gradient_sum((_randn(3, N, seed=42), (1.0, 0.5)))
+    with pytest.raises(ShapeError, match="one weight per sample"):
+        energy._energy_total_and_parameter_gradient_sum((_randn(3, N, seed=42),
+                                                         torch.ones(4, dtype=D)))
 
 
 def _products(source, method):

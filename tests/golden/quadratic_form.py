@@ -265,7 +265,6 @@ class GoldenEnergy(CompiledEnergy):
         del hbar_2
         # per sample: 0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)
         pbar_1 = weights.sum() * 0.5
-        tot_1 = (weights * energy_2).sum()
-        del energy_2
+        tot_1 = weights.sum() * energy_2
         total = tot + tot_1
         return {'(energy)': total, 'inverse(S)': adj_inverse_S, 'mu': adj_mu, 'logdet(S)': pbar_1}

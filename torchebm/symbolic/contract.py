@@ -33,6 +33,7 @@ import dataclasses
 
 import sympy as sp
 
+from .functions import Guard, Ratio, ScaledQuotient
 from .ir import (Assign, Broadcast, Kernel, LoadKind, LoadStmt, MatrixAdjoint, MatVecStmt,
                  ParameterAccumulate, ParameterScalar, Reduce, Shape, frozen_map)
 
@@ -49,6 +50,45 @@ def _candidates(kernel):
             and kernel.shapes.get(st.matvec.value, Shape.SCALAR) is Shape.BOTH}
 
 
+def _degree(expr, symbols):
+    """The degree of ``expr`` in ``symbols`` jointly when it is 0 or 1, else None.
+
+    A zero derivative is not enough: ``sign(y)``, a ``Piecewise`` whose condition reads
+    ``y`` and a condition ``y > 0`` itself have first partials free of ``y`` (0 where they
+    exist) yet change with it. So the expression is read structurally: sums and products
+    of ``y``, and ``Piecewise`` whose conditions do not read ``y``."""
+    if not isinstance(expr, sp.Expr):
+        return 0 if not (expr.free_symbols & symbols) else None     # a condition
+    if not (expr.free_symbols & symbols):
+        return 0
+    if expr in symbols:
+        return 1
+    if isinstance(expr, sp.Add):
+        degrees = [_degree(a, symbols) for a in expr.args]
+        return None if None in degrees else max(degrees)
+    if isinstance(expr, sp.Mul):
+        degrees = [_degree(a, symbols) for a in expr.args]
+        return None if None in degrees or sum(degrees) > 1 else sum(degrees)
+    if isinstance(expr, sp.Piecewise):
+        degrees = []
+        for value, cond in expr.args:
+            if cond.free_symbols & symbols:
+                return None                     # the branch taken depends on y
+            degrees.append(_degree(value, symbols))
+        return None if None in degrees else max(degrees)
+    if isinstance(expr, (Guard, Ratio, ScaledQuotient)):
+        # Guard(v, selected) is v; Ratio(a, r) is a/r and ScaledQuotient(a, r) a/r**2
+        if any(a.free_symbols & symbols for a in expr.args[1:]):
+            return None
+        return _degree(expr.args[0], symbols)
+    return None                                 # a power or function of y
+
+
+def _is_affine(expr, symbols):
+    """True if ``expr`` is affine in ``symbols`` jointly (see :func:`_degree`)."""
+    return _degree(expr, set(symbols)) is not None
+
+
 def _affine_values(kernel, products):
     """The symbols computed from the products' vectors (all affine in them), and the
     parameter accumulations that read a vector as ``c * y + rest``; None when a value is
@@ -63,9 +103,8 @@ def _affine_values(kernel, products):
         if isinstance(st, MatVecStmt) and st.adjoint:
             return None                 # ybar @ A^T reads the adjoint, never y: unexpected
         if isinstance(st, Assign):
-            syms = [s for s in st.expr.free_symbols if s in affine]
-            if any(st.expr.diff(s).free_symbols & affine for s in syms):
-                return None             # not affine (a product of two, a function of one)
+            if not _is_affine(st.expr, used):
+                return None             # a product of two, a function or condition of one
             affine.add(st.target)
         elif isinstance(st, Reduce) and st.op in ("sum", "sum_all"):
             affine.add(st.target)
@@ -80,6 +119,8 @@ def _affine_values(kernel, products):
             if len(direct) != 1 or direct[0] not in vectors:
                 return None
             y = direct[0]
+            if not _is_affine(src, direct):
+                return None
             c = src.diff(y)
             rest = sp.expand(src - c * y)
             if not c.is_Number or rest.free_symbols & affine:
@@ -139,6 +180,10 @@ def total_kernel(kernel: Kernel) -> Kernel | None:
                     zero.add(st.target)
                     continue
                 st = dataclasses.replace(st, expr=expr)
+                # without y it may be narrower (a number, a parameter, per sample
+                # only): the reductions that read it broadcast it to their points
+                shapes[st.target] = Shape.join(*[shapes.get(s, Shape.SCALAR)
+                                                 for s in expr.free_symbols])
             elif isinstance(st, (Reduce, Broadcast)) and st.source in zero:
                 zero.add(st.target)
                 continue
