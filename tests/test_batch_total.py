@@ -166,6 +166,23 @@ def test_a_formula_without_parameter_kernels_gets_its_total_by_autograd():
         torch.testing.assert_close(grads[k], want[k], **TOL)
 
 
+@pytest.mark.parametrize("formula", [
+    "sum(sum(W[i, j]*x[j] for j in range(1, n))*x[i] for i in range(n)) + dot(u, x)",
+    "sum(W[i, j]*x[i]*x[j] for i in range(n) for j in range(i + 1, n)) + dot(u, x)"])
+def test_an_empty_level_contracts_to_zero(formula):
+    """At n = 1 the range(1, n) and the pairs i < j are empty: W's batch contractions
+    are over no point (a [B, 0] operand), W's gradient is 0 and the energy is dot(u, x)."""
+    W, u = _randn(1, 1, seed=43), _randn(1, seed=44)
+    energy = from_expression(formula, W=W, u=u, trainable=True)
+    x, w = _randn(5, 1, seed=45), torch.linspace(-1.0, 1.0, 5, dtype=D)
+    totals, grads = energy._energy_total_and_parameter_gradient_sum((x, w))
+    torch.testing.assert_close(totals[0], (w * x[:, 0] * u[0]).sum(), **TOL)
+    summed = energy.parameter_gradient_sum(x, w)
+    for got in (grads, summed):
+        assert torch.equal(got["W"], torch.zeros(1, 1, dtype=D))
+        torch.testing.assert_close(got["u"], (w * x[:, 0]).sum().reshape(1), **TOL)
+
+
 def test_total_refuses_energy_dependent_weights():
     energy, _ = _contracted()["gaussian"]
     with pytest.raises(TypeError, match=r"fixed weights.*_energy_and_parameter_gradient_sum"):
