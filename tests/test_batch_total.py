@@ -279,3 +279,39 @@ def test_fused_total_kernel_matches_eager():
     assert "_parameter_gradient_total" in fused._fused
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_training_keeps_a_symmetric_covariance_exactly_symmetric():
+    """The closed-form gradient of an SPD matrix through its Cholesky factor is the
+    symmetric part's, and symmetric to the last bit: optimiser steps keep ``cov``
+    exactly symmetric, so every call stays on the Cholesky route (a matrix off by one
+    ulp would go through LU from then on). Each step's gradient is autograd's of the
+    plain formula with ``torch.linalg.inv``."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(N, N, dtype=D, generator=g)
+    energy = GaussianEnergy(torch.zeros(N, dtype=D), a @ a.T + N * torch.eye(N, dtype=D),
+                            trainable=True)
+    formula = _contracted()["gaussian"][1]
+    opt = torch.optim.Adam(energy.parameters(), lr=0.01)
+
+    class Fixed:
+        def sample(self, x, n_steps):
+            return neg
+    for step in range(4):
+        x = 2 * torch.randn(16, N, dtype=D, generator=g)
+        neg = torch.randn(16, N, dtype=D, generator=g)
+        for reg in (0.0, 0.01):
+            params = {k: p.detach().clone().requires_grad_(True)
+                      for k, p in energy.named_parameters()}
+            e_pos, e_neg = formula(x, **params), formula(neg, **params)
+            want = torch.autograd.grad(e_pos.mean() - e_neg.mean()
+                                       + reg * (e_pos.square().mean() + e_neg.square().mean()),
+                                       list(params.values()))
+            opt.zero_grad()
+            ContrastiveDivergence(energy, Fixed(), energy_reg_weight=reg).compute_loss(
+                x, neg).backward()
+            for p, w in zip(energy.parameters(), want):
+                torch.testing.assert_close(p.grad, w, **TOL)
+            assert torch.equal(energy.cov.grad, energy.cov.grad.mT)
+            opt.step()
+            assert torch.equal(energy.cov, energy.cov.mT), (step, reg)
