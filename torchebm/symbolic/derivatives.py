@@ -442,7 +442,11 @@ class _ParameterBuilder(_Builder):
 
     def __init__(self, program, arrays, scalars, summed, first_symbol):
         super().__init__(program, first_symbol)
-        self.broadcast_source: dict = {}
+        # [..., 1] broadcasts of per-sample values -> the values: the backward's own and
+        # the forward's (a level's outer values, sum(x**2) in sum(x**2 * x)), so a factor
+        # pulled out of a reduction is never the [..., 1] view at the root
+        self.broadcast_source: dict = {s: root_sym for lv in program.levels
+                                       if lv.parent is None for root_sym, s in lv.outer}
         self.arrays, self.scalars, self.summed = frozenset(arrays), dict(scalars), summed
         self.xdep |= set(self.scalars)
         for ld in list(program.root_loads) + [ld for lv in program.levels for ld in lv.loads]:
