@@ -99,6 +99,10 @@ def _cases():
     add("scale_times_inner_sum_and_product", from_expression(
         "dot(sum(x**2) * (W @ x), k*x)", W=_randn(n, n, seed=15), k=-1.3, trainable=True),
         lambda x, W, k: k * ((x @ W.T) * x).sum(-1) * (x**2).sum(-1))
+    # ... and the rest of the term keeps reading the broadcast at the sum's points
+    add("scale_times_broadcast_in_the_rest", from_expression(
+        "sum(k*x*(tanh(x) + sum(x**2)*x))", k=0.7, trainable=True),
+        lambda x, k: k * (x * (torch.tanh(x) + (x**2).sum(-1, keepdim=True) * x)).sum(-1))
     return cases
 
 

@@ -518,10 +518,12 @@ class _ParameterBuilder(_Builder):
             factor, rest = sp.S.One, total
             expr = self.defs.get(total)
             if isinstance(expr, sp.Mul) and lv.parent is None:
-                expr = expr.xreplace(self.broadcast_source)
                 varying = [u for u in expr.free_symbols
                            if self.shapes.get(u, Shape.SCALAR).per_point]
                 factor, rest = expr.as_independent(*varying, as_Add=False)
+                # the factor is read at the root: the per-sample values, not their [..., 1]
+                # broadcasts; the rest stays at the level's points, broadcasts and all
+                factor = factor.xreplace(self.broadcast_source)
                 for _ in range(8):      # per-sample temporaries of this level, expanded
                     inner = {u: self.defs[u] for u in factor.free_symbols
                              if u in self.defs and self.shapes.get(u) is Shape.BATCH}
