@@ -197,7 +197,8 @@ def _products(source, method):
     names (the per-sample ones), not the contracted ``(weights @ h) @ A``."""
     body = source[source.index(f"def {method}("):]
     body = body[:body.index("\n    def ") if "\n    def " in body else len(body)]
-    return [ln.strip() for ln in body.splitlines() if re.search(r"= \w+ @ \w+$", ln.strip())]
+    return [ln.strip() for ln in body.splitlines()
+            if re.search(r"= \w+ @ \w+(\.mT)?$", ln.strip())]
 
 
 def test_gaussian_total_forms_no_forward_product():
@@ -208,6 +209,21 @@ def test_gaussian_total_forms_no_forward_product():
     assert _products(summed, "_parameter_gradient_sum")           # mv0 = h @ inverse_cov
     assert _products(total, "_parameter_gradient_total") == []
     assert total.count(".mT @") == 1                               # the scatter matrix
+
+
+def test_quadratic_form_of_an_undeclared_matrix_forms_no_per_sample_product():
+    """``0.5 (x - mu) @ inverse(S) @ (x - mu)`` with S not declared symmetric: mu's
+    adjoint has a second term through ``hbar = ybar @ P^T``, read only as ``w @ hbar``;
+    the total contracts it as ``(w @ ybar) @ P^T`` (a GEMV), so its one ``[n, n]``
+    product is the weighted scatter matrix, as for the built-in Gaussian. The values
+    are checked by test_total_kernel_is_the_weighted_total_and_its_gradient."""
+    energy, _ = _contracted()["gaussian_and_logdet"]
+    energy._ensure_second_order()
+    summed = energy.class_source
+    assert _products(summed, "_parameter_gradient_sum")        # mv0 and hbar per sample
+    assert _products(summed, "_parameter_gradient_total") == []
+    total = summed[summed.index("def _parameter_gradient_total("):]
+    assert total[:total.index("return")].count(".mT @") == 1
 
 
 def test_contrastive_divergence_uses_the_total_kernel_without_regulariser(monkeypatch):

@@ -259,10 +259,8 @@ class GoldenEnergy(CompiledEnergy):
         adj_inverse_S = 0.5*(h_3.flatten(0, -2).mT @ (weights.unsqueeze(-1) * adj_mv0).flatten(0, -2))
         tot = (inverse_S * adj_inverse_S).sum()
         del h_3
-        hbar_2 = adj_mv0 @ inverse_S.mT
+        adj_mu = adj_mu + -0.5*((weights.reshape(-1) @ adj_mv0.flatten(0, -2)) @ inverse_S.mT)
         del s0, adj_mv0
-        adj_mu = adj_mu + -0.5*(weights.reshape(-1) @ hbar_2.flatten(0, -2))
-        del hbar_2
         # per sample: 0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)
         pbar_1 = weights.sum() * 0.5
         tot_1 = weights.sum() * energy_2

@@ -34,8 +34,9 @@ import dataclasses
 import sympy as sp
 
 from .functions import Guard, Ratio, ScaledQuotient
-from .ir import (Assign, Broadcast, Kernel, LoadKind, LoadStmt, MatrixAdjoint, MatVecStmt,
-                 ParameterAccumulate, ParameterScalar, Reduce, Shape, frozen_map)
+from .ir import (Addressing, Assign, Broadcast, Kernel, LoadKind, LoadStmt, MatrixAdjoint,
+                 MatVecStmt, ParameterAccumulate, ParameterScalar, Reduce, Shape, frozen_map)
+from .optimise import prune
 
 TOTAL_KERNEL = "parameter_gradient_total"
 
@@ -131,9 +132,39 @@ def _affine_values(kernel, products):
     return affine, reads
 
 
+def _contracted_adjoints(kernel):
+    """``{hbar: {statement index: (c, matvec)}}`` for the adjoints ``hbar = ybar @ A^T``
+    of whole products read only as ``c * hbar`` by batch-summed accumulations of a whole
+    vector parameter (the mean's ``sum_b w_b hbar_b`` in a quadratic form whose matrix is
+    not declared symmetric): each becomes ``c (w @ ybar) @ A^T``, and the ``[B, n] x
+    [n, n]`` product that forms hbar is not needed."""
+    adjoints = {st.target: (k, st) for k, st in enumerate(kernel.body)
+                if isinstance(st, MatVecStmt) and st.adjoint and st.matvec.whole}
+    found = {}
+    for hbar, (at, mv_st) in adjoints.items():
+        readers = {}
+        for k, st in enumerate(kernel.body):
+            if hbar not in st.uses():
+                continue
+            if not (isinstance(st, ParameterAccumulate) and st.summed and st.matvec is None
+                    and k > at and st.level is mv_st.level
+                    and st.load.addressing is Addressing.WHOLE
+                    and st.source.free_symbols == {hbar}):
+                break
+            c = st.source.diff(hbar)
+            if not c.is_Number or sp.expand(st.source - c * hbar) != 0:
+                break
+            readers[k] = (c, mv_st.matvec)
+        else:
+            if readers:
+                found[hbar] = readers
+    return found
+
+
 def total_kernel(kernel: Kernel) -> Kernel | None:
     """The batch-total kernel of an optimised ``parameter_gradient_sum`` kernel (see the
     module's docstring), or None when no matrix-vector product can be contracted."""
+    kernel = prune(kernel)      # statements nothing reads do not count as readers
     products = _candidates(kernel)
     while products:
         found = _affine_values(kernel, products)
@@ -155,10 +186,18 @@ def total_kernel(kernel: Kernel) -> Kernel | None:
         shapes[s] = Shape.SCALAR
         return s
 
+    contracted = _contracted_adjoints(kernel)
     body, shares = [], []
     for k, st in enumerate(kernel.body):
         if isinstance(st, MatVecStmt) and not st.adjoint and st.matvec.vector in products:
             continue                    # the forward product is what this kernel saves
+        if isinstance(st, MatVecStmt) and st.adjoint and st.target in contracted:
+            continue                    # hbar = ybar @ A^T: only its weighted sum is read
+        if k in contracted.get(getattr(st, "source", None), {}):
+            c, mv = contracted[st.source][k]
+            body.append(dataclasses.replace(st, source=sp.S.Zero, scale=st.scale * c,
+                                            matvec=mv, adjoint=True))
+            continue
         if k in reads:
             name, c, rest = reads[k]
             mv = products[name].matvec

@@ -114,7 +114,14 @@ class AdjointPrinting:
                        else f"weights.sum() * {src}")
                 return lines + [f"{adj}[{idx}] += {src}"]
             return lines + [f"{adj}[..., {idx}] += {src}"]
-        if st.matvec is not None:        # (w @ h) @ A: the batch contracted before the product
+        if st.matvec is not None and st.adjoint:     # (w @ ybar) @ A^T: hbar never formed
+            mv = st.matvec
+            ybar = self.accumulator(Vector(VectorKind.MATVEC, mv.vector))
+            if ybar not in self.initialised:         # nothing reads the product: no share
+                return [f"{adj} = torch.zeros_like({theta})"] if first else []
+            src = (f"(weights.reshape(-1) @ {ybar}.flatten(0, -2)) @ "
+                   f"{self.matrix_code(mv, transpose=False)}" + ("" if mv.row_major else ".mT"))
+        elif st.matvec is not None:      # (w @ h) @ A: the batch contracted before the product
             h = self.ref(st.source)
             src = (f"(weights.reshape(-1) @ {h}.flatten(0, -2)) @ "
                    f"{self.matrix_code(st.matvec)}")
