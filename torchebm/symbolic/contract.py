@@ -23,8 +23,16 @@ of ``x - m``, which is also ``P``'s gradient.
 whose ``'(energy)'`` output is ``T``, 0-d. It returns None when no product
 qualifies (the module then has no such method and the runtime uses the batch-summed
 kernel). Affinity is checked statement by statement: every value computed from
-``y`` is affine in it jointly (each first partial free of ``y``), reductions of it are
-sums, and no adjoint reads it except the weighted sums above.
+``y`` is affine in it jointly, read structurally (sums and products of degree at most 1,
+``where`` whose condition does not read ``y``; a zero first partial is not enough:
+``sign(y)`` and conditions on ``y`` have one), reductions of it are sums, and no
+adjoint reads it except the weighted sums above. The value left once ``y`` is dropped
+may be narrower (a number, a parameter): it keeps its own shape, and the reductions
+broadcast it to their points.
+
+Likewise an adjoint ``hbar = ybar @ A^T`` read only by a vector parameter's weighted
+sum ``w @ hbar`` (the mean of a quadratic form whose matrix is not declared
+symmetric) is contracted as ``(w @ ybar) @ A^T``: no ``[B, n] x [n, n]`` product.
 """
 
 from __future__ import annotations
