@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from torchebm.core import DoubleWellEnergy, GaussianEnergy
+from torchebm.errors import ShapeError
 from torchebm.losses import ContrastiveDivergence
 from torchebm.symbolic import from_expression
 
@@ -35,6 +36,7 @@ def _contracted():
     """name -> (energy, plain formula f(x, **params) -> [B]): energies affine in a
     product with a parameter matrix, which get a batch-total kernel."""
     W, u, m = _randn(N, N, seed=1), _randn(N, seed=2), _randn(N, seed=3)
+    V = _randn(N, N, seed=7)
     return {
         "gaussian": (GaussianEnergy(m, _spd(N, 4), trainable=True),
                      lambda x, mean, cov: 0.5 * (((x - mean) @ torch.linalg.inv(cov))
@@ -59,6 +61,28 @@ def _contracted():
             from_expression("x @ W @ x + sum(tanh(x @ V))", W=W, V=_randn(N, N, seed=7),
                             trainable=True),
             lambda x, W, V: ((x @ W) * x).sum(-1) + torch.tanh(x @ V).sum(-1)),
+        # a where whose condition does not read the product: affine in each branch
+        "where_on_x": (
+            from_expression("where(x[0] > 0, x @ W @ x, -(x @ V @ x))", W=W, V=V,
+                            trainable=True),
+            lambda x, W, V: torch.where(x[:, 0] > 0, ((x @ W) * x).sum(-1),
+                                        -((x @ V) * x).sum(-1))),
+        # without the product what is left is a number, a parameter or a per-sample
+        # value: still summed over the n points (its value at y = 0 is c, not n c)
+        "product_plus_scalar_parameter": (
+            from_expression("sum((W @ x) + c)", W=W, c=0.7, trainable=True),
+            lambda x, W, c: (x @ W.T).sum(-1) + x.shape[-1] * c),
+        "product_plus_number": (
+            from_expression("sum(W @ x + 2)", W=W, trainable=True),
+            lambda x, W: (x @ W.T).sum(-1) + 2 * x.shape[-1]),
+        "product_plus_component": (
+            from_expression("sum((W @ x) + x[0])", W=W, trainable=True),
+            lambda x, W: (x @ W.T).sum(-1) + x.shape[-1] * x[:, 0]),
+        # the product in the condition is read non-affinely and stays; the one in the
+        # selected value is affine there and is contracted (values checked either way)
+        "form_selected_by_itself": (
+            from_expression("where(x @ W @ x > 0, x @ W @ x, 0)", W=W, trainable=True),
+            lambda x, W: torch.clamp(((x @ W) * x).sum(-1), min=0)),
         # a slice of the matrix's columns
         "column_slice": (
             from_expression("sum(sum(W[i, j]*x[j] for j in range(1, n))*x[i] for i in range(n))",
@@ -75,6 +99,15 @@ def _not_contracted():
                             lambda x, W: torch.tanh(x @ W).sum(-1)),
         "square_of_form": (from_expression("(x @ W @ x)**2", W=W, trainable=True),
                            lambda x, W: (((x @ W) * x).sum(-1))**2),
+        # a condition or a sign of the product: zero derivative, yet not affine in it
+        "condition_on_form": (
+            from_expression("where(x @ W @ x > 1, 2.0, -1.0)*x[0] + sum(x**2)", W=W,
+                            trainable=True),
+            lambda x, W: torch.where(((x @ W) * x).sum(-1) > 1, 2.0, -1.0) * x[:, 0]
+            + (x**2).sum(-1)),
+        "sign_of_product": (
+            from_expression("sum(sign(W @ x))*x[0] + sum(x**2)", W=W, trainable=True),
+            lambda x, W: torch.sign(x @ W.T).sum(-1) * x[:, 0] + (x**2).sum(-1)),
         "double_well": (DoubleWellEnergy(barrier_height=1.5, b=0.8, trainable=True),
                         lambda x, barrier_height, b: barrier_height
                         * ((x**2 - b**2)**2).sum(-1)),
@@ -85,8 +118,10 @@ def _reference(energy, formula, jobs):
     """(sum over jobs of sum_b w_b E(x_b), {name: its gradient}) by autograd."""
     params = {k: p.detach().clone().requires_grad_(True) for k, p in energy.named_parameters()}
     total = sum((torch.as_tensor(w, dtype=D) * formula(x, **params)).sum() for x, w in jobs)
-    grads = torch.autograd.grad(total, list(params.values()))
-    return total.detach(), dict(zip(params, grads))
+    grads = torch.autograd.grad(total, list(params.values()), allow_unused=True) \
+        if total.requires_grad else [None] * len(params)         # W only in a condition
+    return total.detach(), {k: torch.zeros_like(p) if g is None else g
+                            for (k, p), g in zip(params.items(), grads)}
 
 
 def _jobs():
@@ -113,11 +148,55 @@ def test_without_a_total_kernel_the_summed_kernel_gives_the_same(name):
     energy, formula = _not_contracted()[name]
     jobs = _jobs()
     totals, grads = energy._energy_total_and_parameter_gradient_sum(*jobs)
-    assert getattr(type(energy), "_parameter_gradient_total", None) is None
     want_total, want = _reference(energy, formula, jobs)
     torch.testing.assert_close(sum(totals), want_total, **TOL)
     for k in want:
         torch.testing.assert_close(grads[k], want[k], **TOL)
+    assert getattr(type(energy), "_parameter_gradient_total", None) is None
+    assert getattr(type(energy), "_parameter_gradient_sum", None) is not None
+
+
+def test_a_formula_without_parameter_kernels_gets_its_total_by_autograd():
+    """A matrix read by two products of which one is constant in x has no generated
+    parameter adjoints (the runtime differentiates it with autograd): the total is still
+    given, not an AttributeError for the missing kernel."""
+    W, u = _randn(N, N, seed=40), _randn(N, seed=41)
+    energy = from_expression("x @ W @ x + u @ W @ x", W=W, u=u, trainable=True)
+    jobs = _jobs()
+    totals, grads = energy._energy_total_and_parameter_gradient_sum(*jobs)
+    assert getattr(type(energy), "_parameter_gradient_sum", None) is None
+    want_total, want = _reference(
+        energy, lambda x, W, u: ((x @ W) * x).sum(-1) + x @ (u @ W), jobs)
+    torch.testing.assert_close(sum(totals), want_total, **TOL)
+    assert list(grads) == ["W", "u"]
+    for k in want:
+        torch.testing.assert_close(grads[k], want[k], **TOL)
+
+
+@pytest.mark.parametrize("formula", [
+    "sum(sum(W[i, j]*x[j] for j in range(1, n))*x[i] for i in range(n)) + dot(u, x)",
+    "sum(W[i, j]*x[i]*x[j] for i in range(n) for j in range(i + 1, n)) + dot(u, x)"])
+def test_an_empty_level_contracts_to_zero(formula):
+    """At n = 1 the range(1, n) and the pairs i < j are empty: W's batch contractions
+    are over no point (a [B, 0] operand), W's gradient is 0 and the energy is dot(u, x)."""
+    W, u = _randn(1, 1, seed=43), _randn(1, seed=44)
+    energy = from_expression(formula, W=W, u=u, trainable=True)
+    x, w = _randn(5, 1, seed=45), torch.linspace(-1.0, 1.0, 5, dtype=D)
+    totals, grads = energy._energy_total_and_parameter_gradient_sum((x, w))
+    torch.testing.assert_close(totals[0], (w * x[:, 0] * u[0]).sum(), **TOL)
+    summed = energy.parameter_gradient_sum(x, w)
+    for got in (grads, summed):
+        assert torch.equal(got["W"], torch.zeros(1, 1, dtype=D))
+        torch.testing.assert_close(got["u"], (w * x[:, 0]).sum().reshape(1), **TOL)
+
+
+def test_total_refuses_energy_dependent_weights():
+    energy, _ = _contracted()["gaussian"]
+    with pytest.raises(TypeError, match=r"fixed weights.*_energy_and_parameter_gradient_sum"):
+        energy._energy_total_and_parameter_gradient_sum((_randn(3, N, seed=42), (1.0, 0.5)))
+    with pytest.raises(ShapeError, match="one weight per sample"):
+        energy._energy_total_and_parameter_gradient_sum((_randn(3, N, seed=42),
+                                                         torch.ones(4, dtype=D)))
 
 
 def _products(source, method):
@@ -125,7 +204,8 @@ def _products(source, method):
     names (the per-sample ones), not the contracted ``(weights @ h) @ A``."""
     body = source[source.index(f"def {method}("):]
     body = body[:body.index("\n    def ") if "\n    def " in body else len(body)]
-    return [ln.strip() for ln in body.splitlines() if re.search(r"= \w+ @ \w+$", ln.strip())]
+    return [ln.strip() for ln in body.splitlines()
+            if re.search(r"= \w+ @ \w+(\.mT)?$", ln.strip())]
 
 
 def test_gaussian_total_forms_no_forward_product():
@@ -136,6 +216,21 @@ def test_gaussian_total_forms_no_forward_product():
     assert _products(summed, "_parameter_gradient_sum")           # mv0 = h @ inverse_cov
     assert _products(total, "_parameter_gradient_total") == []
     assert total.count(".mT @") == 1                               # the scatter matrix
+
+
+def test_quadratic_form_of_an_undeclared_matrix_forms_no_per_sample_product():
+    """``0.5 (x - mu) @ inverse(S) @ (x - mu)`` with S not declared symmetric: mu's
+    adjoint has a second term through ``hbar = ybar @ P^T``, read only as ``w @ hbar``;
+    the total contracts it as ``(w @ ybar) @ P^T`` (a GEMV), so its one ``[n, n]``
+    product is the weighted scatter matrix, as for the built-in Gaussian. The values
+    are checked by test_total_kernel_is_the_weighted_total_and_its_gradient."""
+    energy, _ = _contracted()["gaussian_and_logdet"]
+    energy._ensure_second_order()
+    summed = energy.class_source
+    assert _products(summed, "_parameter_gradient_sum")        # mv0 and hbar per sample
+    assert _products(summed, "_parameter_gradient_total") == []
+    total = summed[summed.index("def _parameter_gradient_total("):]
+    assert total[:total.index("return")].count(".mT @") == 1
 
 
 def test_contrastive_divergence_uses_the_total_kernel_without_regulariser(monkeypatch):
@@ -207,3 +302,39 @@ def test_fused_total_kernel_matches_eager():
     assert "_parameter_gradient_total" in fused._fused
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_training_keeps_a_symmetric_covariance_exactly_symmetric():
+    """The closed-form gradient of an SPD matrix through its Cholesky factor is the
+    symmetric part's, and symmetric to the last bit: optimiser steps keep ``cov``
+    exactly symmetric, so every call stays on the Cholesky route (a matrix off by one
+    ulp would go through LU from then on). Each step's gradient is autograd's of the
+    plain formula with ``torch.linalg.inv``."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(N, N, dtype=D, generator=g)
+    energy = GaussianEnergy(torch.zeros(N, dtype=D), a @ a.T + N * torch.eye(N, dtype=D),
+                            trainable=True)
+    formula = _contracted()["gaussian"][1]
+    opt = torch.optim.Adam(energy.parameters(), lr=0.01)
+
+    class Fixed:
+        def sample(self, x, n_steps):
+            return neg
+    for step in range(4):
+        x = 2 * torch.randn(16, N, dtype=D, generator=g)
+        neg = torch.randn(16, N, dtype=D, generator=g)
+        for reg in (0.0, 0.01):
+            params = {k: p.detach().clone().requires_grad_(True)
+                      for k, p in energy.named_parameters()}
+            e_pos, e_neg = formula(x, **params), formula(neg, **params)
+            want = torch.autograd.grad(e_pos.mean() - e_neg.mean()
+                                       + reg * (e_pos.square().mean() + e_neg.square().mean()),
+                                       list(params.values()))
+            opt.zero_grad()
+            ContrastiveDivergence(energy, Fixed(), energy_reg_weight=reg).compute_loss(
+                x, neg).backward()
+            for p, w in zip(energy.parameters(), want):
+                torch.testing.assert_close(p.grad, w, **TOL)
+            assert torch.equal(energy.cov.grad, energy.cov.grad.mT)
+            opt.step()
+            assert torch.equal(energy.cov, energy.cov.mT), (step, reg)

@@ -349,6 +349,30 @@ def test_parser_arbitrary_unicode_only_raises_energy_syntax_error(text):
 
 
 # -- shrunk failures kept as regular tests -----------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_regression_a_where_inside_a_condition(dtype):
+    # found by the batch-total attack: where(c, v, 2.0) > 0 simplifies to a condition
+    # with a constant branch, where(c, v > 0, True), whose True was printed as a 0-d tensor
+    # of x's dtype; torch.where refused it as a condition (E(x) raised)
+    energies = {
+        "where(where(x[0] > 0, x[1], 2.0) > 0, x[2]**2, x[0])":
+            lambda x: torch.where(torch.where(x[:, 0] > 0, x[:, 1], 2.0) > 0, x[:, 2]**2,
+                                  x[:, 0]),
+        "sum(where(where(x > 0, x, 2.0) > 0.5, x**2, x))":
+            lambda x: torch.where(torch.where(x > 0, x, 2.0) > 0.5, x**2, x).sum(-1)}
+    x = torch.tensor([[0.3, -0.2, 1.5], [0.4, 0.7, -2.0], [-1.0, 0.6, 0.9],
+                      [0.8, 0.2, 0.1]], dtype=dtype)
+    for formula, plain in energies.items():
+        energy = from_expression(formula)
+        xg = x.clone().requires_grad_(True)
+        want = plain(xg)
+        (want_g,) = torch.autograd.grad(want.sum(), xg)
+        got, g = energy.energy_and_gradient(x)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(g, want_g, rtol=0, atol=0)
+
+
 def test_regression_where_constant_branches_are_float64():
     # found by the fuzzer: where(..., 2.0, -1.0) printed Python floats (float32 result)
     energy = from_expression("sum(where(x > mu, 2.0, -1.0)*x[0])", mu=torch.zeros(2))

@@ -91,6 +91,19 @@ def _cases():
         "prod(a[i]*x[i] for i in range(n)) + s*norm(x - mu)", a=_randn(n, seed=13),
         mu=_randn(n, seed=14), s=1.5, trainable=True),
         lambda x, a, mu, s: (a * x).prod(-1) + s * torch.linalg.vector_norm(x - mu, dim=-1))
+    # a scalar parameter times a term that reads another per-sample reduction: its
+    # adjoint is k's factor pulled out of the sum, sum(x**2) per sample (not the
+    # [B, 1] view of it broadcast into the sum, which made a [B, B] gradient)
+    add("scale_times_inner_sum", from_expression("sum(k*x**3*sum(x**2))", k=0.7,
+                                                 trainable=True),
+        lambda x, k: k * (x**3).sum(-1) * (x**2).sum(-1))
+    add("scale_times_inner_sum_and_product", from_expression(
+        "dot(sum(x**2) * (W @ x), k*x)", W=_randn(n, n, seed=15), k=-1.3, trainable=True),
+        lambda x, W, k: k * ((x @ W.T) * x).sum(-1) * (x**2).sum(-1))
+    # ... and the rest of the term keeps reading the broadcast at the sum's points
+    add("scale_times_broadcast_in_the_rest", from_expression(
+        "sum(k*x*(tanh(x) + sum(x**2)*x))", k=0.7, trainable=True),
+        lambda x, k: k * (x * (torch.tanh(x) + (x**2).sum(-1, keepdim=True) * x)).sum(-1))
     return cases
 
 
@@ -283,7 +296,8 @@ def _cd_losses(energy):
             ParallelTemperingCD(energy, sampler, energy_reg_weight=0.01)]
 
 
-@pytest.mark.parametrize("name", ["double_well", "gaussian", "mixture", "logdet"])
+@pytest.mark.parametrize("name", ["double_well", "gaussian", "mixture", "logdet",
+                                  "scale_times_inner_sum_and_product"])
 def test_cd_backward_is_the_closed_form_without_a_graph(name):
     energy, values, formula = _cases()[name]
     x, neg = _x(b=6, seed=1), 1.5 * _x(b=4, seed=2)

@@ -283,6 +283,39 @@ def test_cd_nonfinite_loss_warns_and_falls_back():
     assert not torch.isfinite(raw.compute_loss(x, torch.full_like(x, float("inf"))))
 
 
+def test_cd_under_vmap_needs_no_fallback_and_gives_each_member_its_gradient():
+    """An ensemble of parameter sets through torch.func (functional_call, grad, vmap):
+    the fallback's branch on the loss value cannot be vmapped (a clear error naming
+    the fix, not vmap's own .item() error); without it each member's gradient is the
+    textbook one."""
+    from torch.func import functional_call, grad, vmap
+    energy, params, f = _cases()["gaussian"]
+    x, neg = _data(b=5), _data(b=5, seed=9)
+    base = {k: p.detach() for k, p in energy.named_parameters()}
+    stacked = {"mean": torch.stack([base["mean"], base["mean"] + 0.5]),
+               "cov": torch.stack([base["cov"], base["cov"] + torch.eye(3, dtype=D)])}
+
+    def gradients(cd):
+        def loss(p):
+            return functional_call(cd, {f"energy.{k}": v for k, v in p.items()},
+                                   (x, neg), strict=False)
+        return vmap(grad(loss))(stacked)
+
+    class Loss(ContrastiveDivergence):
+        def forward(self, x, neg):                  # the loss of given negatives
+            return self.compute_loss(x, neg)
+    with pytest.raises(RuntimeError, match=r"vmap.*nonfinite_fallback=None"):
+        gradients(Loss(energy, _sampler(energy), energy_reg_weight=0.0))
+    got = gradients(Loss(energy, _sampler(energy), energy_reg_weight=0.0,
+                         nonfinite_fallback=None))
+    for i in range(2):
+        ps = [stacked["mean"][i].clone().requires_grad_(True),
+              stacked["cov"][i].clone().requires_grad_(True)]
+        want = torch.autograd.grad(f(x, *ps).mean() - f(neg, *ps).mean(), ps)
+        torch.testing.assert_close(got["mean"][i], want[0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got["cov"][i], want[1], rtol=1e-10, atol=1e-12)
+
+
 def test_parallel_tempering_swaps_follow_metropolis():
     # a sampler that puts the T = 1 chains at 0 and the T = 2 chains at 1 isolates the
     # swap: E = x^2 gives E(0) = 0, E(1) = 1, so a swap is accepted with probability

@@ -253,7 +253,8 @@ class ContrastiveDivergence(nn.Module):
             (TorchEBM returns 0.1 so a diverged step does not poison the
             optimiser) and a ``RuntimeWarning`` names the problem; the
             replacement has zero gradient, and ``last_loss_replaced`` is True until
-            the next loss. ``None`` returns the loss as is.
+            the next loss. ``None`` returns the loss as is (required under
+            ``torch.func.vmap``, which cannot branch on the value).
 
     Differences from TorchEBM: ``dtype``/``device`` default to the data's
     (TorchEBM casts to float32 on the CPU); a non-finite loss warns instead of
@@ -264,6 +265,7 @@ class ContrastiveDivergence(nn.Module):
         ValueError: non-positive ``k_steps``/``buffer_size``, a negative
             weight or scale, both ``energy`` and ``model``, a sampler whose
             ``energy`` is another module than the one trained.
+        RuntimeError: the loss under ``torch.func.vmap`` with a ``nonfinite_fallback``.
     """
 
     def __init__(self, energy=None, sampler=None, k_steps=10, persistent=False,
@@ -443,6 +445,20 @@ class ContrastiveDivergence(nn.Module):
         negatives = self.negative_samples(x, generator)
         return self.compute_loss(x, negatives, generator=generator), negatives
 
+    def _finite(self, loss):
+        """True if ``loss`` is finite; a clear error under ``torch.func.vmap``, where the
+        fallback's branch on the value cannot be taken per member."""
+        try:
+            return bool(torch.isfinite(loss.detach()))
+        except RuntimeError as e:
+            if "vmap" not in str(e):
+                raise
+            raise RuntimeError(
+                f"{type(self).__name__}: under torch.func.vmap the loss cannot be checked "
+                f"for a non-finite value (nonfinite_fallback={self.nonfinite_fallback!r} "
+                f"branches on it); build the loss with nonfinite_fallback=None (or set the "
+                f"attribute) to vmap it") from e
+
     def compute_loss(self, x, pred_x, energy_reg_weight=None, add_noise_to_real=None,
                      noise_scale=None, generator=None):
         """The CD loss for positives ``x`` and negatives ``pred_x`` (both ``[B, n]``).
@@ -468,7 +484,7 @@ class ContrastiveDivergence(nn.Module):
                                    if p.requires_grad), torch.zeros((), dtype=loss.dtype,
                                                                     device=loss.device))
         self.last_loss_replaced = False
-        if self.nonfinite_fallback is not None and not bool(torch.isfinite(loss.detach())):
+        if self.nonfinite_fallback is not None and not self._finite(loss):
             self.last_loss_replaced = True      # fit() stops an epoch made only of these
             warnings.warn(f"{type(self).__name__}: the loss is {float(loss.detach())} (a data or "
                           f"negative energy is not finite: the sampler diverged? lower its "

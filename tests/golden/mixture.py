@@ -427,7 +427,7 @@ class GoldenEnergy(CompiledEnergy):
         del v_2, lse, bc_6
         g_4 = d_1*w_9
         del d_1
-        adj_w = weights.reshape(-1) @ g_4.reshape(-1, g_4.shape[-1])
+        adj_w = weights.reshape(-1) @ g_4.flatten(0, -2)
         del g_4
         w_10 = c*w_9
         w_11 = c_1*w_9
@@ -442,7 +442,7 @@ class GoldenEnergy(CompiledEnergy):
         g_5 = 2*bc_7*s0
         del s0, bc_7
         adj_M = torch.zeros_like(M)
-        adj_M = adj_M.flatten(-2).index_add(-1, lay["idx_p_0"] * M.shape[1] + lay["idx_p_1"], weights.reshape(-1) @ g_5.reshape(-1, g_5.shape[-1])).unflatten(-1, M.shape)
+        adj_M = adj_M.flatten(-2).index_add(-1, lay["idx_p_0"] * M.shape[1] + lay["idx_p_1"], weights.reshape(-1) @ g_5.flatten(0, -2)).unflatten(-1, M.shape)
         del g_5
         # per sample: -logsumexp(log(w[k]) - 0.5*sum((x - M[k, :])**2)/s**2 for k in range(len(w)))
         pbar_1 = (weights * rs_1).sum()

@@ -226,15 +226,15 @@ class GoldenEnergy(CompiledEnergy):
         weights = _rt.energy_weights(weights, energy_2)
         del r
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
-        adj_mu = -0.5*(weights.reshape(-1) @ mv0.reshape(-1, mv0.shape[-1]))
+        adj_mu = -0.5*(weights.reshape(-1) @ mv0.flatten(0, -2))
         del mv0
         adj_mv0 = s0
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
-        adj_inverse_S = 0.5*(h_3.reshape(-1, h_3.shape[-1]).mT @ (weights.unsqueeze(-1) * adj_mv0).reshape(-1, adj_mv0.shape[-1]))
+        adj_inverse_S = 0.5*(h_3.flatten(0, -2).mT @ (weights.unsqueeze(-1) * adj_mv0).flatten(0, -2))
         del h_3
         hbar_2 = adj_mv0 @ inverse_S.mT
         del s0, adj_mv0
-        adj_mu = adj_mu + -0.5*(weights.reshape(-1) @ hbar_2.reshape(-1, hbar_2.shape[-1]))
+        adj_mu = adj_mu + -0.5*(weights.reshape(-1) @ hbar_2.flatten(0, -2))
         del hbar_2
         # per sample: 0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)
         pbar_1 = weights.sum() * 0.5
@@ -252,19 +252,16 @@ class GoldenEnergy(CompiledEnergy):
         # per sample: 0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)
         energy_2 = 0.5*logdet_S
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
-        adj_mu = -0.5*((weights.reshape(-1) @ h_3.reshape(-1, h_3.shape[-1])) @ inverse_S)
+        adj_mu = -0.5*((weights.reshape(-1) @ h_3.flatten(0, -2)) @ inverse_S)
         adj_mv0 = s0
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
-        adj_inverse_S = 0.5*(h_3.reshape(-1, h_3.shape[-1]).mT @ (weights.unsqueeze(-1) * adj_mv0).reshape(-1, adj_mv0.shape[-1]))
+        adj_inverse_S = 0.5*(h_3.flatten(0, -2).mT @ (weights.unsqueeze(-1) * adj_mv0).flatten(0, -2))
         tot = (inverse_S * adj_inverse_S).sum()
         del h_3
-        hbar_2 = adj_mv0 @ inverse_S.mT
+        adj_mu = adj_mu + -0.5*((weights.reshape(-1) @ adj_mv0.flatten(0, -2)) @ inverse_S.mT)
         del s0, adj_mv0
-        adj_mu = adj_mu + -0.5*(weights.reshape(-1) @ hbar_2.reshape(-1, hbar_2.shape[-1]))
-        del hbar_2
         # per sample: 0.5*(x - mu) @ inverse(S) @ (x - mu) + 0.5*logdet(S)
         pbar_1 = weights.sum() * 0.5
-        tot_1 = (weights * energy_2).sum()
-        del energy_2
+        tot_1 = weights.sum() * energy_2
         total = tot + tot_1
         return {'(energy)': total, 'inverse(S)': adj_inverse_S, 'mu': adj_mu, 'logdet(S)': pbar_1}

@@ -401,8 +401,12 @@ def inverse_vjp(m: torch.Tensor, a: torch.Tensor, route=None) -> torch.Tensor:
     ``-P sym(a) P``: autograd's values through :func:`inverse` on each route."""
     p, spd = inverse_route(m) if route is None else route
     a = a.to(p.dtype)
-    g = -(p @ ((a + a.mT) / 2) @ p) if spd else -(p.mT @ a @ p.mT)
-    return g.to(m.dtype)
+    if not spd:
+        return (-(p.mT @ a @ p.mT)).to(m.dtype)
+    g = -(p @ ((a + a.mT) / 2) @ p)
+    # symmetric to the last bit ((g + g^T) / 2 is, the product is not): an optimiser step
+    # then keeps a symmetric matrix exactly symmetric, and so on the Cholesky route
+    return ((g + g.mT) / 2).to(m.dtype)
 
 
 def outer_sum(pairs) -> torch.Tensor:

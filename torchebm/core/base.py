@@ -947,9 +947,36 @@ class CompiledEnergy(BaseEnergyFunction):
         ``_parameter_gradient_total`` where the class has one (its matrix-vector
         products contracted over the batch before the matrix: one matrix product per
         job instead of two), else the batch-summed kernel and a weighted sum of its
-        energies. Detached."""
+        energies, else (a formula without generated parameter adjoints) autograd of
+        ``sum_b w_b E(x_b)``. Detached.
+
+        Raises:
+            TypeError: a pair ``(a, c)`` as weights (energy-dependent weights need the
+                per-sample energies: :meth:`_energy_and_parameter_gradient_sum`).
+            ShapeError: weights whose shape is not the job's batch shape."""
+        for _, weights in jobs:
+            if isinstance(weights, tuple):
+                raise TypeError("_energy_total_and_parameter_gradient_sum takes fixed weights "
+                                "(a number or a tensor [...]), not a pair (a, c); use "
+                                "_energy_and_parameter_gradient_sum for weights a + c*E")
         self._ensure_second_order()             # generated with the second order
         kernel = "_parameter_gradient_total"
+        if getattr(type(self), "_parameter_gradient_sum", None) is None:
+            params = self._trainable_parameters()
+            totals, grads = [], {name: torch.zeros_like(p) for name, p in params.items()}
+            for x, weights in jobs:
+                x = _as_batch(x).detach()
+                w = _batch_weights(weights, x)
+                with torch.inference_mode(False), torch.enable_grad():
+                    total = (self(x) * w).sum()
+                    parts = (torch.autograd.grad(total, list(params.values()),
+                                                 allow_unused=True)
+                             if total.requires_grad else [None] * len(params))
+                totals.append(total.detach())
+                for name, g in zip(params, parts):
+                    if g is not None:
+                        grads[name] = grads[name] + g.detach()
+            return totals, grads
         if getattr(type(self), kernel, None) is None:
             energies, grads = self._closed_parameter_gradient(jobs, summed=True)
             totals = []

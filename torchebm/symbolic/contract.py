@@ -23,8 +23,16 @@ of ``x - m``, which is also ``P``'s gradient.
 whose ``'(energy)'`` output is ``T``, 0-d. It returns None when no product
 qualifies (the module then has no such method and the runtime uses the batch-summed
 kernel). Affinity is checked statement by statement: every value computed from
-``y`` is affine in it jointly (each first partial free of ``y``), reductions of it are
-sums, and no adjoint reads it except the weighted sums above.
+``y`` is affine in it jointly, read structurally (sums and products of degree at most 1,
+``where`` whose condition does not read ``y``; a zero first partial is not enough:
+``sign(y)`` and conditions on ``y`` have one), reductions of it are sums, and no
+adjoint reads it except the weighted sums above. The value left once ``y`` is dropped
+may be narrower (a number, a parameter): it keeps its own shape, and the reductions
+broadcast it to their points.
+
+Likewise an adjoint ``hbar = ybar @ A^T`` read only by a vector parameter's weighted
+sum ``w @ hbar`` (the mean of a quadratic form whose matrix is not declared
+symmetric) is contracted as ``(w @ ybar) @ A^T``: no ``[B, n] x [n, n]`` product.
 """
 
 from __future__ import annotations
@@ -33,8 +41,10 @@ import dataclasses
 
 import sympy as sp
 
-from .ir import (Assign, Broadcast, Kernel, LoadKind, LoadStmt, MatrixAdjoint, MatVecStmt,
-                 ParameterAccumulate, ParameterScalar, Reduce, Shape, frozen_map)
+from .functions import Guard, Ratio, ScaledQuotient
+from .ir import (Addressing, Assign, Broadcast, Kernel, LoadKind, LoadStmt, MatrixAdjoint,
+                 MatVecStmt, ParameterAccumulate, ParameterScalar, Reduce, Shape, frozen_map)
+from .optimise import prune
 
 TOTAL_KERNEL = "parameter_gradient_total"
 
@@ -47,6 +57,45 @@ def _candidates(kernel):
     return {st.matvec.vector: st for st in kernel.body
             if isinstance(st, MatVecStmt) and not st.adjoint and st.matvec.vector in adjoint
             and kernel.shapes.get(st.matvec.value, Shape.SCALAR) is Shape.BOTH}
+
+
+def _degree(expr, symbols):
+    """The degree of ``expr`` in ``symbols`` jointly when it is 0 or 1, else None.
+
+    A zero derivative is not enough: ``sign(y)``, a ``Piecewise`` whose condition reads
+    ``y`` and a condition ``y > 0`` itself have first partials free of ``y`` (0 where they
+    exist) yet change with it. So the expression is read structurally: sums and products
+    of ``y``, and ``Piecewise`` whose conditions do not read ``y``."""
+    if not isinstance(expr, sp.Expr):
+        return 0 if not (expr.free_symbols & symbols) else None     # a condition
+    if not (expr.free_symbols & symbols):
+        return 0
+    if expr in symbols:
+        return 1
+    if isinstance(expr, sp.Add):
+        degrees = [_degree(a, symbols) for a in expr.args]
+        return None if None in degrees else max(degrees)
+    if isinstance(expr, sp.Mul):
+        degrees = [_degree(a, symbols) for a in expr.args]
+        return None if None in degrees or sum(degrees) > 1 else sum(degrees)
+    if isinstance(expr, sp.Piecewise):
+        degrees = []
+        for value, cond in expr.args:
+            if cond.free_symbols & symbols:
+                return None                     # the branch taken depends on y
+            degrees.append(_degree(value, symbols))
+        return None if None in degrees else max(degrees)
+    if isinstance(expr, (Guard, Ratio, ScaledQuotient)):
+        # Guard(v, selected) is v; Ratio(a, r) is a/r and ScaledQuotient(a, r) a/r**2
+        if any(a.free_symbols & symbols for a in expr.args[1:]):
+            return None
+        return _degree(expr.args[0], symbols)
+    return None                                 # a power or function of y
+
+
+def _is_affine(expr, symbols):
+    """True if ``expr`` is affine in ``symbols`` jointly (see :func:`_degree`)."""
+    return _degree(expr, set(symbols)) is not None
 
 
 def _affine_values(kernel, products):
@@ -64,8 +113,8 @@ def _affine_values(kernel, products):
             continue
         sources = set().union(*[origin[u] for u in used])
         if isinstance(st, Assign):
-            if any(st.expr.diff(u).free_symbols & origin.keys() for u in used):
-                return None, None, sources   # not affine: a product of two, a function of one
+            if not _is_affine(st.expr, used):
+                return None, None, sources   # a product of two, a function or condition of one
             origin[st.target] = sources
         elif isinstance(st, (Reduce, Broadcast)) and (
                 isinstance(st, Broadcast) or st.op in ("sum", "sum_all")):
@@ -76,6 +125,8 @@ def _affine_values(kernel, products):
         elif (isinstance(st, ParameterAccumulate) and st.summed and st.matvec is None
               and len(used) == 1 and used[0] in vectors):
             y = used[0]
+            if not _is_affine(st.source, used):
+                return None, None, sources
             c = st.source.diff(y)
             rest = sp.expand(st.source - c * y)
             if not c.is_Number or rest.free_symbols & origin.keys():
@@ -86,9 +137,39 @@ def _affine_values(kernel, products):
     return set(origin), reads, None
 
 
+def _contracted_adjoints(kernel):
+    """``{hbar: {statement index: (c, matvec)}}`` for the adjoints ``hbar = ybar @ A^T``
+    of whole products read only as ``c * hbar`` by batch-summed accumulations of a whole
+    vector parameter (the mean's ``sum_b w_b hbar_b`` in a quadratic form whose matrix is
+    not declared symmetric): each becomes ``c (w @ ybar) @ A^T``, and the ``[B, n] x
+    [n, n]`` product that forms hbar is not needed."""
+    adjoints = {st.target: (k, st) for k, st in enumerate(kernel.body)
+                if isinstance(st, MatVecStmt) and st.adjoint and st.matvec.whole}
+    found = {}
+    for hbar, (at, mv_st) in adjoints.items():
+        readers = {}
+        for k, st in enumerate(kernel.body):
+            if hbar not in st.uses():
+                continue
+            if not (isinstance(st, ParameterAccumulate) and st.summed and st.matvec is None
+                    and k > at and st.level is mv_st.level
+                    and st.load.addressing is Addressing.WHOLE
+                    and st.source.free_symbols == {hbar}):
+                break
+            c = st.source.diff(hbar)
+            if not c.is_Number or sp.expand(st.source - c * hbar) != 0:
+                break
+            readers[k] = (c, mv_st.matvec)
+        else:
+            if readers:
+                found[hbar] = readers
+    return found
+
+
 def total_kernel(kernel: Kernel) -> Kernel | None:
     """The batch-total kernel of an optimised ``parameter_gradient_sum`` kernel (see the
     module's docstring), or None when no matrix-vector product can be contracted."""
+    kernel = prune(kernel)      # statements nothing reads do not count as readers
     products = _candidates(kernel)
     while products:
         affine, reads, failed = _affine_values(kernel, products)
@@ -107,10 +188,18 @@ def total_kernel(kernel: Kernel) -> Kernel | None:
         shapes[s] = Shape.SCALAR
         return s
 
+    contracted = _contracted_adjoints(kernel)
     body, shares = [], []
     for k, st in enumerate(kernel.body):
         if isinstance(st, MatVecStmt) and not st.adjoint and st.matvec.vector in products:
             continue                    # the forward product is what this kernel saves
+        if isinstance(st, MatVecStmt) and st.adjoint and st.target in contracted:
+            continue                    # hbar = ybar @ A^T: only its weighted sum is read
+        if k in contracted.get(getattr(st, "source", None), {}):
+            c, mv = contracted[st.source][k]
+            body.append(dataclasses.replace(st, source=sp.S.Zero, scale=st.scale * c,
+                                            matvec=mv, adjoint=True))
+            continue
         if k in reads:
             name, c, rest = reads[k]
             mv = products[name].matvec
@@ -132,6 +221,10 @@ def total_kernel(kernel: Kernel) -> Kernel | None:
                     zero.add(st.target)
                     continue
                 st = dataclasses.replace(st, expr=expr)
+                # without y it may be narrower (a number, a parameter, per sample
+                # only): the reductions that read it broadcast it to their points
+                shapes[st.target] = Shape.join(*[shapes.get(s, Shape.SCALAR)
+                                                 for s in expr.free_symbols])
             elif isinstance(st, (Reduce, Broadcast)) and st.source in zero:
                 zero.add(st.target)
                 continue

@@ -442,7 +442,11 @@ class _ParameterBuilder(_Builder):
 
     def __init__(self, program, arrays, scalars, summed, first_symbol):
         super().__init__(program, first_symbol)
-        self.broadcast_source: dict = {}
+        # [..., 1] broadcasts of per-sample values -> the values: the backward's own and
+        # the forward's (a level's outer values, sum(x**2) in sum(x**2 * x)), so a factor
+        # pulled out of a reduction is never the [..., 1] view at the root
+        self.broadcast_source: dict = {s: root_sym for lv in program.levels
+                                       if lv.parent is None for root_sym, s in lv.outer}
         self.arrays, self.scalars, self.summed = frozenset(arrays), dict(scalars), summed
         self.xdep |= set(self.scalars)
         for ld in list(program.root_loads) + [ld for lv in program.levels for ld in lv.loads]:
@@ -514,10 +518,12 @@ class _ParameterBuilder(_Builder):
             factor, rest = sp.S.One, total
             expr = self.defs.get(total)
             if isinstance(expr, sp.Mul) and lv.parent is None:
-                expr = expr.xreplace(self.broadcast_source)
                 varying = [u for u in expr.free_symbols
                            if self.shapes.get(u, Shape.SCALAR).per_point]
                 factor, rest = expr.as_independent(*varying, as_Add=False)
+                # the factor is read at the root: the per-sample values, not their [..., 1]
+                # broadcasts; the rest stays at the level's points, broadcasts and all
+                factor = factor.xreplace(self.broadcast_source)
                 for _ in range(8):      # per-sample temporaries of this level, expanded
                     inner = {u: self.defs[u] for u in factor.free_symbols
                              if u in self.defs and self.shapes.get(u) is Shape.BATCH}

@@ -114,16 +114,23 @@ class AdjointPrinting:
                        else f"weights.sum() * {src}")
                 return lines + [f"{adj}[{idx}] += {src}"]
             return lines + [f"{adj}[..., {idx}] += {src}"]
-        if st.matvec is not None:        # (w @ h) @ A: the batch contracted before the product
+        if st.matvec is not None and st.adjoint:     # (w @ ybar) @ A^T: hbar never formed
+            mv = st.matvec
+            ybar = self.accumulator(Vector(VectorKind.MATVEC, mv.vector))
+            if ybar not in self.initialised:         # nothing reads the product: no share
+                return [f"{adj} = torch.zeros_like({theta})"] if first else []
+            src = (f"(weights.reshape(-1) @ {ybar}.flatten(0, -2)) @ "
+                   f"{self.matrix_code(mv, transpose=False)}" + ("" if mv.row_major else ".mT"))
+        elif st.matvec is not None:      # (w @ h) @ A: the batch contracted before the product
             h = self.ref(st.source)
-            src = (f"(weights.reshape(-1) @ {h}.reshape(-1, {h}.shape[-1])) @ "
+            src = (f"(weights.reshape(-1) @ {h}.flatten(0, -2)) @ "
                    f"{self.matrix_code(st.matvec)}")
         elif st.summed and self.shape(st.source) is Shape.POINT:
             src = f"weights.sum() * {self.ref(st.source)}"
         else:
             src = self.materialize(st.source, lv)
-            if st.summed:                # the batch contracted first: one GEMV
-                src = f"weights.reshape(-1) @ {src}.reshape(-1, {src}.shape[-1])"
+            if st.summed:                # the batch contracted first: one GEMV (flatten: P may be 0)
+                src = f"weights.reshape(-1) @ {src}.flatten(0, -2)"
         if st.scale != 1:                # on the contracted [*theta.shape] result
             src = f"{self.code(st.scale)}*({src})"
         if ld.addressing is Addressing.WHOLE:
@@ -167,7 +174,8 @@ class AdjointPrinting:
         part = "" if mv.whole else (f"[..., :, {a}:{b}]" if mv.row_major else f"[..., {a}:{b}, :]")
         h = self.ref(mv.value)
         if st.summed:
-            hh, yy = f"{h}.reshape(-1, {h}.shape[-1])", f"(weights.unsqueeze(-1) * {ybar}).reshape(-1, {ybar}.shape[-1])"
+            # [B, P] by flatten, not reshape(-1, P): an empty level (P = 0) is ambiguous there
+            hh, yy = f"{h}.flatten(0, -2)", f"(weights.unsqueeze(-1) * {ybar}).flatten(0, -2)"
             prod = f"{yy}.mT @ {hh}" if mv.row_major else f"{hh}.mT @ {yy}"
             if st.scale != 1:              # on the [n, n] product, not on the [B, n] vector
                 prod = f"{self.code(st.scale)}*({prod})"

@@ -465,11 +465,16 @@ class ParameterAccumulate(Stmt):
     # the source is this product's vector ``h @ A`` and ``source`` is its ``h``: the batch
     # is contracted before the product, ``(w @ h) @ A`` (a batch-total kernel)
     matvec: "MatVec | None" = None
+    # with ``matvec``: the source is instead the product's adjoint ``hbar = ybar @ A^T``
+    # (``source`` unused, 0), contracted as ``(w @ ybar) @ A^T``: no ``[B, n]`` hbar
+    adjoint: bool = False
 
     def defines(self):
         return (Adjoint(self.vector),)
 
     def uses(self):
+        if self.adjoint:
+            return (Adjoint(self.vector), Adjoint(Vector(VectorKind.MATVEC, self.matvec.vector)))
         return (Adjoint(self.vector), *self.source.free_symbols)
 
 

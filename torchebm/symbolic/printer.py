@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import sympy as sp
+from sympy.logic.boolalg import BooleanAtom
 from sympy.codegen.cfunctions import expm1, log1p
 from sympy.printing.pytorch import TorchPrinter
 from sympy.printing.precedence import precedence
@@ -271,6 +272,10 @@ class TorchEnergyPrinter(TorchPrinter):
         # tensor's dtype, and costs no tensor of its own (5 us a call): used for numbers
         # every floating dtype holds (|v| <= 65504, float16's largest; inf, nan), since
         # torch refuses a Python number that overflows the result's dtype.
+        if isinstance(e, BooleanAtom):
+            # a branch of a condition (where(c, y > 0, True) > ...): a bool, never a
+            # 0-d tensor of x's dtype, which torch.where refuses as a condition
+            return self._print(e) if tensor else f"x.new_tensor({self._print(e)}, dtype=torch.bool)"
         if e.is_Number:
             value = float(e)
             if tensor and (not math.isfinite(value) or abs(value) <= 65504.0):

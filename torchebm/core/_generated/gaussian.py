@@ -189,9 +189,9 @@ class GaussianEnergy(CompiledEnergy):
         del v_1
         adj_mv0 = s0
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        adj_inverse_cov = 0.5*(h_3.reshape(-1, h_3.shape[-1]).mT @ (weights.unsqueeze(-1) * adj_mv0).reshape(-1, adj_mv0.shape[-1]))
+        adj_inverse_cov = 0.5*(h_3.flatten(0, -2).mT @ (weights.unsqueeze(-1) * adj_mv0).flatten(0, -2))
         del h_3, s0, adj_mv0
-        adj_mean = -1.0*(weights.reshape(-1) @ mv0.reshape(-1, mv0.shape[-1]))
+        adj_mean = -1.0*(weights.reshape(-1) @ mv0.flatten(0, -2))
         del mv0
         return {'(energy)': r, 'inverse(cov)': adj_inverse_cov, 'mean': adj_mean}
 
@@ -205,9 +205,9 @@ class GaussianEnergy(CompiledEnergy):
         s0 = x - mean
         adj_mv0 = s0
         # level 1: i in range(0, n) (per sample): (-0.5*mean[i] + 0.5*x[i]) @ inverse(cov)
-        adj_inverse_cov = 0.5*(h_3.reshape(-1, h_3.shape[-1]).mT @ (weights.unsqueeze(-1) * adj_mv0).reshape(-1, adj_mv0.shape[-1]))
+        adj_inverse_cov = 0.5*(h_3.flatten(0, -2).mT @ (weights.unsqueeze(-1) * adj_mv0).flatten(0, -2))
         tot = (inverse_cov * adj_inverse_cov).sum()
         del s0, adj_mv0
-        adj_mean = -1.0*((weights.reshape(-1) @ h_3.reshape(-1, h_3.shape[-1])) @ inverse_cov)
+        adj_mean = -1.0*((weights.reshape(-1) @ h_3.flatten(0, -2)) @ inverse_cov)
         del h_3
         return {'(energy)': tot, 'inverse(cov)': adj_inverse_cov, 'mean': adj_mean}
