@@ -73,6 +73,15 @@ def _contracted():
         "product_plus_component": (
             from_expression("sum((W @ x) + x[0])", W=W, trainable=True),
             lambda x, W: (x @ W.T).sum(-1) + x.shape[-1] * x[:, 0]),
+        # of two products of W, the one in the condition keeps its forward product and
+        # the selected one is contracted: affine in it once the condition is a value
+        "form_selected_by_itself": (
+            from_expression("where(x @ W @ x > 0, x @ W @ x, 0)", W=W, trainable=True),
+            lambda x, W: torch.clamp(((x @ W) * x).sum(-1), min=0)),
+        # the energy is not affine in V's product: W's is contracted alone
+        "one_of_two_products": (
+            from_expression("x @ W @ x + sum(tanh(V @ x))", W=W, V=V, trainable=True),
+            lambda x, W, V: ((x @ W) * x).sum(-1) + torch.tanh(x @ V.T).sum(-1)),
         # a slice of the matrix's columns
         "column_slice": (
             from_expression("sum(sum(W[i, j]*x[j] for j in range(1, n))*x[i] for i in range(n))",
@@ -98,9 +107,6 @@ def _not_contracted():
         "sign_of_product": (
             from_expression("sum(sign(W @ x))*x[0] + sum(x**2)", W=W, trainable=True),
             lambda x, W: torch.sign(x @ W.T).sum(-1) * x[:, 0] + (x**2).sum(-1)),
-        "form_selected_by_itself": (
-            from_expression("where(x @ W @ x > 0, x @ W @ x, 0)", W=W, trainable=True),
-            lambda x, W: torch.clamp(((x @ W) * x).sum(-1), min=0)),
         "double_well": (DoubleWellEnergy(barrier_height=1.5, b=0.8, trainable=True),
                         lambda x, barrier_height, b: barrier_height
                         * ((x**2 - b**2)**2).sum(-1)),
