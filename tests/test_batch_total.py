@@ -78,11 +78,15 @@ def _contracted():
         "product_plus_component": (
             from_expression("sum((W @ x) + x[0])", W=W, trainable=True),
             lambda x, W: (x @ W.T).sum(-1) + x.shape[-1] * x[:, 0]),
-        # the product in the condition is read non-affinely and stays; the one in the
-        # selected value is affine there and is contracted (values checked either way)
+        # of two products of W, the one in the condition keeps its forward product and
+        # the selected one is contracted: affine in it once the condition is a value
         "form_selected_by_itself": (
             from_expression("where(x @ W @ x > 0, x @ W @ x, 0)", W=W, trainable=True),
             lambda x, W: torch.clamp(((x @ W) * x).sum(-1), min=0)),
+        # the energy is not affine in V's product: W's is contracted alone
+        "one_of_two_products_rows": (
+            from_expression("x @ W @ x + sum(tanh(V @ x))", W=W, V=V, trainable=True),
+            lambda x, W, V: ((x @ W) * x).sum(-1) + torch.tanh(x @ V.T).sum(-1)),
         # a slice of the matrix's columns
         "column_slice": (
             from_expression("sum(sum(W[i, j]*x[j] for j in range(1, n))*x[i] for i in range(n))",

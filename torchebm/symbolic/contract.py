@@ -38,6 +38,7 @@ symmetric) is contracted as ``(w @ ybar) @ A^T``: no ``[B, n] x [n, n]`` product
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import sympy as sp
 
@@ -166,18 +167,34 @@ def _contracted_adjoints(kernel):
     return found
 
 
+def _affine_subset(kernel, products):
+    """``(products, _affine_values(...))`` for the largest set of the candidate products
+    in which the energy is affine (largest first, then in order: ``x @ W @ x +
+    sum(tanh(V @ x))`` contracts W's product and keeps V's), or None. Every subset is
+    tried for up to 6 candidates, else only the leading ones (a formula rarely has more
+    than two)."""
+    names = list(products)
+    if len(names) <= 6:
+        subsets = (c for size in range(len(names), 0, -1)
+                   for c in itertools.combinations(names, size))
+    else:
+        subsets = (names[k:] for k in range(len(names)))
+    for subset in subsets:
+        sub = {k: products[k] for k in subset}
+        affine, reads, failed = _affine_values(kernel, sub)
+        if failed is None:
+            return sub, (affine, reads)
+    return None
+
+
 def total_kernel(kernel: Kernel) -> Kernel | None:
     """The batch-total kernel of an optimised ``parameter_gradient_sum`` kernel (see the
     module's docstring), or None when no matrix-vector product can be contracted."""
     kernel = prune(kernel)      # statements nothing reads do not count as readers
-    products = _candidates(kernel)
-    while products:
-        affine, reads, failed = _affine_values(kernel, products)
-        if failed is None:
-            break
-        products = {name: st for name, st in products.items() if name not in failed}
-    else:
+    chosen = _affine_subset(kernel, _candidates(kernel))
+    if chosen is None:
         return None
+    products, (affine, reads) = chosen
     zero = {st.matvec.symbol for st in products.values()}   # values that are 0 at y = 0
     shapes, counter = dict(kernel.shapes), kernel.next_symbol
 

@@ -129,7 +129,7 @@ class AdjointPrinting:
             src = f"weights.sum() * {self.ref(st.source)}"
         else:
             src = self.materialize(st.source, lv)
-            if st.summed:                # the batch contracted first: one GEMV (flatten: P may be 0)
+            if st.summed:                # the batch contracted first: one GEMV (P may be 0)
                 src = f"weights.reshape(-1) @ {src}.flatten(0, -2)"
         if st.scale != 1:                # on the contracted [*theta.shape] result
             src = f"{self.code(st.scale)}*({src})"
