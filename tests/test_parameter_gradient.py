@@ -251,16 +251,16 @@ def test_summed_matrix_adjoint_is_one_product_not_outer_products():
 
 def test_rank_one_inverse_adjoints_chain_on_both_routes_and_when_frozen():
     """Per-sample gradients of S through inverse(S) from rank-one factors, two products
-    (two factor pairs): SPD (the Cholesky route reads S as symmetric, so the reference
-    inverts the symmetric part, as in the test above) and non-symmetric (LU) matrices,
-    against per-sample autograd of the plain formula; with S frozen the factors are
-    densified for the other parameters' path."""
+    (two factor pairs), a symmetric and a non-symmetric S (not declared positive
+    definite: a general matrix either way), against per-sample autograd of the plain
+    formula; with S frozen the factors are densified for the other parameters' path.
+    The declared, symmetrised case: test_spd_parameters."""
     mu = _randn(3, seed=41)
 
-    def formula(x, mu, S):
-        inv = torch.linalg.inv((S + S.mT) / 2 if spd else S)
+    def formula(x, mu, S):         # S is not declared positive definite: LU, both values
+        inv = torch.linalg.inv(S)
         return 0.5 * (((x - mu) @ inv) * (x - mu)).sum(-1) + ((x @ inv) * mu).sum(-1)
-    for spd, S in ((True, _spd(3, 42)), (False, _spd(3, 43) + 0.3 * _randn(3, 3, seed=44))):
+    for S in (_spd(3, 42), _spd(3, 43) + 0.3 * _randn(3, 3, seed=44)):
         energy = from_expression("0.5*(x - mu) @ inverse(S) @ (x - mu) + x @ inverse(S) @ mu",
                                  mu=mu, S=S, trainable=True)
         x = _x(b=6, seed=45)
@@ -505,10 +505,11 @@ def test_an_empty_batch_gives_empty_gradients_for_derived_parameters():
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_inverse_adjoints_chain_in_closed_form_for_both_factorisations(symmetric):
     """``inverse(S)`` is chained to ``S`` in closed form. A non-symmetric adjoint (the
-    two sides of the form differ) tells the conventions apart: an SPD ``S`` goes through
-    a Cholesky factor, which reads ``S`` as symmetric (the reference inverts the
-    symmetric part, so autograd gives ``-P sym(A) P``); any other ``S`` by LU (the
-    reference inverts ``S`` itself: ``-P^T A P^T``)."""
+    two sides of the form differ) would tell a Cholesky route (the symmetric part,
+    ``-P sym(A) P``) from LU (``-P^T A P^T``) apart. ``S`` is not declared positive
+    definite here, so it is a general matrix: LU, and the full gradient, whether or not
+    its value happens to be symmetric (the gradient must not jump when S moves one ulp
+    off symmetric). A declared one is read as its symmetric part: test_spd_parameters."""
     n = 3
     a = _randn(n, n, seed=11)
     s = a @ a.T + n * torch.eye(n, dtype=D) if symmetric else a + n * torch.eye(n, dtype=D)
@@ -516,8 +517,7 @@ def test_inverse_adjoints_chain_in_closed_form_for_both_factorisations(symmetric
     energy = from_expression("(x - mu) @ inverse(S) @ (2*x + mu)", mu=mu, S=s, trainable=True)
 
     def formula(x, mu, S):
-        inv = torch.linalg.inv((S + S.mT) / 2 if symmetric else S)
-        return ((x - mu) @ inv * (2 * x + mu)).sum(-1)
+        return ((x - mu) @ torch.linalg.inv(S) * (2 * x + mu)).sum(-1)
     values = {"mu": mu, "S": s}
     x = _x(b=6, n=n, seed=13)
     weights = torch.linspace(-1.0, 2.0, 6, dtype=D)
@@ -527,9 +527,16 @@ def test_inverse_adjoints_chain_in_closed_form_for_both_factorisations(symmetric
     for k, w in zip(params, want):
         torch.testing.assert_close(got[k], w, **TOL)
     if symmetric:   # the adjoint is not symmetric: the two conventions differ here
-        naive = torch.autograd.grad((weights * ((x - params["mu"]) @ torch.linalg.inv(
-            params["S"]) * (2 * x + params["mu"])).sum(-1)).sum(), params["S"])[0]
-        assert not torch.allclose(naive, want[1])
+        sym = torch.autograd.grad((weights * ((x - params["mu"]) @ torch.linalg.inv(
+            (params["S"] + params["S"].mT) / 2) * (2 * x + params["mu"])).sum(-1)).sum(),
+            params["S"])[0]
+        assert not torch.allclose(sym, want[1])
+        # one ulp off symmetric: the same gradient (no change of convention)
+        nudged = from_expression("(x - mu) @ inverse(S) @ (2*x + mu)", mu=mu,
+                                 S=s + torch.tensor([[0, 4e-16, 0], [0, 0, 0], [0, 0, 0]],
+                                                    dtype=D), trainable=True)
+        torch.testing.assert_close(nudged.parameter_gradient_sum(x, weights)["S"], got["S"],
+                                   rtol=1e-9, atol=1e-12)
     per = energy.parameter_gradient(x)
     for k, w in _reference_per_sample(formula, values, x).items():
         torch.testing.assert_close(per[k], w, **TOL)

@@ -362,15 +362,19 @@ def symmetric(m: torch.Tensor) -> torch.Tensor:
 
 
 def inverse(m: torch.Tensor) -> torch.Tensor:
-    """Inverse through a Cholesky factor when ``m`` is SPD, LU otherwise (LU alone under
-    ``vmap``; float16/bfloat16 in float32, cast back)."""
+    """Inverse of a general matrix, by LU (float16/bfloat16 in float32, cast back). Its
+    gradient is ``-P^T a P^T`` at every value, a symmetric one included (a Cholesky route
+    there would give the symmetric part instead: a gradient that jumps when the matrix
+    moves one ulp off symmetric). Matrices declared positive definite use
+    :func:`inverse_spd`.
+
+    Raises:
+        SingularMatrixError: a singular matrix (outside ``torch.func`` transforms and
+            tracing, where ``torch.linalg.inv``'s own error is raised)."""
     if m.dtype in _LOW_PRECISION:
         return inverse(m.float()).to(m.dtype)
     if _batched(m):
         return torch.linalg.inv(m)
-    chol = _spd_cholesky(m)
-    if chol is not None:
-        return torch.cholesky_inverse(chol)
     inv, info = torch.linalg.inv_ex(m)
     if int(info) != 0:
         raise SingularMatrixError(f"inverse() of a singular matrix (shape {tuple(m.shape)}); "
@@ -378,28 +382,44 @@ def inverse(m: torch.Tensor) -> torch.Tensor:
     return inv
 
 
-def inverse_route(m: torch.Tensor):
-    """``(P, spd)``: ``m``'s inverse by :func:`inverse`'s route (in float32 for
-    float16/bfloat16), and whether that route was the Cholesky factor's."""
+def inverse_spd(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of a matrix declared positive definite (read as :func:`symmetric`, so ``m``
+    is symmetric here): through its Cholesky factor, LU if it is not positive definite
+    (LU alone under ``vmap`` and tracing; float16/bfloat16 in float32, cast back)."""
+    if m.dtype in _LOW_PRECISION:
+        return inverse_spd(m.float()).to(m.dtype)
+    if _batched(m):
+        return torch.linalg.inv(m)
+    chol = _spd_cholesky(m)
+    if chol is not None:
+        return torch.cholesky_inverse(chol)
+    return inverse(m)
+
+
+def inverse_route(m: torch.Tensor, spd: bool = False):
+    """``(P, cholesky)``: ``m``'s inverse by the route :func:`inverse_spd` (``spd``) or
+    :func:`inverse` takes (in float32 for float16/bfloat16), and whether it was the
+    Cholesky factor's."""
     if m.dtype in _LOW_PRECISION:
         m = m.float()
-    chol = None if _batched(m) else _spd_cholesky(m)
+    chol = None if not spd or _batched(m) else _spd_cholesky(m)
     if chol is not None:
         return torch.cholesky_inverse(chol), True
     return inverse(m), False
 
 
-def inverse_vjp(m: torch.Tensor, a: torch.Tensor, route=None) -> torch.Tensor:
+def inverse_vjp(m: torch.Tensor, a: torch.Tensor, route=None, spd: bool = False) -> torch.Tensor:
     """``m``'s gradient from an adjoint ``a`` of ``inverse(m)`` (``a: [..., n, n]``,
     leading dimensions per sample), by the same route as :func:`inverse`, without a graph.
     ``route``: :func:`inverse_route` of this ``m`` when the caller has it (a training loop
-    differentiates at the same parameter value more than once); computed otherwise.
+    differentiates at the same parameter value more than once); computed otherwise, by
+    :func:`inverse_spd`'s route when ``spd``.
 
     With ``P = m^-1``, ``dP = -P dm P``, so ``a`` gives ``-P^T a P^T`` (Giles 2008, "An
     extended collection of matrix derivative results", sec. 2.2). Through the Cholesky
     factor, which reads ``m`` as symmetric, it is that of the symmetric part,
     ``-P sym(a) P``: autograd's values through :func:`inverse` on each route."""
-    p, spd = inverse_route(m) if route is None else route
+    p, spd = inverse_route(m, spd) if route is None else route
     a = a.to(p.dtype)
     if not spd:
         return (-(p.mT @ a @ p.mT)).to(m.dtype)
@@ -419,7 +439,7 @@ def outer_sum(pairs) -> torch.Tensor:
     return out
 
 
-def inverse_vjp_outer(m: torch.Tensor, pairs, route=None) -> torch.Tensor:
+def inverse_vjp_outer(m: torch.Tensor, pairs, route=None, spd: bool = False) -> torch.Tensor:
     """:func:`inverse_vjp` of the adjoint ``a = sum_k u_k v_k^T`` given as rank-one
     factors ``((u, v), ...)`` (``u, v: [..., n]``, per sample) -> ``[..., n, n]``.
 
@@ -427,7 +447,7 @@ def inverse_vjp_outer(m: torch.Tensor, pairs, route=None) -> torch.Tensor:
     so the ``[..., n, n]`` adjoint is never formed and no ``[..., n, n] x [n, n]``
     product is made: two ``[..., n] x [n, n]`` products per pair and one outer
     product, instead of two batched matrix products of ``B n^3`` work."""
-    p, spd = inverse_route(m) if route is None else route
+    p, spd = inverse_route(m, spd) if route is None else route
     g = outer_sum([(u.to(p.dtype) @ p, v.to(p.dtype) @ p.mT) for u, v in pairs])
     g = (g + g.mT).mul_(-0.5) if spd else g.neg_()
     return g.to(m.dtype)

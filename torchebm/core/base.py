@@ -1054,13 +1054,14 @@ class CompiledEnergy(BaseEnergyFunction):
             attr = names[match.group(1)]
             with torch.no_grad():
                 # a positive-definite S is inverted as its symmetric part (_derive)
-                m = _rt.symmetric(s.detach()) if attr in self._spd_attributes() else s.detach()
+                spd = attr in self._spd_attributes()
+                m = _rt.symmetric(s.detach()) if spd else s.detach()
                 route = self._inverse_route(attr, m)
                 if isinstance(adj, tuple):      # per sample: rank-one factors
-                    g = _rt.inverse_vjp_outer(m, adj, route)
+                    g = _rt.inverse_vjp_outer(m, adj, route, spd)
                 else:
                     a = adj.reshape((() if batch is None else tuple(batch)) + s.shape)
-                    g = _rt.inverse_vjp(m, a, route)
+                    g = _rt.inverse_vjp(m, a, route, spd)
             result[attr] = g if attr not in result else result[attr].to(g.dtype) + g
         return rest
 
@@ -1076,7 +1077,7 @@ class CompiledEnergy(BaseEnergyFunction):
         if (hit is not None and hit[0].dtype == s.dtype and hit[0].device == s.device
                 and hit[0].shape == s.shape and torch.equal(hit[0], s)):
             return hit[1]
-        route = _rt.inverse_route(s)
+        route = _rt.inverse_route(s, spd=attr in self._spd_attributes())
         cache[attr] = (s.clone(), route)
         return route
 

@@ -221,8 +221,10 @@ def derive_method(em) -> str:
     def matrix(name):        # a positive-definite matrix: its symmetric part (see names.py)
         local = f"self.{em.params[name]}"
         return f"_rt.symmetric({local})" if name in em.spd_params else local
-    items = [f'"{key}": _rt.{d.op}({matrix(d.param)}),'
-             for key, d in em.parsed.derived.items()]
+    # a positive-definite matrix is inverted through its Cholesky factor (inverse_spd);
+    # a general one by LU, whose gradient holds at every value, symmetric ones included
+    items = [f'"{key}": _rt.{d.op}{"_spd" if d.op == "inverse" and d.param in em.spd_params else ""}'
+             f'({matrix(d.param)}),' for key, d in em.parsed.derived.items()]
     items += [f'"{key}": {code},' for key, code in sorted(em.derived_values.items())]
     if not items:
         return ""

@@ -68,7 +68,7 @@ class GaussianEnergy(CompiledEnergy):
     def _derive(self):
         """Parameter-only quantities, recomputed when a parameter changes."""
         return {
-            "inverse(cov)": _rt.inverse(_rt.symmetric(self.cov)),
+            "inverse(cov)": _rt.inverse_spd(_rt.symmetric(self.cov)),
             "mean": self.mean,
         }
 
