@@ -137,3 +137,38 @@ def test_a_small_factor_times_a_quotient_by_a_small_value_divides_the_small_valu
     assert printer.doprint(F.Ratio(x, r)) == "(x/r)"
     # a quotient by a per-point value keeps its own pass
     assert printer.doprint(c * F.Ratio(r, x)) == "c*(r/x)"
+
+
+def test_a_product_adjoint_read_only_aliases_its_source_and_inputs_stay_unchanged():
+    """The adjoint of y = h @ W initialised from an input (x, or v in the Hessian-vector
+    product) and only read afterwards is that input, not a copy; nothing writes it, so x
+    and v are unchanged, and every derivative still equals autograd of a plain formula."""
+    import inspect
+
+    import torch
+
+    from torchebm.symbolic import from_expression
+    W = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    energy = from_expression("0.5*(x - mu) @ inverse(S) @ (x - mu) + x @ W @ x",
+                             mu=torch.zeros(4, dtype=torch.float64), W=W,
+                             S=torch.eye(4, dtype=torch.float64) * 2, trainable=True)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    v = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x0, v0 = x.clone(), v.clone()
+    hvp = energy.hessian_vector_product(x, v)
+    g = energy.gradient(x)
+    sums = energy.parameter_gradient_sum(x)
+    assert torch.equal(x, x0) and torch.equal(v, v0)
+    src = inspect.getsource(type(energy))
+    assert "_rt_points(v, v, n)\n" in src or "_rt_points(x, x, n)\n" in src   # no .clone()
+
+    def plain(z, W=W, S=energy.S.detach()):
+        return 0.5 * ((z @ torch.linalg.inv(S)) * z).sum(-1) + ((z @ W) * z).sum(-1)
+    xg = x.clone().requires_grad_(True)
+    want_g = torch.autograd.grad(plain(xg).sum(), xg, create_graph=True)[0]
+    want_hvp = torch.autograd.grad((want_g * v).sum(), xg)[0]
+    torch.testing.assert_close(g, want_g.detach())
+    torch.testing.assert_close(hvp, want_hvp)
+    Wg = W.clone().requires_grad_(True)
+    want_W = torch.autograd.grad(plain(x, W=Wg).sum(), Wg)[0]
+    torch.testing.assert_close(sums["W"], want_W)

@@ -137,7 +137,7 @@ class GoldenEnergy(CompiledEnergy):
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
         mv0_dot = v @ inverse_S
         # level 0: j in range(0, n) (per sample): Sum((-mu[j] + x[j])*Sum((-0.5*mu[i] + 0.5*x[i])*inverse(S)[i, j], (i, 0, n - ...
-        adj_mv0_dot = _rt_points(v, v, n).clone()
+        adj_mv0_dot = _rt_points(v, v, n)
         # level 1: i in range(0, n) (per sample): (-0.5*mu[i] + 0.5*x[i]) @ inverse(S)
         dot = adj_mv0_dot @ inverse_S.mT
         del adj_mv0_dot

@@ -9,7 +9,8 @@ method per statement type.
 
 from __future__ import annotations
 
-from .ir import Addressing, Assign, Broadcast, LoadKind, LoadStmt, Shape, Vector, VectorKind
+from .ir import (Accumulate, Addressing, Assign, Broadcast, LoadKind, LoadStmt, Shape, Vector,
+                 VectorKind)
 
 
 class AdjointPrinting:
@@ -24,7 +25,8 @@ class AdjointPrinting:
         first = adj not in self.initialised
         self.initialised.add(adj)
         printed = self._accumulate(st, adj, ld, lv, src, size, like, first)
-        if not first or printed != [f"{adj} = {src}"]:
+        alias = printed in ([f"{adj} = {src}"], [f"{adj} = _rt_points({src}, {like}, {size})"])
+        if not first or not alias:
             self.owned.add(adj)     # a fresh tensor of our own, not an alias of a value
         return printed
 
@@ -43,6 +45,10 @@ class AdjointPrinting:
             if (self.shape(st.source) is Shape.BOTH and not self._is_view(st.source)
                     and not self._used_later(st.source)):
                 return [f"{adj} = {src}"]
+            if st.vector.kind is VectorKind.MATVEC and not self._accumulated_later(st.vector):
+                # a product's adjoint, only read from here on (never returned, never
+                # written in place): the alias or broadcast view serves as it is
+                return [f"{adj} = _rt_points({src}, {like}, {size})"]
             return [f"{adj} = _rt_points({src}, {like}, {size}).clone()"]
         if ld.addressing is Addressing.STRIDED:
             sl = self.strided_slice(ld, lv)
@@ -75,6 +81,11 @@ class AdjointPrinting:
             return [f"{adj} = torch.stack([{', '.join(map(self.ref, st.sources))}], -1)"]
         parts = ", ".join(self.materialize(s, st.level) for s in st.sources)
         return [f"{adj} = torch.stack([{parts}], -1).flatten(-2)"]
+
+    def _accumulated_later(self, vector):
+        """True if a statement after the current one accumulates into ``vector``."""
+        return any(isinstance(st, Accumulate) and st.vector == vector
+                   for st in self.body[self.position + 1:])
 
     def _used_later(self, sym):
         """True if a statement after the current one reads ``sym`` (an in-place update of
