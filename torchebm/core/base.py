@@ -989,6 +989,10 @@ class CompiledEnergy(BaseEnergyFunction):
     def _closed_parameter_gradient(self, jobs, summed=False, kernel="_parameter_gradient_sum"):
         params = self._trainable_parameters()
         attr_of = {name: attr for name, attr, _ in self.param_specs}
+        # attributes a torch utility (nn.utils.parametrize, ...) computes from other
+        # parameters: their adjoints are chained to those by autograd (_chain_derived)
+        computed = {attr for attr in attr_of.values()
+                    if attr not in self._parameters and attr not in self._buffers}
         result, chained, energies = {}, {}, []
         for x, weights in jobs:
             x = _as_batch(x).detach()
@@ -1008,6 +1012,8 @@ class CompiledEnergy(BaseEnergyFunction):
             batch = xb.shape[:-1]
             for key, value in out.items():
                 attr = attr_of.get(key)
+                if attr in computed:         # chained to the originals below
+                    attr, key = None, _COMPUTED_PREFIX + attr
                 # a derived value (inverse(S)): chained to its parameters below
                 into, key = (chained, key) if attr is None else (result, attr)
                 if attr is None or attr in params:
@@ -1098,7 +1104,13 @@ class CompiledEnergy(BaseEnergyFunction):
             for p in frozen:
                 p.requires_grad_(True)
             try:
-                derived = self._derive()
+                derived = dict(self._derive() or {}) if self._derive is not None else {}
+                spd = self._spd_attributes()
+                for k in adjoints:
+                    if k.startswith(_COMPUTED_PREFIX):   # a computed parameter, read directly
+                        attr = k[len(_COMPUTED_PREFIX):]
+                        value = getattr(self, attr)
+                        derived[k] = _rt.symmetric(value) if attr in spd else value
                 keys = [k for k in adjoints if isinstance(derived.get(k), torch.Tensor)
                         and derived[k].requires_grad]
                 if not keys:
@@ -1388,6 +1400,9 @@ class CompiledEnergy(BaseEnergyFunction):
 
 #: the key of a derived value ``inverse(<matrix parameter>)`` in the generated ``_derive``
 _INVERSE_KEY = re.compile(r"inverse\((\w+)\)\Z")
+#: key of a direct read's adjoint of a computed (parametrized) parameter attribute, in
+#: the adjoints chained by autograd; not an identifier, so no derived value's name
+_COMPUTED_PREFIX = "(computed) "
 
 
 def _as_tuples(v):
