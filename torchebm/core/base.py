@@ -551,7 +551,11 @@ class CompiledEnergy(BaseEnergyFunction):
             raise ParameterError(
                 f"Expected parameter {name} (Tensor of shape {tuple(tensor.shape)}) of {cls} to "
                 f"be {kind}")
-        _check_constraint(cls, name, tensor, constraint)
+        # the symmetry of a positive-definite matrix is judged at the rounding of the
+        # dtype it was made in (float16 products are off by their ulps), not float64's
+        made_in = (value.dtype if isinstance(value, torch.Tensor) and value.is_floating_point()
+                   else tensor.dtype)
+        _check_constraint(cls, name, tensor, constraint, made_in)
         if not isinstance(trainable, bool):
             unknown = set(trainable) - {p[0] for p in self.param_specs}
             if unknown:
@@ -1482,11 +1486,17 @@ def _docstring_defaults(src: str, defaults: dict) -> str:
     return "\n".join(out)
 
 
-#: A positive-definite parameter may be off symmetric by this much of its largest entry.
+#: A positive-definite parameter may be off symmetric by this much of its largest entry,
+#: or by ``SPD_SYMMETRY_ULPS`` machine epsilons of its dtype where that is more (a
+#: float16/bfloat16 product is off by about one of its ulps, far above 1e-5).
 SPD_SYMMETRY_RTOL = 1e-5
+SPD_SYMMETRY_ULPS = 4
 
 
-def _check_constraint(cls, name, t, constraint):
+def _check_constraint(cls, name, t, constraint, made_in=None):
+    """Raise ParameterError if ``t`` violates ``constraint``; ``made_in``: the dtype the
+    value was given in (default ``t.dtype``), whose rounding sets the symmetry tolerance
+    of a positive-definite matrix."""
     if constraint == "real":
         return
     if constraint == "positive":
@@ -1504,12 +1514,15 @@ def _check_constraint(cls, name, t, constraint):
             # the energy reads (S + S^T) / 2 (_runtime.symmetric): rounding-level asymmetry
             # (a float32 product, an optimiser step) is accepted, a different matrix is not
             asym, scale = float((td - td.mT).abs().max()), float(td.abs().max())
-            if not asym <= SPD_SYMMETRY_RTOL * scale:
+            made_in = t.dtype if made_in is None else made_in
+            rtol = max(SPD_SYMMETRY_RTOL, SPD_SYMMETRY_ULPS * torch.finfo(made_in).eps
+                       if made_in.is_floating_point else 0.0)
+            if not asym <= rtol * scale:
                 raise ParameterError(
                     f"Expected parameter {name} of {cls} to be symmetric positive definite, "
                     f"but it is not symmetric: max |S - S^T| = {asym:.3g}, "
                     f"{asym / scale if scale else float('inf'):.3g} of max |S| (at most "
-                    f"{SPD_SYMMETRY_RTOL:g} is read as rounding); pass (S + S.mT) / 2 for its "
+                    f"{rtol:.3g} is read as rounding); pass (S + S.mT) / 2 for its "
                     f"symmetric part")
             _, info = torch.linalg.cholesky_ex((td + td.mT) / 2)
             if int(info) != 0:
