@@ -149,6 +149,9 @@ def test_sample_names_the_components_the_formula_does_not_read(capsys):
     assert "does not read" not in capsys.readouterr().err
     assert main(["sample", "x[1]**2", "--dim", "3", "--chains", "4", "--steps", "2"]) == 0
     assert "does not read x[0], x[2]: no force acts on them" in capsys.readouterr().err
+    assert main(["sample", "x[0]**2 + x[2]**2", "--chains", "4", "--steps", "2"]) == 0
+    assert ("does not read x[1]: no force acts on it, so it random-walks and its statistics"
+            in capsys.readouterr().err)
 
 
 def test_sample_a_diverged_run_fails_with_one_clear_line(capsys):

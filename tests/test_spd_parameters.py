@@ -108,3 +108,26 @@ def test_symmetry_is_checked_relative_to_rounding():
     bad[0, 3] += 0.1
     with pytest.raises(ParameterError, match=r"max \|S - S\^T\| = 0\.1.*\(S \+ S\.mT\) / 2"):
         GaussianEnergy(torch.zeros(5, dtype=D), bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_rounding_asymmetry_is_accepted(dtype):
+    """A float16/bfloat16 covariance ``Q D Q^T`` made in that dtype is off symmetric by
+    its rounding (about one ulp of the dtype, far above 1e-5 of max|S|): accepted and read
+    as its symmetric part, as float32 rounding is; an asymmetry of a tenth of max|S| is
+    not. Reference: the plain formula in float64 on the symmetric part."""
+    Q, _ = torch.linalg.qr(_randn(6, 6, seed=11))
+    D6 = torch.diag(torch.linspace(1.0, 3.0, 6, dtype=D))
+    Qd, Dd = Q.to(dtype), D6.to(dtype)
+    cov = Qd @ Dd @ Qd.mT
+    c64 = cov.double()
+    assert (c64 - c64.mT).abs().max() > 1e-4 * c64.abs().max()   # the case in question
+    energy = GaussianEnergy(torch.zeros(6, dtype=dtype), cov)
+    x = _randn(4, 6, seed=12).to(dtype)
+    sym = (c64 + c64.mT) / 2
+    want = 0.5 * torch.einsum("bi,ij,bj->b", x.double(), torch.linalg.inv(sym), x.double())
+    torch.testing.assert_close(energy(x).double(), want, rtol=3e-2, atol=1e-2)
+    bad = cov.clone()
+    bad[0, 3] += 0.1 * float(c64.abs().max())
+    with pytest.raises(ParameterError, match="not symmetric"):
+        GaussianEnergy(torch.zeros(6, dtype=dtype), bad)

@@ -255,3 +255,65 @@ def test_parametrized_parameters_are_read_at_every_call():
     torch.testing.assert_close(got["parametrizations.S.original"], want)
     gauss(x).sum().backward()
     torch.testing.assert_close(gauss.parametrizations.S.original.grad, want)
+
+
+@pytest.mark.parametrize("formula", ["a*sum(x**2) + sum(b*x)", "x @ W @ x + a*x[0]",
+                                     "x @ inverse(W) @ x + x[0]*W[0, 1] + a*x[1]"])
+def test_parametrized_direct_reads_reach_the_original(formula):
+    """A parameter read directly by the formula (not through inverse()/logdet()) and
+    provided by torch.nn.utils.parametrize: the closed-form parameter gradients (per
+    sample, summed, batch total) chain its adjoint to ``parametrizations.<name>.original``
+    (they returned zeros there). References: autograd of the same formula in plain torch,
+    float64, through the same parametrizations."""
+    import torch.nn as nn
+    from torch.nn.utils import parametrize
+    T = torch.float64
+    g = torch.Generator().manual_seed(5)
+
+    class Exp(nn.Module):
+        def forward(self, v):
+            return v.exp()
+
+    class SPD(nn.Module):
+        def forward(self, L):
+            return L @ L.mT + 0.5 * torch.eye(L.shape[-1], dtype=L.dtype)
+
+    x = torch.randn(6, 3, dtype=T, generator=g)
+    w = torch.rand(6, dtype=T, generator=g) + 0.5
+    a0 = torch.tensor(0.3, dtype=T)
+    b = torch.randn(3, dtype=T, generator=g)
+    L0 = torch.randn(3, 3, dtype=T, generator=g)
+    kw = {"a": a0, "b": b} if "b" in formula else {"a": a0, "W": torch.eye(3, dtype=T)}
+    energy = from_expression(formula, trainable=True, **kw)
+    parametrize.register_parametrization(energy, "a", Exp())
+    if "W" in formula:
+        parametrize.register_parametrization(energy, "W", SPD())
+        with torch.no_grad():
+            energy.parametrizations.W.original.copy_(L0)
+    ar = a0.clone().requires_grad_(True)
+    Lr = L0.clone().requires_grad_(True)
+    br = b.clone().requires_grad_(True)
+    A = ar.exp()
+    W = Lr @ Lr.mT + 0.5 * torch.eye(3, dtype=T)
+    if "b" in formula:
+        ref = A * (x**2).sum(-1) + x @ br
+    elif "inverse" in formula:
+        ref = torch.einsum("bi,ij,bj->b", x, torch.linalg.inv(W), x) + x[:, 0] * W[0, 1] \
+            + A * x[:, 1]
+    else:
+        ref = torch.einsum("bi,ij,bj->b", x, W, x) + A * x[:, 0]
+    names = [k for k, _ in energy.named_parameters()]
+    leaves = {"parametrizations.a.original": ar, "parametrizations.W.original": Lr, "b": br}
+    torch.testing.assert_close(energy(x), ref.detach())
+    want = dict(zip(names, torch.autograd.grad((w * ref).sum(), [leaves[k] for k in names],
+                                               retain_graph=True)))
+    per = [dict(zip(names, torch.autograd.grad(ref[i], [leaves[k] for k in names],
+                                               retain_graph=True))) for i in range(6)]
+    got_sum = energy.parameter_gradient_sum(x, w)
+    got_per = energy.parameter_gradient(x)
+    (total,), got_total = energy._energy_total_and_parameter_gradient_sum((x, w))
+    torch.testing.assert_close(total, (w * ref).sum().detach())
+    for k in names:
+        torch.testing.assert_close(got_sum[k], want[k])
+        torch.testing.assert_close(got_total[k], want[k])
+        torch.testing.assert_close(got_per[k], torch.stack([p[k] for p in per]))

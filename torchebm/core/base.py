@@ -551,7 +551,11 @@ class CompiledEnergy(BaseEnergyFunction):
             raise ParameterError(
                 f"Expected parameter {name} (Tensor of shape {tuple(tensor.shape)}) of {cls} to "
                 f"be {kind}")
-        _check_constraint(cls, name, tensor, constraint)
+        # the symmetry of a positive-definite matrix is judged at the rounding of the
+        # dtype it was made in (float16 products are off by their ulps), not float64's
+        made_in = (value.dtype if isinstance(value, torch.Tensor) and value.is_floating_point()
+                   else tensor.dtype)
+        _check_constraint(cls, name, tensor, constraint, made_in)
         if not isinstance(trainable, bool):
             unknown = set(trainable) - {p[0] for p in self.param_specs}
             if unknown:
@@ -989,6 +993,10 @@ class CompiledEnergy(BaseEnergyFunction):
     def _closed_parameter_gradient(self, jobs, summed=False, kernel="_parameter_gradient_sum"):
         params = self._trainable_parameters()
         attr_of = {name: attr for name, attr, _ in self.param_specs}
+        # attributes a torch utility (nn.utils.parametrize, ...) computes from other
+        # parameters: their adjoints are chained to those by autograd (_chain_derived)
+        computed = {attr for attr in attr_of.values()
+                    if attr not in self._parameters and attr not in self._buffers}
         result, chained, energies = {}, {}, []
         for x, weights in jobs:
             x = _as_batch(x).detach()
@@ -1008,6 +1016,8 @@ class CompiledEnergy(BaseEnergyFunction):
             batch = xb.shape[:-1]
             for key, value in out.items():
                 attr = attr_of.get(key)
+                if attr in computed:         # chained to the originals below
+                    attr, key = None, _COMPUTED_PREFIX + attr
                 # a derived value (inverse(S)): chained to its parameters below
                 into, key = (chained, key) if attr is None else (result, attr)
                 if attr is None or attr in params:
@@ -1098,7 +1108,13 @@ class CompiledEnergy(BaseEnergyFunction):
             for p in frozen:
                 p.requires_grad_(True)
             try:
-                derived = self._derive()
+                derived = dict(self._derive() or {}) if self._derive is not None else {}
+                spd = self._spd_attributes()
+                for k in adjoints:
+                    if k.startswith(_COMPUTED_PREFIX):   # a computed parameter, read directly
+                        attr = k[len(_COMPUTED_PREFIX):]
+                        value = getattr(self, attr)
+                        derived[k] = _rt.symmetric(value) if attr in spd else value
                 keys = [k for k in adjoints if isinstance(derived.get(k), torch.Tensor)
                         and derived[k].requires_grad]
                 if not keys:
@@ -1388,6 +1404,9 @@ class CompiledEnergy(BaseEnergyFunction):
 
 #: the key of a derived value ``inverse(<matrix parameter>)`` in the generated ``_derive``
 _INVERSE_KEY = re.compile(r"inverse\((\w+)\)\Z")
+#: key of a direct read's adjoint of a computed (parametrized) parameter attribute, in
+#: the adjoints chained by autograd; not an identifier, so no derived value's name
+_COMPUTED_PREFIX = "(computed) "
 
 
 def _as_tuples(v):
@@ -1467,11 +1486,17 @@ def _docstring_defaults(src: str, defaults: dict) -> str:
     return "\n".join(out)
 
 
-#: A positive-definite parameter may be off symmetric by this much of its largest entry.
+#: A positive-definite parameter may be off symmetric by this much of its largest entry,
+#: or by ``SPD_SYMMETRY_ULPS`` machine epsilons of its dtype where that is more (a
+#: float16/bfloat16 product is off by about one of its ulps, far above 1e-5).
 SPD_SYMMETRY_RTOL = 1e-5
+SPD_SYMMETRY_ULPS = 4
 
 
-def _check_constraint(cls, name, t, constraint):
+def _check_constraint(cls, name, t, constraint, made_in=None):
+    """Raise ParameterError if ``t`` violates ``constraint``; ``made_in``: the dtype the
+    value was given in (default ``t.dtype``), whose rounding sets the symmetry tolerance
+    of a positive-definite matrix."""
     if constraint == "real":
         return
     if constraint == "positive":
@@ -1489,12 +1514,15 @@ def _check_constraint(cls, name, t, constraint):
             # the energy reads (S + S^T) / 2 (_runtime.symmetric): rounding-level asymmetry
             # (a float32 product, an optimiser step) is accepted, a different matrix is not
             asym, scale = float((td - td.mT).abs().max()), float(td.abs().max())
-            if not asym <= SPD_SYMMETRY_RTOL * scale:
+            made_in = t.dtype if made_in is None else made_in
+            rtol = max(SPD_SYMMETRY_RTOL, SPD_SYMMETRY_ULPS * torch.finfo(made_in).eps
+                       if made_in.is_floating_point else 0.0)
+            if not asym <= rtol * scale:
                 raise ParameterError(
                     f"Expected parameter {name} of {cls} to be symmetric positive definite, "
                     f"but it is not symmetric: max |S - S^T| = {asym:.3g}, "
                     f"{asym / scale if scale else float('inf'):.3g} of max |S| (at most "
-                    f"{SPD_SYMMETRY_RTOL:g} is read as rounding); pass (S + S.mT) / 2 for its "
+                    f"{rtol:.3g} is read as rounding); pass (S + S.mT) / 2 for its "
                     f"symmetric part")
             _, info = torch.linalg.cholesky_ex((td + td.mT) / 2)
             if int(info) != 0:

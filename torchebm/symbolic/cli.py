@@ -610,8 +610,8 @@ def _sample(args):
     if flat:
         shown = ", ".join(f"x[{k}]" for k in flat[:6]) + (", ..." if len(flat) > 6 else "")
         print(f"warning: the formula does not read {shown}: no force acts on "
-              f"{'it' if len(flat) == 1 else 'them'}, so {'it' if len(flat) == 1 else 'they'} "
-              f"random-walk and {'its' if len(flat) == 1 else 'their'} statistics below mean "
+              f"{'it' if len(flat) == 1 else 'them'}, so "
+              f"{'it random-walks' if len(flat) == 1 else 'they random-walk'} and {'its' if len(flat) == 1 else 'their'} statistics below mean "
               f"nothing", file=sys.stderr)
     if args.plot and dim != 2:
         how = ("use --dim 2" if args.dim is not None or reason.startswith("the default")
