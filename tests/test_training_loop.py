@@ -172,3 +172,32 @@ def test_fit_stops_when_every_cd_loss_is_the_nonfinite_fallback():
     cd = ContrastiveDivergence(model, calm, k_steps=2, energy_reg_weight=0.0)
     fit(model, data, cd, epochs=1, batch_size=16, seed=0, progress=False)
     assert cd.last_loss_replaced is False
+
+
+def test_fit_skips_the_optimiser_step_of_a_replaced_loss():
+    """A step whose loss was contrastive divergence's non-finite fallback changes no
+    parameter, even with Adam's momentum (a zero gradient would still move it)."""
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    model = from_expression("0.5*sum((x - mu)**2)", mu=torch.zeros(2), trainable=True)
+
+    class FlakySampler:            # diverges on every second update
+        energy = model
+
+        def __init__(self):
+            self.calls = 0
+
+        def sample(self, x, n_steps):
+            self.calls += 1
+            return x + 0.1 if self.calls % 2 else torch.full_like(x, float("inf"))
+    cd = ContrastiveDivergence(model, FlakySampler(), k_steps=1, energy_reg_weight=0.0)
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(model, data, cd, epochs=1, batch_size=16, seed=0, progress=False,
+            optimizer=torch.optim.Adam(model.parameters(), lr=0.1),
+            callbacks=lambda info: seen.append((cd.last_loss_replaced,
+                                                model.mu.detach().clone())))
+    before = torch.zeros(2, dtype=model.mu.dtype)
+    for replaced, after in seen:
+        assert torch.equal(after, before) == replaced     # moved exactly when not replaced
+        before = after

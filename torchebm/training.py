@@ -72,7 +72,9 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
             ``TensorDataset``); kept on its device and dtype.
         loss: a callable of a batch ``[b, n]`` returning a scalar, or a tuple
             whose first element is the scalar (contrastive divergence's
-            ``(loss, negatives)``), e.g. ``SlicedScoreMatching(energy)``.
+            ``(loss, negatives)``), e.g. ``SlicedScoreMatching(energy)``. A step
+            whose loss contrastive divergence replaced by its ``nonfinite_fallback``
+            (``loss.last_loss_replaced``) takes no optimiser step.
         optimizer: an optimiser over ``energy.parameters()``, or an optimiser
             class (called with ``lr``); default ``torch.optim.Adam``.
         epochs: passes over the data.
@@ -189,8 +191,12 @@ def fit(energy: nn.Module, data, loss, optimizer=None, epochs: int = 10,
                         f"parameters (no autograd graph reaches them); compute it from this "
                         f"energy (a loss built on another energy, or computed under "
                         f"torch.no_grad, has none). The parameters were not updated")
-                replaced += bool(getattr(loss, "last_loss_replaced", False))
-                optimizer.step()
+                if getattr(loss, "last_loss_replaced", False):
+                    # contrastive divergence's non-finite fallback: no step at all (its
+                    # zero gradient would still move Adam's momentum or weight decay)
+                    replaced += 1
+                else:
+                    optimizer.step()
                 history.losses.append(f)
                 total += f * batch.shape[0]
                 bar.update(1)
