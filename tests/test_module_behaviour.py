@@ -121,3 +121,20 @@ def test_contrastive_divergence_under_no_grad_builds_no_graph():
     ep, en = a * (x**2).sum(-1), a * (neg**2).sum(-1)
     want = ep.mean() - en.mean() + 0.001 * (ep.square().mean() + en.square().mean())
     torch.testing.assert_close(loss, want)
+
+
+def test_assigning_an_nn_parameter_checks_rank_and_constraint():
+    """E.cov = nn.Parameter(...) replaces the parameter (an optimiser must be built on
+    the new one) and is checked like the constructor's value (an attack-pass finding:
+    it skipped the checks, so an indefinite covariance got in)."""
+    from torch import nn
+    energy = GaussianEnergy(torch.zeros(2), torch.eye(2), trainable=True)
+    with pytest.raises(ParameterError, match="positive definite"):
+        energy.cov = nn.Parameter(torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64))
+    with pytest.raises(ParameterError, match="to be a vector"):
+        energy.mean = nn.Parameter(torch.zeros(2, 2))
+    new = nn.Parameter(2 * torch.eye(2, dtype=torch.float64))
+    energy.cov = new
+    assert energy.cov is new
+    x = torch.ones(1, 2, dtype=torch.float64)
+    torch.testing.assert_close(energy(x), torch.tensor([0.5], dtype=torch.float64))  # x^T x / 4

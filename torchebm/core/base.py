@@ -708,6 +708,19 @@ class CompiledEnergy(BaseEnergyFunction):
                      or name in self.__dict__.get("_parameters", ()))):
             self._assign_param(name, value, *attrs[name])
             return
+        if name in attrs and isinstance(value, nn.Parameter):
+            # a new nn.Parameter replaces the parameter: its rank and constraint are
+            # checked as the constructor's (a covariance must stay positive definite)
+            pname, rank = attrs[name]
+            cls = type(self).__name__
+            if value.dim() != rank:
+                kind = {0: "a scalar", 1: "a vector [K]", 2: "a matrix [K, M]"}[rank]
+                raise ParameterError(f"Expected parameter {pname} (Tensor of shape "
+                                     f"{tuple(value.shape)}) of {cls} to be {kind}")
+            _check_constraint(cls, pname, value, self.param_constraints.get(pname, "real"))
+            super().__setattr__(name, value)
+            self._clear_caches()
+            return
         super().__setattr__(name, value)
 
     def _assign_param(self, attr, value, pname, rank):
