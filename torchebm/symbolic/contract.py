@@ -44,8 +44,8 @@ import sympy as sp
 
 from .functions import Guard, Ratio, ScaledQuotient
 from .ir import (Addressing, Assign, Broadcast, Kernel, LoadKind, LoadStmt, MatrixAdjoint,
-                 MatVecStmt, ParameterAccumulate, ParameterScalar, Reduce, Shape, frozen_map)
-from .optimise import prune
+                 MatVecStmt, ParameterAccumulate, ParameterScalar, Reduce, Shape)
+from .optimise import _Symbols, prune
 
 TOTAL_KERNEL = "parameter_gradient_total"
 
@@ -100,42 +100,37 @@ def _is_affine(expr, symbols):
 
 
 def _affine_values(kernel, products):
-    """``(affine, reads, None)``: the symbols computed from the products' vectors (all
-    affine in them) and the parameter accumulations that read a vector as
-    ``c * y + rest``; or ``(None, None, names)`` with the products whose values are
-    not affine in them, or are read some other way (the caller drops those and tries
-    the others again)."""
+    """``(affine, reads)``: the symbols computed from the products' vectors (all affine
+    in them) and the parameter accumulations that read a vector as ``c * y + rest``; or
+    None when a value is not affine in them or is read some other way."""
     vectors = {st.matvec.symbol: name for name, st in products.items()}
-    origin = {y: {name} for y, name in vectors.items()}   # symbol -> products it reads
+    affine = set(vectors)
     reads = {}
     for k, st in enumerate(kernel.body):
-        used = [u for u in st.uses() if u in origin]
+        used = [u for u in st.uses() if u in affine]
         if not used:
             continue
-        sources = set().union(*[origin[u] for u in used])
         if isinstance(st, Assign):
             if not _is_affine(st.expr, used):
-                return None, None, sources   # a product of two, a function or condition of one
-            origin[st.target] = sources
-        elif isinstance(st, (Reduce, Broadcast)) and (
-                isinstance(st, Broadcast) or st.op in ("sum", "sum_all")):
-            origin[st.target] = sources
+                return None             # a product of two, a function or condition of one
+            affine.add(st.target)
+        elif isinstance(st, Broadcast) or (isinstance(st, Reduce)
+                                           and st.op in ("sum", "sum_all")):
+            affine.add(st.target)
         elif (isinstance(st, LoadStmt) and st.load.kind is LoadKind.VECTOR and not st.load.tangent
               and st.load.base in products):
-            origin[st.load.symbol] = sources
+            affine.add(st.load.symbol)
         elif (isinstance(st, ParameterAccumulate) and st.summed and st.matvec is None
-              and len(used) == 1 and used[0] in vectors):
+              and len(used) == 1 and used[0] in vectors and _is_affine(st.source, used)):
             y = used[0]
-            if not _is_affine(st.source, used):
-                return None, None, sources
             c = st.source.diff(y)
             rest = sp.expand(st.source - c * y)
-            if not c.is_Number or rest.free_symbols & origin.keys():
-                return None, None, sources
+            if not c.is_Number or rest.free_symbols & affine:
+                return None
             reads[k] = (vectors[y], c, rest)
         else:
-            return None, None, sources   # a product, lse, norm, ... of y, or another reader
-    return set(origin), reads, None
+            return None                 # a product, lse, norm, ... of y, or another reader
+    return affine, reads
 
 
 def _contracted_adjoints(kernel):
@@ -181,9 +176,9 @@ def _affine_subset(kernel, products):
         subsets = (names[k:] for k in range(len(names)))
     for subset in subsets:
         sub = {k: products[k] for k in subset}
-        affine, reads, failed = _affine_values(kernel, sub)
-        if failed is None:
-            return sub, (affine, reads)
+        found = _affine_values(kernel, sub)
+        if found is not None:
+            return sub, found
     return None
 
 
@@ -196,15 +191,7 @@ def total_kernel(kernel: Kernel) -> Kernel | None:
         return None
     products, (affine, reads) = chosen
     zero = {st.matvec.symbol for st in products.values()}   # values that are 0 at y = 0
-    shapes, counter = dict(kernel.shapes), kernel.next_symbol
-
-    def new(stem):
-        nonlocal counter
-        counter += 1
-        s = sp.Symbol(f"_{stem}_{counter}", real=True)
-        shapes[s] = Shape.SCALAR
-        return s
-
+    syms = _Symbols(kernel)
     contracted = _contracted_adjoints(kernel)
     body, shares = [], []
     for k, st in enumerate(kernel.body):
@@ -226,7 +213,7 @@ def total_kernel(kernel: Kernel) -> Kernel | None:
                 body.append(dataclasses.replace(st, source=rest))
             continue
         if isinstance(st, MatrixAdjoint) and st.matvec.vector in products:
-            share = new("tot")
+            share = syms.new("tot", Shape.SCALAR)
             shares.append(share)
             body.append(dataclasses.replace(st, total=share))
             continue
@@ -240,8 +227,8 @@ def total_kernel(kernel: Kernel) -> Kernel | None:
                 st = dataclasses.replace(st, expr=expr)
                 # without y it may be narrower (a number, a parameter, per sample
                 # only): the reductions that read it broadcast it to their points
-                shapes[st.target] = Shape.join(*[shapes.get(s, Shape.SCALAR)
-                                                 for s in expr.free_symbols])
+                syms.shapes[st.target] = Shape.join(*[syms.shapes.get(s, Shape.SCALAR)
+                                                      for s in expr.free_symbols])
             elif isinstance(st, (Reduce, Broadcast)) and st.source in zero:
                 zero.add(st.target)
                 continue
@@ -251,14 +238,13 @@ def total_kernel(kernel: Kernel) -> Kernel | None:
         body.append(st)
     parts = list(shares)
     if kernel.energy not in zero:
-        rest = new("tot")
+        rest = syms.new("tot", Shape.SCALAR)
         body.append(ParameterScalar(None, rest, kernel.energy, True))
         parts.insert(0, rest)
     if len(parts) == 1:
         total = parts[0]
     else:
-        total = new("total")
+        total = syms.new("total", Shape.SCALAR)
         body.append(Assign(None, total, sp.Add(*parts)))
     outputs = tuple(total if o == kernel.energy else o for o in kernel.outputs)
-    return kernel.replace(name=TOTAL_KERNEL, outputs=outputs, body=tuple(body), energy=total,
-                          shapes=frozen_map(shapes), next_symbol=counter)
+    return syms.done(kernel, body, name=TOTAL_KERNEL, outputs=outputs, energy=total)
