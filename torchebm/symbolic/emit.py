@@ -229,13 +229,21 @@ class ModuleEmitter(AdjointPrinting, ModuleNames):
                 for name, sts in writers.items() if name in inverses
                 and all(isinstance(st, MatrixAdjoint) and st.matvec.whole for st in sts)}
 
+    def matrix_part(self, mv) -> str:
+        """The index of the part of ``A`` the product ``mv`` reads (``''`` for all of it):
+        a slice of its rows, or with ``row_major`` of its columns."""
+        if mv.whole:
+            return ""
+        _, lo, hi = self.program.level(mv.level).clauses[0]
+        a, b = self.code(lo + mv.offset), self.code(hi + mv.offset)
+        return f":, {a}:{b}" if mv.row_major else f"{a}:{b}, :"
+
     def matrix_code(self, mv, transpose=True) -> str:
         """The matrix ``M`` of the product ``y = h @ M`` (``A``, a slice of its rows, or with
         ``row_major`` a slice of its columns, transposed; ``transpose=False``: untransposed)."""
-        _, lo, hi = self.program.level(mv.level).clauses[0]
-        a, b = self.code(lo + mv.offset), self.code(hi + mv.offset)
-        rows = "" if mv.whole else (f"[:, {a}:{b}]" if mv.row_major else f"[{a}:{b}, :]")
-        return self.params[mv.matrix] + rows + (".mT" if transpose and mv.row_major else "")
+        part = self.matrix_part(mv)
+        return (self.params[mv.matrix] + (f"[{part}]" if part else "")
+                + (".mT" if transpose and mv.row_major else ""))
 
     def _ensure(self, acc):
         """Lines that create the accumulator ``acc`` as zeros if nothing reached it yet."""

@@ -24,32 +24,39 @@ class AdjointPrinting:
         src, size, like = self.ref(st.source), self.vector_length(st.vector), st.like
         first = adj not in self.initialised
         self.initialised.add(adj)
-        printed = self._accumulate(st, adj, ld, lv, src, size, like, first)
-        alias = printed in ([f"{adj} = {src}"], [f"{adj} = _rt_points({src}, {like}, {size})"])
-        if not first or not alias:
+        if first and lv is not None and ld.addressing is Addressing.WHOLE:
+            line, alias = self._start_whole(st, adj, src, size, like)
+            printed = [line]
+        else:
+            printed, alias = self._accumulate(st, adj, ld, lv, src, size, like, first), False
+        if not alias:
             self.owned.add(adj)     # a fresh tensor of our own, not an alias of a value
         return printed
 
+    def _start_whole(self, st, adj, src, size, like):
+        """``(line, alias)`` creating a vector from its first whole contribution; ``alias``:
+        the vector is the source itself (or a view of it), not a tensor of its own. Later
+        accumulations are out of place, so only an alias that is returned (the gradient)
+        or later updated needs a copy."""
+        if (self.shape(st.source) is Shape.BOTH and not self._is_view(st.source)
+                and not self._used_later(st.source)):
+            return f"{adj} = {src}", True
+        if st.vector.kind is VectorKind.MATVEC and not self._accumulated_later(st.vector):
+            # a product's adjoint, only read from here on (never returned, never
+            # written in place): the alias or broadcast view serves as it is
+            return f"{adj} = _rt_points({src}, {like}, {size})", True
+        return f"{adj} = _rt_points({src}, {like}, {size}).clone()", False
+
     def _accumulate(self, st, adj, ld, lv, src, size, like, first):
-        """The lines of one accumulation; ``first``: the vector does not exist yet."""
+        """The lines of one accumulation (a first whole one: :meth:`_start_whole`);
+        ``first``: the vector does not exist yet."""
         zeros = (f"torch.zeros_like({like})" if st.vector.x_like else
                  f"{like}.new_zeros({like}.shape[:-1] + ({size},))")
         if lv is None:
             idx = ", ".join(self.code(i) for i in ld.indices)
             return ([f"{adj} = {zeros}"] if first else []) + [f"{adj}[..., {idx}] += {src}"]
         if ld.addressing is Addressing.WHOLE:
-            if not first:
-                return [f"{adj} = {adj} + {src}"]
-            # later accumulations are out of place, so only an alias of an input
-            # (or a broadcast view) needs a copy here
-            if (self.shape(st.source) is Shape.BOTH and not self._is_view(st.source)
-                    and not self._used_later(st.source)):
-                return [f"{adj} = {src}"]
-            if st.vector.kind is VectorKind.MATVEC and not self._accumulated_later(st.vector):
-                # a product's adjoint, only read from here on (never returned, never
-                # written in place): the alias or broadcast view serves as it is
-                return [f"{adj} = _rt_points({src}, {like}, {size})"]
-            return [f"{adj} = _rt_points({src}, {like}, {size}).clone()"]
+            return [f"{adj} = {adj} + {src}"]
         if ld.addressing is Addressing.STRIDED:
             sl = self.strided_slice(ld, lv)
             src = self.materialize(st.source, lv)
@@ -180,9 +187,6 @@ class AdjointPrinting:
             theta = self.params[mv.matrix]
             lines.append(f"{adj} = torch.zeros_like({theta})" if st.summed else
                          f"{adj} = x.new_zeros(x.shape[:-1] + {theta}.shape)")
-        _, lo, hi = self.program.level(mv.level).clauses[0]
-        a, b = self.code(lo + mv.offset), self.code(hi + mv.offset)
-        part = "" if mv.whole else (f"[..., :, {a}:{b}]" if mv.row_major else f"[..., {a}:{b}, :]")
         h = self.ref(mv.value)
         if st.summed:
             # [B, P] by flatten, not reshape(-1, P): an empty level (P = 0) is ambiguous there
@@ -207,7 +211,7 @@ class AdjointPrinting:
             prod, total = gram, share(gram) + [f"del {gram}"]
         if mv.whole:
             return lines + [f"{adj} = {adj} + {prod}"] + total
-        return lines + [f"{adj}{part} += {prod}"] + total
+        return lines + [f"{adj}[..., {self.matrix_part(mv)}] += {prod}"] + total
 
     def _emit_ParameterScalar(self, st):
         t, src = self.names[st.target], self.ref(st.source)
