@@ -386,14 +386,8 @@ def inverse_spd(m: torch.Tensor) -> torch.Tensor:
     """Inverse of a matrix declared positive definite (read as :func:`symmetric`, so ``m``
     is symmetric here): through its Cholesky factor, LU if it is not positive definite
     (LU alone under ``vmap`` and tracing; float16/bfloat16 in float32, cast back)."""
-    if m.dtype in _LOW_PRECISION:
-        return inverse_spd(m.float()).to(m.dtype)
-    if _batched(m):
-        return torch.linalg.inv(m)
-    chol = _spd_cholesky(m)
-    if chol is not None:
-        return torch.cholesky_inverse(chol)
-    return inverse(m)
+    p, _ = inverse_route(m, spd=True)
+    return p.to(m.dtype)
 
 
 def inverse_route(m: torch.Tensor, spd: bool = False):

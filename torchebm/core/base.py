@@ -546,11 +546,7 @@ class CompiledEnergy(BaseEnergyFunction):
                                      f"{exc}") from None
             if not tensor.is_floating_point():
                 tensor = tensor.to(torch.float64)
-        if tensor.dim() != rank:
-            kind = {0: "a scalar", 1: "a vector [K]", 2: "a matrix [K, M]"}[rank]
-            raise ParameterError(
-                f"Expected parameter {name} (Tensor of shape {tuple(tensor.shape)}) of {cls} to "
-                f"be {kind}")
+        _check_rank(cls, name, tensor, rank)
         # the symmetry of a positive-definite matrix is judged at the rounding of the
         # dtype it was made in (float16 products are off by their ulps), not float64's
         made_in = (value.dtype if isinstance(value, torch.Tensor) and value.is_floating_point()
@@ -713,10 +709,7 @@ class CompiledEnergy(BaseEnergyFunction):
             # checked as the constructor's (a covariance must stay positive definite)
             pname, rank = attrs[name]
             cls = type(self).__name__
-            if value.dim() != rank:
-                kind = {0: "a scalar", 1: "a vector [K]", 2: "a matrix [K, M]"}[rank]
-                raise ParameterError(f"Expected parameter {pname} (Tensor of shape "
-                                     f"{tuple(value.shape)}) of {cls} to be {kind}")
+            _check_rank(cls, pname, value, rank)
             _check_constraint(cls, pname, value, self.param_constraints.get(pname, "real"))
             super().__setattr__(name, value)
             self._clear_caches()
@@ -1054,11 +1047,17 @@ class CompiledEnergy(BaseEnergyFunction):
             final[name] = g.detach().to(p.dtype)
         return energies, final
 
-    def _spd_attributes(self) -> set:
+    def _spd_attributes(self) -> frozenset:
         """Attributes of the parameters declared ``positive_definite``: the generated code
-        reads them as their symmetric part (``_runtime.symmetric``)."""
-        return {attr for name, attr, _ in self.param_specs
-                if self.param_constraints.get(name) == "positive_definite"}
+        reads them as their symmetric part (``_runtime.symmetric``). Computed once per
+        class, as ``_param_attrs``."""
+        cls = type(self)
+        attrs = cls.__dict__.get("_spd_attrs")
+        if attrs is None:
+            attrs = frozenset(attr for name, attr, _ in cls.param_specs
+                              if cls.param_constraints.get(name) == "positive_definite")
+            type.__setattr__(cls, "_spd_attrs", attrs)
+        return attrs
 
     def _chain_inverses(self, adjoints, params, result, batch):
         """Chain the adjoints of derived values ``inverse(S)`` of a matrix parameter ``S``
@@ -1079,7 +1078,7 @@ class CompiledEnergy(BaseEnergyFunction):
                 # a positive-definite S is inverted as its symmetric part (_derive)
                 spd = attr in self._spd_attributes()
                 m = _rt.symmetric(s.detach()) if spd else s.detach()
-                route = self._inverse_route(attr, m)
+                route = self._inverse_route(attr, m, spd)
                 if isinstance(adj, tuple):      # per sample: rank-one factors
                     g = _rt.inverse_vjp_outer(m, adj, route, spd)
                 else:
@@ -1088,8 +1087,9 @@ class CompiledEnergy(BaseEnergyFunction):
             result[attr] = g if attr not in result else result[attr].to(g.dtype) + g
         return rest
 
-    def _inverse_route(self, attr, s):
-        """:func:`_runtime.inverse_route` of the matrix parameter ``attr`` (value ``s``),
+    def _inverse_route(self, attr, s, spd):
+        """:func:`_runtime.inverse_route` of the matrix parameter ``attr`` (value ``s``;
+        ``spd``: declared positive definite),
         kept with a copy of ``s`` and reused while ``s`` keeps that value (compared by
         content, as the derived values are): a loss differentiated again at the same
         parameters factors the matrix once, not at every call."""
@@ -1100,7 +1100,7 @@ class CompiledEnergy(BaseEnergyFunction):
         if (hit is not None and hit[0].dtype == s.dtype and hit[0].device == s.device
                 and hit[0].shape == s.shape and torch.equal(hit[0], s)):
             return hit[1]
-        route = _rt.inverse_route(s, spd=attr in self._spd_attributes())
+        route = _rt.inverse_route(s, spd)
         cache[attr] = (s.clone(), route)
         return route
 
@@ -1506,6 +1506,14 @@ SPD_SYMMETRY_RTOL = 1e-5
 SPD_SYMMETRY_ULPS = 4
 
 
+def _check_rank(cls, name, t, rank):
+    """Raise ParameterError if ``t`` is not of ``rank`` (0 scalar, 1 vector, 2 matrix)."""
+    if t.dim() != rank:
+        kind = {0: "a scalar", 1: "a vector [K]", 2: "a matrix [K, M]"}[rank]
+        raise ParameterError(f"Expected parameter {name} (Tensor of shape {tuple(t.shape)}) "
+                             f"of {cls} to be {kind}")
+
+
 def _check_constraint(cls, name, t, constraint, made_in=None):
     """Raise ParameterError if ``t`` violates ``constraint``; ``made_in``: the dtype the
     value was given in (default ``t.dtype``), whose rounding sets the symmetry tolerance
@@ -1537,7 +1545,7 @@ def _check_constraint(cls, name, t, constraint, made_in=None):
                     f"{asym / scale if scale else float('inf'):.3g} of max |S| (at most "
                     f"{rtol:.3g} is read as rounding); pass (S + S.mT) / 2 for its "
                     f"symmetric part")
-            _, info = torch.linalg.cholesky_ex((td + td.mT) / 2)
+            _, info = torch.linalg.cholesky_ex(_rt.symmetric(td))
             if int(info) != 0:
                 raise ParameterError(
                     f"Expected parameter {name} of {cls} to be symmetric positive definite, but "
