@@ -102,7 +102,7 @@ def _compile_parsed(spec, parsed, second_order):
     expr = stabilize(parsed.expression.subs(subs) if subs else parsed.expression)
     sizes = {k: tuple(s.subs(subs) for s in v) for k, v in array_sizes(parsed).items()}
     # a declared positive-definite matrix, and its inverse, are symmetric
-    spd = {p.name for p in spec.params if p.constraint == "positive_definite"}
+    spd = spec.positive_definite
     symmetric = frozenset(spd | {k for k, d in parsed.derived.items()
                                  if d.op == "inverse" and d.param in spd})
     equal = tuple((a.subs(subs), b.subs(subs)) for a, b, _ in parsed.size_checks)

@@ -48,6 +48,12 @@ class EnergySpec:
     n_particles: int | None = None     # default particle count (constructor n_particles, dim)
     dim: int | None = None             # default dimension n (constructor dim)
 
+    @property
+    def positive_definite(self) -> frozenset:
+        """Names of the parameters declared ``positive_definite``: the generated code reads
+        them as symmetric matrices (their symmetric part)."""
+        return frozenset(p.name for p in self.params if p.constraint == "positive_definite")
+
 
 @dataclass(frozen=True)
 class GeneratedSource:

@@ -218,13 +218,16 @@ def derive_method(em) -> str:
     """The ``_derive()`` method, or '' when there is nothing to derive: parameter-only
     values (linear algebra, the parameters themselves and products of them), which the
     runtime computes once per parameter value and casts to x's dtype and device."""
-    def matrix(name):        # a positive-definite matrix: its symmetric part (see names.py)
-        local = f"self.{em.params[name]}"
-        return f"_rt.symmetric({local})" if name in em.spd_params else local
-    # a positive-definite matrix is inverted through its Cholesky factor (inverse_spd);
-    # a general one by LU, whose gradient holds at every value, symmetric ones included
-    items = [f'"{key}": _rt.{d.op}{"_spd" if d.op == "inverse" and d.param in em.spd_params else ""}'
-             f'({matrix(d.param)}),' for key, d in em.parsed.derived.items()]
+    def call(d):
+        # a positive-definite matrix is read as its symmetric part (see names.py) and
+        # inverted through its Cholesky factor (inverse_spd); a general one by LU, whose
+        # gradient holds at every value, symmetric ones included
+        local = f"self.{em.params[d.param]}"
+        if d.param not in em.spd_params:
+            return f"_rt.{d.op}({local})"
+        op = "inverse_spd" if d.op == "inverse" else d.op
+        return f"_rt.{op}(_rt.symmetric({local}))"
+    items = [f'"{key}": {call(d)},' for key, d in em.parsed.derived.items()]
     items += [f'"{key}": {code},' for key, code in sorted(em.derived_values.items())]
     if not items:
         return ""

@@ -74,8 +74,7 @@ class ModuleNames:
         self.derived_values = {}         # local -> code, printed in _derive when used
         # matrices declared positive definite: the generated code reads them as symmetric
         # (lower's ``symmetric``), so _derive hands it their symmetric part
-        self.spd_params = frozenset(p.name for p in spec.params
-                                    if p.constraint == "positive_definite")
+        self.spd_params = spec.positive_definite
         self.ns = Namespace()
         self.names: dict = {N: "n"}
         self.pyscalars = {N}
