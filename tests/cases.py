@@ -40,6 +40,17 @@ from torchebm.symbolic import EnergySyntaxError
 
 
 # -- built-in energies with independent references ---------------------------------------------
+def seeded_randn(*shape, seed, dtype=torch.float64):
+    """``torch.randn(*shape)`` from its own generator seeded with ``seed`` (float64)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def seeded_spd(n, seed):
+    """A symmetric positive definite ``[n, n]`` float64 matrix: ``a a^T + n I``."""
+    a = seeded_randn(n, n, seed=seed)
+    return a @ a.T + n * torch.eye(n, dtype=torch.float64)
+
+
 def _gauss_params(n):
     g = torch.Generator().manual_seed(n)
     a = torch.randn(n, n, dtype=torch.float64, generator=g)

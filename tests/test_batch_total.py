@@ -18,18 +18,12 @@ from torchebm.errors import ShapeError
 from torchebm.losses import ContrastiveDivergence
 from torchebm.symbolic import from_expression
 
+from .cases import seeded_randn as _randn
+from .cases import seeded_spd as _spd
+
 D = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-11)
 N = 4
-
-
-def _randn(*shape, seed):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
-
-
-def _spd(n, seed):
-    a = _randn(n, n, seed=seed)
-    return a @ a.T + n * torch.eye(n, dtype=D)
 
 
 def _contracted():

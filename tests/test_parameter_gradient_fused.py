@@ -13,14 +13,12 @@ import torch
 from torchebm.core import DoubleWellEnergy, GaussianEnergy
 from torchebm.losses import ContrastiveDivergence
 
+from .cases import seeded_randn as _randn
+
 D = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-10)
 
 pytestmark = pytest.mark.slow
-
-
-def _randn(*shape, seed):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
 
 
 def _double_well(x, barrier_height, b):

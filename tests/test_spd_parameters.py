@@ -16,11 +16,9 @@ from torchebm.core import GaussianEnergy
 from torchebm.errors import ParameterError
 from torchebm.losses import ScoreMatching, SlicedScoreMatching
 
+from .cases import seeded_randn as _randn
+
 D = torch.float64
-
-
-def _randn(*shape, seed):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
 
 
 def _cov(n=3, seed=0):
